@@ -1,0 +1,3 @@
+from fdalign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The one interface every CLIP backend implements.
+
+FD-Align needs four things from a CLIP: a trainable image encoder, a frozen text encoder, the
+logit scale and the image preprocessing. :class:`CLIPBackend` exposes exactly those, so the rest of
+the library never sees whether the weights came from open_clip or Hugging Face.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a backbone expects its images: square size, normalisation and resize interpolation."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+class CLIPBackend(ABC):
+    """A loaded CLIP model.
+
+    Attributes:
+        name: what the user passed as ``--model`` (plus tag), for reports.
+        fingerprint: a short hash of the weights and architecture; keys on-disk caches.
+        embed_dim: D, the size of the joint image-text embedding.
+        image_spec: image size / mean / std / interpolation.
+        logit_scale: CLIP's learned temperature, already exponentiated (100 for OpenAI CLIP).
+    """
+
+    name: str
+    fingerprint: str
+    embed_dim: int
+    image_spec: ImageSpec
+    logit_scale: float
+
+    @property
+    @abstractmethod
+    def image_encoder(self) -> nn.Module:
+        """The trainable image tower: ``[B, 3, H, W] -> [B, D]`` (projected, *not* normalised)."""
+
+    @abstractmethod
+    def encode_text(
+        self, texts: Sequence[str], batch_size: int = 256, progress: bool = False
+    ) -> torch.Tensor:
+        """Encode strings with the frozen text tower, without gradients.
+
+        Returns:
+            ``[N, D]`` float32 features on the CPU, *not* normalised.
+        """
+
+    @abstractmethod
+    def to(self, device: torch.device | str) -> "CLIPBackend":
+        """Move both towers to ``device``; returns self."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.image_encoder.parameters()).device
+
+    def preprocess_eval(self) -> Callable:
+        """PIL image -> normalised ``[3, H, W]`` tensor (resize + centre crop)."""
+        from fdalign.data.transforms import eval_transform
+
+        return eval_transform(self.image_spec)
+
+    def preprocess_train(self, **kwargs) -> Callable:
+        """PIL image -> augmented ``[3, H, W]`` tensor; see :func:`fdalign.data.transforms.train_transform`."""
+        from fdalign.data.transforms import train_transform
+
+        return train_transform(self.image_spec, **kwargs)

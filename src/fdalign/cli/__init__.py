@@ -1,0 +1,63 @@
+"""The ``fdalign`` command line.
+
+Each sub-command lives in its own module exposing ``register(subparsers)``, which adds its parser
+and sets ``func``. Modules keep heavy imports (torch, open_clip) inside their ``run`` function so
+that ``fdalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fdalign import __version__
+from fdalign.errors import FDAlignError
+
+# Order here is the order in `fdalign --help`.
+COMMAND_MODULES = [
+    "fdalign.cli.demo",
+    "fdalign.cli.train",
+    "fdalign.cli.evaluate",
+    "fdalign.cli.prototypes",
+    "fdalign.cli.data",
+]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps hand-wrapped descriptions."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fdalign",
+        description="FD-Align: few-shot fine-tuning of CLIP that keeps out-of-distribution robustness.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fdalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a command not written yet must not break the others
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except FDAlignError as e:
+        print(f"fdalign {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fdalign {args.command}: interrupted", file=sys.stderr)
+        return 130
