@@ -33,3 +33,75 @@ def tiny_openclip(tmp_path_factory) -> dict:
     ckpt = d / "tiny-clip.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     return {"config": cfg_path, "checkpoint": ckpt, "dir": d}
+
+
+TINY_HF_LOGIT_SCALE = 25.0  # exp(logit_scale) stored in the tiny HF checkpoint
+TINY_HF_MEAN = (0.5, 0.4, 0.3)  # deliberately not CLIP's, so a test can see where mean/std come from
+TINY_HF_STD = (0.2, 0.25, 0.3)
+
+
+def _tiny_clip_tokenizer(workdir: Path):
+    """A real CLIPTokenizer over 141 tokens (characters, three merges, specials), built offline."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    merges = [("t", "h"), ("th", "e</w>"), ("o", "f</w>")]
+    tokens = chars + [c + "</w>" for c in chars] + ["the</w>", "th", "of</w>"]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    (workdir / "vocab.json").write_text(json.dumps(vocab))
+    (workdir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return CLIPTokenizer.from_pretrained(workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> dict:
+    """A tiny ``transformers.CLIPModel`` saved with ``save_pretrained`` (model, tokenizer, image processor).
+
+    Returns ``{"dir": directory, "logit_scale": exp(logit_scale), "mean": ..., "std": ...}``; load it
+    with ``load_clip("hf:" + str(dir))``.
+    """
+    import math
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tok = _tiny_clip_tokenizer(tmp_path_factory.mktemp("tiny_hf_vocab"))
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(TINY_HF_LOGIT_SCALE))
+    d = tmp_path_factory.mktemp("tiny_hf")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=list(TINY_HF_MEAN),
+        image_std=list(TINY_HF_STD),
+        resample=2,  # bilinear, again not the default
+    ).save_pretrained(d)
+    return {"dir": d, "logit_scale": TINY_HF_LOGIT_SCALE, "mean": TINY_HF_MEAN, "std": TINY_HF_STD}

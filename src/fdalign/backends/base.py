@@ -61,6 +61,10 @@ class CLIPBackend(ABC):
     def to(self, device: torch.device | str) -> "CLIPBackend":
         """Move both towers to ``device``; returns self."""
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """Trade compute for memory in the image tower; returns whether the backbone supports it."""
+        return False
+
     @property
     def device(self) -> torch.device:
         return next(self.image_encoder.parameters()).device

@@ -1,0 +1,102 @@
+"""``fdalign data``: check a data set, or write the K-shot split of a seed."""
+
+from __future__ import annotations
+
+import argparse
+
+from fdalign.cli import HelpFormatter
+
+_DATA_HELP = (
+    "an ImageFolder root (ROOT/train/<class>/<image>, ROOT/test/...; or just class folders), "
+    "a CSV manifest (path,label[,domain][,split]) or a CoOp split_zhou_<Name>.json"
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "data",
+        help="check a data set or sample its few-shot split",
+        description="Inspect data sets before training on them.",
+        formatter_class=HelpFormatter,
+    )
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(func=run, _data_parser=p)
+
+    c = sub.add_parser(
+        "check",
+        help="decode every image, count classes, compare with the known benchmark size",
+        description=(
+            "Decode every image, print split sizes and per-class counts, and for known benchmarks\n"
+            "(the CoOp data sets, ImageNet, ImageNet-V2/-Sketch/-A/-R) compare the evaluation set\n"
+            "with its expected size. Exit status: 0 all good, 1 problems found, 2 unusable input."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    c.add_argument("data", metavar="ROOT_OR_SPLIT", help=_DATA_HELP)
+    c.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to "
+                   "(if not given: the JSON's folder, or its sub-folder holding the first listed image)")
+    c.add_argument("--benchmark", default=None, help="expected benchmark, e.g. OxfordPets, ImageNet-Sketch "
+                   "(if not given: taken from a split_zhou_<Name>.json file name)")
+    c.add_argument("--classnames", default=None, help="text file with one class name per line, in label order")
+    c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    c.set_defaults(data_command="check")
+
+    s = sub.add_parser(
+        "sample",
+        help="write the K-shot training and validation splits of a seed as JSON",
+        description=(
+            "Write DIR/train.json and DIR/val.json (fdalign split files) holding the K-shot images\n"
+            "of a seed; pass them as --data to replay exactly those images."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    s.add_argument("data", metavar="ROOT_OR_SPLIT", help=_DATA_HELP)
+    s.add_argument("--shots", type=int, required=True, help="images per class (K)")
+    s.add_argument("--seed", type=int, default=1, help="sampling seed")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to")
+    s.add_argument("--classnames", default=None, help="text file with one class name per line, in label order")
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "data_command", None) is None:
+        args._data_parser.print_help()
+        return 2
+    if args.data_command == "check":
+        return _check(args)
+    return _sample(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from fdalign.data.check import check_splits, find_benchmark, format_report
+    from fdalign.data.datasets import benchmark_from_filename, open_dataset
+    from fdalign.errors import FDAlignError
+
+    if args.benchmark:
+        bench = find_benchmark(args.benchmark)
+    else:
+        guess = benchmark_from_filename(args.data)
+        try:
+            bench = find_benchmark(guess) if guess else None
+        except FDAlignError:
+            bench = None  # an unknown split_zhou name is not an error, just nothing to compare
+    # Missing files are reported as problems below rather than stopping the load.
+    splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames, check_files=False)
+    report = check_splits(splits, benchmark=bench, progress=not args.no_progress)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fdalign.data.datasets import open_dataset
+    from fdalign.data.fewshot import sample_fewshot, save_split
+
+    splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames)
+    shots = sample_fewshot(splits, args.shots, args.seed)
+    out = Path(args.out)
+    for name, split in shots.items():
+        save_split(split, out / f"{name}.json")
+        print(f"{name}: {len(split)} images ({split.name}) -> {out / f'{name}.json'}")
+    return 0

@@ -1,0 +1,315 @@
+"""``fdalign zeroshot`` and ``fdalign eval``: top-1/top-5 on the in-distribution test split and OOD sets.
+
+Both commands build the same evaluation sets (the ID split plus each ``--ood NAME=PATH`` set, its
+classes mapped onto the ID classes) and hand ``{model: (encoder, head)}`` to
+:func:`fdalign.eval.run_evaluation`, which encodes each set once per distinct encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fdalign.cli import HelpFormatter
+
+_DATA_HELP = (
+    "in-distribution data: an ImageFolder root (ROOT/test/<class>/<image>, or just class folders), "
+    "a CSV manifest or a CoOp split_zhou_<Name>.json"
+)
+_OOD_HELP = (
+    "an out-of-distribution set as NAME=PATH (ImageFolder, CSV or JSON); repeat for several. Its "
+    "classes are matched to the ID classes by folder key or name (every class must match) and the "
+    "logits are restricted to the classes it has (ImageNet-A/-R: 200 of 1000)"
+)
+ZEROSHOT_NAME = "zero-shot"
+
+
+def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
+    p.add_argument("--data", required=data_required, default=None, help=_DATA_HELP + (
+        "" if data_required else " (for a run directory: default the run's --data)"))
+    p.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to")
+    p.add_argument("--classnames", default=None, help="text file with one class name per line, in label "
+                   "order (default: names from the data; for a run, the run's class names)")
+    p.add_argument("--split", default="test", help="which split of --data is the ID evaluation set "
+                   "(data with a single split uses it whatever its name)")
+    p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help=_OOD_HELP)
+    p.add_argument("--templates", default="openai80", help="prompt templates of the zero-shot head: openai80, "
+                   "tip7 or a text file with one template per line containing '{}'")
+    p.add_argument("--batch-size", type=int, default=256, help="images per encoder forward pass")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
+    p.add_argument("--hash-content", action="store_true", help="hash every image's bytes for the report "
+                   "(default: hash the list of relative paths, labels and file sizes, which reads no images)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def register(subparsers) -> None:
+    z = subparsers.add_parser(
+        "zeroshot",
+        help="zero-shot CLIP accuracy on a test split and OOD sets",
+        description=(
+            "Classify with the class prototypes of the prompt templates (no training) and print\n"
+            "top-1/top-5 on the ID split and each --ood set. With --out, write metrics.json and\n"
+            "report.md there."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    z.add_argument("--model", required=True, help="CLIP model: an open_clip name, 'hf:<repo or dir>', or a name "
+                   "used with --model-config")
+    z.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path for --model")
+    z.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")
+    _add_common(z, data_required=True)
+    z.add_argument("--out", default=None, help="folder for metrics.json and report.md (default: print only)")
+    z.set_defaults(func=run)
+
+    e = subparsers.add_parser(
+        "eval",
+        help="evaluate a training run (or a zero-shot model) on a test split and OOD sets",
+        description=(
+            "RUN_OR_MODEL is a run directory written by `fdalign train` or a CLIP model name.\n"
+            "For a run, the fine-tuned model and zero-shot CLIP are evaluated side by side and\n"
+            "RUN/eval/metrics.json + RUN/eval/report.md are written (the training report is kept).\n"
+            "For a model name this is `fdalign zeroshot --model RUN_OR_MODEL`."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    e.add_argument("target", metavar="RUN_OR_MODEL", help="run directory, or CLIP model name")
+    e.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (model name only)")
+    e.add_argument("--model-config", default=None, help="open_clip model-config JSON (model name only)")
+    _add_common(e, data_required=False)
+    e.add_argument("--no-zeroshot", action="store_true", help="for a run: skip the zero-shot CLIP baseline "
+                   "(saves one pass of the original encoder over every set)")
+    e.add_argument("--out", default=None, help="output folder (default: RUN/eval for a run; none for a model)")
+    e.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from fdalign.errors import FDAlignError
+
+    if args.batch_size < 1:
+        raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    args.device = _resolve_device(args.device)
+    if args.command == "eval" and _is_run_dir(args.target):
+        return _eval_run(args)
+    if args.command == "eval":
+        if Path(args.target).exists() and not args.model_config:
+            raise FDAlignError(
+                f"{args.target} is not a run directory written by `fdalign train` (no run config found); "
+                "pass a run directory or a CLIP model name"
+            )
+        args.model = args.target
+    if args.data is None:
+        raise FDAlignError("--data is required when evaluating a model (not a run directory)")
+    return _zeroshot(args)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _is_run_dir(target: str) -> bool:
+    return Path(target).is_dir()
+
+
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _open_sets(args, id_classnames: list[str] | None = None):
+    """Read (not decode) the ID split and the OOD sets, mapped to the ID classes.
+
+    Returns ``(id_split, [(name, ood_split, class_subset or None)])``. Done before any model loads
+    so that a wrong path or an unmatched class fails in a second.
+    """
+    from fdalign.data import map_ood_to_id, open_dataset, parse_ood_arg, pick_split
+    from fdalign.errors import FDAlignError
+
+    id_split = pick_split(open_dataset(args.data, args.image_root, args.classnames), args.split)
+    if id_classnames is not None and args.classnames is None:
+        id_split = id_split.with_classnames(id_classnames)
+    if len(id_split) == 0:
+        raise FDAlignError(f"the '{id_split.name}' split of {args.data} has no images")
+    id_name = id_split.name
+    ood = []
+    seen = {id_name}
+    for text in args.ood:
+        name, path = parse_ood_arg(text)
+        if name in seen:
+            raise FDAlignError(f"--ood {text!r}: the name {name!r} is used twice; give every set its own name")
+        seen.add(name)
+        split = pick_split(open_dataset(path), "test")
+        split.name = name
+        mapped, present = map_ood_to_id(split, id_split.classnames, id_split.class_keys)
+        subset = present if len(present) < id_split.num_classes else None
+        ood.append((name, mapped, subset))
+    return id_name, id_split, ood
+
+
+def _eval_sets(id_name, id_split, ood, transform) -> dict:
+    from fdalign.data import ImageDataset
+    from fdalign.eval import EvalSet
+
+    sets = {id_name: EvalSet(id_name, ImageDataset(id_split, transform), None, role="test")}
+    for name, split, subset in ood:
+        sets[name] = EvalSet(name, ImageDataset(split, transform), subset, role="ood")
+    return sets
+
+
+def _hashes(args, id_name, id_split, ood) -> dict:
+    from fdalign.data import split_hash
+
+    h = {id_name: split_hash(id_split, content=args.hash_content)}
+    for name, split, _ in ood:
+        h[name] = split_hash(split, content=args.hash_content)
+    return h
+
+
+def _zeroshot_head(backend, classnames, templates, args):
+    from fdalign.heads import PrototypeHead
+    from fdalign.prototypes import build_prototypes
+
+    protos = build_prototypes(
+        backend, classnames, templates, spc=None, cache_dir=False if args.no_cache else None,
+        progress=_progress(args) or None,
+    )
+    return PrototypeHead(protos.class_prototypes, scale=backend.logit_scale).to(args.device)
+
+
+def _finish(args, metrics, out, *, config, hashes, selection, roles, title) -> int:
+    from fdalign.eval import metrics_table, write_metrics, write_report
+
+    print(metrics_table(metrics, roles))
+    if out is not None:
+        write_metrics(out, metrics, {"roles": roles, "hashes": hashes, "config": config, "selection": selection})
+        write_report(out, metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title)
+        print(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'report.md'}")
+    return 0
+
+
+def _zeroshot(args) -> int:
+    from fdalign.backends import load_clip
+    from fdalign.eval import run_evaluation
+    from fdalign.prompts import load_templates
+
+    templates = load_templates(args.templates)
+    id_name, id_split, ood = _open_sets(args)
+    hashes = _hashes(args, id_name, id_split, ood)
+
+    backend = load_clip(args.model, pretrained=args.pretrained, model_config=args.model_config, device=args.device)
+    head = _zeroshot_head(backend, id_split.classnames, templates, args)
+    sets = _eval_sets(id_name, id_split, ood, backend.preprocess_eval())
+    metrics = run_evaluation(
+        {ZEROSHOT_NAME: (backend.image_encoder, head)}, sets, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, progress=_progress(args), num_workers=args.num_workers,
+    )
+    config = {
+        "model": backend.name, "pretrained": args.pretrained, "model_config": args.model_config,
+        "fingerprint": backend.fingerprint, "templates": args.templates, "num_templates": len(templates),
+        "data": str(args.data), "split": id_split.name, "ood": list(args.ood), "precision": args.precision,
+    }
+    selection = {"zero-shot": "nothing selected: fixed templates and CLIP weights, no training or validation data"}
+    roles = {s.name: s.role for s in sets.values()}
+    return _finish(args, metrics, args.out, config=config, hashes=hashes, selection=selection, roles=roles,
+                   title=f"Zero-shot {backend.name}")
+
+
+def _eval_run(args) -> int:
+    from fdalign.errors import FDAlignError
+    from fdalign.eval import run_evaluation
+    from fdalign.train.run import load_run
+
+    run_dir = Path(args.target)
+    loaded = load_run(run_dir, args.device)
+    cfg = _as_dict(loaded.config)
+    if args.data is None:
+        # the run's own data and OOD sets, exactly as it was trained
+        args.data = cfg.get("data")
+        if args.image_root is None:
+            args.image_root = cfg.get("image_root")
+        if args.classnames is None:
+            args.classnames = cfg.get("classnames")
+        if not args.ood:
+            args.ood = list(cfg.get("ood") or [])
+        if args.data is None:
+            raise FDAlignError(f"run {run_dir} records no data path; pass --data")
+    id_name, id_split, ood = _open_sets(args, id_classnames=list(loaded.classnames))
+    if id_split.num_classes != len(loaded.classnames):
+        raise FDAlignError(
+            f"--data {args.data} has {id_split.num_classes} classes but run {run_dir} was trained on "
+            f"{len(loaded.classnames)}; evaluate on the data set the run was trained on"
+        )
+    hashes = _hashes(args, id_name, id_split, ood)
+    _warn_hash_mismatch(run_dir, hashes)
+
+    encoder = loaded.backend.image_encoder
+    name = str(cfg.get("mode") or "fine-tuned")
+    models = {name: (encoder, loaded.head)}
+    if not args.no_zeroshot and loaded.zeroshot_head is not None:
+        # a linear probe never trains the encoder, so zero-shot reads the same features
+        base_encoder = encoder if cfg.get("mode") == "linear-probe" else loaded.zero_shot_encoder().to(args.device)
+        models[ZEROSHOT_NAME] = (base_encoder, loaded.zeroshot_head)
+    alpha = (loaded.selection.get("wiseft_alpha") or {}).get("chosen")
+    if alpha is not None and 0.0 < float(alpha) < 1.0 and cfg.get("mode") != "linear-probe":
+        enc_a, head_a = loaded.wiseft(float(alpha))
+        models[f"WiSE-FT (alpha={float(alpha):g})"] = (enc_a.to(args.device), head_a.to(args.device))
+    sets = _eval_sets(id_name, id_split, ood, loaded.backend.preprocess_eval())
+    metrics = run_evaluation(
+        models, sets, batch_size=args.batch_size, device=args.device, precision=args.precision,
+        progress=_progress(args), num_workers=args.num_workers,
+    )
+    selection = _selection_from_run(loaded.selection, cfg)
+    roles = {s.name: s.role for s in sets.values()}
+    out = Path(args.out) if args.out else run_dir / "eval"
+    config = {"run": str(run_dir), "data": str(args.data), "split": id_split.name, "ood": list(args.ood),
+              "precision": args.precision, "train_config": cfg}
+    return _finish(args, metrics, out, config=config, hashes=hashes, selection=selection, roles=roles,
+                   title=f"Evaluation of run {run_dir.name}")
+
+
+def _as_dict(config) -> dict:
+    import dataclasses
+
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return dict(config)
+
+
+def _selection_from_run(recorded: dict, cfg: dict) -> dict:
+    """What the run chose on which data (its ``selection.json``), for the report."""
+    sel = {}
+    if cfg.get("selection"):
+        sel["epoch rule"] = f"{cfg['selection']} (best: highest val top-1; last: the final epoch)"
+    sel.update(recorded or {})
+    sel["test / OOD sets"] = "only evaluated here; never used to select anything"
+    return sel
+
+
+def _warn_hash_mismatch(run_dir: Path, hashes: dict) -> None:
+    """Say so when a set evaluated here is not the one the run recorded under the same name."""
+    import json
+
+    from fdalign.train.run import HASHES_FILE
+
+    p = run_dir / HASHES_FILE
+    try:
+        recorded = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except ValueError:
+        return
+    for name, h in hashes.items():
+        old = recorded.get(name)
+        # only like for like: "list:" and "content:" hashes are never comparable
+        if isinstance(old, str) and old.split(":", 1)[0] == h.split(":", 1)[0] and old != h:
+            print(f"fdalign eval: warning: set '{name}' differs from the one recorded in {p}", file=sys.stderr)

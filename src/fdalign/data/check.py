@@ -1,0 +1,248 @@
+"""Data checks: every image decodes, class balance, and test-set sizes of known benchmarks.
+
+:func:`verify_images` fully decodes each file, because a truncated JPEG/PNG opens fine and only
+fails (or, with ``ImageFile.LOAD_TRUNCATED_IMAGES``, silently yields grey pixels) when its pixels
+are read. :func:`check_splits` gathers everything into a :class:`CheckReport` for ``fdalign data
+check``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fdalign.data.datasets import LabeledSplit
+from fdalign.errors import FDAlignError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Expected size of a benchmark's evaluation set (CoOp's split_zhou test lists; ImageNet val)."""
+
+    name: str
+    test_size: int
+    num_classes: int
+
+
+BENCHMARKS = {
+    b.name: b
+    for b in [
+        Benchmark("Caltech101", 2465, 100),
+        Benchmark("OxfordPets", 3669, 37),
+        Benchmark("StanfordCars", 8041, 196),
+        Benchmark("Flowers102", 2463, 102),
+        Benchmark("Food101", 30300, 101),
+        Benchmark("FGVCAircraft", 3333, 100),
+        Benchmark("SUN397", 19850, 397),
+        Benchmark("DTD", 1692, 47),
+        Benchmark("EuroSAT", 8100, 10),
+        Benchmark("UCF101", 3783, 101),
+        Benchmark("ImageNet", 50000, 1000),
+        Benchmark("ImageNet-V2", 10000, 1000),
+        Benchmark("ImageNet-Sketch", 50889, 1000),
+        Benchmark("ImageNet-A", 7500, 200),
+        Benchmark("ImageNet-R", 30000, 200),
+    ]
+}
+
+
+def _bkey(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_ALIASES = {_bkey(n): n for n in BENCHMARKS} | {
+    "pets": "OxfordPets", "cars": "StanfordCars", "flowers": "Flowers102", "oxfordflowers": "Flowers102",
+    "food": "Food101", "aircraft": "FGVCAircraft", "fgvc": "FGVCAircraft", "sun": "SUN397",
+    "caltech": "Caltech101", "ucf": "UCF101", "eurosat": "EuroSAT", "imagenetval": "ImageNet",
+    "sketch": "ImageNet-Sketch", "imagenetsk": "ImageNet-Sketch",
+}
+
+
+def find_benchmark(name: str) -> Benchmark:
+    """Look a benchmark up by name, ignoring case and punctuation (``imagenet_v2`` = ``ImageNet-V2``)."""
+    key = _ALIASES.get(_bkey(name))
+    if key is None:
+        raise FDAlignError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[key]
+
+
+def _open_fully(path: str) -> str | None:
+    """None if the image decodes completely, else the reason it does not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def verify_images(
+    split: LabeledSplit,
+    on_error: str = "raise",
+    progress: bool = False,
+    workers: int | None = None,
+) -> tuple[LabeledSplit, list[str]]:
+    """Open and fully decode every image of ``split``.
+
+    Returns ``(split without the bad images, bad paths)``. ``on_error="raise"`` raises
+    :class:`FDAlignError` naming the first bad file; ``"skip"`` drops them with a logged warning
+    giving their count and the first few paths (``"report"`` drops nothing and only returns them).
+    Decoding runs in ``workers`` threads (PIL releases the GIL while decoding).
+    """
+    if on_error not in ("raise", "skip", "report"):
+        raise ValueError(f"on_error must be 'raise', 'skip' or 'report', not {on_error!r}")
+    from PIL import ImageFile
+    from tqdm.auto import tqdm
+
+    paths = [split.resolve(s) for s in split.samples]
+    workers = workers or min(8, os.cpu_count() or 1)
+    # A truncated file must fail here even if some other code allowed truncated loading.
+    saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            errors = list(
+                tqdm(
+                    pool.map(_open_fully, paths),
+                    total=len(paths),
+                    desc=f"checking {split.name}",
+                    unit="img",
+                    disable=None if progress else True,  # None: off when not a terminal
+                )
+            )
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    bad_idx = [i for i, e in enumerate(errors) if e is not None]
+    bad = [paths[i] for i in bad_idx]
+    if not bad:
+        return split, []
+    if on_error == "raise":
+        i = bad_idx[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise FDAlignError(
+            f"image {paths[i]} in split '{split.name}' cannot be read ({errors[i]}){more}; "
+            "replace or remove it, or skip bad images"
+        )
+    if on_error == "report":
+        return split, bad
+    log.warning(
+        "skipping %d unreadable image(s) of %d in split '%s': %s%s",
+        len(bad), len(paths), split.name, ", ".join(bad[:5]), " ..." if len(bad) > 5 else "",
+    )
+    bad_set = set(bad_idx)
+    return split.subset([i for i in range(len(paths)) if i not in bad_set]), bad
+
+
+# ----------------------------------------------------------------------------------------------
+# The full check
+
+
+@dataclass
+class SplitStats:
+    name: str
+    size: int
+    num_classes: int
+    min_per_class: int
+    max_per_class: int
+    mean_per_class: float
+    empty_classes: list[str]
+
+
+@dataclass
+class CheckReport:
+    stats: list[SplitStats] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (where, what)
+    benchmark: Benchmark | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def split_stats(split: LabeledSplit) -> SplitStats:
+    counts = split.class_counts()
+    return SplitStats(
+        name=split.name,
+        size=len(split),
+        num_classes=split.num_classes,
+        min_per_class=min(counts) if counts else 0,
+        max_per_class=max(counts) if counts else 0,
+        mean_per_class=statistics.fmean(counts) if counts else 0.0,
+        empty_classes=[split.classnames[i] for i, c in enumerate(counts) if c == 0],
+    )
+
+
+def _eval_split(splits: dict[str, LabeledSplit]) -> LabeledSplit | None:
+    if "test" in splits:
+        return splits["test"]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    return splits.get("val")  # ImageNet: the val/ folder is the evaluation set
+
+
+def check_splits(
+    splits: dict[str, LabeledSplit],
+    benchmark: Benchmark | None = None,
+    progress: bool = False,
+    verify: bool = True,
+) -> CheckReport:
+    """Decode every image, count classes, compare the evaluation set with ``benchmark``."""
+    report = CheckReport(benchmark=benchmark)
+    for key, split in splits.items():
+        if verify:
+            _, bad = verify_images(split, on_error="report", progress=progress)
+            for p in bad[:20]:
+                report.problems.append((key, f"unreadable image {p}"))
+            if len(bad) > 20:
+                report.problems.append((key, f"... {len(bad) - 20} more unreadable images"))
+        st = split_stats(split)
+        report.stats.append(st)
+        if st.size == 0:
+            report.problems.append((key, "split has no images"))
+        elif st.empty_classes:
+            names = ", ".join(st.empty_classes[:5]) + (" ..." if len(st.empty_classes) > 5 else "")
+            report.problems.append((key, f"{len(st.empty_classes)} class(es) have no images: {names}"))
+    target = _eval_split(splits)
+    if benchmark is not None and target is not None:
+        n, c = len(target), target.num_classes
+        if n != benchmark.test_size:
+            diff = n - benchmark.test_size
+            what = f"{-diff} missing" if diff < 0 else f"{diff} extra"
+            report.problems.append(
+                (target.name, f"{n} images but {benchmark.name} has {benchmark.test_size} ({what})")
+            )
+        if c != benchmark.num_classes:
+            report.problems.append(
+                (target.name, f"{c} classes but {benchmark.name} has {benchmark.num_classes}")
+            )
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    """A plain-text table of split sizes and class counts, then the problems (or OK)."""
+    lines = []
+    if report.benchmark is not None:
+        b = report.benchmark
+        lines.append(f"benchmark: {b.name} (expected evaluation set: {b.test_size} images, {b.num_classes} classes)")
+    head = f"{'split':<16}{'images':>9}{'classes':>9}{'min/cls':>9}{'max/cls':>9}{'mean/cls':>10}"
+    lines += [head, "-" * len(head)]
+    for s in report.stats:
+        lines.append(
+            f"{s.name:<16}{s.size:>9}{s.num_classes:>9}{s.min_per_class:>9}{s.max_per_class:>9}"
+            f"{s.mean_per_class:>10.1f}"
+        )
+    lines.append("")
+    if report.ok:
+        lines.append("OK: no problems found")
+    else:
+        lines.append(f"{len(report.problems)} problem(s):")
+        w = max(len(k) for k, _ in report.problems)
+        lines += [f"  {k:<{w}}  {msg}" for k, msg in report.problems]
+    return "\n".join(lines)

@@ -1,0 +1,537 @@
+"""Labelled image lists and the loaders that build them.
+
+Every data source (an ImageFolder tree, a CSV manifest, a CoOp ``split_zhou_*.json``) becomes a
+``dict[str, LabeledSplit]`` keyed ``"train"`` / ``"val"`` / ``"test"`` (only the splits present).
+A :class:`LabeledSplit` is a plain list of ``(path, label)`` plus class names; it knows nothing of
+torch, so sampling, hashing and checking stay cheap. :class:`ImageDataset` turns one into the
+``(image_tensor, label)`` dataset the training loop takes.
+
+Data without train/val/test structure (a folder of class folders, a CSV without a ``split``
+column) is returned as a single ``"test"`` split, since such data is almost always an evaluation
+set (ImageNet-Sketch, -A, -R); :func:`pick_split` returns the only split whatever its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from torch.utils.data import Dataset
+
+from fdalign.errors import FDAlignError
+
+SPLIT_NAMES = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+
+
+@dataclass
+class Sample:
+    """One labelled image. ``path`` is absolute or relative to its split's ``root`` (POSIX slashes)."""
+
+    path: str
+    label: int
+    domain: str | None = None
+
+
+@dataclass
+class LabeledSplit:
+    """A list of labelled images with the class names its labels index.
+
+    Attributes:
+        classnames: display names used to build prompts; ``labels`` index this list.
+        samples: the images.
+        root: directory that relative sample paths are relative to (None: paths are absolute or
+            relative to the working directory).
+        name: what the split is called in reports (``"train"``, ``"sketch"``, ...).
+        class_keys: the raw class identifiers of the source (folder names such as ImageNet wnids),
+            used to match OOD classes exactly; None when the source has none.
+    """
+
+    classnames: list[str]
+    samples: list[Sample]
+    root: str | None
+    name: str
+    class_keys: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def class_counts(self) -> list[int]:
+        """Images per class, ``[C]`` (zero for classes absent from this split)."""
+        counts = [0] * len(self.classnames)
+        for s in self.samples:
+            counts[s.label] += 1
+        return counts
+
+    def subset(self, indices: Iterable[int], name: str | None = None) -> "LabeledSplit":
+        """The samples at ``indices`` (in that order), same classes and root."""
+        return replace(self, samples=[self.samples[i] for i in indices], name=name or self.name)
+
+    def resolve(self, sample: Sample | str) -> str:
+        """Filesystem path of a sample (its path joined to ``root`` unless absolute)."""
+        p = sample.path if isinstance(sample, Sample) else sample
+        if self.root is None or os.path.isabs(p):
+            return p
+        return os.path.join(self.root, p)
+
+    def relpath(self, sample: Sample) -> str:
+        """Path relative to ``root`` (POSIX), or as stored when it lies outside ``root``.
+
+        Used where a path must not depend on where the data happens to be mounted (hashes,
+        sampling order, saved splits).
+        """
+        p = sample.path
+        if not os.path.isabs(p):
+            return p  # loaders store relative paths in POSIX form already
+        if self.root is not None:
+            try:
+                rel = os.path.relpath(p, self.root)
+            except ValueError:  # different drive on Windows
+                return Path(p).as_posix()
+            if not rel.startswith(".."):
+                return Path(rel).as_posix()
+        return Path(p).as_posix()
+
+    def with_classnames(self, classnames: Sequence[str]) -> "LabeledSplit":
+        """Same split with other display names (same count)."""
+        if len(classnames) != len(self.classnames):
+            raise FDAlignError(
+                f"{len(classnames)} class names given but split '{self.name}' has "
+                f"{len(self.classnames)} classes; give one name per class, in label order"
+            )
+        return replace(self, classnames=list(classnames))
+
+
+class ImageDataset(Dataset):
+    """A map-style dataset over a :class:`LabeledSplit`: ``(transform(RGB image), label)``."""
+
+    def __init__(self, split: LabeledSplit, transform: Callable | None = None):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        s = self.split.samples[index]
+        with Image.open(self.split.resolve(s)) as im:
+            img = im.convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, s.label
+
+
+# ----------------------------------------------------------------------------------------------
+# Class names
+
+
+def folder_to_classname(folder: str) -> str:
+    """ImageFolder convention: ``golden_retriever`` -> ``golden retriever``."""
+    return folder.replace("_", " ")
+
+
+def normalize_classname(name: str) -> str:
+    """Key for matching class names: case-insensitive, ``_`` = space, whitespace collapsed."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+_WNID_LINE = re.compile(r"(n\d{8})\s+(\S.*)")
+
+
+def read_classnames_keyed(path: str | os.PathLike) -> tuple[list[str] | None, list[str]]:
+    """Read a class-names file: ``(keys or None, names)``.
+
+    One name per line (blank lines ignored), in label order. When every line is
+    ``<wnid> <name>`` (CoOp's ImageNet ``classnames.txt``: ``n01440764 tench``) the wnids are
+    returned as keys, so folders named by wnid get their names by key rather than by position.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FDAlignError(f"class-names file {p} does not exist; pass a text file with one name per line")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    lines = [x for x in lines if x]
+    if not lines:
+        raise FDAlignError(f"class-names file {p} is empty; write one class name per line")
+    matches = [_WNID_LINE.fullmatch(x) for x in lines]
+    if all(matches):
+        keys, names = [m.group(1) for m in matches], [m.group(2).strip() for m in matches]
+    else:
+        keys, names = None, lines
+    dup = _duplicates(keys or names)
+    if dup:
+        raise FDAlignError(f"class-names file {p} lists {dup[0]!r} more than once")
+    return keys, names
+
+
+def read_classnames(path: str | os.PathLike) -> list[str]:
+    """The names of a class-names file (see :func:`read_classnames_keyed`), in label order."""
+    return read_classnames_keyed(path)[1]
+
+
+def _duplicates(items: Sequence[str]) -> list[str]:
+    seen, dup = set(), []
+    for x in items:
+        if x in seen:
+            dup.append(x)
+        seen.add(x)
+    return dup
+
+
+def _apply_classnames(splits: dict[str, LabeledSplit], classnames: str | None) -> dict[str, LabeledSplit]:
+    if classnames is None:
+        return splits
+    keys, names = read_classnames_keyed(classnames)
+    out = {}
+    for k, s in splits.items():
+        if keys is not None and s.class_keys is not None:
+            index = dict(zip(keys, names))
+            unknown = [c for c in s.class_keys if c not in index]
+            if unknown:
+                raise FDAlignError(
+                    f"class folder(s) {', '.join(unknown[:5])} of split '{s.name}' are not listed in "
+                    f"the class-names file {classnames}"
+                )
+            out[k] = s.with_classnames([index[c] for c in s.class_keys])
+            continue
+        if len(names) != s.num_classes:
+            raise FDAlignError(
+                f"class-names file {classnames} has {len(names)} names but the data has "
+                f"{s.num_classes} classes; give one name per class, in label order"
+            )
+        out[k] = s.with_classnames(names)
+    return out
+
+
+def pick_split(splits: dict[str, LabeledSplit], preferred: str) -> LabeledSplit:
+    """``splits[preferred]``, or the only split when there is just one; otherwise an error."""
+    if preferred in splits:
+        return splits[preferred]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    raise FDAlignError(f"the data has no '{preferred}' split (it has: {', '.join(splits)})")
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageFolder
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+
+
+def _class_dirs(d: Path) -> list[Path]:
+    return sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: c.name)
+
+
+def _scan_class_dir(c: Path) -> list[str]:
+    """Image files under a class folder (recursively), as sorted POSIX paths relative to its parent."""
+    files = sorted(
+        p.relative_to(c.parent).as_posix()
+        for p in c.rglob("*")
+        if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(c).parts)
+    )
+    if not files:
+        raise FDAlignError(
+            f"class folder {c} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "remove it or add its images"
+        )
+    return files
+
+
+def _load_class_folders(d: Path, keys: list[str], name: str) -> LabeledSplit:
+    samples = []
+    for label, key in enumerate(keys):
+        samples += [Sample(f, label) for f in _scan_class_dir(d / key)]
+    return LabeledSplit(
+        classnames=[folder_to_classname(k) for k in keys],
+        samples=samples,
+        root=str(d.resolve()),
+        name=name,
+        class_keys=list(keys),
+    )
+
+
+def load_imagefolder(root: str | os.PathLike, classnames: str | None = None) -> dict[str, LabeledSplit]:
+    """Load ``root/{train,val,test}/<class>/<image>`` (any subset of the three).
+
+    The class order is the sorted folder names of the first split present (train, then val, test);
+    the other splits must have exactly the same folders. A folder with no split sub-folders but
+    with class folders is loaded as a single ``"test"`` split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FDAlignError(f"data folder {root} does not exist")
+    present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    if not present:
+        keys = [c.name for c in _class_dirs(root)]
+        if not keys:
+            raise FDAlignError(
+                f"{root} has neither train/, val/, test/ sub-folders nor class folders; "
+                "lay images out as ROOT/train/<class>/<image> (and ROOT/test/...)"
+            )
+        return _apply_classnames({"test": _load_class_folders(root, keys, "test")}, classnames)
+
+    ref = present[0]
+    keys = [c.name for c in _class_dirs(root / ref)]
+    if not keys:
+        raise FDAlignError(f"{root / ref} has no class folders; expected {root / ref}/<class>/<image>")
+    splits = {}
+    for s in present:
+        these = [c.name for c in _class_dirs(root / s)]
+        extra = sorted(set(these) - set(keys))
+        missing = sorted(set(keys) - set(these))
+        if extra or missing:
+            parts = []
+            if extra:
+                parts.append(f"extra class folder(s) not in {ref}/: {', '.join(extra[:5])}")
+            if missing:
+                parts.append(f"missing class folder(s) present in {ref}/: {', '.join(missing[:5])}")
+            raise FDAlignError(
+                f"{root / s} does not have the same classes as {root / ref}: {'; '.join(parts)}. "
+                "Every split must have one folder per class (an empty class is an error)"
+            )
+        splits[s] = _load_class_folders(root / s, keys, s)
+    return _apply_classnames(splits, classnames)
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV manifest
+
+
+def load_csv(path: str | os.PathLike, classnames: str | None = None) -> dict[str, LabeledSplit]:
+    """Load a CSV manifest with header ``path,label[,domain][,split]``.
+
+    ``label`` is a class name or an integer. With names, the class order is the sorted unique names
+    unless a class-names file is given, which then fixes the order (every label must be in it).
+    With integers, a class-names file is required (prompts need names). Relative paths are relative
+    to the CSV's directory. Rows are grouped by the optional ``split`` column (train/val/test);
+    without it the whole file is one split named after the file if it is ``train.csv`` /
+    ``val.csv`` / ``test.csv``, else ``"test"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FDAlignError(f"CSV manifest {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if "path" not in header or "label" not in header:
+            raise FDAlignError(
+                f"CSV manifest {path} must start with a header row containing 'path' and 'label' "
+                f"(optional 'domain', 'split'); found: {','.join(header) or '(empty file)'}"
+            )
+        reader.fieldnames = header
+        rows = list(reader)
+    if not rows:
+        raise FDAlignError(f"CSV manifest {path} has a header but no rows")
+
+    raw_labels = []
+    for i, r in enumerate(rows, start=2):
+        if not (r.get("path") or "").strip() or (r.get("label") or "").strip() == "":
+            raise FDAlignError(f"{path}, line {i}: empty 'path' or 'label'")
+        raw_labels.append(r["label"].strip())
+
+    names_file = read_classnames(classnames) if classnames else None
+    if all(re.fullmatch(r"\d+", x) for x in raw_labels):
+        labels = [int(x) for x in raw_labels]
+        if names_file is None:
+            raise FDAlignError(
+                f"CSV manifest {path} has integer labels; pass a class-names file "
+                "(--classnames, one name per line in label order) or write class names in 'label'"
+            )
+        bad = [x for x in labels if x >= len(names_file)]
+        if bad:
+            raise FDAlignError(
+                f"CSV manifest {path} has label {bad[0]} but the class-names file {classnames} "
+                f"has only {len(names_file)} names"
+            )
+        names = names_file
+    else:
+        if names_file is None:
+            names = sorted(set(raw_labels))
+            index = {n: i for i, n in enumerate(names)}
+            labels = [index[x] for x in raw_labels]
+        else:
+            names = names_file
+            index = {normalize_classname(n): i for i, n in enumerate(names)}
+            labels = []
+            for i, x in enumerate(raw_labels):
+                j = index.get(normalize_classname(x))
+                if j is None:
+                    raise FDAlignError(
+                        f"{path}, line {i + 2}: label {x!r} is not in the class-names file {classnames}"
+                    )
+                labels.append(j)
+
+    base = path.parent.resolve()
+    groups: dict[str, list[Sample]] = {}
+    default = path.stem.lower() if path.stem.lower() in SPLIT_NAMES else "test"
+    for i, (r, y) in enumerate(zip(rows, labels), start=2):
+        split = (r.get("split") or "").strip().lower() or default
+        if split not in SPLIT_NAMES:
+            raise FDAlignError(f"{path}, line {i}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
+        domain = (r.get("domain") or "").strip() or None
+        groups.setdefault(split, []).append(Sample(Path(r["path"].strip()).as_posix(), y, domain))
+    return {
+        s: LabeledSplit(classnames=list(names), samples=groups[s], root=str(base), name=s)
+        for s in SPLIT_NAMES
+        if s in groups
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# CoOp split_zhou JSON
+
+
+def _guess_image_root(json_path: Path, first_rel: str | None) -> Path:
+    """The JSON's folder, or its sub-folder holding the first listed file (CoOp keeps images in
+    e.g. ``oxford_pets/images`` next to ``split_zhou_OxfordPets.json``)."""
+    base = json_path.parent.resolve()
+    if first_rel is None or (base / first_rel).exists():
+        return base
+    for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+        if (sub / first_rel).exists():
+            return sub
+    return base
+
+
+def load_coop_split(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    classnames: str | None = None,
+    check_files: bool = True,
+) -> dict[str, LabeledSplit]:
+    """Load a CoOp ``split_zhou_<Name>.json``: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``.
+
+    Paths are relative to ``image_root`` (default: guessed, see :func:`_guess_image_root`). Class
+    names come from the entries (CoOp's cleaned names). With ``check_files`` every listed file must
+    exist, else an error says how many are missing and where it looked.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FDAlignError(f"split file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise FDAlignError(f"split file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not any(k in data for k in SPLIT_NAMES):
+        raise FDAlignError(f"split file {path} must be a JSON object with 'train', 'val' and/or 'test' lists")
+
+    names: dict[int, str] = {}
+    parsed: dict[str, list[Sample]] = {}
+    for s in SPLIT_NAMES:
+        if s not in data:
+            continue
+        items = []
+        for i, e in enumerate(data[s]):
+            if not (isinstance(e, (list, tuple)) and len(e) >= 2 and isinstance(e[1], int)):
+                raise FDAlignError(
+                    f"split file {path}: {s}[{i}] is {e!r}; expected [relpath, label, classname]"
+                )
+            rel, y = str(e[0]), int(e[1])
+            if len(e) >= 3:
+                prev = names.setdefault(y, str(e[2]))
+                if prev != str(e[2]):
+                    raise FDAlignError(
+                        f"split file {path}: label {y} is called both {prev!r} and {e[2]!r}"
+                    )
+            items.append(Sample(rel, y))
+        if items:  # an empty list is a split that is not there
+            parsed[s] = items
+    num_classes = 1 + max((smp.label for v in parsed.values() for smp in v), default=-1)
+    if num_classes == 0:
+        raise FDAlignError(f"split file {path} lists no images")
+    unnamed = [y for y in range(num_classes) if y not in names]
+    if unnamed and classnames is None:
+        raise FDAlignError(
+            f"split file {path} gives no class name for label(s) {unnamed[:5]}; "
+            "add names to the entries or pass --classnames"
+        )
+    class_list = [names.get(y, str(y)) for y in range(num_classes)]
+
+    first = next((v[0].path for v in parsed.values() if v), None)
+    root = Path(image_root).resolve() if image_root is not None else _guess_image_root(path, first)
+    if image_root is not None and not root.is_dir():
+        raise FDAlignError(f"image root {root} does not exist (from --image-root)")
+    if check_files:
+        missing = [smp.path for v in parsed.values() for smp in v if not (root / smp.path).is_file()]
+        if missing:
+            total = sum(len(v) for v in parsed.values())
+            raise FDAlignError(
+                f"{len(missing)} of {total} images listed in {path} are missing under image root "
+                f"{root} (first: {', '.join(missing[:3])}); pass --image-root pointing at the folder "
+                "those relative paths start from"
+            )
+    splits = {
+        s: LabeledSplit(classnames=list(class_list), samples=v, root=str(root), name=s)
+        for s, v in parsed.items()
+    }
+    if classnames is not None:
+        splits = _apply_classnames(splits, classnames)
+    return splits
+
+
+def benchmark_from_filename(path: str | os.PathLike) -> str | None:
+    """``.../split_zhou_OxfordPets.json`` -> ``"OxfordPets"``; None when the name does not match."""
+    m = re.fullmatch(r"split_zhou_(.+)\.json", Path(path).name)
+    return m.group(1) if m else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def open_dataset(
+    data: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    classnames: str | None = None,
+    check_files: bool = True,
+) -> dict[str, LabeledSplit]:
+    """Open ``data`` by what it is: a folder (ImageFolder), a ``.csv`` manifest or a ``.json`` split.
+
+    A JSON file in the fdalign saved-split format (see :func:`fdalign.data.fewshot.save_split`) or
+    the paper's ``shot_K-seed_S.json`` index format is recognised too.
+    """
+    p = Path(data)
+    if not p.exists():
+        raise FDAlignError(f"data path {p} does not exist")
+    if p.is_dir():
+        if image_root is not None:
+            raise FDAlignError("--image-root applies only to a JSON split file, not to a data folder")
+        return load_imagefolder(p, classnames)
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return load_csv(p, classnames)
+    if suffix == ".json":
+        from fdalign.data import fewshot  # local: fewshot imports this module
+
+        kind = fewshot.json_kind(p)
+        if kind == "fdalign-split":
+            split = fewshot.load_split(p, root=image_root)
+            key = split.name.split("-")[0]  # "val-from-train" is a val split
+            return _apply_classnames({key if key in SPLIT_NAMES else "test": split}, classnames)
+        if kind == "indices":
+            if image_root is None:
+                raise FDAlignError(f"{p} is a few-shot index file; pass --image-root (the data set's image folder)")
+            return _apply_classnames(fewshot.load_fewshot_indices(p, image_root), classnames)
+        return load_coop_split(p, image_root, classnames, check_files=check_files)
+    raise FDAlignError(
+        f"don't know how to read {p}: pass a folder (ImageFolder layout), a .csv manifest or a "
+        "CoOp split_zhou_*.json"
+    )

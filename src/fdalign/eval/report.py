@@ -1,0 +1,171 @@
+"""``metrics.json`` and a human-readable ``report.md`` for an evaluation.
+
+The metrics layout is the one :func:`fdalign.eval.pipeline.run_evaluation` returns,
+``{set: {model: {"top1", "top5", "n"}}}``; the report turns it into one table with a row per
+model, the in-distribution top-1/top-5, each OOD set's top-1 and the OOD average.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+METRICS_FORMAT = "fdalign-metrics/1"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def split_roles(metrics: dict, roles: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(ID set names, OOD set names). Without ``roles`` the first set is ID and the rest OOD."""
+    names = list(metrics)
+    if roles is None:
+        return names[:1], names[1:]
+    return [n for n in names if roles.get(n, "test") != "ood"], [n for n in names if roles.get(n) == "ood"]
+
+
+def ood_average(metrics: dict, ood_sets: Sequence[str], model: str, key: str = "top1") -> float | None:
+    """Unweighted mean of ``key`` over the OOD sets (as the paper reports it); None without OOD sets."""
+    vals = [metrics[s][model][key] for s in ood_sets if model in metrics[s]]
+    if not vals or len(vals) != len(ood_sets):
+        return None
+    return sum(vals) / len(vals)
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: dict, extra: dict | None = None) -> Path:
+    """Write ``<run_dir>/metrics.json``: ``{"format", "metrics", **extra}`` (atomic).
+
+    Useful ``extra`` keys: ``roles`` (set -> test/val/ood), ``ood_average`` (filled in here when
+    ``roles`` is given), ``hashes``, ``model``, ``config``.
+    """
+    doc = {"format": METRICS_FORMAT, "metrics": metrics}
+    doc.update(extra or {})
+    if "roles" in doc and "ood_average" not in doc:
+        _, ood = split_roles(metrics, doc["roles"])
+        models = list(next(iter(metrics.values()), {}))
+        avg = {m: ood_average(metrics, ood, m) for m in models}
+        if ood:
+            doc["ood_average"] = {m: {"top1": a} for m, a in avg.items() if a is not None}
+    return atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.2f}"
+
+
+def metrics_table(metrics: dict, roles: dict[str, str] | None = None) -> str:
+    """A markdown table: one row per model; ID top-1/top-5, each OOD set's top-1, OOD average."""
+    id_sets, ood_sets = split_roles(metrics, roles)
+    models: list[str] = []
+    for per_set in metrics.values():
+        models += [m for m in per_set if m not in models]
+    header = ["model"]
+    for s in id_sets:
+        header += [f"{s} top-1", f"{s} top-5"]
+    header += [f"{s} top-1" for s in ood_sets]
+    if ood_sets:
+        header.append("OOD avg top-1")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for m in models:
+        row = [m]
+        for s in id_sets:
+            r = metrics[s].get(m, {})
+            row += [_fmt(r.get("top1")), _fmt(r.get("top5"))]
+        row += [_fmt(metrics[s].get(m, {}).get("top1")) for s in ood_sets]
+        if ood_sets:
+            row.append(_fmt(ood_average(metrics, ood_sets, m)))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _set_sizes(metrics: dict) -> str:
+    parts = []
+    for s, per_model in metrics.items():
+        n = next((r.get("n") for r in per_model.values() if "n" in r), None)
+        parts.append(f"{s}: {n} images" if n is not None else s)
+    return "; ".join(parts)
+
+
+def _kv_lines(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and "chosen" in v:
+            # a selection record (fdalign.train.selection): say what won, on which data, by what
+            text = f"{v['chosen']}"
+            if v.get("on"):
+                text += f", chosen on {v['on']}"
+            if v.get("metric") is not None and v.get("score") is not None:
+                score = v["score"]
+                text += f" by {v['metric']} = {score:.2f}" if isinstance(score, float) else f" by {v['metric']} = {score}"
+            v = text
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v, ensure_ascii=False)
+        out.append(f"- **{k}**: {v}")
+    return out
+
+
+def render_report(
+    metrics: dict,
+    *,
+    selection: dict | None = None,
+    config: dict | None = None,
+    hashes: dict | None = None,
+    roles: dict[str, str] | None = None,
+    title: str = "fdalign evaluation",
+) -> str:
+    """The text of ``report.md`` (see :func:`write_report`)."""
+    id_sets, ood_sets = split_roles(metrics, roles)
+    lines = [f"# {title}", ""]
+    lines.append(f"Accuracy in percent. In-distribution: {', '.join(id_sets) or '–'}; "
+                 f"out-of-distribution: {', '.join(ood_sets) or 'none'}"
+                 + (" (OOD avg = unweighted mean of the OOD sets' top-1)." if ood_sets else "."))
+    lines += ["", metrics_table(metrics, roles), "", f"Set sizes: {_set_sizes(metrics)}.", ""]
+    lines += ["## What was selected on what", ""]
+    if selection:
+        lines += _kv_lines(selection)
+    else:
+        lines.append("Nothing was selected on data: the numbers above come from fixed settings.")
+    lines.append("")
+    if hashes:
+        lines += ["## Data", "", "| set | hash |", "|---|---|"]
+        lines += [f"| {k} | `{v}` |" for k, v in hashes.items()]
+        lines.append("")
+    if config:
+        lines += ["## Settings", ""] + _kv_lines(config) + [""]
+    return "\n".join(lines)
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    metrics: dict,
+    *,
+    selection: dict | None = None,
+    config: dict | None = None,
+    hashes: dict | None = None,
+    roles: dict[str, str] | None = None,
+    title: str = "fdalign evaluation",
+) -> Path:
+    """Write ``<run_dir>/report.md`` (atomic): the accuracy table, what was selected on which data
+    (``selection``, e.g. ``{"epoch": "best val top-1 (epoch 7)", "val set": "4/class, hash …"}``),
+    the data hashes and the settings."""
+    text = render_report(metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title)
+    return atomic_write_text(Path(run_dir) / "report.md", text)

@@ -1,0 +1,258 @@
+"""Class and spurious prototypes from one ``[C, M, D]`` tensor of prompt features.
+
+Both kinds of prototype are means of the same L2-normalised text features ``g0(P_j(y_c))``:
+over templates for a class prototype, over classes for a spurious (template) prototype. So every
+prompt is encoded exactly once, in one batched pass, and the result is cached on disk keyed by the
+model fingerprint, the templates and the class names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fdalign.errors import FDAlignError
+from fdalign.prompts import format_prompts
+from fdalign.spc import SPCConfig, correct_spurious_prototypes
+
+# Above this many prompts a progress bar is worth showing (openai80 x 25 classes is 2000).
+PROGRESS_THRESHOLD = 2000
+# Bump when the cached content changes meaning, so old caches are ignored rather than misread.
+CACHE_VERSION = "fdalign-prompt-features/1"
+PROTOTYPES_FORMAT = "fdalign-prototypes/1"
+
+
+def default_cache_dir() -> Path:
+    """``$FDALIGN_CACHE/prompt_features``, else ``~/.cache/fdalign/prompt_features``."""
+    root = os.environ.get("FDALIGN_CACHE") or os.path.join("~", ".cache", "fdalign")
+    return Path(root).expanduser() / "prompt_features"
+
+
+def prompt_cache_key(fingerprint: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """sha256 over everything the features depend on."""
+    payload = json.dumps(
+        {"version": CACHE_VERSION, "model": fingerprint, "templates": list(templates), "classes": list(classnames)},
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def encode_prompt_features(
+    backend,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+    progress: bool | None = None,
+    cache_dir: str | Path | bool | None = None,
+) -> torch.Tensor:
+    """Encode every ``template x class`` prompt once.
+
+    Args:
+        backend: a :class:`~fdalign.backends.base.CLIPBackend` (only ``encode_text`` and
+            ``fingerprint`` are used).
+        classnames: ``C`` class names; templates: ``M`` templates, each with one ``{}``.
+        batch_size: prompts per text-encoder forward pass.
+        progress: show a progress bar; ``None`` = only when ``C * M > PROGRESS_THRESHOLD``.
+        cache_dir: directory of the on-disk cache; ``None`` = :func:`default_cache_dir`,
+            ``False`` = no cache.
+
+    Returns:
+        ``[C, M, D]`` float32, each ``[c, j]`` vector L2-normalised.
+    """
+    c, m = len(classnames), len(templates)
+    if c == 0 or m == 0:
+        raise FDAlignError(f"need at least one class and one template (got {c} classes, {m} templates)")
+
+    cache_path = None
+    if cache_dir is not False:
+        root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir).expanduser()
+        cache_path = root / f"{prompt_cache_key(backend.fingerprint, classnames, templates)}.safetensors"
+        cached = _read_cached(cache_path, c, m)
+        if cached is not None:
+            return cached
+
+    if progress is None:
+        progress = c * m > PROGRESS_THRESHOLD
+    prompts = format_prompts(classnames, templates)
+    feats = backend.encode_text(prompts, batch_size=batch_size, progress=progress)
+    if feats.shape[0] != c * m:
+        raise RuntimeError(f"backend returned {feats.shape[0]} features for {c * m} prompts")
+    feats = F.normalize(feats.detach().to("cpu", torch.float32), dim=-1).reshape(c, m, -1)
+
+    if cache_path is not None:
+        try:
+            _atomic_save_safetensors({"features": feats}, cache_path, {"format": CACHE_VERSION})
+        except OSError as e:  # a read-only cache must not stop the user; they just pay the re-encode
+            import warnings
+
+            warnings.warn(f"could not write prompt-feature cache {cache_path}: {e}", stacklevel=2)
+    return feats
+
+
+def _read_cached(path: Path, c: int, m: int) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        feats = load_file(str(path))["features"]
+    except Exception:  # a truncated or foreign file is just a cache miss; it gets rewritten
+        return None
+    if feats.ndim != 3 or feats.shape[:2] != (c, m):
+        return None
+    return feats.float()
+
+
+def class_prototypes(features: torch.Tensor) -> torch.Tensor:
+    """``[C, M, D]`` -> ``[C, D]``: per class, the renormalised mean over templates of the normalised features."""
+    return F.normalize(F.normalize(features, dim=-1).mean(dim=1), dim=-1)
+
+
+def spurious_prototypes(features: torch.Tensor) -> torch.Tensor:
+    """``[C, M, D]`` -> ``[M, D]``: per template, the renormalised mean over classes of the normalised features."""
+    return F.normalize(F.normalize(features, dim=-1).mean(dim=0), dim=-1)
+
+
+@dataclasses.dataclass
+class Prototypes:
+    """Everything FD-Align needs from the text side.
+
+    Attributes:
+        class_prototypes: ``[C, D]`` float32, L2-normalised.
+        spurious_prototypes: ``[M, D]`` float32, L2-normalised, one per template.
+        corrected_prototypes: ``[k, D]`` after SPC, or None when SPC was not run.
+        templates: the ``M`` templates, in the order of ``spurious_prototypes``.
+        kept_templates / dropped_templates: SPC's split of ``templates`` (all kept without SPC).
+        classnames: the ``C`` class names, in the order of ``class_prototypes``.
+        fingerprint: the backend fingerprint the features came from.
+        spc: the SPC settings used, or None.
+    """
+
+    class_prototypes: torch.Tensor
+    spurious_prototypes: torch.Tensor
+    corrected_prototypes: torch.Tensor | None
+    templates: list[str]
+    kept_templates: list[str]
+    dropped_templates: list[str]
+    classnames: list[str] = dataclasses.field(default_factory=list)
+    fingerprint: str = ""
+    spc: SPCConfig | None = None
+
+    @property
+    def loss_prototypes(self) -> torch.Tensor:
+        """The prototypes the spurious loss uses: corrected if SPC ran, else one per template."""
+        return self.corrected_prototypes if self.corrected_prototypes is not None else self.spurious_prototypes
+
+
+_DEFAULT_SPC = SPCConfig()
+
+
+def build_prototypes(
+    backend,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    spc: SPCConfig | None = _DEFAULT_SPC,
+    cache_dir: str | Path | bool | None = None,
+    progress: bool | None = None,
+    batch_size: int = 256,
+) -> Prototypes:
+    """Encode the prompts once and derive class, spurious and (if ``spc``) corrected prototypes."""
+    feats = encode_prompt_features(
+        backend, classnames, templates, batch_size=batch_size, progress=progress, cache_dir=cache_dir
+    )
+    spur = spurious_prototypes(feats)
+    corrected, kept, dropped = None, list(templates), []
+    if spc is not None:
+        res = correct_spurious_prototypes(spur, spc)
+        corrected = res.prototypes
+        kept = [templates[i] for i in res.kept]
+        dropped = [templates[i] for i in res.dropped]
+    return Prototypes(
+        class_prototypes=class_prototypes(feats),
+        spurious_prototypes=spur,
+        corrected_prototypes=corrected,
+        templates=list(templates),
+        kept_templates=kept,
+        dropped_templates=dropped,
+        classnames=list(classnames),
+        fingerprint=str(getattr(backend, "fingerprint", "")),
+        spc=None if spc is None else dataclasses.replace(spc),  # a copy: the default is shared
+    )
+
+
+def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
+    """Write ``protos`` as safetensors (atomic); lists and settings go in the metadata as JSON."""
+    path = Path(path).expanduser()
+    tensors = {
+        "class_prototypes": protos.class_prototypes.float().cpu(),
+        "spurious_prototypes": protos.spurious_prototypes.float().cpu(),
+    }
+    if protos.corrected_prototypes is not None:
+        tensors["corrected_prototypes"] = protos.corrected_prototypes.float().cpu()
+    spc = None if protos.spc is None else dataclasses.asdict(protos.spc)
+    metadata = {
+        "format": PROTOTYPES_FORMAT,
+        "templates": json.dumps(protos.templates, ensure_ascii=False),
+        "kept_templates": json.dumps(protos.kept_templates, ensure_ascii=False),
+        "dropped_templates": json.dumps(protos.dropped_templates, ensure_ascii=False),
+        "classnames": json.dumps(protos.classnames, ensure_ascii=False),
+        "fingerprint": protos.fingerprint,
+        "spc": json.dumps(spc),
+    }
+    _atomic_save_safetensors(tensors, path, metadata)
+    return path
+
+
+def load_prototypes(path: str | Path) -> Prototypes:
+    """Read a file written by :func:`save_prototypes`."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FDAlignError(f"prototypes file {path} does not exist; create it with `fdalign prototypes ... --out {path}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise FDAlignError(f"prototypes file {path} is not a readable safetensors file ({e})") from None
+    if meta.get("format") != PROTOTYPES_FORMAT or not {"class_prototypes", "spurious_prototypes"} <= tensors.keys():
+        raise FDAlignError(
+            f"{path} is not an fdalign prototypes file (format {meta.get('format')!r}); "
+            "recreate it with `fdalign prototypes`"
+        )
+    spc = json.loads(meta.get("spc", "null"))
+    return Prototypes(
+        class_prototypes=tensors["class_prototypes"],
+        spurious_prototypes=tensors["spurious_prototypes"],
+        corrected_prototypes=tensors.get("corrected_prototypes"),
+        templates=json.loads(meta["templates"]),
+        kept_templates=json.loads(meta["kept_templates"]),
+        dropped_templates=json.loads(meta["dropped_templates"]),
+        classnames=json.loads(meta.get("classnames", "[]")),
+        fingerprint=meta.get("fingerprint", ""),
+        spc=None if spc is None else SPCConfig(**spc),
+    )

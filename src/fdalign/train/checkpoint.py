@@ -1,0 +1,199 @@
+"""Resumable training checkpoints as safetensors + JSON (no pickle anywhere).
+
+``<run>/checkpoint/last.safetensors`` holds every tensor: the encoder (``encoder.*``), the head
+(``head.*``), the optimiser state flattened to ``optim.<param index>.<name>`` and the torch RNG
+states (``rng.torch``, ``rng.cuda.<i>``, uint8). ``<run>/checkpoint/last.json`` holds the rest:
+epoch, step, best val, the scheduler position, the optimiser's param groups and non-tensor state,
+Python / numpy RNG states. Both files carry the same random ``token`` so a crash between the two
+atomic renames is detected instead of silently mixing two epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fdalign.errors import FDAlignError
+
+CHECKPOINT_FORMAT = "fdalign-checkpoint/1"
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
+    """``safetensors.torch.save_file`` to a temp file, then ``os.replace``. Tensors are made
+    contiguous, moved to the CPU and un-aliased (tied weights would otherwise be refused)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimiser state <-> named tensors
+
+
+def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """``optimizer.state_dict()`` -> (``{"optim.<idx>.<name>": tensor}``, JSON-able rest)."""
+    tensors, extra = {}, {}
+    for idx, st in state_dict["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = v
+            else:
+                extra.setdefault(str(idx), {})[name] = v
+    return tensors, {"param_groups": state_dict["param_groups"], "extra": extra}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, st in rest.get("extra", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def rng_json() -> dict:
+    py = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], js: dict) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        states = [tensors[k].to(torch.uint8) for k in cuda][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+    if "python" in js:
+        v, state, g = js["python"]
+        random.setstate((v, tuple(state), g))
+    if "numpy" in js:
+        kind, keys, pos, has_gauss, gauss = js["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns; apply it with :func:`restore_modules` / the trainer."""
+
+    epoch: int  # epochs completed
+    step: int  # optimiser steps completed (all phases)
+    meta: dict  # the whole JSON (best val, scheduler, config hash, ...)
+    encoder: dict[str, torch.Tensor] = field(repr=False)
+    head: dict[str, torch.Tensor] = field(repr=False)
+    optimizer: dict | None = field(repr=False)
+    rng_tensors: dict[str, torch.Tensor] = field(repr=False)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    encoder: nn.Module,
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    meta: dict,
+    name: str = "last",
+) -> Path:
+    """Write ``<directory>/<name>.safetensors`` and ``<name>.json`` atomically.
+
+    ``meta`` must be JSON-able and contain at least ``epoch`` and ``step``.
+    """
+    directory = Path(directory)
+    token = secrets.token_hex(8)
+    tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    opt_rest = None
+    if optimizer is not None:
+        opt_t, opt_rest = flatten_optimizer_state(optimizer.state_dict())
+        tensors.update(opt_t)
+    tensors.update(rng_tensors())
+    js = dict(meta)
+    js.update(format=CHECKPOINT_FORMAT, token=token, optimizer=opt_rest, rng=rng_json())
+    atomic_save_safetensors(tensors, directory / f"{name}.safetensors", {"format": CHECKPOINT_FORMAT, "token": token})
+    atomic_write_json(js, directory / f"{name}.json")
+    return directory / f"{name}.safetensors"
+
+
+def load_checkpoint(directory: str | os.PathLike, name: str = "last", device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (safetensors: no code is executed)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    st, js_path = directory / f"{name}.safetensors", directory / f"{name}.json"
+    if not st.is_file() or not js_path.is_file():
+        raise FDAlignError(f"no checkpoint to resume from in {directory} (need {st.name} and {js_path.name}); "
+                           "drop --resume to start a new run")
+    try:
+        js = json.loads(js_path.read_text(encoding="utf-8"))
+        with safe_open(str(st), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise FDAlignError(f"checkpoint in {directory} is unreadable ({e}); drop --resume to start over") from None
+    if js.get("format") != CHECKPOINT_FORMAT or meta.get("token") != js.get("token"):
+        raise FDAlignError(
+            f"checkpoint files in {directory} do not belong together (interrupted while saving?); "
+            "delete the checkpoint folder and drop --resume to start over"
+        )
+
+    def part(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    opt = None
+    if js.get("optimizer") is not None:
+        opt = unflatten_optimizer_state(tensors, js["optimizer"])
+    return Checkpoint(
+        epoch=int(js["epoch"]), step=int(js["step"]), meta=js, encoder=part("encoder."), head=part("head."),
+        optimizer=opt, rng_tensors={k: v.cpu() for k, v in tensors.items() if k.startswith("rng.")},
+    )

@@ -1,0 +1,323 @@
+"""Pretrain the shipped ``fdalign-world`` CLIP on the embedded world (reproducible from its seed).
+
+    python -m fdalign.world.pretrain --out src/fdalign/assets --seed 0
+
+Renders a corpus once (kept in RAM, optionally cached as .npz under /tmp), then trains an open_clip
+CLIP with the contrastive loss. Captions are drawn from a finite vocabulary, so the same caption
+often appears twice in a batch; such pairs are treated as positives of each other (soft targets:
+uniform over all identical captions) instead of as false negatives. Writes
+``<name>.json`` (open_clip model config), ``<name>.safetensors`` (fp16 state dict),
+``<name>.metrics.json`` and the model card ``<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fdalign.world import generator as G
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "src/fdalign/assets"
+    name: str = "fdalign-world"
+    seed: int = 0
+    n_train: int = 200_000
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 192
+    vision_layers: int = 4
+    text_width: int = 128
+    text_layers: int = 4
+    context_length: int = 32
+    embed_dim: int = 128
+    photo_weight: float = 4.0  # the ID style is this many times as frequent as each other style
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 200
+    threads: int = 2
+    workers: int = 2
+    eval_every: int = 250
+    eval_per_cell: int = 2  # quick in-training eval: images per (class, style)
+    test_seed: int = 12345
+    test_per_cell: int = 50  # final eval, reported in the model card
+    cache: str = "/tmp/fdalign-world-cache"
+    ckpt_dir: str = "/tmp/fdalign-world-ckpt"
+    bf16: bool = False
+    resume: bool = False
+    loss_log: list = field(default_factory=list)
+
+
+def model_config(cfg: PretrainConfig) -> dict:
+    """The open_clip model-config JSON (what ``open_clip.add_model_config`` reads)."""
+    return {
+        "embed_dim": cfg.embed_dim,
+        "vision_cfg": {
+            "image_size": cfg.image_size,
+            "layers": cfg.vision_layers,
+            "width": cfg.vision_width,
+            "patch_size": cfg.patch_size,
+            "head_width": 64,
+        },
+        "text_cfg": {
+            "context_length": cfg.context_length,
+            "vocab_size": 49408,
+            "width": cfg.text_width,
+            "heads": max(1, cfg.text_width // 64),
+            "layers": cfg.text_layers,
+        },
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _atomic_save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    _atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def build_corpus(cfg: PretrainConfig) -> G.WorldBatch:
+    """Render (or load the cached) training corpus for ``cfg.seed``."""
+    weights = [cfg.photo_weight if s == G.ID_STYLE else 1.0 for s in G.STYLES]
+    labels, styles = G.sample_items(cfg.n_train, cfg.seed, style_weights=weights)
+    key = f"seed{cfg.seed}-n{cfg.n_train}-s{cfg.image_size}-pw{cfg.photo_weight:g}"
+    path = Path(cfg.cache) / f"{key}.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        return G.WorldBatch(z["images"], z["labels"], z["styles"], list(z["captions"]))
+    t0 = time.time()
+    batch = G.render_parallel(labels, styles, cfg.seed, cfg.image_size, workers=cfg.workers)
+    print(f"rendered {len(batch)} images in {time.time() - t0:.0f}s "
+          f"({len(batch) / (time.time() - t0):.0f} img/s, {cfg.workers} workers)", flush=True)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=batch.images, labels=batch.labels, styles=batch.styles, captions=np.array(batch.captions))
+    os.replace(tmp, path)
+    return batch
+
+
+def clip_soft_loss(img_f, txt_f, logit_scale, caption_ids):
+    """Symmetric CLIP loss where identical captions are positives of each other.
+
+    Args:
+        img_f / txt_f: ``[B, D]`` L2-normalised features.
+        logit_scale: scalar tensor (exp already applied).
+        caption_ids: ``[B]`` int, equal for identical caption strings.
+    """
+    import torch.nn.functional as F
+
+    logits = logit_scale * img_f @ txt_f.t()  # [B, B]
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)  # symmetric matrix, rows sum to 1
+    li = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    lt = -(target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return (li + lt) / 2
+
+
+def class_prototypes(model, tokenizer, classes, templates, device="cpu"):
+    """``[C, D]`` L2-normalised mean over templates of normalised text features (CLIP zero-shot)."""
+    import torch
+
+    with torch.no_grad():
+        texts = [t.format(c) for c in classes for t in templates]
+        f = model.encode_text(tokenizer(texts).to(device)).float()
+        f = f / f.norm(dim=-1, keepdim=True)
+        f = f.view(len(classes), len(templates), -1).mean(1)
+        return f / f.norm(dim=-1, keepdim=True)
+
+
+def zero_shot_by_style(model, tokenizer, batch: G.WorldBatch, mean, std, bs: int = 512) -> dict:
+    """Top-1 zero-shot accuracy (openai80 prototypes) per style, plus ``"all"``."""
+    import torch
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from fdalign.world.dataset import to_tensor
+
+    templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    was_training = model.training
+    model.eval()
+    protos = class_prototypes(model, tokenizer, G.CLASSES, templates)
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(batch), bs):
+            f = model.encode_image(to_tensor(batch.images[i : i + bs], mean, std)).float()
+            preds.append((f @ protos.t()).argmax(1))
+    model.train(was_training)
+    correct = torch.cat(preds).numpy() == batch.labels
+    out = {G.STYLES[s]: float(correct[batch.styles == s].mean()) for s in np.unique(batch.styles)}
+    out["all"] = float(correct.mean())
+    return out
+
+
+def _save_ckpt(cfg, model, opt, step, log):
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            state[f"opt.{i}.{k}"] = v if hasattr(v, "shape") else __import__("torch").tensor(v)
+    d = Path(cfg.ckpt_dir)
+    _atomic_save_tensors(state, d / "last.safetensors")
+    _atomic_write_bytes(d / "last.json", json.dumps({"step": step, "log": log}).encode())
+
+
+def _load_ckpt(cfg, model, opt):
+    import torch
+    from safetensors.torch import load_file
+
+    d = Path(cfg.ckpt_dir)
+    if not (d / "last.safetensors").exists():
+        return 0, []
+    state = load_file(d / "last.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    sd = opt.state_dict()
+    for key, v in state.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            sd["state"].setdefault(int(i), {})[name] = v if v.ndim else torch.tensor(float(v))
+    opt.load_state_dict(sd)
+    meta = json.loads((d / "last.json").read_text())
+    print(f"resumed from step {meta['step']}", flush=True)
+    return meta["step"], meta["log"]
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up then cosine decay to 0."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def train(cfg: PretrainConfig) -> dict:
+    import open_clip
+    import torch
+
+    from fdalign.world.dataset import OPENAI_MEAN, OPENAI_STD, to_tensor
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.time()
+    corpus = build_corpus(cfg)
+    quick = G.render_grid(cfg.eval_per_cell, cfg.test_seed + 1, image_size=cfg.image_size)
+
+    mcfg = model_config(cfg)
+    model = open_clip.CLIP(**mcfg)
+    tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
+    uniq, caption_ids = np.unique(np.array(corpus.captions), return_inverse=True)
+    tokens = tokenizer(list(uniq))  # [U, L]
+    caption_ids = torch.from_numpy(caption_ids.astype(np.int64))
+    images = torch.from_numpy(corpus.images)
+    print(f"corpus {len(corpus)} images, {len(uniq)} distinct captions; "
+          f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params", flush=True)  # fmt: skip
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+    )  # fmt: skip
+    step, log = (0, [])
+    if cfg.resume:
+        step, log = _load_ckpt(cfg, model, opt)
+    # One permutation stream per epoch, seeded: batches do not depend on where a run was resumed.
+    per_epoch = len(corpus) // cfg.batch_size
+
+    def batch_idx(s: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + s // per_epoch)
+        perm = torch.randperm(len(corpus), generator=g)
+        j = s % per_epoch
+        return perm[j * cfg.batch_size : (j + 1) * cfg.batch_size]
+
+    model.train()
+    t0, run_loss, n_loss = time.time(), 0.0, 0
+    while step < cfg.steps:
+        for gr in opt.param_groups:
+            gr["lr"] = lr_at(step, cfg)
+        idx = batch_idx(step)
+        x = to_tensor(images[idx], OPENAI_MEAN, OPENAI_STD)
+        cid = caption_ids[idx]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            img_f = model.encode_image(x, normalize=True)
+            txt_f = model.encode_text(tokens[cid], normalize=True)
+        loss = clip_soft_loss(img_f.float(), txt_f.float(), model.logit_scale.exp(), cid)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        run_loss += loss.item()
+        n_loss += 1
+        if step % 50 == 0 or step == cfg.steps:
+            el = time.time() - t0
+            print(f"step {step}/{cfg.steps} loss {run_loss / n_loss:.4f} lr {lr_at(step, cfg):.2e} "
+                  f"scale {model.logit_scale.exp().item():.1f} {el / 60:.1f}min", flush=True)  # fmt: skip
+            log.append({"step": step, "loss": round(run_loss / n_loss, 4), "minutes": round(el / 60, 2)})
+            run_loss, n_loss = 0.0, 0
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            acc = zero_shot_by_style(model, tokenizer, quick, OPENAI_MEAN, OPENAI_STD)
+            log[-1]["quick_zero_shot"] = {k: round(v, 3) for k, v in acc.items()}
+            print(f"  zero-shot (quick) photo {acc['photo']:.3f} all {acc['all']:.3f} "
+                  f"min-style {min(v for k, v in acc.items() if k != 'all'):.3f}", flush=True)  # fmt: skip
+            _save_ckpt(cfg, model, opt, step, log)
+    train_minutes = (time.time() - t_start) / 60
+
+    test = G.render_grid(cfg.test_per_cell, cfg.test_seed, image_size=cfg.image_size)
+    acc = zero_shot_by_style(model, tokenizer, test, OPENAI_MEAN, OPENAI_STD)
+    print("final zero-shot:", json.dumps({k: round(v, 3) for k, v in acc.items()}), flush=True)
+
+    out = Path(cfg.out)
+    half = {k: v.detach().half() for k, v in model.state_dict().items()}
+    _atomic_save_tensors(half, out / f"{cfg.name}.safetensors", metadata={"format": "pt"})
+    _atomic_write_bytes(out / f"{cfg.name}.json", (json.dumps(mcfg, indent=2) + "\n").encode())
+    metrics = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "loss_log"},
+        "model_config": mcfg,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "distinct_captions": int(len(uniq)),
+        "wall_minutes": round(train_minutes, 1),
+        "hardware": f"{platform.processor() or platform.machine()}, torch threads={cfg.threads}",
+        "log": log,
+        "zero_shot_test": {k: round(v, 4) for k, v in acc.items()},
+        "logit_scale": round(model.logit_scale.exp().item(), 2),
+        "command": "python -m fdalign.world.pretrain " + " ".join(sys.argv[1:]),
+    }
+    _atomic_write_bytes(out / f"{cfg.name}.metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    return metrics
+
+
+def parse_args(argv=None) -> PretrainConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in PretrainConfig.__dataclass_fields__.values():
+        if f.name == "loss_log":
+            continue
+        if f.type in ("bool", bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=f.name)
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=f.default, help=f"default {f.default}")
+    return PretrainConfig(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    train(parse_args())

@@ -1,0 +1,124 @@
+"""``fdalign zeroshot`` / ``fdalign eval`` end to end on the tiny open_clip fixture and synthetic folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _synth import make_imagefolder
+
+from fdalign.cli import build_parser, main
+
+CLASSES = ["red apple", "green leaf", "blue sky"]
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval_data")
+    idf = make_imagefolder(d / "id", CLASSES, n_train=2, n_test=4, seed=0)
+    # OOD set: a folder of class folders (no split level), only 2 of the 3 ID classes
+    ood = make_imagefolder(d / "ood_tmp", ["blue sky", "red apple"], n_train=0, n_test=3, seed=1) / "test"
+    bad = make_imagefolder(d / "bad_tmp", ["red apple", "purple cow"], n_train=0, n_test=2, seed=2) / "test"
+    return {"id": idf, "ood": ood, "bad": bad}
+
+
+def _zeroshot_args(tiny, folders, *extra):
+    return ["zeroshot", "--model", "tiny", "--model-config", str(tiny["config"]), "--pretrained",
+            str(tiny["checkpoint"]), "--data", str(folders["id"]), "--templates", "tip7", *extra]
+
+
+def test_help_documents_every_option_with_default(capsys):
+    parser = build_parser()
+    for cmd in ("zeroshot", "eval"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([cmd, "--help"])
+        text = capsys.readouterr().out
+        for opt in ("--data", "--ood", "--templates", "--batch-size", "--device", "--split", "--out"):
+            assert opt in text
+        assert "(default: 256)" in text and "(default: openai80)" in text
+
+
+def test_zeroshot_end_to_end_matches_direct_computation(tiny_openclip, folders, tmp_path, capsys):
+    out = tmp_path / "zs"
+    rc = main(_zeroshot_args(tiny_openclip, folders, "--ood", f"shifted={folders['ood']}", "--out", str(out),
+                             "--batch-size", "5"))
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    m = doc["metrics"]
+    assert set(m) == {"test", "shifted"}
+    for s, n in (("test", 12), ("shifted", 6)):
+        r = m[s]["zero-shot"]
+        assert set(r) == {"top1", "top5", "n"} and r["n"] == n
+        assert 0.0 <= r["top1"] <= r["top5"] == 100.0  # top-5 of <=3 classes is everything
+    assert doc["roles"] == {"test": "test", "shifted": "ood"}
+    assert doc["hashes"]["test"].startswith("list:")
+    report = (out / "report.md").read_text()
+    assert "| zero-shot |" in report and "shifted top-1" in report
+    assert "| zero-shot |" in capsys.readouterr().out
+
+    # independent computation: encode with open_clip directly, cosine to the mean of the
+    # normalised prompt features, OOD restricted to the two classes it has
+    import open_clip
+    from PIL import Image
+
+    from fdalign.prompts import TIP7
+
+    cfg = json.loads(open(tiny_openclip["config"]).read())
+    model = open_clip.CLIP(**cfg)
+    model.load_state_dict(torch.load(tiny_openclip["checkpoint"], weights_only=True)["state_dict"])
+    model.eval()
+    from fdalign.backends import load_clip
+
+    tf = load_clip("tiny", pretrained=str(tiny_openclip["checkpoint"]),
+                   model_config=str(tiny_openclip["config"])).preprocess_eval()
+    tok = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    with torch.no_grad():
+        protos = []
+        for c in CLASSES:
+            t = model.encode_text(tok([tpl.replace("{}", c) for tpl in TIP7]))
+            protos.append(torch.nn.functional.normalize(torch.nn.functional.normalize(t, dim=-1).mean(0), dim=0))
+        protos = torch.stack(protos)
+
+        def acc(root, names, subset):
+            correct = total = 0
+            for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+                y = CLASSES.index(folder.name.replace("_", " "))
+                for f in sorted(folder.iterdir()):
+                    x = tf(Image.open(f)).unsqueeze(0)
+                    sims = torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ protos.T
+                    pred = subset[int(sims[0, subset].argmax())]
+                    correct += int(pred == y)
+                    total += 1
+            return 100 * correct / total
+
+        assert m["test"]["zero-shot"]["top1"] == pytest.approx(acc(folders["id"] / "test", CLASSES, [0, 1, 2]))
+        assert m["shifted"]["zero-shot"]["top1"] == pytest.approx(acc(folders["ood"], CLASSES, [0, 2]))
+
+
+def test_ood_class_not_in_id_set_exits_2(tiny_openclip, folders, tmp_path, capsys):
+    rc = main(_zeroshot_args(tiny_openclip, folders, "--ood", f"bad={folders['bad']}", "--out", str(tmp_path / "o")))
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fdalign zeroshot: error:") and "purple cow" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_with_model_name_is_zeroshot(tiny_openclip, folders, tmp_path):
+    out = tmp_path / "e"
+    rc = main(["eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
+               str(tiny_openclip["checkpoint"]), "--data", str(folders["id"]), "--templates", "tip7",
+               "--out", str(out)])
+    assert rc == 0
+    zs = tmp_path / "zs"
+    main(_zeroshot_args(tiny_openclip, folders, "--out", str(zs)))
+    a = json.loads((out / "metrics.json").read_text())["metrics"]
+    b = json.loads((zs / "metrics.json").read_text())["metrics"]
+    assert a == b
