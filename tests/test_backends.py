@@ -277,7 +277,7 @@ def test_download_failure_says_how_to_work_offline(monkeypatch):
 
     def offline(*args, **kwargs):
         calls.append(kwargs.get("repo_id"))
-        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has been disabled.")
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache (offline).")
 
     monkeypatch.setattr(sys.modules["open_clip.pretrained"], "hf_hub_download", offline)
     with pytest.raises(FDAlignError) as e:

@@ -122,3 +122,120 @@ def test_eval_with_model_name_is_zeroshot(tiny_openclip, folders, tmp_path):
     a = json.loads((out / "metrics.json").read_text())["metrics"]
     b = json.loads((zs / "metrics.json").read_text())["metrics"]
     assert a == b
+
+
+# ------------------------------------------------------------------------------------------------
+# fdalign eval RUN: a run directory built with the trainer's API (fdalign.train.run.save_model)
+
+
+def _make_run(tiny, folders, run_dir, mode="fdalign", wiseft_alpha=None):
+    import copy
+
+    from fdalign.backends import load_clip
+    from fdalign.heads import PrototypeHead
+    from fdalign.prompts import load_templates
+    from fdalign.prototypes import build_prototypes
+    from fdalign.train.config import TrainConfig
+    from fdalign.train.run import save_model
+
+    backend = load_clip("tiny", pretrained=str(tiny["checkpoint"]), model_config=str(tiny["config"]))
+    protos = build_prototypes(backend, CLASSES, load_templates("tip7"), spc=None, cache_dir=False)
+    zs_head = PrototypeHead(protos.class_prototypes, scale=backend.logit_scale)
+    head = PrototypeHead(protos.class_prototypes, scale=backend.logit_scale, trainable=True)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        head.weight.add_(torch.randn(head.weight.shape, generator=g) * 20)
+        head.bias.add_(torch.randn(head.bias.shape, generator=g))
+    enc = copy.deepcopy(backend.image_encoder)
+    if mode != "linear-probe":
+        with torch.no_grad():  # "fine-tuning": a visible change of the encoder's weights
+            for p in enc.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    cfg = TrainConfig(model="tiny", pretrained=str(tiny["checkpoint"]), model_config=str(tiny["config"]),
+                      data=str(folders["id"]), templates="tip7", mode=mode, out=str(run_dir),
+                      ood=[f"shifted={folders['ood']}"])
+    cfg.to_yaml(run_dir / "config.yaml")
+    save_model(run_dir / "model" / "best.safetensors", enc, head, zs_head,
+               metadata={"classnames": CLASSES, "base_fingerprint": backend.fingerprint})
+    selection = {"epoch": {"chosen": 3, "on": "val (2-shot of val/, 6 images)", "metric": "top1", "score": 50.0}}
+    if wiseft_alpha is not None:
+        selection["wiseft_alpha"] = {"chosen": wiseft_alpha, "on": "val", "metric": "top1", "score": 60.0}
+    (run_dir / "selection.json").write_text(json.dumps(selection))
+    (run_dir / "report.md").write_text("training report\n")
+    return enc, head, zs_head, backend
+
+
+def _direct_top1(encoder, head, root, subset=None):
+    """Accuracy by hand: per image, transform, encode, head, argmax over the subset."""
+    from PIL import Image
+
+    from fdalign.backends import ImageSpec
+    from fdalign.data.transforms import eval_transform
+
+    import open_clip
+
+    tf = eval_transform(ImageSpec(32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD))
+    subset = subset or list(range(len(CLASSES)))
+    encoder.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            y = CLASSES.index(folder.name.replace("_", " "))
+            for f in sorted(folder.iterdir()):
+                logits = head(encoder(tf(Image.open(f)).unsqueeze(0)))
+                correct += int(subset[int(logits[0, subset].argmax())] == y)
+                total += 1
+    return 100 * correct / total
+
+
+def test_eval_run_directory(tiny_openclip, folders, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    enc, head, zs_head, backend = _make_run(tiny_openclip, folders, run_dir, wiseft_alpha=0.5)
+    # data and OOD sets default to the run's
+    rc = main(["eval", str(run_dir), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert (run_dir / "report.md").read_text() == "training report\n"  # training report kept
+    doc = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    m = doc["metrics"]
+    assert set(m) == {"test", "shifted"}
+    assert list(m["test"]) == ["fdalign", "zero-shot", "WiSE-FT (alpha=0.5)"]
+    assert m["test"]["fdalign"]["top1"] == pytest.approx(_direct_top1(enc, head, folders["id"] / "test"))
+    assert m["shifted"]["fdalign"]["top1"] == pytest.approx(_direct_top1(enc, head, folders["ood"], [0, 2]))
+    base = backend.image_encoder
+    assert m["test"]["zero-shot"]["top1"] == pytest.approx(_direct_top1(base, zs_head, folders["id"] / "test"))
+
+    # the zero-shot row equals `fdalign zeroshot` with the same model and templates
+    zs_out = tmp_path / "zs"
+    main(_zeroshot_args(tiny_openclip, folders, "--ood", f"shifted={folders['ood']}", "--out", str(zs_out)))
+    zs = json.loads((zs_out / "metrics.json").read_text())["metrics"]
+    for s in ("test", "shifted"):
+        assert m[s]["zero-shot"]["top1"] == pytest.approx(zs[s]["zero-shot"]["top1"])
+
+    report = (run_dir / "eval" / "report.md").read_text()
+    assert "| fdalign |" in report and "| zero-shot |" in report
+    assert "3, chosen on val (2-shot of val/, 6 images) by top1 = 50.00" in report
+
+
+def test_eval_linear_probe_run_shares_encoder_features(tiny_openclip, folders, tmp_path, monkeypatch):
+    """A linear probe's encoder is the base encoder: one pass over each set feeds both heads."""
+    import fdalign.eval.pipeline as pipeline
+
+    run_dir = tmp_path / "lp"
+    _make_run(tiny_openclip, folders, run_dir, mode="linear-probe")
+    calls = []
+    real = pipeline.extract_features
+
+    def counting(encoder, dataset, **kw):
+        calls.append(len(dataset))
+        return real(encoder, dataset, **kw)
+
+    monkeypatch.setattr(pipeline, "extract_features", counting)
+    assert main(["eval", str(run_dir), "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    assert calls == [12, 6]  # test and shifted once each, not once per model
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    assert list(m["test"]) == ["linear-probe", "zero-shot"]
+
+
+def test_eval_rejects_non_run_directory(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "not an fdalign run directory" in capsys.readouterr().err

@@ -232,7 +232,9 @@ def load_prototypes(path: str | Path) -> Prototypes:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FDAlignError(f"prototypes file {path} does not exist; create it with `fdalign prototypes ... --out {path}`")
+        raise FDAlignError(
+            f"prototypes file {path} does not exist; create it with `fdalign prototypes ... --out {path}`"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -42,7 +42,9 @@ class SPCConfig:
 
     def __post_init__(self):
         if self.keep < 1:
-            raise FDAlignError(f"SPC keep must be >= 1 (got {self.keep}); it is how many templates survive outlier removal")
+            raise FDAlignError(
+                f"SPC keep must be >= 1 (got {self.keep}); it is how many templates survive outlier removal"
+            )
         if self.k < 1:
             raise FDAlignError(f"SPC k must be >= 1 (got {self.k}); it is how many corrected prototypes KMeans makes")
 

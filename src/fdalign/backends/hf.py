@@ -173,7 +173,9 @@ class HFCLIPBackend(CLIPBackend):
                     max_length=self._max_length,
                     return_tensors="pt",
                 ).to(dev)
-                feats = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                feats = self.model.get_text_features(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                )
                 # transformers 5 returns an output object whose pooler_output is projected; 4.x a tensor.
                 feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
                 out.append(feats.float().cpu())

@@ -177,7 +177,8 @@ def _weights_for_config(name: str, pretrained: str | None, cfg_path: Path) -> tu
         )
     if pretrained == RANDOM:
         return None, "random", [RANDOM]
-    ckpt = _checkpoint(pretrained, f" (with a custom model config, --pretrained must be a checkpoint file or '{RANDOM}')")
+    hint = f" (with a custom model config, --pretrained must be a checkpoint file or '{RANDOM}')"
+    ckpt = _checkpoint(pretrained, hint)
     return str(ckpt), "file", file_stamp(ckpt)
 
 

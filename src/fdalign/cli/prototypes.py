@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     c, d = protos.class_prototypes.shape
     print(f"classes C={c}  templates M={len(templates)}  embed dim D={d}")
     if protos.corrected_prototypes is not None:
-        print(f"SPC: kept {len(protos.kept_templates)} templates, {protos.corrected_prototypes.shape[0]} corrected prototypes")
+        k = protos.corrected_prototypes.shape[0]
+        print(f"SPC: kept {len(protos.kept_templates)} templates, {k} corrected prototypes")
         print(f"dropped templates ({len(protos.dropped_templates)}):")
         for t in protos.dropped_templates:
             print(f"  {t}")

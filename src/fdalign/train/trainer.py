@@ -1,0 +1,476 @@
+"""The FD-Align training loop.
+
+One loop covers the three modes:
+
+* ``fdalign``: the image encoder ``f_t`` (and a trainable head, if chosen) learn from
+  ``alpha * CE + beta * KL(P_spur(f_t) || P_spur(f_0))``, where ``f_0`` is a frozen copy of the
+  encoder run on the same augmented batch. With ``beta == 0`` the copy is never built or run, so
+  this *is* plain full fine-tuning.
+* ``linear-probe``: the encoder is frozen (eval mode, no gradients) and only the head learns, with CE.
+* ``lp-ft``: ``lp_epochs`` of linear probe, then ``epochs`` of ``fdalign`` starting from the probed
+  head; each phase has its own optimiser and cosine schedule.
+
+Determinism: the data order of epoch ``e`` comes from a ``torch.Generator`` seeded with
+:func:`epoch_seed` ``(seed, e)`` and the global torch RNG (used by the augmentations in the main
+process) is re-seeded the same way at the start of every epoch. So an epoch's batches depend only
+on ``(seed, e)``, and a run resumed at an epoch boundary ends with bit-identical weights to an
+uninterrupted one (on the same device and software).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fdalign.errors import FDAlignError
+from fdalign.heads import PrototypeHead
+from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
+from fdalign.train.selection import EvalSplit, SelectionLog, select, val_score
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("step", "epoch", "lr", "ce", "kl", "loss", "images_per_s")
+
+
+# ----------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up ``base_lr * (step + 1) / warmup_steps`` for ``step < warmup_steps``, then
+    ``min_lr + (base_lr - min_lr) * (1 + cos(pi * t)) / 2`` with
+    ``t = (step - warmup_steps) / (total_steps - warmup_steps)``, so the first post-warm-up step
+    runs at ``base_lr`` and the rate approaches ``min_lr`` at the end.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for epoch ``epoch`` (0-based) of a run seeded ``seed``."""
+    digest = hashlib.sha256(f"fdalign/{seed}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FDAlignError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FDAlignError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float, skip_norm_bias: bool) -> list[dict]:
+    """Two groups: with weight decay, and without for biases / norm gains / 1-D tensors (open_clip's rule)."""
+
+    def no_decay(n: str, p: torch.Tensor) -> bool:
+        return skip_norm_bias and (p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n)
+
+    decay = [p for n, p in named if not no_decay(n, p)]
+    rest = [p for n, p in named if no_decay(n, p)]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(cfg: TrainConfig, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Hash of the settings that change the result (resume refuses a different one)."""
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_SEMANTIC_FIELDS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs with one optimiser and one cosine schedule."""
+
+    name: str  # "linear-probe" or "fdalign"
+    start: int  # first epoch (0-based, global)
+    stop: int  # one past the last epoch
+    lr: float
+    train_encoder: bool
+    use_kl: bool
+
+
+def phases(cfg: TrainConfig) -> list[Phase]:
+    ft = lambda start: Phase("fdalign", start, start + cfg.epochs, cfg.lr, True, cfg.beta != 0)  # noqa: E731
+    if cfg.mode == "linear-probe":
+        return [Phase("linear-probe", 0, cfg.epochs, cfg.lp_lr, False, False)]
+    if cfg.mode == "lp-ft":
+        return [Phase("linear-probe", 0, cfg.lp_epochs, cfg.lp_lr, False, False), ft(cfg.lp_epochs)]
+    return [ft(0)]
+
+
+def _frozen_copy(encoder: nn.Module) -> nn.Module:
+    """f_0: the encoder as it is now, in eval mode, without gradients."""
+    f0 = copy.deepcopy(encoder)
+    f0.eval()
+    f0.requires_grad_(False)
+    return f0
+
+
+def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``encoder`` / ``head`` hold the *selected* epoch's weights."""
+
+    encoder: nn.Module
+    head: PrototypeHead
+    zeroshot_head: PrototypeHead
+    zeroshot_encoder_state: dict[str, torch.Tensor] = field(repr=False)
+    best_epoch: int  # 1-based
+    best_val_top1: float
+    val_top1: list[float]  # per epoch
+    steps: int
+    seconds: float
+    selection: SelectionLog
+    config: TrainConfig
+
+
+class _CSVLog:
+    """``<run>/log.csv``; on resume, rows after the checkpoint's step are dropped first."""
+
+    def __init__(self, path: Path, keep_until_step: int | None):
+        self.path = path
+        rows = []
+        if keep_until_step is not None and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = path.open("w", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=LOG_COLUMNS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.fh.flush()
+
+    def write(self, row: dict):
+        self.writer.writerow(row)
+
+    def flush(self):
+        self.fh.flush()
+
+    def close(self):
+        self.fh.close()
+
+
+def _tensorboard(run_dir: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _val_top1(encoder, head, split: EvalSplit, cfg: TrainConfig, device) -> float:
+    from fdalign.eval.features import extract_features
+    from fdalign.eval.metrics import topk_accuracy
+    from fdalign.eval.pipeline import apply_head
+
+    def score(ds: Dataset) -> float:
+        feats, labels = extract_features(
+            encoder, ds, batch_size=cfg.eval_batch_size, device=device, num_workers=0,
+            precision=cfg.precision if device.type == "cuda" else "fp32", progress=False, desc="val",
+        )
+        return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
+
+    return val_score(split, score)
+
+
+def train(
+    backend,
+    train_set: Dataset,
+    val_set: Dataset | EvalSplit,
+    prototypes,
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``backend.image_encoder`` (in place) and return the selected weights.
+
+    Args:
+        backend: a :class:`~fdalign.backends.base.CLIPBackend`.
+        train_set: yields ``(augmented image [3,H,W], label)``.
+        val_set: the validation set (an :class:`EvalSplit` with role ``"val"``, or a dataset taken
+            to be one); the only data any choice is made on.
+        prototypes: :class:`~fdalign.prototypes.Prototypes` (class + spurious / corrected).
+        config: the run's settings (``batch_size`` 0 / ``lr_per_256`` are resolved here).
+        run_dir: where ``log.csv``, ``checkpoint/``, ``model/best.safetensors`` and
+            ``selection.json`` go.
+        progress: tqdm bars (also needs ``config.progress``).
+        on_epoch_end: called as ``on_epoch_end(epoch (1-based), val_top1)`` after the epoch's
+            checkpoint is written (tests use it to simulate a kill).
+    """
+    from tqdm.auto import tqdm
+
+    from fdalign.eval.features import autocast_context
+    from fdalign.losses import fdalign_loss
+    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, save_model
+
+    cfg = config.resolved(len(train_set)).validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoint"
+    progress = progress and cfg.progress
+    if not isinstance(val_set, EvalSplit):
+        val_set = EvalSplit(val_set, "val", f"val ({len(val_set)} images)")
+    if len(val_set.dataset) == 0:
+        raise FDAlignError("the validation set is empty; every selection needs at least one val image")
+
+    device = resolve_device(cfg.device)
+    precision = cfg.precision
+    if precision != "fp32" and device.type != "cuda":
+        warnings.warn(f"precision {precision} is only used on CUDA; training in fp32 on {device}", stacklevel=2)
+        precision = "fp32"
+
+    scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
+    spurious = prototypes.corrected_prototypes if cfg.spc else prototypes.spurious_prototypes
+    if cfg.spc and spurious is None:
+        raise FDAlignError("config asks for SPC but the prototypes have no corrected_prototypes; build them with spc=SPCConfig(...)")
+    normalize_spurious = not (cfg.spc and not cfg.spc_renormalize)
+    plan = phases(cfg)
+    total_epochs = plan[-1].stop
+
+    backend.to(device)
+    encoder = backend.image_encoder
+    head = PrototypeHead(prototypes.class_prototypes, scale, trainable=cfg.head_trainable).to(device)
+    zeroshot_head = copy.deepcopy(head)
+    zeroshot_encoder_state = _state_cpu(encoder)
+    # f_0 must be the *pretrained* encoder, so it is copied before any checkpoint is loaded
+    frozen = _frozen_copy(encoder) if any(p.use_kl for p in plan) else None
+    if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
+        warnings.warn(f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; "
+                      "training without it", stacklevel=2)
+    spurious_dev = spurious.to(device) if spurious is not None else None
+
+    # ---- resume -----------------------------------------------------------------------------
+    chash = config_hash(cfg)
+    start_epoch, step, val_hist, best_val, best_epoch = 0, 0, [], -1.0, 0
+    ckpt = None
+    if cfg.resume and (ckpt_dir / "last.json").is_file():
+        ckpt = load_checkpoint(ckpt_dir)
+        if ckpt.meta.get("config_hash") != chash:
+            raise FDAlignError(
+                f"cannot resume {run_dir}: its checkpoint was made with different settings "
+                f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new --out"
+            )
+        encoder.load_state_dict(ckpt.encoder)
+        head.load_state_dict(ckpt.head)
+        start_epoch, step = ckpt.epoch, ckpt.step
+        val_hist = list(ckpt.meta["val_top1"])
+        best_val, best_epoch = float(ckpt.meta["best_val_top1"]), int(ckpt.meta["best_epoch"])
+        restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
+        log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+    elif cfg.resume:
+        log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
+    elif (ckpt_dir / "last.json").is_file():
+        raise FDAlignError(
+            f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose a new --out"
+        )
+
+    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=step if ckpt is not None else None)
+    tb = _tensorboard(run_dir, cfg.tensorboard)
+    selection = SelectionLog()
+    model_meta = {
+        "classnames": list(getattr(prototypes, "classnames", []) or []),
+        "base_fingerprint": str(getattr(backend, "fingerprint", "")),
+        "model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config,
+        "mode": cfg.mode,
+    }
+    t_start = time.time()
+    use_scaler = precision == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    try:
+        for phase in plan:
+            if start_epoch >= phase.stop:
+                continue
+            # ---- phase set-up: which parameters learn, the optimiser and its schedule -----------
+            encoder.requires_grad_(phase.train_encoder)
+            named = [(f"head.{n}", p) for n, p in head.named_parameters()]
+            if phase.train_encoder:
+                named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named
+            if not named:
+                raise FDAlignError(f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters")
+            params = [p for _, p in named]
+            optimizer = build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), phase.lr)
+            steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+            total_steps = steps_per_epoch * (phase.stop - phase.start)
+            warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+            warmup = min(warmup, total_steps)
+            if ckpt is not None and ckpt.meta.get("phase") == phase.name and ckpt.optimizer is not None \
+                    and start_epoch > phase.start:
+                optimizer.load_state_dict(ckpt.optimizer)
+                if ckpt.meta.get("scaler"):
+                    scaler.load_state_dict(ckpt.meta["scaler"])
+
+            for epoch in range(max(start_epoch, phase.start), phase.stop):
+                phase_step = (epoch - phase.start) * steps_per_epoch
+                g = torch.Generator()
+                g.manual_seed(epoch_seed(cfg.seed, epoch))
+                torch.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)  # augmentations in this process
+                loader = DataLoader(
+                    train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=False,
+                    num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                )
+                encoder.train(phase.train_encoder)  # a frozen encoder extracts features as at test time
+                head.train()
+                bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{total_epochs}", disable=not progress,
+                           leave=False, dynamic_ncols=True)
+                t_prev = time.perf_counter()
+                for images, labels in bar:
+                    lr = cosine_lr(phase_step, total_steps, warmup, phase.lr, cfg.min_lr)
+                    for grp in optimizer.param_groups:
+                        grp["lr"] = lr
+                    images = images.to(device, non_blocking=True)
+                    labels = torch.as_tensor(labels).to(device, non_blocking=True)
+                    with autocast_context(device, precision):
+                        if phase.train_encoder:
+                            feat_t = encoder(images)
+                        else:
+                            with torch.no_grad():
+                                feat_t = encoder(images)
+                        logits = head(feat_t)
+                        feat_0 = None
+                        if phase.use_kl:
+                            with torch.no_grad():
+                                feat_0 = frozen(images)
+                    loss, parts = fdalign_loss(
+                        logits, labels, feat_t, feat_0, spurious_dev if phase.use_kl else None,
+                        alpha=cfg.alpha if phase.name == "fdalign" else 1.0,
+                        beta=cfg.beta if phase.use_kl else 0.0,
+                        scale=scale, direction=cfg.kl_direction, normalize_prototypes=normalize_spurious,
+                    )
+                    if not torch.isfinite(loss):
+                        raise FDAlignError(
+                            f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "
+                            "(or use --precision bf16 / fp32 instead of fp16)"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step += 1
+                    phase_step += 1
+                    now = time.perf_counter()
+                    ips = images.shape[0] / max(now - t_prev, 1e-9)
+                    t_prev = now
+                    row = {
+                        "step": step, "epoch": epoch + 1, "lr": lr, "ce": parts["ce"].item(),
+                        "kl": parts["kl"].item(), "loss": loss.item(), "images_per_s": round(ips, 2),
+                    }
+                    csv_log.write(row)
+                    if tb is not None:
+                        for k in ("lr", "ce", "kl", "loss", "images_per_s"):
+                            tb.add_scalar(f"train/{k}", row[k], step)
+                    bar.set_postfix(ce=f"{row['ce']:.3f}", kl=f"{row['kl']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                bar.close()
+
+                # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
+                top1 = _val_top1(encoder, head, val_set, cfg, device)
+                val_hist.append(top1)
+                improved = top1 > best_val
+                if improved or cfg.selection == "last":
+                    best_val, best_epoch = (top1, epoch + 1) if improved else (best_val, best_epoch)
+                if improved and cfg.selection == "best":
+                    save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
+                               dict(model_meta, epoch=epoch + 1, val_top1=top1))
+                if cfg.selection == "last":
+                    save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
+                               dict(model_meta, epoch=epoch + 1, val_top1=top1))
+                csv_log.flush()
+                if tb is not None:
+                    tb.add_scalar("val/top1", top1, epoch + 1)
+                save_checkpoint(
+                    ckpt_dir, encoder=encoder, head=head, optimizer=optimizer,
+                    meta={
+                        "epoch": epoch + 1, "step": step, "phase": phase.name, "config_hash": chash,
+                        "val_top1": val_hist, "best_val_top1": best_val, "best_epoch": best_epoch,
+                        "scheduler": {"phase": phase.name, "phase_step": phase_step, "total_steps": total_steps,
+                                      "warmup_steps": warmup, "base_lr": phase.lr, "min_lr": cfg.min_lr},
+                        "scaler": scaler.state_dict() if use_scaler else None,
+                    },
+                )
+                if progress:
+                    tqdm.write(f"epoch {epoch + 1}/{total_epochs}: val top-1 {top1:.2f}%"
+                               + ("  (best)" if improved else ""))
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, top1)
+            start_epoch = phase.stop
+    finally:
+        csv_log.close()
+        if tb is not None:
+            tb.close()
+
+    # ---- the selection, recorded, and the chosen weights loaded back -------------------------
+    scores = {e + 1: v for e, v in enumerate(val_hist)}
+    if cfg.selection == "best":
+        chosen = select("epoch", scores, val_set, selection)
+    else:
+        chosen = len(val_hist)
+        selection.entries["epoch"] = {"chosen": chosen, "on": "rule: the last epoch (no data used)",
+                                      "metric": "top1", "score": val_hist[-1],
+                                      "scores": {str(k): v for k, v in scores.items()}}
+    selection.save(run_dir / SELECTION_FILE)
+    from fdalign.train.run import load_model
+
+    saved = load_model(run_dir / MODEL_FILE)
+    if int(saved.metadata.get("epoch", -1)) != chosen:
+        raise RuntimeError(f"{run_dir / MODEL_FILE} holds epoch {saved.metadata.get('epoch')} but epoch {chosen} was selected")
+    ref = encoder.state_dict()
+    encoder.load_state_dict({k: v.to(ref[k].dtype) if v.is_floating_point() else v for k, v in saved.encoder.items()})
+    head.load_state_dict(saved.head.state_dict())
+    encoder.eval()
+    head.eval()
+    encoder.requires_grad_(False)
+    return TrainResult(
+        encoder=encoder, head=head, zeroshot_head=zeroshot_head, zeroshot_encoder_state=zeroshot_encoder_state,
+        best_epoch=int(chosen), best_val_top1=float(scores[chosen]), val_top1=val_hist, steps=step,
+        seconds=time.time() - t_start, selection=selection, config=cfg,
+    )
+
+
+__all__ = ["train", "TrainResult", "cosine_lr", "epoch_seed", "phases", "Phase", "resolve_device", "config_hash"]
