@@ -239,3 +239,12 @@ def test_eval_linear_probe_run_shares_encoder_features(tiny_openclip, folders, t
 def test_eval_rejects_non_run_directory(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert "not an fdalign run directory" in capsys.readouterr().err
+
+
+def test_eval_run_on_data_with_other_classes_exits_2(tiny_openclip, folders, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    _make_run(tiny_openclip, folders, run_dir)
+    other = make_imagefolder(tmp_path / "other", ["red apple", "purple cow", "blue sky"], 0, 1)
+    assert main(["eval", str(run_dir), "--data", str(other), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'purple cow'" in err and len(err.splitlines()) == 1

@@ -132,12 +132,14 @@ def _open_sets(args, id_classnames: list[str] | None = None):
     Returns ``(id_split, [(name, ood_split, class_subset or None)])``. Done before any model loads
     so that a wrong path or an unmatched class fails in a second.
     """
+    import dataclasses
+
     from fdalign.data import map_ood_to_id, open_dataset, parse_ood_arg, pick_split
     from fdalign.errors import FDAlignError
 
     id_split = pick_split(open_dataset(args.data, args.image_root, args.classnames), args.split)
-    if id_classnames is not None and args.classnames is None:
-        id_split = id_split.with_classnames(id_classnames)
+    if id_classnames is not None:
+        id_split = _align_to_run_classes(id_split, id_classnames, args.data)
     if len(id_split) == 0:
         raise FDAlignError(f"the '{id_split.name}' split of {args.data} has no images")
     id_name = id_split.name
@@ -148,12 +150,39 @@ def _open_sets(args, id_classnames: list[str] | None = None):
         if name in seen:
             raise FDAlignError(f"--ood {text!r}: the name {name!r} is used twice; give every set its own name")
         seen.add(name)
-        split = pick_split(open_dataset(path), "test")
-        split.name = name
+        split = dataclasses.replace(pick_split(open_dataset(path), "test"), name=name)
         mapped, present = map_ood_to_id(split, id_split.classnames, id_split.class_keys)
         subset = present if len(present) < id_split.num_classes else None
         ood.append((name, mapped, subset))
     return id_name, id_split, ood
+
+
+def _align_to_run_classes(split, run_classnames: list[str], data):
+    """Relabel ``split`` into the run's class order; the heads' column c is ``run_classnames[c]``.
+
+    The same names in another order (e.g. a CSV sorted differently) are remapped; other names are
+    an error, since renaming labels by position would silently score against the wrong classes.
+    """
+    from fdalign.data import map_ood_to_id, normalize_classname
+    from fdalign.errors import FDAlignError
+
+    have = [normalize_classname(c) for c in split.classnames]
+    want = [normalize_classname(c) for c in run_classnames]
+    if have == want:
+        return split
+    if sorted(have) != sorted(want):
+        extra = sorted(set(have) - set(want))
+        raise FDAlignError(
+            f"--data {data} has class(es) the run was not trained on ({', '.join(map(repr, extra[:3]))}"
+            f"{', ...' if len(extra) > 3 else ''}); the run knows {len(want)} classes: "
+            f"{', '.join(map(repr, run_classnames[:5]))}{', ...' if len(want) > 5 else ''}. Evaluate on the run's "
+            "data set, or pass --classnames with the names the run used"
+            if extra else
+            f"--data {data} has {len(have)} classes but the run was trained on {len(want)}; evaluate on the "
+            "run's data set"
+        )
+    mapped, _ = map_ood_to_id(split, list(run_classnames))
+    return mapped
 
 
 def _eval_sets(id_name, id_split, ood, transform) -> dict:
@@ -232,23 +261,20 @@ def _eval_run(args) -> int:
     run_dir = Path(args.target)
     loaded = load_run(run_dir, args.device)
     cfg = _as_dict(loaded.config)
+    if args.classnames is None:
+        args.classnames = cfg.get("classnames")  # the display names the heads were built from
     if args.data is None:
         # the run's own data and OOD sets, exactly as it was trained
         args.data = cfg.get("data")
         if args.image_root is None:
             args.image_root = cfg.get("image_root")
-        if args.classnames is None:
-            args.classnames = cfg.get("classnames")
         if not args.ood:
             args.ood = list(cfg.get("ood") or [])
         if args.data is None:
             raise FDAlignError(f"run {run_dir} records no data path; pass --data")
+    if not loaded.classnames:
+        raise FDAlignError(f"{run_dir}: the model file records no class names; re-run `fdalign train`")
     id_name, id_split, ood = _open_sets(args, id_classnames=list(loaded.classnames))
-    if id_split.num_classes != len(loaded.classnames):
-        raise FDAlignError(
-            f"--data {args.data} has {id_split.num_classes} classes but run {run_dir} was trained on "
-            f"{len(loaded.classnames)}; evaluate on the data set the run was trained on"
-        )
     hashes = _hashes(args, id_name, id_split, ood)
     _warn_hash_mismatch(run_dir, hashes)
 

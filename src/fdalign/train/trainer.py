@@ -412,13 +412,10 @@ def train(
                 # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
                 top1 = _val_top1(encoder, head, val_set, cfg, device)
                 val_hist.append(top1)
-                improved = top1 > best_val
-                if improved or cfg.selection == "last":
-                    best_val, best_epoch = (top1, epoch + 1) if improved else (best_val, best_epoch)
-                if improved and cfg.selection == "best":
-                    save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
-                               dict(model_meta, epoch=epoch + 1, val_top1=top1))
-                if cfg.selection == "last":
+                improved = top1 > best_val  # strict: ties keep the earlier epoch, as select() does
+                if improved:
+                    best_val, best_epoch = top1, epoch + 1
+                if (improved and cfg.selection == "best") or cfg.selection == "last":
                     save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
                                dict(model_meta, epoch=epoch + 1, val_top1=top1))
                 csv_log.flush()
