@@ -129,6 +129,8 @@ def test_eval_with_model_name_is_zeroshot(tiny_openclip, folders, tmp_path):
 
 
 def _make_run(tiny, folders, run_dir, mode="fdalign", wiseft_alpha=None):
+    """A run directory as `fdalign train` writes it. The heads use CLASSES order, which is not the
+    (sorted) folder order of the data, so evaluating it exercises relabelling by class name."""
     import copy
 
     from fdalign.backends import load_clip
@@ -198,9 +200,9 @@ def test_eval_run_directory(tiny_openclip, folders, tmp_path, capsys):
     doc = json.loads((run_dir / "eval" / "metrics.json").read_text())
     m = doc["metrics"]
     assert set(m) == {"test", "shifted"}
-    assert list(m["test"]) == ["fdalign", "zero-shot", "WiSE-FT (alpha=0.5)"]
-    assert m["test"]["fdalign"]["top1"] == pytest.approx(_direct_top1(enc, head, folders["id"] / "test"))
-    assert m["shifted"]["fdalign"]["top1"] == pytest.approx(_direct_top1(enc, head, folders["ood"], [0, 2]))
+    assert list(m["test"]) == ["zero-shot", "fine-tuned", "wiseft-0.5"]
+    assert m["test"]["fine-tuned"]["top1"] == pytest.approx(_direct_top1(enc, head, folders["id"] / "test"))
+    assert m["shifted"]["fine-tuned"]["top1"] == pytest.approx(_direct_top1(enc, head, folders["ood"], [0, 2]))
     base = backend.image_encoder
     assert m["test"]["zero-shot"]["top1"] == pytest.approx(_direct_top1(base, zs_head, folders["id"] / "test"))
 
@@ -212,7 +214,7 @@ def test_eval_run_directory(tiny_openclip, folders, tmp_path, capsys):
         assert m[s]["zero-shot"]["top1"] == pytest.approx(zs[s]["zero-shot"]["top1"])
 
     report = (run_dir / "eval" / "report.md").read_text()
-    assert "| fdalign |" in report and "| zero-shot |" in report
+    assert "| fine-tuned |" in report and "| zero-shot |" in report
     assert "3, chosen on val (2-shot of val/, 6 images) by top1 = 50.00" in report
 
 
@@ -233,7 +235,7 @@ def test_eval_linear_probe_run_shares_encoder_features(tiny_openclip, folders, t
     assert main(["eval", str(run_dir), "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
     assert calls == [12, 6]  # test and shifted once each, not once per model
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
-    assert list(m["test"]) == ["linear-probe", "zero-shot"]
+    assert list(m["test"]) == ["zero-shot", "fine-tuned"]
 
 
 def test_eval_rejects_non_run_directory(tmp_path, capsys):

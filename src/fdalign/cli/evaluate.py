@@ -23,6 +23,9 @@ _OOD_HELP = (
     "logits are restricted to the classes it has (ImageNet-A/-R: 200 of 1000)"
 )
 ZEROSHOT_NAME = "zero-shot"
+FINETUNED_NAME = "fine-tuned"
+REPORT_TRAIN_KEYS = ("model", "pretrained", "mode", "shots", "seed", "templates", "alpha", "beta", "spc", "head",
+                     "optimizer", "lr", "epochs", "batch_size", "selection")
 
 
 def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
@@ -30,19 +33,20 @@ def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
         "" if data_required else " (for a run directory: default the run's --data)"))
     p.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to")
     p.add_argument("--classnames", default=None, help="text file with one class name per line, in label "
-                   "order (default: names from the data; for a run, the run's class names)")
+                   "order; none = names from the data (for a run: the class-names file it was trained with)")
     p.add_argument("--split", default="test", help="which split of --data is the ID evaluation set "
                    "(data with a single split uses it whatever its name)")
     p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help=_OOD_HELP)
     p.add_argument("--templates", default="openai80", help="prompt templates of the zero-shot head: openai80, "
-                   "tip7 or a text file with one template per line containing '{}'")
+                   "tip7 or a text file with one template per line containing '{}' (a run uses the zero-shot "
+                   "head it saved)")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
-    p.add_argument("--hash-content", action="store_true", help="hash every image's bytes for the report "
-                   "(default: hash the list of relative paths, labels and file sizes, which reads no images)")
+    p.add_argument("--hash-content", action="store_true", help="hash every image's bytes for the report; "
+                   "without it the list of relative paths, labels and file sizes is hashed (reads no images)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
@@ -215,12 +219,13 @@ def _zeroshot_head(backend, classnames, templates, args):
     return PrototypeHead(protos.class_prototypes, scale=backend.logit_scale).to(args.device)
 
 
-def _finish(args, metrics, out, *, config, hashes, selection, roles, title) -> int:
+def _finish(args, metrics, out, *, config, hashes, selection, roles, title, extra=None) -> int:
     from fdalign.eval import metrics_table, write_metrics, write_report
 
     print(metrics_table(metrics, roles))
     if out is not None:
-        write_metrics(out, metrics, {"roles": roles, "hashes": hashes, "config": config, "selection": selection})
+        doc = {"roles": roles, "hashes": hashes, "config": config, "selection": selection, **(extra or {})}
+        write_metrics(out, metrics, doc)
         write_report(out, metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title)
         print(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'report.md'}")
     return 0
@@ -278,17 +283,18 @@ def _eval_run(args) -> int:
     hashes = _hashes(args, id_name, id_split, ood)
     _warn_hash_mismatch(run_dir, hashes)
 
+    # row names as in the training report: zero-shot, fine-tuned, wiseft-<alpha>
     encoder = loaded.backend.image_encoder
-    name = str(cfg.get("mode") or "fine-tuned")
-    models = {name: (encoder, loaded.head)}
+    models = {}
     if not args.no_zeroshot and loaded.zeroshot_head is not None:
         # a linear probe never trains the encoder, so zero-shot reads the same features
         base_encoder = encoder if cfg.get("mode") == "linear-probe" else loaded.zero_shot_encoder().to(args.device)
         models[ZEROSHOT_NAME] = (base_encoder, loaded.zeroshot_head)
+    models[FINETUNED_NAME] = (encoder, loaded.head)
     alpha = (loaded.selection.get("wiseft_alpha") or {}).get("chosen")
     if alpha is not None and 0.0 < float(alpha) < 1.0 and cfg.get("mode") != "linear-probe":
         enc_a, head_a = loaded.wiseft(float(alpha))
-        models[f"WiSE-FT (alpha={float(alpha):g})"] = (enc_a.to(args.device), head_a.to(args.device))
+        models[f"wiseft-{float(alpha):g}"] = (enc_a.to(args.device), head_a.to(args.device))
     sets = _eval_sets(id_name, id_split, ood, loaded.backend.preprocess_eval())
     metrics = run_evaluation(
         models, sets, batch_size=args.batch_size, device=args.device, precision=args.precision,
@@ -298,9 +304,11 @@ def _eval_run(args) -> int:
     roles = {s.name: s.role for s in sets.values()}
     out = Path(args.out) if args.out else run_dir / "eval"
     config = {"run": str(run_dir), "data": str(args.data), "split": id_split.name, "ood": list(args.ood),
-              "precision": args.precision, "train_config": cfg}
+              "precision": args.precision}
+    # the report lists the settings that define the method; metrics.json keeps the whole config
+    config.update({k: cfg[k] for k in REPORT_TRAIN_KEYS if k in cfg})
     return _finish(args, metrics, out, config=config, hashes=hashes, selection=selection, roles=roles,
-                   title=f"Evaluation of run {run_dir.name}")
+                   title=f"Evaluation of run {run_dir.name}", extra={"train_config": cfg})
 
 
 def _as_dict(config) -> dict:

@@ -404,7 +404,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         inner, _ = _unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
-        shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, list) else default)
+        shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
         help_text = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if "choices" in f.metadata:
@@ -416,8 +416,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kw["type"] = elem
             if f.name == "ood":
                 kw.update(action="extend", nargs="+", metavar="NAME=PATH")
+            elif f.name in ("crop_scale", "adam_betas"):
+                kw.update(nargs=2, metavar=("LO", "HI") if f.name == "crop_scale" else ("B1", "B2"))
             else:
-                kw["nargs"] = 2 if f.name in ("crop_scale", "adam_betas") else "+"
+                kw.update(nargs="+", metavar=elem.__name__.upper())
         else:
             kw["type"] = inner
             if inner is not str:

@@ -107,6 +107,7 @@ class WorldBatch:
         labels: ``[N]`` int64 indices into ``classes``.
         styles: ``[N]`` int64 indices into :data:`STYLES`.
         captions: N strings.
+        areas: ``[N]`` float32, fraction of the image covered by the object(s) (from the mask).
         classes: the class names ``labels`` index (always the full :data:`CLASSES`).
     """
 
@@ -114,6 +115,7 @@ class WorldBatch:
     labels: np.ndarray
     styles: np.ndarray
     captions: list[str]
+    areas: np.ndarray | None = None
     classes: tuple[str, ...] = CLASSES
 
     def __len__(self) -> int:
@@ -123,7 +125,7 @@ class WorldBatch:
         idx = np.asarray(idx)
         return WorldBatch(
             self.images[idx], self.labels[idx], self.styles[idx],
-            [self.captions[i] for i in idx], self.classes,
+            [self.captions[i] for i in idx], None if self.areas is None else self.areas[idx], self.classes,
         )  # fmt: skip
 
 
@@ -385,8 +387,8 @@ def _stylise(rng: np.random.Generator, style: str, size: int, mask: np.ndarray, 
     raise ValueError(f"unknown style {style!r}")
 
 
-def render_one(label: int, style: int, rng: np.random.Generator, image_size: int = 64) -> tuple[np.ndarray, str]:
-    """One ``[H, W, 3]`` uint8 image of class ``label`` in style ``style`` and its caption."""
+def render_one(label: int, style: int, rng: np.random.Generator, image_size: int = 64) -> tuple[np.ndarray, str, float]:
+    """One ``[H, W, 3]`` uint8 image of class ``label`` in style ``style``, its caption and object area."""
     style_name = STYLES[style]
     colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
     rgb = np.array(COLOURS[colour], dtype=np.float32)
@@ -399,7 +401,7 @@ def render_one(label: int, style: int, rng: np.random.Generator, image_size: int
     word = CLASSES[label]
     if style_name in _COLOUR_VISIBLE and rng.random() < COLOUR_CAPTION_PROB:
         word = f"{colour} {word}"
-    return img, template.format(word)
+    return img, template.format(word), float(mask.mean())
 
 
 def _resolve(names: Sequence[str] | None, universe: tuple[str, ...], what: str) -> np.ndarray:
@@ -418,11 +420,12 @@ def render_items(labels: Sequence[int], styles: Sequence[int], seed: int, image_
     labels = np.asarray(labels, dtype=np.int64)
     styles = np.asarray(styles, dtype=np.int64)
     images = np.empty((len(labels), image_size, image_size, 3), np.uint8)
+    areas = np.empty(len(labels), np.float32)
     captions = []
     for k, (y, s) in enumerate(zip(labels, styles)):
-        images[k], cap = render_one(int(y), int(s), np.random.default_rng([seed, start + k]), image_size)
+        images[k], cap, areas[k] = render_one(int(y), int(s), np.random.default_rng([seed, start + k]), image_size)
         captions.append(cap)
-    return WorldBatch(images, labels, styles, captions)
+    return WorldBatch(images, labels, styles, captions, areas)
 
 
 def sample_items(n: int, seed: int, classes=None, styles=None, style_weights=None) -> tuple[np.ndarray, np.ndarray]:
@@ -465,6 +468,7 @@ def concat(batches: Sequence[WorldBatch]) -> WorldBatch:
     return WorldBatch(
         np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
         np.concatenate([b.styles for b in batches]), [c for b in batches for c in b.captions],
+        None if any(b.areas is None for b in batches) else np.concatenate([b.areas for b in batches]),
     )  # fmt: skip
 
 

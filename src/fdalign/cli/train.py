@@ -1,0 +1,233 @@
+"""``fdalign train``: K-shot fine-tuning with FD-Align, WiSE-FT, and ID / OOD evaluation in one run."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Fine-tune a CLIP image encoder on K images per class with FD-Align, then evaluate zero-shot CLIP,
+the fine-tuned model and its WiSE-FT interpolations on the ID test split and every --ood set.
+
+Options come from (lowest precedence first) their defaults, --preset, --config FILE.yaml and the
+flags given on the command line. The run directory (--out) receives:
+  config.yaml            the resolved options (repeat the run with --config <out>/config.yaml)
+  splits/train.json      the K-shot images; splits/val.json the validation images
+  hashes.json            a hash of every split used (train, val, test, OOD)
+  log.csv                one row per optimiser step (lr, ce, kl, loss, images/s)
+  checkpoint/last.*      resumable state after each epoch (--resume continues it)
+  model/best.safetensors the selected encoder + head (chosen on val, never on test)
+  selection.json         what was selected (epoch, WiSE-FT alpha) on which data
+  metrics.json report.md top-1 / top-5 on test and OOD sets
+
+example:
+  fdalign train --model ViT-B-32 --pretrained openai --data /data/eurosat --shots 16 \\
+      --ood shifted=/data/eurosat-shifted --out runs/eurosat-16
+  fdalign train --preset released --dataset-name eurosat --model ViT-B-32 --pretrained openai \\
+      --data split_zhou_EuroSAT.json --shots 16 --out runs/eurosat-released
+"""
+
+
+def register(subparsers) -> None:
+    from fdalign.cli import HelpFormatter
+    from fdalign.train.config import add_config_arguments
+
+    p = subparsers.add_parser(
+        "train",
+        help="few-shot fine-tune CLIP with FD-Align and evaluate it (ID + OOD)",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="YAML file of options (keys as in a run's config.yaml); flags override it")
+    p.add_argument("--preset", default=None, choices=["released"],
+                   help="start from the authors' released recipe for --dataset-name and --shots "
+                        "(SGD, 60 epochs, beta 20, trainable head, their LR table)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved options as YAML and exit without training")
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from fdalign.errors import FDAlignError
+    from fdalign.train.config import config_from_args, guess_dataset_name
+
+    cfg = config_from_args(args, preset=args.preset)
+    if cfg.dataset_name is None:
+        cfg.dataset_name = guess_dataset_name(cfg.data)
+    if args.print_config:
+        sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
+        return 0
+    for name, flag in (("data", "--data"), ("out", "--out")):
+        if not getattr(cfg, name):
+            raise FDAlignError(f"{flag} is required (on the command line or in the --config file)")
+    if not cfg.model and not cfg.model_config:
+        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
+    out = Path(cfg.out)
+    if (out / "checkpoint" / "last.json").is_file() and not cfg.resume:
+        raise FDAlignError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+
+    # ---- data: everything that can fail on user input fails before a model loads ----------------
+    from fdalign.prompts import load_templates
+
+    templates = load_templates(cfg.templates)
+    from fdalign.data import (
+        ImageDataset, fewshot_val, map_ood_to_id, open_dataset, parse_ood_arg, pick_split, sample_kshot,
+        save_split, split_hash, verify_images,
+    )
+
+    splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames)
+    if "train" not in splits:
+        raise FDAlignError(f"--data {cfg.data} has no 'train' split (it has: {', '.join(splits)}); "
+                           "lay it out as ROOT/train/<class>/<image> (+ ROOT/test/...)")
+    train_split = sample_kshot(splits["train"], cfg.shots, cfg.seed)
+    val_split = fewshot_val(splits, cfg.shots, cfg.seed)
+    classnames = list(train_split.classnames)
+    test_split = splits.get("test")
+    ood = []
+    seen = {"test", "val", "train"}
+    for text in cfg.ood:
+        name, path = parse_ood_arg(text)
+        if name in seen:
+            raise FDAlignError(f"--ood {text!r}: the name {name!r} is taken; give every OOD set its own name")
+        seen.add(name)
+        split = dataclasses.replace(pick_split(open_dataset(path), "test"), name=name)
+        mapped, present = map_ood_to_id(split, classnames, train_split.class_keys)
+        ood.append((name, mapped, present if len(present) < len(classnames) else None))
+
+    if cfg.verify_images:
+        verify_images(train_split)
+        verify_images(val_split)
+    hashes = {"train": split_hash(train_split), "val": split_hash(val_split)}
+    if cfg.resume and (out / "hashes.json").is_file():
+        import json
+
+        old = json.loads((out / "hashes.json").read_text(encoding="utf-8"))
+        for k in ("train", "val"):
+            if old.get(k) not in (None, hashes[k]):
+                raise FDAlignError(f"cannot resume {out}: its {k} images differ from the ones sampled now "
+                                   f"(data changed?); start a new --out")
+    if test_split is not None:
+        hashes["test"] = split_hash(test_split, content=False)
+    for name, split, _ in ood:
+        hashes[name] = split_hash(split, content=False)
+    save_split(train_split, out / "splits" / "train.json")
+    save_split(val_split, out / "splits" / "val.json")
+    from fdalign.train.checkpoint import atomic_write_json
+
+    atomic_write_json(hashes, out / "hashes.json")
+
+    # ---- model and prototypes ---------------------------------------------------------------------
+    from fdalign.backends import load_clip
+    from fdalign.prototypes import build_prototypes
+    from fdalign.spc import SPCConfig
+    from fdalign.train.selection import EvalSplit, select_by
+    from fdalign.train.trainer import resolve_device, train
+    from fdalign.train.wiseft import alpha_name, interpolate_state_dicts
+
+    device = resolve_device(cfg.device)
+    progress = cfg.progress and sys.stderr.isatty()
+    backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
+    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    protos = build_prototypes(backend, classnames, templates, spc=spc, progress=progress or None)
+
+    resolved = cfg.resolved(len(train_split))
+    resolved.to_yaml(out / "config.yaml")
+    train_ds = ImageDataset(train_split, backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip))
+    eval_tf = backend.preprocess_eval()
+    where = "val/" if val_split.name == "val" else "train/ (held out from the training shots)"
+    val_eval = EvalSplit(
+        ImageDataset(val_split, eval_tf), "val",
+        f"val ({min(cfg.shots, 4)}-shot of {where}, {len(val_split)} images)",
+    )
+    print(f"training {backend.name} on {len(train_split)} images ({len(classnames)} classes x {cfg.shots} shots), "
+          f"validating on {len(val_split)}; run directory {out}", file=sys.stderr)
+    result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress)
+
+    # ---- WiSE-FT: interpolations of zero-shot and fine-tuned, alpha chosen on val ----------------
+    ft_encoder, ft_head = result.encoder, result.head
+    encoder_trained = resolved.mode != "linear-probe"
+    if encoder_trained:
+        zs_encoder = copy.deepcopy(ft_encoder)
+        zs_encoder.load_state_dict(result.zeroshot_encoder_state)
+    else:  # the probe never touched the encoder: share it, so its features are computed once
+        zs_encoder = ft_encoder
+    zs_head = result.zeroshot_head
+
+    def mixed(alpha: float):
+        if alpha == 0.0:
+            return zs_encoder, zs_head
+        if alpha == 1.0:
+            return ft_encoder, ft_head
+        enc = ft_encoder
+        if encoder_trained:
+            enc = copy.deepcopy(ft_encoder)
+            enc.load_state_dict(interpolate_state_dicts(zs_encoder.state_dict(), ft_encoder.state_dict(), alpha))
+        head = copy.deepcopy(ft_head)
+        if zs_head.kind == ft_head.kind:
+            head.load_state_dict(interpolate_state_dicts(zs_head.state_dict(), ft_head.state_dict(), alpha))
+        return enc, head
+
+    from fdalign.eval import EvalSet, run_evaluation, write_metrics, write_report
+    from fdalign.eval.features import extract_features
+    from fdalign.eval.metrics import topk_accuracy
+    from fdalign.eval.pipeline import apply_head
+
+    alphas = sorted(set(float(a) for a in resolved.wiseft_alphas))
+    models = {"zero-shot": (zs_encoder, zs_head), "fine-tuned": (ft_encoder, ft_head)}
+    for a in alphas:
+        if a not in (0.0, 1.0):
+            models[alpha_name(a)] = mixed(a)
+    by_alpha = {a: models["zero-shot" if a == 0.0 else "fine-tuned" if a == 1.0 else alpha_name(a)] for a in alphas}
+    precision = resolved.precision if device.type == "cuda" else "fp32"
+
+    def val_top1(alpha, ds):
+        enc, head = by_alpha[alpha]
+        feats, labels = extract_features(enc, ds, batch_size=resolved.eval_batch_size, device=device,
+                                         precision=precision, progress=False)
+        return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
+
+    for enc, head in models.values():
+        enc.to(device)
+        head.to(device)
+    chosen, _ = select_by("wiseft_alpha", alphas, val_top1, val_eval, result.selection)
+    result.selection.save(out / "selection.json")
+
+    # ---- evaluation on test and OOD (reported, never used to choose) ----------------------------
+    sets = {}
+    if test_split is not None:
+        sets["test"] = EvalSet("test", ImageDataset(test_split, eval_tf), None, role="test")
+    for name, split, subset in ood:
+        sets[name] = EvalSet(name, ImageDataset(split, eval_tf), subset, role="ood")
+    if not sets:
+        print(f"warning: {cfg.data} has no test split and no --ood was given; reporting the val split only",
+              file=sys.stderr)
+        sets["val"] = EvalSet("val", val_eval.dataset, None, role="val")
+    metrics = run_evaluation(models, sets, batch_size=resolved.eval_batch_size, device=device,
+                             precision=precision, progress=progress, num_workers=resolved.num_workers)
+    roles = {s.name: s.role for s in sets.values()}
+    selection = dict(result.selection.to_json())
+    selection["test / OOD sets"] = "only evaluated, never used to select anything"
+    train_info = {"best_epoch": result.best_epoch, "val_top1_per_epoch": result.val_top1, "steps": result.steps,
+                  "seconds": round(result.seconds, 1), "wiseft_alpha_chosen": chosen,
+                  "fine-tuned": "the selected epoch's encoder + head", "zero-shot": "CLIP with the prompt prototypes"}
+    write_metrics(out, metrics, {"roles": roles, "hashes": hashes, "model": backend.name,
+                                 "config": resolved.to_dict(), "selection": selection, "train": train_info})
+    summary = {k: getattr(resolved, k) for k in ("model", "pretrained", "dataset_name", "mode", "shots", "seed",
+                                                 "templates", "alpha", "beta", "kl_direction", "spc", "head",
+                                                 "optimizer", "lr", "weight_decay", "epochs", "batch_size")}
+    write_report(out, metrics, selection=selection, config=summary, hashes=hashes, roles=roles,
+                 title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot")
+    from fdalign.eval import metrics_table
+
+    print(metrics_table(metrics, roles))
+    print(f"best epoch {result.best_epoch} (val top-1 {result.best_val_top1:.2f}); WiSE-FT alpha on val: {chosen:g}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    return 0
