@@ -29,10 +29,11 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 KL_DIRECTIONS = ("paper", "released")
 SELECTIONS = ("best", "last")
-# Fields that change neither the maths nor the data order: they may differ between a run and its resume.
+# Fields that change neither the maths nor the data order: they may differ between a run and its resume
+# (data paths may move; the CLI compares the K-shot images' hashes instead).
 NON_SEMANTIC_FIELDS = frozenset(
     {"resume", "progress", "num_workers", "eval_batch_size", "tensorboard", "out", "device", "ood",
-     "wiseft_alphas", "verify_images"}
+     "wiseft_alphas", "verify_images", "data", "image_root", "dataset_name"}
 )
 
 
@@ -151,9 +152,7 @@ class TrainConfig:
                 bad(name, "must be >= 0")
         if self.eval_batch_size < 1:
             bad("eval_batch_size", "must be >= 1")
-        if self.mode != "linear-probe" and self.epochs < 1:
-            bad("epochs", "must be >= 1")
-        if self.mode == "linear-probe" and self.epochs < 1:
+        if self.epochs < 1:
             bad("epochs", "must be >= 1")
         if self.mode == "lp-ft" and self.lp_epochs < 1:
             bad("lp_epochs", "must be >= 1 for mode lp-ft")

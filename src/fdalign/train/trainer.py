@@ -10,9 +10,10 @@ One loop covers the three modes:
 * ``lp-ft``: ``lp_epochs`` of linear probe, then ``epochs`` of ``fdalign`` starting from the probed
   head; each phase has its own optimiser and cosine schedule.
 
-Determinism: the data order of epoch ``e`` comes from a ``torch.Generator`` seeded with
-:func:`epoch_seed` ``(seed, e)`` and the global torch RNG (used by the augmentations in the main
-process) is re-seeded the same way at the start of every epoch. So an epoch's batches depend only
+Determinism: the data order of epoch ``e`` is :func:`epoch_order` ``(seed, e, N)``, a permutation
+drawn from a generator seeded with :func:`epoch_seed` ``(seed, e)``, and the RNGs of the
+augmentations (the global torch RNG in the main process, the DataLoader's worker seeds) are
+re-seeded from the same number at the start of every epoch. So an epoch's batches depend only
 on ``(seed, e)``, and a run resumed at an epoch boundary ends with bit-identical weights to an
 uninterrupted one (on the same device and software).
 """
@@ -70,6 +71,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed for epoch ``epoch`` (0-based) of a run seeded ``seed``."""
     digest = hashlib.sha256(f"fdalign/{seed}/{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The order in which epoch ``epoch`` visits the ``n`` training images:
+    ``torch.randperm(n, generator=Generator().manual_seed(epoch_seed(seed, epoch)))``.
+
+    Computed here rather than by ``DataLoader(shuffle=True)`` so that it depends on nothing but
+    ``(seed, epoch, n)`` (not on how often the loader's generator is drawn from by wrappers).
+    """
+    g = torch.Generator()
+    g.manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=g).tolist()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -346,12 +359,14 @@ def train(
 
             for epoch in range(max(start_epoch, phase.start), phase.stop):
                 phase_step = (epoch - phase.start) * steps_per_epoch
-                g = torch.Generator()
-                g.manual_seed(epoch_seed(cfg.seed, epoch))
-                torch.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)  # augmentations in this process
+                # workers seed themselves from `workers`; augmentations in this process use the global RNG
+                workers = torch.Generator()
+                workers.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)
+                torch.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0xA06)
                 loader = DataLoader(
-                    train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=False,
-                    num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                    train_set, batch_size=cfg.batch_size, sampler=epoch_order(cfg.seed, epoch, len(train_set)),
+                    generator=workers, drop_last=False, num_workers=cfg.num_workers,
+                    pin_memory=device.type == "cuda",
                 )
                 encoder.train(phase.train_encoder)  # a frozen encoder extracts features as at test time
                 head.train()
@@ -470,4 +485,4 @@ def train(
     )
 
 
-__all__ = ["train", "TrainResult", "cosine_lr", "epoch_seed", "phases", "Phase", "resolve_device", "config_hash"]
+__all__ = ["train", "TrainResult", "cosine_lr", "epoch_seed", "epoch_order", "phases", "Phase", "resolve_device", "config_hash"]

@@ -58,6 +58,7 @@ class PretrainConfig:
     ckpt_dir: str = "/tmp/fdalign-world-ckpt"
     bf16: bool = False
     resume: bool = False
+    init: str = ""  # start from these weights (a previous stage's <name>.safetensors) instead of random
     loss_log: list = field(default_factory=list)
 
 
@@ -87,6 +88,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files must be world-readable
     os.replace(tmp, path)
 
 
@@ -221,6 +223,13 @@ def train(cfg: PretrainConfig) -> dict:
 
     mcfg = model_config(cfg)
     model = open_clip.CLIP(**mcfg)
+    init_metrics = None
+    if cfg.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(cfg.init).items()})
+        mpath = Path(cfg.init).with_suffix(".metrics.json")
+        init_metrics = json.loads(mpath.read_text()) if mpath.exists() else None
     tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
     uniq, caption_ids = np.unique(np.array(corpus.captions), return_inverse=True)
     tokens = tokenizer(list(uniq))  # [U, L]
@@ -301,9 +310,112 @@ def train(cfg: PretrainConfig) -> dict:
         "zero_shot_test": {k: round(v, 4) for k, v in acc.items()},
         "logit_scale": round(model.logit_scale.exp().item(), 2),
         "command": "python -m fdalign.world.pretrain " + " ".join(sys.argv[1:]),
+        "init_metrics": init_metrics,
     }
     _atomic_write_bytes(out / f"{cfg.name}.metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    write_card(metrics, out / f"{cfg.name}.md")
     return metrics
+
+
+def _stage_lines(i: int, st: dict) -> list[str]:
+    c = st["config"]
+    rows = [r for r in st["log"] if r["step"] % 100 == 0 or r is st["log"][-1]]
+    zs = st.get("zero_shot_test", {})
+    return [
+        f"### Stage {i}" + (f" (from `{Path(c['init']).name}`)" if c.get("init") else " (from random init)"),
+        f"- Corpus {c['n_train']:,} images, seed {c['seed']}; AdamW (lr {c['lr']}, betas 0.9/0.98, weight "
+        f"decay {c['weight_decay']} on matrices), {c['warmup']} warm-up steps then cosine to 0, batch "
+        f"{c['batch_size']}, {c['steps']} steps ({c['steps'] * c['batch_size'] / c['n_train']:.1f} epochs), "
+        "grad-norm clip 1.0" + (", bf16 autocast" if c.get("bf16") else "") + f"; {st['wall_minutes']} min.",
+        f"- Zero-shot top-1 after this stage: {G.ID_STYLE} {zs.get(G.ID_STYLE, float('nan')):.1%}, "
+        f"all styles {zs.get('all', float('nan')):.1%}.",
+        "",
+        "| step | loss | minutes |",
+        "|---|---|---|",
+        *[f"| {r['step']} | {r['loss']} | {r['minutes']} |" for r in rows],
+        "",
+    ]
+
+
+def write_card(metrics: dict, path: Path) -> None:
+    """Render the model card (markdown) from the measured ``metrics`` of a run."""
+    c, m = metrics["config"], metrics["model_config"]
+    v, t = m["vision_cfg"], m["text_cfg"]
+    zs = metrics["zero_shot_test"]
+    n_cls = len(G.CLASSES)
+    weights = {s: (c["photo_weight"] if s == G.ID_STYLE else 1.0) for s in G.STYLES}
+    total = sum(weights.values())
+    stages = []
+    mm = metrics
+    while mm is not None:  # earliest stage first
+        stages.insert(0, mm)
+        mm = mm.get("init_metrics")
+    lines = [
+        f"# {c['name']}: a small CLIP pretrained on the embedded world",
+        "",
+        "A tiny open_clip CLIP shipped inside fdalign so that `fdalign demo` and the tests can run "
+        "FD-Align for real, offline, on a CPU. It was pretrained from scratch only on synthetic "
+        "images drawn by `fdalign.world.generator`; it knows nothing about natural images.",
+        "",
+        "## Data",
+        f"- {n_cls} classes: {', '.join(G.CLASSES)}.",
+        f"- {len(G.STYLES)} styles (nuisances), each captioned with its own OpenAI ImageNet templates "
+        "(all 80 are used, each by exactly one style; `rotated` has its own two templates):",
+        "",
+        "| style | share of corpus | templates |",
+        "|---|---|---|",
+        *[f"| {s} | {weights[s] / total:.1%} | {'; '.join(f'`{x}`' for x in G.STYLE_TEMPLATES[s])} |" for s in G.STYLES],
+        "",
+        f"- The in-distribution (ID) style is `{G.ID_STYLE}` (filled object on a textured background).",
+        f"- Captions: template with the class name; {G.COLOUR_CAPTION_PROB:.0%} of captions in styles "
+        "where colour is visible also name the object colour (`a blurry photo of a red star.`).",
+        f"- Corpus (last stage): {c['n_train']:,} images of {c['image_size']}x{c['image_size']} px rendered with "
+        f"seed {c['seed']}, classes uniform, {metrics['distinct_captions']:,} distinct captions.",
+        "",
+        "## Architecture (open_clip `CLIP`, config in "
+        f"`{c['name']}.json`)",
+        f"- Vision: ViT, {v['image_size']} px images, patch {v['patch_size']}, width {v['width']}, "
+        f"{v['layers']} layers, head width {v['head_width']}.",
+        f"- Text: standard open_clip BPE tokenizer (vocab {t['vocab_size']}), context {t['context_length']}, "
+        f"width {t['width']}, {t['layers']} layers, {t['heads']} heads.",
+        f"- Joint embedding {m['embed_dim']}; {metrics['n_params'] / 1e6:.2f}M parameters; weights stored fp16.",
+        "- Normalisation: open_clip's default (OpenAI) mean/std.",
+        "",
+        "## Training",
+        f"- Contrastive CLIP loss with a learnable logit scale (final {metrics['logit_scale']}); identical "
+        "captions in a batch are positives of each other (uniform soft targets) rather than false negatives.",
+        f"- {len(stages)} stage(s); each renders its own corpus from its seed, and a later stage starts "
+        "from the previous stage's fp16 weights (`--init`) with a fresh warm-up + cosine schedule.",
+        f"- Total wall time {sum(x['wall_minutes'] for x in stages):.1f} min including rendering, on "
+        f"{metrics['hardware']} (CPU only, shared with other jobs).",
+        "",
+        *[line for i, st in enumerate(stages) for line in _stage_lines(i + 1, st)],
+        "## Zero-shot accuracy",
+        f"Top-1 with class prototypes = mean over the 80 OpenAI templates (as in CLIP), on a fixed test set "
+        f"`render_grid({c['test_per_cell']}, seed={c['test_seed']})`: {c['test_per_cell']} images per "
+        f"class per style; chance is {1 / n_cls:.1%}.",
+        "",
+        "| style | top-1 |",
+        "|---|---|",
+        *[f"| {s}{' (ID)' if s == G.ID_STYLE else ''} | {zs[s]:.1%} |" for s in G.STYLES if s in zs],
+        f"| all styles | {zs['all']:.1%} |",
+        "",
+        "## Reproduce",
+        "Run the stages in order; each `--init` must name the previous stage's output (a stage run with "
+        "`--out DIR` writes `DIR/<name>.safetensors`; the shipped stages were copied there between runs).",
+        "```",
+        *[st["command"] for st in stages],
+        "```",
+        "Rendering is deterministic in the seed; training is deterministic for a given torch build and "
+        "thread count (CPU kernels may differ across machines in the last bits).",
+        "",
+        "## Limits",
+        "- Synthetic world only: do not expect it to recognise natural images.",
+        "- Meant for demos and tests of FD-Align (spurious prototypes from template embeddings carry "
+        "style information because the templates were the captions), not as a research baseline.",
+        "",
+    ]
+    _atomic_write_bytes(path, "\n".join(lines).encode())
 
 
 def parse_args(argv=None) -> PretrainConfig:
@@ -320,4 +432,8 @@ def parse_args(argv=None) -> PretrainConfig:
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    if sys.argv[1:2] == ["--card-from"]:  # re-render the card of a finished run: --card-from METRICS.json
+        mpath = Path(sys.argv[2])
+        write_card(json.loads(mpath.read_text()), mpath.with_name(mpath.name.replace(".metrics.json", ".md")))
+    else:
+        train(parse_args())

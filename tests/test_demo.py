@@ -1,0 +1,180 @@
+"""`fdalign demo --quick` end to end on the tiny random open_clip model, and the demo's bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+
+import pytest
+
+from fdalign.cli import build_parser, main
+from fdalign.demo import METHODS, DemoConfig, demo_command, run_demo, summarise
+from fdalign.errors import FDAlignError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_args(tiny, out, *extra):
+    return ["demo", "--quick", "--out", str(out), "--model", "tiny", "--pretrained", str(tiny["checkpoint"]),
+            "--model-config", str(tiny["config"]), "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One prompt-feature cache for the module: the tiny model's prototypes are encoded once."""
+    return tmp_path_factory.mktemp("demo_cache")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_openclip, tmp_path_factory, cache_dir):
+    """One ``fdalign demo --quick`` on the tiny model: (out dir, metrics.json, report.md text)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(cache_dir))
+    try:
+        assert main(_tiny_args(tiny_openclip, out, "--epochs", "2")) == 0
+    finally:
+        mp.undo()
+    doc = json.loads((out / "metrics.json").read_text())
+    return out, doc, (out / "report.md").read_text()
+
+
+def _table_rows(report: str) -> dict[str, list[str]]:
+    """The first markdown table of the report: method -> its cells."""
+    rows = {}
+    for line in report.splitlines():
+        if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| seed"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells[0] in METHODS and cells[0] not in rows:
+                rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_quick_run_writes_report_plots_and_metrics(quick_run):
+    out, doc, report = quick_run
+    for name in ("accuracy_by_style.png", "id_vs_ood.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert set(_table_rows(report)) == set(METHODS)
+    assert doc["seeds"] == [1, 2] and doc["config"]["quick"] and doc["config"]["epochs"] == 2  # explicit flag wins
+    assert doc["ood_styles"] == ["sketch", "blurry"]
+    for name in ("fine-tune-seed1", "fd-align-seed2"):
+        assert (out / "runs" / name / "log.csv").is_file()
+    # no temporary files left behind by the atomic writes
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_table_is_mean_and_sample_std_of_per_seed_metrics(quick_run):
+    _, doc, report = quick_run
+    rows = _table_rows(report)
+    keys = ["id", "ood_mean", *doc["ood_styles"]]
+    for m in METHODS:
+        for key, cell in zip(keys, rows[m]):
+            vals = [doc["per_seed"][s][m]["id" if key == "id" else "ood_mean" if key == "ood_mean" else "styles"]
+                    for s in doc["per_seed"]]
+            if key not in ("id", "ood_mean"):
+                vals = [v[key] for v in vals]
+            mean, std = statistics.fmean(vals), statistics.stdev(vals)
+            assert cell == f"{mean:.1f} ± {std:.1f}", (m, key)
+            assert doc["summary"][m][key]["mean"] == pytest.approx(mean)
+            assert doc["summary"][m][key]["std"] == pytest.approx(std)
+    # OOD mean is the unweighted mean of the OOD styles, ID is the ID style
+    for s, per_method in doc["per_seed"].items():
+        for m, r in per_method.items():
+            assert r["ood_mean"] == pytest.approx(statistics.fmean(r["styles"][st] for st in doc["ood_styles"]))
+            assert r["id"] == r["styles"][doc["id_style"]]
+    # zero-shot trains nothing and the test sets are fixed: identical over seeds
+    assert doc["summary"]["zero-shot"]["id"]["std"] == 0
+
+
+def test_wiseft_alpha_chosen_on_val(quick_run):
+    _, doc, report = quick_run
+    alphas = doc["config"]["wiseft_alphas"]
+    assert alphas == [0.0, 0.5, 1.0]
+    for s in doc["seeds"]:
+        sel = doc["selection"][str(s)]
+        w = sel["wise-ft"]["wiseft_alpha"]
+        assert w["on"].startswith("val") and "test" not in w["on"]
+        assert list(w["scores"]) == [str(a) for a in alphas]
+        best = max(w["scores"].values())
+        first_best = next(float(a) for a, v in w["scores"].items() if v == best)  # ties: first listed
+        assert w["chosen"] == first_best and w["score"] == best
+        for m in ("fine-tune", "fd-align"):
+            e = sel[m]["epoch"]
+            assert e["on"].startswith("val") and e["chosen"] in (1, 2)
+            assert e["score"] == max(e["scores"].values())
+        assert f"seed {s}: " in report and f"wise-ft: alpha {w['chosen']}" in report
+
+
+def test_wiseft_alpha_one_is_the_fine_tuned_model(tiny_openclip, tmp_path, monkeypatch, cache_dir):
+    """Only alpha 1 allowed: WiSE-FT must score exactly as the fine-tuned model, which differs from zero-shot."""
+    monkeypatch.setenv("FDALIGN_CACHE", str(cache_dir))
+    cfg = DemoConfig(out=str(tmp_path / "a1"), quick=True, seeds=1, model="tiny",
+                     pretrained=str(tiny_openclip["checkpoint"]), model_config=str(tiny_openclip["config"]),
+                     device="cpu", wiseft_alphas=(1.0,), ood_styles=("sketch",), lr=1e-3, progress=False)
+    res = run_demo(cfg)
+    r = res.per_seed[1]
+    assert r["fine-tune"] != r["zero-shot"]  # else the next line could not tell the two apart
+    assert r["wise-ft"] == r["fine-tune"]
+    assert res.selection[1]["wise-ft"]["wiseft_alpha"]["chosen"] == 1.0
+
+
+def test_summarise_by_hand():
+    per_seed = {
+        1: {"a": {"id": 50.0, "ood_mean": 20.0, "styles": {"x": 50.0, "y": 20.0}}},
+        2: {"a": {"id": 70.0, "ood_mean": 30.0, "styles": {"x": 70.0, "y": 30.0}}},
+        3: {"a": {"id": 60.0, "ood_mean": 40.0, "styles": {"x": 60.0, "y": 40.0}}},
+    }
+    s = summarise(per_seed, ["a"], ["x", "y"])
+    assert s["a"]["id"]["mean"] == pytest.approx(60.0) and s["a"]["id"]["std"] == pytest.approx(10.0)
+    assert s["a"]["ood_mean"]["mean"] == pytest.approx(30.0) and s["a"]["y"]["std"] == pytest.approx(10.0)
+    assert s["a"]["x"]["values"] == [50.0, 70.0, 60.0]
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    for f in DemoConfig.__dataclass_fields__:
+        assert f"--{f.replace('_', '-')}" in text, f
+    options = text.split("options:")[1]
+    n_opts = len(re.findall(r"(?:^| )--[a-z]", options.replace("--no-", "")))
+    assert options.count("(default:") >= len(DemoConfig.__dataclass_fields__)
+    assert n_opts >= len(DemoConfig.__dataclass_fields__)
+
+
+def test_repeat_command_parses_back_to_the_same_config():
+    cfg = DemoConfig(out="x y", seeds=2, lr=3e-5, ood_styles=("jpeg corrupted", "sketch"), spc=False, quick=True)
+    import shlex
+
+    argv = shlex.split(demo_command(cfg))[1:]
+    args = build_parser().parse_args(argv)
+    for f in DemoConfig.__dataclass_fields__:
+        if f == "progress":
+            continue
+        got = getattr(args, f)
+        assert (tuple(got) if isinstance(got, list) else got) == getattr(cfg, f), f
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(id_style="photograph"), ["--id-style", "photograph", "photo"]),
+        (dict(ood_styles=("photo", "sketch")), ["--ood-styles", "ID style"]),
+        (dict(ood_styles=("skecth",)), ["--ood-styles", "skecth"]),
+        (dict(beta=0.0), ["--beta", "fine-tune"]),
+        (dict(wiseft_alphas=(1.5,)), ["--wiseft-alphas"]),
+        (dict(seeds=0), ["--seeds"]),
+    ],
+)
+def test_bad_options_are_user_errors(kw, words):
+    with pytest.raises(FDAlignError) as e:
+        DemoConfig(**kw).resolved()
+    assert all(w in str(e.value) for w in words)
+
+
+def test_missing_builtin_model_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FDALIGN_ASSETS", str(tmp_path / "no-assets"))
+    assert main(["demo", "--quick", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "fdalign-world" in err and "Traceback" not in err
