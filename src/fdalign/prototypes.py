@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fdalign.errors import FDAlignError
+from fdalign.io import atomic_save_safetensors
 from fdalign.prompts import format_prompts
 from fdalign.spc import SPCConfig, correct_spurious_prototypes
 
@@ -43,21 +43,6 @@ def prompt_cache_key(fingerprint: str, classnames: Sequence[str], templates: Seq
         ensure_ascii=False,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def encode_prompt_features(
@@ -104,7 +89,7 @@ def encode_prompt_features(
 
     if cache_path is not None:
         try:
-            _atomic_save_safetensors({"features": feats}, cache_path, {"format": CACHE_VERSION})
+            atomic_save_safetensors(cache_path, {"features": feats}, {"format": CACHE_VERSION})
         except OSError as e:  # a read-only cache must not stop the user; they just pay the re-encode
             import warnings
 
@@ -222,7 +207,7 @@ def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
         "fingerprint": protos.fingerprint,
         "spc": json.dumps(spc),
     }
-    _atomic_save_safetensors(tensors, path, metadata)
+    atomic_save_safetensors(path, tensors, metadata)
     return path
 
 

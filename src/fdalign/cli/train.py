@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
         hashes[name] = split_hash(split, content=False)
     save_split(train_split, out / "splits" / "train.json")
     save_split(val_split, out / "splits" / "val.json")
-    from fdalign.train.checkpoint import atomic_write_json
+    from fdalign.io import atomic_write_json
 
-    atomic_write_json(hashes, out / "hashes.json")
+    atomic_write_json(out / "hashes.json", hashes)
 
     # ---- model and prototypes ---------------------------------------------------------------------
     from fdalign.backends import load_clip

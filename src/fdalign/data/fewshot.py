@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fdalign.data.datasets import SPLIT_NAMES, LabeledSplit, Sample
 from fdalign.errors import FDAlignError
+from fdalign.io import atomic_write_json
 
 SPLIT_FORMAT = "fdalign-split"
 
@@ -100,14 +101,6 @@ def sample_fewshot(splits: dict[str, LabeledSplit], k: int, seed: int) -> dict[s
 # fdalign's own split files
 
 
-def _atomic_write_json(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_split(split: LabeledSplit, path: str | os.PathLike) -> None:
     """Write ``split`` as JSON (paths relative to its root) so a run can replay the exact images."""
     samples = []
@@ -116,7 +109,8 @@ def save_split(split: LabeledSplit, path: str | os.PathLike) -> None:
         if s.domain is not None:
             row.append(s.domain)
         samples.append(row)
-    _atomic_write_json(
+    atomic_write_json(
+        path,
         {
             "format": SPLIT_FORMAT,
             "version": 1,
@@ -126,7 +120,6 @@ def save_split(split: LabeledSplit, path: str | os.PathLike) -> None:
             "class_keys": split.class_keys,
             "samples": samples,
         },
-        path,
     )
 
 
@@ -291,4 +284,4 @@ def save_fewshot_indices(
             except KeyError as e:
                 raise FDAlignError(f"image {e.args[0]} of '{s}' is not in the source '{s}' list") from None
         obj[s] = part
-    _atomic_write_json(obj, path)
+    atomic_write_json(path, obj)

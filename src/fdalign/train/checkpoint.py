@@ -14,46 +14,17 @@ import json
 import os
 import random
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fdalign.errors import FDAlignError
+from fdalign.io import atomic_save_safetensors, atomic_write_json
 
 CHECKPOINT_FORMAT = "fdalign-checkpoint/1"
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
-    """``safetensors.torch.save_file`` to a temp file, then ``os.replace``. Tensors are made
-    contiguous, moved to the CPU and un-aliased (tied weights would otherwise be refused)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,8 +131,8 @@ def save_checkpoint(
     tensors.update(rng_tensors())
     js = dict(meta)
     js.update(format=CHECKPOINT_FORMAT, token=token, optimizer=opt_rest, rng=rng_json())
-    atomic_save_safetensors(tensors, directory / f"{name}.safetensors", {"format": CHECKPOINT_FORMAT, "token": token})
-    atomic_write_json(js, directory / f"{name}.json")
+    atomic_save_safetensors(directory / f"{name}.safetensors", tensors, {"format": CHECKPOINT_FORMAT, "token": token})
+    atomic_write_json(directory / f"{name}.json", js)
     return directory / f"{name}.safetensors"
 
 

@@ -15,13 +15,13 @@ import argparse
 import dataclasses
 import os
 import re
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fdalign.errors import FDAlignError
+from fdalign.io import atomic_write_text
 
 MODES = ("fdalign", "linear-probe", "lp-ft")
 HEADS = ("frozen", "trainable")
@@ -230,14 +230,9 @@ class TrainConfig:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = "# fdalign training config (fdalign train --config this-file)\n" + yaml.safe_dump(
             self.to_dict(), sort_keys=False, default_flow_style=None
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, text)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, base: "TrainConfig | None" = None) -> "TrainConfig":

@@ -29,7 +29,7 @@ from torch import nn
 
 from fdalign.errors import FDAlignError
 from fdalign.heads import PrototypeHead, head_from_state_dict
-from fdalign.train.checkpoint import atomic_save_safetensors
+from fdalign.io import atomic_save_safetensors
 from fdalign.train.config import TrainConfig
 
 MODEL_FORMAT = "fdalign-model/1"
@@ -60,7 +60,7 @@ def save_model(
         meta.update(zeroshot_head_kind=zeroshot_head.kind, zeroshot_head_scale=repr(zeroshot_head.scale))
     for k, v in (metadata or {}).items():
         meta[k] = json.dumps(v)
-    atomic_save_safetensors(tensors, Path(path), meta)
+    atomic_save_safetensors(Path(path), tensors, meta)
     return Path(path)
 
 

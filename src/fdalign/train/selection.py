@@ -76,9 +76,9 @@ class SelectionLog:
         return dict(self.entries)
 
     def save(self, path: str | os.PathLike) -> Path:
-        from fdalign.train.checkpoint import atomic_write_json
+        from fdalign.io import atomic_write_json
 
-        atomic_write_json(self.to_json(), Path(path))
+        atomic_write_json(Path(path), self.to_json())
         return Path(path)
 
     @classmethod
