@@ -228,8 +228,7 @@ class TrainConfig:
         """Write the config as YAML (atomically)."""
         import yaml
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "# fdalign training config (fdalign train --config this-file)\n" + yaml.safe_dump(
             self.to_dict(), sort_keys=False, default_flow_style=None
         )
         return atomic_write_text(path, text)
