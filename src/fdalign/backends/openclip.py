@@ -18,9 +18,11 @@ A config JSON (custom or built-in) is either a plain open_clip model config (``e
 from __future__ import annotations
 
 import difflib
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -136,7 +138,10 @@ def _register_config(name: str, model_cfg: dict) -> str:
 
     global _STAGING
     if _STAGING is None:
+        # open_clip re-reads every registered config file on each add_model_config, so the files
+        # must live as long as the process; remove them when it exits.
         _STAGING = Path(tempfile.mkdtemp(prefix="fdalign-openclip-configs-"))
+        atexit.register(shutil.rmtree, _STAGING, ignore_errors=True)
     key = f"{name.replace('/', '-')}-fdalign-{_digest(model_cfg, 8)}"
     path = _STAGING / f"{key}.json"
     if not path.is_file():
