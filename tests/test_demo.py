@@ -165,6 +165,7 @@ def test_repeat_command_parses_back_to_the_same_config():
         (dict(beta=0.0), ["--beta", "fine-tune"]),
         (dict(wiseft_alphas=(1.5,)), ["--wiseft-alphas"]),
         (dict(seeds=0), ["--seeds"]),
+        (dict(selection="worst"), ["--selection", "worst", "last"]),
     ],
 )
 def test_bad_options_are_user_errors(kw, words):

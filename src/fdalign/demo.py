@@ -62,6 +62,7 @@ class DemoConfig:
     test_seed: int = 0  # render seed of the test sets (the same for every training seed)
     batch_size: int = 32
     weight_decay: float = 0.1
+    selection: str = "best"  # which epoch fine-tune and FD-Align keep: best on val, or the last
     templates: str = "openai80"
     spc: bool = True
     spc_keep: int = 60
@@ -99,6 +100,8 @@ class DemoConfig:
                 bad(name, "must be >= 0")
         if self.beta == 0:
             bad("beta", "must be > 0: beta = 0 is the fine-tune baseline the demo already runs")
+        if self.selection not in ("best", "last"):
+            bad("selection", "must be 'best' (best val top-1) or 'last'")
         if self.id_style not in STYLES:
             bad("id_style", f"is not a world style; choose from {', '.join(STYLES)}")
         unknown = [s for s in self.ood_styles if s not in STYLES]
@@ -421,8 +424,8 @@ def render_demo_report(doc: dict) -> str:
         f"{doc['model']['image_size']}, logit scale {doc['model']['logit_scale']:.2f}",
         f"- training (fine-tune and fd-align alike): AdamW, lr {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, "
         f"{cfg['epochs']} epoch(s), batch {cfg['batch_size']}, cosine schedule with 1 warm-up epoch, random "
-        "crop-resize (scale 0.6-1, no flips), frozen zero-shot head (the class prototypes), epoch with the best "
-        "val top-1 kept",
+        "crop-resize (scale 0.6-1, no flips), frozen zero-shot head (the class prototypes), "
+        + ("epoch with the best val top-1 kept" if cfg["selection"] == "best" else "last epoch kept"),
         f"- fd-align: beta {cfg['beta']:g} (alpha 1), KL(P_spur(ft) || P_spur(f0)) over "
         + (f"{p['num_loss_prototypes']} SPC-corrected spurious prototypes (IsolationForest kept "
            f"{p['kept']} of {p['templates']} `{cfg['templates']}` templates, KMeans k = {cfg['spc_k']})"
@@ -480,7 +483,7 @@ def _train_config(cfg: DemoConfig, seed: int, beta: float):
         shots=cfg.shots, seed=seed, templates=cfg.templates, mode="fdalign", alpha=1.0, beta=beta,
         spc=cfg.spc, spc_keep=cfg.spc_keep, spc_k=cfg.spc_k, head="frozen", optimizer="adamw", lr=cfg.lr,
         weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size, warmup_epochs=1.0,
-        selection="best", device=cfg.device, num_workers=0, eval_batch_size=128, progress=cfg.progress,
+        selection=cfg.selection, device=cfg.device, num_workers=0, eval_batch_size=128, progress=cfg.progress,
         tensorboard=False, wiseft_alphas=list(cfg.wiseft_alphas),
     ).validate("the demo settings")
 

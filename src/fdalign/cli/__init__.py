@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(error: FDAlignError) -> str:
+    """The one-line message of ``error``.
+
+    An error raised inside a DataLoader worker comes back re-wrapped by torch as "Caught
+    FDAlignError in DataLoader worker process 0. Original Traceback ..."; its last line is ours.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        prefix = f"{FDAlignError.__module__}.{FDAlignError.__name__}: "
+        text = text[len(prefix):] if text.startswith(prefix) else text
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FDAlignError as e:
-        print(f"fdalign {args.command}: error: {e}", file=sys.stderr)
+        print(f"fdalign {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fdalign {args.command}: interrupted", file=sys.stderr)

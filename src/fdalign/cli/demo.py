@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--test-seed", type=int, default=d.test_seed, help="render seed of the (fixed) test sets")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--selection", choices=("best", "last"), default=d.selection,
+                   help="epoch that fine-tune and FD-Align keep: best = best val top-1, last = the last one")
     p.add_argument("--templates", default=d.templates, help="prompt templates for the class and spurious "
                    "prototypes: openai80, tip7 or a text file")
     p.add_argument("--spc", action=argparse.BooleanOptionalAction, default=d.spc,
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, seeds=args.seeds, first_seed=args.first_seed, shots=args.shots, epochs=args.epochs,
         lr=args.lr, beta=args.beta, id_style=args.id_style, ood_styles=tuple(args.ood_styles),
         test_per_class=args.test_per_class, test_seed=args.test_seed, batch_size=args.batch_size,
-        weight_decay=args.weight_decay, templates=args.templates, spc=args.spc, spc_keep=args.spc_keep,
+        weight_decay=args.weight_decay, selection=args.selection, templates=args.templates, spc=args.spc,
+        spc_keep=args.spc_keep,
         spc_k=args.spc_k, wiseft_alphas=tuple(args.wiseft_alphas), model=args.model, pretrained=args.pretrained,
         model_config=args.model_config, device=args.device, threads=args.threads, quick=args.quick,
         progress=args.progress,

@@ -131,8 +131,17 @@ class ImageDataset(Dataset):
         from PIL import Image
 
         s = self.split.samples[index]
-        with Image.open(self.split.resolve(s)) as im:
-            img = im.convert("RGB")
+        path = self.split.resolve(s)
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            # Found mid-run (evaluation sets are not decoded up front): stop with the file's name
+            # rather than a traceback, and point at the check that finds all such files at once.
+            raise FDAlignError(
+                f"image {path} in split '{self.split.name}' cannot be read ({type(e).__name__}: {e}); "
+                f"replace or remove it (`fdalign data check` lists every unreadable file)"
+            ) from None
         if self.transform is not None:
             img = self.transform(img)
         return img, s.label

@@ -120,7 +120,7 @@ class TrainConfig:
                         choices=PRECISIONS)
     grad_checkpointing: bool = _f(False, "gradient checkpointing in the image tower (less memory, slower)")
     device: str = _f("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    num_workers: int = _f(4, "DataLoader worker processes")
+    num_workers: int = _f(min(4, os.cpu_count() or 1), "DataLoader worker processes (default: up to 4, at most the CPU count)")
 
     # --- evaluation and output ------------------------------------------------------------------
     wiseft_alphas: list[float] = _f([0.0, 0.25, 0.5, 0.75, 1.0], "WiSE-FT mixing weights to evaluate "
