@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fdalign.cli import HelpFormatter
+from fdalign.cli import HelpFormatter, add_model_arguments
 
 _DATA_HELP = (
     "in-distribution data: an ImageFolder root (ROOT/test/<class>/<image>, or just class folders), "
@@ -62,10 +62,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    z.add_argument("--model", required=True, help="CLIP model: an open_clip name, 'hf:<repo or dir>', or a name "
-                   "used with --model-config")
-    z.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path for --model")
-    z.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")
+    add_model_arguments(z)
     _add_common(z, data_required=True)
     z.add_argument("--out", default=None, help="folder for metrics.json and report.md (default: print only)")
     z.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from fdalign.cli import HelpFormatter
+    from fdalign.cli import HelpFormatter, add_model_arguments
 
     p = subparsers.add_parser(
         "prototypes",
@@ -20,10 +20,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", required=True, help="CLIP model: an open_clip name, 'hf:<repo or dir>', or a name "
-                   "used with --model-config")
-    p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path for --model")
-    p.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")
+    add_model_arguments(p)
     p.add_argument("--classes", required=True, help="text file with one class name per line (line i = label i-1)")
     p.add_argument("--templates", default="openai80", help="template set (openai80, tip7) or a text file with "
                    "one template per line, each containing '{}'")
