@@ -18,13 +18,13 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fdalign.io import atomic_save_safetensors, atomic_write_bytes
 from fdalign.world import generator as G
 
 
@@ -81,21 +81,6 @@ def model_config(cfg: PretrainConfig) -> dict:
             "layers": cfg.text_layers,
         },
     }
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files must be world-readable
-    os.replace(tmp, path)
-
-
-def _atomic_save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save
-
-    _atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def build_corpus(cfg: PretrainConfig) -> G.WorldBatch:
@@ -177,8 +162,8 @@ def _save_ckpt(cfg, model, opt, step, log):
         for k, v in st.items():
             state[f"opt.{i}.{k}"] = v if hasattr(v, "shape") else __import__("torch").tensor(v)
     d = Path(cfg.ckpt_dir)
-    _atomic_save_tensors(state, d / "last.safetensors")
-    _atomic_write_bytes(d / "last.json", json.dumps({"step": step, "log": log}).encode())
+    atomic_save_safetensors(d / "last.safetensors", state)
+    atomic_write_bytes(d / "last.json", json.dumps({"step": step, "log": log}).encode())
 
 
 def _load_ckpt(cfg, model, opt):
@@ -297,8 +282,8 @@ def train(cfg: PretrainConfig) -> dict:
 
     out = Path(cfg.out)
     half = {k: v.detach().half() for k, v in model.state_dict().items()}
-    _atomic_save_tensors(half, out / f"{cfg.name}.safetensors", metadata={"format": "pt"})
-    _atomic_write_bytes(out / f"{cfg.name}.json", (json.dumps(mcfg, indent=2) + "\n").encode())
+    atomic_save_safetensors(out / f"{cfg.name}.safetensors", half, metadata={"format": "pt"})
+    atomic_write_bytes(out / f"{cfg.name}.json", (json.dumps(mcfg, indent=2) + "\n").encode())
     metrics = {
         "config": {k: v for k, v in asdict(cfg).items() if k != "loss_log"},
         "model_config": mcfg,
@@ -312,7 +297,7 @@ def train(cfg: PretrainConfig) -> dict:
         "command": "python -m fdalign.world.pretrain " + " ".join(sys.argv[1:]),
         "init_metrics": init_metrics,
     }
-    _atomic_write_bytes(out / f"{cfg.name}.metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    atomic_write_bytes(out / f"{cfg.name}.metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     write_card(metrics, out / f"{cfg.name}.md")
     return metrics
 
@@ -327,6 +312,7 @@ def _stage_lines(i: int, st: dict) -> list[str]:
         f"decay {c['weight_decay']} on matrices), {c['warmup']} warm-up steps then cosine to 0, batch "
         f"{c['batch_size']}, {c['steps']} steps ({c['steps'] * c['batch_size'] / c['n_train']:.1f} epochs), "
         "grad-norm clip 1.0" + (", bf16 autocast" if c.get("bf16") else "") + f"; {st['wall_minutes']} min.",
+        *([f"- Note: {st['note']}"] if st.get("note") else []),
         f"- Zero-shot top-1 after this stage: {G.ID_STYLE} {zs.get(G.ID_STYLE, float('nan')):.1%}, "
         f"all styles {zs.get('all', float('nan')):.1%}.",
         "",
@@ -415,7 +401,7 @@ def write_card(metrics: dict, path: Path) -> None:
         "style information because the templates were the captions), not as a research baseline.",
         "",
     ]
-    _atomic_write_bytes(path, "\n".join(lines).encode())
+    atomic_write_bytes(path, "\n".join(lines).encode())
 
 
 def parse_args(argv=None) -> PretrainConfig:

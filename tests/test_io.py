@@ -1,0 +1,29 @@
+import os
+import stat
+
+import pytest
+import torch
+
+from fdalign.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
+
+def test_atomic_write_has_plain_open_permissions(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    ours = atomic_write_text(tmp_path / "ours.txt", "x")
+    assert stat.S_IMODE(os.stat(ours).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+
+def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
+    target = atomic_write_text(tmp_path / "f.txt", "old")
+
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, object())  # not bytes: fails while writing
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+def test_safetensors_accepts_tied_tensors(tmp_path):
+    from safetensors.torch import load_file
+
+    w = torch.arange(6.0).view(2, 3)
+    path = atomic_save_safetensors(tmp_path / "t.safetensors", {"a": w, "b": w, "c": w.t()})
+    out = load_file(path)
+    assert torch.equal(out["a"], w) and torch.equal(out["b"], w) and torch.equal(out["c"], w.t())
