@@ -12,6 +12,7 @@ def test_atomic_write_has_plain_open_permissions(tmp_path):
     ours = atomic_write_text(tmp_path / "ours.txt", "x")
     assert stat.S_IMODE(os.stat(ours).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
 
+
 def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
     target = atomic_write_text(tmp_path / "f.txt", "old")
 
@@ -19,6 +20,7 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
         atomic_write_bytes(target, object())  # not bytes: fails while writing
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
 
 def test_safetensors_accepts_tied_tensors(tmp_path):
     from safetensors.torch import load_file
