@@ -1,7 +1,7 @@
 """Dev-set sweep used to choose the ``fdalign demo`` defaults (``DemoConfig`` in src/fdalign/demo.py).
 
 It never touches what the demo reports: training / val samples come from **dev seeds** (101, 102, ...
-by default; the demo reports seeds 1, 2, 3) and the test images from a **dev test set** rendered
+by default; the demo reports seeds 1 to 5) and the test images from a **dev test set** rendered
 with ``derive_seed("dev-test", 1, style)`` (the demo's test sets use ``derive_seed("test", 0, style)``).
 The data, model, prototypes, training code and selection on val are exactly the demo's
 (``fdalign.demo._world_set`` / ``_train_config`` / ``fdalign.train.train``).
@@ -21,7 +21,18 @@ lr / epochs / selection. Zero-shot is printed first.
 
     python benchmarks/tune_demo.py --lrs 1e-4 3e-4 --betas 0 1 5 20 --epochs 4 8 --threads 2
 
-The 2-core CPU numbers behind the current defaults are quoted in the comment above ``DemoConfig``.
+The sweeps behind the current defaults (each 4-epoch run takes ~15 s on one CPU thread):
+
+    python benchmarks/tune_demo.py --lrs 3e-4 1e-3 --betas 0 5 20 --epochs 4 --selections last --threads 1
+    python benchmarks/tune_demo.py --lrs 1e-4 --betas 0 5 20 --epochs 4 8 --selections last --threads 1
+    python benchmarks/tune_demo.py --lrs 3e-5 1e-5 --betas 0 20 --epochs 8 --selections last --threads 1
+    python benchmarks/tune_demo.py --id-style "jpeg corrupted" --lrs 1e-4 3e-4 --betas 0 5 20 --epochs 4 \
+        --selections last --threads 1
+    python benchmarks/tune_demo.py --id-style "jpeg corrupted" --lrs 1e-4 --betas 0 20 --epochs 8 \
+        --selections last --threads 1
+
+(some were stopped early once the trend was clear); their numbers are quoted in the comment above
+``DemoConfig``.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ def main() -> None:
     ap.add_argument("--spc", nargs="+", default=["on"], choices=["on", "off"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[101, 102], help="dev seeds (not the reported 1..3)")
     ap.add_argument("--shots", type=int, default=8)
+    ap.add_argument("--id-style", default="photo", help="world style of train / val / ID test images")
+    ap.add_argument("--ood-styles", nargs="+", default=None, help="held-out styles (default: the demo's)")
     ap.add_argument("--test-per-class", type=int, default=4, help="dev-test images per class and style")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot line")
@@ -69,7 +82,7 @@ def main() -> None:
     if set(a.seeds) & set(D.DemoConfig().seed_list):
         raise SystemExit(f"dev seeds {a.seeds} overlap the demo's reported seeds {D.DemoConfig().seed_list}")
     torch.set_num_threads(a.threads)
-    base = D.DemoConfig(model=a.model, pretrained=a.pretrained, model_config=a.model_config, shots=a.shots,
+    base = D.DemoConfig(id_style=a.id_style, model=a.model, pretrained=a.pretrained, model_config=a.model_config, shots=a.shots,
                         device="cpu", progress=False)
     be = load_clip(base.model, pretrained=base.pretrained, model_config=base.model_config, device="cpu")
     spec, enc = be.image_spec, be.image_encoder
@@ -77,7 +90,7 @@ def main() -> None:
     templates = load_templates(base.templates)
     protos = build_prototypes(be, list(CLASSES), templates,
                               spc=SPCConfig(keep=min(base.spc_keep, len(templates)), k=base.spc_k))
-    ood = D.DEFAULT_OOD_STYLES
+    ood = tuple(a.ood_styles or D.DEFAULT_OOD_STYLES)
     sets = {s: EvalSet(s, D._world_set(a.test_per_class, D.derive_seed("dev-test", 1, s), s, spec.size, spec),
                        role="test" if s == base.id_style else "ood") for s in (base.id_style, *ood)}
     head = PrototypeHead(protos.class_prototypes, float(be.logit_scale))

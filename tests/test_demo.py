@@ -33,7 +33,8 @@ def quick_run(tiny_openclip, tmp_path_factory, cache_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("FDALIGN_CACHE", str(cache_dir))
     try:
-        assert main(_tiny_args(tiny_openclip, out, "--epochs", "2")) == 0
+        # --selection best: the default keeps the last epoch, and the val-selection record is what is tested here
+        assert main(_tiny_args(tiny_openclip, out, "--epochs", "2", "--selection", "best")) == 0
     finally:
         mp.undo()
     doc = json.loads((out / "metrics.json").read_text())
@@ -160,7 +161,7 @@ def test_repeat_command_parses_back_to_the_same_config():
     "kw, words",
     [
         (dict(id_style="photograph"), ["--id-style", "photograph", "photo"]),
-        (dict(ood_styles=("photo", "sketch")), ["--ood-styles", "ID style"]),
+        (dict(id_style="photo", ood_styles=("photo", "sketch")), ["--ood-styles", "ID style"]),
         (dict(ood_styles=("skecth",)), ["--ood-styles", "skecth"]),
         (dict(beta=0.0), ["--beta", "fine-tune"]),
         (dict(wiseft_alphas=(1.5,)), ["--wiseft-alphas"]),
@@ -179,3 +180,25 @@ def test_missing_builtin_model_is_a_one_line_error(tmp_path, monkeypatch, capsys
     assert main(["demo", "--quick", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "fdalign-world" in err and "Traceback" not in err
+
+
+def test_verdict_by_hand():
+    """Paired differences and the plain-words lines, on numbers worked out by hand."""
+    from fdalign.demo import verdict
+
+    def r(i, o):
+        return {"id": i, "ood_mean": o, "styles": {}}
+
+    per_seed = {
+        1: {"zero-shot": r(40, 60), "fine-tune": r(50, 50), "fd-align": r(48, 58), "wise-ft": r(52, 61)},
+        2: {"zero-shot": r(40, 60), "fine-tune": r(46, 52), "fd-align": r(46, 56), "wise-ft": r(47, 60)},
+    }
+    lines = verdict(per_seed, {})
+    # fd-align - fine-tune: OOD diffs 8 and 4 -> mean 6, sample std 2.8; ID diffs -2 and 0 -> -1, std 1.4
+    assert "**fd-align − fine-tune**: OOD mean +6.0 ± 2.8 points, ID -1.0 ± 1.4 points" in lines[0]
+    assert "OOD higher in 2 of 2 seeds" in lines[0]
+    assert any("FD-Align kept more OOD accuracy than plain fine-tuning in every seed" in x for x in lines)
+    assert any("WiSE-FT of the plain fine-tuned model was at least as good as FD-Align" in x for x in lines)
+    per_seed[2]["fd-align"] = r(46, 40)  # now behind fine-tune OOD on average
+    lines = verdict(per_seed, {})
+    assert any("did **not** beat plain fine-tuning OOD" in x for x in lines)

@@ -1,7 +1,7 @@
 """``fdalign demo``: FD-Align against zero-shot CLIP, full fine-tuning and WiSE-FT, offline.
 
 The task comes from the embedded world (:mod:`fdalign.world`): K images per class of one style
-(the in-distribution, ID, style; "photo" by default) to train on, ``min(K, 4)`` per class of the
+(the in-distribution, ID, style; "jpeg corrupted" by default) to train on, ``min(K, 4)`` per class of the
 same style to choose things on (val), and fixed test sets of the ID style and of held-out styles
 (out-of-distribution, OOD). The world's captions use the openai80 templates that name each style,
 so the spurious (template) prototypes FD-Align regularises with carry real style information.
@@ -45,24 +45,39 @@ QUICK = dict(seeds=2, shots=2, epochs=1, test_per_class=2, ood_styles=("sketch",
              wiseft_alphas=(0.0, 0.5, 1.0))  # fmt: skip
 
 
+# How the defaults were chosen (benchmarks/tune_demo.py: dev seeds 101-102, a dev test set rendered with
+# another seed, 4 images per class and style; never the reported seeds 1-5 or test seed 0). Zero-shot
+# fdalign-world (logit scale 29) is already at 83% on photo, and no 8-shot fine-tuning of the image
+# encoder improved photo: lr 1e-5 left it unchanged, 3e-5 .. 1e-3 (4 or 8 epochs) lost photo and OOD
+# accuracy (lr 1e-4, 4 epochs: zero-shot ID 83.3 / OOD 64.9, fine-tune 76.6 / 59.2, FD-Align beta 20
+# 80.2 / 63.1; mean of 2 dev seeds, 96 test images per style, so ~1 point is one image).
+# A demo where fine-tuning only hurts does not test what FD-Align is for, so the ID style is
+# "jpeg corrupted", where zero-shot is weak (dev: ID 43.8, OOD 64.9) and fine-tuning gains ID. There,
+# at lr 1e-4 and 4 epochs: fine-tune ID 48.0 / OOD 54.7, FD-Align beta 5 (lr 3e-4) 51.0 / 54.1,
+# FD-Align beta 20 47.9 / 62.4 (OOD +7.7 over fine-tune at equal ID). lr 3e-4 gave fine-tune less ID
+# (45.8) and OOD (48.0); 8 epochs gave fine-tune ID 48.0 / OOD 56.5 and FD-Align 49.5 / 62.0, no better
+# than 4 at twice the time. Beta 20 is also the authors' released value. The best-val epoch on 4 val
+# images per class often was epoch 1 (barely trained), so both runs keep the last epoch instead.
+# With these settings 3 seeds x 8 test images per class ran in 77 s on 2 idle cores, so the default
+# spends the 5-minute budget on less noise: 5 seeds, 12 test images per class and style (~2.5 min).
 @dataclass
 class DemoConfig:
     """Every setting of the demo; each field is also a ``fdalign demo`` option."""
 
     out: str = "demo_out"
-    seeds: int = 3  # number of seeds: first_seed, first_seed + 1, ...
+    seeds: int = 5  # number of seeds: first_seed, first_seed + 1, ...
     first_seed: int = 1
     shots: int = 8
     epochs: int = 4
     lr: float = 1e-4
-    beta: float = 1.0
-    id_style: str = "photo"
+    beta: float = 20.0
+    id_style: str = "jpeg corrupted"
     ood_styles: tuple[str, ...] = DEFAULT_OOD_STYLES
-    test_per_class: int = 8  # test images per class and style
+    test_per_class: int = 12  # test images per class and style
     test_seed: int = 0  # render seed of the test sets (the same for every training seed)
     batch_size: int = 32
     weight_decay: float = 0.1
-    selection: str = "best"  # which epoch fine-tune and FD-Align keep: best on val, or the last
+    selection: str = "last"  # which epoch fine-tune and FD-Align keep: best on val, or the last
     templates: str = "openai80"
     spc: bool = True
     spc_keep: int = 60
@@ -234,8 +249,8 @@ def verdict(per_seed: dict, summary: dict) -> list[str]:
         return mean_std([per_seed[s][a][key] - per_seed[s][b][key] for s in seeds])
 
     lines = []
-    for m, ref in (("fd-align", "fine-tune"), ("wise-ft", "fine-tune"), ("fine-tune", "zero-shot"),
-                   ("fd-align", "zero-shot")):
+    for m, ref in (("fd-align", "fine-tune"), ("wise-ft", "fine-tune"), ("fd-align", "wise-ft"),
+                   ("fine-tune", "zero-shot"), ("fd-align", "zero-shot")):
         (d_ood, s_ood), (d_id, s_id) = paired(m, ref, "ood_mean"), paired(m, ref, "id")
         wins = sum(per_seed[s][m]["ood_mean"] > per_seed[s][ref]["ood_mean"] for s in seeds)
         lines.append(f"- **{m} − {ref}**: OOD mean {d_ood:+.1f} ± {s_ood:.1f} points, ID {d_id:+.1f} ± {s_id:.1f} "
@@ -249,6 +264,14 @@ def verdict(per_seed: dict, summary: dict) -> list[str]:
                      f"{n} seeds: not a clear win.")
     else:
         lines.append("- In this run FD-Align did **not** beat plain fine-tuning OOD.")
+    # WiSE-FT is the cheap post-hoc way to keep OOD accuracy; say so when it did at least as well
+    d_ood_w, _ = paired("fd-align", "wise-ft", "ood_mean")
+    d_id_w, _ = paired("fd-align", "wise-ft", "id")
+    if d_ood_w <= 0 and d_id_w <= 0:
+        lines.append("- WiSE-FT of the plain fine-tuned model was at least as good as FD-Align on both ID and OOD "
+                     "mean here.")
+    elif d_ood_w <= 0:
+        lines.append("- WiSE-FT kept at least as much OOD accuracy as FD-Align here; FD-Align had the higher ID.")
     return lines
 
 
@@ -400,15 +423,16 @@ def render_demo_report(doc: dict) -> str:
             lines.append(f"| {s} | {m} | {r['id']:.1f} | {r['ood_mean']:.1f} | "
                          + " | ".join(f"{r['styles'][st]:.1f}" for st in ood) + " |")
     lines += ["", "## What was selected on what", ""]
-    lines.append(f"Every choice below was made on the **val split** only: {doc['data']['val_description']}. "
-                 "The test and OOD sets were used for nothing but the table.")
+    lines.append(f"Every choice below was made on the **val split** only (or by a fixed rule): "
+                 f"{doc['data']['val_description']}. The test and OOD sets were used for nothing but the table.")
     lines.append("")
     for s in seeds:
         sel = doc["selection"][str(s)]
         parts = []
         for m in ("fine-tune", "fd-align"):
             e = sel[m]["epoch"]
-            parts.append(f"{m}: epoch {e['chosen']} of {cfg['epochs']} (val top-1 {e['score']:.1f})")
+            how = "the last, by rule; " if cfg["selection"] == "last" else ""
+            parts.append(f"{m}: epoch {e['chosen']} of {cfg['epochs']} ({how}val top-1 {e['score']:.1f})")
         w = sel["wise-ft"]["wiseft_alpha"]
         scores = ", ".join(f"{a}: {v:.1f}" for a, v in w["scores"].items())
         parts.append(f"wise-ft: alpha {w['chosen']} (val top-1 by alpha: {scores}; ties go to the smaller alpha)")
