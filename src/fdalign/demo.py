@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fdalign.errors import FDAlignError
+from fdalign.io import atomic_write_bytes
 
 DEMO_FORMAT = "fdalign-demo/1"
 METHODS = ("zero-shot", "fine-tune", "fd-align", "wise-ft")
@@ -307,25 +307,12 @@ def _world_set(per_class: int, seed: int, style: str, size: int, spec, augment: 
 # output
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_figure(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_accuracy_by_style(summary: dict, id_style: str, ood_styles: Sequence[str], path: Path) -> Path:
@@ -672,9 +659,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     ]
     doc["timing"]["total_s"] = round(time.time() - t_start, 1)
     metrics_path = out / "metrics.json"
-    _atomic_write(metrics_path, (json.dumps(doc, indent=1) + "\n").encode())
+    atomic_write_bytes(metrics_path, (json.dumps(doc, indent=1) + "\n").encode())
     report_path = out / "report.md"
-    _atomic_write(report_path, render_demo_report(doc).encode())
+    atomic_write_bytes(report_path, render_demo_report(doc).encode())
     if cfg.progress:
         print("\n" + summary_table(summary, cfg.id_style, cfg.ood_styles) + "\n", flush=True)
         print("\n".join(verdict(per_seed, summary)), flush=True)
