@@ -133,9 +133,8 @@ def _open_sets(args, id_classnames: list[str] | None = None):
     Returns ``(id_split, [(name, ood_split, class_subset or None)])``. Done before any model loads
     so that a wrong path or an unmatched class fails in a second.
     """
-    import dataclasses
 
-    from fdalign.data import map_ood_to_id, open_dataset, parse_ood_arg, pick_split
+    from fdalign.data import load_ood_sets, open_dataset, pick_split
     from fdalign.errors import FDAlignError
 
     id_split = pick_split(open_dataset(args.data, args.image_root, args.classnames), args.split)
@@ -144,17 +143,7 @@ def _open_sets(args, id_classnames: list[str] | None = None):
     if len(id_split) == 0:
         raise FDAlignError(f"the '{id_split.name}' split of {args.data} has no images")
     id_name = id_split.name
-    ood = []
-    seen = {id_name}
-    for text in args.ood:
-        name, path = parse_ood_arg(text)
-        if name in seen:
-            raise FDAlignError(f"--ood {text!r}: the name {name!r} is used twice; give every set its own name")
-        seen.add(name)
-        split = dataclasses.replace(pick_split(open_dataset(path), "test"), name=name)
-        mapped, present = map_ood_to_id(split, id_split.classnames, id_split.class_keys)
-        subset = present if len(present) < id_split.num_classes else None
-        ood.append((name, mapped, subset))
+    ood = load_ood_sets(args.ood, id_split.classnames, id_split.class_keys, reserved={id_name})
     return id_name, id_split, ood
 
 

@@ -50,7 +50,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import copy
-    import dataclasses
     import sys
     from pathlib import Path
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     templates = load_templates(cfg.templates)
     from fdalign.data import (
-        ImageDataset, fewshot_val, map_ood_to_id, open_dataset, parse_ood_arg, pick_split, sample_kshot,
+        ImageDataset, fewshot_val, load_ood_sets, open_dataset, sample_kshot,
         save_split, split_hash, verify_images,
     )
 
@@ -91,16 +90,7 @@ def run(args: argparse.Namespace) -> int:
     val_split = fewshot_val(splits, cfg.shots, cfg.seed)
     classnames = list(train_split.classnames)
     test_split = splits.get("test")
-    ood = []
-    seen = {"test", "val", "train"}
-    for text in cfg.ood:
-        name, path = parse_ood_arg(text)
-        if name in seen:
-            raise FDAlignError(f"--ood {text!r}: the name {name!r} is taken; give every OOD set its own name")
-        seen.add(name)
-        split = dataclasses.replace(pick_split(open_dataset(path), "test"), name=name)
-        mapped, present = map_ood_to_id(split, classnames, train_split.class_keys)
-        ood.append((name, mapped, present if len(present) < len(classnames) else None))
+    ood = load_ood_sets(cfg.ood, classnames, train_split.class_keys, reserved={"test", "val", "train"})
 
     if cfg.verify_images:
         verify_images(train_split)

@@ -24,12 +24,12 @@ from fdalign.data.fewshot import (
     val_shots,
 )
 from fdalign.data.hashing import split_hash
-from fdalign.data.ood import map_ood_to_id, parse_ood_arg
+from fdalign.data.ood import load_ood_sets, map_ood_to_id, parse_ood_arg
 
 __all__ = [
     "BENCHMARKS", "Benchmark", "CheckReport", "ImageDataset", "LabeledSplit", "Sample",
     "check_splits", "fewshot_val", "find_benchmark", "load_coop_split", "load_csv",
-    "load_fewshot_indices", "load_imagefolder", "load_split", "map_ood_to_id", "normalize_classname",
+    "load_fewshot_indices", "load_ood_sets", "load_imagefolder", "load_split", "map_ood_to_id", "normalize_classname",
     "open_dataset", "parse_ood_arg", "pick_split", "read_classnames", "sample_fewshot",
     "sample_kshot", "save_fewshot_indices", "save_split", "split_hash", "val_shots", "verify_images",
 ]

@@ -94,3 +94,27 @@ def parse_ood_arg(text: str) -> tuple[str, str]:
             "(e.g. --ood sketch=/data/imagenet-sketch)"
         )
     return name, path
+
+
+def load_ood_sets(
+    ood_args, id_classnames: list[str], id_keys: list[str] | None = None, reserved=()
+) -> list[tuple[str, LabeledSplit, list[int] | None]]:
+    """Open and map every ``--ood NAME=PATH``: ``[(name, split with ID labels, class subset)]``.
+
+    The subset is the sorted ID class indices present in the set, or ``None`` when it has all ID
+    classes (then no logits need restricting). Names must differ from each other and from
+    ``reserved`` (the ID split names), since they key the metrics.
+    """
+    from fdalign.data.datasets import open_dataset, pick_split
+
+    seen = set(reserved)
+    out = []
+    for text in ood_args:
+        name, path = parse_ood_arg(text)
+        if name in seen:
+            raise FDAlignError(f"--ood {text!r}: the name {name!r} is already used; give every set its own name")
+        seen.add(name)
+        split = replace(pick_split(open_dataset(path), "test"), name=name)
+        mapped, present = map_ood_to_id(split, id_classnames, id_keys)
+        out.append((name, mapped, present if len(present) < len(id_classnames) else None))
+    return out
