@@ -56,3 +56,33 @@ def atomic_save_safetensors(
 
     data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
     return atomic_write_bytes(path, data)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file; a missing or malformed file is an :class:`FDAlignError` naming ``what``."""
+    from fdalign.errors import FDAlignError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise FDAlignError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise FDAlignError(f"{what} {path} is a folder, not a file") from None
+    except json.JSONDecodeError as e:
+        raise FDAlignError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def read_safetensors(
+    path: str | os.PathLike, what: str = "file", device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file, loaded without executing code."""
+    from safetensors import safe_open
+
+    from fdalign.errors import FDAlignError
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:
+        raise FDAlignError(f"{what} {path} is not a readable safetensors file ({e})") from None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fdalign.errors import FDAlignError
-from fdalign.io import atomic_save_safetensors
+from fdalign.io import atomic_save_safetensors, read_safetensors
 from fdalign.prompts import format_prompts
 from fdalign.spc import SPCConfig, correct_spurious_prototypes
 
@@ -213,19 +213,13 @@ def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
 
 def load_prototypes(path: str | Path) -> Prototypes:
     """Read a file written by :func:`save_prototypes`."""
-    from safetensors import safe_open
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FDAlignError(
             f"prototypes file {path} does not exist; create it with `fdalign prototypes ... --out {path}`"
         )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise FDAlignError(f"prototypes file {path} is not a readable safetensors file ({e})") from None
+    tensors, meta = read_safetensors(path, "prototypes file")
     if meta.get("format") != PROTOTYPES_FORMAT or not {"class_prototypes", "spurious_prototypes"} <= tensors.keys():
         raise FDAlignError(
             f"{path} is not an fdalign prototypes file (format {meta.get('format')!r}); "

@@ -14,7 +14,6 @@ set (ImageNet-Sketch, -A, -R); :func:`pick_split` returns the only split whateve
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 from torch.utils.data import Dataset
 
 from fdalign.errors import FDAlignError
+from fdalign.io import read_json
 
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset(
@@ -433,12 +433,7 @@ def load_coop_split(
     exist, else an error says how many are missing and where it looked.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FDAlignError(f"split file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FDAlignError(f"split file {path} is not valid JSON: {e}") from None
+    data = read_json(path, "split file")
     if not isinstance(data, dict) or not any(k in data for k in SPLIT_NAMES):
         raise FDAlignError(f"split file {path} must be a JSON object with 'train', 'val' and/or 'test' lists")
 

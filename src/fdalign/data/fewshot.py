@@ -16,13 +16,12 @@ ranking, i.e. ranks ``k .. k + min(k, 4) - 1``, so they are held out from the ``
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from fdalign.data.datasets import SPLIT_NAMES, LabeledSplit, Sample
 from fdalign.errors import FDAlignError
-from fdalign.io import atomic_write_json
+from fdalign.io import atomic_write_json, read_json
 
 SPLIT_FORMAT = "fdalign-split"
 
@@ -126,12 +125,7 @@ def save_split(split: LabeledSplit, path: str | os.PathLike) -> None:
 def load_split(path: str | os.PathLike, root: str | os.PathLike | None = None) -> LabeledSplit:
     """Read a :func:`save_split` file; ``root`` replaces the recorded root (data moved)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FDAlignError(f"split file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise FDAlignError(f"split file {path} is not valid JSON: {e}") from None
+    d = read_json(path, "split file")
     if not isinstance(d, dict) or d.get("format") != SPLIT_FORMAT:
         raise FDAlignError(f"{path} is not an fdalign split file (no \"format\": \"{SPLIT_FORMAT}\")")
     try:
@@ -149,10 +143,7 @@ def load_split(path: str | os.PathLike, root: str | os.PathLike | None = None) -
 
 def json_kind(path: str | os.PathLike) -> str:
     """``"fdalign-split"``, ``"indices"`` (the paper's shot_K-seed_S.json) or ``"coop"`` (anything else)."""
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FDAlignError(f"{path} is not valid JSON: {e}") from None
+    d = read_json(path, "JSON file")
     if isinstance(d, dict) and d.get("format") == SPLIT_FORMAT:
         return "fdalign-split"
     if isinstance(d, dict) and any(isinstance(d.get(s), dict) and "data" in d[s] for s in SPLIT_NAMES):
@@ -201,12 +192,7 @@ def load_fewshot_indices(
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
         raise FDAlignError(f"image root {image_root} does not exist (from --image-root)")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FDAlignError(f"index file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise FDAlignError(f"index file {path} is not valid JSON: {e}") from None
+    d = read_json(path, "index file")
     parts = [s for s in ("train", "val", "test") if isinstance(d, dict) and isinstance(d.get(s), dict)]
     if not parts:
         raise FDAlignError(f"{path} is not a few-shot index file (expected {{\"train\": {{\"data\": [...]}}}})")

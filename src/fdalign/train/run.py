@@ -29,7 +29,7 @@ from torch import nn
 
 from fdalign.errors import FDAlignError
 from fdalign.heads import PrototypeHead, head_from_state_dict
-from fdalign.io import atomic_save_safetensors
+from fdalign.io import atomic_save_safetensors, read_safetensors
 from fdalign.train.config import TrainConfig
 
 MODEL_FORMAT = "fdalign-model/1"
@@ -78,17 +78,11 @@ class SavedModel:
 
 def load_model(path: str | os.PathLike) -> SavedModel:
     """Read a :func:`save_model` file (CPU tensors)."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FDAlignError(f"model file {path} does not exist; is this an fdalign run directory that finished training?")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise FDAlignError(f"model file {path} is not a readable safetensors file ({e})") from None
+    tensors, raw = read_safetensors(path, "model file")
     if raw.get("format") != MODEL_FORMAT:
         raise FDAlignError(f"{path} is not an fdalign model file (format {raw.get('format')!r})")
 
