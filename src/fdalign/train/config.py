@@ -89,6 +89,9 @@ class TrainConfig:
     head: str = _f("frozen", "frozen: zero-shot prototypes (paper); trainable: linear head initialised from "
                    "them with a bias (released code); linear-probe/lp-ft always train the head",
                    choices=HEADS)
+    f0_mode: str = _f("eval", "module mode of the frozen encoder f0: eval (deterministic: no dropout, BatchNorm "
+                      "running stats) or released (train mode, as the authors' code runs it; matters for "
+                      "dropout/BatchNorm backbones such as RN50)", choices=("eval", "released"))
 
     # --- optimisation ---------------------------------------------------------------------------
     optimizer: str = _f("adamw", "optimiser", choices=OPTIMIZERS)

@@ -43,6 +43,7 @@ from fdalign.heads import PrototypeHead
 from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
 from fdalign.train.selection import EvalSplit, SelectionLog, select, val_score
+from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,9 @@ def phases(cfg: TrainConfig) -> list[Phase]:
     return [ft(0)]
 
 
-def _frozen_copy(encoder: nn.Module) -> nn.Module:
-    """f_0: the encoder as it is now, in eval mode, without gradients."""
-    f0 = copy.deepcopy(encoder)
-    f0.eval()
-    f0.requires_grad_(False)
-    return f0
+def _frozen_copy(encoder: nn.Module, mode: str = "eval") -> nn.Module:
+    """f_0 (see :func:`fdalign.train.step.frozen_copy`); a module attribute so tests can intercept it."""
+    return frozen_copy(encoder, mode)
 
 
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -257,7 +255,6 @@ def train(
     from tqdm.auto import tqdm
 
     from fdalign.eval.features import autocast_context
-    from fdalign.losses import fdalign_loss
     from fdalign.train.run import MODEL_FILE, SELECTION_FILE, save_model
 
     cfg = config.resolved(len(train_set)).validate()
@@ -290,7 +287,7 @@ def train(
     zeroshot_head = copy.deepcopy(head)
     zeroshot_encoder_state = _state_cpu(encoder)
     # f_0 must be the *pretrained* encoder, so it is copied before any checkpoint is loaded
-    frozen = _frozen_copy(encoder) if any(p.use_kl for p in plan) else None
+    frozen = _frozen_copy(encoder, cfg.f0_mode) if any(p.use_kl for p in plan) else None
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
         warnings.warn(f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; "
                       "training without it", stacklevel=2)
@@ -369,6 +366,8 @@ def train(
                     pin_memory=device.type == "cuda",
                 )
                 encoder.train(phase.train_encoder)  # a frozen encoder extracts features as at test time
+                if frozen is not None:
+                    set_frozen_mode(frozen, cfg.f0_mode)
                 head.train()
                 bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{total_epochs}", disable=not progress,
                            leave=False, dynamic_ncols=True)
@@ -379,23 +378,13 @@ def train(
                         grp["lr"] = lr
                     images = images.to(device, non_blocking=True)
                     labels = torch.as_tensor(labels).to(device, non_blocking=True)
-                    with autocast_context(device, precision):
-                        if phase.train_encoder:
-                            feat_t = encoder(images)
-                        else:
-                            with torch.no_grad():
-                                feat_t = encoder(images)
-                        logits = head(feat_t)
-                        feat_0 = None
-                        if phase.use_kl:
-                            with torch.no_grad():
-                                feat_0 = frozen(images)
-                    loss, parts = fdalign_loss(
-                        logits, labels, feat_t, feat_0, spurious_dev if phase.use_kl else None,
-                        alpha=cfg.alpha if phase.name == "fdalign" else 1.0,
-                        beta=cfg.beta if phase.use_kl else 0.0,
+                    settings = LossSettings(
+                        alpha=cfg.alpha if phase.name == "fdalign" else 1.0, beta=cfg.beta if phase.use_kl else 0.0,
                         scale=scale, direction=cfg.kl_direction, normalize_prototypes=normalize_spurious,
+                        train_encoder=phase.train_encoder,
                     )
+                    with autocast_context(device, precision):
+                        loss, parts = fdalign_forward(encoder, frozen, head, images, labels, spurious_dev, settings)
                     if not torch.isfinite(loss):
                         raise FDAlignError(
                             f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "

@@ -1,0 +1,101 @@
+"""The FD-Align step on one screen: forward ``f_t`` and ``f_0`` on the same images, CE + beta * KL.
+
+Every training protocol (K-shot fine-tuning in :mod:`fdalign.train.trainer`, N-way K-shot
+episodes) calls :func:`fdalign_forward` for its loss; they differ only in the ``head`` that turns
+the fine-tuned features into logits (prototype head, linear head, episode prototypes).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fdalign.losses import fdalign_loss
+
+F0_MODES = ("eval", "released")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """What the step needs to know about the objective ``alpha * CE + beta * KL``.
+
+    Attributes:
+        alpha, beta: loss weights; ``beta == 0`` never runs ``f_0``.
+        scale: temperature of the spurious softmax (CLIP's logit scale).
+        direction: ``"paper"`` or ``"released"`` (see :func:`fdalign.losses.spurious_kl`).
+        normalize_prototypes: L2-normalise the spurious prototypes before the cosine.
+        train_encoder: False runs ``f_t`` without gradients (linear-probe phase).
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    scale: float = 100.0
+    direction: str = "paper"
+    normalize_prototypes: bool = True
+    train_encoder: bool = True
+
+
+def frozen_copy(encoder: nn.Module, mode: str = "eval") -> nn.Module:
+    """``f_0``: an independent deep copy of ``encoder`` as it is now, without gradients.
+
+    ``mode="eval"`` (default) runs it deterministically (BatchNorm running stats, no dropout):
+    the reference distribution is then the pretrained model's own test-time answer.
+    ``mode="released"`` leaves it in train mode, as the authors' code does (their f0 is a
+    second module that follows ``model.train()``); see :func:`set_frozen_mode`.
+    """
+    if mode not in F0_MODES:
+        raise ValueError(f"f0 mode must be one of {F0_MODES}, got {mode!r}")
+    f0 = copy.deepcopy(encoder)
+    f0.requires_grad_(False)
+    set_frozen_mode(f0, mode)
+    return f0
+
+
+def set_frozen_mode(f0: nn.Module, mode: str) -> None:
+    """Put ``f_0`` in the module mode its setting documents (called at every epoch start)."""
+    f0.train(mode == "released")
+
+
+def fdalign_forward(
+    ft: nn.Module,
+    f0: nn.Module | None,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spurious: torch.Tensor | None,
+    s: LossSettings,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One FD-Align forward pass and its loss (the caller owns autocast, backward and the optimiser).
+
+    Args:
+        ft: encoder being trained, ``[B,3,H,W] -> [B,D]``.
+        f0: its frozen copy (None when ``s.beta == 0``); sees the *same* augmented ``images``.
+        head: ``[B,D] -> [B',C]`` logits (``B' = B`` for K-shot; the queries of an episode).
+        labels: ``[B']`` class indices for ``head``'s logits.
+        spurious: ``[K,D]`` (SPC-corrected) spurious prototypes.
+
+    Returns:
+        ``(loss, {"ce", "kl"})`` as in :func:`fdalign.losses.fdalign_loss`.
+    """
+    if s.train_encoder:
+        feat_t = ft(images)
+    else:
+        with torch.no_grad():
+            feat_t = ft(images)
+    logits = head(feat_t)
+    feat_0 = None
+    if s.beta != 0:
+        with torch.no_grad():
+            feat_0 = f0(images)
+    return fdalign_loss(
+        logits, labels, feat_t, feat_0, spurious if s.beta != 0 else None,
+        alpha=s.alpha, beta=s.beta, scale=s.scale, direction=s.direction,
+        normalize_prototypes=s.normalize_prototypes,
+    )
+
+
+__all__ = ["F0_MODES", "LossSettings", "frozen_copy", "set_frozen_mode", "fdalign_forward"]
