@@ -140,3 +140,18 @@ def test_unknown_direction():
     with pytest.raises(FDAlignError):
         fdalign_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), None, None, None, beta=0, scale=1.0,
                      direction="reverse")
+
+
+def test_released_beta_times_k_is_paper_beta_with_the_distributions_swapped():
+    """The released KL is KL(P_0 || P_t) / k: beta 20 there with k = 20 is beta 1 in paper units."""
+    from fdalign.losses import fdalign_loss
+
+    g = torch.Generator().manual_seed(3)
+    k, beta = 20, 1.0
+    a, b = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    spur, logits, y = torch.randn(k, 16, generator=g), torch.randn(6, 4, generator=g), torch.arange(6) % 4
+    released, _ = fdalign_loss(logits, y, a, b, spur, beta=beta * k, scale=30.0, direction="released")
+    paper, _ = fdalign_loss(logits, y, b, a, spur, beta=beta, scale=30.0, direction="paper")
+    torch.testing.assert_close(released, paper, rtol=1e-5, atol=1e-6)
+    not_scaled, _ = fdalign_loss(logits, y, a, b, spur, beta=beta, scale=30.0, direction="released")
+    assert (paper - not_scaled).abs() > 1e-3  # the k really is there

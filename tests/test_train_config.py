@@ -46,6 +46,8 @@ def test_released_preset_values_and_resolution():
     cfg = TrainConfig.released("EuroSAT", 16)
     assert (cfg.optimizer, cfg.momentum, cfg.nesterov, cfg.weight_decay) == ("sgd", 0.9, True, 5e-4)
     assert (cfg.epochs, cfg.beta, cfg.kl_direction, cfg.head) == (60, 20.0, "released", "trainable")
+    # their all-data-sets script probes first (load_head=True): 60 probe epochs, then FD-Align
+    assert (cfg.mode, cfg.lp_epochs) == ("lp-ft", 60)
     assert (cfg.spc, cfg.spc_keep, cfg.spc_k, cfg.spc_renormalize) == (True, 60, 20, False)
     assert cfg.crop_scale == [0.08, 1.0] and cfg.hflip is False and cfg.warmup_steps == 0
     # 10 classes x 16 shots = 160 images: batch min(160, 256) = 160, lr = 9e-5 * 160 / 256
@@ -74,6 +76,8 @@ def test_flags_override_config_file_which_overrides_defaults(tmp_path):
     args = _parser().parse_args(["--dataset-name", "caltech101", "--shots", "2", "--epochs", "5"])
     cfg = config_from_args(args, preset="released")
     assert (cfg.epochs, cfg.optimizer, cfg.lr) == (5, "sgd", 6e-5)
+    args = _parser().parse_args(["--dataset-name", "dtd", "--shots", "4", "--mode", "fdalign"])
+    assert config_from_args(args, preset="released").mode == "fdalign"  # the variant without the probe
 
 
 def test_every_field_has_a_flag_with_help_and_default():

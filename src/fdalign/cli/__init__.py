@@ -30,8 +30,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model / --pretrained / --model-config: the arguments of :func:`fdalign.backends.load_clip`."""
-    parser.add_argument("--model", required=True, help="CLIP model: an open_clip name (ViT-B-32), "
-                        "'hf:<repo or dir>', a built-in model (fdalign-world), or a name used with --model-config")
+    parser.add_argument("--model", default=None, help="CLIP model: an open_clip name (ViT-B-32), "
+                        "'hf:<repo or dir>', a built-in model (fdalign-world); optional with --model-config "
+                        "(the name is then the JSON file's stem)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (openai, laion2b_s34b_b79k, "
                         "...) or checkpoint path for --model")
     parser.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")

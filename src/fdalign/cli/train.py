@@ -41,7 +41,9 @@ def register(subparsers) -> None:
                    help="YAML file of options (keys as in a run's config.yaml); flags override it")
     p.add_argument("--preset", default=None, choices=["released"],
                    help="start from the authors' released recipe for --dataset-name and --shots "
-                        "(SGD, 60 epochs, beta 20, trainable head, their LR table)")
+                        "(SGD, 60 epochs, linear probe then FD-Align (lp-ft, their script's default; add "
+                        "--mode fdalign for the variant without the probe), beta 20 in released KL units "
+                        "= beta 1 in paper units, trainable head, their LR table)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved options as YAML and exit without training")
     add_config_arguments(p)
@@ -118,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
     from fdalign.backends import load_clip
     from fdalign.prototypes import build_prototypes
     from fdalign.spc import SPCConfig
-    from fdalign.train.selection import EvalSplit, select_by
+    from fdalign.train.selection import EvalSplit, check_disjoint, select_by
     from fdalign.train.trainer import resolve_device, train
-    from fdalign.train.wiseft import alpha_name, interpolate_state_dicts
+    from fdalign.train.wiseft import alpha_name, wiseft_model
 
     device = resolve_device(cfg.device)
     progress = cfg.progress and sys.stderr.isatty()
@@ -136,7 +138,12 @@ def run(args: argparse.Namespace) -> int:
     val_eval = EvalSplit(
         ImageDataset(val_split, eval_tf), "val",
         f"val ({min(cfg.shots, 4)}-shot of {where}, {len(val_split)} images)",
+        files=[str(val_split.resolve(s)) for s in val_split.samples],
     )
+    reported = {name: split for name, split, _ in ood}
+    if test_split is not None:
+        reported["test"] = test_split
+    check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
     print(f"training {backend.name} on {len(train_split)} images ({len(classnames)} classes x {cfg.shots} shots), "
           f"validating on {len(val_split)}; run directory {out}", file=sys.stderr)
     result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress)
@@ -152,18 +159,7 @@ def run(args: argparse.Namespace) -> int:
     zs_head = result.zeroshot_head
 
     def mixed(alpha: float):
-        if alpha == 0.0:
-            return zs_encoder, zs_head
-        if alpha == 1.0:
-            return ft_encoder, ft_head
-        enc = ft_encoder
-        if encoder_trained:
-            enc = copy.deepcopy(ft_encoder)
-            enc.load_state_dict(interpolate_state_dicts(zs_encoder.state_dict(), ft_encoder.state_dict(), alpha))
-        head = copy.deepcopy(ft_head)
-        if zs_head.kind == ft_head.kind:
-            head.load_state_dict(interpolate_state_dicts(zs_head.state_dict(), ft_head.state_dict(), alpha))
-        return enc, head
+        return wiseft_model(zs_encoder, ft_encoder, zs_head, ft_head, alpha)
 
     from fdalign.eval import EvalSet, run_evaluation, write_metrics, write_report
     from fdalign.eval.features import extract_features

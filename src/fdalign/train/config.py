@@ -75,9 +75,11 @@ class TrainConfig:
                    "lp-ft: linear probe for --lp-epochs, then fdalign", choices=MODES)
     alpha: float = _f(1.0, "weight of the classification (cross-entropy) loss")
     beta: float = _f(1.0, "weight of the spurious-feature KL loss; 0 = plain full fine-tuning (the frozen "
-                     "encoder is not even run)")
+                     "encoder is not even run). Units follow --kl-direction: with 'paper' beta multiplies a "
+                     "per-image KL; 'released' divides it by k, so the authors' beta 20 with k = 20 "
+                     "corrected prototypes is beta 1 in paper units (beta_paper = beta_released / k)")
     kl_direction: str = _f("paper", "paper: KL(P_t||P_0) per image; released: the authors' KLDivLoss "
-                           "(KL(P_0||P_t)/K)", choices=KL_DIRECTIONS)
+                           "(KL(P_0||P_t)/k, averaged over the k spurious prototypes too)", choices=KL_DIRECTIONS)
     temperature: float | None = _f(None, "logit scale of the head and of the spurious distribution "
                                    "(default: the model's logit_scale)")
     spc: bool = _f(True, "Spurious Prototype Correction: IsolationForest + KMeans over the template prototypes")
@@ -261,8 +263,13 @@ class TrainConfig:
 
         SGD (Nesterov, momentum 0.9, wd 5e-4 on everything), 60 epochs, cosine without warm-up,
         batch ``min(N, 256)`` with LR = base x batch / 256 from their per-data-set table, a
-        trainable head, SPC (keep 60, k 20, raw centres), beta 20 with their KL, crops of scale
-        (0.08, 1) and no flips. The linear-probe LR of the table is set as ``lp_lr`` for ``lp-ft``.
+        trainable head, SPC (keep 60, k 20, raw centres), beta 20 with their KL (beta 1 in paper
+        units), crops of scale (0.08, 1) and no flips.
+
+        Mode ``lp-ft``, as their all-data-sets script runs by default (``load_head=True``): a
+        60-epoch linear probe at the table's head LR, whose best-on-val head starts FD-Align.
+        ``overrides`` (or ``--mode fdalign`` after ``--preset released``) give the variant
+        without the probe.
         """
         key = _dataset_key(dataset)
         if key not in RELEASED_LRS:
@@ -278,7 +285,7 @@ class TrainConfig:
         i = RELEASED_SHOTS.index(shots)
         lp, ft = RELEASED_LRS[key]
         values = dict(
-            shots=shots, dataset_name=dataset, templates="openai80", mode="fdalign", alpha=1.0, beta=20.0,
+            shots=shots, dataset_name=dataset, templates="openai80", mode="lp-ft", alpha=1.0, beta=20.0,
             kl_direction="released", temperature=None, spc=True, spc_keep=60, spc_k=20, spc_renormalize=False,
             head="trainable", optimizer="sgd", lr=ft[i], lp_lr=lp[i], lr_per_256=True, weight_decay=5e-4,
             wd_skip_norm_bias=False, momentum=0.9, nesterov=True, epochs=60, lp_epochs=60, batch_size=0,

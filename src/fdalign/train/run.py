@@ -134,16 +134,9 @@ class LoadedRun:
 
     def wiseft(self, alpha: float) -> tuple[nn.Module, nn.Module]:
         """``(encoder, head)`` interpolated with weight ``alpha`` on the fine-tuned side."""
-        from fdalign.train.wiseft import interpolate_state_dicts
+        from fdalign.train.wiseft import wiseft_model
 
-        import copy
-
-        enc = copy.deepcopy(self.backend.image_encoder)
-        enc.load_state_dict(interpolate_state_dicts(self.zero_shot_encoder_state, enc.state_dict(), alpha))
-        head = copy.deepcopy(self.head)
-        if self.zeroshot_head.kind == self.head.kind:
-            head.load_state_dict(interpolate_state_dicts(self.zeroshot_head.state_dict(), self.head.state_dict(), alpha))
-        return enc, head
+        return wiseft_model(self.zero_shot_encoder(), self.backend.image_encoder, self.zeroshot_head, self.head, alpha)
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedRun:

@@ -34,11 +34,14 @@ class EvalSplit:
         dataset: yields ``(image, label)``.
         role: one of :data:`ROLES`; only ``"val"`` may drive a selection.
         description: how it was made, recorded in ``selection.json`` (e.g. "val (4-shot of val/, 40 images)").
+        files: paths of the images behind ``dataset``; :func:`check_disjoint` compares their bytes
+            with the test and OOD sets'.
     """
 
     dataset: Dataset
     role: str
     description: str = ""
+    files: list[str] | None = None  # the image files behind ``dataset``, for :func:`check_disjoint`
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -58,6 +61,56 @@ def _require_val(split: EvalSplit) -> None:
             f"refusing to select on a split with role {split.role!r} ({split.description}): choices may "
             "only be made on the validation split, never on test or OOD data"
         )
+
+
+def check_disjoint(val: EvalSplit, others: Mapping[str, Iterable[str | os.PathLike]], shown: int = 5) -> int:
+    """Refuse a val split that shares an image (by content) with a test or OOD set.
+
+    A role label is not proof that the val images are not test images: a copied file, a val folder
+    filled from the test set, or ImageNet's val/ used for both. Hashing every test image would be
+    slow on ImageNet (50,000 files), so only test files whose *size* equals some val file's size
+    are hashed; the val split is small.
+
+    Args:
+        val: the split selection will run on; needs ``val.files``.
+        others: set name -> its image paths (the ID test set, each OOD set).
+
+    Returns:
+        the number of files that were hashed (for tests and logs).
+
+    Raises:
+        FDAlignError: naming the overlapping files and the fix.
+    """
+    from fdalign.data.hashing import file_sha256
+    from fdalign.errors import FDAlignError
+
+    if val.files is None:
+        raise ValueError("check_disjoint needs the val split's files (EvalSplit.files)")
+    by_size: dict[int, list[str]] = {}
+    for f in val.files:
+        by_size.setdefault(os.path.getsize(f), []).append(str(f))
+    digests: dict[str, str] = {}
+
+    def digest(path: str) -> str:
+        if path not in digests:
+            digests[path] = file_sha256(path)
+        return digests[path]
+
+    overlaps: list[tuple[str, str, str]] = []
+    for name, paths in others.items():
+        for p in paths:
+            p = str(p)
+            same_size = by_size.get(os.path.getsize(p), ())
+            overlaps += [(v, name, p) for v in same_size if digest(v) == digest(p)]
+    if overlaps:
+        listed = "; ".join(f"{v} = {name} image {p}" for v, name, p in overlaps[:shown])
+        more = f" (and {len(overlaps) - shown} more)" if len(overlaps) > shown else ""
+        raise FDAlignError(
+            f"the validation split ({val.description}) shares {len(overlaps)} image(s) with sets that are "
+            f"reported: {listed}{more}. Model selection must never see a reported image: remove these "
+            "files from the val data, or drop that set from the evaluation"
+        )
+    return len(digests)
 
 
 def val_score(split: EvalSplit, score_fn: Callable[[Dataset], float]) -> float:
@@ -134,4 +187,4 @@ def select_by(
     return select(what, scores, split, log, metric), scores
 
 
-__all__ = ["ROLES", "EvalSplit", "SelectionLeakError", "SelectionLog", "val_score", "select", "select_by"]
+__all__ = ["ROLES", "EvalSplit", "check_disjoint", "SelectionLeakError", "SelectionLog", "val_score", "select", "select_by"]

@@ -74,6 +74,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def augmentation_seed(seed: int, epoch: int) -> int:
+    """The global torch RNG is seeded with this at the start of epoch ``epoch``: augmentations made
+    in the main process and dropout in ``f_t`` (and in ``f_0`` with ``f0_mode="released"``) draw from it."""
+    return epoch_seed(seed, epoch) ^ 0xA06
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The order in which epoch ``epoch`` visits the ``n`` training images:
     ``torch.randperm(n, generator=Generator().manual_seed(epoch_seed(seed, epoch)))``.
@@ -154,6 +160,16 @@ def _frozen_copy(encoder: nn.Module, mode: str = "eval") -> nn.Module:
 
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _select_epoch(what: str, scores: dict[int, float], cfg: TrainConfig, val_set: EvalSplit, log: SelectionLog) -> int:
+    """The kept epoch of one phase: best on val (ties: earliest), or the last one by rule."""
+    if cfg.selection == "best":
+        return select(what, scores, val_set, log)
+    last = max(scores)
+    log.entries[what] = {"chosen": last, "on": "rule: the last epoch (no data used)", "metric": "top1",
+                         "score": scores[last], "scores": {str(k): v for k, v in scores.items()}}
+    return last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +271,7 @@ def train(
     from tqdm.auto import tqdm
 
     from fdalign.eval.features import autocast_context
-    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, save_model
+    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, save_model
 
     cfg = config.resolved(len(train_set)).validate()
     run_dir = Path(run_dir)
@@ -348,6 +364,11 @@ def train(
             total_steps = steps_per_epoch * (phase.stop - phase.start)
             warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
             warmup = min(warmup, total_steps)
+            if phase.name == "fdalign" and phase.start > 0 and start_epoch == phase.start:
+                # lp-ft as released: FD-Align starts from the probe's best-on-val head (their checkpoint
+                # callback's file), not its last epoch, and only FD-Align epochs compete for selection
+                head.load_state_dict(load_model(run_dir / MODEL_FILE).head.state_dict())
+                best_val, best_epoch = -1.0, 0
             if ckpt is not None and ckpt.meta.get("phase") == phase.name and ckpt.optimizer is not None \
                     and start_epoch > phase.start:
                 optimizer.load_state_dict(ckpt.optimizer)
@@ -359,7 +380,7 @@ def train(
                 # workers seed themselves from `workers`; augmentations in this process use the global RNG
                 workers = torch.Generator()
                 workers.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)
-                torch.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0xA06)
+                torch.manual_seed(augmentation_seed(cfg.seed, epoch))
                 loader = DataLoader(
                     train_set, batch_size=cfg.batch_size, sampler=epoch_order(cfg.seed, epoch, len(train_set)),
                     generator=workers, drop_last=False, num_workers=cfg.num_workers,
@@ -447,17 +468,11 @@ def train(
             tb.close()
 
     # ---- the selection, recorded, and the chosen weights loaded back -------------------------
-    scores = {e + 1: v for e, v in enumerate(val_hist)}
-    if cfg.selection == "best":
-        chosen = select("epoch", scores, val_set, selection)
-    else:
-        chosen = len(val_hist)
-        selection.entries["epoch"] = {"chosen": chosen, "on": "rule: the last epoch (no data used)",
-                                      "metric": "top1", "score": val_hist[-1],
-                                      "scores": {str(k): v for k, v in scores.items()}}
+    for ph in plan:
+        what = "epoch" if ph is plan[-1] else "lp_epoch"  # lp-ft: the probe's epoch, then FD-Align's
+        chosen = _select_epoch(what, {e + 1: val_hist[e] for e in range(ph.start, ph.stop)}, cfg, val_set, selection)
     selection.save(run_dir / SELECTION_FILE)
-    from fdalign.train.run import load_model
-
+    scores = {e + 1: v for e, v in enumerate(val_hist)}
     saved = load_model(run_dir / MODEL_FILE)
     if int(saved.metadata.get("epoch", -1)) != chosen:
         raise RuntimeError(f"{run_dir / MODEL_FILE} holds epoch {saved.metadata.get('epoch')} but epoch {chosen} was selected")
@@ -474,4 +489,4 @@ def train(
     )
 
 
-__all__ = ["train", "TrainResult", "cosine_lr", "epoch_seed", "epoch_order", "phases", "Phase", "resolve_device", "config_hash"]
+__all__ = ["train", "TrainResult", "cosine_lr", "epoch_seed", "augmentation_seed", "epoch_order", "phases", "Phase", "resolve_device", "config_hash"]

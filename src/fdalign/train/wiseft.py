@@ -54,9 +54,30 @@ def interpolate_module(zero_shot: nn.Module, finetuned: nn.Module, alpha: float)
     return mixed
 
 
+def wiseft_model(
+    zs_encoder: nn.Module, ft_encoder: nn.Module, zs_head: nn.Module, ft_head: nn.Module, alpha: float
+) -> tuple[nn.Module, nn.Module]:
+    """``(encoder, head)`` at mixing weight ``alpha``: both interpolated, encoder *and* head.
+
+    The endpoints return the given modules themselves (no copy), so alpha 0 / 1 share features
+    with the zero-shot / fine-tuned rows of an evaluation. An encoder that was never trained (the
+    same object on both sides, a linear probe) is shared, not copied. A head of another kind than
+    the zero-shot one (trainable vs frozen prototypes) cannot be interpolated key by key; then the
+    fine-tuned head is kept and only the encoder is mixed.
+    """
+    if alpha == 0.0:
+        return zs_encoder, zs_head
+    if alpha == 1.0:
+        return ft_encoder, ft_head
+    enc = ft_encoder if zs_encoder is ft_encoder else interpolate_module(zs_encoder, ft_encoder, alpha)
+    same_kind = getattr(zs_head, "kind", None) == getattr(ft_head, "kind", None)
+    head = interpolate_module(zs_head, ft_head, alpha) if same_kind else copy.deepcopy(ft_head)
+    return enc, head
+
+
 def alpha_name(alpha: float) -> str:
     """Model name used in metrics and reports: ``wiseft-0.5``."""
     return f"wiseft-{float(alpha):g}"
 
 
-__all__ = ["interpolate_state_dicts", "interpolate_module", "alpha_name"]
+__all__ = ["interpolate_state_dicts", "interpolate_module", "wiseft_model", "alpha_name"]
