@@ -270,3 +270,48 @@ def test_optimizer_state_flatten_round_trip():
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             assert torch.equal(v, opt2.state_dict()["state"][i][k])
+
+
+def test_lp_ft_starts_from_the_best_probe_head_and_selects_only_fdalign_epochs(tiny_openclip, protos, tmp_path,
+                                                                               monkeypatch):
+    """As released: the FD-Align phase loads the probe's best-on-val head, and only its own epochs compete."""
+    scripted = iter([50.0, 90.0, 60.0, 10.0, 20.0])  # probe epochs 1-3 (best: 2), FD-Align epochs 4-5 (best: 5)
+    monkeypatch.setattr(trainer_mod, "_val_top1", lambda *a, **k: next(scripted))
+    heads = {}
+
+    def snapshot(epoch, _):
+        heads[epoch] = load_checkpoint(tmp_path / "checkpoint").head
+
+    # lr 0 in the FD-Align phase: the head it ends with is the head it started from
+    cfg = _cfg(mode="lp-ft", lp_epochs=3, epochs=2, lp_lr=0.5, lr=0.0, selection="best")
+    res = train(_backend(tiny_openclip), _tensors(), _tensors(1, seed=1), protos, cfg, tmp_path, on_epoch_end=snapshot)
+    assert not torch.equal(heads[2]["weight"], heads[3]["weight"])  # the probe kept learning after its best epoch
+    assert torch.equal(res.head.weight.detach(), heads[2]["weight"])
+    assert torch.equal(res.head.bias.detach(), heads[2]["bias"])
+    assert res.best_epoch == 5 and res.best_val_top1 == 20.0
+    sel = SelectionLog.load(tmp_path / "selection.json").entries
+    assert sel["lp_epoch"]["chosen"] == 2 and sel["lp_epoch"]["scores"] == {"1": 50.0, "2": 90.0, "3": 60.0}
+    assert sel["epoch"]["chosen"] == 5 and sel["epoch"]["scores"] == {"4": 10.0, "5": 20.0}
+
+
+def test_lp_ft_killed_at_the_phase_boundary_resumes_to_the_same_weights(tiny_openclip, protos, tmp_path):
+    cfg = _cfg(mode="lp-ft", lp_epochs=2, epochs=1, lp_lr=0.5, beta=1.0, selection="best")
+    full = train(_backend(tiny_openclip), _tensors(), _tensors(1, seed=1), protos, cfg, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_probe(epoch, _):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_backend(tiny_openclip), _tensors(), _tensors(1, seed=1), protos, cfg, tmp_path / "r",
+              on_epoch_end=kill_after_probe)
+    res = train(_backend(tiny_openclip), _tensors(), _tensors(1, seed=1), protos, dataclass_replace(cfg, resume=True),
+                tmp_path / "r")
+    assert res.best_epoch == full.best_epoch == 3
+    for k, v in full.head.state_dict().items():
+        assert torch.equal(v, res.head.state_dict()[k]), k
+    for k, v in full.encoder.state_dict().items():
+        assert torch.equal(v, res.encoder.state_dict()[k]), k
