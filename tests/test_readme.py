@@ -32,5 +32,8 @@ def test_python_api_example_runs():
     exec(compile(code, "README.md", "exec"), scope)
     loss = scope["loss"]
     assert loss.ndim == 0 and bool(loss.isfinite())
-    # the example's backward pass must reach the trainable encoder
+    # the example's backward pass must reach the trainable encoder, and f0 must be a real frozen copy:
+    # with ft used twice the KL would stay exactly zero after ft has moved
     assert any(p.grad is not None for p in scope["ft"].parameters())
+    assert scope["f0"] is not scope["ft"] and not any(p.requires_grad for p in scope["f0"].parameters())
+    assert scope["parts"]["kl"].item() > 0
