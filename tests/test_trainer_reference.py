@@ -1,7 +1,8 @@
 """The trainer against an independent FD-Align loop written here, for beta > 0.
 
 The reference below shares nothing with fdalign but the public determinism contract (the epoch's
-data order :func:`epoch_order` and the RNG seed :func:`augmentation_seed`): it encodes the prompts
+data order :func:`epoch_order`, the view seed :func:`view_seed` and the dropout seed
+:func:`augmentation_seed`): it encodes the prompts
 itself, builds class and spurious prototypes and the SPC correction with scikit-learn directly,
 deep-copies the encoder as f0, runs f0 on the same augmented batch, and writes CE, the KL (both
 directions) and SGD by hand. After a few steps the trainer's weights must equal the reference's.
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fdalign.backends import load_clip
+from fdalign.data.views import view_seed
 from fdalign.prototypes import build_prototypes
 from fdalign.spc import SPCConfig
 from fdalign.train import trainer as trainer_mod
@@ -131,7 +133,12 @@ def _reference(tiny_openclip, cfg, dropout):
         f0.train(cfg.f0_mode == "released")
         order = epoch_order(cfg.seed, epoch, len(ds))
         for b in range(0, len(order), BATCH):
-            items = [ds[i] for i in order[b:b + BATCH]]
+            items = []
+            for i in order[b:b + BATCH]:  # each view drawn from its own seed, the epoch's stream untouched
+                state = torch.get_rng_state()
+                torch.manual_seed(view_seed(cfg.seed, epoch, i))
+                items.append(ds[i])
+                torch.set_rng_state(state)
             x = torch.stack([it[0] for it in items])
             y = torch.tensor([it[1] for it in items])
             for grp in opt.param_groups:

@@ -62,20 +62,29 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits, dim=-1)
 
 
+def spurious_log_probs(
+    features: torch.Tensor, spurious: torch.Tensor, scale: float, normalize_prototypes: bool = True
+) -> torch.Tensor:
+    """``log P_spur(x; f)``: ``[B, D]`` raw features -> ``[B, K]`` log-softmax over the spurious prototypes,
+    in at least float32."""
+    return _log_softmax(cosine_logits(features, spurious, scale, normalize_prototypes))
+
+
 def spurious_kl(
     feat_t: torch.Tensor,
-    feat_0: torch.Tensor,
+    feat_0: torch.Tensor | None,
     spurious: torch.Tensor,
     scale: float,
     direction: str = "paper",
     normalize_prototypes: bool = True,
+    log_p0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL divergence between the spurious distributions of the fine-tuned and the frozen features.
 
     Args:
         feat_t: ``[B, D]`` raw features of the encoder being trained (gradients flow here).
         feat_0: ``[B, D]`` raw features of the frozen encoder on the same images (treated as a
-            constant: detached).
+            constant: detached). May be None when ``log_p0`` is given.
         spurious: ``[K, D]`` spurious prototypes (``K = M`` templates, or ``k`` after SPC).
         scale: temperature of ``P = softmax(scale * cos)``.
         direction: one of :data:`KL_DIRECTIONS`.
@@ -87,15 +96,18 @@ def spurious_kl(
               authors' ``torch.nn.KLDivLoss()(log P_t, P_0)`` computes; use it (with their beta=20)
               to reproduce their numbers.
         normalize_prototypes: see :func:`cosine_logits`.
+        log_p0: ``[B, K]`` precomputed :func:`spurious_log_probs` of ``feat_0`` (the f0 cache).
 
     Returns:
         scalar tensor, ``>= 0``, zero when ``feat_t == feat_0``.
     """
     if direction not in KL_DIRECTIONS:
         raise FDAlignError(f"unknown KL direction {direction!r}; choose one of {', '.join(KL_DIRECTIONS)}")
-    log_p_t = _log_softmax(cosine_logits(feat_t, spurious, scale, normalize_prototypes))
-    with torch.no_grad():
-        log_p_0 = _log_softmax(cosine_logits(feat_0.detach(), spurious, scale, normalize_prototypes))
+    log_p_t = spurious_log_probs(feat_t, spurious, scale, normalize_prototypes)
+    if log_p0 is None:
+        with torch.no_grad():
+            log_p0 = spurious_log_probs(feat_0.detach(), spurious, scale, normalize_prototypes)
+    log_p_0 = log_p0.to(device=log_p_t.device, dtype=log_p_t.dtype)
     if direction == "paper":
         return (log_p_t.exp() * (log_p_t - log_p_0)).sum(dim=-1).mean()
     return (log_p_0.exp() * (log_p_0 - log_p_t)).mean()
@@ -113,6 +125,7 @@ def fdalign_loss(
     scale: float,
     direction: str = "paper",
     normalize_prototypes: bool = True,
+    log_p0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The FD-Align objective ``alpha * CE + beta * KL``.
 
@@ -123,7 +136,8 @@ def fdalign_loss(
         alpha, beta: weights of the two terms. With ``beta == 0`` the KL term is not computed at
             all (``feat_t``, ``feat_0`` and ``spurious`` may then be None), so training is exactly
             plain fine-tuning and the frozen encoder need not be run.
-        scale, direction, normalize_prototypes: see :func:`spurious_kl`.
+        scale, direction, normalize_prototypes, log_p0: see :func:`spurious_kl` (with ``log_p0``,
+            ``feat_0`` may be None).
 
     Returns:
         ``(total, {"ce": ce, "kl": kl})``, scalar tensors; ``kl`` is a detached zero when ``beta == 0``.
@@ -134,7 +148,7 @@ def fdalign_loss(
     total = ce if alpha == 1 else alpha * ce
     if beta == 0:
         return total, {"ce": ce, "kl": torch.zeros((), device=ce.device, dtype=ce.dtype)}
-    if feat_t is None or feat_0 is None or spurious is None:
-        raise ValueError("fdalign_loss needs feat_t, feat_0 and spurious when beta != 0")
-    kl = spurious_kl(feat_t, feat_0, spurious, scale, direction, normalize_prototypes)
+    if feat_t is None or (feat_0 is None and log_p0 is None) or spurious is None:
+        raise ValueError("fdalign_loss needs feat_t, feat_0 (or log_p0) and spurious when beta != 0")
+    kl = spurious_kl(feat_t, feat_0, spurious, scale, direction, normalize_prototypes, log_p0)
     return total + beta * kl, {"ce": ce, "kl": kl}

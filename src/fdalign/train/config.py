@@ -33,7 +33,7 @@ SELECTIONS = ("best", "last")
 # (data paths may move; the CLI compares the K-shot images' hashes instead).
 NON_SEMANTIC_FIELDS = frozenset(
     {"resume", "progress", "num_workers", "eval_batch_size", "tensorboard", "out", "device", "ood",
-     "wiseft_alphas", "verify_images", "data", "image_root", "dataset_name"}
+     "wiseft_alphas", "verify_images", "data", "image_root", "dataset_name", "f0_cache"}
 )
 
 
@@ -94,6 +94,11 @@ class TrainConfig:
     f0_mode: str = _f("eval", "module mode of the frozen encoder f0: eval (deterministic: no dropout, BatchNorm "
                       "running stats) or released (train mode, as the authors' code runs it; matters for "
                       "dropout/BatchNorm backbones such as RN50)", choices=("eval", "released"))
+
+    f0_cache: str | None = _f(None, "folder for the f0 cache: f0's spurious distributions of every augmented "
+                              "view, stored by the first run and read by every later run with the same seed, "
+                              "data, transform, f0 weights and prototypes (sweeps over alpha, beta, lr...); "
+                              "the results are bitwise the same as without it")
 
     # --- optimisation ---------------------------------------------------------------------------
     optimizer: str = _f("adamw", "optimiser", choices=OPTIMIZERS)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fdalign.losses import fdalign_loss
+from fdalign.losses import fdalign_loss, spurious_log_probs
 
 F0_MODES = ("eval", "released")
 
@@ -68,18 +68,24 @@ def fdalign_forward(
     labels: torch.Tensor,
     spurious: torch.Tensor | None,
     s: LossSettings,
+    log_p0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One FD-Align forward pass and its loss (the caller owns autocast, backward and the optimiser).
 
     Args:
         ft: encoder being trained, ``[B,3,H,W] -> [B,D]``.
-        f0: its frozen copy (None when ``s.beta == 0``); sees the *same* augmented ``images``.
+        f0: its frozen copy (None when ``s.beta == 0`` or ``log_p0`` is given); sees the *same*
+            augmented ``images``.
         head: ``[B,D] -> [B',C]`` logits (``B' = B`` for K-shot; the queries of an episode).
         labels: ``[B']`` class indices for ``head``'s logits.
         spurious: ``[K,D]`` (SPC-corrected) spurious prototypes.
+        log_p0: ``[B,K]`` f0's spurious log-probabilities on these images, read from the f0 cache;
+            then f0 is not run.
 
     Returns:
-        ``(loss, {"ce", "kl"})`` as in :func:`fdalign.losses.fdalign_loss`.
+        ``(loss, parts)``: ``parts`` has ``"ce"`` and ``"kl"`` as in
+        :func:`fdalign.losses.fdalign_loss`, and ``"log_p0"`` ``[B,K]`` (float32, for the cache)
+        whenever the KL term was computed.
     """
     if s.train_encoder:
         feat_t = ft(images)
@@ -87,15 +93,19 @@ def fdalign_forward(
         with torch.no_grad():
             feat_t = ft(images)
     logits = head(feat_t)
-    feat_0 = None
-    if s.beta != 0:
-        with torch.no_grad():
-            feat_0 = f0(images)
-    return fdalign_loss(
-        logits, labels, feat_t, feat_0, spurious if s.beta != 0 else None,
+    if s.beta != 0 and log_p0 is None:
+        # inference mode: no autograd bookkeeping at all for the frozen pass
+        with torch.inference_mode():
+            log_p0 = spurious_log_probs(f0(images), spurious, s.scale, s.normalize_prototypes)
+        log_p0 = log_p0.clone()  # a normal tensor again, usable by autograd-recording ops
+    loss, parts = fdalign_loss(
+        logits, labels, feat_t, None, spurious if s.beta != 0 else None,
         alpha=s.alpha, beta=s.beta, scale=s.scale, direction=s.direction,
-        normalize_prototypes=s.normalize_prototypes,
+        normalize_prototypes=s.normalize_prototypes, log_p0=log_p0 if s.beta != 0 else None,
     )
+    if s.beta != 0:
+        parts["log_p0"] = log_p0.detach()
+    return loss, parts
 
 
 __all__ = ["F0_MODES", "LossSettings", "frozen_copy", "set_frozen_mode", "fdalign_forward"]

@@ -43,6 +43,9 @@ from fdalign.heads import PrototypeHead
 from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
 from fdalign.train.selection import EvalSplit, SelectionLog, select, val_score
+from fdalign.data.views import SeededViews
+from fdalign.train import distributed
+from fdalign.train.f0cache import F0Cache, f0_cache_key, state_fingerprint
 from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
 
 log = logging.getLogger(__name__)
@@ -190,6 +193,8 @@ class TrainResult:
     seconds: float
     selection: SelectionLog
     config: TrainConfig
+    f0_cache_epochs_read: int = 0  # epochs whose f0 answers came from the f0 cache
+    f0_cache_epochs_written: int = 0
 
 
 class _CSVLog:
@@ -243,6 +248,104 @@ def _val_top1(encoder, head, split: EvalSplit, cfg: TrainConfig, device) -> floa
     return val_score(split, score)
 
 
+@dataclass
+class _Loop:
+    """Everything one epoch of the batch loop reads or updates."""
+
+    cfg: TrainConfig
+    phase: Phase
+    ft: nn.Module  # the encoder, wrapped in DDP under torchrun
+    frozen: nn.Module | None
+    head: PrototypeHead
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    params: list[nn.Parameter]
+    settings: LossSettings
+    spurious: torch.Tensor | None
+    device: torch.device
+    precision: str
+    dist: distributed.DistInfo
+    total_steps: int
+    warmup: int
+    log_rows: Callable[[dict], None]
+    progress: bool
+    total_epochs: int
+
+
+def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: int,
+               cached: torch.Tensor | None, fill: torch.Tensor | None) -> tuple[int, int]:
+    """One pass over this rank's share of the epoch; returns the new ``(step, phase_step)``.
+
+    ``cached`` ``[N, k]``: f0's log-probabilities read from the f0 cache (f0 is then not run);
+    ``fill`` ``[N, k]``: where this epoch's f0 answers are written for the cache.
+    """
+    from tqdm.auto import tqdm
+
+    from fdalign.eval.features import autocast_context
+
+    cfg = L.cfg
+    views.set_epoch(epoch)
+    torch.manual_seed(augmentation_seed(cfg.seed, epoch))  # dropout in the main process
+    sampler = distributed.GlobalBatchSampler(epoch_order(cfg.seed, epoch, len(views)), cfg.batch_size,
+                                             L.dist.rank, L.dist.world)
+    workers = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)
+    loader = DataLoader(views, batch_sampler=sampler, generator=workers, num_workers=cfg.num_workers,
+                        pin_memory=L.device.type == "cuda")
+    bar = tqdm(loader, desc=f"{L.phase.name} epoch {epoch + 1}/{L.total_epochs}", disable=not L.progress,
+               leave=False, dynamic_ncols=True)
+    t_prev = time.perf_counter()
+    for b, (images, labels, idx) in enumerate(bar):
+        lr = cosine_lr(phase_step, L.total_steps, L.warmup, L.phase.lr, cfg.min_lr)
+        for grp in L.optimizer.param_groups:
+            grp["lr"] = lr
+        images = images.to(L.device, non_blocking=True)
+        labels = torch.as_tensor(labels).to(L.device, non_blocking=True)
+        log_p0 = cached[idx].to(L.device) if cached is not None else None
+        with autocast_context(L.device, L.precision):
+            loss, parts = fdalign_forward(L.ft, L.frozen, L.head, images, labels, L.spurious, L.settings, log_p0)
+        if not torch.isfinite(loss):
+            raise FDAlignError(f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "
+                               "(or use --precision bf16 / fp32 instead of fp16)")
+        if fill is not None:
+            fill[idx] = parts["log_p0"].float().cpu()
+        L.optimizer.zero_grad(set_to_none=True)
+        L.scaler.scale(loss * sampler.weights[b] if L.dist.enabled else loss).backward()
+        distributed.average_gradients(list(L.head.parameters()), L.dist)  # the encoder's are DDP's
+        if cfg.grad_clip is not None:
+            L.scaler.unscale_(L.optimizer)
+            torch.nn.utils.clip_grad_norm_(L.params, cfg.grad_clip)
+        L.scaler.step(L.optimizer)
+        L.scaler.update()
+        step, phase_step = step + 1, phase_step + 1
+        now = time.perf_counter()
+        ips = images.shape[0] * L.dist.world / max(now - t_prev, 1e-9)
+        t_prev = now
+        means = distributed.global_means({"ce": parts["ce"].item(), "kl": parts["kl"].item(), "loss": loss.item()},
+                                         sampler.weights[b], L.dist)
+        L.log_rows({"step": step, "epoch": epoch + 1, "lr": lr, **means, "images_per_s": round(ips, 2)})
+        bar.set_postfix(ce=f"{means['ce']:.3f}", kl=f"{means['kl']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+    bar.close()
+    return step, phase_step
+
+
+def _f0_cache(cfg: TrainConfig, encoder: nn.Module, spurious, scale: float, normalize: bool, data_key: str | None,
+              n: int, precision: str) -> F0Cache | None:
+    """The f0 cache of this run, or None (off, or f0 not deterministic, or no data key)."""
+    if not cfg.f0_cache or cfg.beta == 0 or spurious is None:
+        return None
+    if cfg.f0_mode != "eval":
+        warnings.warn("the f0 cache needs a deterministic f0 (--f0-mode eval); training without it", stacklevel=3)
+        return None
+    if data_key is None:
+        warnings.warn("the f0 cache needs a data_key naming the training images and their transform; "
+                      "training without it", stacklevel=3)
+        return None
+    key, ingredients = f0_cache_key(f0_fingerprint=state_fingerprint(encoder), spurious=spurious, scale=scale,
+                                    normalize_prototypes=normalize, seed=cfg.seed, data_key=data_key,
+                                    precision=precision)
+    return F0Cache(cfg.f0_cache, key, ingredients, n, spurious.shape[0])
+
+
 def train(
     backend,
     train_set: Dataset,
@@ -252,38 +355,41 @@ def train(
     run_dir: str | os.PathLike,
     progress: bool = True,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    data_key: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``backend.image_encoder`` (in place) and return the selected weights.
 
     Args:
         backend: a :class:`~fdalign.backends.base.CLIPBackend`.
-        train_set: yields ``(augmented image [3,H,W], label)``.
+        train_set: yields ``(augmented image [3,H,W], label)``; its transform must draw randomness
+            from torch's RNG (the view of image ``i`` in epoch ``e`` is then a function of
+            ``(seed, e, i)``: :class:`~fdalign.data.views.SeededViews`).
         val_set: the validation set (an :class:`EvalSplit` with role ``"val"``, or a dataset taken
             to be one); the only data any choice is made on.
         prototypes: :class:`~fdalign.prototypes.Prototypes` (class + spurious / corrected).
         config: the run's settings (``batch_size`` 0 / ``lr_per_256`` are resolved here).
         run_dir: where ``log.csv``, ``checkpoint/``, ``model/best.safetensors`` and
-            ``selection.json`` go.
+            ``selection.json`` go (written by rank 0 only under torchrun).
         progress: tqdm bars (also needs ``config.progress``).
         on_epoch_end: called as ``on_epoch_end(epoch (1-based), val_top1)`` after the epoch's
             checkpoint is written (tests use it to simulate a kill).
+        data_key: names the training images and their transform (e.g. the split's content hash
+            and the augmentation settings); with ``config.f0_cache`` it keys the f0 cache.
     """
-    from tqdm.auto import tqdm
-
-    from fdalign.eval.features import autocast_context
     from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, save_model
 
     cfg = config.resolved(len(train_set)).validate()
+    dist = distributed.current()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoint"
-    progress = progress and cfg.progress
+    progress = progress and cfg.progress and dist.is_main
     if not isinstance(val_set, EvalSplit):
         val_set = EvalSplit(val_set, "val", f"val ({len(val_set)} images)")
     if len(val_set.dataset) == 0:
         raise FDAlignError("the validation set is empty; every selection needs at least one val image")
 
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(resolve_device(cfg.device), dist)
     precision = cfg.precision
     if precision != "fp32" and device.type != "cuda":
         warnings.warn(f"precision {precision} is only used on CUDA; training in fp32 on {device}", stacklevel=2)
@@ -302,8 +408,9 @@ def train(
     head = PrototypeHead(prototypes.class_prototypes, scale, trainable=cfg.head_trainable).to(device)
     zeroshot_head = copy.deepcopy(head)
     zeroshot_encoder_state = _state_cpu(encoder)
-    # f_0 must be the *pretrained* encoder, so it is copied before any checkpoint is loaded
+    # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded
     frozen = _frozen_copy(encoder, cfg.f0_mode) if any(p.use_kl for p in plan) else None
+    f0cache = _f0_cache(cfg, encoder, spurious, scale, normalize_spurious, data_key, len(train_set), precision)
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
         warnings.warn(f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; "
                       "training without it", stacklevel=2)
@@ -333,9 +440,18 @@ def train(
         raise FDAlignError(
             f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose a new --out"
         )
+    distributed.barrier(dist)  # every rank has read the checkpoint before rank 0 writes a new one
 
-    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=step if ckpt is not None else None)
-    tb = _tensorboard(run_dir, cfg.tensorboard)
+    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=step if ckpt is not None else None) if dist.is_main else None
+    tb = _tensorboard(run_dir, cfg.tensorboard) if dist.is_main else None
+
+    def log_rows(row: dict) -> None:
+        if csv_log is not None:
+            csv_log.write(row)
+        if tb is not None:
+            for k in ("lr", "ce", "kl", "loss", "images_per_s"):
+                tb.add_scalar(f"train/{k}", row[k], row["step"])
+
     selection = SelectionLog()
     model_meta = {
         "classnames": list(getattr(prototypes, "classnames", []) or []),
@@ -346,6 +462,7 @@ def train(
     t_start = time.time()
     use_scaler = precision == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    views = SeededViews(train_set, cfg.seed)
 
     try:
         for phase in plan:
@@ -358,12 +475,10 @@ def train(
                 named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named
             if not named:
                 raise FDAlignError(f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters")
-            params = [p for _, p in named]
             optimizer = build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), phase.lr)
             steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
             total_steps = steps_per_epoch * (phase.stop - phase.start)
             warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
-            warmup = min(warmup, total_steps)
             if phase.name == "fdalign" and phase.start > 0 and start_epoch == phase.start:
                 # lp-ft as released: FD-Align starts from the probe's best-on-val head (their checkpoint
                 # callback's file), not its last epoch, and only FD-Align epochs compete for selection
@@ -374,65 +489,33 @@ def train(
                 optimizer.load_state_dict(ckpt.optimizer)
                 if ckpt.meta.get("scaler"):
                     scaler.load_state_dict(ckpt.meta["scaler"])
+            loop = _Loop(
+                cfg=cfg, phase=phase, frozen=frozen, head=head, optimizer=optimizer, scaler=scaler,
+                ft=distributed.wrap_for_training(encoder, dist) if phase.train_encoder else encoder,
+                params=[p for _, p in named], spurious=spurious_dev, device=device, precision=precision, dist=dist,
+                settings=LossSettings(
+                    alpha=cfg.alpha if phase.name == "fdalign" else 1.0, beta=cfg.beta if phase.use_kl else 0.0,
+                    scale=scale, direction=cfg.kl_direction, normalize_prototypes=normalize_spurious,
+                    train_encoder=phase.train_encoder,
+                ),
+                total_steps=total_steps, warmup=min(warmup, total_steps), log_rows=log_rows, progress=progress,
+                total_epochs=total_epochs,
+            )
 
             for epoch in range(max(start_epoch, phase.start), phase.stop):
-                phase_step = (epoch - phase.start) * steps_per_epoch
-                # workers seed themselves from `workers`; augmentations in this process use the global RNG
-                workers = torch.Generator()
-                workers.manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)
-                torch.manual_seed(augmentation_seed(cfg.seed, epoch))
-                loader = DataLoader(
-                    train_set, batch_size=cfg.batch_size, sampler=epoch_order(cfg.seed, epoch, len(train_set)),
-                    generator=workers, drop_last=False, num_workers=cfg.num_workers,
-                    pin_memory=device.type == "cuda",
-                )
                 encoder.train(phase.train_encoder)  # a frozen encoder extracts features as at test time
                 if frozen is not None:
                     set_frozen_mode(frozen, cfg.f0_mode)
                 head.train()
-                bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{total_epochs}", disable=not progress,
-                           leave=False, dynamic_ncols=True)
-                t_prev = time.perf_counter()
-                for images, labels in bar:
-                    lr = cosine_lr(phase_step, total_steps, warmup, phase.lr, cfg.min_lr)
-                    for grp in optimizer.param_groups:
-                        grp["lr"] = lr
-                    images = images.to(device, non_blocking=True)
-                    labels = torch.as_tensor(labels).to(device, non_blocking=True)
-                    settings = LossSettings(
-                        alpha=cfg.alpha if phase.name == "fdalign" else 1.0, beta=cfg.beta if phase.use_kl else 0.0,
-                        scale=scale, direction=cfg.kl_direction, normalize_prototypes=normalize_spurious,
-                        train_encoder=phase.train_encoder,
-                    )
-                    with autocast_context(device, precision):
-                        loss, parts = fdalign_forward(encoder, frozen, head, images, labels, spurious_dev, settings)
-                    if not torch.isfinite(loss):
-                        raise FDAlignError(
-                            f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "
-                            "(or use --precision bf16 / fp32 instead of fp16)"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    step += 1
-                    phase_step += 1
-                    now = time.perf_counter()
-                    ips = images.shape[0] / max(now - t_prev, 1e-9)
-                    t_prev = now
-                    row = {
-                        "step": step, "epoch": epoch + 1, "lr": lr, "ce": parts["ce"].item(),
-                        "kl": parts["kl"].item(), "loss": loss.item(), "images_per_s": round(ips, 2),
-                    }
-                    csv_log.write(row)
-                    if tb is not None:
-                        for k in ("lr", "ce", "kl", "loss", "images_per_s"):
-                            tb.add_scalar(f"train/{k}", row[k], step)
-                    bar.set_postfix(ce=f"{row['ce']:.3f}", kl=f"{row['kl']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
-                bar.close()
+                cache_on = f0cache is not None and phase.use_kl
+                cached = f0cache.load(epoch) if cache_on else None
+                fill = torch.full((len(views), spurious.shape[0]), float("nan")) if cache_on and cached is None else None
+                step, phase_step = _run_epoch(loop, views, epoch, step, (epoch - phase.start) * steps_per_epoch,
+                                              cached, fill)
+                if fill is not None:
+                    fill, done = distributed.merge_rows(fill, ~torch.isnan(fill[:, 0]), dist)
+                    if dist.is_main and bool(done.all()):
+                        f0cache.save(epoch, fill)
 
                 # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
                 top1 = _val_top1(encoder, head, val_set, cfg, device)
@@ -440,30 +523,35 @@ def train(
                 improved = top1 > best_val  # strict: ties keep the earlier epoch, as select() does
                 if improved:
                     best_val, best_epoch = top1, epoch + 1
-                if (improved and cfg.selection == "best") or cfg.selection == "last":
-                    save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
-                               dict(model_meta, epoch=epoch + 1, val_top1=top1))
-                csv_log.flush()
-                if tb is not None:
-                    tb.add_scalar("val/top1", top1, epoch + 1)
-                save_checkpoint(
-                    ckpt_dir, encoder=encoder, head=head, optimizer=optimizer,
-                    meta={
-                        "epoch": epoch + 1, "step": step, "phase": phase.name, "config_hash": chash,
-                        "val_top1": val_hist, "best_val_top1": best_val, "best_epoch": best_epoch,
-                        "scheduler": {"phase": phase.name, "phase_step": phase_step, "total_steps": total_steps,
-                                      "warmup_steps": warmup, "base_lr": phase.lr, "min_lr": cfg.min_lr},
-                        "scaler": scaler.state_dict() if use_scaler else None,
-                    },
-                )
+                if dist.is_main:
+                    if (improved and cfg.selection == "best") or cfg.selection == "last":
+                        save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
+                                   dict(model_meta, epoch=epoch + 1, val_top1=top1))
+                    csv_log.flush()
+                    if tb is not None:
+                        tb.add_scalar("val/top1", top1, epoch + 1)
+                    save_checkpoint(
+                        ckpt_dir, encoder=encoder, head=head, optimizer=optimizer,
+                        meta={
+                            "epoch": epoch + 1, "step": step, "phase": phase.name, "config_hash": chash,
+                            "val_top1": val_hist, "best_val_top1": best_val, "best_epoch": best_epoch,
+                            "scheduler": {"phase": phase.name, "phase_step": phase_step, "total_steps": total_steps,
+                                          "warmup_steps": loop.warmup, "base_lr": phase.lr, "min_lr": cfg.min_lr},
+                            "scaler": scaler.state_dict() if use_scaler else None,
+                        },
+                    )
+                distributed.barrier(dist)
                 if progress:
+                    from tqdm.auto import tqdm
+
                     tqdm.write(f"epoch {epoch + 1}/{total_epochs}: val top-1 {top1:.2f}%"
                                + ("  (best)" if improved else ""))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, top1)
             start_epoch = phase.stop
     finally:
-        csv_log.close()
+        if csv_log is not None:
+            csv_log.close()
         if tb is not None:
             tb.close()
 
@@ -471,7 +559,9 @@ def train(
     for ph in plan:
         what = "epoch" if ph is plan[-1] else "lp_epoch"  # lp-ft: the probe's epoch, then FD-Align's
         chosen = _select_epoch(what, {e + 1: val_hist[e] for e in range(ph.start, ph.stop)}, cfg, val_set, selection)
-    selection.save(run_dir / SELECTION_FILE)
+    if dist.is_main:
+        selection.save(run_dir / SELECTION_FILE)
+    distributed.barrier(dist)
     scores = {e + 1: v for e, v in enumerate(val_hist)}
     saved = load_model(run_dir / MODEL_FILE)
     if int(saved.metadata.get("epoch", -1)) != chosen:
@@ -486,6 +576,7 @@ def train(
         encoder=encoder, head=head, zeroshot_head=zeroshot_head, zeroshot_encoder_state=zeroshot_encoder_state,
         best_epoch=int(chosen), best_val_top1=float(scores[chosen]), val_top1=val_hist, steps=step,
         seconds=time.time() - t_start, selection=selection, config=cfg,
+        f0_cache_epochs_read=f0cache.hits if f0cache else 0, f0_cache_epochs_written=f0cache.writes if f0cache else 0,
     )
 
 
