@@ -110,11 +110,14 @@ def run(args: argparse.Namespace) -> int:
         hashes["test"] = split_hash(test_split, content=False)
     for name, split, _ in ood:
         hashes[name] = split_hash(split, content=False)
-    save_split(train_split, out / "splits" / "train.json")
-    save_split(val_split, out / "splits" / "val.json")
     from fdalign.io import atomic_write_json
+    from fdalign.train.distributed import init_from_env
 
-    atomic_write_json(out / "hashes.json", hashes)
+    dist = init_from_env(cfg.device)  # under torchrun: one process per GPU; rank 0 writes every file
+    if dist.is_main:
+        save_split(train_split, out / "splits" / "train.json")
+        save_split(val_split, out / "splits" / "val.json")
+        atomic_write_json(out / "hashes.json", hashes)
 
     # ---- model and prototypes ---------------------------------------------------------------------
     from fdalign.backends import load_clip
@@ -131,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     protos = build_prototypes(backend, classnames, templates, spc=spc, progress=progress or None)
 
     resolved = cfg.resolved(len(train_split))
-    resolved.to_yaml(out / "config.yaml")
+    if dist.is_main:
+        resolved.to_yaml(out / "config.yaml")
     train_ds = ImageDataset(train_split, backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip))
     eval_tf = backend.preprocess_eval()
     where = "val/" if val_split.name == "val" else "train/ (held out from the training shots)"
@@ -146,7 +150,11 @@ def run(args: argparse.Namespace) -> int:
     check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
     print(f"training {backend.name} on {len(train_split)} images ({len(classnames)} classes x {cfg.shots} shots), "
           f"validating on {len(val_split)}; run directory {out}", file=sys.stderr)
-    result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress)
+    # names the training images and their augmentation: with --f0-cache, it keys f0's cached answers
+    data_key = f"{hashes['train']}|crop {list(cfg.crop_scale)}|hflip {cfg.hflip}|{backend.image_spec}"
+    result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress, data_key=data_key)
+    if not dist.is_main:
+        return 0  # evaluation and reports are rank 0's
 
     # ---- WiSE-FT: interpolations of zero-shot and fine-tuned, alpha chosen on val ----------------
     ft_encoder, ft_head = result.encoder, result.head
