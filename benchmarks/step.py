@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     protos = build_prototypes(backend, [f"class {i}" for i in range(10)],
                               [f"a {s} photo of a {{}}." for s in ("good", "bad", "dark", "bright", "small", "big")],
                               spc=SPCConfig(keep=5, k=3), cache_dir=False)
-    print(f"{args.model} ({args.pretrained}), batch {args.batch}, {device}, {torch.get_num_threads()} threads")
+    print(f"{args.model} ({args.pretrained if args.model != 'fdalign-world' else 'shipped weights'}), batch {args.batch}, {device}, {torch.get_num_threads()} threads")
     med, peaks = core_steps(backend, protos, args, device)
     print(f"core step median of {args.steps}: fine-tune {med['ft'] * 1e3:.0f} ms, FD-Align {med['fd'] * 1e3:.0f} ms, "
           f"FD-Align with f0 cache {med['fd_cached'] * 1e3:.0f} ms")
