@@ -118,3 +118,9 @@ def test_cache_is_refused_for_a_random_f0(tiny_openclip, tmp_path):
     with pytest.warns(UserWarning, match="deterministic f0"):
         res = _run(tiny_openclip, tmp_path, "r", cache=str(tmp_path / "c"), f0_mode="released")
     assert res.f0_cache_epochs_written == 0 and not (tmp_path / "c").exists()
+
+
+def test_a_view_cycle_reuses_views_and_cache_entries(tiny_openclip, tmp_path):
+    res = _run(tiny_openclip, tmp_path, "cyc", cache=str(tmp_path / "c"), epochs=3, view_cycle=1)
+    assert (res.f0_cache_epochs_written, res.f0_cache_epochs_read) == (1, 2)  # epochs 2, 3 re-use epoch 1's views
+    assert sorted(p.name for p in next((tmp_path / "c").iterdir()).glob("epoch_*")) == ["epoch_0000.safetensors"]

@@ -95,6 +95,8 @@ class TrainConfig:
                       "running stats) or released (train mode, as the authors' code runs it; matters for "
                       "dropout/BatchNorm backbones such as RN50)", choices=("eval", "released"))
 
+    view_cycle: int = _f(0, "0: fresh augmented views every epoch; V > 0: epoch e re-uses the views of epoch "
+                         "e mod V (a fixed set of V views per image, so the f0 cache holds V epochs)")
     f0_cache: str | None = _f(None, "folder for the f0 cache: f0's spurious distributions of every augmented "
                               "view, stored by the first run and read by every later run with the same seed, "
                               "data, transform, f0 weights and prototypes (sweeps over alpha, beta, lr...); "
@@ -157,7 +159,7 @@ class TrainConfig:
                 bad(f.name, f"is not one of {', '.join(ch)}")
         if self.shots < 1:
             bad("shots", "must be >= 1")
-        for name in ("epochs", "lp_epochs", "batch_size", "num_workers", "spc_keep", "spc_k"):
+        for name in ("epochs", "lp_epochs", "batch_size", "num_workers", "spc_keep", "spc_k", "view_cycle"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.eval_batch_size < 1:

@@ -83,6 +83,11 @@ def augmentation_seed(seed: int, epoch: int) -> int:
     return epoch_seed(seed, epoch) ^ 0xA06
 
 
+def view_epoch(cfg: TrainConfig, epoch: int) -> int:
+    """Whose augmented views epoch ``epoch`` sees: its own, or epoch ``epoch mod view_cycle``'s."""
+    return epoch % cfg.view_cycle if cfg.view_cycle else epoch
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The order in which epoch ``epoch`` visits the ``n`` training images:
     ``torch.randperm(n, generator=Generator().manual_seed(epoch_seed(seed, epoch)))``.
@@ -284,7 +289,7 @@ def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: 
     from fdalign.eval.features import autocast_context
 
     cfg = L.cfg
-    views.set_epoch(epoch)
+    views.set_epoch(view_epoch(cfg, epoch))
     torch.manual_seed(augmentation_seed(cfg.seed, epoch))  # dropout in the main process
     sampler = distributed.GlobalBatchSampler(epoch_order(cfg.seed, epoch, len(views)), cfg.batch_size,
                                              L.dist.rank, L.dist.world)
@@ -508,14 +513,14 @@ def train(
                     set_frozen_mode(frozen, cfg.f0_mode)
                 head.train()
                 cache_on = f0cache is not None and phase.use_kl
-                cached = f0cache.load(epoch) if cache_on else None
+                cached = f0cache.load(view_epoch(cfg, epoch)) if cache_on else None
                 fill = torch.full((len(views), spurious.shape[0]), float("nan")) if cache_on and cached is None else None
                 step, phase_step = _run_epoch(loop, views, epoch, step, (epoch - phase.start) * steps_per_epoch,
                                               cached, fill)
                 if fill is not None:
                     fill, done = distributed.merge_rows(fill, ~torch.isnan(fill[:, 0]), dist)
                     if dist.is_main and bool(done.all()):
-                        f0cache.save(epoch, fill)
+                        f0cache.save(view_epoch(cfg, epoch), fill)
 
                 # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
                 top1 = _val_top1(encoder, head, val_set, cfg, device)
