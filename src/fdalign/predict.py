@@ -33,31 +33,39 @@ class Classifier:
     name: str
 
 
-def load_classifier(target: str | os.PathLike, wiseft_alpha: float | str | None = None,
-                    device: str | torch.device = "cpu") -> Classifier:
-    """A run directory (its fine-tuned or WiSE-FT weights) or an ``fdalign export`` folder."""
-    from fdalign.export import MANIFEST_FILE
+def target_kind(target: str | os.PathLike, wiseft_alpha: float | str | None = None) -> str:
+    """``"export"`` or ``"run"`` (a finished one), checked without loading anything heavy."""
+    from fdalign.export import MANIFEST_FILE, finished_run, parse_alpha
+    from fdalign.train.run import CONFIG_FILE
 
     target = Path(target)
     if (target / MANIFEST_FILE).is_file():
         if wiseft_alpha is not None:
             raise FDAlignError(f"{target} is an export, whose weights are fixed; --wiseft-alpha applies to a run "
                                "directory (or export again with --wiseft-alpha)")
-        return _from_export(target, device)
-    from fdalign.train.run import CONFIG_FILE
-
+        return "export"
     if not (target / CONFIG_FILE).is_file():
         raise FDAlignError(f"{target} is neither an fdalign run directory (no {CONFIG_FILE}) nor an export "
                            f"(no {MANIFEST_FILE}); pass the --out of `fdalign train` or `fdalign export`")
-    return _from_run(target, wiseft_alpha, device)
+    finished_run(target)
+    parse_alpha(wiseft_alpha)
+    return "run"
+
+
+def load_classifier(target: str | os.PathLike, wiseft_alpha: float | str | None = None,
+                    device: str | torch.device = "cpu") -> Classifier:
+    """A finished run directory (its fine-tuned or WiSE-FT weights) or an ``fdalign export`` folder."""
+    if target_kind(target, wiseft_alpha) == "export":
+        return _from_export(Path(target), device)
+    return _from_run(Path(target), wiseft_alpha, device)
 
 
 def _from_run(run_dir: Path, wiseft_alpha, device) -> Classifier:
-    from fdalign.export import apply_weights, finished_run, parse_alpha, resolve_alpha
+    from fdalign.export import apply_weights, parse_alpha, resolve_alpha
     from fdalign.train.run import load_run
 
     alpha = parse_alpha(wiseft_alpha)
-    loaded = load_run(finished_run(run_dir), "cpu")
+    loaded = load_run(run_dir, "cpu")
     alpha = resolve_alpha(loaded, alpha)
     head = apply_weights(loaded, alpha)
     backend = loaded.backend.to(device)
@@ -215,5 +223,5 @@ def predictions_csv(pred: Predictions, classnames: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-__all__ = ["Classifier", "load_classifier", "collect_images", "ImageFiles", "topk_probabilities", "Predictions",
+__all__ = ["Classifier", "target_kind", "load_classifier", "collect_images", "ImageFiles", "topk_probabilities", "Predictions",
            "predict", "predictions_csv", "unreadable_reason"]

@@ -39,11 +39,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from fdalign.export import export_run
 
-    torch.set_grad_enabled(False)
     result = export_run(args.run, args.format, args.out, wiseft_alpha=args.wiseft_alpha, force=args.force)
     m = result.manifest
     print(f"exported {m['weights']} weights of {args.run} ({m['base_model']['name']}, {len(m['classnames'])} "

@@ -43,13 +43,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fdalign.errors import FDAlignError
     from fdalign.io import atomic_write_text
-    from fdalign.predict import collect_images, load_classifier, predict, predictions_csv
+    from fdalign.predict import collect_images, load_classifier, predict, predictions_csv, target_kind
     from fdalign.train.trainer import resolve_device
 
     if args.batch_size < 1:
         raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
     if args.topk < 1:
         raise FDAlignError(f"--topk must be >= 1 (got {args.topk})")
+    target_kind(args.target, args.wiseft_alpha)  # a wrong target fails before any folder is walked
     paths, missing = collect_images(args.images)
     if len(paths) == len(missing):
         raise FDAlignError(f"no image files found in {' '.join(args.images)}"
