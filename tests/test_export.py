@@ -316,3 +316,43 @@ def test_existing_output_needs_force(oc_run, tmp_path, capsys):
     assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(other), "--force"]) == 2
     assert "neither" in _one_line(capsys, "export")
     assert (other / "thesis.tex").read_text() == "keep me"
+
+
+def test_open_clip_layout_keeps_a_custom_preprocessing(tiny_openclip, tmp_path):
+    """A config with its own mean/std (open_clip_config.json layout) comes back with them via local-dir."""
+    import open_clip
+
+    from conftest import TINY_OPENCLIP_CFG
+    from fdalign.backends import load_clip
+    from fdalign.export import _write_open_clip
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    cfg = tmp_path / "tiny-pp.json"
+    cfg.write_text(json.dumps({"model_cfg": TINY_OPENCLIP_CFG, "preprocess_cfg": {"mean": mean, "std": std}}))
+    backend = load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=cfg)
+    out = tmp_path / "exp"
+    out.mkdir()
+    _write_open_clip(backend, out)
+    _, _, pre = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    norm = pre.transforms[-1]
+    assert tuple(norm.mean) == pytest.approx(mean) and tuple(norm.std) == pytest.approx(std)
+
+
+def test_atomic_directory_keeps_the_old_folder_on_failure(tmp_path):
+    from fdalign.io import atomic_directory
+
+    out = tmp_path / "out"
+    with atomic_directory(out) as d:
+        (d / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out, replace=True) as d:
+            (d / "a.txt").write_text("two")
+            raise RuntimeError("killed mid-export")
+    assert (out / "a.txt").read_text() == "one"
+    with pytest.raises(FileExistsError):
+        with atomic_directory(out) as d:
+            pass
+    with atomic_directory(out, replace=True) as d:
+        (d / "b.txt").write_text("three")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders left behind
