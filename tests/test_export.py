@@ -356,3 +356,24 @@ def test_atomic_directory_keeps_the_old_folder_on_failure(tmp_path):
         (d / "b.txt").write_text("three")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders left behind
+
+
+def test_export_refuses_a_model_that_does_not_reproduce_the_run(oc_run, tmp_path, monkeypatch, capsys):
+    import fdalign.export as ex
+
+    real = ex._write_open_clip
+
+    def broken(backend, out):  # e.g. a writer that saved the image tower wrongly
+        from safetensors.torch import load_file, save_file
+
+        files = real(backend, out)
+        state = load_file(out / files["weights"])
+        state["visual.proj"] = state["visual.proj"] * 2
+        save_file(state, out / files["weights"])
+        return files
+
+    monkeypatch.setattr(ex, "_write_open_clip", broken)
+    out = tmp_path / "exp"
+    assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(out)]) == 2
+    assert "does not reproduce" in _one_line(capsys, "export")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes per image, most probable first (at most the "
                    "number of classes)")
     p.add_argument("--wiseft-alpha", default=None, metavar="A", help="for a run: use the WiSE-FT mix with weight "
-                   "A in [0, 1] or 'selected' (the alpha chosen on val); default: the fine-tuned weights")
+                   "A in [0, 1] or 'selected' (the alpha chosen on val); none = the fine-tuned weights")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
