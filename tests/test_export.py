@@ -150,6 +150,18 @@ def test_hf_round_trip_with_plain_transformers_wiseft(env, hf_run, tiny_hf, tmp_
     manifest = json.loads((out / "fdalign_export.json").read_text())
     assert manifest["wiseft_alpha"] == alpha and manifest["classnames"] == sorted(CLASSES)
 
+    # predict reads the HF export exactly as it reads the run with the same mix
+    for target, extra, csv_path in ((out, [], tmp_path / "a.csv"),
+                                    (hf_run, ["--wiseft-alpha", str(alpha)], tmp_path / "b.csv")):
+        assert main(["predict", str(target), str(env["data"] / "test"), "--out", str(csv_path), "--topk", "3",
+                     "--device", "cpu", "--no-progress", *extra]) == 0
+    a, b = _read_csv(tmp_path / "a.csv"), _read_csv(tmp_path / "b.csv")
+    assert len(a) == 6 and [r["path"] for r in a] == [r["path"] for r in b]
+    for ra, rb in zip(a, b):
+        pa = {ra[f"top{i}"]: float(ra[f"top{i}_prob"]) for i in (1, 2, 3)}
+        pb = {rb[f"top{i}"]: float(rb[f"top{i}_prob"]) for i in (1, 2, 3)}
+        assert pa == pytest.approx(pb, abs=ATOL)
+
 
 def test_head_file_reproduces_the_run_head(env, oc_run, tmp_path):
     from safetensors import safe_open

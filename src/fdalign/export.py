@@ -39,6 +39,7 @@ OPENCLIP_WEIGHTS = "open_clip_model.safetensors"
 OPENCLIP_CONFIG = "open_clip_config.json"
 HF_WEIGHTS = "model.safetensors"
 SELECTED = "selected"
+VERIFY_TOLERANCE = 1e-4  # float32 features of the same weights through the same ops differ by ~0
 # The settings that define the method and the data, shown in the model card.
 CARD_SETTINGS = ("model", "pretrained", "model_config", "data", "dataset_name", "classnames", "shots", "seed",
                  "templates", "mode", "alpha", "beta", "kl_direction", "spc", "spc_keep", "spc_k", "head",
@@ -180,6 +181,34 @@ def _write_hf(backend, out: Path) -> dict:
     return {"weights": HF_WEIGHTS, "config": "config.json"}
 
 
+def _plain_image_features(fmt: str, folder: Path, images: torch.Tensor) -> torch.Tensor:
+    """``[B, D]`` image features of the model in ``folder``, loaded by open_clip / transformers alone."""
+    if fmt == "open_clip":
+        import open_clip
+
+        return open_clip.create_model(f"local-dir:{folder}").eval().encode_image(images)
+    from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    f = model.get_image_features(pixel_values=images)
+    return f if isinstance(f, torch.Tensor) else f.pooler_output  # transformers 5 returns an output object
+
+
+@torch.no_grad()
+def verify_export(fmt: str, folder: Path, encoder: nn.Module, image_size: int, n: int = 2) -> float:
+    """Max abs difference between ``encoder`` and the exported model on ``n`` random images."""
+    images = torch.randn(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    want = encoder.eval()(images).float()
+    return float((_plain_image_features(fmt, folder, images).float() - want).abs().max())
+
+
 def _backend_format(backend) -> str:
     from fdalign.backends.hf import HFCLIPBackend
     from fdalign.backends.openclip import OpenCLIPBackend
@@ -216,8 +245,12 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, wiseft_alpha: float | str | None = None,
-               force: bool = False) -> ExportResult:
-    """Write the run's model as ``fmt`` ("open_clip" or "hf") into the folder ``out`` (see the module docstring)."""
+               force: bool = False, verify: bool = True) -> ExportResult:
+    """Write the run's model as ``fmt`` ("open_clip" or "hf") into the folder ``out`` (see the module docstring).
+
+    ``verify`` reloads the written model with plain open_clip / transformers and compares its image
+    features with the run's on a random batch before ``out`` is put in place.
+    """
     from fdalign.io import atomic_directory, atomic_write_json, atomic_write_text
     from fdalign.train.run import load_run
 
@@ -239,6 +272,12 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, wis
     with atomic_directory(out, replace=force) as tmp:
         manifest["files"] = (_write_open_clip if fmt == "open_clip" else _write_hf)(loaded.backend, tmp)
         manifest["files"].update(head=HEAD_FILE, card=CARD_FILE)
+        if verify:
+            diff = verify_export(fmt, tmp, loaded.backend.image_encoder, loaded.backend.image_spec.size)
+            if not diff <= VERIFY_TOLERANCE:  # also catches NaN
+                raise FDAlignError(f"the exported {fmt} model does not reproduce the run's image features (max abs "
+                                   f"difference {diff:.3g} > {VERIFY_TOLERANCE:g}); nothing was written to {out}")
+            manifest["verified_max_abs_diff"] = diff
         save_head(tmp / HEAD_FILE, head, loaded.classnames, loaded.backend.logit_scale)
         atomic_write_text(tmp / CARD_FILE, model_card(loaded, manifest, out))
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
