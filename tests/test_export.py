@@ -320,6 +320,7 @@ def test_existing_output_needs_force(oc_run, tmp_path, capsys):
     assert main(args + ["--force", "--wiseft-alpha", "0"]) == 0  # replaced: now the zero-shot weights
     assert (out / "open_clip_model.safetensors").read_bytes() != first
     assert json.loads((out / "fdalign_export.json").read_text())["wiseft_alpha"] == 0.0
+    assert "row **zero-shot**" in (out / "README.md").read_text()  # alpha 0 is the zero-shot model
     # --force never deletes a folder that is not an export
     other = tmp_path / "precious"
     other.mkdir()

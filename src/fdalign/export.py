@@ -336,11 +336,7 @@ def _load_snippet(fmt: str, out: Path, base_model: dict) -> list[str]:
 
 def model_card(loaded, manifest: dict, out: Path) -> str:
     """``README.md`` of an export: what the weights are, how to load them, and the run's report."""
-    from fdalign.eval import render_report
-    from fdalign.io import read_json
-    from fdalign.train.run import HASHES_FILE
-
-    cfg = loaded.config.to_dict() if hasattr(loaded.config, "to_dict") else vars(loaded.config)
+    cfg = loaded.config.to_dict()
     base, alpha = manifest["base_model"], manifest["wiseft_alpha"]
     weights = (f"the fine-tuned weights of epoch {manifest['epoch']}" if alpha is None else
                f"WiSE-FT: (1 - {alpha:g}) x zero-shot + {alpha:g} x fine-tuned (epoch {manifest['epoch']}), "
@@ -363,24 +359,39 @@ def model_card(loaded, manifest: dict, out: Path) -> str:
         "class names in its metadata (`classnames`). `fdalign predict "
         f"{out} IMAGES... --out preds.csv` classifies images with it.", "",
     ]
+    return "\n".join(lines + _card_report(loaded, cfg, alpha)).rstrip() + "\n"
+
+
+def metrics_row(alpha: float | None) -> str:
+    """The row of the run's metrics that a given export reproduces (alpha 0 and 1 are the end points)."""
+    if alpha is None or alpha == 1.0:
+        return "fine-tuned"
+    return "zero-shot" if alpha == 0.0 else f"wiseft-{alpha:g}"
+
+
+def _card_report(loaded, cfg: dict, alpha: float | None) -> list[str]:
+    """The run's own evaluation (metrics, what was selected on what, data hashes, settings), nested."""
+    from fdalign.eval import render_report
+    from fdalign.io import read_json
+    from fdalign.train.run import HASHES_FILE
+
     metrics_path = loaded.run_dir / "metrics.json"
-    if metrics_path.is_file():
-        doc = read_json(metrics_path, "metrics file")
-        row = "fine-tuned" if alpha is None else f"wiseft-{alpha:g}"
-        evaluated = any(row in per_set for per_set in doc.get("metrics", {}).values())
-        lines.append(f"In the table below this export is the row **{row}**." if evaluated else
-                     f"The run did not evaluate WiSE-FT alpha {alpha:g}; the table shows the rows it did.")
-        lines.append("")
-        hashes_path = loaded.run_dir / HASHES_FILE
-        hashes = read_json(hashes_path, "hashes file") if hashes_path.is_file() else doc.get("hashes")
-        settings = {k: cfg[k] for k in CARD_SETTINGS if k in cfg}
-        report = render_report(doc["metrics"], selection=doc.get("selection") or loaded.selection,
-                               config=settings, hashes=hashes, roles=doc.get("roles"), title="Evaluation of the run")
-        lines.append(re.sub(r"^(#+) ", r"#\1 ", report, flags=re.M))  # its sections nest under the card's
-    else:
-        lines.append(f"The run has no metrics.json; evaluate it with `fdalign eval {loaded.run_dir}`.")
-    return "\n".join(lines).rstrip() + "\n"
+    if not metrics_path.is_file():
+        return [f"The run has no metrics.json; evaluate it with `fdalign eval {loaded.run_dir}`."]
+    doc = read_json(metrics_path, "metrics file")
+    row = metrics_row(alpha)
+    evaluated = any(row in per_set for per_set in doc.get("metrics", {}).values())
+    hashes_path = loaded.run_dir / HASHES_FILE
+    hashes = read_json(hashes_path, "hashes file") if hashes_path.is_file() else doc.get("hashes")
+    settings = {k: cfg[k] for k in CARD_SETTINGS if k in cfg}
+    report = render_report(doc["metrics"], selection=doc.get("selection") or loaded.selection, config=settings,
+                           hashes=hashes, roles=doc.get("roles"), title="Evaluation of the run")
+    return [
+        f"In the table below this export is the row **{row}**." if evaluated else
+        f"The run did not evaluate these weights ({row}); the table shows the rows it did.", "",
+        re.sub(r"^(#+) ", r"#\1 ", report, flags=re.M),  # its sections nest under the card's
+    ]
 
 
 __all__ = ["FORMATS", "export_run", "ExportResult", "save_head", "load_head", "head_tensors", "finished_run",
-           "parse_alpha", "resolve_alpha", "apply_weights", "model_card", "MANIFEST_FILE", "HEAD_FILE"]
+           "parse_alpha", "resolve_alpha", "apply_weights", "model_card", "metrics_row", "MANIFEST_FILE", "HEAD_FILE"]
