@@ -223,5 +223,5 @@ def predictions_csv(pred: Predictions, classnames: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-__all__ = ["Classifier", "target_kind", "load_classifier", "collect_images", "ImageFiles", "topk_probabilities", "Predictions",
-           "predict", "predictions_csv", "unreadable_reason"]
+__all__ = ["Classifier", "target_kind", "load_classifier", "collect_images", "ImageFiles", "topk_probabilities",
+           "Predictions", "predict", "predictions_csv", "unreadable_reason"]
