@@ -390,3 +390,21 @@ def test_export_refuses_a_model_that_does_not_reproduce_the_run(oc_run, tmp_path
     assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(out)]) == 2
     assert "does not reproduce" in _one_line(capsys, "export")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_hf_export_writes_an_image_processor_when_the_base_had_none(tiny_hf, tmp_path):
+    from transformers import CLIPImageProcessor
+    from transformers.image_utils import OPENAI_CLIP_MEAN
+
+    from fdalign.backends import load_clip
+    from fdalign.export import _image_processor
+
+    src = tmp_path / "no_processor"
+    shutil.copytree(tiny_hf["dir"], src)
+    (src / "preprocessor_config.json").unlink()
+    with pytest.warns(UserWarning, match="no image processor"):
+        backend = load_clip(f"hf:{src}")
+    _image_processor(backend).save_pretrained(tmp_path / "out")
+    proc = CLIPImageProcessor.from_pretrained(tmp_path / "out")
+    assert tuple(proc.image_mean) == pytest.approx(OPENAI_CLIP_MEAN)
+    assert proc.crop_size == {"height": 32, "width": 32} and proc.resample == 3  # bicubic, the fallback's
