@@ -7,11 +7,13 @@ the previous version intact instead of a truncated file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -56,6 +58,38 @@ def atomic_save_safetensors(
 
     data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
     return atomic_write_bytes(path, data)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Fill a temp folder beside ``path``; when the block succeeds it becomes ``path`` by renaming.
+
+    A failure removes the temp folder and leaves ``path`` as it was. ``replace=True`` swaps out an
+    existing ``path`` (which is then deleted); otherwise an existing ``path`` is a FileExistsError.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if not path.exists() and not path.is_symlink():
+            os.replace(tmp, path)
+            return
+        if not replace:
+            raise FileExistsError(f"{path} exists")
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, old / "previous")  # a rename on the same file system, like the one below
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old / "previous", path)  # put the previous version back
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

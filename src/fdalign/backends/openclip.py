@@ -326,7 +326,8 @@ class OpenCLIPBackend(CLIPBackend):
 
     Attributes (besides :class:`CLIPBackend`'s): ``model`` (the open_clip model), ``tokenizer``,
     ``model_name`` and ``pretrained`` (what was loaded: a tag, a checkpoint path, ``"random"``,
-    or ``None`` for built-ins and ``hf-hub:``/``local-dir:`` sources).
+    or ``None`` for built-ins and ``hf-hub:``/``local-dir:`` sources), ``model_cfg`` (the open_clip
+    architecture config it was built from, for :mod:`fdalign.export`; None if unknown).
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, model_name: str, pretrained: str | None, fingerprint: str):
@@ -336,6 +337,7 @@ class OpenCLIPBackend(CLIPBackend):
         self.pretrained = pretrained
         self.name = model_name if pretrained is None else f"{model_name} ({pretrained})"
         self.fingerprint = fingerprint
+        self.model_cfg: dict | None = None
         # Only the image tower is ever trained; freezing the rest here means an optimiser built from
         # model.parameters() by mistake still cannot move the text tower or logit_scale.
         self.model.requires_grad_(False)
@@ -391,6 +393,7 @@ class OpenCLIPBackend(CLIPBackend):
         if src.kind == "random":
             stamp.append(_state_digest(net))
         backend = cls(net, tokenizer, model_name=src.name, pretrained=src.label, fingerprint=_digest(stamp))
+        backend.model_cfg = open_clip.get_model_config(src.key)  # a copy; hf-hub configs are cached by now
         return backend.to(device)
 
     @property

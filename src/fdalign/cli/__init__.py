@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "fdalign.cli.evaluate",
     "fdalign.cli.prototypes",
     "fdalign.cli.data",
+    "fdalign.cli.export",
+    "fdalign.cli.predict",
 ]
 
 

@@ -1,0 +1,70 @@
+"""``fdalign predict``: top-k classes and probabilities of new images, from a run or an export, into a CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Classify images with a finished run (its fine-tuned weights, or --wiseft-alpha) or a folder written
+by `fdalign export`. IMAGES are files or folders (walked recursively for image files). The CSV has
+one row per image: path, top1, top1_prob, ..., topK, topK_prob, error. Files that cannot be read
+are listed and counted, with the reason in the error column; they never stop the run.
+
+example:
+  fdalign predict runs/eurosat-16 new_images/ extra.jpg --out preds.csv --topk 3
+  fdalign predict exports/eurosat-16 new_images/ --out preds.csv
+"""
+MAX_LISTED = 20
+
+
+def register(subparsers) -> None:
+    from fdalign.cli import HelpFormatter
+
+    p = subparsers.add_parser("predict", help="classify new images with a run or an export (top-k CSV)",
+                              description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("target", metavar="RUN_OR_EXPORT", help="run directory of `fdalign train` or folder of "
+                   "`fdalign export`")
+    p.add_argument("images", metavar="IMAGES", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="CSV file to write (replaced atomically)")
+    p.add_argument("--topk", type=int, default=5, help="classes per image, most probable first (at most the "
+                   "number of classes)")
+    p.add_argument("--wiseft-alpha", default=None, metavar="A", help="for a run: use the WiSE-FT mix with weight "
+                   "A in [0, 1] or 'selected' (the alpha chosen on val); none = the fine-tuned weights")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fdalign.errors import FDAlignError
+    from fdalign.io import atomic_write_text
+    from fdalign.predict import collect_images, load_classifier, predict, predictions_csv, target_kind
+    from fdalign.train.trainer import resolve_device
+
+    if args.batch_size < 1:
+        raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.topk < 1:
+        raise FDAlignError(f"--topk must be >= 1 (got {args.topk})")
+    target_kind(args.target, args.wiseft_alpha)  # a wrong target fails before any folder is walked
+    paths, missing = collect_images(args.images)
+    if len(paths) == len(missing):
+        raise FDAlignError(f"no image files found in {' '.join(args.images)}"
+                           + (f" ({len(missing)} path(s) do not exist)" if missing else ""))
+    device = resolve_device(args.device)
+    clf = load_classifier(args.target, args.wiseft_alpha, device)
+    pred = predict(clf, paths, topk=args.topk, batch_size=args.batch_size, device=device,
+                   num_workers=args.num_workers, precision=args.precision,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    atomic_write_text(args.out, predictions_csv(pred, clf.classnames))
+    for p, why in list(pred.errors.items())[:MAX_LISTED]:
+        print(f"fdalign predict: unreadable: {p} ({why})", file=sys.stderr)
+    if pred.num_unreadable > MAX_LISTED:
+        print(f"fdalign predict: ... and {pred.num_unreadable - MAX_LISTED} more (see the error column of "
+              f"{args.out})", file=sys.stderr)
+    print(f"classified {len(pred.ok)} image(s) with {clf.name}; {pred.num_unreadable} unreadable; wrote {args.out}")
+    return 0
