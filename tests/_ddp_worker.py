@@ -1,19 +1,7 @@
 """Entry point of the processes that tests/test_distributed.py spawns (importable by name in a child)."""
 
 import torch
-
-
-class Augmented(torch.utils.data.Dataset):
-    def __init__(self, n=14):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 32, 32, generator=g)
-        self.y = torch.arange(n) % 3
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i] + 0.3 * torch.randn(3, 32, 32), int(self.y[i])
+from _synth import NoisyTensors
 
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
@@ -38,7 +26,7 @@ def run_training(tiny: dict, run_dir, cfg_kwargs: dict, kill_after: int | None =
             raise KeyboardInterrupt
 
     try:
-        return train(b, Augmented(), val, protos, TrainConfig(**cfg_kwargs), run_dir, on_epoch_end=kill)
+        return train(b, NoisyTensors(n_per_class=5, classes=3), val, protos, TrainConfig(**cfg_kwargs), run_dir, on_epoch_end=kill)
     except KeyboardInterrupt:
         return None
 

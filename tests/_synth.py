@@ -122,3 +122,27 @@ def truncate_file(path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: max(1, int(len(data) * keep))])
     return path
+
+
+class NoisyTensors:
+    """``n_per_class * classes`` random ``[3, size, size]`` images whose every access adds noise (and, with
+    ``flip``, a random flip) drawn from the global torch RNG, as a main-process augmentation would."""
+
+    def __init__(self, n_per_class: int = 4, classes: int = 3, size: int = 32, seed: int = 0, flip: bool = False):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n_per_class * classes, 3, size, size, generator=g)
+        self.y = torch.arange(classes).repeat_interleave(n_per_class)
+        self.flip = flip
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        import torch
+
+        x = self.x[i] + 0.3 * torch.randn_like(self.x[i])
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, int(self.y[i])

@@ -105,3 +105,12 @@ def tiny_hf(tmp_path_factory) -> dict:
         resample=2,  # bilinear, again not the default
     ).save_pretrained(d)
     return {"dir": d, "logit_scale": TINY_HF_LOGIT_SCALE, "mean": TINY_HF_MEAN, "std": TINY_HF_STD}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: small models run no faster on more, and CI has two cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -50,7 +50,7 @@ def test_two_processes_equal_one_and_resume_in_one(tiny_openclip, tmp_path):
         assert torch.equal(r0[k], r1[k]), k  # the ranks never drift apart
     with open(tmp_path / "ddp" / "log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == list(range(1, 7))  # 14 images / 5 per step x 2 epochs, logged once
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))  # 15 images / 5 per step x 2 epochs, logged once
     with open(tmp_path / "single" / "log.csv") as f:
         for a, b in zip(rows, csv.DictReader(f)):  # gathered losses = the single process's global-batch losses
             assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4, abs=1e-6)

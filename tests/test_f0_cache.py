@@ -3,7 +3,9 @@ shared by runs that vary only what f0 does not see, recomputed when anything it 
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from _synth import NoisyTensors as Augmented
 
 from fdalign.backends import load_clip
 from fdalign.data.views import SeededViews, view_seed
@@ -18,25 +20,7 @@ TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} t
 EPOCHS = 2
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class Augmented(Dataset):
-    def __init__(self, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(12, 3, 32, 32, generator=g)
-        self.y = torch.arange(3).repeat_interleave(4)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i] + 0.3 * torch.randn(3, 32, 32), int(self.y[i])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_views_are_a_function_of_seed_epoch_index_whatever_the_workers():

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+
+from _synth import NoisyTensors as Augmented
 
 from fdalign.backends import load_clip
 from fdalign.data.views import view_seed
@@ -32,30 +33,7 @@ KEEP, K, SPC_SEED = 4, 2, 0
 N_PER_CLASS, BATCH, EPOCHS, LR, WD = 4, 4, 2, 0.05, 5e-4
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class Augmented(Dataset):
-    """Random noise and flips drawn from the global torch RNG, as a main-process transform would."""
-
-    def __init__(self, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(N_PER_CLASS * len(CLASSES), 3, 32, 32, generator=g)
-        self.y = torch.arange(len(CLASSES)).repeat_interleave(N_PER_CLASS)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        x = self.x[i] + 0.3 * torch.randn(3, 32, 32)
-        if torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x, int(self.y[i])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class DropoutBackend:
@@ -124,7 +102,7 @@ def _reference(tiny_openclip, cfg, dropout):
         weight = bias = None
         head = lambda f: scale * F.normalize(f, dim=-1) @ cls.t()  # noqa: E731
     opt = torch.optim.SGD(params, lr=LR, momentum=0.9, nesterov=True, weight_decay=WD)
-    ds = Augmented()
+    ds = Augmented(flip=True)
     total = EPOCHS * math.ceil(len(ds) / BATCH)
     step = 0
     for epoch in range(EPOCHS):
@@ -178,7 +156,7 @@ def test_trainer_equals_independent_fdalign_loop(tiny_openclip, tmp_path, case):
     protos = build_prototypes(backend, CLASSES, TEMPLATES, cache_dir=False,
                               spc=SPCConfig(keep=KEEP, k=K, seed=SPC_SEED, renormalize=cfg.spc_renormalize))
     val = torch.utils.data.TensorDataset(torch.randn(3, 3, 32, 32), torch.arange(3))
-    res = train(backend, Augmented(), val, protos, cfg, tmp_path)
+    res = train(backend, Augmented(flip=True), val, protos, cfg, tmp_path)
 
     ref_ft, ref_w, ref_b = _reference(tiny_openclip, cfg, dropout)
     moved = 0.0
@@ -221,7 +199,7 @@ def test_f0_mode_is_what_the_config_says(tiny_openclip, tmp_path, monkeypatch, m
     cfg = TrainConfig(shots=N_PER_CLASS, epochs=1, batch_size=BATCH, num_workers=0, device="cpu", progress=False,
                       tensorboard=False, beta=1.0, spc_keep=KEEP, spc_k=K, f0_mode=mode, lr=1e-3)
     val = torch.utils.data.TensorDataset(torch.randn(3, 3, 32, 32), torch.arange(3))
-    train(backend, Augmented(), val, protos, cfg, tmp_path)
+    train(backend, Augmented(flip=True), val, protos, cfg, tmp_path)
     assert seen and all(t == (mode == "released") for t in seen)
     with pytest.raises(Exception, match="f0_mode"):
         TrainConfig(f0_mode="train").validate()
