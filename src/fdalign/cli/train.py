@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     if test_split is not None:
         reported["test"] = test_split
     check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
-    print(f"training {backend.name} on {len(train_split)} images ({len(classnames)} classes x {cfg.shots} shots), "
-          f"validating on {len(val_split)}; run directory {out}", file=sys.stderr)
+    if dist.is_main:
+        print(f"training {backend.name} on {len(train_split)} images ({len(classnames)} classes x {cfg.shots} shots), "
+              f"validating on {len(val_split)}; run directory {out}", file=sys.stderr)
     # names the training images and their augmentation: with --f0-cache, it keys f0's cached answers
     data_key = f"{hashes['train']}|crop {list(cfg.crop_scale)}|hflip {cfg.hflip}|{backend.image_spec}"
     result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress, data_key=data_key)
