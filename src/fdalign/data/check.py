@@ -184,7 +184,7 @@ class CheckReport:
 def split_stats(split: LabeledSplit) -> SplitStats:
     counts = split.class_counts()
     return SplitStats(
-        name=split.name,
+        name=f"{split.name} (val/)" if split.source == "val" else split.name,
         size=len(split),
         num_classes=split.num_classes,
         min_per_class=min(counts) if counts else 0,
