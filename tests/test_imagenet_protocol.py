@@ -328,3 +328,42 @@ def test_benchmark_short_aliases():
 
     assert [find_benchmark(n).name for n in ("v2", "sketch", "a", "r", "imagenet-r")] == [
         "ImageNet-V2", "ImageNet-Sketch", "ImageNet-A", "ImageNet-R", "ImageNet-R"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The authors' index files keep wnids
+
+
+def _imagenet_index_file(mini, path: Path) -> Path:
+    """An index file as the authors' machine wrote it: absolute impaths under another root."""
+    from fdalign.data import open_dataset
+
+    train = open_dataset(mini["root"])["train"]
+    part = lambda idx: {"data": [{"impath": f"/home/author/data/imagenet/images/train/{train.samples[i].path}",
+                                  "label": train.samples[i].label, "classname": NAMES[train.samples[i].label]}
+                                 for i in idx], "indices": list(idx)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"train": part([0, 1, 5, 6, 10, 11, 15, 16]), "val": part([2, 7, 12, 17])}))
+    return path
+
+
+def test_index_file_classes_get_wnids_so_sketch_a_r_map(mini, tmp_path):
+    from fdalign.data import load_ood_sets, open_dataset
+
+    idx = _imagenet_index_file(mini, tmp_path / "indices" / "imagenet" / "shot_2-seed_1.json")
+    splits = open_dataset(idx, image_root=mini["root"], split_file=mini["root"])
+    assert splits["train"].class_keys == WNIDS == splits["val"].class_keys
+    assert splits["test"].source == "val" and len(splits["test"]) == 8  # ImageNet: the folder's val/
+    sets = load_ood_sets([f"sketch={mini['sets']['sketch']}", f"a={mini['sets']['a']}"], NAMES, WNIDS)
+    assert [o.class_subset for o in sets] == [None, [2, 3]]
+
+
+def test_thousand_coop_names_get_the_imagenet_wnids_by_label():
+    from fdalign.data.datasets import LabeledSplit, Sample, infer_wnid_keys
+    from fdalign.data.imagenet import imagenet_classnames, imagenet_wnids
+
+    names = list(imagenet_classnames())
+    flat = LabeledSplit(names, [Sample(f"img_{i}.jpg", i) for i in range(1000)], "/x", "train")
+    assert infer_wnid_keys(flat).class_keys == list(imagenet_wnids())
+    other = LabeledSplit(names[::-1], flat.samples, "/x", "train")  # not ImageNet's order: no keys invented
+    assert infer_wnid_keys(other).class_keys is None
