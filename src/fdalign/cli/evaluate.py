@@ -18,9 +18,11 @@ _DATA_HELP = (
     "a CSV manifest or a CoOp split_zhou_<Name>.json"
 )
 _OOD_HELP = (
-    "an out-of-distribution set as NAME=PATH (ImageFolder, CSV or JSON); repeat for several. Its "
-    "classes are matched to the ID classes by folder key or name (every class must match) and the "
-    "logits are restricted to the classes it has (ImageNet-A/-R: 200 of 1000)"
+    "an out-of-distribution set as NAME=PATH[:subset] (ImageFolder, CSV or JSON); repeat for several. Its "
+    "classes are matched to the ID classes by folder key (wnid) or name, or by index for integer folders "
+    "(ImageNet-V2: folder k = class k); every class must match. The logits are restricted to the classes it "
+    "has (ImageNet-A/-R: 200 of 1000): declared by ':subset' or the names a, r, imagenet-a, imagenet-r, "
+    "warned about otherwise"
 )
 ZEROSHOT_NAME = "zero-shot"
 FINETUNED_NAME = "fine-tuned"

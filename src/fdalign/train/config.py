@@ -132,7 +132,9 @@ class TrainConfig:
     # --- evaluation and output ------------------------------------------------------------------
     wiseft_alphas: list[float] = _f([0.0, 0.25, 0.5, 0.75, 1.0], "WiSE-FT mixing weights to evaluate "
                                     "(0 = zero-shot, 1 = fine-tuned); the best on val is recorded")
-    ood: list[str] = _f([], "out-of-distribution sets NAME=PATH (repeatable), mapped to the ID classes")
+    ood: list[str] = _f([], "out-of-distribution sets NAME=PATH[:subset] (repeatable), mapped to the ID classes by "
+                        "wnid / name (V2: folder k = class k); a set lacking ID classes warns unless ':subset' or "
+                        "named a, r, imagenet-a, imagenet-r")
     eval_batch_size: int = _f(256, "batch size for feature extraction")
     verify_images: bool = _f(True, "open every few-shot image before training and fail on unreadable ones")
     out: str | None = _f(None, "run directory (created); holds config.yaml, splits/, model/, metrics.json, "
