@@ -75,3 +75,18 @@ def test_hf_eval_transform_matches_the_saved_processor(tiny_hf, tmp_path, kw):
     theirs = torch.as_tensor(np.asarray(proc(images=img, return_tensors="np")["pixel_values"][0]))
     assert ours.shape == theirs.shape == (3, 32, 32)
     torch.testing.assert_close(ours, theirs.float(), atol=0.03, rtol=0)
+
+
+def test_processor_spec_errors_and_warnings():
+    from types import SimpleNamespace
+
+    from fdalign.backends.hf import _image_spec
+
+    base = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3, do_resize=True)
+    odd = SimpleNamespace(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 24}, do_center_crop=True, **base)
+    with pytest.raises(FDAlignError, match="crop_size 32x24 is not square; CLIP needs square images"):
+        _image_spec(odd, 32)
+    big = SimpleNamespace(size={"shortest_edge": 64}, crop_size={"height": 48, "width": 48}, do_center_crop=True, **base)
+    with pytest.warns(UserWarning, match="the image processor gives 48px images but the model was built for 32px"):
+        spec = _image_spec(big, 32)
+    assert (spec.size, spec.resize, spec.center_crop) == (48, 64, True)

@@ -367,3 +367,27 @@ def test_thousand_coop_names_get_the_imagenet_wnids_by_label():
     assert infer_wnid_keys(flat).class_keys == list(imagenet_wnids())
     other = LabeledSplit(names[::-1], flat.samples, "/x", "train")  # not ImageNet's order: no keys invented
     assert infer_wnid_keys(other).class_keys is None
+
+
+def test_eval_refusal_follows_symlinks(mini, tmp_path):
+    from fdalign.cli.evaluate import _refuse_selection_images
+    from fdalign.data import fewshot_val, open_dataset, save_split
+    from fdalign.errors import FDAlignError
+
+    (tmp_path / "link").symlink_to(mini["root"], target_is_directory=True)  # CoOp's setup suggests symlinks
+    val = fewshot_val(open_dataset(mini["root"]), 2, 1)
+    save_split(val, tmp_path / "run" / "splits" / "val.json")
+    with pytest.raises(FDAlignError, match="holds 8 of the run's 8 validation images"):
+        _refuse_selection_images(tmp_path / "run", open_dataset(tmp_path / "link")["train"], [])
+
+
+def test_missing_timm_list_names_the_fix(monkeypatch):
+    import pkgutil
+
+    from fdalign.data import imagenet
+    from fdalign.errors import FDAlignError
+
+    monkeypatch.setattr(pkgutil, "get_data", lambda *a: None)
+    with pytest.raises(FDAlignError, match=r"imagenet_r_synsets.txt comes from the timm package .* "
+                                           r"`pip install -U timm`"):
+        imagenet._timm_list("imagenet_r_synsets.txt")

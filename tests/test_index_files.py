@@ -131,3 +131,32 @@ def test_authors_spelling_and_index_path_pick_the_released_lr(tmp_path, capsys):
     assert main(["train", "--preset", "released", "--data", str(index), "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["dataset_name"], cfg["shots"], cfg["seed"], cfg["lr"], cfg["lp_lr"]) == ("StandfordCars", 8, 2, 5e-5, 1)
+
+
+def test_several_split_files_beside_the_index_file_ask_for_one(dtd, tmp_path):
+    from fdalign.data.fewshot import find_split_file
+    from fdalign.errors import FDAlignError
+
+    d = tmp_path / "indices" / "dtd"
+    d.mkdir(parents=True)
+    for name in ("split_zhou_A.json", "split_zhou_B.json"):
+        (d / name).write_text("{}")
+    with pytest.raises(FDAlignError, match=r"holds several split files \(split_zhou_A.json, split_zhou_B.json\); "
+                                           r"pass --split-file with the one shot_2-seed_1.json was drawn from"):
+        find_split_file(d / "shot_2-seed_1.json", None)
+    assert find_split_file(dtd["index"], dtd["images"]) == dtd["split"]  # beside the images folder
+
+
+def test_index_file_without_val_and_folder_without_test_are_named(tiny_openclip, dtd, tmp_path, capsys):
+    from fdalign.data.fewshot import load_fewshot_indices
+    from fdalign.errors import FDAlignError
+
+    only_train = tmp_path / "indices" / "dtd" / "shot_2-seed_1.json"
+    only_train.parent.mkdir(parents=True)
+    only_train.write_text(json.dumps({"train": json.loads(dtd["index"].read_text())["train"]}))
+    assert _train(tiny_openclip, dtd, tmp_path / "run", "--split-file", str(dtd["split"]), index=only_train) == 2
+    assert f"index file {only_train} has no 'val' part to select the epoch on" in capsys.readouterr().err
+    train_only = tmp_path / "train_only"
+    shutil.copytree(dtd["images"], train_only / "train")
+    with pytest.raises(FDAlignError, match=r"--split-file .* has no test split \(no test/ folder, nor train/ \+ val/\)"):
+        load_fewshot_indices(dtd["index"], dtd["images"], split_file=train_only)

@@ -378,7 +378,8 @@ def _warn_hash_mismatch(run_dir: Path, hashes: dict) -> None:
 def _refuse_selection_images(run_dir: Path, id_split, ood) -> None:
     """A set holding the run's validation images (they chose its epoch and WiSE-FT weight) is no test set.
 
-    Compared by resolved path, which is free; e.g. ``--split val`` of a train/val/test folder.
+    Compared by resolved path (symlinks followed), e.g. ``--split val`` of a train/val/test folder;
+    only files whose name is a selection image's name are resolved, which keeps ImageNet cheap.
     """
     import os
 
@@ -390,8 +391,10 @@ def _refuse_selection_images(run_dir: Path, id_split, ood) -> None:
         return
     val = load_split(p)
     chosen = {os.path.realpath(val.resolve(x)) for x in val.samples}
+    names = {os.path.basename(c) for c in chosen}
     for split in [id_split] + [o.split for o in ood]:
-        shared = [split.resolve(x) for x in split.samples if os.path.realpath(split.resolve(x)) in chosen]
+        maybe = (split.resolve(x) for x in split.samples if os.path.basename(x.path) in names)
+        shared = [f for f in maybe if os.path.realpath(f) in chosen]
         if shared:
             raise FDAlignError(
                 f"set '{split.name}' holds {len(shared)} of the run's {len(val)} validation images (first: "

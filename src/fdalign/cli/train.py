@@ -24,6 +24,14 @@ example:
       --ood shifted=/data/eurosat-shifted --out runs/eurosat-16
   fdalign train --preset released --dataset-name eurosat --model ViT-B-32 --pretrained openai \\
       --data split_zhou_EuroSAT.json --shots 16 --out runs/eurosat-released
+  fdalign train --preset released --model ViT-B-32 --pretrained openai --data $DATA/imagenet/images \\
+      --classnames imagenet --shots 16 --ood v2=$DATA/imagenetv2 --ood sketch=$DATA/imagenet-sketch \\
+      --ood a=$DATA/imagenet-a --ood r=$DATA/imagenet-r --out runs/imagenet-16
+
+ImageNet layout: with train/ and val/ but no test/, val/ is the test split and the validation images
+are held out from train/. --classnames imagenet gives CLIP's (= CoOp's) 1000 class names by wnid.
+With --data indices/<ds>/shot_K-seed_S.json (the authors' index files) K and the seed come from the
+file and the test split from the matching split_zhou_*.json (--split-file, or found beside it).
 """
 
 
