@@ -247,7 +247,7 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
 
     from fdalign.data.datasets import open_dataset, pick_split
     from fdalign.data.imagenet import subset_benchmark
-    from fdalign.data.ood import _imagenet_order, _subset_warnings, match_classes, parse_ood_arg, split_subset_flag
+    from fdalign.data.ood import imagenet_order, subset_warnings, match_classes, parse_ood_arg, split_subset_flag
 
     names, keys = id_split.classnames, id_split.class_keys
     for text in ood_args:
@@ -261,7 +261,7 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
         elif m.by_index == "id":
             rule = "folders are class indices of the ID order (ImageNet-V2 convention)"
         else:
-            rule = "by wnid" if _imagenet_order(keys) and split.class_keys else "by folder key / class name"
+            rule = "by wnid" if imagenet_order(keys) and split.class_keys else "by folder key / class name"
         label = [f"{keys[i]} ({names[i]})" if keys and keys[i] != names[i] else names[i] for i in m.missing]
         unknown = m.unknown + m.beyond + [a for a, _ in m.ambiguous]
         report.ood.append(OODCheck(name, len(split), len(m.mapping), label, unknown, declared, rule))
@@ -272,7 +272,7 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
             report.problems.append((name, f"{len(m.unknown)} class(es) match no ID class: {', '.join(m.unknown[:5])}"))
         if m.ambiguous:
             report.problems.append((name, f"class {m.ambiguous[0][0]!r} matches several ID classes"))
-        for w in _subset_warnings(name, m, names, keys, declared):
+        for w in subset_warnings(name, m, names, keys, declared):
             report.problems.append((name, w))
         try:
             bench = find_benchmark(name)

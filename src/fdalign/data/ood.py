@@ -51,7 +51,7 @@ class ClassMatch:
     missing: list[int] = field(default_factory=list)
 
 
-def _imagenet_order(id_keys: list[str] | None) -> list[str] | None:
+def imagenet_order(id_keys: list[str] | None) -> list[str] | None:
     """The ImageNet-1k wnid order when every ID key is one of its wnids, else None."""
     from fdalign.data.imagenet import imagenet_wnids, looks_like_wnids
 
@@ -63,7 +63,7 @@ def _imagenet_order(id_keys: list[str] | None) -> list[str] | None:
 
 def _by_index(ood_keys: list[str], id_classnames: list[str], id_keys: list[str] | None) -> ClassMatch:
     by_key = {k: i for i, k in enumerate(id_keys or [])}
-    order = _imagenet_order(id_keys)
+    order = imagenet_order(id_keys)
     m = ClassMatch({}, by_index="imagenet" if order else "id")
     for j, k in enumerate(ood_keys):
         n = int(k)
@@ -230,7 +230,7 @@ def _label(i: int, names: list[str], keys: list[str] | None) -> str:
     return f"{keys[i]} ({names[i]})" if keys and keys[i] != names[i] else names[i]
 
 
-def _subset_warnings(name: str, m: ClassMatch, id_classnames, id_keys, declared: bool) -> list[str]:
+def subset_warnings(name: str, m: ClassMatch, id_classnames, id_keys, declared: bool) -> list[str]:
     from fdalign.data.imagenet import imagenet_subset_wnids, subset_benchmark
 
     c, missing = len(id_classnames), m.missing
@@ -243,7 +243,7 @@ def _subset_warnings(name: str, m: ClassMatch, id_classnames, id_keys, declared:
             f"or declare it a subset with --ood {name}=PATH{SUBSET_SUFFIX}"
         )
     bench = subset_benchmark(name)
-    if bench and _imagenet_order(id_keys):
+    if bench and imagenet_order(id_keys):
         # a known subset must still have every one of its classes that the ID set has
         expected = set(imagenet_subset_wnids(bench)) & set(id_keys)
         lost = sorted(expected & {id_keys[i] for i in missing})
@@ -284,7 +284,7 @@ def load_ood_sets(
         seen.add(name)
         split = replace(pick_split(open_dataset(path), "test"), name=name)
         mapped, present, m = _map(split, id_classnames, id_keys)
-        notes = _subset_warnings(name, m, id_classnames, id_keys, declared)
+        notes = subset_warnings(name, m, id_classnames, id_keys, declared)
         for w in notes if warn else ():
             warn(w)
         full = len(present) == len(id_classnames)
