@@ -137,7 +137,20 @@ def test_train_reports_imagenet_and_variants_with_selection_disjoint_by_content(
     # the prompts used CoOp's names, by wnid
     from fdalign.train.run import load_run
 
-    assert load_run(out).classnames == NAMES
+    run = load_run(out)
+    assert run.classnames == NAMES
+    # each OOD score again, from the saved model, with labels read off the folder names independently
+    folder_label = {**{w: i for i, w in enumerate(WNIDS)}, **{str(k): i for i, k in enumerate(IMAGENET_INDEX)}}
+    tf = run.backend.preprocess_eval()
+    from PIL import Image
+
+    for name, keep in (("v2", range(4)), ("a", [2, 3]), ("r", [1, 2, 3])):
+        files = sorted(p for p in mini["sets"][name].rglob("*.png"))
+        x = torch.stack([tf(Image.open(p).convert("RGB")) for p in files])
+        y = torch.tensor([list(keep).index(folder_label[p.parent.name]) for p in files])
+        with torch.no_grad():
+            pred = run.head(run.backend.image_encoder.eval()(x))[:, list(keep)].argmax(1)
+        assert m[name]["fine-tuned"]["top1"] == pytest.approx(100.0 * (pred == y).float().mean().item()), name
 
     # selection images: from train/, disjoint by content from every reported set and from the shots
     from fdalign.data import load_split
