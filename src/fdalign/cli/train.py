@@ -206,9 +206,8 @@ def run(args: argparse.Namespace) -> int:
     sets, notes = {}, []
     if test_split is not None:
         sets["test"] = EvalSet("test", ImageDataset(test_split, eval_tf), None, role="test")
-    else:  # never let the split that chose the epoch stand in for a test accuracy
+    else:  # never let the split that chose the epoch stand in for a test accuracy (warned before training)
         notes.append(_NO_TEST.format(data=cfg.data))
-        print(f"fdalign train: warning: {notes[-1]}", file=sys.stderr)
     for name, split, subset in ood:
         sets[name] = EvalSet(name, ImageDataset(split, eval_tf), subset, role="ood")
     metrics = {}
@@ -270,6 +269,8 @@ def _index_file_shots(args):
             from_file = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             from_file = {}  # config_from_args reports it with the file's name
+        if not isinstance(from_file, dict):
+            from_file = {}
     data = getattr(args, "data", None) or from_file.get("data")
     info = index_file_info(data) if data else None
     if info is None:
@@ -303,6 +304,8 @@ def _data_warnings(cfg, train_split, test_split) -> None:
     if test_split is not None and test_split.source == "val":
         print(f"fdalign train: note: {cfg.data} has train/ and val/ but no test/: val/ is the test split "
               "(ImageNet's protocol) and the validation images are held out from train/", file=sys.stderr)
+    if test_split is None:
+        print(f"fdalign train: warning: {_NO_TEST.format(data=cfg.data)}", file=sys.stderr)
     w = wnid_name_warning(train_split.classnames, f"--data {cfg.data}")
     if w:
         print(f"fdalign train: warning: {w}", file=sys.stderr)
