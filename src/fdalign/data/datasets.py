@@ -8,7 +8,9 @@ torch, so sampling, hashing and checking stay cheap. :class:`ImageDataset` turns
 
 Data without train/val/test structure (a folder of class folders, a CSV without a ``split``
 column) is returned as a single ``"test"`` split, since such data is almost always an evaluation
-set (ImageNet-Sketch, -A, -R); :func:`pick_split` returns the only split whatever its name.
+set (ImageNet-Sketch, -A, -R); :func:`pick_split` returns the only split whatever its name. Data
+with ``train`` and ``val`` but no ``test`` (ImageNet) has its ``val`` as the test split
+(:func:`val_as_test`).
 """
 
 from __future__ import annotations

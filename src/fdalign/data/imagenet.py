@@ -57,10 +57,6 @@ def imagenet_subset_wnids(which: str) -> tuple[str, ...]:
     return tuple(_timm_list(f"imagenet_{which}_synsets.txt"))
 
 
-def wnid_to_name() -> dict[str, str]:
-    return dict(zip(imagenet_wnids(), imagenet_classnames()))
-
-
 def subset_benchmark(name: str) -> str | None:
     """``"a"`` / ``"r"`` when an OOD set's name is ImageNet-A / -R (``a``, ``imagenet-r``, ...)."""
     return SUBSET_BENCHMARKS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
