@@ -404,3 +404,16 @@ def test_missing_timm_list_names_the_fix(monkeypatch):
     with pytest.raises(FDAlignError, match=r"imagenet_r_synsets.txt comes from the timm package .* "
                                            r"`pip install -U timm`"):
         imagenet._timm_list("imagenet_r_synsets.txt")
+
+
+def test_builtin_names_on_non_imagenet_folders_say_so(tmp_path):
+    from _synth import make_imagefolder
+
+    from fdalign.data import open_dataset
+    from fdalign.errors import FDAlignError
+
+    make_imagefolder(tmp_path, ["red apple", "blue sky"], n_train=1, n_test=1, size=4)
+    with pytest.raises(FDAlignError, match=r"--classnames imagenet names ImageNet's 1000 wnid folders \(n01440764, "
+                                           r"\.\.\.\), but split 'train' has class\(es\) blue_sky, red_apple; pass a "
+                                           r"class-names file instead"):
+        open_dataset(tmp_path, classnames="imagenet")

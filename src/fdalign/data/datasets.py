@@ -252,6 +252,11 @@ def _apply_classnames(splits: dict[str, LabeledSplit], classnames: str | None) -
                 index = {normalize_classname(a): b for a, b in index.items()}
                 own = [normalize_classname(c) for c in own]
             unknown = [c for c in own if c not in index]
+            if unknown and str(classnames) == BUILTIN_CLASSNAMES:
+                raise FDAlignError(
+                    f"--classnames {BUILTIN_CLASSNAMES} names ImageNet's 1000 wnid folders (n01440764, ...), but "
+                    f"split '{s.name}' has class(es) {', '.join(unknown[:5])}; pass a class-names file instead"
+                )
             if unknown:
                 raise FDAlignError(
                     f"class folder(s) {', '.join(unknown[:5])} of split '{s.name}' are not listed in "
