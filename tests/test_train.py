@@ -142,7 +142,7 @@ def test_resume_after_kill_is_bitwise_identical(tiny_openclip, protos, tmp_path)
 
     from fdalign.data import ImageDataset, fewshot_val, open_dataset, sample_kshot
 
-    root = make_imagefolder(tmp_path / "data", CLASSES, n_train=4, n_test=0, n_val=4, size=32)
+    root = make_imagefolder(tmp_path / "data", CLASSES, n_train=4, n_test=1, n_val=4, size=32)  # test/ keeps val/ as val
     splits = open_dataset(root)
     tr, va = sample_kshot(splits["train"], 4, 1), fewshot_val(splits, 4, 1)
     cfg = _cfg(epochs=3, head="trainable", optimizer="adamw", warmup_steps=2, beta=2.0, spc=True)

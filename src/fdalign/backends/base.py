@@ -17,12 +17,18 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """How a backbone expects its images: square size, normalisation and resize interpolation."""
+    """How a backbone expects its images: square size, normalisation and resize interpolation.
+
+    Evaluation resizes to ``resize`` (an int: the short side; ``(h, w)``: exactly; None: ``size``)
+    and centre-crops ``size`` when ``center_crop`` (a Hugging Face processor may ask otherwise).
+    """
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    resize: int | tuple[int, int] | None = None
+    center_crop: bool = True
 
 
 class CLIPBackend(ABC):

@@ -6,7 +6,10 @@ config gives mean/std/interpolation (OpenAI's values are used, with a warning, i
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -51,18 +54,98 @@ def _not_found(ident: str, why: str) -> FDAlignError:
     )
 
 
+def _get(size, key: str):
+    """A field of a processor size (a dict in transformers 4, a SizeDict in 5)."""
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
 def _image_spec(processor, image_size: int) -> ImageSpec:
+    """Size, crop, mean/std and interpolation as the processor states them (``size``, ``crop_size``,
+    ``do_center_crop``); the model's ``image_size`` only fills what the processor leaves open."""
     if processor is None:
         from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
         return ImageSpec(image_size, tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD), "bicubic")
     resample = getattr(processor, "resample", 3)
     interpolation = _RESAMPLE.get(int(resample), "bicubic") if resample is not None else "bicubic"
+    size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
+    short, h, w = _get(size, "shortest_edge"), _get(size, "height"), _get(size, "width")
+    resize = int(short) if short else (int(h), int(w)) if h and w else int(image_size)
+    if not getattr(processor, "do_resize", True):
+        resize = int(image_size)
+    center_crop = bool(getattr(processor, "do_center_crop", True))
+    ch, cw = _get(crop, "height"), _get(crop, "width")
+    final = int(ch) if center_crop and ch else int(image_size)
+    if center_crop and ch and cw and int(ch) != int(cw):
+        raise FDAlignError(f"the image processor's crop_size {int(ch)}x{int(cw)} is not square; CLIP needs square images")
+    if not center_crop and isinstance(resize, int):
+        # no crop: a short-side resize would leave a non-square image, which the ViT cannot take
+        resize = (resize, resize)
+    if not center_crop:
+        final = resize[0]
+    if final != int(image_size):
+        warnings.warn(f"the image processor gives {final}px images but the model was built for {image_size}px",
+                      stacklevel=3)
+    if center_crop and resize == final:
+        resize = None  # the plain CLIP recipe: resize and crop to the same size
     return ImageSpec(
-        size=int(image_size),
+        size=final,
         mean=tuple(float(x) for x in processor.image_mean),
         std=tuple(float(x) for x in processor.image_std),
         interpolation=interpolation,
+        resize=resize,
+        center_crop=center_crop,
+    )
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub (``HF_ENDPOINT``) opens within ``timeout`` seconds.
+
+    Checked before any download attempt because, with no network, the hub client retries for
+    about half a minute before failing. The probe runs in a thread so a hanging DNS lookup is cut
+    off at ``timeout`` too.
+    """
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def _offline_reason() -> str | None:
+    """Why the Hub cannot be asked (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, or no network), or None."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _env_true(var):
+            return f"{var} is set"
+    if not _hub_reachable():
+        return f"no network connection to {os.environ.get('HF_ENDPOINT') or 'huggingface.co'}"
+    return None
+
+
+def _offline_error(ident: str, reason: str) -> FDAlignError:
+    return FDAlignError(
+        f"hf:{ident} is not in the local Hugging Face cache and the Hub cannot be reached ({reason}). "
+        f"Pre-download it on a machine with network: `hf download {ident}` (then copy its cache, "
+        "~/.cache/huggingface or $HF_HOME, here), or save CLIPModel, tokenizer and image processor with "
+        "save_pretrained(dir) and pass hf:/path/to/dir"
     )
 
 
@@ -121,16 +204,27 @@ class HFCLIPBackend(CLIPBackend):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
         from transformers.utils import logging as hf_logging
 
-        kw = {"local_files_only": True} if local else {}
         # transformers 5 renamed torch_dtype to dtype
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        dtype = {dtype_kw: _DTYPES[precision]}
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in fdalign's output
         try:
-            net = CLIPModel.from_pretrained(src, **{dtype_kw: _DTYPES[precision]}, **kw)
-        except Exception as e:  # OSError offline / missing files, ValueError for non-CLIP configs
-            where = "" if local else " (no directory of that name, and the Hub could not provide it)"
-            raise _not_found(ident, f"{_short(e)}{where}") from None
+            kw = {"local_files_only": True}
+            try:  # the local cache first: no network round trip, and no 30 s of retries when offline
+                net = CLIPModel.from_pretrained(src, **dtype, **kw)
+            except Exception as e:  # OSError: not cached / missing files, ValueError for non-CLIP configs
+                if local:
+                    raise _not_found(ident, _short(e)) from None
+                reason = _offline_reason()
+                if reason:
+                    raise _offline_error(ident, reason) from None
+                kw = {}
+                try:
+                    net = CLIPModel.from_pretrained(src, **dtype)
+                except Exception as e2:
+                    raise _not_found(ident, f"{_short(e2)} (no directory of that name, and the Hub could not "
+                                            "provide it)") from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

@@ -12,6 +12,12 @@ _DATA_HELP = (
 )
 
 
+_CLASSNAMES_HELP = (
+    "class names: a text file with one name per line in label order (sorted folder order), or "
+    "'folder<TAB>name' lines, or 'imagenet' for CLIP's / CoOp's 1000 ImageNet names keyed by wnid"
+)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "data",
@@ -37,7 +43,11 @@ def register(subparsers) -> None:
                    "(if not given: the JSON's folder, or its sub-folder holding the first listed image)")
     c.add_argument("--benchmark", default=None, help="expected benchmark, e.g. OxfordPets, ImageNet-Sketch "
                    "(if not given: taken from a split_zhou_<Name>.json file name)")
-    c.add_argument("--classnames", default=None, help="text file with one class name per line, in label order")
+    c.add_argument("--classnames", default=None, help=_CLASSNAMES_HELP)
+    c.add_argument("--ood", action="append", default=[], metavar="NAME=PATH[:subset]",
+                   help="also check how an OOD set maps onto the ID classes: classes matched, ID classes "
+                        "missing, OOD classes unknown, subset declared (':subset', or a name a / r / "
+                        "imagenet-a / imagenet-r); a known NAME (v2, sketch, a, r) also checks its size. Repeatable")
     c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     c.set_defaults(data_command="check")
 
@@ -55,7 +65,7 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=1, help="sampling seed")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to")
-    s.add_argument("--classnames", default=None, help="text file with one class name per line, in label order")
+    s.add_argument("--classnames", default=None, help=_CLASSNAMES_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,8 +93,25 @@ def _check(args: argparse.Namespace) -> int:
     # Missing files are reported as problems below rather than stopping the load.
     splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames, check_files=False)
     report = check_splits(splits, benchmark=bench, progress=not args.no_progress)
+    if args.ood:
+        from fdalign.data.check import check_ood
+
+        id_split = splits.get("train") or next(iter(splits.values()))
+        check_ood(report, args.ood, id_split, progress=not args.no_progress)
+    _warn_wnid_names(splits)
     print(format_report(report))
     return 0 if report.ok else 1
+
+
+def _warn_wnid_names(splits) -> None:
+    import sys
+
+    from fdalign.data.imagenet import wnid_name_warning
+
+    first = next(iter(splits.values()))
+    w = wnid_name_warning(first.classnames, "this data set")
+    if w:
+        print(f"fdalign data: warning: {w}", file=sys.stderr)
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -18,9 +18,11 @@ _DATA_HELP = (
     "a CSV manifest or a CoOp split_zhou_<Name>.json"
 )
 _OOD_HELP = (
-    "an out-of-distribution set as NAME=PATH (ImageFolder, CSV or JSON); repeat for several. Its "
-    "classes are matched to the ID classes by folder key or name (every class must match) and the "
-    "logits are restricted to the classes it has (ImageNet-A/-R: 200 of 1000)"
+    "an out-of-distribution set as NAME=PATH[:subset] (ImageFolder, CSV or JSON); repeat for several. Its "
+    "classes are matched to the ID classes by folder key (wnid) or name, or by index for integer folders "
+    "(ImageNet-V2: folder k = class k); every class must match. The logits are restricted to the classes it "
+    "has (ImageNet-A/-R: 200 of 1000): declared by ':subset' or the names a, r, imagenet-a, imagenet-r, "
+    "warned about otherwise"
 )
 ZEROSHOT_NAME = "zero-shot"
 FINETUNED_NAME = "fine-tuned"
@@ -32,10 +34,15 @@ def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--data", required=data_required, default=None, help=_DATA_HELP + (
         "" if data_required else " (for a run directory: default the run's --data)"))
     p.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to")
-    p.add_argument("--classnames", default=None, help="text file with one class name per line, in label "
-                   "order; none = names from the data (for a run: the class-names file it was trained with)")
+    p.add_argument("--classnames", default=None, help="class names: a text file with one name per line in label "
+                   "order (sorted folders), 'folder<TAB>name' lines, or 'imagenet' (CLIP's / CoOp's 1000 ImageNet "
+                   "names by wnid); none = names from the data (for a run: the names it was trained with)")
     p.add_argument("--split", default="test", help="which split of --data is the ID evaluation set "
-                   "(data with a single split uses it whatever its name)")
+                   "(data with a single split uses it whatever its name; with train/ + val/ and no test/, "
+                   "as ImageNet, val/ is the test split)")
+    p.add_argument("--split-file", default=None, help="for --data indices/<ds>/shot_K-seed_S.json: the CoOp "
+                   "split_zhou_*.json whose test list is evaluated (default: found beside the index file or "
+                   "--image-root; for a run: the one it was trained with)")
     p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help=_OOD_HELP)
     p.add_argument("--templates", default="openai80", help="prompt templates of the zero-shot head: openai80, "
                    "tip7 or a text file with one template per line containing '{}' (a run uses the zero-shot "
@@ -137,12 +144,24 @@ def _open_sets(args, id_classnames: list[str] | None = None):
     from fdalign.data import load_ood_sets, open_dataset, pick_split
     from fdalign.errors import FDAlignError
 
-    id_split = pick_split(open_dataset(args.data, args.image_root, args.classnames), args.split)
+    splits = open_dataset(args.data, args.image_root, args.classnames, split_file=getattr(args, "split_file", None))
+    if args.split == "test" and "test" not in splits and "train" in splits and "val" in splits:
+        # an index file: its val part chose the run's epoch, so it is no test set
+        raise FDAlignError(
+            f"--data {args.data} has no test split, so no test accuracy exists (its val images are selection "
+            "data); pass --split-file split_zhou_<Name>.json whose test list to evaluate"
+        )
+    id_split = pick_split(splits, args.split)
     if id_classnames is not None:
         id_split = _align_to_run_classes(id_split, id_classnames, args.data)
     if len(id_split) == 0:
         raise FDAlignError(f"the '{id_split.name}' split of {args.data} has no images")
     id_name = id_split.name
+    from fdalign.data.imagenet import wnid_name_warning
+
+    w = wnid_name_warning(id_split.classnames, f"--data {args.data}")
+    if w:
+        print(f"fdalign {args.command}: warning: {w}", file=sys.stderr)
     ood = load_ood_sets(args.ood, id_split.classnames, id_split.class_keys, reserved={id_name})
     return id_name, id_split, ood
 
@@ -205,14 +224,30 @@ def _zeroshot_head(backend, classnames, templates, args):
     return PrototypeHead(protos.class_prototypes, scale=backend.logit_scale).to(args.device)
 
 
-def _finish(args, metrics, out, *, config, hashes, selection, roles, title, extra=None) -> int:
+def _coverage(id_name, id_split, ood) -> dict:
+    """Each set's class count and whether its logits were restricted, for metrics.json / report.md."""
+    from fdalign.eval.metrics import class_coverage
+
+    return {id_name: class_coverage(id_split.num_classes, None), **{o.name: o.coverage() for o in ood}}
+
+
+def _class_table(args, id_split):
+    from fdalign.data.datasets import classname_table, is_plain_classname_list
+
+    return classname_table(id_split) if is_plain_classname_list(args.classnames) else None
+
+
+def _finish(args, metrics, out, *, config, hashes, selection, roles, title, extra=None, classes=None,
+            class_table=None) -> int:
     from fdalign.eval import metrics_table, write_metrics, write_report
 
     print(metrics_table(metrics, roles))
     if out is not None:
-        doc = {"roles": roles, "hashes": hashes, "config": config, "selection": selection, **(extra or {})}
+        doc = {"roles": roles, "classes": classes, "hashes": hashes, "config": config, "selection": selection,
+               **(extra or {})}
         write_metrics(out, metrics, doc)
-        write_report(out, metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title)
+        write_report(out, metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title,
+                     classes=classes, class_table=class_table)
         print(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'report.md'}")
     return 0
 
@@ -241,7 +276,8 @@ def _zeroshot(args) -> int:
     selection = {"zero-shot": "nothing selected: fixed templates and CLIP weights, no training or validation data"}
     roles = {s.name: s.role for s in sets.values()}
     return _finish(args, metrics, args.out, config=config, hashes=hashes, selection=selection, roles=roles,
-                   title=f"Zero-shot {backend.name}")
+                   title=f"Zero-shot {backend.name}", classes=_coverage(id_name, id_split, ood),
+                   class_table=_class_table(args, id_split))
 
 
 def _eval_run(args) -> int:
@@ -261,11 +297,14 @@ def _eval_run(args) -> int:
             args.image_root = cfg.get("image_root")
         if not args.ood:
             args.ood = list(cfg.get("ood") or [])
+        if args.split_file is None:
+            args.split_file = cfg.get("split_file")
         if args.data is None:
             raise FDAlignError(f"run {run_dir} records no data path; pass --data")
     if not loaded.classnames:
         raise FDAlignError(f"{run_dir}: the model file records no class names; re-run `fdalign train`")
     id_name, id_split, ood = _open_sets(args, id_classnames=list(loaded.classnames))
+    _refuse_selection_images(run_dir, id_split, ood)
     hashes = _hashes(args, id_name, id_split, ood)
     _warn_hash_mismatch(run_dir, hashes)
 
@@ -294,7 +333,8 @@ def _eval_run(args) -> int:
     # the report lists the settings that define the method; metrics.json keeps the whole config
     config.update({k: cfg[k] for k in REPORT_TRAIN_KEYS if k in cfg})
     return _finish(args, metrics, out, config=config, hashes=hashes, selection=selection, roles=roles,
-                   title=f"Evaluation of run {run_dir.name}", extra={"train_config": cfg})
+                   title=f"Evaluation of run {run_dir.name}", extra={"train_config": cfg},
+                   classes=_coverage(id_name, id_split, ood), class_table=_class_table(args, id_split))
 
 
 def _as_dict(config) -> dict:
@@ -333,3 +373,31 @@ def _warn_hash_mismatch(run_dir: Path, hashes: dict) -> None:
         # only like for like: "list:" and "content:" hashes are never comparable
         if isinstance(old, str) and old.split(":", 1)[0] == h.split(":", 1)[0] and old != h:
             print(f"fdalign eval: warning: set '{name}' differs from the one recorded in {p}", file=sys.stderr)
+
+
+def _refuse_selection_images(run_dir: Path, id_split, ood) -> None:
+    """A set holding the run's validation images (they chose its epoch and WiSE-FT weight) is no test set.
+
+    Compared by resolved path (symlinks followed), e.g. ``--split val`` of a train/val/test folder;
+    only files whose name is a selection image's name are resolved, which keeps ImageNet cheap.
+    """
+    import os
+
+    from fdalign.data import load_split
+    from fdalign.errors import FDAlignError
+
+    p = run_dir / "splits" / "val.json"
+    if not p.is_file():
+        return
+    val = load_split(p)
+    chosen = {os.path.realpath(val.resolve(x)) for x in val.samples}
+    names = {os.path.basename(c) for c in chosen}
+    for split in [id_split] + [o.split for o in ood]:
+        maybe = (split.resolve(x) for x in split.samples if os.path.basename(x.path) in names)
+        shared = [f for f in maybe if os.path.realpath(f) in chosen]
+        if shared:
+            raise FDAlignError(
+                f"set '{split.name}' holds {len(shared)} of the run's {len(val)} validation images (first: "
+                f"{shared[0]}), which chose its epoch and WiSE-FT weight, so its accuracy would be no test "
+                f"result; evaluate on the test split instead"
+            )

@@ -24,6 +24,14 @@ example:
       --ood shifted=/data/eurosat-shifted --out runs/eurosat-16
   fdalign train --preset released --dataset-name eurosat --model ViT-B-32 --pretrained openai \\
       --data split_zhou_EuroSAT.json --shots 16 --out runs/eurosat-released
+  fdalign train --preset released --model ViT-B-32 --pretrained openai --data $DATA/imagenet/images \\
+      --classnames imagenet --shots 16 --ood v2=$DATA/imagenetv2 --ood sketch=$DATA/imagenet-sketch \\
+      --ood a=$DATA/imagenet-a --ood r=$DATA/imagenet-r --out runs/imagenet-16
+
+ImageNet layout: with train/ and val/ but no test/, val/ is the test split and the validation images
+are held out from train/. --classnames imagenet gives CLIP's (= CoOp's) 1000 class names by wnid.
+With --data indices/<ds>/shot_K-seed_S.json (the authors' index files) K and the seed come from the
+file and the test split from the matching split_zhou_*.json (--split-file, or found beside it).
 """
 
 
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from fdalign.errors import FDAlignError
     from fdalign.train.config import config_from_args, guess_dataset_name
 
+    index_info = _index_file_shots(args)
     cfg = config_from_args(args, preset=args.preset)
     if cfg.dataset_name is None:
         cfg.dataset_name = guess_dataset_name(cfg.data)
@@ -83,15 +92,22 @@ def run(args: argparse.Namespace) -> int:
         ImageDataset, fewshot_val, load_ood_sets, open_dataset, sample_kshot,
         save_split, split_hash, verify_images,
     )
+    from fdalign.data.datasets import classname_table, is_plain_classname_list
 
-    splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames)
+    splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames, split_file=cfg.split_file)
     if "train" not in splits:
         raise FDAlignError(f"--data {cfg.data} has no 'train' split (it has: {', '.join(splits)}); "
                            "lay it out as ROOT/train/<class>/<image> (+ ROOT/test/...)")
-    train_split = sample_kshot(splits["train"], cfg.shots, cfg.seed)
-    val_split = fewshot_val(splits, cfg.shots, cfg.seed)
+    if index_info is not None:  # the authors' shots and validation images, exactly
+        if "val" not in splits:
+            raise FDAlignError(f"index file {cfg.data} has no 'val' part to select the epoch on")
+        train_split, val_split = splits["train"], splits["val"]
+    else:
+        train_split = sample_kshot(splits["train"], cfg.shots, cfg.seed)
+        val_split = fewshot_val(splits, cfg.shots, cfg.seed)
     classnames = list(train_split.classnames)
     test_split = splits.get("test")
+    _data_warnings(cfg, train_split, test_split)
     ood = load_ood_sets(cfg.ood, classnames, train_split.class_keys, reserved={"test", "val", "train"})
 
     if cfg.verify_images:
@@ -138,13 +154,9 @@ def run(args: argparse.Namespace) -> int:
         resolved.to_yaml(out / "config.yaml")
     train_ds = ImageDataset(train_split, backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip))
     eval_tf = backend.preprocess_eval()
-    where = "val/" if val_split.name == "val" else "train/ (held out from the training shots)"
-    val_eval = EvalSplit(
-        ImageDataset(val_split, eval_tf), "val",
-        f"val ({min(cfg.shots, 4)}-shot of {where}, {len(val_split)} images)",
-        files=[str(val_split.resolve(s)) for s in val_split.samples],
-    )
-    reported = {name: split for name, split, _ in ood}
+    val_eval = EvalSplit(ImageDataset(val_split, eval_tf), "val", _val_description(cfg, val_split, index_info),
+                         files=[str(val_split.resolve(s)) for s in val_split.samples])
+    reported = {o.name: o.split for o in ood}
     if test_split is not None:
         reported["test"] = test_split
     check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
@@ -196,33 +208,117 @@ def run(args: argparse.Namespace) -> int:
     result.selection.save(out / "selection.json")
 
     # ---- evaluation on test and OOD (reported, never used to choose) ----------------------------
-    sets = {}
+    sets, notes = {}, []
     if test_split is not None:
         sets["test"] = EvalSet("test", ImageDataset(test_split, eval_tf), None, role="test")
+    else:  # never let the split that chose the epoch stand in for a test accuracy (warned before training)
+        notes.append(_NO_TEST.format(data=cfg.data))
     for name, split, subset in ood:
         sets[name] = EvalSet(name, ImageDataset(split, eval_tf), subset, role="ood")
-    if not sets:
-        print(f"warning: {cfg.data} has no test split and no --ood was given; reporting the val split only",
-              file=sys.stderr)
-        sets["val"] = EvalSet("val", val_eval.dataset, None, role="val")
-    metrics = run_evaluation(models, sets, batch_size=resolved.eval_batch_size, device=device,
-                             precision=precision, progress=progress, num_workers=resolved.num_workers)
+    metrics = {}
+    if sets:
+        metrics = run_evaluation(models, sets, batch_size=resolved.eval_batch_size, device=device,
+                                 precision=precision, progress=progress, num_workers=resolved.num_workers)
     roles = {s.name: s.role for s in sets.values()}
+    classes = _class_coverage(len(classnames), test_split, ood)
     selection = dict(result.selection.to_json())
     selection["test / OOD sets"] = "only evaluated, never used to select anything"
     train_info = {"best_epoch": result.best_epoch, "val_top1_per_epoch": result.val_top1, "steps": result.steps,
                   "seconds": round(result.seconds, 1), "wiseft_alpha_chosen": chosen,
                   "fine-tuned": "the selected epoch's encoder + head", "zero-shot": "CLIP with the prompt prototypes"}
-    write_metrics(out, metrics, {"roles": roles, "hashes": hashes, "model": backend.name,
-                                 "config": resolved.to_dict(), "selection": selection, "train": train_info})
+    extra = {"roles": roles, "classes": classes, "hashes": hashes, "model": backend.name,
+             "config": resolved.to_dict(), "selection": selection, "train": train_info}
+    if index_info is not None:
+        extra["index_file"] = {"path": index_info.path, "shots": index_info.shots, "seed": index_info.seed}
+    if test_split is None:
+        extra["test"] = notes[0]
+    write_metrics(out, metrics, extra)
     summary = {k: getattr(resolved, k) for k in ("model", "pretrained", "dataset_name", "mode", "shots", "seed",
                                                  "templates", "alpha", "beta", "kl_direction", "spc", "head",
                                                  "optimizer", "lr", "weight_decay", "epochs", "batch_size")}
+    if index_info is not None:
+        summary["index file"] = f"{index_info.path} (K = {index_info.shots}, its seed {index_info.seed})"
+    table = classname_table(train_split) if is_plain_classname_list(cfg.classnames) else None
     write_report(out, metrics, selection=selection, config=summary, hashes=hashes, roles=roles,
-                 title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot")
+                 title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot",
+                 classes=classes, class_table=table, notes=notes)
     from fdalign.eval import metrics_table
 
-    print(metrics_table(metrics, roles))
+    if metrics:
+        print(metrics_table(metrics, roles))
     print(f"best epoch {result.best_epoch} (val top-1 {result.best_val_top1:.2f}); WiSE-FT alpha on val: {chosen:g}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return 0
+
+
+_NO_TEST = ("no test accuracy exists: {data} has no test split, and the val split chose the epoch and the WiSE-FT "
+            "weight, so it is not reported as one. Give data with a test split (for the authors' index files: "
+            "--split-file split_zhou_<Name>.json)")
+
+
+def _index_file_shots(args):
+    """K and seed from the authors' index file given as --data: an explicit --shots must agree.
+
+    Called before the config is resolved, because ``--preset released`` picks its LR by K.
+    """
+    import yaml
+
+    from fdalign.data.fewshot import index_file_info
+    from fdalign.errors import FDAlignError
+
+    from_file = {}
+    if getattr(args, "config", None):
+        from pathlib import Path
+
+        try:
+            from_file = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            from_file = {}  # config_from_args reports it with the file's name
+        if not isinstance(from_file, dict):
+            from_file = {}
+    data = getattr(args, "data", None) or from_file.get("data")
+    info = index_file_info(data) if data else None
+    if info is None:
+        return None
+    given = getattr(args, "shots", None)
+    given = from_file.get("shots") if given is None else given
+    if given is not None and int(given) != info.shots:
+        raise FDAlignError(
+            f"--shots {given} disagrees with the index file {data}, which holds {info.shots} images per class; "
+            f"K is taken from the file: drop --shots, or pass the shot_{given}-seed_S.json file"
+        )
+    args.shots = info.shots
+    if info.seed is not None and getattr(args, "seed", None) is None and "seed" not in from_file:
+        args.seed = info.seed
+    return info
+
+
+def _val_description(cfg, val_split, index_info) -> str:
+    if index_info is not None:
+        return f"val (the index file's val part, {len(val_split)} images)"
+    where = "val/" if val_split.name == "val" else "train/ (held out from the training shots)"
+    return f"val ({min(cfg.shots, 4)}-shot of {where}, {len(val_split)} images)"
+
+
+def _data_warnings(cfg, train_split, test_split) -> None:
+    """Say what the layout implies before a long run: val/ as the test set, wnid prompts."""
+    import sys
+
+    from fdalign.data.imagenet import wnid_name_warning
+
+    if test_split is not None and test_split.source == "val":
+        print(f"fdalign train: note: {cfg.data} has train/ and val/ but no test/: val/ is the test split "
+              "(ImageNet's protocol) and the validation images are held out from train/", file=sys.stderr)
+    if test_split is None:
+        print(f"fdalign train: warning: {_NO_TEST.format(data=cfg.data)}", file=sys.stderr)
+    w = wnid_name_warning(train_split.classnames, f"--data {cfg.data}")
+    if w:
+        print(f"fdalign train: warning: {w}", file=sys.stderr)
+
+
+def _class_coverage(num_classes: int, test_split, ood) -> dict:
+    from fdalign.eval.metrics import class_coverage
+
+    out = {"test": class_coverage(num_classes, None)} if test_split is not None else {}
+    out.update({o.name: o.coverage() for o in ood})
+    return out

@@ -60,7 +60,8 @@ _ALIASES = {_bkey(n): n for n in BENCHMARKS} | {
     "pets": "OxfordPets", "cars": "StanfordCars", "flowers": "Flowers102", "oxfordflowers": "Flowers102",
     "food": "Food101", "aircraft": "FGVCAircraft", "fgvc": "FGVCAircraft", "sun": "SUN397",
     "caltech": "Caltech101", "ucf": "UCF101", "eurosat": "EuroSAT", "imagenetval": "ImageNet",
-    "sketch": "ImageNet-Sketch", "imagenetsk": "ImageNet-Sketch",
+    "sketch": "ImageNet-Sketch", "imagenetsk": "ImageNet-Sketch", "v2": "ImageNet-V2", "imagenetv2matchedfrequency":
+    "ImageNet-V2", "a": "ImageNet-A", "r": "ImageNet-R", "rendition": "ImageNet-R", "imagenetrendition": "ImageNet-R",
 }
 
 
@@ -156,10 +157,24 @@ class SplitStats:
 
 
 @dataclass
+class OODCheck:
+    """How one ``--ood`` set maps onto the ID classes (``fdalign data check ID --ood NAME=PATH``)."""
+
+    name: str
+    images: int
+    matched: int  # OOD classes placed on an ID class
+    missing: list[str]  # ID classes the set lacks
+    unknown: list[str]  # OOD classes (folders) that match no ID class
+    declared_subset: bool
+    rule: str  # how classes were matched
+
+
+@dataclass
 class CheckReport:
     stats: list[SplitStats] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, what)
     benchmark: Benchmark | None = None
+    ood: list[OODCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -169,7 +184,7 @@ class CheckReport:
 def split_stats(split: LabeledSplit) -> SplitStats:
     counts = split.class_counts()
     return SplitStats(
-        name=split.name,
+        name=f"{split.name} (val/)" if split.source == "val" else split.name,
         size=len(split),
         num_classes=split.num_classes,
         min_per_class=min(counts) if counts else 0,
@@ -225,6 +240,51 @@ def check_splits(
     return report
 
 
+def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: bool = False) -> CheckReport:
+    """Add every ``NAME=PATH[:subset]`` set's class mapping (and, for a known benchmark name, its
+    size) to ``report``: classes matched, ID classes missing, OOD classes unknown, subset declared."""
+    from dataclasses import replace
+
+    from fdalign.data.datasets import open_dataset, pick_split
+    from fdalign.data.imagenet import subset_benchmark
+    from fdalign.data.ood import imagenet_order, subset_warnings, match_classes, parse_ood_arg, split_subset_flag
+
+    names, keys = id_split.classnames, id_split.class_keys
+    for text in ood_args:
+        name, path = parse_ood_arg(text)
+        path, declared = split_subset_flag(path)
+        declared = declared or subset_benchmark(name) is not None
+        split = replace(pick_split(open_dataset(path, check_files=False), "test"), name=name)
+        m = match_classes(split, names, keys)
+        if m.by_index == "imagenet":
+            rule = "folders are class indices of the ImageNet-1k order (ImageNet-V2)"
+        elif m.by_index == "id":
+            rule = "folders are class indices of the ID order (ImageNet-V2 convention)"
+        else:
+            rule = "by wnid" if imagenet_order(keys) and split.class_keys else "by folder key / class name"
+        label = [f"{keys[i]} ({names[i]})" if keys and keys[i] != names[i] else names[i] for i in m.missing]
+        unknown = m.unknown + m.beyond + [a for a, _ in m.ambiguous]
+        report.ood.append(OODCheck(name, len(split), len(m.mapping), label, unknown, declared, rule))
+        if m.beyond:
+            report.problems.append((name, f"{len(m.beyond)} folder(s) are class indices beyond the class count "
+                                          f"({', '.join(m.beyond[:5])}); {rule}"))
+        if m.unknown:
+            report.problems.append((name, f"{len(m.unknown)} class(es) match no ID class: {', '.join(m.unknown[:5])}"))
+        if m.ambiguous:
+            report.problems.append((name, f"class {m.ambiguous[0][0]!r} matches several ID classes"))
+        for w in subset_warnings(name, m, names, keys, declared):
+            report.problems.append((name, w))
+        try:
+            bench = find_benchmark(name)
+        except FDAlignError:
+            bench = None
+        if bench is not None and len(split) != bench.test_size:
+            report.problems.append((name, f"{len(split)} images but {bench.name} has {bench.test_size}"))
+        _, bad = verify_images(split, on_error="report", progress=progress)
+        report.problems += [(name, f"unreadable image {p}") for p in bad[:20]]
+    return report
+
+
 def format_report(report: CheckReport) -> str:
     """A plain-text table of split sizes and class counts, then the problems (or OK)."""
     lines = []
@@ -239,6 +299,18 @@ def format_report(report: CheckReport) -> str:
             f"{s.mean_per_class:>10.1f}"
         )
     lines.append("")
+    if report.ood:
+        lines.append(f"OOD class mapping onto the {report.stats[0].num_classes if report.stats else '?'} ID classes:")
+        head = f"{'set':<12}{'images':>9}{'matched':>9}{'missing':>9}{'unknown':>9}  subset declared"
+        lines += [head, "-" * len(head)]
+        for o in report.ood:
+            lines.append(f"{o.name:<12}{o.images:>9}{o.matched:>9}{len(o.missing):>9}{len(o.unknown):>9}  "
+                         f"{'yes' if o.declared_subset else 'no'}   ({o.rule})")
+            if o.missing:
+                lines.append(f"    missing: {', '.join(o.missing[:10])}{' ...' if len(o.missing) > 10 else ''}")
+            if o.unknown:
+                lines.append(f"    unknown: {', '.join(o.unknown[:10])}{' ...' if len(o.unknown) > 10 else ''}")
+        lines.append("")
     if report.ok:
         lines.append("OK: no problems found")
     else:

@@ -8,7 +8,9 @@ torch, so sampling, hashing and checking stay cheap. :class:`ImageDataset` turns
 
 Data without train/val/test structure (a folder of class folders, a CSV without a ``split``
 column) is returned as a single ``"test"`` split, since such data is almost always an evaluation
-set (ImageNet-Sketch, -A, -R); :func:`pick_split` returns the only split whatever its name.
+set (ImageNet-Sketch, -A, -R); :func:`pick_split` returns the only split whatever its name. Data
+with ``train`` and ``val`` but no ``test`` (ImageNet) has its ``val`` as the test split
+(:func:`val_as_test`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import csv
 import os
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Sequence
 
 from torch.utils.data import Dataset
@@ -26,6 +28,7 @@ from fdalign.errors import FDAlignError
 from fdalign.io import read_json
 
 SPLIT_NAMES = ("train", "val", "test")
+BUILTIN_CLASSNAMES = "imagenet"  # --classnames imagenet: the built-in list of fdalign.data.imagenet
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 )
@@ -52,6 +55,8 @@ class LabeledSplit:
         name: what the split is called in reports (``"train"``, ``"sketch"``, ...).
         class_keys: the raw class identifiers of the source (folder names such as ImageNet wnids),
             used to match OOD classes exactly; None when the source has none.
+        source: the split of the source it was read as when that differs from its role (``"val"``
+            for an ImageNet-style ``val/`` folder used as the test split); None otherwise.
     """
 
     classnames: list[str]
@@ -59,6 +64,7 @@ class LabeledSplit:
     root: str | None
     name: str
     class_keys: list[str] | None = None
+    source: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -167,19 +173,37 @@ _WNID_LINE = re.compile(r"(n\d{8})\s+(\S.*)")
 def read_classnames_keyed(path: str | os.PathLike) -> tuple[list[str] | None, list[str]]:
     """Read a class-names file: ``(keys or None, names)``.
 
-    One name per line (blank lines ignored), in label order. When every line is
-    ``<wnid> <name>`` (CoOp's ImageNet ``classnames.txt``: ``n01440764 tench``) the wnids are
-    returned as keys, so folders named by wnid get their names by key rather than by position.
+    Three forms: one name per line in label order (blank lines ignored); ``<folder><TAB><name>``
+    on every line, matched to class folders by name whatever the order; ``<wnid> <name>`` on every
+    line (CoOp's ImageNet ``classnames.txt``: ``n01440764 tench``). The keyed forms return their
+    keys, so folders get their names by key rather than by position. ``imagenet`` (not a file)
+    is CLIP's / CoOp's 1000 ImageNet names keyed by wnid (:mod:`fdalign.data.imagenet`).
     """
     p = Path(path)
+    if str(path) == BUILTIN_CLASSNAMES and not p.exists():
+        from fdalign.data.imagenet import imagenet_classnames, imagenet_wnids
+
+        return list(imagenet_wnids()), list(imagenet_classnames())
     if not p.is_file():
-        raise FDAlignError(f"class-names file {p} does not exist; pass a text file with one name per line")
+        raise FDAlignError(
+            f"class-names file {p} does not exist; pass a text file with one name per line (or "
+            f"'folder<TAB>name' lines), or --classnames {BUILTIN_CLASSNAMES} for ImageNet's names"
+        )
     lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
     lines = [x for x in lines if x]
     if not lines:
         raise FDAlignError(f"class-names file {p} is empty; write one class name per line")
+    tabbed = [x.split("\t", 1) for x in lines]
     matches = [_WNID_LINE.fullmatch(x) for x in lines]
-    if all(matches):
+    if all(len(t) == 2 and t[0].strip() and t[1].strip() for t in tabbed):
+        keys, names = [t[0].strip() for t in tabbed], [t[1].strip() for t in tabbed]
+    elif any(len(t) == 2 for t in tabbed):
+        bad = next(i for i, t in enumerate(tabbed, 1) if len(t) != 2 or not t[0].strip() or not t[1].strip())
+        raise FDAlignError(
+            f"class-names file {p}, line {bad}: some lines are 'folder<TAB>name' but this one is not; "
+            "write every line as folder<TAB>name, or none (one name per line, in label order)"
+        )
+    elif all(matches):
         keys, names = [m.group(1) for m in matches], [m.group(2).strip() for m in matches]
     else:
         keys, names = None, lines
@@ -187,6 +211,17 @@ def read_classnames_keyed(path: str | os.PathLike) -> tuple[list[str] | None, li
     if dup:
         raise FDAlignError(f"class-names file {p} lists {dup[0]!r} more than once")
     return keys, names
+
+
+def is_plain_classname_list(path: str | os.PathLike | None) -> bool:
+    """True when ``path`` names classes by position only (no keys), so label order decides."""
+    return path is not None and read_classnames_keyed(path)[0] is None
+
+
+def classname_table(split: "LabeledSplit") -> list[tuple[int, str, str]]:
+    """``[(label, folder or source key, display name)]``: which name each class was given."""
+    keys = split.class_keys or [None] * split.num_classes
+    return [(i, k if k is not None else "–", n) for i, (k, n) in enumerate(zip(keys, split.classnames))]
 
 
 def read_classnames(path: str | os.PathLike) -> list[str]:
@@ -209,20 +244,31 @@ def _apply_classnames(splits: dict[str, LabeledSplit], classnames: str | None) -
     keys, names = read_classnames_keyed(classnames)
     out = {}
     for k, s in splits.items():
-        if keys is not None and s.class_keys is not None:
+        if keys is not None:
+            # keyed names go by the source's class keys (folders), or by its own names when it has none
             index = dict(zip(keys, names))
-            unknown = [c for c in s.class_keys if c not in index]
+            own = s.class_keys if s.class_keys is not None else s.classnames
+            if s.class_keys is None:
+                index = {normalize_classname(a): b for a, b in index.items()}
+                own = [normalize_classname(c) for c in own]
+            unknown = [c for c in own if c not in index]
+            if unknown and str(classnames) == BUILTIN_CLASSNAMES:
+                raise FDAlignError(
+                    f"--classnames {BUILTIN_CLASSNAMES} names ImageNet's 1000 wnid folders (n01440764, ...), but "
+                    f"split '{s.name}' has class(es) {', '.join(unknown[:5])}; pass a class-names file instead"
+                )
             if unknown:
                 raise FDAlignError(
                     f"class folder(s) {', '.join(unknown[:5])} of split '{s.name}' are not listed in "
                     f"the class-names file {classnames}"
                 )
-            out[k] = s.with_classnames([index[c] for c in s.class_keys])
+            out[k] = s.with_classnames([index[c] for c in own])
             continue
         if len(names) != s.num_classes:
             raise FDAlignError(
                 f"class-names file {classnames} has {len(names)} names but the data has "
-                f"{s.num_classes} classes; give one name per class, in label order"
+                f"{s.num_classes} classes; give one name per class, in label order (sorted folder "
+                "order), or write 'folder<TAB>name' lines"
             )
         out[k] = s.with_classnames(names)
     return out
@@ -234,7 +280,24 @@ def pick_split(splits: dict[str, LabeledSplit], preferred: str) -> LabeledSplit:
         return splits[preferred]
     if len(splits) == 1:
         return next(iter(splits.values()))
-    raise FDAlignError(f"the data has no '{preferred}' split (it has: {', '.join(splits)})")
+    promoted = preferred == "val" and "test" in splits and splits["test"].source == "val"
+    why = "; its val/ folder is the test split (there is no test/ folder): pass --split test" if promoted else ""
+    raise FDAlignError(f"the data has no '{preferred}' split (it has: {', '.join(splits)}){why}")
+
+
+def val_as_test(splits: dict[str, LabeledSplit]) -> dict[str, LabeledSplit]:
+    """ImageNet's layout: with ``train`` and ``val`` but no ``test``, ``val`` is the test split.
+
+    ImageNet ships ``train/`` and ``val/`` only and its papers report accuracy on ``val/``; the
+    few-shot validation images are then carved from ``train/`` (:func:`fdalign.data.fewshot_val`
+    sees no ``val``), disjoint from the K shots, as in CoOp's protocol. So the reported set never
+    chose anything.
+    """
+    if "test" in splits or "val" not in splits or "train" not in splits:
+        return splits
+    out = {k: v for k, v in splits.items() if k != "val"}
+    out["test"] = replace(splits["val"], name="test", source="val")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,7 +546,7 @@ def load_coop_split(
                 "those relative paths start from"
             )
     splits = {
-        s: LabeledSplit(classnames=list(class_list), samples=v, root=str(root), name=s)
+        s: infer_wnid_keys(LabeledSplit(classnames=list(class_list), samples=v, root=str(root), name=s))
         for s, v in parsed.items()
     }
     if classnames is not None:
@@ -501,16 +564,46 @@ def benchmark_from_filename(path: str | os.PathLike) -> str | None:
 # Dispatch
 
 
+def infer_wnid_keys(split: LabeledSplit) -> LabeledSplit:
+    """Give a split listed by file path (CoOp JSON, the authors' index files) ImageNet wnid keys.
+
+    From the image paths when every class's images sit in one folder named by a wnid
+    (``train/n01440764/x.JPEG``); else, for 1000 classes named as CLIP / CoOp name ImageNet's
+    classes, from the shipped wnid list by label. Without keys, wnid-named OOD folders (Sketch,
+    A, R) could not be matched.
+    """
+    from fdalign.data.imagenet import WNID, imagenet_classnames, imagenet_wnids
+
+    if split.class_keys is not None:
+        return split
+    folders: list[set[str]] = [set() for _ in split.classnames]
+    for x in split.samples:
+        folders[x.label].add(PurePosixPath(split.relpath(x)).parent.name)
+    keys = [next(iter(f)) if len(f) == 1 else None for f in folders]
+    if all(k is not None and WNID.fullmatch(k) for k in keys) and len(set(keys)) == len(keys):
+        return replace(split, class_keys=keys)
+    if split.num_classes == 1000:
+        same = sum(normalize_classname(a) == normalize_classname(b)
+                   for a, b in zip(split.classnames, imagenet_classnames()))
+        if same >= 990:  # a few renamed classes still mean ImageNet's order
+            return replace(split, class_keys=list(imagenet_wnids()))
+    return split
+
+
 def open_dataset(
     data: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     classnames: str | None = None,
     check_files: bool = True,
+    split_file: str | os.PathLike | None = None,
 ) -> dict[str, LabeledSplit]:
     """Open ``data`` by what it is: a folder (ImageFolder), a ``.csv`` manifest or a ``.json`` split.
 
     A JSON file in the fdalign saved-split format (see :func:`fdalign.data.fewshot.save_split`) or
-    the paper's ``shot_K-seed_S.json`` index format is recognised too.
+    the paper's ``shot_K-seed_S.json`` index format is recognised too; for the latter,
+    ``split_file`` (the matching CoOp ``split_zhou_*.json``, found beside it when not given) adds
+    its ``test`` list. Data with train and val but no test split follows ImageNet's protocol
+    (:func:`val_as_test`).
     """
     p = Path(data)
     if not p.exists():
@@ -518,10 +611,10 @@ def open_dataset(
     if p.is_dir():
         if image_root is not None:
             raise FDAlignError("--image-root applies only to a JSON split file, not to a data folder")
-        return load_imagefolder(p, classnames)
+        return val_as_test(load_imagefolder(p, classnames))
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        return load_csv(p, classnames)
+        return val_as_test(load_csv(p, classnames))
     if suffix == ".json":
         from fdalign.data import fewshot  # local: fewshot imports this module
 
@@ -533,8 +626,10 @@ def open_dataset(
         if kind == "indices":
             if image_root is None:
                 raise FDAlignError(f"{p} is a few-shot index file; pass --image-root (the data set's image folder)")
-            return _apply_classnames(fewshot.load_fewshot_indices(p, image_root), classnames)
-        return load_coop_split(p, image_root, classnames, check_files=check_files)
+            if split_file is None:
+                split_file = fewshot.find_split_file(p, image_root)
+            return _apply_classnames(fewshot.load_fewshot_indices(p, image_root, split_file), classnames)
+        return val_as_test(load_coop_split(p, image_root, classnames, check_files=check_files))
     raise FDAlignError(
         f"don't know how to read {p}: pass a folder (ImageFolder layout), a .csv manifest or a "
         "CoOp split_zhou_*.json"

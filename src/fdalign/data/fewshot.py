@@ -15,8 +15,11 @@ ranking, i.e. ranks ``k .. k + min(k, 4) - 1``, so they are held out from the ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from fdalign.data.datasets import SPLIT_NAMES, LabeledSplit, Sample
@@ -175,19 +178,78 @@ def _resolve_impath(impath: str, image_root: Path, strip: list[int]) -> str | No
     return None
 
 
+_INDEX_NAME = re.compile(r"shot_(\d+)-seed_(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class IndexFileInfo:
+    """What an index file fixes: ``shots`` (K) and the ``seed`` it was drawn with (None if unknown)."""
+
+    path: str
+    shots: int
+    seed: int | None
+
+
+def index_file_info(path: str | os.PathLike) -> IndexFileInfo | None:
+    """K and seed of the paper's ``shot_K-seed_S.json``; None when ``path`` is not an index file.
+
+    Both come from the file name; K falls back to the largest per-class count of its train part.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".json" or not p.is_file() or json_kind(p) != "indices":
+        return None
+    m = _INDEX_NAME.fullmatch(p.name)
+    if m:
+        return IndexFileInfo(str(p), int(m.group(1)), int(m.group(2)))
+    rows = (read_json(p, "index file").get("train") or {}).get("data") or []
+    counts: dict = {}
+    for e in rows:
+        if isinstance(e, dict) and "label" in e:
+            counts[e["label"]] = counts.get(e["label"], 0) + 1
+    if not counts:
+        raise FDAlignError(f"index file {p} lists no training images")
+    return IndexFileInfo(str(p), max(counts.values()), None)
+
+
+def find_split_file(index_path: str | os.PathLike, image_root: str | os.PathLike | None) -> Path | None:
+    """The CoOp ``split_zhou_*.json`` beside an index file, in ``image_root`` or its parent.
+
+    CoOp keeps it next to the images folder (``dtd/split_zhou_DescribableTextures.json`` beside
+    ``dtd/images``). None when there is none; an error when a folder holds several.
+    """
+    places = [Path(index_path).parent]
+    if image_root is not None:
+        places += [Path(image_root), Path(image_root).parent]
+    for d in places:
+        found = sorted(d.glob("split_zhou_*.json")) if d.is_dir() else []
+        if len(found) > 1:
+            raise FDAlignError(
+                f"{d} holds several split files ({', '.join(f.name for f in found)}); pass --split-file "
+                f"with the one {Path(index_path).name} was drawn from"
+            )
+        if found:
+            return found[0]
+    return None
+
+
 def load_fewshot_indices(
     path: str | os.PathLike,
     image_root: str | os.PathLike,
     split_file: str | os.PathLike | None = None,
 ) -> dict[str, LabeledSplit]:
-    """Read the paper code's ``shot_K-seed_S.json`` into ``{"train", "val"}`` splits.
+    """Read the paper code's ``shot_K-seed_S.json`` into ``{"train", "val"[, "test"]}`` splits.
 
     Format: ``{"train": {"data": [{"impath", "label", "classname"}, ...], "indices": [...]},
-    "val": {...}}``. With ``split_file`` (the data set's ``split_zhou_*.json``) the ``indices`` of
-    each part are used as positions in that file's list of the same name, which is exact. Without
-    it each ``impath`` (usually absolute, from the authors' machine) is resolved under
-    ``image_root`` by its longest suffix that exists there (see :func:`_resolve_impath`).
+    "val": {...}}``. ``split_file`` is the data set's CoOp ``split_zhou_*.json``: the ``indices``
+    of each part are positions in its list of the same name, which is exact, and its ``test``
+    list becomes the test split (an index file has none). A folder instead (ImageNet, which has
+    no split_zhou file) gives only its test split (its ``val/`` for ImageNet's layout). Without
+    a JSON split file each ``impath`` (usually absolute, from the authors' machine) is resolved
+    under ``image_root`` by its longest suffix that exists there (see :func:`_resolve_impath`).
+    Classes get ImageNet wnid keys from the paths (:func:`~fdalign.data.datasets.infer_wnid_keys`).
     """
+    from fdalign.data.datasets import infer_wnid_keys, load_coop_split, open_dataset
+
     path = Path(path)
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
@@ -197,21 +259,41 @@ def load_fewshot_indices(
     if not parts:
         raise FDAlignError(f"{path} is not a few-shot index file (expected {{\"train\": {{\"data\": [...]}}}})")
 
-    if split_file is not None:
-        from fdalign.data.datasets import load_coop_split
-
-        source = load_coop_split(split_file, image_root)
-        out = {}
-        for s in parts:
-            idx = d[s].get("indices")
-            if idx is None or s not in source:
-                raise FDAlignError(f"{path}: part '{s}' has no 'indices' or {split_file} has no '{s}' list")
-            n = len(source[s])
-            bad = [i for i in idx if not (isinstance(i, int) and 0 <= i < n)]
-            if bad:
-                raise FDAlignError(f"{path}: {s} index {bad[0]!r} is outside {split_file}'s {s} list (size {n})")
-            out[s] = source[s].subset(idx, name=s)
+    if split_file is not None and Path(split_file).is_dir():
+        out = _indices_by_path(path, d, parts, image_root)
+        test = open_dataset(split_file).get("test")
+        if test is None:
+            raise FDAlignError(f"--split-file {split_file} has no test split (no test/ folder, nor train/ + val/)")
+        out["test"] = test
         return out
+    if split_file is None:
+        return _indices_by_path(path, d, parts, image_root)
+
+    source = load_coop_split(split_file, _split_root(split_file, image_root))
+    out = {}
+    for s in parts:
+        idx = d[s].get("indices")
+        if idx is None or s not in source:
+            raise FDAlignError(f"{path}: part '{s}' has no 'indices' or {split_file} has no '{s}' list")
+        n = len(source[s])
+        bad = [i for i in idx if not (isinstance(i, int) and 0 <= i < n)]
+        if bad:
+            raise FDAlignError(f"{path}: {s} index {bad[0]!r} is outside {split_file}'s {s} list (size {n})")
+        out[s] = source[s].subset(idx, name=s)
+    if "test" not in out and "test" in source:
+        out["test"] = source["test"]
+    return {k: infer_wnid_keys(v) for k, v in out.items()}
+
+
+def _split_root(split_file, image_root: Path) -> Path | None:
+    """``image_root`` when the split file's first path lies under it, else None (let the loader guess)."""
+    d = read_json(split_file, "split file")
+    first = next((v[0][0] for v in (d.values() if isinstance(d, dict) else []) if isinstance(v, list) and v), None)
+    return image_root if first is None or (image_root / str(first)).is_file() else None
+
+
+def _indices_by_path(path: Path, d: dict, parts: list[str], image_root: Path) -> dict[str, LabeledSplit]:
+    from fdalign.data.datasets import infer_wnid_keys
 
     names: dict[int, str] = {}
     out, missing, strip = {}, [], []
@@ -240,10 +322,13 @@ def load_fewshot_indices(
     if unnamed:
         raise FDAlignError(f"{path}: no 'classname' recorded for label(s) {unnamed[:5]}")
     classnames = [names[y] for y in range(num_classes)]
-    return {
+    splits = {
         s: LabeledSplit(classnames=list(classnames), samples=v, root=str(image_root), name=s)
         for s, v in out.items()
     }
+    # keys from the union of the parts, so train and val always agree
+    keyed = infer_wnid_keys(LabeledSplit(list(classnames), [x for v in out.values() for x in v], str(image_root), "all"))
+    return {s: dataclasses.replace(v, class_keys=keyed.class_keys) for s, v in splits.items()}
 
 
 def save_fewshot_indices(

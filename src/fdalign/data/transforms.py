@@ -16,16 +16,13 @@ def _to_rgb(img):
 
 
 def eval_transform(spec: ImageSpec) -> T.Compose:
-    """Resize the short side to ``spec.size``, centre crop, normalise (CLIP's eval preprocessing)."""
-    return T.Compose(
-        [
-            T.Resize(spec.size, interpolation=_interp(spec.interpolation)),
-            T.CenterCrop(spec.size),
-            _to_rgb,
-            T.ToTensor(),
-            T.Normalize(spec.mean, spec.std),
-        ]
-    )
+    """Resize (the short side to ``spec.resize or spec.size``), centre crop ``spec.size``, normalise:
+    CLIP's eval preprocessing. Without ``center_crop`` the resize must give the final size itself."""
+    resize = spec.resize if spec.resize is not None else spec.size
+    ops = [T.Resize(resize if isinstance(resize, int) else tuple(resize), interpolation=_interp(spec.interpolation))]
+    if spec.center_crop:
+        ops.append(T.CenterCrop(spec.size))
+    return T.Compose(ops + [_to_rgb, T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
 def train_transform(

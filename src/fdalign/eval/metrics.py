@@ -94,6 +94,24 @@ def subset_accuracy(
     return topk_accuracy(restrict_logits(logits, class_subset), remap_labels(labels, class_subset), ks)
 
 
+def class_coverage(
+    num_classes: int,
+    class_subset: Sequence[int] | None,
+    declared: bool = False,
+    missing: Sequence[str] = (),
+) -> dict:
+    """What metrics.json / report.md record about a set's classes.
+
+    ``{"classes": classes scored, "of": ID classes, "restricted": whether the logits were cut to
+    them, "declared_subset": whether the user (or a known benchmark name) said so, "missing": the
+    first 20 absent ID classes, "num_missing"}``.
+    """
+    n = num_classes if class_subset is None else len(class_subset)
+    return {"classes": n, "of": num_classes, "restricted": class_subset is not None,
+            "declared_subset": bool(declared), "missing": list(missing)[:20],
+            "num_missing": num_classes - n}
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and *sample* standard deviation (n-1; 0 for a single value) of e.g. accuracies over seeds."""
     v = [float(x) for x in values]

@@ -116,14 +116,23 @@ def render_report(
     hashes: dict | None = None,
     roles: dict[str, str] | None = None,
     title: str = "fdalign evaluation",
+    classes: dict[str, dict] | None = None,
+    class_table: Sequence[tuple[int, str, str]] | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
     """The text of ``report.md`` (see :func:`write_report`)."""
     id_sets, ood_sets = split_roles(metrics, roles)
     lines = [f"# {title}", ""]
-    lines.append(f"Accuracy in percent. In-distribution: {', '.join(id_sets) or '–'}; "
-                 f"out-of-distribution: {', '.join(ood_sets) or 'none'}"
-                 + (" (OOD avg = unweighted mean of the OOD sets' top-1)." if ood_sets else "."))
-    lines += ["", metrics_table(metrics, roles), "", f"Set sizes: {_set_sizes(metrics)}.", ""]
+    lines += [f"**{n}**" for n in notes] + ([""] if notes else [])
+    if metrics:
+        lines.append(f"Accuracy in percent. In-distribution: {', '.join(id_sets) or '–'}; "
+                     f"out-of-distribution: {', '.join(ood_sets) or 'none'}"
+                     + (" (OOD avg = unweighted mean of the OOD sets' top-1)." if ood_sets else "."))
+        lines += ["", metrics_table(metrics, roles), "", f"Set sizes: {_set_sizes(metrics)}.", ""]
+    else:
+        lines += ["No set was evaluated.", ""]
+    if classes:
+        lines += _classes_section(classes)
     lines += ["## What was selected on what", ""]
     if selection:
         lines += _kv_lines(selection)
@@ -136,7 +145,28 @@ def render_report(
         lines.append("")
     if config:
         lines += ["## Settings", ""] + _kv_lines(config) + [""]
+    if class_table:
+        lines += ["## Class names used", "",
+                  "Labels are the sorted class folders; the plain --classnames list was applied in that order. "
+                  "Check that every folder got its own name.", "",
+                  "| label | folder | name |", "|---:|---|---|"]
+        lines += [f"| {i} | {k} | {n} |" for i, k, n in class_table]
+        lines.append("")
     return "\n".join(lines)
+
+
+def _classes_section(classes: dict[str, dict]) -> list[str]:
+    """Which sets were scored over fewer classes than the head has, and whether that was declared."""
+    lines = ["## Classes per set", "", "| set | classes scored | logits restricted | declared subset | missing |",
+             "|---|---:|---|---|---|"]
+    for name, c in classes.items():
+        missing = ", ".join(c.get("missing") or []) or "–"
+        if c.get("num_missing", 0) > len(c.get("missing") or []):
+            missing += f" ... ({c['num_missing']} in all)"
+        declared = "yes" if c.get("declared_subset") else ("no (warned)" if c.get("restricted") else "–")
+        lines.append(f"| {name} | {c['classes']} of {c['of']} | {'yes' if c.get('restricted') else 'no'} | "
+                     f"{declared} | {missing} |")
+    return lines + [""]
 
 
 def write_report(
@@ -148,9 +178,15 @@ def write_report(
     hashes: dict | None = None,
     roles: dict[str, str] | None = None,
     title: str = "fdalign evaluation",
+    classes: dict[str, dict] | None = None,
+    class_table: Sequence[tuple[int, str, str]] | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write ``<run_dir>/report.md`` (atomic): the accuracy table, what was selected on which data
     (``selection``, e.g. ``{"epoch": "best val top-1 (epoch 7)", "val set": "4/class, hash …"}``),
-    the data hashes and the settings."""
-    text = render_report(metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title)
+    the data hashes and the settings. ``classes`` (set -> :func:`fdalign.eval.metrics.class_coverage`)
+    says which sets were scored over a subset of the classes; ``class_table`` (``[(label, folder,
+    name)]``) lists the names a plain class-name list gave; ``notes`` go first, in bold."""
+    text = render_report(metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title,
+                         classes=classes, class_table=class_table, notes=notes)
     return atomic_write_text(Path(run_dir) / "report.md", text)

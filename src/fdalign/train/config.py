@@ -61,14 +61,18 @@ class TrainConfig:
     data: str | None = _f(None, "data: an ImageFolder root (train/ [val/] [test/]), a CSV manifest or a CoOp "
                           "split_zhou_*.json")
     image_root: str | None = _f(None, "image folder the paths of a JSON split are relative to")
-    classnames: str | None = _f(None, "text file with one class name per line (label order), overriding "
-                                "folder names")
+    classnames: str | None = _f(None, "class names overriding folder names: a text file with one name per line "
+                                "in label order (sorted folders), or 'folder<TAB>name' lines, or 'imagenet' "
+                                "(CLIP's / CoOp's 1000 ImageNet names by wnid: ImageNet needs it)")
     dataset_name: str | None = _f(None, "data set name for reports and '--preset released' LR tables "
                                   "(default: guessed from --data)")
     shots: int = _f(16, "K: training images per class (sampled with --seed)")
     seed: int = _f(1, "seed of the K-shot sample, the data order and the augmentations")
     templates: str = _f("openai80", "prompt templates: a built-in set (openai80, tip7) or a text file, one "
                         "template with '{}' per line")
+    split_file: str | None = _f(None, "with --data indices/<ds>/shot_K-seed_S.json: the CoOp split_zhou_*.json its "
+                                "indices point into, whose test list is the ID test split (default: found beside "
+                                "the index file or --image-root); for ImageNet a folder whose val/ is the test set")
 
     # --- the method -------------------------------------------------------------------------------
     mode: str = _f("fdalign", "fdalign: train encoder (+head); linear-probe: encoder frozen, head only, CE; "
@@ -137,7 +141,9 @@ class TrainConfig:
     # --- evaluation and output ------------------------------------------------------------------
     wiseft_alphas: list[float] = _f([0.0, 0.25, 0.5, 0.75, 1.0], "WiSE-FT mixing weights to evaluate "
                                     "(0 = zero-shot, 1 = fine-tuned); the best on val is recorded")
-    ood: list[str] = _f([], "out-of-distribution sets NAME=PATH (repeatable), mapped to the ID classes")
+    ood: list[str] = _f([], "out-of-distribution sets NAME=PATH[:subset] (repeatable), mapped to the ID classes by "
+                        "wnid / name (V2: folder k = class k); a set lacking ID classes warns unless ':subset' or "
+                        "named a, r, imagenet-a, imagenet-r")
     eval_batch_size: int = _f(256, "batch size for feature extraction")
     verify_images: bool = _f(True, "open every few-shot image before training and fail on unreadable ones")
     out: str | None = _f(None, "run directory (created); holds config.yaml, splits/, model/, metrics.json, "
@@ -322,6 +328,7 @@ _ALIASES = {
     "fgvcaircraft": "aircraft", "fgvc": "aircraft", "describabletextures": "dtd", "oxfordflowers": "flowers102",
     "flowers": "flowers102", "oxfordflowers102": "flowers102", "pets": "oxfordpets", "cars": "stanfordcars",
     "caltech": "caltech101", "food": "food101", "sun": "sun397", "ucf": "ucf101",
+    "standfordcars": "stanfordcars",  # the authors' spelling in their index folders and scripts
 }
 
 
@@ -331,15 +338,18 @@ def _dataset_key(name: str) -> str:
 
 
 def guess_dataset_name(data: str | None) -> str | None:
-    """``.../split_zhou_OxfordPets.json`` -> ``OxfordPets``; a folder -> its name."""
+    """``.../split_zhou_OxfordPets.json`` -> ``OxfordPets``; ``indices/dtd/<file>.json`` -> ``dtd``;
+    ``imagenet/images`` (CoOp's layout) -> ``imagenet``; another folder -> its name."""
     if not data:
         return None
     p = Path(data)
     m = re.fullmatch(r"split_zhou_(.+)\.json", p.name)
     if m:
         return m.group(1)
-    if re.fullmatch(r"shot_\d+-seed_\d+\.json", p.name):
+    if re.fullmatch(r"shot_\d+-seed_\d+\.json", p.name) or p.parent.parent.name == "indices":
         return p.parent.name or None
+    if not p.suffix and p.name == "images" and p.parent.name:
+        return p.parent.name
     return (p.stem if p.suffix else p.name) or None
 
 
