@@ -392,12 +392,13 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field; defaults are SUPPRESSed so only explicit flags reach the
-    namespace (they then override --config / --preset), and the default is written into the help."""
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = None) -> None:
+    """One flag per field of ``cls`` (default :class:`TrainConfig`); defaults are SUPPRESSed so only explicit
+    flags reach the namespace (they then override --config / --preset), and the default is written into the help."""
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
         inner, _ = _unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)

@@ -1,0 +1,361 @@
+"""FD-Align meta-training: fine-tune the image encoder on N-way K-shot episodes of the base classes.
+
+Each optimiser step takes ``episodes_per_step`` episodes; all their images go through ``f_t`` (and
+``f_0``) in one batch via :func:`fdalign.train.step.fdalign_forward`, whose ``head`` is a closure
+turning each episode's support features into ProtoNet logits for its queries. So the loss is CE
+over the query logits plus ``beta x`` the spurious KL on every image of the episodes (support and
+query), with spurious prototypes from the base class names (SPC). Validation episodes come from the
+val classes and only choose the epoch. The run directory, resume, ``log.csv`` and checkpoints
+follow ``fdalign train`` (:mod:`fdalign.train.trainer`, :mod:`fdalign.train.checkpoint`).
+
+Determinism: training episode ``i = epoch * episodes_per_epoch + j`` and its augmentation are pure
+functions of ``(seed, i)`` (:class:`fdalign.data.episodes.EpisodeDataset`), so a resumed run sees
+the same episodes whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from fdalign.data.episodes import ON_SMALL, EpisodeDataset, Episodes, EpisodeSpec, class_pool, sample_episodes
+from fdalign.errors import FDAlignError
+from fdalign.heads.episodes import PROTO_SCALE_INIT, ProtoNetHead
+from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS, TrainConfig, _f
+from fdalign.train.selection import EvalSplit, SelectionLog, select, val_score
+from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
+
+# settings that change neither the training maths nor the episodes (resume may change them)
+META_NON_SEMANTIC = ("data", "image_root", "out", "device", "num_workers", "eval_batch_size", "resume", "progress",
+                     "tensorboard", "test_episodes", "test_shots", "target")
+
+
+@dataclass
+class MetaConfig:
+    """A meta-training run (defaults: the authors' N-way K-shot setting, REFERENCE.md)."""
+
+    model: str | None = _f(None, "CLIP model: an open_clip name (ViT-B-32), 'hf:<repo or dir>', or a name "
+                           "used with --model-config")
+    pretrained: str | None = _f(None, "open_clip pretrained tag (e.g. openai) or a checkpoint file")
+    model_config: str | None = _f(None, "open_clip model-config JSON for a custom architecture")
+    data: str | None = _f(None, "class splits: a miniImageNet folder (train.csv val.csv test.csv + images/) "
+                          "or a folder with base/ val/ novel/ class folders")
+    image_root: str | None = _f(None, "folder the images of the CSV split files are in (default DATA/images)")
+    classnames: str | None = _f(None, "class-names file: '<wnid or folder> <name>' per line (miniImageNet "
+                                "labels are WordNet ids, which prompts cannot use)")
+    seed: int = _f(1, "seed of the episodes (training and validation) and their augmentations")
+    templates: str = _f("openai80", "prompt templates: openai80, tip7 or a text file (one template with '{}' per line)")
+    n_way: int = _f(5, "N: classes per training episode")
+    k_shot: int = _f(5, "K: support images per class in training episodes")
+    q_query: int = _f(15, "Q: query images per class")
+    episodes_per_step: int = _f(4, "episodes per optimiser step")
+    episodes_per_epoch: int = _f(1000, "training episodes per epoch")
+    val_episodes: int = _f(600, "validation episodes (val classes, same N/K/Q) after each epoch")
+    on_small: str = _f("skip", "classes with fewer than K+Q images: skip (counted) or error", choices=ON_SMALL)
+    alpha: float = _f(1.0, "weight of the query cross-entropy")
+    beta: float = _f(20.0, "weight of the spurious KL on every episode image (0 = plain fine-tuning)")
+    kl_direction: str = _f("released", "paper: KL(P_t||P_0); released: the authors' KLDivLoss units",
+                           choices=KL_DIRECTIONS)
+    temperature: float | None = _f(None, "scale of the spurious softmax (default: the model's logit_scale)")
+    spc: bool = _f(True, "Spurious Prototype Correction of the base-class template prototypes")
+    spc_keep: int = _f(60, "SPC: templates kept by the IsolationForest")
+    spc_k: int = _f(20, "SPC: KMeans centres")
+    spc_seed: int = _f(0, "SPC: random_state of IsolationForest and KMeans")
+    spc_renormalize: bool = _f(False, "SPC: L2-normalise the KMeans centres (released: raw centres)")
+    proto_scale: float = _f(PROTO_SCALE_INIT, "initial scale of the ProtoNet cosine logits")
+    learn_scale: bool = _f(True, "learn the ProtoNet scale with the encoder")
+    f0_mode: str = _f("eval", "module mode of the frozen encoder f0 (eval or released)", choices=("eval", "released"))
+    optimizer: str = _f("sgd", "optimiser", choices=OPTIMIZERS)
+    lr: float = _f(5e-5, "peak learning rate (cosine schedule over all steps)")
+    weight_decay: float = _f(5e-4, "weight decay")
+    wd_skip_norm_bias: bool = _f(False, "no weight decay on biases, norm gains and 1-D parameters")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(True, "SGD Nesterov momentum")
+    adam_betas: list[float] = _f([0.9, 0.98], "AdamW betas")
+    adam_eps: float = _f(1e-6, "AdamW epsilon")
+    epochs: int = _f(10, "training epochs of --episodes-per-epoch episodes")
+    warmup_steps: int = _f(0, "linear LR warm-up in optimiser steps")
+    min_lr: float = _f(0.0, "learning rate at the end of the cosine schedule")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value (default: no clipping)")
+    crop_scale: list[float] = _f([0.08, 1.0], "RandomResizedCrop area range")
+    hflip: bool = _f(False, "random horizontal flips")
+    selection: str = _f("best", "best: the epoch with the best val-episode accuracy; last: the last epoch",
+                        choices=SELECTIONS)
+    precision: str = _f("fp32", "autocast precision on CUDA (bf16/fp16); CPU always runs fp32", choices=PRECISIONS)
+    device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
+    num_workers: int = _f(min(4, os.cpu_count() or 1), "DataLoader worker processes")
+    eval_batch_size: int = _f(256, "batch size of feature extraction")
+    test_episodes: int = _f(2000, "test episodes per setting after training (0: no test)")
+    test_shots: list[int] = _f([1, 5], "K of the test settings (N = --n-way, Q = --q-query)")
+    target: list[str] = _f([], "cross-domain targets NAME=PATH (an ImageFolder used whole), tested after training")
+    out: str | None = _f(None, "run directory (config.yaml, log.csv, checkpoint/, model/, metrics.json, report.md)")
+    resume: bool = _f(False, "continue from <out>/checkpoint/last.* (same settings)")
+    progress: bool = _f(True, "show progress bars")
+    tensorboard: bool = _f(True, "also log to <out>/tensorboard when tensorboard is installed")
+
+    # the key/type checks and YAML reading of TrainConfig work on any such dataclass
+    from_dict = classmethod(TrainConfig.from_dict.__func__)
+    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
+    to_dict = TrainConfig.to_dict
+
+    def to_yaml(self, path) -> Path:
+        import yaml
+
+        from fdalign.io import atomic_write_text
+
+        text = "# fdalign meta-training config (fdalign meta-train --config this-file)\n"
+        return atomic_write_text(path, text + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
+
+    @property
+    def spec(self) -> EpisodeSpec:
+        return EpisodeSpec(self.n_way, self.k_shot, self.q_query)
+
+    def validate(self) -> "MetaConfig":
+        self.spec  # noqa: B018  (EpisodeSpec checks N, K, Q)
+        for name in ("episodes_per_step", "episodes_per_epoch", "val_episodes", "epochs"):
+            if getattr(self, name) < 1:
+                raise FDAlignError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        for name in ("lr", "weight_decay", "alpha", "beta", "min_lr", "warmup_steps", "test_episodes"):
+            if getattr(self, name) < 0:
+                raise FDAlignError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        if self.precision == "fp16":
+            raise FDAlignError("meta-train runs fp32 or bf16 (fp16 would need loss scaling); use --precision bf16")
+        if self.proto_scale <= 0:
+            raise FDAlignError(f"--proto-scale must be > 0 (got {self.proto_scale})")
+        for spec in self.target:
+            if "=" not in spec or not all(spec.split("=", 1)):
+                raise FDAlignError(f"--target {spec!r}: write each target as NAME=PATH")
+        return self
+
+
+def meta_config_hash(cfg: MetaConfig) -> str:
+    """:func:`fdalign.train.trainer.config_hash` of the settings that shape training."""
+    from fdalign.train.trainer import config_hash
+
+    blank = MetaConfig()
+    return config_hash(dataclasses.replace(cfg, **{k: getattr(blank, k) for k in META_NON_SEMANTIC}))
+
+
+@dataclass
+class MetaResult:
+    """What :func:`meta_train` returns; ``encoder`` holds the selected epoch's weights."""
+
+    encoder: torch.nn.Module
+    proto_scale: float
+    zeroshot_encoder_state: dict = field(repr=False)
+    best_epoch: int
+    best_val: float
+    val_acc: list[float]
+    steps: int
+    seconds: float
+    selection: SelectionLog
+
+
+def episode_head(proto: ProtoNetHead, spec: EpisodeSpec, episodes: int):
+    """The ``head`` of :func:`fdalign_forward`: ``[E*N*(K+Q), D]`` -> query logits ``[E*N*Q, N]``, and the labels.
+
+    Each episode's images are its support (class-major) then its queries, episodes one after another.
+    """
+    nk = spec.n_way * spec.k_shot
+
+    def head(features: torch.Tensor) -> torch.Tensor:
+        f = features.reshape(episodes, spec.n_way * spec.per_class, -1)
+        return proto(f[:, :nk], f[:, nk:], spec.n_way).reshape(-1, spec.n_way)
+
+    labels = torch.arange(spec.n_way).repeat_interleave(spec.q_query).repeat(episodes)
+    return head, labels
+
+
+def _val_episodes(val_split, cfg: MetaConfig, transform):
+    """The validation episodes and the val images they read, as an EvalSplit with role ``val``."""
+    from fdalign.data.datasets import ImageDataset
+    from fdalign.eval.episodes import used_samples
+
+    pool = class_pool(val_split, cfg.spec, cfg.on_small)
+    eps = sample_episodes(pool, cfg.spec, cfg.seed, range(cfg.val_episodes))
+    used = used_samples({"val": (pool, eps)})
+    position = torch.full((len(val_split),), -1, dtype=torch.int64).numpy()
+    position[used] = range(len(used))
+    eps = Episodes(eps.classes, position[eps.support], position[eps.query], eps.index)
+    desc = (f"val classes: {cfg.val_episodes} {cfg.spec.name} episodes over {len(pool.classes)} classes "
+            f"({len(used)} images)")
+    return EvalSplit(ImageDataset(val_split.subset(used.tolist()), transform), "val", desc), eps
+
+
+def _val_accuracy(encoder, proto: ProtoNetHead, split: EvalSplit, eps, cfg: MetaConfig, device) -> float:
+    from fdalign.eval.episodes import episode_accuracy
+    from fdalign.eval.features import extract_features
+
+    def score(ds) -> float:
+        feats, _ = extract_features(encoder, ds, batch_size=cfg.eval_batch_size, device=device, progress=False,
+                                    precision=cfg.precision if device.type == "cuda" else "fp32", desc="val")
+        return float(episode_accuracy(feats, eps, cfg.spec, "proto", proto_scale=proto.scale).mean())
+
+    return val_score(split, score)
+
+
+def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: MetaConfig, run_dir,
+               base_prototypes: torch.Tensor, progress: bool = True, on_epoch_end=None) -> MetaResult:
+    """Meta-train ``backend.image_encoder`` in place on ``base_split`` episodes; choose the epoch on ``val_split``.
+
+    Args:
+        spurious: ``[k, D]`` spurious prototypes of the base class names (SPC-corrected or not).
+        base_prototypes: ``[C_base, D]`` class prototypes, saved as the model file's (zero-shot) head.
+        on_epoch_end: ``f(epoch (1-based), val accuracy)`` after each checkpoint (tests simulate kills).
+    """
+    from tqdm.auto import tqdm
+
+    from fdalign.eval.features import autocast_context
+    from fdalign.heads import PrototypeHead
+    from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, save_model
+    from fdalign.train.trainer import (
+        LOG_COLUMNS, _CSVLog, _tensorboard, build_optimizer, cosine_lr, param_groups, resolve_device,
+    )
+
+    cfg.validate()
+    run_dir, spec = Path(run_dir), cfg.spec
+    device = resolve_device(cfg.device)
+    precision = cfg.precision if device.type == "cuda" else "fp32"
+    backend.to(device)
+    encoder = backend.image_encoder
+    zeroshot_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    proto = ProtoNetHead(cfg.proto_scale, cfg.learn_scale).to(device)
+    frozen = frozen_copy(encoder, cfg.f0_mode) if cfg.beta != 0 else None
+    settings = LossSettings(alpha=cfg.alpha, beta=cfg.beta, direction=cfg.kl_direction,
+                            scale=float(cfg.temperature or backend.logit_scale),
+                            normalize_prototypes=not (cfg.spc and not cfg.spc_renormalize))
+    spurious = spurious.to(device)
+    pool = class_pool(base_split, spec, cfg.on_small)
+    train_tf = backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip)
+    val_split_e, val_eps = _val_episodes(val_split, cfg, backend.preprocess_eval())
+    zs_head = PrototypeHead(base_prototypes, float(backend.logit_scale))
+
+    named = [(n, p) for n, p in encoder.named_parameters()] + [(f"head.{n}", p) for n, p in proto.named_parameters()]
+    encoder.requires_grad_(True)
+    params = [p for _, p in named]
+    optimizer = build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), cfg.lr)
+    steps_per_epoch = math.ceil(cfg.episodes_per_epoch / cfg.episodes_per_step)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    # ---- resume (as fdalign train: same config hash, last finished epoch) ------------------------
+    chash, ckpt_dir = meta_config_hash(cfg), run_dir / "checkpoint"
+    start, step, val_hist, best, best_epoch = 0, 0, [], -1.0, 0
+    if cfg.resume and (ckpt_dir / "last.json").is_file():
+        ckpt = load_checkpoint(ckpt_dir)
+        if ckpt.meta.get("config_hash") != chash:
+            raise FDAlignError(f"cannot resume {run_dir}: its checkpoint was made with different settings "
+                               f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use a new --out")
+        encoder.load_state_dict(ckpt.encoder)
+        proto.load_state_dict(ckpt.head)
+        optimizer.load_state_dict(ckpt.optimizer)
+        start, step = ckpt.epoch, ckpt.step
+        val_hist, best, best_epoch = list(ckpt.meta["val_acc"]), float(ckpt.meta["best_val"]), int(ckpt.meta["best_epoch"])
+        restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
+    elif (ckpt_dir / "last.json").is_file() and not cfg.resume:
+        raise FDAlignError(f"{run_dir} already holds a training checkpoint; pass --resume or choose a new --out")
+
+    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=step if start else None)
+    tb = _tensorboard(run_dir, cfg.tensorboard)
+    model_meta = {"classnames": list(base_split.classnames), "base_fingerprint": str(getattr(backend, "fingerprint", "")),
+                  "model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config, "mode": "meta"}
+    t0 = time.time()
+    try:
+        for epoch in range(start, cfg.epochs):
+            loader = DataLoader(
+                EpisodeDataset(pool, spec, cfg.seed, train_tf, cfg.episodes_per_epoch, epoch * cfg.episodes_per_epoch),
+                batch_size=cfg.episodes_per_step, shuffle=False, num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            encoder.train()
+            proto.train()
+            if frozen is not None:
+                set_frozen_mode(frozen, cfg.f0_mode)
+            bar = tqdm(loader, desc=f"meta epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and cfg.progress),
+                       leave=False, dynamic_ncols=True)
+            t_prev = time.perf_counter()
+            for images, _classes in bar:
+                lr = cosine_lr(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+                for grp in optimizer.param_groups:
+                    grp["lr"] = lr
+                head, labels = episode_head(proto, spec, images.shape[0])
+                with autocast_context(device, precision):
+                    loss, parts = fdalign_forward(encoder, frozen, head, images.flatten(0, 1).to(device),
+                                                  labels.to(device), spurious, settings)
+                if not torch.isfinite(loss):
+                    raise FDAlignError(f"the loss became {loss.item()} at step {step + 1}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                now = time.perf_counter()
+                row = {"step": step, "epoch": epoch + 1, "lr": lr, "ce": parts["ce"].item(), "kl": parts["kl"].item(),
+                       "loss": loss.item(), "images_per_s": round(images.shape[0] * images.shape[1] / max(now - t_prev, 1e-9), 2)}
+                t_prev = now
+                csv_log.write(row)
+                if tb is not None:
+                    for k in LOG_COLUMNS[2:]:
+                        tb.add_scalar(f"train/{k}", row[k], step)
+                bar.set_postfix(ce=f"{row['ce']:.3f}", kl=f"{row['kl']:.4f}", lr=f"{lr:.2e}")
+            bar.close()
+
+            acc = _val_accuracy(encoder, proto, val_split_e, val_eps, cfg, device)
+            val_hist.append(acc)
+            improved = acc > best  # ties keep the earlier epoch, as select() does
+            if improved:
+                best, best_epoch = acc, epoch + 1
+            if improved or cfg.selection == "last":
+                save_model(run_dir / MODEL_FILE, encoder, zs_head, zs_head,
+                           dict(model_meta, epoch=epoch + 1, val_acc=acc, proto_scale=proto.scale))
+            csv_log.flush()
+            if tb is not None:
+                tb.add_scalar("val/episode_acc", acc, epoch + 1)
+            save_checkpoint(ckpt_dir, encoder=encoder, head=proto, optimizer=optimizer, meta={
+                "epoch": epoch + 1, "step": step, "config_hash": chash, "val_acc": val_hist, "best_val": best,
+                "best_epoch": best_epoch, "scheduler": {"step": step, "total_steps": total_steps, "base_lr": cfg.lr},
+            })
+            if progress and cfg.progress:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: val {spec.name} accuracy {acc:.2f}%" + ("  (best)" if improved else ""))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, acc)
+    finally:
+        csv_log.close()
+        if tb is not None:
+            tb.close()
+
+    selection = SelectionLog()
+    scores = {e + 1: v for e, v in enumerate(val_hist)}
+    chosen = select("epoch", scores, val_split_e, selection, metric=f"val {spec.name} accuracy") \
+        if cfg.selection == "best" else len(val_hist)
+    if cfg.selection == "last":
+        selection.entries["epoch"] = {"chosen": chosen, "on": "rule: the last epoch (no data used)", "metric": "-",
+                                      "score": val_hist[-1], "scores": {str(k): v for k, v in scores.items()}}
+    selection.save(run_dir / SELECTION_FILE)
+    saved = load_model(run_dir / MODEL_FILE)
+    if int(saved.metadata.get("epoch", -1)) != chosen:
+        raise RuntimeError(f"{run_dir / MODEL_FILE} holds epoch {saved.metadata.get('epoch')}, not the selected {chosen}")
+    encoder.load_state_dict(saved.encoder)
+    encoder.eval().requires_grad_(False)
+    return MetaResult(encoder, float(saved.metadata["proto_scale"]), zeroshot_state, int(chosen), float(scores[chosen]),
+                      val_hist, step, time.time() - t0, selection)
+
+
+def zeroshot_copy(encoder: torch.nn.Module, state: dict) -> torch.nn.Module:
+    """A copy of ``encoder`` holding ``state`` (the pretrained weights, for the zero-shot baseline)."""
+    enc = copy.deepcopy(encoder)
+    enc.load_state_dict(state)
+    return enc
+
+
+__all__ = ["META_NON_SEMANTIC", "MetaConfig", "MetaResult", "episode_head", "meta_config_hash", "meta_train",
+           "zeroshot_copy"]
