@@ -1,0 +1,158 @@
+"""Meta-training on episodes and ``fdalign meta-train`` / ``meta-eval`` end to end on generated data."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _synth import make_imagefolder
+from test_episodes import write_class_splits
+
+from fdalign.cli import main
+from fdalign.data.episodes import EpisodeSpec
+from fdalign.heads.episodes import ProtoNetHead
+
+ROLES = {"base": ["red", "green", "blue", "yellow"], "val": ["cyan", "pink", "grey"],
+         "novel": ["black", "white", "orange"]}
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("meta")
+    write_class_splits(d / "mini", ROLES, per_class=4)
+    t1 = make_imagefolder(d / "t1", ["oak", "pine", "elm"], n_train=0, n_test=4, seed=1) / "test"
+    t2 = make_imagefolder(d / "t2", ["cat", "dog", "cow", "hen"], n_train=2, n_test=2, seed=2)
+    (d / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    return {"mini": d / "mini", "t1": t1, "t2": t2, "templates": d / "templates.txt"}
+
+
+def _train_args(tiny, data, out, *extra):
+    return ["meta-train", "--model-config", str(tiny["config"]), "--pretrained", str(tiny["checkpoint"]),
+            "--data", str(data["mini"]), "--templates", str(data["templates"]), "--n-way", "3", "--k-shot", "1",
+            "--q-query", "2", "--episodes-per-step", "2", "--episodes-per-epoch", "4", "--epochs", "2",
+            "--val-episodes", "3", "--spc-keep", "3", "--spc-k", "2", "--num-workers", "0", "--device", "cpu",
+            "--lr", "1e-2", "--no-progress", "--no-tensorboard", "--out", str(out), *extra]
+
+
+def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(_train_args(tiny_openclip, data, out, "--test-episodes", "6", "--test-shots", "1", "2",
+                          "--target", f"t1={data['t1']}"))
+    assert rc == 0, capsys.readouterr().err
+    for name in ("config.yaml", "hashes.json", "log.csv", "selection.json", "model/best.safetensors",
+                 "checkpoint/last.json", "metrics.json", "report.md"):
+        assert (out / name).is_file(), name
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["epoch"]["on"].startswith("val classes") and sel["epoch"]["chosen"] in (1, 2)
+    assert len((out / "log.csv").read_text().splitlines()) == 1 + 2 * 2
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["metrics"]) == {"novel", "t1"} and set(doc["hashes"]) == {"novel", "t1"}
+
+    rc = main(["meta-eval", str(out), "--target", f"t1={data['t1']}", "--target", f"t2={data['t2']}",
+               "--episodes", "25", "--ways", "3", "--shots", "1", "2", "--queries", "2", "--runs", "2",
+               "--templates", str(data["templates"]), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((out / "episodes" / "metrics.json").read_text())
+    m = doc["metrics"]
+    assert list(m) == ["novel", "t1", "t2"]
+    for per_spec in m.values():
+        assert list(per_spec) == ["3-way 1-shot", "3-way 2-shot"]
+        for per_model in per_spec.values():
+            assert set(per_model) == {"fine-tuned", "zero-shot"}
+            for model in per_model.values():
+                assert {"proto", "text", "combined"} <= set(model)
+                r = model["proto"]
+                assert r["episodes"] == 50 and 0 <= r["mean"] <= 100 and r["ci95"] >= 0
+                assert r["mean"] == pytest.approx(sum(r["run_means"]) / 2)
+    report = (out / "episodes" / "report.md").read_text()
+    assert "fine-tuned | proto" in report and "zero-shot | text" in report and "t2 3-way 2-shot" in report
+    assert "1.96·std of the run means" in report and "chosen on val classes" in report
+
+
+def test_meta_train_resume_matches_uninterrupted(tiny_openclip, data, tmp_path):
+    from fdalign.cli.meta import _config
+    from fdalign.backends import load_clip
+    from fdalign.cli import build_parser
+    from fdalign.data.episodes import load_class_splits
+    from fdalign.prototypes import build_prototypes
+    from fdalign.spc import SPCConfig
+    from fdalign.train.meta import meta_train
+
+    splits = load_class_splits(data["mini"])
+
+    def run(out, stop_after=None, resume=False):
+        args = build_parser().parse_args(_train_args(tiny_openclip, data, out, *(["--resume"] if resume else [])))
+        cfg = _config(args)
+        backend = load_clip(None, pretrained=cfg.pretrained, model_config=cfg.model_config)
+        protos = build_prototypes(backend, splits["base"].classnames, TEMPLATES, spc=SPCConfig(keep=3, k=2))
+
+        def kill(epoch, _):
+            if epoch == stop_after:
+                raise KeyboardInterrupt
+
+        try:
+            return meta_train(backend, splits["base"], splits["val"], protos.loss_prototypes, cfg, out,
+                              protos.class_prototypes, progress=False, on_epoch_end=kill)
+        except KeyboardInterrupt:
+            return None
+
+    full = run(tmp_path / "a")
+    assert run(tmp_path / "b", stop_after=1) is None
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.val_acc == full.val_acc and resumed.steps == full.steps == 4
+    a, b = full.encoder.state_dict(), resumed.encoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "log.csv").read_text() .count("\n") == (tmp_path / "b" / "log.csv").read_text().count("\n")
+
+
+def test_episode_head_and_loss_see_every_episode_image(monkeypatch):
+    """The head closure scores the queries against their own episode's support; KL gets all images."""
+    import fdalign.train.meta as meta
+
+    spec = EpisodeSpec(3, 2, 2)
+    proto = ProtoNetHead(5.0, learn_scale=False)
+    head, labels = meta.episode_head(proto, spec, episodes=2)
+    torch.manual_seed(0)
+    feats = torch.randn(2 * 3 * 4, 8)
+    logits = head(feats)
+    assert logits.shape == (2 * 3 * 2, 3) and labels.tolist() == [0, 0, 1, 1, 2, 2] * 2
+    ep1 = feats[12:]  # second episode: 6 support (way-major) then 6 queries
+    p = F.normalize(torch.stack([F.normalize(ep1[2 * n:2 * n + 2], dim=-1).mean(0) for n in range(3)]), dim=-1)
+    assert torch.allclose(logits[6:], 5.0 * F.normalize(ep1[6:], dim=-1) @ p.t(), atol=1e-5)
+
+
+def test_meta_train_loss_is_fdalign_forward_on_all_images(tiny_openclip, data, tmp_path, monkeypatch):
+    import fdalign.train.meta as meta
+
+    seen = []
+    real = meta.fdalign_forward
+
+    def spy(ft, f0, head, images, labels, spurious, s):
+        seen.append((images.shape[0], labels.clone(), s.beta, f0 is not None))
+        return real(ft, f0, head, images, labels, spurious, s)
+
+    monkeypatch.setattr(meta, "fdalign_forward", spy)
+    rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--test-episodes", "0", "--epochs", "1"))
+    assert rc == 0
+    assert [(n, b, f0) for n, _, b, f0 in seen] == [(2 * 3 * 3, 20.0, True)] * 2
+    assert seen[0][1].tolist() == [0, 0, 1, 1, 2, 2] * 2
+
+
+def test_meta_train_user_errors(tiny_openclip, data, tmp_path, capsys):
+    rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--n-way", "4"))
+    assert rc == 2
+    assert "4-way episodes need 4 classes but 'val' has 3" in capsys.readouterr().err
+    rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--test-shots", "5"))
+    assert rc == 2
+    assert "'novel' has 0 with at least 7 images" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "config.yaml").exists()  # failed before loading a model
