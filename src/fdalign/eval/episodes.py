@@ -51,7 +51,7 @@ def episode_accuracy(
     class_prototypes: torch.Tensor | None = None,
     text_scale: float = 100.0,
     weight: float = 0.5,
-    chunk: int = 512,
+    chunk: int = 128,
 ) -> torch.Tensor:
     """Per-episode query accuracy in percent, ``[E]``.
 
@@ -61,19 +61,20 @@ def episode_accuracy(
             the split's classes (``text`` / ``combined`` heads).
         chunk: episodes scored per batched tensor operation.
     """
-    feats = F.normalize(features.float(), dim=-1)
-    _, query_labels = episode_labels(spec)
-    labels = torch.as_tensor(query_labels, device=feats.device)
-    protos = None if class_prototypes is None else class_prototypes.to(feats.device).float()
+    feats = F.normalize(features.float(), dim=-1)  # once, for every episode
+    dev = feats.device
+    labels = torch.as_tensor(episode_labels(spec)[1], device=dev)
+    protos = None if class_prototypes is None else F.normalize(class_prototypes.to(dev).float(), dim=-1)
     out = []
     for a in range(0, len(episodes), chunk):
-        sup = torch.as_tensor(episodes.support[a:a + chunk], device=feats.device)
-        qry = torch.as_tensor(episodes.query[a:a + chunk], device=feats.device)
-        e = sup.shape[0]
+        sup = torch.as_tensor(episodes.support[a:a + chunk], device=dev)
+        qry = torch.as_tensor(episodes.query[a:a + chunk], device=dev)
+        e, d = sup.shape[0], feats.shape[1]
         logits = episode_logits(
-            head, feats[sup.reshape(e, -1)], feats[qry.reshape(e, -1)], spec.n_way, proto_scale=proto_scale,
-            class_prototypes=protos, classes=torch.as_tensor(episodes.classes[a:a + chunk], device=feats.device),
-            text_scale=text_scale, weight=weight,
+            head, feats.index_select(0, sup.reshape(-1)).reshape(e, -1, d),
+            feats.index_select(0, qry.reshape(-1)).reshape(e, -1, d), spec.n_way, proto_scale=proto_scale,
+            class_prototypes=protos, classes=torch.as_tensor(episodes.classes[a:a + chunk], device=dev),
+            text_scale=text_scale, weight=weight, unit=True,
         )
         out.append((logits.argmax(-1) == labels).float().mean(-1) * 100.0)
     return torch.cat(out).cpu() if out else torch.empty(0)
@@ -91,7 +92,7 @@ class EpisodeEvalSettings:
     on_small: str = "skip"
     weight: float = 0.5
     text_scale: float = 100.0
-    chunk: int = 512
+    chunk: int = 128
 
 
 @dataclass

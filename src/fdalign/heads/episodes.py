@@ -26,30 +26,39 @@ EPISODE_HEADS = ("proto", "text", "combined")
 PROTO_SCALE_INIT = 10.0
 
 
-def support_prototypes(support: torch.Tensor, n_way: int) -> torch.Tensor:
+def _unit(x: torch.Tensor, unit: bool) -> torch.Tensor:
+    # ``unit``: the caller normalised the features once for all episodes (evaluation); skip the copy
+    return x if unit else F.normalize(x.float(), dim=-1)
+
+
+def support_prototypes(support: torch.Tensor, n_way: int, unit: bool = False) -> torch.Tensor:
     """``[E, N*K, D]`` class-major support features -> ``[E, N, D]`` unit-norm prototypes."""
     e, nk, d = support.shape
     if nk % n_way:
         raise ValueError(f"{nk} support features do not split into {n_way} ways")
-    per_way = F.normalize(support.float(), dim=-1).reshape(e, n_way, nk // n_way, d)
+    per_way = _unit(support, unit).reshape(e, n_way, nk // n_way, d)
     return F.normalize(per_way.mean(dim=2), dim=-1)
 
 
-def cosine_to(query: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """``scale * cos``: ``[E, M, D]`` queries, ``[E, N, D]`` prototypes -> ``[E, M, N]`` logits."""
-    q = F.normalize(query.float(), dim=-1)
-    p = F.normalize(prototypes.float(), dim=-1)
-    return scale * torch.bmm(q, p.transpose(1, 2))
+def cosine_to(query: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float,
+              unit: bool = False) -> torch.Tensor:
+    """``scale * cos``: ``[E, M, D]`` queries, ``[E, N, D]`` prototypes -> ``[E, M, N]`` logits.
+
+    ``unit=True``: both inputs are already L2-normalised.
+    """
+    return scale * torch.bmm(_unit(query, unit), _unit(prototypes, unit).transpose(1, 2))
 
 
-def proto_logits(support: torch.Tensor, query: torch.Tensor, n_way: int, scale: torch.Tensor | float) -> torch.Tensor:
+def proto_logits(support: torch.Tensor, query: torch.Tensor, n_way: int, scale: torch.Tensor | float,
+                 unit: bool = False) -> torch.Tensor:
     """ProtoNet logits ``[E, M, N]`` from support ``[E, N*K, D]`` and queries ``[E, M, D]``."""
-    return cosine_to(query, support_prototypes(support, n_way), scale)
+    return cosine_to(query, support_prototypes(support, n_way, unit), scale, unit)
 
 
-def text_logits(query: torch.Tensor, class_prototypes: torch.Tensor, classes: torch.Tensor, scale: float) -> torch.Tensor:
+def text_logits(query: torch.Tensor, class_prototypes: torch.Tensor, classes: torch.Tensor, scale: float,
+                unit: bool = False) -> torch.Tensor:
     """Zero-shot logits ``[E, M, N]``: queries ``[E, M, D]``, text prototypes ``[C, D]``, ``classes [E, N]``."""
-    return cosine_to(query, class_prototypes[classes], scale)
+    return cosine_to(query, class_prototypes[classes], scale, unit)
 
 
 def combined_log_probs(proto: torch.Tensor, text: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
@@ -89,17 +98,21 @@ def episode_logits(
     classes: torch.Tensor | None = None,
     text_scale: float = 100.0,
     weight: float = 0.5,
+    unit: bool = False,
 ) -> torch.Tensor:
-    """Scores ``[E, M, N]`` of ``head`` (one of :data:`EPISODE_HEADS`); the argmax is the prediction."""
+    """Scores ``[E, M, N]`` of ``head`` (one of :data:`EPISODE_HEADS`); the argmax is the prediction.
+
+    ``unit=True``: features and ``class_prototypes`` are already L2-normalised.
+    """
     if head == "proto":
-        return proto_logits(support, query, n_way, proto_scale)
+        return proto_logits(support, query, n_way, proto_scale, unit)
     if class_prototypes is None or classes is None:
         raise ValueError(f"the {head} head needs class_prototypes and classes")
-    text = text_logits(query, class_prototypes, classes, text_scale)
+    text = text_logits(query, class_prototypes, classes, text_scale, unit)
     if head == "text":
         return text
     if head == "combined":
-        return combined_log_probs(proto_logits(support, query, n_way, proto_scale), text, weight)
+        return combined_log_probs(proto_logits(support, query, n_way, proto_scale, unit), text, weight)
     raise ValueError(f"unknown episode head {head!r}; choose from {EPISODE_HEADS}")
 
 
