@@ -242,3 +242,24 @@ def test_episode_dataset_same_items_with_workers(tmp_path):
             assert torch.equal(im_a, im_b) and torch.equal(c_a, c_b)
     assert ref[0][0].shape == (3 * 3, 3, 8, 8)
     assert not torch.equal(ref[0][0], ds[1][0])
+
+
+# ---------------------------------------------------------------------------------------------- data check
+
+
+def test_data_check_knows_minimagenet_sizes(tmp_path, capsys):
+    from fdalign.cli import main
+    from fdalign.data.check import MINIIMAGENET, ClassSplitBenchmark, check_class_splits
+
+    assert MINIIMAGENET.classes == {"base": 64, "val": 16, "novel": 20} and MINIIMAGENET.per_class == 600
+    root = write_class_splits(tmp_path / "d", {"base": ["a", "b"], "val": ["c"], "novel": ["d", "e"]}, per_class=3)
+    splits = load_class_splits(root)
+    exact = ClassSplitBenchmark("tiny", {"base": 2, "val": 1, "novel": 2}, 3)
+    assert check_class_splits(splits, exact).ok
+    off = check_class_splits(splits, ClassSplitBenchmark("tiny", {"base": 2, "val": 2, "novel": 2}, 4))
+    assert ("val", "1 classes but tiny has 2") in off.problems
+    assert ("novel", "2 class(es) without 4 images: d (3), e (3)") in off.problems
+    assert main(["data", "check", str(root), "--no-progress"]) == 0
+    assert main(["data", "check", str(root), "--benchmark", "miniImageNet", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "base   2 classes but miniImageNet has 64" in out and "novel  2 classes but miniImageNet has 20" in out
