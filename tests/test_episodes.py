@@ -107,10 +107,10 @@ def test_support_and_query_disjoint_and_of_their_class():
 
 
 def test_small_classes_skipped_with_count_or_refused():
-    split = _split([10, 3, 10, 10, 2, 10])
+    split = _split([10, 3, 5, 10, 2, 10])
     spec = EpisodeSpec(3, 1, 4)
     pool = class_pool(split, spec, "skip")
-    assert pool.classes == [0, 2, 3, 5] and pool.skipped == [1, 4]
+    assert pool.classes == [0, 2, 3, 5] and pool.skipped == [1, 4]  # class 2 has exactly K+Q
     eps = sample_episodes(pool, spec, 0, range(50))
     assert not set(eps.classes.ravel()) & {1, 4}
     with pytest.raises(FDAlignError, match=r"2 class\(es\).*fewer than K\+Q = 5.*'class 1' \(3\)"):

@@ -13,7 +13,7 @@ from fdalign.data.episodes import EpisodeSpec
 from fdalign.heads.episodes import ProtoNetHead
 
 ROLES = {"base": ["red", "green", "blue", "yellow"], "val": ["cyan", "pink", "grey"],
-         "novel": ["black", "white", "orange"]}
+         "novel": ["black", "white", "orange", "purple"]}
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
 
 
@@ -53,7 +53,8 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
                  "checkpoint/last.json", "metrics.json", "report.md"):
         assert (out / name).is_file(), name
     sel = json.loads((out / "selection.json").read_text())
-    assert sel["epoch"]["on"].startswith("val classes") and sel["epoch"]["chosen"] in (1, 2)
+    assert sel["epoch"]["on"].startswith("val classes") and "over 3 classes" in sel["epoch"]["on"]  # not novel's 4
+    assert sel["epoch"]["chosen"] in (1, 2)
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 2 * 2
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["metrics"]) == {"novel", "t1"} and set(doc["hashes"]) == {"novel", "t1"}

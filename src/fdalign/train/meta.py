@@ -202,6 +202,74 @@ def _val_accuracy(encoder, proto: ProtoNetHead, split: EvalSplit, eps, cfg: Meta
     return val_score(split, score)
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint carries between epochs (1-based epochs in ``val`` order)."""
+
+    epoch: int = 0
+    step: int = 0
+    val: list = field(default_factory=list)
+    best: float = -1.0
+    best_epoch: int = 0
+
+    def to_meta(self, chash: str) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "config_hash": chash, "val_acc": self.val,
+                "best_val": self.best, "best_epoch": self.best_epoch}
+
+
+def _resume(cfg: MetaConfig, run_dir: Path, chash: str, encoder, proto, optimizer) -> _Progress:
+    """Load ``run_dir/checkpoint`` into the modules (as ``fdalign train``: same settings hash or refuse)."""
+    from fdalign.train.checkpoint import load_checkpoint, restore_rng
+
+    ckpt_dir = run_dir / "checkpoint"
+    if not (ckpt_dir / "last.json").is_file():
+        return _Progress()
+    if not cfg.resume:
+        raise FDAlignError(f"{run_dir} already holds a training checkpoint; pass --resume or choose a new --out")
+    ckpt = load_checkpoint(ckpt_dir)
+    if ckpt.meta.get("config_hash") != chash:
+        raise FDAlignError(f"cannot resume {run_dir}: its checkpoint was made with different settings "
+                           f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use a new --out")
+    encoder.load_state_dict(ckpt.encoder)
+    proto.load_state_dict(ckpt.head)
+    optimizer.load_state_dict(ckpt.optimizer)
+    restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
+    m = ckpt.meta
+    return _Progress(ckpt.epoch, ckpt.step, list(m["val_acc"]), float(m["best_val"]), int(m["best_epoch"]))
+
+
+def _train_epoch(loader, encoder, frozen, proto, optimizer, spurious, settings: LossSettings, cfg: MetaConfig,
+                 state: _Progress, total_steps: int, device, log_row) -> None:
+    """One epoch of optimiser steps; each step's loss is :func:`fdalign_forward` on its episodes' images."""
+    from fdalign.eval.features import autocast_context
+    from fdalign.train.trainer import cosine_lr
+
+    precision = cfg.precision if device.type == "cuda" else "fp32"
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    t_prev = time.perf_counter()
+    for images, _classes in loader:  # images [E, N*(K+Q), 3, H, W]
+        lr = cosine_lr(state.step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+        for grp in optimizer.param_groups:
+            grp["lr"] = lr
+        head, labels = episode_head(proto, cfg.spec, images.shape[0])
+        with autocast_context(device, precision):
+            loss, parts = fdalign_forward(encoder, frozen, head, images.flatten(0, 1).to(device), labels.to(device),
+                                          spurious, settings)
+        if not torch.isfinite(loss):
+            raise FDAlignError(f"the loss became {loss.item()} at step {state.step + 1}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        state.step += 1
+        now = time.perf_counter()
+        ips = images.shape[0] * images.shape[1] / max(now - t_prev, 1e-9)
+        t_prev = now
+        log_row({"step": state.step, "epoch": state.epoch + 1, "lr": lr, "ce": parts["ce"].item(),
+                 "kl": parts["kl"].item(), "loss": loss.item(), "images_per_s": round(ips, 2)})
+
+
 def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: MetaConfig, run_dir,
                base_prototypes: torch.Tensor, progress: bool = True, on_epoch_end=None) -> MetaResult:
     """Meta-train ``backend.image_encoder`` in place on ``base_split`` episodes; choose the epoch on ``val_split``.
@@ -213,141 +281,108 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
     """
     from tqdm.auto import tqdm
 
-    from fdalign.eval.features import autocast_context
     from fdalign.heads import PrototypeHead
-    from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, save_model
-    from fdalign.train.trainer import (
-        LOG_COLUMNS, _CSVLog, _tensorboard, build_optimizer, cosine_lr, param_groups, resolve_device,
-    )
+    from fdalign.train.checkpoint import save_checkpoint
+    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, save_model
+    from fdalign.train.trainer import _CSVLog, _tensorboard, build_optimizer, param_groups, resolve_device
 
     cfg.validate()
-    run_dir, spec = Path(run_dir), cfg.spec
-    device = resolve_device(cfg.device)
-    precision = cfg.precision if device.type == "cuda" else "fp32"
+    run_dir, spec, device = Path(run_dir), cfg.spec, resolve_device(cfg.device)
     backend.to(device)
     encoder = backend.image_encoder
     zeroshot_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    frozen = frozen_copy(encoder, cfg.f0_mode) if cfg.beta != 0 else None  # the pretrained weights, before resume
     proto = ProtoNetHead(cfg.proto_scale, cfg.learn_scale).to(device)
-    frozen = frozen_copy(encoder, cfg.f0_mode) if cfg.beta != 0 else None
     settings = LossSettings(alpha=cfg.alpha, beta=cfg.beta, direction=cfg.kl_direction,
                             scale=float(cfg.temperature or backend.logit_scale),
                             normalize_prototypes=not (cfg.spc and not cfg.spc_renormalize))
-    spurious = spurious.to(device)
     pool = class_pool(base_split, spec, cfg.on_small)
     train_tf = backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip)
-    val_split_e, val_eps = _val_episodes(val_split, cfg, backend.preprocess_eval())
+    val_set, val_eps = _val_episodes(val_split, cfg, backend.preprocess_eval())
     zs_head = PrototypeHead(base_prototypes, float(backend.logit_scale))
-
-    named = [(n, p) for n, p in encoder.named_parameters()] + [(f"head.{n}", p) for n, p in proto.named_parameters()]
     encoder.requires_grad_(True)
-    params = [p for _, p in named]
+    named = list(encoder.named_parameters()) + [(f"head.{n}", p) for n, p in proto.named_parameters()]
     optimizer = build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), cfg.lr)
-    steps_per_epoch = math.ceil(cfg.episodes_per_epoch / cfg.episodes_per_step)
-    total_steps = steps_per_epoch * cfg.epochs
-
-    # ---- resume (as fdalign train: same config hash, last finished epoch) ------------------------
-    chash, ckpt_dir = meta_config_hash(cfg), run_dir / "checkpoint"
-    start, step, val_hist, best, best_epoch = 0, 0, [], -1.0, 0
-    if cfg.resume and (ckpt_dir / "last.json").is_file():
-        ckpt = load_checkpoint(ckpt_dir)
-        if ckpt.meta.get("config_hash") != chash:
-            raise FDAlignError(f"cannot resume {run_dir}: its checkpoint was made with different settings "
-                               f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use a new --out")
-        encoder.load_state_dict(ckpt.encoder)
-        proto.load_state_dict(ckpt.head)
-        optimizer.load_state_dict(ckpt.optimizer)
-        start, step = ckpt.epoch, ckpt.step
-        val_hist, best, best_epoch = list(ckpt.meta["val_acc"]), float(ckpt.meta["best_val"]), int(ckpt.meta["best_epoch"])
-        restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
-    elif (ckpt_dir / "last.json").is_file() and not cfg.resume:
-        raise FDAlignError(f"{run_dir} already holds a training checkpoint; pass --resume or choose a new --out")
-
-    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=step if start else None)
+    total_steps = math.ceil(cfg.episodes_per_epoch / cfg.episodes_per_step) * cfg.epochs
+    chash = meta_config_hash(cfg)
+    state = _resume(cfg, run_dir, chash, encoder, proto, optimizer)
+    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=state.step if state.epoch else None)
     tb = _tensorboard(run_dir, cfg.tensorboard)
+    show = progress and cfg.progress
     model_meta = {"classnames": list(base_split.classnames), "base_fingerprint": str(getattr(backend, "fingerprint", "")),
                   "model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config, "mode": "meta"}
+
+    def log_row(row):
+        csv_log.write(row)
+        bar.set_postfix(ce=f"{row['ce']:.3f}", kl=f"{row['kl']:.4f}", lr=f"{row['lr']:.2e}")
+        for k in ("lr", "ce", "kl", "loss", "images_per_s") if tb is not None else ():
+            tb.add_scalar(f"train/{k}", row[k], row["step"])
+
     t0 = time.time()
     try:
-        for epoch in range(start, cfg.epochs):
-            loader = DataLoader(
-                EpisodeDataset(pool, spec, cfg.seed, train_tf, cfg.episodes_per_epoch, epoch * cfg.episodes_per_epoch),
-                batch_size=cfg.episodes_per_step, shuffle=False, num_workers=cfg.num_workers,
-                pin_memory=device.type == "cuda",
-            )
+        for epoch in range(state.epoch, cfg.epochs):
+            episodes = EpisodeDataset(pool, spec, cfg.seed, train_tf, cfg.episodes_per_epoch, epoch * cfg.episodes_per_epoch)
+            loader = DataLoader(episodes, batch_size=cfg.episodes_per_step, num_workers=cfg.num_workers,
+                                pin_memory=device.type == "cuda")
             encoder.train()
             proto.train()
             if frozen is not None:
                 set_frozen_mode(frozen, cfg.f0_mode)
-            bar = tqdm(loader, desc=f"meta epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and cfg.progress),
-                       leave=False, dynamic_ncols=True)
-            t_prev = time.perf_counter()
-            for images, _classes in bar:
-                lr = cosine_lr(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
-                for grp in optimizer.param_groups:
-                    grp["lr"] = lr
-                head, labels = episode_head(proto, spec, images.shape[0])
-                with autocast_context(device, precision):
-                    loss, parts = fdalign_forward(encoder, frozen, head, images.flatten(0, 1).to(device),
-                                                  labels.to(device), spurious, settings)
-                if not torch.isfinite(loss):
-                    raise FDAlignError(f"the loss became {loss.item()} at step {step + 1}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                step += 1
-                now = time.perf_counter()
-                row = {"step": step, "epoch": epoch + 1, "lr": lr, "ce": parts["ce"].item(), "kl": parts["kl"].item(),
-                       "loss": loss.item(), "images_per_s": round(images.shape[0] * images.shape[1] / max(now - t_prev, 1e-9), 2)}
-                t_prev = now
-                csv_log.write(row)
-                if tb is not None:
-                    for k in LOG_COLUMNS[2:]:
-                        tb.add_scalar(f"train/{k}", row[k], step)
-                bar.set_postfix(ce=f"{row['ce']:.3f}", kl=f"{row['kl']:.4f}", lr=f"{lr:.2e}")
+            bar = tqdm(loader, desc=f"meta epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+            _train_epoch(bar, encoder, frozen, proto, optimizer, spurious.to(device), settings, cfg, state,
+                         total_steps, device, log_row)
             bar.close()
-
-            acc = _val_accuracy(encoder, proto, val_split_e, val_eps, cfg, device)
-            val_hist.append(acc)
-            improved = acc > best  # ties keep the earlier epoch, as select() does
+            # ---- end of epoch: validate on val-class episodes, keep the best, checkpoint ------------
+            acc = _val_accuracy(encoder, proto, val_set, val_eps, cfg, device)
+            state.epoch, improved = epoch + 1, acc > state.best  # ties keep the earlier epoch, as select() does
+            state.val.append(acc)
             if improved:
-                best, best_epoch = acc, epoch + 1
+                state.best, state.best_epoch = acc, epoch + 1
             if improved or cfg.selection == "last":
                 save_model(run_dir / MODEL_FILE, encoder, zs_head, zs_head,
                            dict(model_meta, epoch=epoch + 1, val_acc=acc, proto_scale=proto.scale))
             csv_log.flush()
             if tb is not None:
                 tb.add_scalar("val/episode_acc", acc, epoch + 1)
-            save_checkpoint(ckpt_dir, encoder=encoder, head=proto, optimizer=optimizer, meta={
-                "epoch": epoch + 1, "step": step, "config_hash": chash, "val_acc": val_hist, "best_val": best,
-                "best_epoch": best_epoch, "scheduler": {"step": step, "total_steps": total_steps, "base_lr": cfg.lr},
-            })
-            if progress and cfg.progress:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: val {spec.name} accuracy {acc:.2f}%" + ("  (best)" if improved else ""))
+            save_checkpoint(run_dir / "checkpoint", encoder=encoder, head=proto, optimizer=optimizer,
+                            meta=state.to_meta(chash))
+            if show:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: val {spec.name} {acc:.2f}%" + ("  (best)" if improved else ""))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, acc)
     finally:
         csv_log.close()
         if tb is not None:
             tb.close()
+    chosen, selection = _select_epoch(state, val_set, cfg, run_dir / SELECTION_FILE)
+    return MetaResult(encoder, _load_selected(run_dir / MODEL_FILE, encoder, chosen), zeroshot_state, chosen,
+                      state.val[chosen - 1], state.val, state.step, time.time() - t0, selection)
 
+
+def _select_epoch(state: _Progress, val_set: EvalSplit, cfg: MetaConfig, path: Path) -> tuple[int, SelectionLog]:
+    """The epoch to keep (best on val episodes through :func:`select`, or the last), recorded in ``selection.json``."""
     selection = SelectionLog()
-    scores = {e + 1: v for e, v in enumerate(val_hist)}
-    chosen = select("epoch", scores, val_split_e, selection, metric=f"val {spec.name} accuracy") \
-        if cfg.selection == "best" else len(val_hist)
-    if cfg.selection == "last":
+    scores = {e + 1: v for e, v in enumerate(state.val)}
+    if cfg.selection == "best":
+        chosen = select("epoch", scores, val_set, selection, metric=f"val {cfg.spec.name} accuracy")
+    else:
+        chosen = len(state.val)
         selection.entries["epoch"] = {"chosen": chosen, "on": "rule: the last epoch (no data used)", "metric": "-",
-                                      "score": val_hist[-1], "scores": {str(k): v for k, v in scores.items()}}
-    selection.save(run_dir / SELECTION_FILE)
-    saved = load_model(run_dir / MODEL_FILE)
+                                      "score": state.val[-1], "scores": {str(k): v for k, v in scores.items()}}
+    selection.save(path)
+    return int(chosen), selection
+
+
+def _load_selected(model_file: Path, encoder, chosen: int) -> float:
+    """Load the selected epoch's encoder (saved at that epoch) into ``encoder``; return its ProtoNet scale."""
+    from fdalign.train.run import load_model
+
+    saved = load_model(model_file)
     if int(saved.metadata.get("epoch", -1)) != chosen:
-        raise RuntimeError(f"{run_dir / MODEL_FILE} holds epoch {saved.metadata.get('epoch')}, not the selected {chosen}")
+        raise RuntimeError(f"{model_file} holds epoch {saved.metadata.get('epoch')}, not the selected {chosen}")
     encoder.load_state_dict(saved.encoder)
     encoder.eval().requires_grad_(False)
-    return MetaResult(encoder, float(saved.metadata["proto_scale"]), zeroshot_state, int(chosen), float(scores[chosen]),
-                      val_hist, step, time.time() - t0, selection)
+    return float(saved.metadata["proto_scale"])
 
 
 def zeroshot_copy(encoder: torch.nn.Module, state: dict) -> torch.nn.Module:
