@@ -45,7 +45,7 @@ def _train_args(tiny, data, out, *extra):
 
 
 def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path, capsys):
-    out = tmp_path / "run"
+    tiny, out = tiny_openclip, tmp_path / "run"
     rc = main(_train_args(tiny_openclip, data, out, "--test-episodes", "6", "--test-shots", "1", "2",
                           "--target", f"t1={data['t1']}"))
     assert rc == 0, capsys.readouterr().err
@@ -58,6 +58,18 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 2 * 2
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["metrics"]) == {"novel", "t1"} and set(doc["hashes"]) == {"novel", "t1"}
+
+    # meta-eval's two encoders: the selected fine-tuned weights and the untouched pretrained ones
+    from fdalign.cli.meta import _load_run_models
+    from fdalign.train.run import load_model
+
+    _, models, _, _ = _load_run_models(out, no_zeroshot=False)
+    base = {k[len("visual."):]: v for k, v in torch.load(tiny["checkpoint"], weights_only=True)["state_dict"].items()
+            if k.startswith("visual.")}
+    saved = load_model(out / "model" / "best.safetensors").encoder
+    ft, zs = models["fine-tuned"][0].state_dict(), models["zero-shot"][0].state_dict()
+    assert all(torch.equal(zs[k], base[k]) for k in base) and all(torch.equal(ft[k], saved[k]) for k in saved)
+    assert any(not torch.equal(ft[k], base[k]) for k in base)
 
     rc = main(["meta-eval", str(out), "--target", f"t1={data['t1']}", "--target", f"t2={data['t2']}",
                "--episodes", "25", "--ways", "3", "--shots", "1", "2", "--queries", "2", "--runs", "2",
@@ -139,14 +151,15 @@ def test_meta_train_loss_is_fdalign_forward_on_all_images(tiny_openclip, data, t
     real = meta.fdalign_forward
 
     def spy(ft, f0, head, images, labels, spurious, s):
-        seen.append((images.shape[0], labels.clone(), s.beta, f0 is not None))
+        seen.append((images.shape[0], labels.clone(), s.beta, f0 is not None, images.clone()))
         return real(ft, f0, head, images, labels, spurious, s)
 
     monkeypatch.setattr(meta, "fdalign_forward", spy)
-    rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--test-episodes", "0", "--epochs", "1"))
+    rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--test-episodes", "0"))
     assert rc == 0
-    assert [(n, b, f0) for n, _, b, f0 in seen] == [(2 * 3 * 3, 20.0, True)] * 2
+    assert [(n, b, f0) for n, _, b, f0, _ in seen] == [(2 * 3 * 3, 20.0, True)] * 4  # 2 epochs x 2 steps
     assert seen[0][1].tolist() == [0, 0, 1, 1, 2, 2] * 2
+    assert not torch.equal(seen[0][4], seen[2][4])  # epoch 2 draws new episodes
 
 
 def test_meta_train_user_errors(tiny_openclip, data, tmp_path, capsys):
