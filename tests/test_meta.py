@@ -104,7 +104,9 @@ def test_meta_train_resume_matches_uninterrupted(tiny_openclip, data, tmp_path):
     splits = load_class_splits(data["mini"])
 
     def run(out, stop_after=None, resume=False):
-        args = build_parser().parse_args(_train_args(tiny_openclip, data, out, *(["--resume"] if resume else [])))
+        # --selection last: the returned weights are the last epoch's, which the resumed run must reach
+        extra = ["--selection", "last"] + (["--resume"] if resume else [])
+        args = build_parser().parse_args(_train_args(tiny_openclip, data, out, *extra))
         cfg = _config(args)
         backend = load_clip(None, pretrained=cfg.pretrained, model_config=cfg.model_config)
         protos = build_prototypes(backend, splits["base"].classnames, TEMPLATES, spc=SPCConfig(keep=3, k=2))
@@ -154,9 +156,17 @@ def test_meta_train_loss_is_fdalign_forward_on_all_images(tiny_openclip, data, t
         seen.append((images.shape[0], labels.clone(), s.beta, f0 is not None, images.clone()))
         return real(ft, f0, head, images, labels, spurious, s)
 
+    class EpisodeSpy(meta.EpisodeDataset):
+        def __init__(self, pool, *a, **k):
+            seen_splits.append(pool.split.name)
+            super().__init__(pool, *a, **k)
+
+    seen_splits = []
     monkeypatch.setattr(meta, "fdalign_forward", spy)
+    monkeypatch.setattr(meta, "EpisodeDataset", EpisodeSpy)
     rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--test-episodes", "0"))
     assert rc == 0
+    assert seen_splits == ["base", "base"]  # training episodes come from the base classes only
     assert [(n, b, f0) for n, _, b, f0, _ in seen] == [(2 * 3 * 3, 20.0, True)] * 4  # 2 epochs x 2 steps
     assert seen[0][1].tolist() == [0, 0, 1, 1, 2, 2] * 2
     assert not torch.equal(seen[0][4], seen[2][4])  # epoch 2 draws new episodes
