@@ -180,3 +180,22 @@ def test_meta_train_user_errors(tiny_openclip, data, tmp_path, capsys):
     assert rc == 2
     assert "'novel' has 0 with at least 7 images" in capsys.readouterr().err
     assert not (tmp_path / "r" / "config.yaml").exists()  # failed before loading a model
+
+
+def test_meta_eval_of_a_kshot_train_run(tiny_openclip, data, tmp_path, capsys):
+    """A run of `fdalign train` is evaluated on episodes too: its encoder beside the pretrained one."""
+    from test_cli_train import CLASSES
+
+    idf = make_imagefolder(tmp_path / "id", CLASSES, n_train=4, n_test=1, seed=3)
+    run = tmp_path / "kshot"
+    assert main(["train", "--model-config", str(tiny_openclip["config"]), "--pretrained", str(tiny_openclip["checkpoint"]),
+                 "--data", str(idf), "--shots", "2", "--epochs", "1", "--batch-size", "3", "--num-workers", "0",
+                 "--templates", str(data["templates"]), "--spc-keep", "3", "--spc-k", "2", "--wiseft-alphas", "1",
+                 "--device", "cpu", "--no-progress", "--no-tensorboard", "--out", str(run)]) == 0
+    rc = main(["meta-eval", str(run), "--data", "none", "--target", f"t2={data['t2']}", "--episodes", "5",
+               "--ways", "2", "--shots", "1", "--queries", "2", "--heads", "proto", "--templates", str(data["templates"]),
+               "--out", str(tmp_path / "ep"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "ep" / "metrics.json").read_text())["metrics"]
+    assert set(m["t2"]["2-way 1-shot"]) == {"fine-tuned", "zero-shot"}
+    assert set(m["t2"]["2-way 1-shot"]["fine-tuned"]) == {"proto", "_skipped_classes"}
