@@ -32,8 +32,11 @@ def data(tmp_path_factory):
     write_class_splits(d / "mini", ROLES, per_class=4)
     t1 = make_imagefolder(d / "t1", ["oak", "pine", "elm"], n_train=0, n_test=4, seed=1) / "test"
     t2 = make_imagefolder(d / "t2", ["cat", "dog", "cow", "hen"], n_train=2, n_test=2, seed=2)
+    t3 = make_imagefolder(d / "t3", ["ash", "fir", "yew"], n_train=0, n_test=4, seed=3) / "test"
+    make_imagefolder(d / "t3small", ["bay"], n_train=0, n_test=2, seed=4)
+    (d / "t3small" / "test" / "bay").rename(t3 / "bay")  # one class too small for 1 shot + 2 queries
     (d / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
-    return {"mini": d / "mini", "t1": t1, "t2": t2, "templates": d / "templates.txt"}
+    return {"mini": d / "mini", "t1": t1, "t2": t2, "t3": t3, "templates": d / "templates.txt"}
 
 
 def _train_args(tiny, data, out, *extra):
@@ -72,12 +75,15 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
     assert any(not torch.equal(ft[k], base[k]) for k in base)
 
     rc = main(["meta-eval", str(out), "--target", f"t1={data['t1']}", "--target", f"t2={data['t2']}",
+               "--target", f"t3={data['t3']}",
                "--episodes", "25", "--ways", "3", "--shots", "1", "2", "--queries", "2", "--runs", "2",
                "--templates", str(data["templates"]), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "episodes" / "metrics.json").read_text())
     m = doc["metrics"]
-    assert list(m) == ["novel", "t1", "t2"]
+    assert list(m) == ["novel", "t1", "t2", "t3"]
+    assert doc["settings"]["skipped classes (fewer than K+Q images)"]["t3"] == {"3-way 1-shot": 1, "3-way 2-shot": 1}
+    assert doc["settings"]["skipped classes (fewer than K+Q images)"]["t2"] == {"3-way 1-shot": 0, "3-way 2-shot": 0}
     for per_spec in m.values():
         assert list(per_spec) == ["3-way 1-shot", "3-way 2-shot"]
         for per_model in per_spec.values():
@@ -198,4 +204,4 @@ def test_meta_eval_of_a_kshot_train_run(tiny_openclip, data, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "ep" / "metrics.json").read_text())["metrics"]
     assert set(m["t2"]["2-way 1-shot"]) == {"fine-tuned", "zero-shot"}
-    assert set(m["t2"]["2-way 1-shot"]["fine-tuned"]) == {"proto", "_skipped_classes"}
+    assert set(m["t2"]["2-way 1-shot"]["fine-tuned"]) == {"proto"}

@@ -263,11 +263,10 @@ def _evaluate_and_write(models, tests, settings, backend, batch_size, num_worker
     dev = resolve_device(device)
     for enc, _ in models.values():
         enc.to(dev)
-    metrics = evaluate_episodes(models, tests, settings, transform=backend.preprocess_eval(), batch_size=batch_size,
+    metrics, skipped = evaluate_episodes(models, tests, settings, transform=backend.preprocess_eval(), batch_size=batch_size,
                                 device=dev, precision=precision if dev.type == "cuda" else "fp32",
                                 num_workers=num_workers, progress=progress)
     print(episodes_table(metrics))
-    skipped = {t: {s: next(iter(m.values()))["_skipped_classes"] for s, m in per.items()} for t, per in metrics.items()}
     if any(v for per in skipped.values() for v in per.values()):
         print(f"classes skipped for having fewer than K+Q images: {skipped}", file=sys.stderr)
     if out is not None:
@@ -328,6 +327,7 @@ def _load_run_models(run_dir: Path, no_zeroshot: bool):
     import yaml
 
     from fdalign.errors import FDAlignError
+    from fdalign.io import read_json
     from fdalign.train.run import CONFIG_FILE, SELECTION_FILE
 
     cfg_path = run_dir / CONFIG_FILE
@@ -353,7 +353,7 @@ def _load_run_models(run_dir: Path, no_zeroshot: bool):
     if not no_zeroshot:
         models["zero-shot"] = (zs, 10.0)
     sel_path = run_dir / SELECTION_FILE
-    sel = yaml.safe_load(sel_path.read_text(encoding="utf-8")) if sel_path.is_file() else {}
+    sel = read_json(sel_path, "selection file") if sel_path.is_file() else {}
     return backend, models, cfg.to_dict(), {"epoch": _selection_line((sel or {}).get("epoch", {}))}
 
 

@@ -143,16 +143,18 @@ def evaluate_episodes(
     precision: str = "fp32",
     num_workers: int = 0,
     progress: bool = False,
-) -> dict:
+) -> tuple[dict, dict]:
     """Score ``{model name: (encoder, proto scale)}`` on every target, spec and head.
 
-    Returns ``{target: {spec name: {model: {head: summary}}}}`` with :func:`summarize` rows
-    (accuracies in percent). Episodes are the same for every model (same seed and indices).
+    Returns ``(metrics, skipped)``: ``metrics[target][spec name][model][head]`` is a
+    :func:`summarize` row (accuracies in percent); ``skipped[target][spec name]`` counts the classes
+    left out for having fewer than K+Q images. Every model sees the same episodes.
     """
     from fdalign.data.datasets import ImageDataset
     from fdalign.eval.features import extract_features
 
     metrics: dict = {}
+    skipped: dict = {}
     for target in targets:
         plans = plan_episodes(target.split, settings)
         used = used_samples(plans)
@@ -175,9 +177,9 @@ def evaluate_episodes(
                     ), settings.runs)
                     for h in heads
                 }
-                per_spec[name][model]["_skipped_classes"] = len(pool.skipped)
         metrics[target.name] = per_spec
-    return metrics
+        skipped[target.name] = {name: len(pool.skipped) for name, (pool, _) in plans.items()}
+    return metrics, skipped
 
 
 def episodes_table(metrics: dict) -> str:
@@ -186,7 +188,7 @@ def episodes_table(metrics: dict) -> str:
     rows: list[tuple[str, str]] = []
     for t, s in cols:
         for model, per_head in metrics[t][s].items():
-            rows += [(model, h) for h in per_head if not h.startswith("_") and (model, h) not in rows]
+            rows += [(model, h) for h in per_head if (model, h) not in rows]
     header = ["model", "head"] + [f"{t} {s}" for t, s in cols]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(cols)]
     for model, h in rows:
@@ -212,7 +214,7 @@ def render_episode_report(metrics: dict, *, title: str, settings: dict, selectio
              episodes_table(metrics), "", "## Heads", ""]
     lines += [f"- **{h}**: {d}" for h, d in HEAD_DESCRIPTIONS.items()]
     released = [(t, s, m, h, r) for t, per in metrics.items() for s, pm in per.items() for m, ph in pm.items()
-                for h, r in ph.items() if isinstance(r, dict) and "released_ci95" in r]
+                for h, r in ph.items() if "released_ci95" in r]
     if released:
         lines += ["", "## The authors' interval (1.96·std of the run means)", ""]
         lines += [f"- {t} {s} {m} / {h}: {r['mean']:.2f} ± {r['released_ci95']:.2f} over {r['runs']} runs"
