@@ -59,6 +59,10 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
     assert sel["epoch"]["on"].startswith("val classes") and "over 3 classes" in sel["epoch"]["on"]  # not novel's 4
     assert sel["epoch"]["chosen"] in (1, 2)
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 2 * 2
+    from fdalign.train.meta import MetaConfig
+
+    cfg = MetaConfig.from_yaml(out / "config.yaml")
+    assert (cfg.n_way, cfg.k_shot, cfg.q_query, cfg.beta, cfg.target) == (3, 1, 2, 20.0, [f"t1={data['t1']}"])
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["metrics"]) == {"novel", "t1"} and set(doc["hashes"]) == {"novel", "t1"}
 

@@ -13,7 +13,7 @@ Fine-tune a CLIP image encoder with FD-Align on N-way K-shot episodes of the bas
 (ProtoNet head: cosine to the mean support feature, learned scale), CE over the queries plus
 beta x the spurious KL on every episode image; spurious prototypes come from the base class names
 (with SPC). The epoch is chosen on episodes of the val classes. Afterwards the novel classes and
-every --target are tested (5-way 1-shot and 5-shot, 2000 episodes, mean ± 95%% interval), the
+every --target are tested (5-way 1-shot and 5-shot, 2000 episodes, mean ± 95% interval), the
 fine-tuned encoder beside zero-shot CLIP.
 
 The run directory (--out) holds config.yaml, hashes.json, log.csv, checkpoint/last.*,
@@ -25,7 +25,7 @@ example:
 """
 
 EVAL_DESCRIPTION = """\
-N-way K-shot evaluation: mean query accuracy over --episodes episodes with a 95%% interval
+N-way K-shot evaluation: mean query accuracy over --episodes episodes with a 95% interval
 (1.96·std/√episodes), per target and setting, for each head (proto: mean support feature;
 text: zero-shot prototypes of the episode's class names; combined: both). Features are computed
 once per image; episodes are drawn on indices from --seed, the same on every machine.
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     add_config_arguments(t, MetaConfig)
     t.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("meta-eval", help="N-way K-shot episode accuracy with 95%% intervals (novel classes, "
+    e = subparsers.add_parser("meta-eval", help="N-way K-shot episode accuracy with 95% intervals (novel classes, "
                               "cross-domain targets)", description=EVAL_DESCRIPTION, formatter_class=HelpFormatter)
     e.add_argument("target_model", metavar="RUN_OR_MODEL", help="run directory, or CLIP model name")
     e.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (model name only)")

@@ -411,7 +411,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = None) -> N
         elif typing.get_origin(inner) is list:
             elem = typing.get_args(inner)[0]
             kw["type"] = elem
-            if f.name == "ood":
+            if f.name in ("ood", "target"):  # NAME=PATH lists (meta-train calls them targets)
                 kw.update(action="extend", nargs="+", metavar="NAME=PATH")
             elif f.name in ("crop_scale", "adam_betas"):
                 kw.update(nargs=2, metavar=("LO", "HI") if f.name == "crop_scale" else ("B1", "B2"))
