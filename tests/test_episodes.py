@@ -160,6 +160,14 @@ def test_split_file_naming_missing_images_lists_first_few_and_total(tmp_path):
         load_class_splits(root)
 
 
+def test_class_splits_must_be_disjoint(tmp_path):
+    from _synth import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "kshot", ["x", "y"], n_train=2, n_test=2)  # train/ and test/: same classes
+    with pytest.raises(FDAlignError, match=r"2 class\(es\) are in both the base and the novel split \(x, y\)"):
+        load_class_splits(root)
+
+
 def test_target_used_whole(tmp_path):
     from _synth import make_imagefolder
 

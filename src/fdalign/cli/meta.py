@@ -295,12 +295,19 @@ def run_eval(args: argparse.Namespace) -> int:
     targets = _parse_targets(args.target)
     progress = not args.no_progress and sys.stderr.isatty()
     run_dir = Path(args.target_model)
+    run_cfg = _read_run_config(run_dir) if run_dir.is_dir() else {}
+    if "n_way" in run_cfg and args.data is None:  # a meta-train run's own class splits, read before any model loads
+        args.data = run_cfg.get("data")
+        args.image_root = args.image_root or run_cfg.get("image_root")
+        args.classnames = args.classnames or run_cfg.get("classnames")
+    splits = {}
+    if args.data and args.data != "none":
+        splits = load_class_splits(args.data, args.image_root, args.classnames)
+    if "novel" not in splits and not targets:
+        raise FDAlignError("nothing to test: pass --data with a novel split (test.csv or novel/) and/or --target NAME=PATH")
+    named = _test_splits(splits, targets, settings)
     if run_dir.is_dir():
         backend, models, run_cfg, selection = _load_run_models(run_dir, args.no_zeroshot)
-        if args.data is None:
-            args.data = run_cfg.get("data")
-            args.image_root = args.image_root or run_cfg.get("image_root")
-            args.classnames = args.classnames or run_cfg.get("classnames")
         out = Path(args.out) if args.out else run_dir / "episodes"
         title = f"N-way K-shot evaluation of run {run_dir.name}"
     else:
@@ -309,32 +316,34 @@ def run_eval(args: argparse.Namespace) -> int:
         backend = load_clip(args.target_model, pretrained=args.pretrained, model_config=args.model_config, device="cpu")
         models, run_cfg, out, title = {"zero-shot": (backend.image_encoder, 10.0)}, {}, args.out, f"Zero-shot {backend.name}"
         selection = {"zero-shot": "nothing selected: CLIP weights, no training or validation data"}
-    splits = {}
-    if args.data and args.data != "none":
-        splits = load_class_splits(args.data, args.image_root, args.classnames)
-    if "novel" not in splits and not targets:
-        raise FDAlignError("nothing to test: pass --data with a novel split (test.csv or novel/) and/or --target NAME=PATH")
-    tests = _with_prototypes(backend, _test_splits(splits, targets, settings), templates, args.no_cache, progress)
+    tests = _with_prototypes(backend, named, templates, args.no_cache, progress)
     selection = dict(selection, **{"test sets": "only evaluated, never used to select anything"})
     return _evaluate_and_write(models, tests, settings, backend, args.batch_size, args.num_workers, args.device,
                                args.precision, progress, out, selection, title, extra={"run_config": run_cfg})
+
+
+def _read_run_config(run_dir: Path) -> dict:
+    """``run_dir/config.yaml`` as a mapping (a meta-train run's MetaConfig, or a train run's TrainConfig)."""
+    import yaml
+
+    from fdalign.errors import FDAlignError
+    from fdalign.train.run import CONFIG_FILE
+
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FDAlignError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a run of `fdalign meta-train` "
+                           "or `fdalign train`, or a CLIP model name")
+    return yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
 
 
 def _load_run_models(run_dir: Path, no_zeroshot: bool):
     """``(backend, {name: (encoder, proto scale)}, run config dict, selection)`` of a meta-train or train run."""
     import copy
 
-    import yaml
-
-    from fdalign.errors import FDAlignError
     from fdalign.io import read_json
     from fdalign.train.run import CONFIG_FILE, SELECTION_FILE
 
-    cfg_path = run_dir / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FDAlignError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a run of `fdalign meta-train` "
-                           "or `fdalign train`, or a CLIP model name")
-    raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    raw = _read_run_config(run_dir)
     if "n_way" not in raw:  # a K-shot run of `fdalign train`
         from fdalign.train.run import load_run
 
@@ -345,7 +354,7 @@ def _load_run_models(run_dir: Path, no_zeroshot: bool):
         return loaded.backend, models, {"kshot_run": str(run_dir)}, {"epoch": _selection_line(loaded.selection.get("epoch", {}))}
     from fdalign.train.meta import MetaConfig
 
-    cfg = MetaConfig.from_yaml(cfg_path)
+    cfg = MetaConfig.from_yaml(run_dir / CONFIG_FILE)
     backend, state, meta = _load_meta_model(run_dir, cfg)
     zs = copy.deepcopy(backend.image_encoder)
     backend.image_encoder.load_state_dict(state)

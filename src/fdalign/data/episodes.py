@@ -75,7 +75,22 @@ def load_class_splits(
             f"{root} holds no class splits: expected train.csv/val.csv/test.csv (miniImageNet) or "
             "base/ val/ novel/ folders of class folders"
         )
+    _check_disjoint(splits, root)
     return _name_classes(splits, classnames) if classnames else splits
+
+
+def _check_disjoint(splits: dict[str, LabeledSplit], root: Path) -> None:
+    """Base, val and novel must not share a class: a shared one would leak into the test episodes."""
+    roles = list(splits)
+    for i, a in enumerate(roles):
+        for b in roles[i + 1:]:
+            both = sorted(set(splits[a].class_keys or splits[a].classnames) & set(splits[b].class_keys or splits[b].classnames))
+            if both:
+                raise FDAlignError(
+                    f"{root}: {len(both)} class(es) are in both the {a} and the {b} split ({', '.join(both[:5])}); "
+                    "class splits must be disjoint (an ImageFolder with train/ and test/ of the same classes is a "
+                    "K-shot data set: use it as a --target or with `fdalign train`)"
+                )
 
 
 def _load_dir_splits(root: Path) -> dict[str, LabeledSplit]:
