@@ -271,3 +271,33 @@ def test_data_check_knows_minimagenet_sizes(tmp_path, capsys):
     assert main(["data", "check", str(root), "--benchmark", "miniImageNet", "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "base   2 classes but miniImageNet has 64" in out and "novel  2 classes but miniImageNet has 20" in out
+
+
+def test_evaluate_episodes_reuses_features_and_each_models_scale(tmp_path):
+    """Encoding only the used images (re-indexed) gives the accuracies of scoring on the whole split's
+    features; a model's ProtoNet scale reaches the combined head (tiny -> text decides, huge -> proto)."""
+    from _synth import make_imagefolder
+    from torchvision import transforms as T
+
+    from fdalign.eval.episodes import EpisodeEvalSettings, EpisodeTarget, evaluate_episodes, plan_episodes, used_samples
+    from fdalign.eval.features import extract_features
+    from fdalign.data.datasets import ImageDataset
+
+    split = load_target(make_imagefolder(tmp_path / "t", [f"k{i}" for i in range(6)], 0, 12, size=8), name="t")
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
+    protos = torch.randn(6, 16)
+    spec = EpisodeSpec(3, 1, 2)
+    settings = EpisodeEvalSettings(specs=[spec], episodes=8, seed=4, heads=("proto", "text", "combined"))
+    assert len(used_samples(plan_episodes(split, settings))) < len(split)  # only some images get encoded
+    metrics, skipped = evaluate_episodes({"small": (enc, 1e-6), "large": (enc, 1e6)}, [EpisodeTarget("t", split, protos)],
+                                         settings, transform=T.ToTensor())
+    m = metrics["t"]["3-way 1-shot"]
+    feats, _ = extract_features(enc, ImageDataset(split, T.ToTensor()), progress=False)
+    eps = sample_episodes(class_pool(split, spec), spec, 4, range(8))
+    for head in ("proto", "text"):
+        want = episode_accuracy(feats, eps, spec, head, class_prototypes=protos).mean().item()
+        assert m["small"][head]["mean"] == pytest.approx(want, abs=1e-4)
+    assert m["small"]["combined"]["mean"] == pytest.approx(m["small"]["text"]["mean"])
+    assert m["large"]["combined"]["mean"] == pytest.approx(m["large"]["proto"]["mean"])
+    assert m["small"]["text"]["mean"] != m["small"]["proto"]["mean"] and skipped == {"t": {"3-way 1-shot": 0}}
