@@ -188,7 +188,7 @@ def test_meta_train_user_errors(tiny_openclip, data, tmp_path, capsys):
     assert "4-way episodes need 4 classes but 'val' has 3" in capsys.readouterr().err
     rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--test-shots", "5"))
     assert rc == 2
-    assert "'novel' has 0 with at least 7 images" in capsys.readouterr().err
+    assert "only 0 of the 4 classes of 'novel' have that many" in capsys.readouterr().err
     assert not (tmp_path / "r" / "config.yaml").exists()  # failed before loading a model
 
 
@@ -209,3 +209,17 @@ def test_meta_eval_of_a_kshot_train_run(tiny_openclip, data, tmp_path, capsys):
     m = json.loads((tmp_path / "ep" / "metrics.json").read_text())["metrics"]
     assert set(m["t2"]["2-way 1-shot"]) == {"fine-tuned", "zero-shot"}
     assert set(m["t2"]["2-way 1-shot"]["fine-tuned"]) == {"proto"}
+
+
+def test_meta_eval_of_a_model_name_is_zero_shot_only(tiny_openclip, data, tmp_path, capsys):
+    rc = main(["meta-eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
+               str(tiny_openclip["checkpoint"]), "--data", str(data["mini"]), "--episodes", "5", "--ways", "3",
+               "--shots", "1", "--queries", "2", "--heads", "proto", "text", "--templates", str(data["templates"]),
+               "--device", "cpu", "--out", str(tmp_path / "zs"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "zs" / "metrics.json").read_text())["metrics"]
+    assert list(m) == ["novel"] and list(m["novel"]["3-way 1-shot"]) == ["zero-shot"]
+    assert set(m["novel"]["3-way 1-shot"]["zero-shot"]) == {"proto", "text"}
+    rc = main(["meta-eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--data", str(data["mini"]),
+               "--ways", "9", "--templates", str(data["templates"])])
+    assert rc == 2 and "9-way episodes need 9 classes but 'novel' has 4;" in capsys.readouterr().err

@@ -239,11 +239,14 @@ def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip") -
             "lower --queries or pass --on-small skip to leave them out"
         )
     keep = [c for c in range(split.num_classes) if counts[c] >= spec.per_class]
+    present = int((counts > 0).sum())
+    if present < spec.n_way:
+        raise FDAlignError(f"{spec.n_way}-way episodes need {spec.n_way} classes but '{split.name}' has {present}; "
+                           "lower --ways")
     if len(keep) < spec.n_way:
-        extra = f" ({len(small)} more have fewer than K+Q = {spec.per_class} images)" if small else ""
         raise FDAlignError(
-            f"{spec.n_way}-way episodes need {spec.n_way} classes but '{split.name}' has {len(keep)} with at least "
-            f"{spec.per_class} images{extra}; lower --ways"
+            f"{spec.n_way}-way episodes need {spec.n_way} classes with at least K+Q = {spec.per_class} images but only "
+            f"{len(keep)} of the {present} classes of '{split.name}' have that many; lower --ways, the shots or --queries"
         )
     return ClassPool(split, keep, [groups[c] for c in keep], small)
 
