@@ -183,6 +183,10 @@ def test_meta_train_loss_is_fdalign_forward_on_all_images(tiny_openclip, data, t
 
 
 def test_meta_train_user_errors(tiny_openclip, data, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimizer: adam\n")
+    assert main(_train_args(tiny_openclip, data, tmp_path / "r", "--config", str(bad))) == 2
+    assert "optimizer = 'adam' is not one of sgd, adamw" in capsys.readouterr().err
     rc = main(_train_args(tiny_openclip, data, tmp_path / "r", "--n-way", "4"))
     assert rc == 2
     assert "4-way episodes need 4 classes but 'val' has 3" in capsys.readouterr().err

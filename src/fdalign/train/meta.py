@@ -120,6 +120,9 @@ class MetaConfig:
 
     def validate(self) -> "MetaConfig":
         self.spec  # noqa: B018  (EpisodeSpec checks N, K, Q)
+        for f in dataclasses.fields(self):  # choices matter in YAML files too, where argparse does not look
+            if "choices" in f.metadata and getattr(self, f.name) not in f.metadata["choices"]:
+                raise FDAlignError(f"{f.name} = {getattr(self, f.name)!r} is not one of {', '.join(f.metadata['choices'])}")
         for name in ("episodes_per_step", "episodes_per_epoch", "val_episodes", "epochs"):
             if getattr(self, name) < 1:
                 raise FDAlignError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
