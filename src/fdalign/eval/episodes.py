@@ -120,6 +120,13 @@ def used_samples(plans: dict[str, tuple[ClassPool, Episodes]]) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
 
+def reindex(episodes: Episodes, used: np.ndarray, size: int) -> Episodes:
+    """``episodes`` with sample indices into ``split.subset(used)`` instead of the ``size``-sample split."""
+    position = np.full(size, -1, dtype=np.int64)
+    position[used] = np.arange(len(used))
+    return Episodes(episodes.classes, position[episodes.support], position[episodes.query], episodes.index)
+
+
 def summarize(acc: torch.Tensor, runs: int) -> dict:
     """Mean, interval and sizes of per-episode accuracies (``runs`` equal consecutive runs)."""
     vals = acc.tolist()
@@ -158,8 +165,6 @@ def evaluate_episodes(
     for target in targets:
         plans = plan_episodes(target.split, settings)
         used = used_samples(plans)
-        position = np.full(len(target.split), -1, dtype=np.int64)
-        position[used] = np.arange(len(used))
         ds = ImageDataset(target.split.subset(used.tolist()), transform)
         heads = [h for h in settings.heads if h == "proto" or target.class_prototypes is not None]
         per_spec: dict = {name: {} for name in plans}
@@ -168,7 +173,7 @@ def evaluate_episodes(
                                         precision=precision, progress=progress, desc=f"{target.name} ({model})")
             feats = feats.to(device)
             for name, (pool, eps) in plans.items():
-                remapped = Episodes(eps.classes, position[eps.support], position[eps.query], eps.index)
+                remapped = reindex(eps, used, len(target.split))
                 spec = next(s for s in settings.specs if s.name == name)
                 per_spec[name][model] = {
                     h: summarize(episode_accuracy(
@@ -243,6 +248,6 @@ def write_episode_results(out, metrics: dict, *, title: str, settings: dict, sel
 
 __all__ = [
     "EpisodeEvalSettings", "EpisodeTarget", "HEAD_DESCRIPTIONS", "Z95", "episode_accuracy", "episodes_table",
-    "evaluate_episodes", "mean_ci", "plan_episodes", "released_interval", "render_episode_report", "summarize",
+    "evaluate_episodes", "mean_ci", "plan_episodes", "reindex", "released_interval", "render_episode_report", "summarize",
     "used_samples", "write_episode_results",
 ]

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from fdalign.data.episodes import ON_SMALL, EpisodeDataset, Episodes, EpisodeSpec, class_pool, sample_episodes
+from fdalign.data.episodes import ON_SMALL, EpisodeDataset, EpisodeSpec, class_pool, sample_episodes
 from fdalign.errors import FDAlignError
 from fdalign.heads.episodes import PROTO_SCALE_INIT, ProtoNetHead
 from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS, TrainConfig, _f
@@ -180,17 +180,14 @@ def episode_head(proto: ProtoNetHead, spec: EpisodeSpec, episodes: int):
 def _val_episodes(val_split, cfg: MetaConfig, transform):
     """The validation episodes and the val images they read, as an EvalSplit with role ``val``."""
     from fdalign.data.datasets import ImageDataset
-    from fdalign.eval.episodes import used_samples
+    from fdalign.eval.episodes import reindex, used_samples
 
     pool = class_pool(val_split, cfg.spec, cfg.on_small)
     eps = sample_episodes(pool, cfg.spec, cfg.seed, range(cfg.val_episodes))
     used = used_samples({"val": (pool, eps)})
-    position = torch.full((len(val_split),), -1, dtype=torch.int64).numpy()
-    position[used] = range(len(used))
-    eps = Episodes(eps.classes, position[eps.support], position[eps.query], eps.index)
     desc = (f"val classes: {cfg.val_episodes} {cfg.spec.name} episodes over {len(pool.classes)} classes "
             f"({len(used)} images)")
-    return EvalSplit(ImageDataset(val_split.subset(used.tolist()), transform), "val", desc), eps
+    return EvalSplit(ImageDataset(val_split.subset(used.tolist()), transform), "val", desc), reindex(eps, used, len(val_split))
 
 
 def _val_accuracy(encoder, proto: ProtoNetHead, split: EvalSplit, eps, cfg: MetaConfig, device) -> float:
