@@ -18,6 +18,7 @@ from fdalign.errors import FDAlignError
 COMMAND_MODULES = [
     "fdalign.cli.demo",
     "fdalign.cli.train",
+    "fdalign.cli.meta",
     "fdalign.cli.evaluate",
     "fdalign.cli.prototypes",
     "fdalign.cli.data",

@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fdalign.data.check import check_splits, find_benchmark, format_report
+
+    if _is_class_split_data(args):
+        return _check_class_splits(args)
     from fdalign.data.datasets import benchmark_from_filename, open_dataset
     from fdalign.errors import FDAlignError
 
@@ -112,6 +115,33 @@ def _warn_wnid_names(splits) -> None:
     w = wnid_name_warning(first.classnames, "this data set")
     if w:
         print(f"fdalign data: warning: {w}", file=sys.stderr)
+
+
+def _names_miniimagenet(text: str | None) -> bool:
+    return "miniimagenet" in (text or "").lower().replace("-", "").replace("_", "")
+
+
+def _is_class_split_data(args: argparse.Namespace) -> bool:
+    """miniImageNet-style CSVs, base/ val/ novel/ folders, or --benchmark miniImageNet."""
+    from pathlib import Path
+
+    p = Path(args.data)
+    return _names_miniimagenet(args.benchmark) or (p.is_dir() and ((p / "test.csv").is_file() or (p / "train.csv").is_file() or (p / "base").is_dir()))
+
+
+def _check_class_splits(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fdalign.data.check import MINIIMAGENET, check_class_splits, format_report
+    from fdalign.data.episodes import load_class_splits
+
+    splits = load_class_splits(args.data, args.image_root, args.classnames)
+    mini = _names_miniimagenet(args.benchmark) or (args.benchmark is None and _names_miniimagenet(Path(args.data).resolve().name))
+    report = check_class_splits(splits, MINIIMAGENET if mini else None, progress=not args.no_progress)
+    if mini:
+        print("benchmark: miniImageNet (expected 64/16/20 base/val/novel classes, 600 images each)")
+    print(format_report(report))
+    return 0 if report.ok else 1
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -318,3 +318,38 @@ def format_report(report: CheckReport) -> str:
         w = max(len(k) for k, _ in report.problems)
         lines += [f"  {k:<{w}}  {msg}" for k, msg in report.problems]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class-split benchmarks (N-way K-shot): classes per split and images per class
+
+
+@dataclass(frozen=True)
+class ClassSplitBenchmark:
+    name: str
+    classes: dict  # role -> number of classes
+    per_class: int
+
+
+MINIIMAGENET = ClassSplitBenchmark("miniImageNet", {"base": 64, "val": 16, "novel": 20}, 600)
+
+
+def check_class_splits(
+    splits: dict[str, LabeledSplit], benchmark: ClassSplitBenchmark | None = None, progress: bool = False
+) -> CheckReport:
+    """:func:`check_splits` on base/val/novel splits, plus their class counts and images per class."""
+    report = check_splits(splits, progress=progress)
+    if benchmark is None:
+        return report
+    for role, want in benchmark.classes.items():
+        split = splits.get(role)
+        if split is None:
+            report.problems.append((role, f"missing: {benchmark.name} has {want} {role} classes"))
+            continue
+        if split.num_classes != want:
+            report.problems.append((role, f"{split.num_classes} classes but {benchmark.name} has {want}"))
+        off = [(c, n) for c, n in zip(split.classnames, split.class_counts()) if n != benchmark.per_class]
+        if off:
+            shown = ", ".join(f"{c} ({n})" for c, n in off[:5])
+            report.problems.append((role, f"{len(off)} class(es) without {benchmark.per_class} images: {shown}"))
+    return report

@@ -416,12 +416,13 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field; defaults are SUPPRESSed so only explicit flags reach the
-    namespace (they then override --config / --preset), and the default is written into the help."""
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = None) -> None:
+    """One flag per field of ``cls`` (default :class:`TrainConfig`); defaults are SUPPRESSed so only explicit
+    flags reach the namespace (they then override --config / --preset), and the default is written into the help."""
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
         inner, _ = _unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
@@ -434,7 +435,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif typing.get_origin(inner) is list:
             elem = typing.get_args(inner)[0]
             kw["type"] = elem
-            if f.name == "ood":
+            if f.name in ("ood", "target"):  # NAME=PATH lists (meta-train calls them targets)
                 kw.update(action="extend", nargs="+", metavar="NAME=PATH")
             elif f.name in ("crop_scale", "adam_betas"):
                 kw.update(nargs=2, metavar=("LO", "HI") if f.name == "crop_scale" else ("B1", "B2"))
