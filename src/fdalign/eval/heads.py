@@ -217,6 +217,59 @@ def cache_data_for_model(data, image_root, classnames, shots: int, seed: int, tr
                      f"val ({val_shots(shots)}-shot of {where}, seed {seed}, {len(splits['val'])} images)")
 
 
+
+# ------------------------------------------------------------------------------------------------
+# the two `fdalign eval --heads` entry points (args: the eval command's options)
+
+
+def encoder_label(train_config: dict) -> str:
+    """The suffix of a run's rows: "FD-Align" (beta > 0), "FT" (beta 0) or "LP" (encoder frozen)."""
+    if train_config.get("mode") == "linear-probe":
+        return "LP"
+    return "FT" if float(train_config.get("beta", 1.0) or 0.0) == 0.0 else "FD-Align"
+
+
+def _config(args) -> HeadsConfig:
+    return HeadsConfig.from_yaml(args.heads_config) if getattr(args, "heads_config", None) else HeadsConfig()
+
+
+def _run_kw(args, progress) -> dict:
+    return dict(batch_size=args.batch_size, device=args.device, precision=args.precision, progress=progress,
+                num_workers=args.num_workers)
+
+
+def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bool = False) -> tuple[dict, dict]:
+    """``fdalign eval RUN --heads``: each head on zero-shot CLIP (``models["zero-shot"]``'s encoder,
+    absent with --no-zeroshot) and on the run's fine-tuned encoder; the cache is the run's K-shot split."""
+    heads, cfg = parse_heads(args.heads), _config(args)
+    train_cfg = dataclasses.asdict(loaded.config) if dataclasses.is_dataclass(loaded.config) else dict(loaded.config)
+    encoders = {}
+    if "zero-shot" in models:
+        encoders[""] = models["zero-shot"][0]
+    encoders[encoder_label(train_cfg)] = models["fine-tuned"][0]
+    data = cache_data_for_run(loaded.run_dir, loaded.backend.preprocess_eval())
+    if len(data.train.split.classnames) != len(loaded.classnames):
+        raise FDAlignError(f"{loaded.run_dir}/splits/train.json has {len(data.train.split.classnames)} classes but "
+                           f"the run's model {len(loaded.classnames)}; re-run `fdalign train`")
+    prototypes, scale = text_classifier(loaded.zeroshot_head)
+    metrics, selection = evaluate_heads(encoders, heads, prototypes, scale, data, eval_sets, cfg,
+                                        **_run_kw(args, progress))
+    selection["cache"] = f"the run's K-shot split ({len(data.train)} images of {loaded.run_dir}/splits/train.json)"
+    return metrics, selection
+
+
+def evaluate_model_heads(args, backend, zeroshot_head, eval_sets: dict, progress: bool = False) -> tuple[dict, dict]:
+    """``fdalign eval MODEL --data D --shots K --seed S --heads``: the cache is K images per class of D/train."""
+    heads, cfg = parse_heads(args.heads), _config(args)
+    data = cache_data_for_model(args.data, args.image_root, args.classnames, args.shots, args.seed,
+                                backend.preprocess_eval())
+    prototypes, scale = text_classifier(zeroshot_head)
+    metrics, selection = evaluate_heads({"": backend.image_encoder}, heads, prototypes, scale, data, eval_sets, cfg,
+                                        **_run_kw(args, progress))
+    selection["cache"] = f"{args.shots}-shot of {args.data} train split, seed {args.seed} ({len(data.train)} images)"
+    return metrics, selection
+
+
 __all__ = ["CacheData", "DISPLAY", "HEAD_NAMES", "HeadsConfig", "evaluate_heads", "fit_heads", "parse_heads",
            "row_name", "selection_record", "text_classifier", "cache_data_for_run",
-           "cache_data_for_model"]
+           "cache_data_for_model", "encoder_label", "evaluate_model_heads", "evaluate_run_heads"]
