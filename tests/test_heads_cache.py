@@ -256,3 +256,13 @@ def test_grid_values():
 
     with pytest.raises(FDAlignError, match="tip.beta"):
         grid_values("1:x:3", "tip.beta")
+
+
+def test_search_top1_breaks_ties_like_topk_accuracy():
+    from fdalign.eval.metrics import topk_accuracy
+    from fdalign.heads.cache import top1
+
+    logits = torch.tensor([[1.0, 1.0, 0.0], [2.0, 3.0, 3.0], [0.0, 0.0, 0.0], [5.0, 1.0, 5.0]])
+    for labels in ([0, 1, 0, 2], [1, 2, 2, 0], [0, 1, 1, 0]):
+        y = torch.tensor(labels)
+        assert top1(logits, y) == pytest.approx(topk_accuracy(logits, y, ks=(1,))[1])

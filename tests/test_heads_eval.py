@@ -206,3 +206,16 @@ def test_each_encoder_fits_its_heads_on_its_own_features(monkeypatch):
             assert torch.allclose(tf, enc(images[:6])) and torch.allclose(vf, enc(images[6:9])) and role == "val"
     assert list(metrics["test"]) == ["Tip", "Tip + FT", "Tip-F", "Tip-F + FT"]
     assert sel["Tip-F + FT: epoch"]["on"] == "v"
+
+
+def test_heads_config_errors_name_the_field():
+    from fdalign.errors import FDAlignError
+    from fdalign.eval.heads import HeadsConfig
+
+    for d, field in (({"tip": {"fit": {"epochs": -1}}}, "tip.fit.epochs"), ({"ape": {"lam": 2}}, "ape.lam"),
+                     ({"chunk": 0}, "chunk"), ({"ape": {"gamma": "a,b"}}, "ape.gamma"),
+                     ({"ape": {"channels": "0,0.5"}}, "ape.channels"), ({"tip": 3}, "tip")):
+        with pytest.raises(FDAlignError, match=f"'{field}'"):
+            HeadsConfig.from_dict(d, "h.yaml")
+    cfg = HeadsConfig.from_dict({"tip": {"beta": "1,2", "fit": {"epochs": 3}}})
+    assert cfg.tip.beta == "1,2" and cfg.tip.fit.epochs == 3 and cfg.tip.alpha == "0.1:3:20"

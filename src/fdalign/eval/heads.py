@@ -41,7 +41,40 @@ class HeadsConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "heads config") -> "HeadsConfig":
         """Nested ``{"tip": {...,"fit": {...}}, "ape": {...}, "chunk": n}``; unknown keys are an error."""
-        return _build(cls, d or {}, source, "")
+        cfg = _build(cls, d or {}, source, "")
+        cfg.check(source)
+        return cfg
+
+    def check(self, source: str = "heads config") -> None:
+        """Raise :class:`FDAlignError` naming the field for a value no head can use."""
+        from fdalign.heads.cache import grid_values
+
+        def bad(field_name, value, want):
+            raise FDAlignError(f"{source}: field '{field_name}' is {value!r}; it must be {want}")
+
+        for name, sub in (("tip", self.tip), ("ape", self.ape)):
+            for g in ("alpha", "beta") + (("gamma", "channels") if name == "ape" else ()):
+                grid_values(getattr(sub, g), f"{name}.{g}")
+            f = sub.fit
+            for k, lo in (("epochs", 0), ("batch_size", 1), ("seed", 0)):
+                if not isinstance(getattr(f, k), int) or getattr(f, k) < lo:
+                    bad(f"{name}.fit.{k}", getattr(f, k), f"an integer >= {lo}")
+            for k in ("lr", "eps", "weight_decay"):
+                if not isinstance(getattr(f, k), (int, float)) or getattr(f, k) < 0:
+                    bad(f"{name}.fit.{k}", getattr(f, k), "a number >= 0")
+        if any(v <= 0 for v in grid_values(self.ape.channels, "ape.channels")):
+            bad("ape.channels", self.ape.channels, "fractions of D in (0, 1] or channel counts > 1")
+        if not isinstance(self.ape.lam, (int, float)) or not 0 <= self.ape.lam <= 1:
+            bad("ape.lam", self.ape.lam, "a number in [0, 1]")
+        if not isinstance(self.chunk, int) or self.chunk < 1:
+            bad("chunk", self.chunk, "an integer >= 1")
+
+    def grids(self) -> str:
+        """The searched grids in one line, for the report."""
+        t, a = self.tip, self.ape
+        return (f"Tip/Tip-F: alpha {t.alpha}, beta {t.beta}; APE/APE-T: Q {a.channels}, alpha {a.alpha}, "
+                f"beta {a.beta}, gamma {a.gamma} (lam {a.lam}); Tip-F/APE-T: {t.fit.epochs}/{a.fit.epochs} "
+                f"epochs, lr {t.fit.lr:g}/{a.fit.lr:g}")
 
     @classmethod
     def from_yaml(cls, path) -> "HeadsConfig":
@@ -170,7 +203,9 @@ def evaluate_heads(
     models = {row_name(h, label): (enc, fitted[label][h]) for h in heads for label, enc in encoders.items()}
     metrics = run_evaluation(models, eval_sets, batch_size=batch_size, device=device, precision=precision,
                              progress=progress, num_workers=num_workers)
-    return metrics, selection_record(log)
+    record = selection_record(log)
+    record["search grids"] = cfg.grids()
+    return metrics, record
 
 
 def selection_record(log: SelectionLog) -> dict:

@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fdalign.errors import FDAlignError
-from fdalign.eval.metrics import topk_accuracy
 from fdalign.train.selection import EvalSplit, SelectionLog, select, select_by, val_score
 
 DEFAULT_CHUNK = 1024
@@ -53,8 +52,12 @@ def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 in percent (ties to the lower class index, as everywhere in fdalign)."""
-    return topk_accuracy(logits.float().cpu(), labels.cpu(), ks=(1,))[1]
+    """Top-1 in percent of ``[V, C]`` logits, on their device (a search scores thousands of candidates;
+    copying each to the CPU would dominate). ``argmax`` returns the first maximum, so ties go to the
+    lower class index exactly as in :func:`fdalign.eval.metrics.topk_accuracy`."""
+    if logits.shape[0] == 0:
+        return float("nan")
+    return 100.0 * (logits.argmax(1) == labels.to(logits.device)).double().mean().item()
 
 
 # ------------------------------------------------------------------------------------------------
