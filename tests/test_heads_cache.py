@@ -266,3 +266,16 @@ def test_search_top1_breaks_ties_like_topk_accuracy():
     for labels in ([0, 1, 0, 2], [1, 2, 2, 0], [0, 1, 1, 0]):
         y = torch.tensor(labels)
         assert top1(logits, y) == pytest.approx(topk_accuracy(logits, y, ks=(1,))[1])
+
+
+def test_trained_head_keeps_the_best_val_epoch_not_the_last():
+    protos, (kf, ky), (vf, vy), _ = _problem(seed=0, n_val=10)
+    head = TipAdapter(protos, 10.0, kf, ky, 2.0, 3.0, trainable=True)
+    log = SelectionLog()
+    val = feature_split(vf, vy, "val", "v")
+    cache_mod.fit_and_select_epoch("e", head, [head.keys], kf, ky, val, FitConfig(epochs=6, batch_size=4, lr=0.05), log)
+    entry = log.entries["e"]
+    scores = {int(k): v for k, v in entry["scores"].items()}
+    assert entry["chosen"] == max(scores, key=lambda e: (scores[e], -e)) != 6  # first best, not the last epoch
+    with torch.no_grad():
+        assert cache_mod.top1(head(vf), vy) == pytest.approx(scores[entry["chosen"]])

@@ -191,9 +191,9 @@ def test_each_encoder_fits_its_heads_on_its_own_features(monkeypatch):
     seen = {}
     real = heads_mod.fit_heads
 
-    def spy(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress):
+    def spy(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress, views=None):
         seen[label] = (tf, val.dataset.tensors[0], val.role)
-        return real(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress)
+        return real(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress, views)
 
     monkeypatch.setattr(heads_mod, "fit_heads", spy)
     cfg = heads_mod.HeadsConfig(tip=TipConfig("1,2", "1,3", FitConfig(epochs=1)))
@@ -219,3 +219,52 @@ def test_heads_config_errors_name_the_field():
             HeadsConfig.from_dict(d, "h.yaml")
     cfg = HeadsConfig.from_dict({"tip": {"beta": "1,2", "fit": {"epochs": 3}}})
     assert cfg.tip.beta == "1,2" and cfg.tip.fit.epochs == 3 and cfg.tip.alpha == "0.1:3:20"
+
+
+class _Jittered(torch.utils.data.Dataset):
+    """Stand-in for augmented images: each read adds noise from the global torch RNG, as transforms do."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.5 * torch.randn(self.x.shape[1]), int(self.y[i])
+
+
+def test_augmented_cache_views_are_averaged_seeded_and_read_one_per_epoch():
+    from torch.utils.data import TensorDataset
+
+    import fdalign.eval.heads as heads_mod
+    import fdalign.heads.cache as cache_mod
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=g), torch.arange(3).repeat(2)
+    enc = torch.nn.Linear(4, 5)
+    data = heads_mod.CacheData(TensorDataset(x, y), TensorDataset(x, y), "v", _Jittered(x, y))
+    cfg = heads_mod.HeadsConfig(views=3, view_seed=7)
+    kw = dict(batch_size=4, progress=False)
+    state = torch.random.get_rng_state()
+    (keys, labels), views = heads_mod.encode_cache(enc, data, cfg, kw)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert views.shape == (3, 6, 5) and torch.allclose(views.norm(dim=-1), torch.ones(3, 6))
+    assert torch.allclose(keys, views.mean(0)) and torch.equal(labels, y)
+    # view v is seeded view_seed + v: one view from seed 8 is the second of the run above
+    (_, _), one = heads_mod.encode_cache(enc, data, heads_mod.HeadsConfig(views=1, view_seed=8), kw)
+    assert torch.equal(one[0], views[1])
+    assert not torch.allclose(views[0], views[1])
+    # Tip-F reads view (e - 1) mod V in epoch e
+    from fdalign.heads.cache import FitConfig, feature_split
+    from fdalign.heads.tip import TipAdapter
+
+    head = TipAdapter(torch.randn(3, 5), 10.0, keys, labels, 1.0, 2.0, trainable=True)
+    inputs = []
+    head.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    cache_mod.fit_and_select_epoch("e", head, [head.keys], views, labels, feature_split(keys, labels, "val", "v"),
+                                   FitConfig(epochs=4, batch_size=6), None)
+    train_inputs = inputs[0::2]  # one batch per epoch, then the val scoring of that epoch
+    for epoch, view in ((1, 0), (2, 1), (3, 2), (4, 0)):
+        got = sorted(map(tuple, train_inputs[epoch - 1].tolist()))
+        assert got == sorted(map(tuple, views[view].tolist()))

@@ -37,6 +37,10 @@ class HeadsConfig:
     tip: TipConfig = field(default_factory=TipConfig)
     ape: APEConfig = field(default_factory=APEConfig)
     chunk: int = DEFAULT_CHUNK
+    # augmented views of each cache image (random crop + flip), averaged into the keys and read one
+    # per epoch by Tip-F / APE-T; Tip-Adapter uses 10. 0: the cache is its evaluation-transform encoding
+    views: int = 0
+    view_seed: int = 0
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "heads config") -> "HeadsConfig":
@@ -68,13 +72,16 @@ class HeadsConfig:
             bad("ape.lam", self.ape.lam, "a number in [0, 1]")
         if not isinstance(self.chunk, int) or self.chunk < 1:
             bad("chunk", self.chunk, "an integer >= 1")
+        for k in ("views", "view_seed"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 0:
+                bad(k, getattr(self, k), "an integer >= 0")
 
     def grids(self) -> str:
         """The searched grids in one line, for the report."""
         t, a = self.tip, self.ape
         return (f"Tip/Tip-F: alpha {t.alpha}, beta {t.beta}; APE/APE-T: Q {a.channels}, alpha {a.alpha}, "
                 f"beta {a.beta}, gamma {a.gamma} (lam {a.lam}); Tip-F/APE-T: {t.fit.epochs}/{a.fit.epochs} "
-                f"epochs, lr {t.fit.lr:g}/{a.fit.lr:g}")
+                f"epochs, lr {t.fit.lr:g}/{a.fit.lr:g}; cache views {self.views or 'none (evaluation transform)'}")
 
     @classmethod
     def from_yaml(cls, path) -> "HeadsConfig":
@@ -130,35 +137,40 @@ def text_classifier(head: PrototypeHead) -> tuple[torch.Tensor, float]:
 
 
 def fit_heads(heads, prototypes, scale, train_features, train_labels, val, cfg: HeadsConfig,
-              log: SelectionLog | None = None, label: str = "", progress: bool = False) -> dict[str, nn.Module]:
+              log: SelectionLog | None = None, label: str = "", progress: bool = False,
+              views: torch.Tensor | None = None) -> dict[str, nn.Module]:
     """Fit the requested heads on one encoder's features: ``{head name: module [B, D] -> [B, C]}``.
 
     ``train_features`` ``[N, D]`` / ``train_labels`` ``[N]`` are the cache; ``val`` an EvalSplit of
-    val features (role val). Tip-F starts from Tip, APE-T from APE, as in the papers.
+    val features (role val); ``views`` ``[V, N, D]`` augmented encodings that Tip-F / APE-T train on
+    (default: the cache itself). Tip-F starts from Tip, APE-T from APE, as in the papers.
     """
     out: dict[str, nn.Module] = {}
     dev = prototypes.device
     keys, y = train_features.to(dev), train_labels.to(dev)
+    fit_x = keys if views is None else views
     if "zeroshot" in heads:
         out["zeroshot"] = PrototypeHead(prototypes, scale).to(dev)
     if {"tip", "tip-f"} & set(heads):
         out["tip"] = fit_tip(prototypes, scale, keys, y, val, cfg.tip, log, row_name("tip", label), cfg.chunk)
     if "tip-f" in heads:
-        out["tip-f"] = fit_tip_f(out["tip"], keys, y, val, cfg.tip, log, row_name("tip-f", label), progress)
+        out["tip-f"] = fit_tip_f(out["tip"], fit_x, y, val, cfg.tip, log, row_name("tip-f", label), progress)
     if {"ape", "ape-t"} & set(heads):
         out["ape"] = fit_ape(prototypes, scale, keys, y, val, cfg.ape, log, row_name("ape", label), cfg.chunk)
     if "ape-t" in heads:
-        out["ape-t"] = fit_ape_t(out["ape"], keys, y, val, cfg.ape, log, row_name("ape-t", label), progress)
+        out["ape-t"] = fit_ape_t(out["ape"], fit_x, y, val, cfg.ape, log, row_name("ape-t", label), progress)
     return {h: out[h] for h in heads}
 
 
 @dataclass
 class CacheData:
-    """The images the heads learn from: the K-shot cache and the val split (both eval-transformed)."""
+    """The images the heads learn from: the K-shot cache and the val split (both eval-transformed),
+    and the cache with the training augmentation (for ``HeadsConfig.views``)."""
 
     train: Dataset
     val: Dataset
     val_description: str
+    augmented: Dataset | None = None
 
 
 def evaluate_heads(
@@ -195,17 +207,35 @@ def evaluate_heads(
         if id(enc) not in features:
             kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, precision=precision,
                       progress=progress)
-            features[id(enc)] = (extract_features(enc, data.train, desc="cache", **kw),
-                                 extract_features(enc, data.val, desc="val", **kw))
-        (tf, ty), (vf, vy) = features[id(enc)]
+            features[id(enc)] = (*encode_cache(enc, data, cfg, kw), extract_features(enc, data.val, desc="val", **kw))
+        (tf, ty), views, (vf, vy) = features[id(enc)]
         val = feature_split(vf, vy, "val", data.val_description)
-        fitted[label] = fit_heads(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress)
+        fitted[label] = fit_heads(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress, views)
     models = {row_name(h, label): (enc, fitted[label][h]) for h in heads for label, enc in encoders.items()}
     metrics = run_evaluation(models, eval_sets, batch_size=batch_size, device=device, precision=precision,
                              progress=progress, num_workers=num_workers)
     record = selection_record(log)
     record["search grids"] = cfg.grids()
     return metrics, record
+
+
+def encode_cache(encoder, data: CacheData, cfg: HeadsConfig, kw: dict):
+    """``((keys [N, D], labels [N]), views [V, N, D] or None)`` of one encoder.
+
+    Without views the keys are the evaluation-transform features. With ``cfg.views = V`` the cache
+    is encoded V times with the training augmentation (view v seeded ``view_seed + v``, without
+    touching the global RNG) and the keys are the mean of the normalised views, as Tip-Adapter does.
+    """
+    if cfg.views <= 0 or data.augmented is None:
+        return extract_features(encoder, data.train, desc="cache", **kw), None
+    views = []
+    for v in range(cfg.views):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.view_seed + v)
+            f, y = extract_features(encoder, data.augmented, desc=f"cache view {v + 1}/{cfg.views}", **kw)
+        views.append(torch.nn.functional.normalize(f, dim=-1))
+    views = torch.stack(views)
+    return (views.mean(0), y), views
 
 
 def selection_record(log: SelectionLog) -> dict:
@@ -228,7 +258,7 @@ def selection_record(log: SelectionLog) -> dict:
 # where the cache and val images come from
 
 
-def cache_data_for_run(run_dir, transform) -> CacheData:
+def cache_data_for_run(run_dir, transform, train_transform=None) -> CacheData:
     """A run's own K-shot split (``splits/train.json``) and val split (``splits/val.json``)."""
     from fdalign.data import ImageDataset, load_split
 
@@ -239,17 +269,19 @@ def cache_data_for_run(run_dir, transform) -> CacheData:
             raise FDAlignError(f"{p} does not exist; cache heads need the run's splits (re-run `fdalign train`)")
     train, val = (load_split(p) for p in paths)
     return CacheData(ImageDataset(train, transform), ImageDataset(val, transform),
-                     f"val ({len(val)} images of {paths[1]})")
+                     f"val ({len(val)} images of {paths[1]})", ImageDataset(train, train_transform or transform))
 
 
-def cache_data_for_model(data, image_root, classnames, shots: int, seed: int, transform) -> CacheData:
+def cache_data_for_model(data, image_root, classnames, shots: int, seed: int, transform,
+                         train_transform=None) -> CacheData:
     """``shots`` images per class of ``data``'s train split (seed ``seed``) and their val split."""
     from fdalign.data import ImageDataset, open_dataset, sample_fewshot, val_shots
 
     splits = sample_fewshot(open_dataset(data, image_root, classnames), shots, seed)
     where = "val/" if splits["val"].name == "val" else "train/, held out from the cache"
     return CacheData(ImageDataset(splits["train"], transform), ImageDataset(splits["val"], transform),
-                     f"val ({val_shots(shots)}-shot of {where}, seed {seed}, {len(splits['val'])} images)")
+                     f"val ({val_shots(shots)}-shot of {where}, seed {seed}, {len(splits['val'])} images)",
+                     ImageDataset(splits["train"], train_transform or transform))
 
 
 
@@ -282,7 +314,7 @@ def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bo
     if "zero-shot" in models:
         encoders[""] = models["zero-shot"][0]
     encoders[encoder_label(train_cfg)] = models["fine-tuned"][0]
-    data = cache_data_for_run(loaded.run_dir, loaded.backend.preprocess_eval())
+    data = cache_data_for_run(loaded.run_dir, loaded.backend.preprocess_eval(), loaded.backend.preprocess_train())
     if len(data.train.split.classnames) != len(loaded.classnames):
         raise FDAlignError(f"{loaded.run_dir}/splits/train.json has {len(data.train.split.classnames)} classes but "
                            f"the run's model {len(loaded.classnames)}; re-run `fdalign train`")
@@ -297,7 +329,7 @@ def evaluate_model_heads(args, backend, zeroshot_head, eval_sets: dict, progress
     """``fdalign eval MODEL --data D --shots K --seed S --heads``: the cache is K images per class of D/train."""
     heads, cfg = parse_heads(args.heads), _config(args)
     data = cache_data_for_model(args.data, args.image_root, args.classnames, args.shots, args.seed,
-                                backend.preprocess_eval())
+                                backend.preprocess_eval(), backend.preprocess_train())
     prototypes, scale = text_classifier(zeroshot_head)
     metrics, selection = evaluate_heads({"": backend.image_encoder}, heads, prototypes, scale, data, eval_sets, cfg,
                                         **_run_kw(args, progress))
@@ -307,4 +339,4 @@ def evaluate_model_heads(args, backend, zeroshot_head, eval_sets: dict, progress
 
 __all__ = ["CacheData", "DISPLAY", "HEAD_NAMES", "HeadsConfig", "evaluate_heads", "fit_heads", "parse_heads",
            "row_name", "selection_record", "text_classifier", "cache_data_for_run",
-           "cache_data_for_model", "encoder_label", "evaluate_model_heads", "evaluate_run_heads"]
+           "cache_data_for_model", "encode_cache", "encoder_label", "evaluate_model_heads", "evaluate_run_heads"]

@@ -160,9 +160,11 @@ def fit_and_select_epoch(
     log: SelectionLog | None,
     progress: bool = False,
 ) -> nn.Module:
-    """Train ``params`` of ``head`` with cross-entropy on ``[N, D]`` features; keep the best val epoch.
+    """Train ``params`` of ``head`` with cross-entropy; keep the best val epoch.
 
-    After every epoch the head is scored on ``val`` (through :func:`val_score`); the epoch is then
+    ``train_features`` is ``[N, D]``, or ``[V, N, D]``: V encoded (augmented) views of the same
+    images, epoch ``e`` reading view ``(e - 1) mod V``, as the papers draw a fresh augmentation of
+    the K-shot images every epoch. After every epoch the head is scored on ``val`` (through :func:`val_score`); the epoch is then
     chosen with :func:`select`, so a test split raises before any training. Shuffling uses a
     generator seeded with ``cfg.seed``: the same inputs give the same weights. With
     ``cfg.epochs == 0`` the head is returned unchanged and nothing is logged.
@@ -172,16 +174,18 @@ def fit_and_select_epoch(
     if cfg.epochs <= 0:
         return head
     val_score(val, lambda ds: 0.0)  # refuse a non-val split before spending any time
-    n = train_features.shape[0]
+    views = train_features if train_features.ndim == 3 else train_features[None]
+    n = views.shape[1]
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     opt = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = params[0].device
-    x, y = train_features.to(device), train_labels.to(device)
+    y = train_labels.to(device)
     scores, best, best_state = {}, None, None
     for epoch in tqdm(range(1, cfg.epochs + 1), desc=what, disable=not progress, leave=False):
         head.train()
+        x = views[(epoch - 1) % len(views)].to(device)
         for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
             idx = idx.to(device)
             loss = F.cross_entropy(head(x[idx]), y[idx])

@@ -117,6 +117,8 @@ def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg
               log: SelectionLog | None = None, name: str = "Tip-F", progress: bool = False) -> TipAdapter:
     """Tip-Adapter-F from a fitted Tip-Adapter: train its keys, keep the best val epoch, re-search alpha/beta.
 
+    ``train_features``: ``[N, D]`` or ``[V, N, D]`` augmented views (see :func:`fit_and_select_epoch`).
+
     Training starts from ``tip``'s alpha and beta. With ``cfg.fit.epochs == 0`` the keys stay the
     cache and the search repeats Tip-Adapter's, so the result equals ``tip``.
     """
