@@ -252,8 +252,6 @@ def selection_record(log: SelectionLog) -> dict:
     return out
 
 
-
-
 # ------------------------------------------------------------------------------------------------
 # where the cache and val images come from
 
@@ -282,7 +280,6 @@ def cache_data_for_model(data, image_root, classnames, shots: int, seed: int, tr
     return CacheData(ImageDataset(splits["train"], transform), ImageDataset(splits["val"], transform),
                      f"val ({val_shots(shots)}-shot of {where}, seed {seed}, {len(splits['val'])} images)",
                      ImageDataset(splits["train"], train_transform or transform))
-
 
 
 # ------------------------------------------------------------------------------------------------
