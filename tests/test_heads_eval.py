@@ -49,7 +49,8 @@ def trained(tiny_openclip, tmp_path_factory):
     ood = _noisy_folder(d / "ood", noise=160.0, n=4, seed=3)
     (d / "heads.yaml").write_text(HEADS_YAML)
     run = d / "run"
-    rc = main(["train", "--model-config", str(tiny_openclip["config"]), "--pretrained", str(tiny_openclip["checkpoint"]),
+    rc = main(["train", "--model-config", str(tiny_openclip["config"]),
+               "--pretrained", str(tiny_openclip["checkpoint"]),
                "--data", str(idf), "--shots", "2", "--epochs", "1", "--batch-size", "3", "--templates", "tip7",
                "--spc-keep", "5", "--spc-k", "2", "--wiseft-alphas", "0", "1", "--device", "cpu", "--lr", "1e-3",
                "--no-progress", "--ood", f"shifted={ood}", "--out", str(run)])

@@ -164,10 +164,10 @@ def fit_and_select_epoch(
 
     ``train_features`` is ``[N, D]``, or ``[V, N, D]``: V encoded (augmented) views of the same
     images, epoch ``e`` reading view ``(e - 1) mod V``, as the papers draw a fresh augmentation of
-    the K-shot images every epoch. After every epoch the head is scored on ``val`` (through :func:`val_score`); the epoch is then
-    chosen with :func:`select`, so a test split raises before any training. Shuffling uses a
-    generator seeded with ``cfg.seed``: the same inputs give the same weights. With
-    ``cfg.epochs == 0`` the head is returned unchanged and nothing is logged.
+    the K-shot images every epoch. After every epoch the head is scored on ``val`` (through
+    :func:`val_score`) and the epoch is chosen with :func:`select`; a split that is not val raises
+    before any training. Shuffling uses a generator seeded with ``cfg.seed``: the same inputs give
+    the same weights. With ``cfg.epochs == 0`` the head is returned unchanged and nothing is logged.
     """
     from tqdm.auto import tqdm
 
