@@ -269,3 +269,27 @@ def test_augmented_cache_views_are_averaged_seeded_and_read_one_per_epoch():
     for epoch, view in ((1, 0), (2, 1), (3, 2), (4, 0)):
         got = sorted(map(tuple, train_inputs[epoch - 1].tolist()))
         assert got == sorted(map(tuple, views[view].tolist()))
+
+
+def test_zeroshot_alone_encodes_no_cache(monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    import fdalign.eval.heads as heads_mod
+    import fdalign.eval.pipeline as pipeline
+    from fdalign.eval import EvalSet
+    from fdalign.heads import PrototypeHead
+
+    calls = []
+    for mod in (heads_mod, pipeline):
+        real = mod.extract_features
+        monkeypatch.setattr(mod, "extract_features",
+                            lambda e, ds, real=real, **kw: (calls.append(len(ds)), real(e, ds, **kw))[1])
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    enc, protos = torch.nn.Linear(4, 6), torch.randn(3, 6)
+    data = heads_mod.CacheData(TensorDataset(x[:3], y[:3]), TensorDataset(x[:3], y[:3]), "v")
+    m, _ = heads_mod.evaluate_heads({"": enc}, ["zeroshot"], protos, 7.0, data,
+                                    {"t": EvalSet("t", TensorDataset(x, y))})
+    assert calls == [5]
+    with torch.no_grad():
+        want = (PrototypeHead(protos, 7.0)(enc(x)).argmax(1) == y).double().mean().item() * 100
+    assert m["t"]["Zero-shot"]["top1"] == pytest.approx(want)

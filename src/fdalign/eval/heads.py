@@ -204,6 +204,9 @@ def evaluate_heads(
     fitted = {}
     for label, enc in encoders.items():
         enc.to(device)
+        if heads == ["zeroshot"]:  # nothing to fit: the cache and val images need no encoding
+            fitted[label] = {"zeroshot": PrototypeHead(prototypes, scale).to(device)}
+            continue
         if id(enc) not in features:
             kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, precision=precision,
                       progress=progress)
