@@ -152,11 +152,13 @@ def fit_heads(heads, prototypes, scale, train_features, train_labels, val, cfg: 
     if "zeroshot" in heads:
         out["zeroshot"] = PrototypeHead(prototypes, scale).to(dev)
     if {"tip", "tip-f"} & set(heads):
-        out["tip"] = fit_tip(prototypes, scale, keys, y, val, cfg.tip, log, row_name("tip", label), cfg.chunk)
+        out["tip"] = fit_tip(prototypes, scale, keys, y, val, cfg.tip, log, row_name("tip", label), cfg.chunk,
+                             progress)
     if "tip-f" in heads:
         out["tip-f"] = fit_tip_f(out["tip"], fit_x, y, val, cfg.tip, log, row_name("tip-f", label), progress)
     if {"ape", "ape-t"} & set(heads):
-        out["ape"] = fit_ape(prototypes, scale, keys, y, val, cfg.ape, log, row_name("ape", label), cfg.chunk)
+        out["ape"] = fit_ape(prototypes, scale, keys, y, val, cfg.ape, log, row_name("ape", label), cfg.chunk,
+                             progress)
     if "ape-t" in heads:
         out["ape-t"] = fit_ape_t(out["ape"], fit_x, y, val, cfg.ape, log, row_name("ape-t", label), progress)
     return {h: out[h] for h in heads}

@@ -142,7 +142,7 @@ class APEConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def _search(head_for_q, val: EvalSplit, cfg: APEConfig, qs, log, what: str) -> APEHead:
+def _search(head_for_q, val: EvalSplit, cfg: APEConfig, qs, log, what: str, progress: bool = False) -> APEHead:
     """Grid search over (Q, beta, gamma, alpha) in that order; ``head_for_q(q)`` builds the head of a Q."""
     alphas, betas = grid_values(cfg.alpha, "ape.alpha"), grid_values(cfg.beta, "ape.beta")
     gammas = grid_values(cfg.gamma, "ape.gamma")
@@ -166,14 +166,15 @@ def _search(head_for_q, val: EvalSplit, cfg: APEConfig, qs, log, what: str) -> A
         return top1(zero_shot + alpha * votes, labels)
 
     grid = [(q, b, g, a) for q in qs for b in betas for g in gammas for a in alphas]
-    q, beta, gamma, alpha = search(what, grid, score, val, log)
+    q, beta, gamma, alpha = search(what, grid, score, val, log, progress)
     head = memo.get("head", q, lambda: head_for_q(q))
     head.alpha, head.beta, head.gamma = float(alpha), float(beta), float(gamma)
     return head
 
 
 def fit_ape(prototypes, scale, keys, labels, val: EvalSplit, cfg: APEConfig | None = None,
-            log: SelectionLog | None = None, name: str = "APE", chunk: int = DEFAULT_CHUNK) -> APEHead:
+            log: SelectionLog | None = None, name: str = "APE", chunk: int = DEFAULT_CHUNK,
+            progress: bool = False) -> APEHead:
     """APE with Q, alpha, beta, gamma searched on ``val`` (an :class:`EvalSplit` of features, role val)."""
     cfg = cfg or APEConfig()
     dim = prototypes.shape[1]
@@ -183,7 +184,7 @@ def fit_ape(prototypes, scale, keys, labels, val: EvalSplit, cfg: APEConfig | No
         idx = select_channels(prototypes, keys, labels, q, cfg.lam)
         return APEHead(prototypes, scale, keys, labels, idx, 1.0, 1.0, 0.0, chunk=chunk).to(prototypes.device)
 
-    return _search(head_for_q, val, cfg, qs, log, f"{name}: Q, beta, gamma, alpha")
+    return _search(head_for_q, val, cfg, qs, log, f"{name}: Q, beta, gamma, alpha", progress)
 
 
 def fit_ape_t(ape: APEHead, train_features, train_labels, val: EvalSplit, cfg: APEConfig | None = None,
@@ -196,7 +197,8 @@ def fit_ape_t(ape: APEHead, train_features, train_labels, val: EvalSplit, cfg: A
     fit_and_select_epoch(f"{name}: epoch", head, [head.residual], train_features, train_labels, val, cfg.fit, log,
                          progress)
     head.residual.requires_grad_(False)
-    return _search(lambda q: head, val, cfg, [len(head.channels)], log, f"{name}: Q, beta, gamma, alpha")
+    return _search(lambda q: head, val, cfg, [len(head.channels)], log, f"{name}: Q, beta, gamma, alpha",
+                   progress)
 
 
 __all__ = ["APEConfig", "APEHead", "channel_criterion", "fit_ape", "fit_ape_t", "num_channels", "select_channels"]

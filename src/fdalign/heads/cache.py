@@ -118,18 +118,27 @@ def search(
     score_fn: Callable[[tuple, torch.Tensor, torch.Tensor], float],
     split: EvalSplit,
     log: SelectionLog | None,
+    progress: bool = False,
 ) -> tuple:
     """Grid search through :func:`fdalign.train.selection.select_by` (refuses any split but val).
 
     ``score_fn(candidate, val_features, val_labels)`` gives top-1; ties go to the first candidate in
     grid order, so the search is deterministic.
     """
+    from tqdm.auto import tqdm
+
+    candidates = list(candidates)
+    bar = tqdm(total=len(candidates), desc=what, disable=not progress, leave=False)
 
     def score(c, ds):
         f, y = ds.tensors
+        bar.update()
         return score_fn(c, f, y)
 
-    chosen, _ = select_by(what, list(candidates), score, split, log)
+    try:
+        chosen, _ = select_by(what, candidates, score, split, log)
+    finally:
+        bar.close()
     return chosen
 
 

@@ -79,7 +79,8 @@ class TipConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionLog | None, what: str) -> TipAdapter:
+def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionLog | None, what: str,
+               progress: bool = False) -> TipAdapter:
     """Set ``head.alpha``/``head.beta`` to the grid point with the best val top-1 (beta-major grid order).
 
     The zero-shot logits and cosines to the keys are computed once; the affinities once per beta.
@@ -100,17 +101,18 @@ def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionL
         cache = memo.get("beta", beta, lambda: class_sums(torch.exp(-beta * (1 - cos)), head.labels, head.num_classes))
         return top1(zero_shot + alpha * cache, labels)
 
-    beta, alpha = search(what, [(b, a) for b in betas for a in alphas], score, val, log)
+    beta, alpha = search(what, [(b, a) for b in betas for a in alphas], score, val, log, progress)
     head.alpha, head.beta = float(alpha), float(beta)
     return head
 
 
 def fit_tip(prototypes, scale, keys, labels, val: EvalSplit, cfg: TipConfig | None = None,
-            log: SelectionLog | None = None, name: str = "Tip", chunk: int = DEFAULT_CHUNK) -> TipAdapter:
+            log: SelectionLog | None = None, name: str = "Tip", chunk: int = DEFAULT_CHUNK,
+            progress: bool = False) -> TipAdapter:
     """Tip-Adapter with ``alpha``, ``beta`` searched on ``val`` (an :class:`EvalSplit` of features, role val)."""
     cfg = cfg or TipConfig()
     head = TipAdapter(prototypes, scale, keys, labels, 1.0, 1.0, chunk=chunk).to(prototypes.device)
-    return search_tip(head, val, cfg, log, f"{name}: beta, alpha")
+    return search_tip(head, val, cfg, log, f"{name}: beta, alpha", progress)
 
 
 def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg: TipConfig | None = None,
@@ -128,7 +130,7 @@ def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg
     fit_and_select_epoch(f"{name}: epoch", head, [head.keys], train_features, train_labels, val, cfg.fit, log,
                          progress)
     head.keys.requires_grad_(False)
-    return search_tip(head, val, cfg, log, f"{name}: beta, alpha")
+    return search_tip(head, val, cfg, log, f"{name}: beta, alpha", progress)
 
 
 __all__ = ["TipAdapter", "TipConfig", "fit_tip", "fit_tip_f", "search_tip"]
