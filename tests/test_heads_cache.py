@@ -281,3 +281,12 @@ def test_trained_head_keeps_the_best_val_epoch_not_the_last():
     assert entry["chosen"] == max(scores, key=lambda e: (scores[e], -e)) != 6  # first best, not the last epoch
     with torch.no_grad():
         assert cache_mod.top1(head(vf), vy) == pytest.approx(scores[entry["chosen"]])
+
+
+def test_grid_edges_name_the_axes_chosen_at_an_end():
+    from fdalign.heads.cache import grid_edges
+
+    cands = [(b, a) for b in (1.0, 2.0, 3.0) for a in (0.5, 1.0)]
+    assert grid_edges((2.0, 1.0), cands, ["beta", "alpha"]) == ["alpha (highest)"]
+    assert grid_edges((1.0, 0.5), cands, ["beta", "alpha"]) == ["beta (lowest)", "alpha (lowest)"]
+    assert grid_edges((2.0, 7.0), [(2.0, 7.0)], ["beta", "alpha"]) == []  # a one-point grid has no edge

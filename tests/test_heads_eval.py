@@ -74,7 +74,7 @@ def _dense_tip_top1(encoder, prototypes, scale, cache_ds, test_ds, alpha, beta):
 
 
 def _parse(chosen: str) -> dict:
-    return {k: float(v) for k, v in (p.split("=") for p in chosen.split(", "))}
+    return {k: float(v) for k, v in (p.split("=") for p in chosen.split(" (")[0].split(", "))}
 
 
 def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, capsys, monkeypatch):

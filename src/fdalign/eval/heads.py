@@ -251,6 +251,8 @@ def selection_record(log: SelectionLog) -> dict:
         chosen = e["chosen"]
         if isinstance(chosen, tuple) and len(chosen) == len(names):
             chosen = ", ".join(f"{n}={v:g}" for n, v in zip(names, chosen))
+            if e.get("grid_edges"):
+                chosen += f" (at the grid's edge: {', '.join(e['grid_edges'])}; consider widening it)"
         out[what] = {"chosen": chosen, "on": e["on"], "metric": e["metric"], "score": e["score"],
                      "candidates": len(e["scores"])}
     out["test / OOD sets"] = "only evaluated; never used to select anything"

@@ -139,7 +139,20 @@ def search(
         chosen, _ = select_by(what, candidates, score, split, log)
     finally:
         bar.close()
+    if log is not None:
+        log.entries[what]["grid_edges"] = grid_edges(chosen, candidates, what.split(": ", 1)[-1].split(", "))
     return chosen
+
+
+def grid_edges(chosen: tuple, candidates: list[tuple], names: list[str]) -> list[str]:
+    """Axes whose chosen value is the lowest or highest of the grid, e.g. ``["alpha (highest)"]``:
+    the best value may lie outside the grid, which is then worth widening."""
+    out = []
+    for i, name in enumerate(names):
+        values = {c[i] for c in candidates}
+        if len(values) > 1 and chosen[i] in (min(values), max(values)):
+            out.append(f"{name} ({'lowest' if chosen[i] == min(values) else 'highest'})")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,5 +228,5 @@ def fit_and_select_epoch(
 
 __all__ = [
     "DEFAULT_CHUNK", "FitConfig", "GridSpec", "Memo", "affinity", "class_sums", "feature_split",
-    "fit_and_select_epoch", "grid_values", "in_chunks", "normalize", "search", "top1",
+    "fit_and_select_epoch", "grid_edges", "grid_values", "in_chunks", "normalize", "search", "top1",
 ]
