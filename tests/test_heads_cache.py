@@ -112,6 +112,9 @@ def test_tip_search_picks_the_brute_force_best_on_val():
     assert entry["on"] == "val (60)" and entry["score"] == pytest.approx(100 * best)
     assert tip.alpha != grid_values(SMALL_TIP.alpha)[0]  # not simply the first grid point
     assert len(entry["scores"]) == 6 * 5
+    # candidates in beta-major order (the order ties are broken in)
+    order = [(b, a) for b in grid_values(SMALL_TIP.beta) for a in grid_values(SMALL_TIP.alpha)]
+    assert list(entry["scores"]) == [str(c) for c in order]
 
 
 def test_search_handed_a_test_split_is_refused():
