@@ -94,7 +94,7 @@ def register(subparsers) -> None:
                    "sampled from --data's train split (a run uses its own K-shot split)")
     e.add_argument("--seed", type=int, default=1, help="with --heads on a model name: seed of the cache sample")
     e.add_argument("--heads-config", default=None, metavar="FILE.yaml", help="search grids and training of the "
-                   "heads (keys tip, ape, chunk; see README); default: the papers' ranges")
+                   "heads (keys tip, ape, chunk, views; see README); default: the papers' ranges")
     e.set_defaults(func=run)
 
 
