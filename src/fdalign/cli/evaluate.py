@@ -91,7 +91,17 @@ def register(subparsers) -> None:
     _add_common(e, data_required=False)
     e.add_argument("--no-zeroshot", action="store_true", help="for a run: skip the zero-shot CLIP baseline "
                    "(saves one pass of the original encoder over every set)")
-    e.add_argument("--out", default=None, help="output folder (default: RUN/eval for a run; none for a model)")
+    e.add_argument("--out", default=None, help="output folder (default: RUN/eval for a run, RUN/eval-heads with "
+                   "--heads; none for a model)")
+    e.add_argument("--heads", default=None, metavar="LIST", help="cache-model heads to fit and evaluate, comma-"
+                   "separated from zeroshot,tip,tip-f,ape,ape-t; each on zero-shot CLIP's encoder and (for a run) "
+                   "the fine-tuned one: rows 'Tip', 'Tip + FD-Align', ... Hyper-parameters are searched on the "
+                   "val split only")
+    e.add_argument("--shots", type=int, default=16, help="with --heads on a model name: cache images per class, "
+                   "sampled from --data's train split (a run uses its own K-shot split)")
+    e.add_argument("--seed", type=int, default=1, help="with --heads on a model name: seed of the cache sample")
+    e.add_argument("--heads-config", default=None, metavar="FILE.yaml", help="search grids and training of the "
+                   "heads (keys tip, ape, chunk, views; see README); default: the papers' ranges")
     e.set_defaults(func=run)
 
 
@@ -264,16 +274,22 @@ def _zeroshot(args) -> int:
     backend = load_clip(args.model, pretrained=args.pretrained, model_config=args.model_config, device=args.device)
     head = _zeroshot_head(backend, id_split.classnames, templates, args)
     sets = _eval_sets(id_name, id_split, ood, backend.preprocess_eval())
-    metrics = run_evaluation(
-        {ZEROSHOT_NAME: (backend.image_encoder, head)}, sets, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, progress=_progress(args), num_workers=args.num_workers,
-    )
+    if getattr(args, "heads", None):  # cache-model heads (fdalign.eval.heads): their rows and selections
+        from fdalign.eval.heads import evaluate_model_heads
+
+        metrics, heads_selection = evaluate_model_heads(args, backend, head, sets, _progress(args))
+    else:
+        metrics, heads_selection = run_evaluation(
+            {ZEROSHOT_NAME: (backend.image_encoder, head)}, sets, batch_size=args.batch_size, device=args.device,
+            precision=args.precision, progress=_progress(args), num_workers=args.num_workers,
+        ), None
     config = {
         "model": backend.name, "pretrained": args.pretrained, "model_config": args.model_config,
         "fingerprint": backend.fingerprint, "templates": args.templates, "num_templates": len(templates),
         "data": str(args.data), "split": id_split.name, "ood": list(args.ood), "precision": args.precision,
     }
-    selection = {"zero-shot": "nothing selected: fixed templates and CLIP weights, no training or validation data"}
+    selection = heads_selection or {
+        "zero-shot": "nothing selected: fixed templates and CLIP weights, no training or validation data"}
     roles = {s.name: s.role for s in sets.values()}
     return _finish(args, metrics, args.out, config=config, hashes=hashes, selection=selection, roles=roles,
                    title=f"Zero-shot {backend.name}", classes=_coverage(id_name, id_split, ood),
@@ -321,13 +337,18 @@ def _eval_run(args) -> int:
         enc_a, head_a = loaded.wiseft(float(alpha))
         models[f"wiseft-{float(alpha):g}"] = (enc_a.to(args.device), head_a.to(args.device))
     sets = _eval_sets(id_name, id_split, ood, loaded.backend.preprocess_eval())
-    metrics = run_evaluation(
-        models, sets, batch_size=args.batch_size, device=args.device, precision=args.precision,
-        progress=_progress(args), num_workers=args.num_workers,
-    )
-    selection = _selection_from_run(loaded.selection, cfg)
+    if args.heads:  # cache-model heads (fdalign.eval.heads): rows "Tip", "Tip + FD-Align", ...
+        from fdalign.eval.heads import evaluate_run_heads
+
+        metrics, selection = evaluate_run_heads(args, loaded, models, sets, _progress(args))
+    else:
+        metrics = run_evaluation(
+            models, sets, batch_size=args.batch_size, device=args.device, precision=args.precision,
+            progress=_progress(args), num_workers=args.num_workers,
+        )
+        selection = _selection_from_run(loaded.selection, cfg)
     roles = {s.name: s.role for s in sets.values()}
-    out = Path(args.out) if args.out else run_dir / "eval"
+    out = Path(args.out) if args.out else run_dir / ("eval-heads" if args.heads else "eval")
     config = {"run": str(run_dir), "data": str(args.data), "split": id_split.name, "ood": list(args.ood),
               "precision": args.precision}
     # the report lists the settings that define the method; metrics.json keeps the whole config
