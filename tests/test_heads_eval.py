@@ -293,3 +293,20 @@ def test_zeroshot_alone_encodes_no_cache(monkeypatch):
     with torch.no_grad():
         want = (PrototypeHead(protos, 7.0)(enc(x)).argmax(1) == y).double().mean().item() * 100
     assert m["t"]["Zero-shot"]["top1"] == pytest.approx(want)
+
+
+def test_heads_refuse_a_val_image_that_is_also_a_test_image(tiny_openclip, trained, tmp_path, capsys):
+    """Head hyper-parameters are chosen on val/: a val file with a test image's bytes stops the evaluation."""
+    import shutil
+
+    data = tmp_path / "id"
+    shutil.copytree(trained["id"], data)
+    leaked = sorted((data / "test" / "blue_sky").glob("*.png"))[0]
+    victim = sorted((data / "val" / "blue_sky").glob("*.png"))[0]
+    victim.unlink()
+    shutil.copyfile(leaked, data / "val" / "blue_sky" / "copied.png")
+    rc = main(["eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
+               str(tiny_openclip["checkpoint"]), "--data", str(data), "--shots", "2", "--seed", "2",
+               "--heads", "tip", "--heads-config", str(trained["yaml"]), "--templates", "tip7", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "copied.png" in err and leaked.name in err and "validation split" in err

@@ -200,6 +200,8 @@ def evaluate_heads(
         table, selection record for the report: what was chosen, on which split, by which score).
     """
     cfg = cfg or HeadsConfig()
+    if heads != ["zeroshot"]:
+        _refuse_reported_val_images(data, eval_sets)
     prototypes = prototypes.to(device).float()
     log = SelectionLog()
     features: dict[int, tuple] = {}  # one encoding of the cache and val splits per distinct encoder
@@ -222,6 +224,22 @@ def evaluate_heads(
     record = selection_record(log)
     record["search grids"] = cfg.grids()
     return metrics, record
+
+
+def _files(ds) -> list[str] | None:
+    split = getattr(ds, "split", None)
+    return None if split is None else [str(split.resolve(x)) for x in split.samples]
+
+
+def _refuse_reported_val_images(data: CacheData, eval_sets: dict[str, EvalSet]) -> None:
+    """The heads' hyper-parameters are chosen on ``data.val``: none of its images may be a reported one."""
+    from fdalign.train.selection import EvalSplit, check_disjoint
+
+    val_files = _files(data.val)
+    if val_files is None:
+        return
+    others = {name: f for name, es in eval_sets.items() if (f := _files(es.dataset)) is not None}
+    check_disjoint(EvalSplit(data.val, "val", data.val_description, files=val_files), others)
 
 
 def encode_cache(encoder, data: CacheData, cfg: HeadsConfig, kw: dict):
