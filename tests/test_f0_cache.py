@@ -79,7 +79,7 @@ def test_a_second_run_reads_f0_from_the_cache_and_ends_bitwise_equal(tiny_opencl
         def forward(self, x):
             raise AssertionError("f0 ran although its answers were cached")
 
-    monkeypatch.setattr(trainer_mod, "_frozen_copy", lambda enc, mode="eval": NoF0())
+    monkeypatch.setattr(trainer_mod, "_frozen_copy", lambda enc, mode="eval", dtype=None: NoF0())
     second = _run(tiny_openclip, tmp_path, "second", cache=str(tmp_path / "c"), num_workers=2)
     assert (second.f0_cache_epochs_read, second.f0_cache_epochs_written) == (EPOCHS, 0)
     assert _same(plain, second)
@@ -108,3 +108,20 @@ def test_a_view_cycle_reuses_views_and_cache_entries(tiny_openclip, tmp_path):
     res = _run(tiny_openclip, tmp_path, "cyc", cache=str(tmp_path / "c"), epochs=3, view_cycle=1)
     assert (res.f0_cache_epochs_written, res.f0_cache_epochs_read) == (1, 2)  # epochs 2, 3 re-use epoch 1's views
     assert sorted(p.name for p in next((tmp_path / "c").iterdir()).glob("epoch_*")) == ["epoch_0000.safetensors"]
+
+
+def test_a_bfloat16_f0_gives_nearly_the_same_kl_and_its_own_cache_entry(tiny_openclip, tmp_path):
+    """f0 in bfloat16 (the default on CUDA) only feeds a softmax: the logged KL stays close to fp32's."""
+    import csv
+
+    fp32 = _run(tiny_openclip, tmp_path, "fp32", cache=str(tmp_path / "c"), f0_precision="fp32")
+    bf16 = _run(tiny_openclip, tmp_path, "bf16", cache=str(tmp_path / "c"), f0_precision="bf16")
+    assert bf16.f0_cache_epochs_written == EPOCHS and fp32.f0_cache_epochs_written == EPOCHS  # separate entries
+
+    def kl(name):
+        with open(tmp_path / name / "log.csv") as f:
+            return [float(r["kl"]) for r in csv.DictReader(f)]
+
+    a, b = kl("fp32"), kl("bf16")
+    assert max(a) > 1e-4 and a != b
+    assert all(abs(x - y) <= 0.05 * max(a) + 1e-4 for x, y in zip(a, b))

@@ -187,8 +187,8 @@ def test_f0_mode_is_what_the_config_says(tiny_openclip, tmp_path, monkeypatch, m
     seen = []
     real = trainer_mod._frozen_copy
 
-    def spy(encoder, f0_mode="eval"):
-        f0 = real(encoder, f0_mode)
+    def spy(encoder, f0_mode="eval", dtype=None):
+        f0 = real(encoder, f0_mode, dtype)
         f0.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
         assert f0 is not encoder and all(p is not q for p, q in zip(f0.parameters(), encoder.parameters()))
         return f0

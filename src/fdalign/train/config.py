@@ -99,6 +99,9 @@ class TrainConfig:
                       "running stats) or released (train mode, as the authors' code runs it; matters for "
                       "dropout/BatchNorm backbones such as RN50)", choices=("eval", "released"))
 
+    f0_precision: str = _f("auto", "precision of the frozen encoder f0 (its features only feed a softmax over "
+                           "the spurious prototypes): auto = bf16 on CUDA (untested on a GPU so far), fp32 on CPU",
+                           choices=("auto", "fp32", "bf16"))
     view_cycle: int = _f(0, "0: fresh augmented views every epoch; V > 0: epoch e re-uses the views of epoch "
                          "e mod V (a fixed set of V views per image, so the f0 cache holds V epochs)")
     f0_cache: str | None = _f(None, "folder for the f0 cache: f0's spurious distributions of every augmented "

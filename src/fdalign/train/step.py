@@ -39,18 +39,22 @@ class LossSettings:
     train_encoder: bool = True
 
 
-def frozen_copy(encoder: nn.Module, mode: str = "eval") -> nn.Module:
+def frozen_copy(encoder: nn.Module, mode: str = "eval", dtype: torch.dtype | None = None) -> nn.Module:
     """``f_0``: an independent deep copy of ``encoder`` as it is now, without gradients.
 
     ``mode="eval"`` (default) runs it deterministically (BatchNorm running stats, no dropout):
     the reference distribution is then the pretrained model's own test-time answer.
     ``mode="released"`` leaves it in train mode, as the authors' code does (their f0 is a
     second module that follows ``model.train()``); see :func:`set_frozen_mode`.
+    ``dtype`` (e.g. bfloat16 on a GPU) stores and runs f0 in lower precision: its features only
+    feed a softmax over ~20 spurious prototypes, computed in float32.
     """
     if mode not in F0_MODES:
         raise ValueError(f"f0 mode must be one of {F0_MODES}, got {mode!r}")
     f0 = copy.deepcopy(encoder)
     f0.requires_grad_(False)
+    if dtype is not None:
+        f0.to(dtype)
     set_frozen_mode(f0, mode)
     return f0
 
@@ -96,7 +100,8 @@ def fdalign_forward(
     if s.beta != 0 and log_p0 is None:
         # inference mode: no autograd bookkeeping at all for the frozen pass
         with torch.inference_mode():
-            log_p0 = spurious_log_probs(f0(images), spurious, s.scale, s.normalize_prototypes)
+            f0_dtype = next(f0.parameters()).dtype  # bfloat16 when f0 was stored in lower precision
+            log_p0 = spurious_log_probs(f0(images.to(f0_dtype)), spurious, s.scale, s.normalize_prototypes)
         log_p0 = log_p0.clone()  # a normal tensor again, usable by autograd-recording ops
     loss, parts = fdalign_loss(
         logits, labels, feat_t, None, spurious if s.beta != 0 else None,

@@ -161,9 +161,16 @@ def phases(cfg: TrainConfig) -> list[Phase]:
     return [ft(0)]
 
 
-def _frozen_copy(encoder: nn.Module, mode: str = "eval") -> nn.Module:
+def _frozen_copy(encoder: nn.Module, mode: str = "eval", dtype: torch.dtype | None = None) -> nn.Module:
     """f_0 (see :func:`fdalign.train.step.frozen_copy`); a module attribute so tests can intercept it."""
-    return frozen_copy(encoder, mode)
+    return frozen_copy(encoder, mode, dtype)
+
+
+def f0_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bfloat16 for ``f0_precision`` bf16, or auto on CUDA; None keeps the encoder's own dtype."""
+    if cfg.f0_precision == "bf16" or (cfg.f0_precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -414,8 +421,9 @@ def train(
     zeroshot_head = copy.deepcopy(head)
     zeroshot_encoder_state = _state_cpu(encoder)
     # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded
-    frozen = _frozen_copy(encoder, cfg.f0_mode) if any(p.use_kl for p in plan) else None
-    f0cache = _f0_cache(cfg, encoder, spurious, scale, normalize_spurious, data_key, len(train_set), precision)
+    frozen = _frozen_copy(encoder, cfg.f0_mode, f0_dtype(cfg, device)) if any(p.use_kl for p in plan) else None
+    f0cache = _f0_cache(cfg, encoder, spurious, scale, normalize_spurious, data_key, len(train_set),
+                        f"{precision}, f0 {f0_dtype(cfg, device) or 'as the encoder'}")
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
         warnings.warn(f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; "
                       "training without it", stacklevel=2)
