@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "fdalign.cli.evaluate",
     "fdalign.cli.prototypes",
     "fdalign.cli.data",
+    "fdalign.cli.world",
+    "fdalign.cli.sweep",
+    "fdalign.cli.report",
 ]
 
 
