@@ -133,3 +133,34 @@ def training_curves(g, out: Path) -> Path | None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Training curves: {g.title}", fontsize=10)
     return _save(fig, out / f"training_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def accuracy_by_set(g, out: Path) -> Path | None:
+    """Grouped bars for one data set and shot count: the ID set, each OOD set and the OOD mean; a bar
+    per row (mean over seeds, std as error bar). None without OOD sets."""
+    if not g.ood_sets:
+        return None
+    import numpy as np
+
+    from fdalign.experiments.report import summarise_group
+
+    plt = _plt()
+    s = summarise_group(g)
+    keys = ["id"] + g.ood_sets + ["ood_mean"]
+    labels = [f"{g.id_set}\n(ID)"] + g.ood_sets + ["OOD mean"]
+    rows = list(s)
+    width = 0.8 / len(rows)
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(keys)), 4.2))
+    for i, row in enumerate(rows):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [s[row][k]["mean"] for k in keys], width,
+               yerr=[s[row][k]["std"] for k in keys], capsize=2, label=row)
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.axvline(len(keys) - 1.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Accuracy by set: {g.title} (mean ± std over seeds)", pad=26, fontsize=10)
+    ax.legend(ncol=min(len(rows), 5), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out / f"accuracy_by_set_{_slug(g.dataset)}_k{g.shots}.png")

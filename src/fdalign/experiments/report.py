@@ -460,18 +460,19 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
         from fdalign.experiments import plots as P
 
         images: list[Any] = []
-        for path in P.accuracy_vs_shots(groups, out):
-            images.append(("image", path.name, "accuracy vs shots"))
+        if len({g.shots for g in groups}) > 1:
+            for path in P.accuracy_vs_shots(groups, out):
+                images.append(("image", path.name, "accuracy vs shots"))
         for g in groups:
-            p = P.id_ood_plane(g, out)
-            if p:
-                images.append(("image", p.name, f"ID vs OOD, {g.title}"))
+            for p, what in ((P.accuracy_by_set(g, out), "accuracy by set"), (P.id_ood_plane(g, out), "ID vs OOD")):
+                if p:
+                    images.append(("image", p.name, f"{what}, {g.title}"))
         for g in groups:
             p = P.training_curves(g, out)
             if p:
                 images.append(("image", p.name, f"training curves, {g.title}"))
         sections.append(("Plots", [
-            "Accuracy vs shots per method; the ID–OOD plane with the WiSE-FT curves (alpha from 0 = zero-shot to "
+            "Accuracy vs shots per method (with 2+ shot counts); accuracy on each set; the ID–OOD plane with the WiSE-FT curves (alpha from 0 = zero-shot to "
             "1 = fine-tuned, mean over seeds; a star marks the alpha chosen on val); training curves (CE, KL, LR "
             "per step) of every run."] + images))
     sources = [f"Published numbers: {pub['source'].strip()} Shown only where data set, shots, method and model "
