@@ -64,6 +64,9 @@ def test_quick_run_writes_report_plots_and_metrics(quick_run):
     assert doc["ood_styles"] == ["sketch", "blurry"]
     for run in ("s1/fine-tune", "s2/fd-align"):
         assert (out / "runs" / "world" / "k2" / run / "log.csv").is_file()
+        # the demo keeps each run's selected model, not its resume state
+        assert (out / "runs" / "world" / "k2" / run / "model").is_dir()
+        assert not (out / "runs" / "world" / "k2" / run / "checkpoint").exists()
     assert (out / "world" / "world.json").is_file() and "## What happened" in report
     # no temporary files left behind by the atomic writes
     assert not [p for p in out.iterdir() if p.name.startswith(".")]

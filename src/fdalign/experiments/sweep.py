@@ -78,6 +78,7 @@ class SweepConfig:
     data_root: str | None = None
     wiseft: list[str] | None = None  # methods whose WiSE-FT rows the report shows (default: encoder-trained ones)
     reference: str = "fine-tune"  # the method paired differences are taken against
+    keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
     source: str = field(default="the sweep config", compare=False)
 
     # ------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ class Interrupted(Exception):
     """Ctrl-C during a run: the sweep stops (the run's checkpoint lets the next invocation resume)."""
 
 
-def execute_run(run: RunSpec, train_cfg, out: Path, env: dict) -> dict:
+def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True) -> dict:
     """One ``fdalign train`` in-process; returns its status record (also written to ``status.json``)."""
     from fdalign.cli import main
 
@@ -349,6 +350,10 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict) -> dict:
         atomic_write_json(run_dir / STATUS_FILE, status)
         raise Interrupted(run.key)
     ok = rc == 0 and error is None and (run_dir / "metrics.json").is_file()
+    if ok and not keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     status.update(state="done" if ok else "failed", seconds=round(time.time() - t0, 1), returncode=rc)
     if not ok:
         status["error"] = error or _last_error(log_path)
@@ -425,7 +430,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
             was = records[r]["state"]
             say(f"[{skipped + i + 1}/{len(runs)}] {r.key}: " + ("resuming" if was in ("running", "interrupted")
                                                                else "retrying" if was == "failed" else "starting"))
-            status = execute_run(r, configs[r], out, env)
+            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints)
             durations.append(status["seconds"])
             records[r].update({k: status[k] for k in ("state", "seconds", "error") if k in status})
             if status["state"] == "failed":
