@@ -184,6 +184,23 @@ def test_mean_over_the_11_coop_data_sets_against_the_spc_ablation(tmp_path):
     assert rows["fd-align"][-2:] == ["68.63", f"{69.0 - 68.63:+.1f}"]
 
 
+def test_paired_differences_by_hand(tmp_path):
+    ood = lambda a, b: {"sketch": a, "dark": b}  # noqa: E731
+    # seed 1: fine-tune ID 50, OOD (40+30)/2 = 35; fd-align ID 48, OOD (46+40)/2 = 43 -> diffs -2, +8
+    # seed 2: fine-tune ID 52, OOD (44+30)/2 = 37; fd-align ID 53, OOD (41+31)/2 = 36 -> diffs +1, -1
+    fake_run(tmp_path, "w", 4, 1, "fine-tune", 50.0, ood=ood(40.0, 30.0))
+    fake_run(tmp_path, "w", 4, 1, "fd-align", 48.0, ood=ood(46.0, 40.0))
+    fake_run(tmp_path, "w", 4, 2, "fine-tune", 52.0, ood=ood(44.0, 30.0))
+    fake_run(tmp_path, "w", 4, 2, "fd-align", 53.0, ood=ood(41.0, 31.0))
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    report = (tmp_path / "report.md").read_text().split("## Paired")[1]
+    row = _md_rows(report, "w, 4-shot")["fd-align"]
+    assert row == ["2", f"-0.5 ± {statistics.stdev([-2, 1]):.1f}", f"+3.5 ± {statistics.stdev([8, -1]):.1f}",
+                   "1 of 2"]
+    table = _md_rows((tmp_path / "report.md").read_text(), "w, 4-shot")
+    assert table["fine-tune"][2] == f"36.0 ± {statistics.stdev([35, 37]):.1f}"  # OOD mean column
+
+
 def test_no_runs_is_a_user_error(tmp_path):
     with pytest.raises(FDAlignError, match="no finished training runs"):
         from fdalign.experiments.report import write_report

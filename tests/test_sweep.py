@@ -149,7 +149,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tiny_openclip, tmp_path,
 def test_settings_precedence_released_preset(tmp_path):
     """released LR table < train block < data set block < method; the grid sets shots/seed/data."""
     d = {"name": "p", "preset": "released", "datasets": [{"name": "eurosat", "data": "{data_root}/eurosat",
-                                                            "train": {"epochs": 7}}],
+                                                            "train": {"epochs": 7, "beta": 5.0}}],
          "shots": [4], "seeds": [3], "train": {"epochs": 5, "beta": 2.0},
          "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {}, "lp": {"mode": "linear-probe"}}}
     cfg = sw.SweepConfig.from_dict(d)
@@ -158,7 +158,8 @@ def test_settings_precedence_released_preset(tmp_path):
     # REFERENCE.md: eurosat 4-shot full LR 3e-4, head LR 80 (per 256 images)
     assert c["fd-align"].lr == pytest.approx(3e-4) and c["lp"].lp_lr == pytest.approx(80)
     assert c["fd-align"].optimizer == "sgd" and c["fd-align"].lr_per_256
-    assert c["fd-align"].epochs == 7 and c["fd-align"].beta == 2.0 and c["fine-tune"].beta == 0.0
+    assert c["fd-align"].epochs == 7 and c["fd-align"].beta == 5.0 and c["fine-tune"].beta == 0.0
+    assert c["lp"].weight_decay == pytest.approx(5e-4)  # the released recipe where nothing overrides it
     assert c["lp"].mode == "linear-probe" and (c["lp"].shots, c["lp"].seed) == (4, 3)
     assert c["fd-align"].data == "/data/eurosat" and c["fd-align"].out.endswith("runs/eurosat/k4/s3/fd-align")
 

@@ -79,7 +79,7 @@ def test_interrupted_render_resumes_without_rewriting(tmp_path):
     (root / SPEC_FILE).write_text(json.dumps(_cfg().spec()))
     lost = root / "test" / "star" / "photo-0001.png"
     lost.unlink()
-    kept = root / "train" / "circle" / "photo-0000.png"
+    kept = root / "test" / "circle" / "photo-0000.png"  # same block as the lost file: that block is re-rendered
     mtime = kept.stat().st_mtime_ns
     assert json.loads(render_world(_cfg(), root).read_text())["files"] == full
     assert lost.is_file() and kept.stat().st_mtime_ns == mtime
