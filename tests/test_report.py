@@ -126,7 +126,7 @@ def test_formats_and_plots(sweep_out):
     assert "<table>" in html and "wise-ft of fd-align" in html
     report = (sweep_out / "report.md").read_text()
     for name in ("accuracy_vs_shots.png", "id_ood_w_k1.png", "id_ood_w_k2.png", "training_w_k2.png",
-                 "accuracy_by_set_w_k1.png"):
+                 "accuracy_by_set_w_k1.png", "tsne_w_k1.png", "spurious_w_k2.png"):
         assert (sweep_out / name).read_bytes()[:8] == PNG and f"]({name})" in report and f"src='{name}'" in html
     assert "## Environment" in report and "torch:" in report and "## Split hashes" in report
     hashes = json.loads((sweep_out / "runs/w/k2/s1/fd-align/metrics.json").read_text())["hashes"]

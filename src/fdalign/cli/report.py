@@ -12,8 +12,10 @@ single `fdalign train` run folders) and write one report:
                             FD-Align paper published a number for the same setting and model, ours
                             minus theirs; the environment (versions, device) and the split hashes
   summary.json              the same numbers, machine-readable
-  *.png                     accuracy vs shots, the ID-OOD plane with the WiSE-FT curves of
-                            fine-tuning and of FD-Align, training curves (CE, KL, LR)
+  *.png                     accuracy vs shots, accuracy per set, the ID-OOD plane with the
+                            WiSE-FT curves of fine-tuning and of FD-Align, training curves (CE,
+                            KL, LR), t-SNE of image features (zero-shot, fine-tuned, FD-Align)
+                            and the spurious distribution of a few images before / after
 
 examples:
   fdalign report sweeps/demo
@@ -30,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default: the first DIR)")
     p.add_argument("--format", default="md", help="comma-separated: md, csv, html")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
+    p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the t-SNE and spurious-distribution figures (load the first seed's models and a few "
+                   "images per set; skipped when the data are not on this machine)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from fdalign.experiments.report import write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    written = write_report(args.dirs, args.out, formats=formats, plots=args.plots)
+    written = write_report(args.dirs, args.out, formats=formats, plots=args.plots, features=args.features)
     if "md" in formats:
         text = written[formats.index("md")].read_text(encoding="utf-8")
         print(text.split("## Paired")[0].split("\n## ", 2)[1] if "\n## " in text else text)

@@ -164,3 +164,151 @@ def accuracy_by_set(g, out: Path) -> Path | None:
     ax.legend(ncol=min(len(rows), 5), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out / f"accuracy_by_set_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+# ----------------------------------------------------------------------------------------------
+# figures that need the trained models: t-SNE of image features, spurious distributions
+
+
+def _sample(split, per_class: int):
+    """The first ``per_class`` images of every class (deterministic, no RNG)."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, s in enumerate(split.samples):
+        if seen.get(s.label, 0) < per_class:
+            seen[s.label] = seen.get(s.label, 0) + 1
+            keep.append(i)
+    return split.subset(keep)
+
+
+def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu") -> dict | None:
+    """Features of zero-shot CLIP and of each method's fine-tuned encoder (first seed that has all),
+    on a few images per class of the ID test set and of every OOD set.
+
+    Returns ``{"feats": {model: [N, D]}, "labels": [N], "domains": [N] set names, "classnames",
+    "images": the ID images' paths, "run": the reference run}`` or None when the runs or their data
+    are not available here.
+    """
+    import copy
+
+    import torch
+
+    from fdalign.data import ImageDataset, load_ood_sets, open_dataset
+    from fdalign.errors import FDAlignError
+    from fdalign.eval.features import extract_features
+    from fdalign.train.run import MODEL_FILE, load_model, load_run
+
+    by_seed: dict[int, dict] = {}
+    for r in g.runs:
+        by_seed.setdefault(r.seed, {})[r.method] = r
+    seeds = [s for s, d in sorted(by_seed.items()) if all(m in d for m in methods)]
+    if not seeds:
+        return None
+    runs = by_seed[seeds[0]]
+    try:
+        first = load_run(runs[methods[0]].dir, device=device)
+        cfg = first.config
+        splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames)
+        test = splits.get("test")
+        if test is None:
+            return None
+        sets = [(g.id_set, _sample(test, per_class))]
+        for name, split, _ in load_ood_sets(cfg.ood, list(test.classnames), test.class_keys,
+                                            reserved={"test", "val", "train"}):
+            sets.append((name, _sample(split, per_class)))
+        tf = first.backend.preprocess_eval()
+        encoders = {"zero-shot": first.zero_shot_encoder().to(device), methods[0]: first.backend.image_encoder}
+        for m in methods[1:]:  # same base model: only the fine-tuned weights differ
+            enc = copy.deepcopy(first.backend.image_encoder)
+            saved = load_model(runs[m].dir / MODEL_FILE).encoder
+            ref = enc.state_dict()
+            enc.load_state_dict({k: v.to(ref[k].dtype) if v.is_floating_point() else v for k, v in saved.items()})
+            encoders[m] = enc
+    except (FDAlignError, OSError):
+        return None  # data or models moved: the other figures do not need them
+    feats: dict[str, torch.Tensor] = {}
+    labels, domains = [], []
+    for name, split in sets:
+        labels += split.labels
+        domains += [name] * len(split)
+    for model, enc in encoders.items():
+        parts = [extract_features(enc, ImageDataset(split, tf), batch_size=64, device=device, progress=False)[0]
+                 for _, split in sets]
+        feats[model] = torch.cat(parts).float()
+    return {"feats": feats, "labels": labels, "domains": domains, "classnames": list(test.classnames),
+            "images": [test.resolve(s) for s in sets[0][1].samples], "n_id": len(sets[0][1]), "run": first}
+
+
+def tsne_plot(g, data: dict, out: Path) -> Path:
+    """The paper's figure: t-SNE of image features per model, colour = class, marker = domain (set)."""
+    import numpy as np
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    models = list(data["feats"])
+    domains = list(dict.fromkeys(data["domains"]))
+    markers = "o^sDvP*Xh<>p"
+    labels = np.array(data["labels"])
+    dom = np.array(data["domains"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.3 * len(models), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        x = data["feats"][m]
+        x = (x / x.norm(dim=-1, keepdim=True)).numpy()
+        # exact gradients: for the few hundred points drawn here it is faster than Barnes-Hut
+        emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca", random_state=0,
+                   method="exact" if len(x) <= 1000 else "barnes_hut", max_iter=500).fit_transform(x)
+        for j, d in enumerate(domains):
+            sel = dom == d
+            ax.scatter(emb[sel, 0], emb[sel, 1], c=labels[sel], cmap="tab20", vmin=0, vmax=max(19, labels.max()),
+                       marker=markers[j % len(markers)], s=14 if j else 22, alpha=0.8,
+                       edgecolor="k" if j == 0 else "none", linewidth=0.4, label=d)
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=6, markerscale=0.8, title="set (colour = class)", title_fontsize=6)
+    fig.suptitle(f"t-SNE of image features: {g.title}", fontsize=10)
+    return _save(fig, out / f"tsne_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
+    """P_spur(x; f) of a few ID test images under zero-shot CLIP and each fine-tuned encoder."""
+    import torch
+
+    from fdalign.losses import cosine_logits
+    from fdalign.prompts import load_templates
+    from fdalign.prototypes import build_prototypes
+    from fdalign.spc import SPCConfig
+
+    run = data["run"]
+    cfg = run.config
+    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    protos = build_prototypes(run.backend, data["classnames"], load_templates(cfg.templates), spc=spc)
+    spurious = protos.loss_prototypes
+    scale = float(cfg.temperature if cfg.temperature is not None else run.backend.logit_scale)
+    normalize = not (cfg.spc and not cfg.spc_renormalize)
+    plt = _plt()
+    from PIL import Image
+
+    n = min(images, data["n_id"])
+    step = max(1, data["n_id"] // n)
+    idx = list(range(0, data["n_id"], step))[:n]
+    fig, axes = plt.subplots(n, 2, figsize=(10, 2.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 5]})
+    k = spurious.shape[0]
+    for row, i in enumerate(idx):
+        axes[row][0].imshow(Image.open(data["images"][i]).convert("RGB"))
+        axes[row][0].set_axis_off()
+        axes[row][0].set_title(data["classnames"][data["labels"][i]], fontsize=8)
+        ax = axes[row][1]
+        width = 0.8 / len(data["feats"])
+        for j, (m, f) in enumerate(data["feats"].items()):
+            with torch.no_grad():
+                p = torch.softmax(cosine_logits(f[i : i + 1], spurious, scale, normalize).float(), dim=-1)[0]
+            ax.bar([x + (j - (len(data["feats"]) - 1) / 2) * width for x in range(k)], p.numpy(), width, label=m)
+        ax.set_ylabel("P_spur", fontsize=8)
+        ax.set_xlim(-0.6, k - 0.4)
+        ax.set_xticks(range(0, k, max(1, k // 10)))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][1].legend(fontsize=7, ncol=len(data["feats"]))
+    axes[-1][1].set_xlabel(f"spurious prototype ({'SPC-corrected' if cfg.spc else 'one per template'}, k = {k})")
+    fig.suptitle(f"Spurious distribution before and after fine-tuning: {g.title}", fontsize=10)
+    return _save(fig, out / f"spurious_{_slug(g.dataset)}_k{g.shots}.png")

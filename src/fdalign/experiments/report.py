@@ -417,9 +417,30 @@ class Report:
     csv_rows: list[list[Any]]
 
 
+def feature_figures(groups: list[Group], meta: dict, out: Path) -> list[Any]:
+    """t-SNE and spurious-distribution figures of zero-shot, the reference method and the first other
+    WiSE-FT method (FD-Align), for every group whose runs and data can be loaded here."""
+    from fdalign.experiments import plots as P
+
+    ref = meta["reference"]
+    others = [m for m in meta["wiseft"] if m != ref][:1]
+    methods = ([ref] if ref else []) + others
+    images: list[Any] = []
+    for g in groups:
+        data = P.model_features(g, methods) if methods else None
+        if data is None:
+            continue
+        images.append(("image", P.tsne_plot(g, data, out).name, f"t-SNE of image features, {g.title}"))
+        images.append(("image", P.spurious_plot(g, data, out).name, f"spurious distributions, {g.title}"))
+    return images
+
+
 def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plots: bool = True,
-                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None) -> Report:
-    """Read the runs under ``paths`` and compose the report; plots are written to ``out``."""
+                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
+                 features: bool = True) -> Report:
+    """Read the runs under ``paths`` and compose the report; plots are written to ``out``. With
+    ``features``, the t-SNE and spurious-distribution figures load the first seed's models and a few
+    images of each set (skipped when the data are not on this machine)."""
     runs, meta = find_runs(paths)
     groups = build_groups(runs, meta)
     all_groups = groups + mean_group(groups)
@@ -471,10 +492,14 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
             p = P.training_curves(g, out)
             if p:
                 images.append(("image", p.name, f"training curves, {g.title}"))
+        if features:
+            images += feature_figures(groups, meta, out)
         sections.append(("Plots", [
             "Accuracy vs shots per method (with 2+ shot counts); accuracy on each set; the ID–OOD plane with the WiSE-FT curves (alpha from 0 = zero-shot to "
             "1 = fine-tuned, mean over seeds; a star marks the alpha chosen on val); training curves (CE, KL, LR "
-            "per step) of every run."] + images))
+            "per step) of every run; for the first seed, t-SNE of the image features of zero-shot CLIP and the "
+            "fine-tuned encoders (2 images per class of every set; colour = class, marker = set) and the "
+            "spurious distribution P_spur of a few ID images before and after fine-tuning."] + images))
     sources = [f"Published numbers: {pub['source'].strip()} Shown only where data set, shots, method and model "
                f"(`{pub['model']}`) match."]
     sections.append(("Where the numbers come from", sources + [
@@ -547,14 +572,15 @@ def to_csv(rep: Report) -> str:
 
 def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
                  formats: Sequence[str] = ("md",), plots: bool = True,
-                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None) -> list[Path]:
+                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
+                 features: bool = True) -> list[Path]:
     """Write ``report.{md,csv,html}``, ``summary.json`` and the PNGs into ``out`` (default: the first
     path); returns the written report files."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise FDAlignError(f"--format {bad[0]!r} is not one of {', '.join(FORMATS)}")
     out = Path(out or paths[0])
-    rep = build_report(paths, out, plots=plots, extra=extra, title=title)
+    rep = build_report(paths, out, plots=plots, extra=extra, title=title, features=features)
     written = []
     render = {"md": to_markdown, "csv": to_csv, "html": to_html}
     for f in formats:

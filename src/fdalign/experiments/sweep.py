@@ -304,10 +304,12 @@ def environment() -> dict:
            "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-    for mod in ("open_clip", "transformers"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:  # optional backends
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name, dist in (("open_clip", "open_clip_torch"), ("transformers", "transformers")):
+        try:  # the version without importing the package (transformers takes seconds to import)
+            env[name] = version(dist)
+        except PackageNotFoundError:
             pass
     return env
 
