@@ -319,7 +319,7 @@ def _run(cfg: DemoConfig, t_start: float) -> DemoResult:
     rep.intro += ["", f"{len(group['rows'])} rows, {cfg.shots} training images per class of the `{cfg.id_style}` "
                   f"style (ID, the `test` column); OOD: {', '.join(f'`{s}`' for s in cfg.ood_styles)}. "
                   f"Repeat: `{demo_command(cfg)}`"]
-    rep.sections.insert(1, ("What happened", lines))
+    rep.sections.insert(1, ("What happened", ["\n".join(lines)]))
     report = atomic_write_text(out / "report.md", to_markdown(rep))
     atomic_write_json(out / "summary.json", rep.summary)
     selection = {}
