@@ -209,3 +209,33 @@ def test_shipped_presets_parse_and_plan():
     ood = sw.run_config(imagenet, sw.plan_runs(imagenet)[0], "/tmp/o", data_root="/data").ood
     assert [o.split("=")[0] for o in ood] == ["imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"]
     assert sw.load_sweep_config("demo").world["id_styles"] == ["jpeg corrupted"]
+
+
+def test_real_sigkill_during_third_run_then_resume(tiny_openclip, tmp_path):
+    """The same with a real process and SIGKILL: nothing in Python gets to clean up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    d = sweep_dict(tiny_openclip, shots=[1])
+    cfg_path = write_config(tmp_path / "g.yaml", d)
+    out = tmp_path / "out"
+    runs = sw.plan_runs(sw.SweepConfig.from_dict(d))
+    env = dict(os.environ, FDALIGN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(sw.__file__).parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    third = runs[2].dir(out) / sw.STATUS_FILE
+    deadline = time.time() + 120
+    while not third.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [sw.run_state(r.dir(out)) for r in runs] == ["done", "done", "running", "new"]
+    mtimes = [(r.dir(out) / "metrics.json").stat().st_mtime_ns for r in runs[:2]]
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 0
+    assert [sw.run_state(r.dir(out)) for r in runs] == ["done"] * 4
+    assert [(r.dir(out) / "metrics.json").stat().st_mtime_ns for r in runs[:2]] == mtimes
