@@ -118,6 +118,9 @@ def test_third_invocation_runs_nothing(killed_and_resumed, capsys):
     before = {r.key: (r.dir(k["out"]) / "metrics.json").stat().st_mtime_ns for r in k["runs"]}
     assert main(["sweep", str(k["config"]), "--out", str(k["out"]), "--no-progress"]) == 0
     assert "8 of 8 runs already done" in capsys.readouterr().out
+    assert main(["sweep", str(k["config"]), "--out", str(k["out"]), "--dry-run"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[:8] == [f"{'done':>11}  {r.key}" for r in k["runs"]] and listed[8] == "8 runs"
     assert before == {r.key: (r.dir(k["out"]) / "metrics.json").stat().st_mtime_ns for r in k["runs"]}
 
 

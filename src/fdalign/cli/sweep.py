@@ -33,8 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="CONFIG", help="sweep config YAML, or a preset name: demo, imagenet, coop, "
                    "spc-ablation")
     p.add_argument("--out", required=True, help="sweep folder (created; an existing one is continued)")
-    p.add_argument("--data-root", default=None, help="fills {data_root} in the config's data paths (default: the "
-                   "config's data_root, or OUT/world when the config renders the world)")
+    p.add_argument("--data-root", default=None, help="fills {data_root} in the config's data paths; if not given: the "
+                   "config's data_root, or OUT/world when the config renders the world")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
     p.set_defaults(func=run)
