@@ -1,4 +1,8 @@
-"""`fdalign demo --quick` end to end on the tiny random open_clip model, and the demo's bookkeeping."""
+"""`fdalign demo --quick` end to end on the tiny random open_clip model, and the demo's bookkeeping.
+
+The demo is world render + the demo sweep preset + the report; the engine's own numbers are tested
+in test_sweep.py / test_report.py, so here: the demo's files, its per-seed numbers against the runs'
+metrics.json, the WiSE-FT rows, the options and the repeat command."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import statistics
 import pytest
 
 from fdalign.cli import build_parser, main
-from fdalign.demo import METHODS, DemoConfig, demo_command, run_demo, summarise
+from fdalign.demo import METHODS, DemoConfig, demo_command, run_demo, sweep_config
 from fdalign.errors import FDAlignError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -17,7 +21,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _tiny_args(tiny, out, *extra):
     return ["demo", "--quick", "--out", str(out), "--model", "tiny", "--pretrained", str(tiny["checkpoint"]),
-            "--model-config", str(tiny["config"]), "--device", "cpu", "--no-progress", *extra]
+            "--model-config", str(tiny["config"]), "--device", "cpu", "--threads", "1", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -44,67 +48,77 @@ def quick_run(tiny_openclip, tmp_path_factory, cache_dir):
 def _table_rows(report: str) -> dict[str, list[str]]:
     """The first markdown table of the report: method -> its cells."""
     rows = {}
-    for line in report.splitlines():
-        if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| seed"):
+    for line in report.split("## Results")[1].split("\n## ")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if cells[0] in METHODS and cells[0] not in rows:
-                rows[cells[0]] = cells[1:]
+            rows.setdefault(cells[0], cells[1:])
     return rows
 
 
 def test_quick_run_writes_report_plots_and_metrics(quick_run):
     out, doc, report = quick_run
-    for name in ("accuracy_by_style.png", "id_vs_ood.png"):
-        assert (out / name).read_bytes()[:8] == PNG_MAGIC
-    assert set(_table_rows(report)) == set(METHODS)
+    for name in ("accuracy_by_set_world_k2.png", "id_ood_world_k2.png", "training_world_k2.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC and f"]({name})" in report
+    assert list(_table_rows(report)) == list(METHODS)
     assert doc["seeds"] == [1, 2] and doc["config"]["quick"] and doc["config"]["epochs"] == 2  # explicit flag wins
     assert doc["ood_styles"] == ["sketch", "blurry"]
-    for name in ("fine-tune-seed1", "fd-align-seed2"):
-        assert (out / "runs" / name / "log.csv").is_file()
+    for run in ("s1/fine-tune", "s2/fd-align"):
+        assert (out / "runs" / "world" / "k2" / run / "log.csv").is_file()
+        # the demo keeps each run's selected model, not its resume state
+        assert (out / "runs" / "world" / "k2" / run / "model").is_dir()
+        assert not (out / "runs" / "world" / "k2" / run / "checkpoint").exists()
+    assert (out / "world" / "world.json").is_file() and "## What happened" in report
     # no temporary files left behind by the atomic writes
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_table_is_mean_and_sample_std_of_per_seed_metrics(quick_run):
-    _, doc, report = quick_run
+def test_per_seed_numbers_are_the_runs_metrics(quick_run):
+    out, doc, report = quick_run
+    for s in doc["seeds"]:
+        for method in ("fine-tune", "fd-align"):
+            run = json.loads((out / "runs" / "world" / "k2" / f"s{s}" / method / "metrics.json").read_text())
+            m = run["metrics"]
+            alpha = run["selection"]["wiseft_alpha"]["chosen"]
+            wise = {0.0: "zero-shot", 1.0: "fine-tuned"}.get(alpha, f"wiseft-{alpha:g}")
+            for row, model in ((method, "fine-tuned"), (f"wise-ft of {method}", wise), ("zero-shot", "zero-shot")):
+                r = doc["per_seed"][str(s)][row]
+                assert r["id"] == m["test"][model]["top1"]
+                assert r["styles"] == {"jpeg corrupted": m["test"][model]["top1"], "sketch": m["sketch"][model]["top1"],
+                                       "blurry": m["blurry"][model]["top1"]}
+                assert r["ood_mean"] == pytest.approx((m["sketch"][model]["top1"] + m["blurry"][model]["top1"]) / 2)
     rows = _table_rows(report)
-    keys = ["id", "ood_mean", *doc["ood_styles"]]
-    for m in METHODS:
-        for key, cell in zip(keys, rows[m]):
-            vals = [doc["per_seed"][s][m]["id" if key == "id" else "ood_mean" if key == "ood_mean" else "styles"]
-                    for s in doc["per_seed"]]
-            if key not in ("id", "ood_mean"):
-                vals = [v[key] for v in vals]
-            mean, std = statistics.fmean(vals), statistics.stdev(vals)
-            assert cell == f"{mean:.1f} ± {std:.1f}", (m, key)
-            assert doc["summary"][m][key]["mean"] == pytest.approx(mean)
-            assert doc["summary"][m][key]["std"] == pytest.approx(std)
-    # OOD mean is the unweighted mean of the OOD styles, ID is the ID style
-    for s, per_method in doc["per_seed"].items():
-        for m, r in per_method.items():
-            assert r["ood_mean"] == pytest.approx(statistics.fmean(r["styles"][st] for st in doc["ood_styles"]))
-            assert r["id"] == r["styles"][doc["id_style"]]
+    for row in METHODS:
+        vals = [doc["per_seed"][str(s)][row]["id"] for s in doc["seeds"]]
+        assert rows[row][:2] == ["2", f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}"], row
     # zero-shot trains nothing and the test sets are fixed: identical over seeds
     assert doc["summary"]["zero-shot"]["id"]["std"] == 0
 
 
 def test_wiseft_alpha_chosen_on_val(quick_run):
-    _, doc, report = quick_run
+    _, doc, _ = quick_run
     alphas = doc["config"]["wiseft_alphas"]
     assert alphas == [0.0, 0.5, 1.0]
     for s in doc["seeds"]:
-        sel = doc["selection"][str(s)]
-        w = sel["wise-ft"]["wiseft_alpha"]
-        assert w["on"].startswith("val") and "test" not in w["on"]
-        assert list(w["scores"]) == [str(a) for a in alphas]
-        best = max(w["scores"].values())
-        first_best = next(float(a) for a, v in w["scores"].items() if v == best)  # ties: first listed
-        assert w["chosen"] == first_best and w["score"] == best
-        for m in ("fine-tune", "fd-align"):
-            e = sel[m]["epoch"]
+        for method in ("fine-tune", "fd-align"):
+            sel = doc["selection"][str(s)][method]
+            w = sel["wiseft_alpha"]
+            assert w["on"].startswith("val") and "test" not in w["on"]
+            assert [float(a) for a in w["scores"]] == alphas
+            best = max(w["scores"].values())
+            first_best = next(float(a) for a, v in w["scores"].items() if v == best)  # ties: first listed
+            assert w["chosen"] == first_best and w["score"] == best
+            e = sel["epoch"]
             assert e["on"].startswith("val") and e["chosen"] in (1, 2)
             assert e["score"] == max(e["scores"].values())
-        assert f"seed {s}: " in report and f"wise-ft: alpha {w['chosen']}" in report
+
+
+def test_demo_defaults_are_the_shipped_sweep_preset():
+    from fdalign.experiments.sweep import load_sweep_config
+
+    assert sweep_config(DemoConfig()).to_dict() == load_sweep_config("demo").to_dict()
+    quick = sweep_config(DemoConfig(quick=True).resolved())
+    assert quick.seeds == [1, 2] and quick.shots == [2] and quick.world["ood_styles"] == ["sketch", "blurry"]
+    assert quick.methods == {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 20.0}}
 
 
 def test_wiseft_alpha_one_is_the_fine_tuned_model(tiny_openclip, tmp_path, monkeypatch, cache_dir):
@@ -112,24 +126,12 @@ def test_wiseft_alpha_one_is_the_fine_tuned_model(tiny_openclip, tmp_path, monke
     monkeypatch.setenv("FDALIGN_CACHE", str(cache_dir))
     cfg = DemoConfig(out=str(tmp_path / "a1"), quick=True, seeds=1, model="tiny",
                      pretrained=str(tiny_openclip["checkpoint"]), model_config=str(tiny_openclip["config"]),
-                     device="cpu", wiseft_alphas=(1.0,), ood_styles=("sketch",), lr=1e-3, progress=False)
+                     device="cpu", wiseft_alphas=(1.0,), ood_styles=("sketch",), lr=1e-3, progress=False, threads=1)
     res = run_demo(cfg)
     r = res.per_seed[1]
     assert r["fine-tune"] != r["zero-shot"]  # else the next line could not tell the two apart
-    assert r["wise-ft"] == r["fine-tune"]
-    assert res.selection[1]["wise-ft"]["wiseft_alpha"]["chosen"] == 1.0
-
-
-def test_summarise_by_hand():
-    per_seed = {
-        1: {"a": {"id": 50.0, "ood_mean": 20.0, "styles": {"x": 50.0, "y": 20.0}}},
-        2: {"a": {"id": 70.0, "ood_mean": 30.0, "styles": {"x": 70.0, "y": 30.0}}},
-        3: {"a": {"id": 60.0, "ood_mean": 40.0, "styles": {"x": 60.0, "y": 40.0}}},
-    }
-    s = summarise(per_seed, ["a"], ["x", "y"])
-    assert s["a"]["id"]["mean"] == pytest.approx(60.0) and s["a"]["id"]["std"] == pytest.approx(10.0)
-    assert s["a"]["ood_mean"]["mean"] == pytest.approx(30.0) and s["a"]["y"]["std"] == pytest.approx(10.0)
-    assert s["a"]["x"]["values"] == [50.0, 70.0, 60.0]
+    assert r["wise-ft of fine-tune"] == r["fine-tune"] and r["wise-ft of fd-align"] == r["fd-align"]
+    assert res.selection[1]["fine-tune"]["wiseft_alpha"]["chosen"] == 1.0
 
 
 def test_help_lists_every_option_with_its_default(capsys):
@@ -190,8 +192,8 @@ def test_verdict_by_hand():
         return {"id": i, "ood_mean": o, "styles": {}}
 
     per_seed = {
-        1: {"zero-shot": r(40, 60), "fine-tune": r(50, 50), "fd-align": r(48, 58), "wise-ft": r(52, 61)},
-        2: {"zero-shot": r(40, 60), "fine-tune": r(46, 52), "fd-align": r(46, 56), "wise-ft": r(47, 60)},
+        1: {"zero-shot": r(40, 60), "fine-tune": r(50, 50), "fd-align": r(48, 58), "wise-ft of fine-tune": r(52, 61)},
+        2: {"zero-shot": r(40, 60), "fine-tune": r(46, 52), "fd-align": r(46, 56), "wise-ft of fine-tune": r(47, 60)},
     }
     lines = verdict(per_seed, {})
     # fd-align - fine-tune: OOD diffs 8 and 4 -> mean 6, sample std 2.8; ID diffs -2 and 0 -> -1, std 1.4

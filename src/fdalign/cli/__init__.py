@@ -22,6 +22,9 @@ COMMAND_MODULES = [
     "fdalign.cli.evaluate",
     "fdalign.cli.prototypes",
     "fdalign.cli.data",
+    "fdalign.cli.world",
+    "fdalign.cli.sweep",
+    "fdalign.cli.report",
     "fdalign.cli.export",
     "fdalign.cli.predict",
 ]

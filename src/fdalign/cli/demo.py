@@ -8,17 +8,24 @@ DESCRIPTION = """\
 Few-shot fine-tune the shipped fdalign-world CLIP on K images per class of one style of the
 embedded synthetic world, then test on that style (ID) and on held-out styles (OOD). Compares
 zero-shot CLIP, full fine-tuning (beta 0), FD-Align (beta > 0, SPC-corrected spurious prototypes
-of the openai80 templates) and WiSE-FT of the fine-tuned model (mixing weight chosen on val), over
-several seeds, all with the same learning rate, epochs and schedule. The default ID style is
+of the openai80 templates) and WiSE-FT of both fine-tuned models (mixing weight chosen on val),
+over several seeds, all with the same learning rate, epochs and schedule. The default ID style is
 'jpeg corrupted', where zero-shot CLIP is weak and fine-tuning gains ID accuracy (on photo the
 shipped model is already near its ceiling and fine-tuning only loses); the defaults were chosen on
 dev seeds and a dev test set (benchmarks/tune_demo.py). Offline; a few minutes on a laptop CPU.
+
+The demo is a preset of the experiment engine: `fdalign world render` into OUT/world, the demo
+sweep (`fdalign sweep demo`, one `fdalign train` run per seed and method in OUT/runs/) and
+`fdalign report`. Running it again with the same options reuses the finished runs.
 Writes to --out:
-  report.md              accuracy table (mean ± std over seeds), what was selected on what, settings
-  metrics.json           every number, per seed
-  accuracy_by_style.png  grouped bars per style and method
-  id_vs_ood.png          ID vs OOD mean accuracy, one point per method per seed
-  runs/<method>-seed<s>/ training log.csv and selection.json of every run
+  report.md              accuracy table (mean ± std over seeds), what happened, paired differences,
+                         plots, environment, split hashes
+  metrics.json           every number per seed, and what was selected on what
+  summary.json           the report's numbers
+  accuracy_by_set_*.png  grouped bars per style and method
+  id_ood_*.png           the ID-OOD plane with the WiSE-FT curves of fine-tuning and of FD-Align
+  training_*.png         CE, KL and LR per step of every run
+  world/ runs/           the rendered world; every run's folder (config, log.csv, metrics, model)
 
 examples:
   fdalign demo --out demo_out
@@ -35,7 +42,8 @@ def register(subparsers) -> None:
     d = DemoConfig()
     p = subparsers.add_parser(
         "demo",
-        help="run FD-Align offline on the embedded world: zero-shot vs fine-tune vs FD-Align vs WiSE-FT",
+        help="run FD-Align offline on the embedded world: zero-shot vs fine-tune vs FD-Align vs WiSE-FT "
+             "(world render + the demo sweep + report)",
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
@@ -52,7 +60,8 @@ def register(subparsers) -> None:
                    help="held-out world styles to test on (quote names with spaces: 'jpeg corrupted')")
     p.add_argument("--test-per-class", type=int, default=d.test_per_class,
                    help="test images per class and style")
-    p.add_argument("--test-seed", type=int, default=d.test_seed, help="render seed of the (fixed) test sets")
+    p.add_argument("--test-seed", type=int, default=d.test_seed, help="render seed of the world (the fixed test "
+                   "sets and the pools the K-shot train / val images are drawn from)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--selection", choices=("best", "last"), default=d.selection,

@@ -1,0 +1,56 @@
+"""``fdalign sweep``: run a grid of training runs (data sets x shots x seeds x methods), resumably."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Run every cell of a sweep config (a YAML file or a shipped preset) as one `fdalign train` run in
+OUT/runs/<data set>/k<shots>/s<seed>/<method>/. Run the same command again to continue: finished
+runs are skipped, a killed run resumes from its checkpoint, a failed run is retried (a failure is
+recorded in its status.json and train.log and the sweep goes on). OUT/sweep.json lists every run.
+Zero-shot CLIP and WiSE-FT need no runs of their own: every train run evaluates them. Then
+`fdalign report OUT` makes the tables and plots.
+
+Presets (src/fdalign/experiments/presets/):
+  demo          the embedded world, rendered into OUT/world: zero-shot vs fine-tune vs FD-Align vs WiSE-FT
+  imagenet      ImageNet 16-shot -> V2 / Sketch / A / R, ViT-B/32, released settings (needs --data-root)
+  coop          the 11 CoOp data sets x 1/2/4/8/16 shots x 3 seeds, authors' per-data-set LRs (needs --data-root)
+  spc-ablation  the 11 data sets: 80 OpenAI templates vs Tip's 7 vs SPC (needs --data-root)
+
+examples:
+  fdalign sweep demo --out sweeps/demo && fdalign report sweeps/demo
+  fdalign sweep coop --data-root /data/coop --out sweeps/coop
+  fdalign sweep my_grid.yaml --out sweeps/mine --dry-run
+"""
+
+
+def register(subparsers) -> None:
+    from fdalign.cli import HelpFormatter
+
+    p = subparsers.add_parser("sweep", help="run a grid of training runs (data sets x shots x seeds x methods), "
+                              "resumable", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("config", metavar="CONFIG", help="sweep config YAML, or a preset name: demo, imagenet, coop, "
+                   "spc-ablation")
+    p.add_argument("--out", required=True, help="sweep folder (created; an existing one is continued)")
+    p.add_argument("--data-root", default=None, help="fills {data_root} in the config's data paths; if not given: the "
+                   "config's data_root, or OUT/world when the config renders the world")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fdalign.experiments.sweep import load_sweep_config, plan_runs, run_state, run_sweep
+
+    cfg = load_sweep_config(args.config)
+    if args.dry_run:
+        runs = plan_runs(cfg)
+        for r in runs:
+            print(f"{run_state(r.dir(args.out)):>11}  {r.key}")
+        print(f"{len(runs)} runs")
+        return 0
+    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress)
+    print(f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
+          f"{res.failed} failed ({res.seconds:.0f} s); report: fdalign report {args.out}")
+    return 1 if res.failed else 0

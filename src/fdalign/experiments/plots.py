@@ -1,0 +1,314 @@
+"""The report's figures (PNG, written atomically): accuracy vs shots, the ID-OOD plane with WiSE-FT
+curves, and training curves from each run's ``log.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+from fdalign.io import atomic_write_bytes
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _mean(vals):
+    return sum(vals) / len(vals)
+
+
+def accuracy_vs_shots(groups, out: Path) -> list[Path]:
+    """One figure: a column per data set, ID top-1 (and OOD mean, if any) against shots, a line per method."""
+    from fdalign.experiments.report import summarise_group
+
+    plt = _plt()
+    datasets = list(dict.fromkeys(g.dataset for g in groups))
+    has_ood = any(g.ood_sets for g in groups)
+    nrows = 2 if has_ood else 1
+    fig, axes = plt.subplots(nrows, len(datasets), figsize=(4.2 * len(datasets), 3.4 * nrows), squeeze=False)
+    colours: dict[str, str] = {}
+    for j, ds in enumerate(datasets):
+        gs = sorted((g for g in groups if g.dataset == ds), key=lambda g: g.shots)
+        summaries = [(g.shots, summarise_group(g)) for g in gs]
+        rows = list(dict.fromkeys(r for _, s in summaries for r in s))
+        for i, key in enumerate(["id", "ood_mean"][:nrows]):
+            ax = axes[i][j]
+            for row in rows:
+                pts = [(k, s[row][key]) for k, s in summaries if row in s and key in s[row]]
+                if not pts:
+                    continue
+                c = colours.setdefault(row, f"C{len(colours) % 10}")
+                ax.errorbar([k for k, _ in pts], [d["mean"] for _, d in pts], yerr=[d["std"] for _, d in pts],
+                            marker="o", ms=4, capsize=2, color=c, label=row)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({g.shots for g in gs}), [str(k) for k in sorted({g.shots for g in gs})])
+            ax.set_title(f"{ds}: {'ID' if key == 'id' else 'OOD mean'}", fontsize=9)
+            ax.set_xlabel("shots per class")
+            ax.set_ylabel("top-1 (%)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return [_save(fig, out / "accuracy_vs_shots.png")]
+
+
+def id_ood_plane(g, out: Path) -> Path | None:
+    """ID top-1 against OOD mean (means over seeds): a WiSE-FT curve per fine-tuned method, a star at the
+    alpha chosen on val, a dot per other row. None when the group has no OOD sets."""
+    if not g.ood_sets:
+        return None
+    from fdalign.experiments.report import ZERO_SHOT, wiseft_row
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for i, (m, by_alpha) in enumerate(g.curves.items()):
+        alphas = sorted(by_alpha)
+        xs = [_mean([p["id"] for p in by_alpha[a].values()]) for a in alphas]
+        ys = [_mean([p["ood_mean"] for p in by_alpha[a].values()]) for a in alphas]
+        ax.plot(xs, ys, "-o", ms=3, color=f"C{i}", label=f"WiSE-FT of {m}")
+        for a, x, y in zip(alphas, xs, ys):
+            ax.annotate(f"{a:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        chosen = g.points.get(wiseft_row(m))
+        if chosen:
+            ax.scatter([_mean([p["id"] for p in chosen.values()])], [_mean([p["ood_mean"] for p in chosen.values()])],
+                       marker="*", s=160, color=f"C{i}", edgecolor="k", zorder=5, label=f"{wiseft_row(m)} (val)")
+    k = len(g.curves)
+    for row, pts in g.points.items():
+        if row in g.curves or row.startswith("wise-ft of ") or not pts:
+            continue
+        marker = "s" if row == ZERO_SHOT else "D"
+        ax.scatter([_mean([p["id"] for p in pts.values()])], [_mean([p["ood_mean"] for p in pts.values()])],
+                   marker=marker, s=45, color="k" if row == ZERO_SHOT else f"C{k}", label=row, zorder=4)
+        k += row != ZERO_SHOT
+    ax.set_xlabel(f"ID top-1 (%), {g.id_set}")
+    ax.set_ylabel(f"OOD mean top-1 (%), {len(g.ood_sets)} sets")
+    ax.set_title(f"ID vs OOD: {g.title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / f"id_ood_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def read_log(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in ("step", "ce", "kl", "lr")} if rows else {}
+
+
+def training_curves(g, out: Path) -> Path | None:
+    """CE, KL and LR against the step for every run of the group (colour = method, one line per seed)."""
+    logs = [(r, r.dir / "log.csv") for r in g.runs if (r.dir / "log.csv").is_file()]
+    if not logs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+    methods = list(dict.fromkeys(r.method for r, _ in logs))
+    for r, path in logs:
+        d = read_log(path)
+        if not d:
+            continue
+        c = f"C{methods.index(r.method)}"
+        for ax, key in zip(axes, ("ce", "kl", "lr")):
+            ax.plot(d["step"], d[key], color=c, lw=0.9, alpha=0.8,
+                    label=r.method if r.seed == min(x.seed for x, _ in logs if x.method == r.method) else None)
+    for ax, key in zip(axes, ("cross-entropy", "spurious KL", "learning rate")):
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Training curves: {g.title}", fontsize=10)
+    return _save(fig, out / f"training_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def accuracy_by_set(g, out: Path) -> Path | None:
+    """Grouped bars for one data set and shot count: the ID set, each OOD set and the OOD mean; a bar
+    per row (mean over seeds, std as error bar). None without OOD sets."""
+    if not g.ood_sets:
+        return None
+    import numpy as np
+
+    from fdalign.experiments.report import summarise_group
+
+    plt = _plt()
+    s = summarise_group(g)
+    keys = ["id"] + g.ood_sets + ["ood_mean"]
+    labels = [f"{g.id_set}\n(ID)"] + g.ood_sets + ["OOD mean"]
+    rows = list(s)
+    width = 0.8 / len(rows)
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(keys)), 4.2))
+    for i, row in enumerate(rows):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [s[row][k]["mean"] for k in keys], width,
+               yerr=[s[row][k]["std"] for k in keys], capsize=2, label=row)
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.axvline(len(keys) - 1.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Accuracy by set: {g.title} (mean ± std over seeds)", pad=26, fontsize=10)
+    ax.legend(ncol=min(len(rows), 5), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out / f"accuracy_by_set_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+# ----------------------------------------------------------------------------------------------
+# figures that need the trained models: t-SNE of image features, spurious distributions
+
+
+def _sample(split, per_class: int):
+    """The first ``per_class`` images of every class (deterministic, no RNG)."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, s in enumerate(split.samples):
+        if seen.get(s.label, 0) < per_class:
+            seen[s.label] = seen.get(s.label, 0) + 1
+            keep.append(i)
+    return split.subset(keep)
+
+
+def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu") -> dict | None:
+    """Features of zero-shot CLIP and of each method's fine-tuned encoder (first seed that has all),
+    on a few images per class of the ID test set and of every OOD set.
+
+    Returns ``{"feats": {model: [N, D]}, "labels": [N], "domains": [N] set names, "classnames",
+    "images": the ID images' paths, "run": the reference run}`` or None when the runs or their data
+    are not available here.
+    """
+    import copy
+
+    import torch
+
+    from fdalign.data import ImageDataset, load_ood_sets, open_dataset
+    from fdalign.errors import FDAlignError
+    from fdalign.eval.features import extract_features
+    from fdalign.train.run import MODEL_FILE, load_model, load_run
+
+    by_seed: dict[int, dict] = {}
+    for r in g.runs:
+        by_seed.setdefault(r.seed, {})[r.method] = r
+    seeds = [s for s, d in sorted(by_seed.items()) if all(m in d for m in methods)]
+    if not seeds:
+        return None
+    runs = by_seed[seeds[0]]
+    try:
+        first = load_run(runs[methods[0]].dir, device=device)
+        cfg = first.config
+        splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames)
+        test = splits.get("test")
+        if test is None:
+            return None
+        sets = [(g.id_set, _sample(test, per_class))]
+        for name, split, _ in load_ood_sets(cfg.ood, list(test.classnames), test.class_keys,
+                                            reserved={"test", "val", "train"}):
+            sets.append((name, _sample(split, per_class)))
+        tf = first.backend.preprocess_eval()
+        encoders = {"zero-shot": first.zero_shot_encoder().to(device), methods[0]: first.backend.image_encoder}
+        for m in methods[1:]:  # same base model: only the fine-tuned weights differ
+            enc = copy.deepcopy(first.backend.image_encoder)
+            saved = load_model(runs[m].dir / MODEL_FILE).encoder
+            ref = enc.state_dict()
+            enc.load_state_dict({k: v.to(ref[k].dtype) if v.is_floating_point() else v for k, v in saved.items()})
+            encoders[m] = enc
+    except (FDAlignError, OSError):
+        return None  # data or models moved: the other figures do not need them
+    feats: dict[str, torch.Tensor] = {}
+    labels, domains = [], []
+    for name, split in sets:
+        labels += split.labels
+        domains += [name] * len(split)
+    for model, enc in encoders.items():
+        parts = [extract_features(enc, ImageDataset(split, tf), batch_size=64, device=device, progress=False)[0]
+                 for _, split in sets]
+        feats[model] = torch.cat(parts).float()
+    return {"feats": feats, "labels": labels, "domains": domains, "classnames": list(test.classnames),
+            "images": [test.resolve(s) for s in sets[0][1].samples], "n_id": len(sets[0][1]), "run": first}
+
+
+def tsne_plot(g, data: dict, out: Path) -> Path:
+    """The paper's figure: t-SNE of image features per model, colour = class, marker = domain (set)."""
+    import numpy as np
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    models = list(data["feats"])
+    domains = list(dict.fromkeys(data["domains"]))
+    markers = "o^sDvP*Xh<>p"
+    labels = np.array(data["labels"])
+    dom = np.array(data["domains"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.3 * len(models), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        x = data["feats"][m]
+        x = (x / x.norm(dim=-1, keepdim=True)).numpy()
+        # exact gradients: for the few hundred points drawn here it is faster than Barnes-Hut
+        emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca", random_state=0,
+                   method="exact" if len(x) <= 1000 else "barnes_hut", max_iter=500).fit_transform(x)
+        for j, d in enumerate(domains):
+            sel = dom == d
+            ax.scatter(emb[sel, 0], emb[sel, 1], c=labels[sel], cmap="tab20", vmin=0, vmax=max(19, labels.max()),
+                       marker=markers[j % len(markers)], s=14 if j else 22, alpha=0.8,
+                       edgecolor="k" if j == 0 else "none", linewidth=0.4, label=d)
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=6, markerscale=0.8, title="set (colour = class)", title_fontsize=6)
+    fig.suptitle(f"t-SNE of image features: {g.title}", fontsize=10)
+    return _save(fig, out / f"tsne_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
+    """P_spur(x; f) of a few ID test images under zero-shot CLIP and each fine-tuned encoder."""
+    import torch
+
+    from fdalign.losses import cosine_logits
+    from fdalign.prompts import load_templates
+    from fdalign.prototypes import build_prototypes
+    from fdalign.spc import SPCConfig
+
+    run = data["run"]
+    cfg = run.config
+    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    protos = build_prototypes(run.backend, data["classnames"], load_templates(cfg.templates), spc=spc)
+    spurious = protos.loss_prototypes
+    scale = float(cfg.temperature if cfg.temperature is not None else run.backend.logit_scale)
+    normalize = not (cfg.spc and not cfg.spc_renormalize)
+    plt = _plt()
+    from PIL import Image
+
+    n = min(images, data["n_id"])
+    step = max(1, data["n_id"] // n)
+    idx = list(range(0, data["n_id"], step))[:n]
+    fig, axes = plt.subplots(n, 2, figsize=(10, 2.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 5]})
+    k = spurious.shape[0]
+    for row, i in enumerate(idx):
+        axes[row][0].imshow(Image.open(data["images"][i]).convert("RGB"))
+        axes[row][0].set_axis_off()
+        axes[row][0].set_title(data["classnames"][data["labels"][i]], fontsize=8)
+        ax = axes[row][1]
+        width = 0.8 / len(data["feats"])
+        for j, (m, f) in enumerate(data["feats"].items()):
+            with torch.no_grad():
+                p = torch.softmax(cosine_logits(f[i : i + 1], spurious, scale, normalize).float(), dim=-1)[0]
+            ax.bar([x + (j - (len(data["feats"]) - 1) / 2) * width for x in range(k)], p.numpy(), width, label=m)
+        ax.set_ylabel("P_spur", fontsize=8)
+        ax.set_xlim(-0.6, k - 0.4)
+        ax.set_xticks(range(0, k, max(1, k // 10)))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][1].legend(fontsize=7, ncol=len(data["feats"]))
+    axes[-1][1].set_xlabel(f"spurious prototype ({'SPC-corrected' if cfg.spc else 'one per template'}, k = {k})")
+    fig.suptitle(f"Spurious distribution before and after fine-tuning: {g.title}", fontsize=10)
+    return _save(fig, out / f"spurious_{_slug(g.dataset)}_k{g.shots}.png")

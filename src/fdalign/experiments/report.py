@@ -1,0 +1,593 @@
+"""One report across many runs: ``fdalign report DIR... [--format md,csv,html]``.
+
+The input is any number of sweep folders (``fdalign sweep``) or single run folders (``fdalign
+train``); every folder below them holding a run's ``metrics.json`` counts. Each run gives rows:
+
+* its method: the run's selected model (``fine-tuned`` in ``metrics.json``);
+* ``zero-shot``: CLIP with the prompt prototypes, which every run evaluates (taken from the
+  reference method's run of the same data set, shots and seed, else the first method's);
+* ``wise-ft of <method>``: the run's WiSE-FT interpolation at the mixing weight chosen on val
+  (``selection.json``); the other weights give the WiSE-FT curve in the ID-OOD plot.
+
+Per data set and shot count, the table shows mean +- sample std over seeds of the ID top-1 (the
+``test`` set), the unweighted OOD mean and each OOD set; the paired differences against the
+reference method (full fine-tuning) are taken seed by seed (same K-shot images, same test sets).
+Where the paper published a number for the same data set, shots, method and model
+(``published.yaml``), a column shows ours minus theirs.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from fdalign.errors import FDAlignError
+from fdalign.io import atomic_write_json, atomic_write_text, read_json
+
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+FORMATS = ("md", "csv", "html")
+COOP11 = frozenset({"imagenet", "caltech101", "oxfordpets", "stanfordcars", "flowers102", "food101", "aircraft",
+                    "sun397", "dtd", "eurosat", "ucf101"})
+ZERO_SHOT = "zero-shot"
+
+
+def wiseft_row(method: str) -> str:
+    return f"wise-ft of {method}"
+
+
+def dataset_key(name: str) -> str:
+    """The normaliser the released LR table uses: ``Oxford_Pets`` -> ``oxfordpets``."""
+    from fdalign.train.config import _dataset_key
+
+    return _dataset_key(name)
+
+
+def method_label(config: dict) -> str:
+    """A name for a run made outside a sweep, from its settings."""
+    if config.get("mode") == "linear-probe":
+        return "lp"
+    if config.get("mode") == "lp-ft":
+        return "lp-ft"
+    return "fine-tune" if float(config.get("beta", 1.0)) == 0 else "fd-align"
+
+
+def model_alpha(model: str) -> float | None:
+    """WiSE-FT mixing weight of a model name in ``metrics.json`` (``zero-shot`` 0, ``fine-tuned`` 1)."""
+    if model == ZERO_SHOT:
+        return 0.0
+    if model == "fine-tuned":
+        return 1.0
+    m = re.fullmatch(r"wiseft-([0-9.eE+-]+)", model)
+    return float(m.group(1)) if m else None
+
+
+def alpha_model(alpha: float) -> str:
+    from fdalign.train.wiseft import alpha_name
+
+    return ZERO_SHOT if alpha == 0 else "fine-tuned" if alpha == 1 else alpha_name(alpha)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading runs
+
+
+@dataclass
+class RunRecord:
+    """One training run as the report sees it."""
+
+    dir: Path
+    dataset: str
+    shots: int
+    seed: int
+    method: str
+    metrics: dict  # {set: {model: {"top1", "top5", "n"}}}
+    roles: dict  # {set: test | val | ood}
+    chosen_alpha: float | None
+    hashes: dict
+    config: dict
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def id_set(self) -> str:
+        for role in ("test", "val"):
+            names = [s for s in self.metrics if self.roles.get(s, "test") == role]
+            if names:
+                return names[0]
+        return next(iter(self.metrics))
+
+    @property
+    def ood_sets(self) -> list[str]:
+        return [s for s in self.metrics if self.roles.get(s) == "ood"]
+
+    @property
+    def model_key(self) -> str:
+        return f"{self.config.get('model')}/{self.config.get('pretrained')}"
+
+    def point(self, model: str) -> dict | None:
+        """``{"id", "ood_mean", "sets": {set: top1}}`` of one model of the run (None if not evaluated)."""
+        if any(model not in self.metrics[s] for s in self.metrics):
+            return None
+        sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics}
+        ood = self.ood_sets
+        return {"id": sets[self.id_set], "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood else None,
+                "sets": sets}
+
+    def alphas(self) -> list[float]:
+        models = next(iter(self.metrics.values()))
+        return sorted(a for a in (model_alpha(m) for m in models) if a is not None)
+
+
+def _read_run(run_dir: Path) -> RunRecord | None:
+    doc = read_json(run_dir / "metrics.json", "run metrics")
+    if "config" not in doc or "metrics" not in doc:
+        return None  # an evaluation without a training run
+    cfg = doc["config"]
+    status = read_json(run_dir / "status.json", "run status") if (run_dir / "status.json").is_file() else {}
+    if status and status.get("state") != "done":
+        return None
+    spec = status.get("run") or {}
+    sel = doc.get("selection", {}).get("wiseft_alpha") or {}
+    return RunRecord(
+        dir=run_dir, dataset=spec.get("dataset") or cfg.get("dataset_name") or Path(str(cfg.get("data"))).name,
+        shots=int(spec.get("shots", cfg.get("shots"))), seed=int(spec.get("seed", cfg.get("seed"))),
+        method=spec.get("method") or method_label(cfg), metrics=doc["metrics"], roles=doc.get("roles", {}),
+        chosen_alpha=float(sel["chosen"]) if "chosen" in sel else None, hashes=doc.get("hashes", {}), config=cfg,
+        environment=status.get("environment", {}),
+    )
+
+
+def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict]:
+    """Every finished run under ``paths`` and the sweep settings found there (``wiseft``, ``reference``,
+    method order)."""
+    runs: list[RunRecord] = []
+    meta: dict[str, Any] = {"wiseft": [], "reference": None, "methods": [], "names": []}
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FDAlignError(f"report input {p} does not exist; give sweep or run folders")
+        for sweep_file in sorted(p.rglob("sweep.json")):
+            cfg = read_json(sweep_file, "sweep index").get("config", {})
+            meta["names"].append(cfg.get("name"))
+            meta["methods"] += [m for m in cfg.get("methods", {}) if m not in meta["methods"]]
+            wise = cfg.get("wiseft")
+            if wise is None:
+                wise = [m for m, o in cfg.get("methods", {}).items() if (o or {}).get("mode") != "linear-probe"]
+            meta["wiseft"] += [m for m in wise if m not in meta["wiseft"]]
+            meta["reference"] = meta["reference"] or cfg.get("reference")
+        for m in sorted(p.rglob("metrics.json")):
+            d = m.parent.resolve()
+            if d in seen:
+                continue
+            seen.add(d)
+            r = _read_run(m.parent)
+            if r is not None:
+                runs.append(r)
+    if not runs:
+        raise FDAlignError(f"no finished training runs (metrics.json from fdalign train) under {', '.join(map(str, paths))}")
+    if not meta["methods"]:
+        meta["methods"] = list(dict.fromkeys(r.method for r in runs))
+        meta["wiseft"] = [m for m in meta["methods"] if m != "lp"]
+    meta["methods"] += [m for m in dict.fromkeys(r.method for r in runs) if m not in meta["methods"]]
+    if meta["reference"] is None and "fine-tune" in meta["methods"]:
+        meta["reference"] = "fine-tune"
+    return runs, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# the numbers
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    from fdalign.eval.metrics import mean_std as ms
+
+    return ms(values)
+
+
+@dataclass
+class Group:
+    """One data set at one shot count: ``points[row][seed]`` and the WiSE-FT ``curves[method][alpha][seed]``."""
+
+    dataset: str
+    shots: int
+    dataset_key: str
+    id_set: str
+    ood_sets: list[str]
+    points: dict[str, dict[int, dict]]
+    curves: dict[str, dict[float, dict[int, dict]]]
+    runs: list[RunRecord]
+    model_keys: set[str]
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset}, {self.shots}-shot"
+
+
+def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
+    """Rows per (data set, shots), in the order: zero-shot, methods, WiSE-FT rows."""
+    keyed: dict[tuple[str, int], list[RunRecord]] = {}
+    for r in runs:
+        keyed.setdefault((r.dataset, r.shots), []).append(r)
+    groups = []
+    order = meta["methods"]
+    for (ds, k), rs in sorted(keyed.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        rs.sort(key=lambda r: (r.seed, order.index(r.method) if r.method in order else len(order)))
+        points: dict[str, dict[int, dict]] = {ZERO_SHOT: {}}
+        curves: dict[str, dict[float, dict[int, dict]]] = {}
+        for m in order:
+            for r in (r for r in rs if r.method == m):
+                points.setdefault(m, {})[r.seed] = r.point("fine-tuned")
+                if r.seed not in points[ZERO_SHOT] or m == meta.get("reference"):
+                    points[ZERO_SHOT][r.seed] = r.point(ZERO_SHOT)
+                if m in meta["wiseft"] and r.chosen_alpha is not None:
+                    points.setdefault(wiseft_row(m), {})[r.seed] = r.point(alpha_model(r.chosen_alpha))
+                    for a in r.alphas():
+                        curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a))
+        points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
+        rows = [ZERO_SHOT] + [m for m in order if m in points] + [wiseft_row(m) for m in meta["wiseft"]
+                                                                 if wiseft_row(m) in points]
+        groups.append(Group(ds, k, dataset_key(ds), rs[0].id_set, rs[0].ood_sets, {row: points[row] for row in rows},
+                            curves, rs, {r.model_key for r in rs}))
+    return groups
+
+
+def mean_group(groups: list[Group]) -> list[Group]:
+    """The mean over data sets per shot count (seed by seed), when a shot count has 2+ data sets.
+
+    A row and seed count only when every data set has them, so the mean is over the same data sets."""
+    out = []
+    for k in sorted({g.shots for g in groups}):
+        gs = [g for g in groups if g.shots == k]
+        if len(gs) < 2:
+            continue
+        points: dict[str, dict[int, dict]] = {}
+        for row in gs[0].points:
+            seeds = set.intersection(*(set(g.points.get(row, {})) for g in gs))
+            for s in sorted(seeds):
+                ids = [g.points[row][s]["id"] for g in gs]
+                oods = [g.points[row][s]["ood_mean"] for g in gs]
+                points.setdefault(row, {})[s] = {"id": sum(ids) / len(ids), "sets": {},
+                                                 "ood_mean": sum(oods) / len(oods) if None not in oods else None}
+        keys = {g.dataset_key for g in gs}
+        name = f"mean of {len(gs)} data sets"
+        out.append(Group(name, k, "coop11-mean" if keys == COOP11 else name, "mean", [], points, {},
+                         [r for g in gs for r in g.runs], set.union(*(g.model_keys for g in gs))))
+    return out
+
+
+def stats(values: list[float]) -> dict:
+    m, s = mean_std(values)
+    return {"mean": m, "std": s, "values": values}
+
+
+def summarise_group(g: Group) -> dict[str, dict]:
+    """``{row: {"n", "id", "ood_mean", <ood set>...: {"mean", "std", "values"}}}``; values in seed order."""
+    out = {}
+    for row, per_seed in g.points.items():
+        pts = list(per_seed.values())
+        d = {"n": len(pts), "seeds": list(per_seed), "id": stats([p["id"] for p in pts])}
+        if g.ood_sets or (pts and pts[0]["ood_mean"] is not None):
+            d["ood_mean"] = stats([p["ood_mean"] for p in pts])
+        for s in g.ood_sets:
+            d[s] = stats([p["sets"][s] for p in pts])
+        out[row] = d
+    return out
+
+
+def paired_differences(g: Group, reference: str) -> dict[str, dict]:
+    """``{row: {"n", "seeds", "id", "ood_mean": {"mean", "std", "values"}, "ood_wins"}}``: per seed
+    ``row - reference`` on the seeds both have; the reference row itself is left out."""
+    ref = g.points.get(reference)
+    if not ref:
+        return {}
+    out = {}
+    for row, per_seed in g.points.items():
+        if row == reference:
+            continue
+        seeds = [s for s in per_seed if s in ref]
+        if not seeds:
+            continue
+        d = {"n": len(seeds), "seeds": seeds, "id": stats([per_seed[s]["id"] - ref[s]["id"] for s in seeds])}
+        if ref[seeds[0]]["ood_mean"] is not None:
+            diffs = [per_seed[s]["ood_mean"] - ref[s]["ood_mean"] for s in seeds]
+            d["ood_mean"] = stats(diffs)
+            d["ood_wins"] = sum(x > 0 for x in diffs)
+        out[row] = d
+    return out
+
+
+def load_published(path: str | os.PathLike = PUBLISHED_FILE) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def published_value(pub: dict, g: Group, row: str) -> tuple[float, str] | None:
+    """The paper's ID top-1 for this data set, shots, method and model, with its table; None if none."""
+    if g.model_keys != {pub["model"]}:
+        return None  # another model (or a mix): a difference would mean nothing
+    for e in pub["entries"]:
+        if dataset_key(e["dataset"]) != dataset_key(g.dataset_key) or row not in e["methods"]:
+            continue
+        shots = e["shots"] if isinstance(e["shots"], list) else [e["shots"]]
+        if g.shots in shots:
+            v = e["top1"][shots.index(g.shots)] if isinstance(e["top1"], list) else e["top1"]
+            return float(v), e.get("table", "")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the document: sections of text, tables and images, rendered as markdown or HTML
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+def _pm(d: dict | None) -> str:
+    if d is None or d["mean"] is None or (isinstance(d["mean"], float) and math.isnan(d["mean"])):
+        return "–"
+    return f"{d['mean']:.1f} ± {d['std']:.1f}"
+
+
+def results_table(g: Group, summary: dict, pub: dict | None) -> Table:
+    has_ood = "ood_mean" in next(iter(summary.values()), {})
+    header = ["method", "seeds", f"ID ({g.id_set})"] + (["OOD mean"] + g.ood_sets if has_ood else [])
+    with_pub = pub is not None and any(published_value(pub, g, row) for row in summary)
+    if with_pub:
+        header += ["published ID", "ours − published"]
+    rows = []
+    for row, d in summary.items():
+        cells = [row, str(d["n"]), _pm(d["id"])]
+        if has_ood:
+            cells += [_pm(d.get("ood_mean"))] + [_pm(d.get(s)) for s in g.ood_sets]
+        if with_pub:
+            p = published_value(pub, g, row)
+            cells += [f"{p[0]:.2f}", f"{d['id']['mean'] - p[0]:+.1f}"] if p else ["", ""]
+        rows.append(cells)
+    return Table(header, rows)
+
+
+def paired_table(diffs: dict, reference: str) -> Table:
+    has_ood = any("ood_mean" in d for d in diffs.values())
+    header = [f"method − {reference}", "seeds", "ID Δ"] + (["OOD mean Δ", "OOD higher in"] if has_ood else [])
+    rows = []
+    for row, d in diffs.items():
+        cells = [row, str(d["n"]), f"{d['id']['mean']:+.1f} ± {d['id']['std']:.1f}"]
+        if has_ood:
+            cells += [f"{d['ood_mean']['mean']:+.1f} ± {d['ood_mean']['std']:.1f}", f"{d['ood_wins']} of {d['n']}"]
+        rows.append(cells)
+    return Table(header, rows)
+
+
+def environment_lines(runs: list[RunRecord]) -> list[str]:
+    envs = [r.environment for r in runs if r.environment]
+    lines = []
+    keys = ["fdalign", "torch", "open_clip", "transformers", "python", "platform", "gpu", "cpu_count", "torch_threads"]
+    for k in keys:
+        vals = sorted({str(e[k]) for e in envs if k in e})
+        if vals:
+            lines.append(f"- {k}: {', '.join(vals)}")
+    devices = sorted({str(r.config.get("device")) for r in runs})
+    gpus = sorted({e.get("gpu", "cpu") for e in envs})
+    lines.append(f"- device setting: {', '.join(devices)}; ran on: {', '.join(gpus) if envs else 'not recorded'}")
+    lines.append(f"- models: {', '.join(sorted({r.model_key for r in runs}))}")
+    if not envs:
+        lines.append("- (runs made outside `fdalign sweep` carry no environment record)")
+    return lines
+
+
+def _short(h: str) -> str:
+    """``content:9f3a...`` -> ``content:9f3a12cd4e5f`` (enough to tell splits apart)."""
+    kind, _, digest = h.rpartition(":")
+    return f"{kind}:{digest[:12]}" if kind else digest[:12]
+
+
+def hash_table(runs: list[RunRecord]) -> Table:
+    """Split hashes: one row per data set, shots and seed (train / val), test and OOD sets once per data set."""
+    rows, seen = [], set()
+    for r in sorted(runs, key=lambda r: (r.dataset, r.shots, r.seed, r.method)):
+        key = (r.dataset, r.shots, r.seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        fixed = "; ".join(f"{k} {_short(v)}" for k, v in r.hashes.items() if k not in ("train", "val"))
+        rows.append([r.dataset, str(r.shots), str(r.seed), _short(r.hashes.get("train", "")),
+                     _short(r.hashes.get("val", "")), fixed])
+    return Table(["data set", "shots", "seed", "train", "val", "test / OOD"], rows)
+
+
+@dataclass
+class Report:
+    """Everything the report says, before it is rendered."""
+
+    title: str
+    intro: list[str]
+    sections: list[tuple[str, list[Any]]]  # (heading, [str | Table | ("image", path, alt)])
+    summary: dict  # machine-readable numbers (summary.json)
+    csv_rows: list[list[Any]]
+
+
+def feature_figures(groups: list[Group], meta: dict, out: Path) -> list[Any]:
+    """t-SNE and spurious-distribution figures of zero-shot, the reference method and the first other
+    WiSE-FT method (FD-Align), for every group whose runs and data can be loaded here."""
+    from fdalign.experiments import plots as P
+
+    ref = meta["reference"]
+    others = [m for m in meta["wiseft"] if m != ref][:1]
+    methods = ([ref] if ref else []) + others
+    images: list[Any] = []
+    for g in groups:
+        data = P.model_features(g, methods) if methods else None
+        if data is None:
+            continue
+        images.append(("image", P.tsne_plot(g, data, out).name, f"t-SNE of image features, {g.title}"))
+        images.append(("image", P.spurious_plot(g, data, out).name, f"spurious distributions, {g.title}"))
+    return images
+
+
+def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plots: bool = True,
+                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
+                 features: bool = True) -> Report:
+    """Read the runs under ``paths`` and compose the report; plots are written to ``out``. With
+    ``features``, the t-SNE and spurious-distribution figures load the first seed's models and a few
+    images of each set (skipped when the data are not on this machine)."""
+    runs, meta = find_runs(paths)
+    groups = build_groups(runs, meta)
+    all_groups = groups + mean_group(groups)
+    pub = load_published()
+    ref = meta["reference"]
+    out = Path(out)
+    sections: list[tuple[str, list[Any]]] = []
+    summary: dict[str, Any] = {"reference": ref, "groups": []}
+    csv_rows: list[list[Any]] = [["data set", "shots", "method", "metric", "seeds", "mean", "std", "published",
+                                  "ours_minus_published"]]
+    results: list[Any] = []
+    paired: list[Any] = []
+    for g in all_groups:
+        s = summarise_group(g)
+        diffs = paired_differences(g, ref) if ref else {}
+        results += [f"**{g.title}**", results_table(g, s, pub)]
+        if diffs:
+            paired += [f"**{g.title}**", paired_table(diffs, ref)]
+        summary["groups"].append({"dataset": g.dataset, "shots": g.shots, "id_set": g.id_set, "ood_sets": g.ood_sets,
+                                  "rows": s, "paired": diffs,
+                                  "per_seed": {row: {str(k): v for k, v in pts.items()} for row, pts in g.points.items()}})
+        for row, d in s.items():
+            p = published_value(pub, g, row)
+            for metric in ["id", "ood_mean"] + g.ood_sets:
+                if metric in d:
+                    pv = p[0] if (p and metric == "id") else None
+                    csv_rows.append([g.dataset, g.shots, row, g.id_set if metric == "id" else metric, d["n"],
+                                     round(d[metric]["mean"], 4), round(d[metric]["std"], 4),
+                                     "" if pv is None else pv, "" if pv is None else round(d[metric]["mean"] - pv, 4)])
+    sections.append(("Results", results))
+    for name, items in extra or []:
+        sections.append((name, items))
+    if paired:
+        sections.append((f"Paired differences against {ref}", [
+            f"Per seed, each method minus {ref} on the same K-shot images and test sets; mean ± sample std of "
+            "those differences, and in how many seeds the OOD mean was higher."] + paired))
+    if plots:
+        from fdalign.experiments import plots as P
+
+        images: list[Any] = []
+        if len({g.shots for g in groups}) > 1:
+            for path in P.accuracy_vs_shots(groups, out):
+                images.append(("image", path.name, "accuracy vs shots"))
+        for g in groups:
+            for p, what in ((P.accuracy_by_set(g, out), "accuracy by set"), (P.id_ood_plane(g, out), "ID vs OOD")):
+                if p:
+                    images.append(("image", p.name, f"{what}, {g.title}"))
+        for g in groups:
+            p = P.training_curves(g, out)
+            if p:
+                images.append(("image", p.name, f"training curves, {g.title}"))
+        if features:
+            images += feature_figures(groups, meta, out)
+        sections.append(("Plots", [
+            "Accuracy vs shots per method (with 2+ shot counts); accuracy on each set; the ID–OOD plane with the WiSE-FT curves (alpha from 0 = zero-shot to "
+            "1 = fine-tuned, mean over seeds; a star marks the alpha chosen on val); training curves (CE, KL, LR "
+            "per step) of every run; for the first seed, t-SNE of the image features of zero-shot CLIP and the "
+            "fine-tuned encoders (2 images per class of every set; colour = class, marker = set) and the "
+            "spurious distribution P_spur of a few ID images before and after fine-tuning."] + images))
+    sources = [f"Published numbers: {pub['source'].strip()} Shown only where data set, shots, method and model "
+               f"(`{pub['model']}`) match."]
+    sections.append(("Where the numbers come from", sources + [
+        f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set; OOD mean = "
+        "unweighted mean of the OOD sets. zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
+        "wise-ft of X = X's WiSE-FT interpolation with the mixing weight chosen on the few-shot val split. "
+        "Nothing was selected on a test or OOD set."]))
+    sections.append(("Environment", ["\n".join(environment_lines(runs))]))
+    sections.append(("Split hashes", [hash_table(runs)]))
+    names = ", ".join(n for n in meta["names"] if n) or "runs"
+    intro = [f"Top-1 accuracy in percent, mean ± sample std over seeds; {len({r.seed for r in runs})} seed(s), "
+             f"{len(groups)} data set/shot setting(s)."]
+    summary["environment"] = environment_lines(runs)
+    return Report(title or f"fdalign report: {names}", intro, sections, summary, csv_rows)
+
+
+def _md_table(t: Table) -> list[str]:
+    aligns = ["---"] + ["---:"] * (len(t.header) - 1)
+    return ["| " + " | ".join(t.header) + " |", "|" + "|".join(aligns) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in t.rows]
+
+
+def to_markdown(rep: Report) -> str:
+    lines = [f"# {rep.title}", "", *rep.intro, ""]
+    for heading, items in rep.sections:
+        lines += [f"## {heading}", ""]
+        for it in items:
+            if isinstance(it, Table):
+                lines += _md_table(it) + [""]
+            elif isinstance(it, tuple) and it[0] == "image":
+                lines += [f"![{it[2]}]({it[1]})", ""]
+            else:
+                lines += [str(it), ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def to_html(rep: Report) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(rep.title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:75em;margin:2em auto}table{border-collapse:collapse;"
+             "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(rep.title)}</h1>"] + [f"<p>{_inline(p)}</p>" for p in rep.intro]
+    for heading, items in rep.sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        for it in items:
+            if isinstance(it, Table):
+                parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in it.header) + "</tr>")
+                parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in it.rows]
+                parts.append("</table>")
+            elif isinstance(it, tuple) and it[0] == "image":
+                parts.append(f"<p><img src='{html.escape(it[1])}' alt='{html.escape(it[2])}'></p>")
+            elif str(it).startswith("- "):
+                parts.append("<ul>" + "".join(f"<li>{_inline(x[2:])}</li>" for x in str(it).splitlines()) + "</ul>")
+            else:
+                parts.append(f"<p>{_inline(str(it))}</p>")
+    return "\n".join(parts + ["</body></html>"]) + "\n"
+
+
+def to_csv(rep: Report) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rep.csv_rows)
+    return buf.getvalue()
+
+
+def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+                 formats: Sequence[str] = ("md",), plots: bool = True,
+                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
+                 features: bool = True) -> list[Path]:
+    """Write ``report.{md,csv,html}``, ``summary.json`` and the PNGs into ``out`` (default: the first
+    path); returns the written report files."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise FDAlignError(f"--format {bad[0]!r} is not one of {', '.join(FORMATS)}")
+    out = Path(out or paths[0])
+    rep = build_report(paths, out, plots=plots, extra=extra, title=title, features=features)
+    written = []
+    render = {"md": to_markdown, "csv": to_csv, "html": to_html}
+    for f in formats:
+        written.append(atomic_write_text(out / f"report.{f}", render[f](rep)))
+    atomic_write_json(out / "summary.json", rep.summary)
+    return written
+
+
+__all__ = ["find_runs", "build_groups", "mean_group", "summarise_group", "paired_differences", "published_value",
+           "build_report", "write_report", "to_markdown", "to_html", "to_csv", "RunRecord", "Group", "wiseft_row"]

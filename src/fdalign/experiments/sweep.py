@@ -1,0 +1,456 @@
+"""A grid of ``fdalign train`` runs (data sets x shots x seeds x methods), resumable.
+
+A sweep config (YAML, see ``presets/*.yaml``) names the grid; every cell is one ordinary training
+run in ``OUT/runs/<data set>/k<shots>/s<seed>/<method>/``, made by the ``fdalign train`` command
+itself (in-process) from a ``request.yaml`` the sweep writes there. So a sweep run is exactly what
+a user gets by typing that command, and it can be repeated by hand with
+``fdalign train --config OUT/runs/.../request.yaml``.
+
+Each run's settings are, lowest precedence first: :class:`TrainConfig` defaults, the ``released``
+preset for the run's data set and shots (``preset: released``), the config's ``train:`` block,
+the data set's ``train:`` block, the method's overrides, then the grid (data, OOD sets, shots,
+seed, run directory).
+
+Methods are trained runs (``fine-tune: {beta: 0}``, ``fd-align: {beta: 20}``, ``lp: {mode:
+linear-probe}``, ...). Zero-shot CLIP and WiSE-FT are not runs of their own: every train run
+already evaluates zero-shot CLIP and the WiSE-FT interpolations (mixing weight chosen on val), so
+the report reads those rows from the runs' ``metrics.json``.
+
+Bookkeeping: ``status.json`` in a run directory says running / done / failed. A done run is
+skipped; a run with a checkpoint is continued with ``--resume``; a failed run is recorded (its
+error in ``status.json``, its output in ``train.log``), the sweep goes on, and the next invocation
+tries it again. ``OUT/sweep.json`` lists every run and its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fdalign.errors import FDAlignError
+from fdalign.io import atomic_write_json, read_json
+
+SWEEP_FORMAT = "fdalign-sweep/1"
+PRESET_DIR = Path(__file__).with_name("presets")
+STATUS_FILE = "status.json"
+REQUEST_FILE = "request.yaml"
+# Set by the grid itself: a data set or method block may not set them.
+GRID_FIELDS = ("shots", "seed", "out", "data", "ood", "resume", "image_root", "classnames")
+# Fields that may change between a run and its continuation without changing its result.
+VOLATILE_FIELDS = frozenset({"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume",
+                             "verify_images", "out"})
+
+
+@dataclass
+class DatasetSpec:
+    """One data set of the grid. Paths may contain ``{data_root}``; ``ood: world`` means every OOD
+    folder of a rendered world at ``data``."""
+
+    name: str
+    data: str
+    ood: list[str] | str = field(default_factory=list)
+    image_root: str | None = None
+    classnames: str | None = None
+    dataset_name: str | None = None  # for the released LR table and the published numbers; default: name
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    """A sweep: the grid and the shared settings. See ``presets/demo.yaml`` for an annotated example."""
+
+    name: str
+    datasets: list[DatasetSpec]
+    shots: list[int]
+    seeds: list[int]
+    methods: dict[str, dict[str, Any]]
+    description: str = ""
+    preset: str | None = None  # "released": start every run from TrainConfig.released(data set, shots)
+    train: dict[str, Any] = field(default_factory=dict)
+    world: dict[str, Any] | None = None  # render the embedded world into OUT/world first (RenderConfig fields)
+    data_root: str | None = None
+    wiseft: list[str] | None = None  # methods whose WiSE-FT rows the report shows (default: encoder-trained ones)
+    reference: str = "fine-tune"  # the method paired differences are taken against
+    keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
+    source: str = field(default="the sweep config", compare=False)
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "the sweep config") -> "SweepConfig":
+        if not isinstance(d, dict):
+            raise FDAlignError(f"{source} must be a mapping (name, datasets, shots, seeds, methods, ...)")
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise FDAlignError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+        missing = [k for k in ("name", "datasets", "shots", "seeds", "methods") if k not in d]
+        if missing:
+            raise FDAlignError(f"{source}: missing key {missing[0]!r} (a sweep needs name, datasets, shots, seeds, "
+                               "methods)")
+        ds_fields = {f.name for f in dataclasses.fields(DatasetSpec)}
+        datasets = []
+        for i, ds in enumerate(d["datasets"] or []):
+            if not isinstance(ds, dict) or "name" not in ds or "data" not in ds:
+                raise FDAlignError(f"{source}: datasets[{i}] needs at least 'name' and 'data'")
+            bad = sorted(set(ds) - ds_fields)
+            if bad:
+                raise FDAlignError(f"{source}: datasets[{i}] has unknown key {bad[0]!r}; known: {', '.join(sorted(ds_fields))}")
+            datasets.append(DatasetSpec(**{k: v for k, v in ds.items()}))
+        cfg = cls(**{**{k: v for k, v in d.items() if k != "datasets"}, "datasets": datasets}, source=source)
+        cfg.shots = _int_list(cfg.shots, "shots", source)
+        cfg.seeds = _int_list(cfg.seeds, "seeds", source)
+        return cfg.validate()
+
+    def validate(self) -> "SweepConfig":
+        src = self.source
+        if not self.datasets:
+            raise FDAlignError(f"{src}: datasets is empty; list at least one (name, data)")
+        if not self.methods or not isinstance(self.methods, dict):
+            raise FDAlignError(f"{src}: methods must map a method name to its settings, e.g. fd-align: {{beta: 20}}")
+        if self.preset not in (None, "released"):
+            raise FDAlignError(f"{src}: preset {self.preset!r} is not known; use released or leave it out")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise FDAlignError(f"{src}: two data sets are named alike ({names}); names key the run folders")
+        for where, block in [("train", self.train)] + [(f"datasets.{d.name}.train", d.train) for d in self.datasets] \
+                + [(f"methods.{m}", o or {}) for m, o in self.methods.items()]:
+            if not isinstance(block, dict):
+                raise FDAlignError(f"{src}: {where} must be a mapping of train options")
+            grid = sorted(set(k.replace("-", "_") for k in block) & set(GRID_FIELDS))
+            if grid:
+                raise FDAlignError(f"{src}: {where} sets {grid[0]!r}, which the sweep grid decides; set it in "
+                                   "datasets / shots / seeds instead")
+        for m in self.wiseft or []:
+            if m not in self.methods:
+                raise FDAlignError(f"{src}: wiseft lists {m!r}, which is not one of the methods {list(self.methods)}")
+        for name in list(names) + list(self.methods):
+            if not name or "/" in name or name.startswith("."):
+                raise FDAlignError(f"{src}: {name!r} cannot name a run folder; use letters, digits, - and _")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SweepConfig":
+        import yaml
+
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FDAlignError(f"sweep config {path} does not exist; give a YAML file or a preset name "
+                               f"({', '.join(preset_names())})") from None
+        except yaml.YAMLError as e:
+            raise FDAlignError(f"sweep config {path} is not valid YAML: {e}".replace("\n", " ")) from None
+        return cls.from_dict(d, source=f"sweep config {path}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def wiseft_methods(self) -> list[str]:
+        if self.wiseft is not None:
+            return list(self.wiseft)
+        return [m for m, o in self.methods.items() if (o or {}).get("mode", "fdalign") != "linear-probe"]
+
+
+def _int_list(v, name: str, source: str) -> list[int]:
+    v = v if isinstance(v, list) else [v]
+    if not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise FDAlignError(f"{source}: {name} must be a list of integers, got {v!r}")
+    return list(v)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_sweep_config(name_or_path: str) -> SweepConfig:
+    """A YAML file, or the name of a shipped preset (``demo``, ``imagenet``, ``coop``, ``spc-ablation``)."""
+    p = Path(name_or_path)
+    if not p.is_file() and (PRESET_DIR / f"{name_or_path}.yaml").is_file():
+        p = PRESET_DIR / f"{name_or_path}.yaml"
+    return SweepConfig.from_yaml(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# the grid
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid."""
+
+    dataset: str
+    shots: int
+    seed: int
+    method: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/k{self.shots}/s{self.seed}/{self.method}"
+
+    def dir(self, out: str | os.PathLike) -> Path:
+        return Path(out) / "runs" / self.dataset / f"k{self.shots}" / f"s{self.seed}" / self.method
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def plan_runs(cfg: SweepConfig) -> list[RunSpec]:
+    """Every run, data set-major; methods innermost so a seed's comparison finishes together."""
+    return [RunSpec(d.name, k, s, m) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds for m in cfg.methods]
+
+
+def _fill(value: str | None, data_root: str | None, what: str, source: str) -> str | None:
+    if value is None:
+        return None
+    if "{data_root}" in value:
+        if data_root is None:
+            raise FDAlignError(f"{source}: {what} uses {{data_root}}; pass --data-root DIR (or set data_root)")
+        value = value.replace("{data_root}", str(data_root))
+    return str(Path(value).expanduser().absolute())
+
+
+def _ood_list(ds: DatasetSpec, data: str, data_root: str | None, source: str) -> list[str]:
+    if ds.ood == "world":
+        from fdalign.world.render import ood_args
+
+        return ood_args(data)
+    if isinstance(ds.ood, str):
+        raise FDAlignError(f"{source}: datasets.{ds.name}.ood must be a list of NAME=PATH or 'world'")
+    out = []
+    for spec in ds.ood:
+        if "=" not in str(spec):
+            raise FDAlignError(f"{source}: datasets.{ds.name}.ood has {spec!r}; write NAME=PATH")
+        name, path = str(spec).split("=", 1)
+        out.append(f"{name}={_fill(path, data_root, f'datasets.{ds.name}.ood', source)}")
+    return out
+
+
+def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None = None):
+    """The :class:`~fdalign.train.config.TrainConfig` of one run (validated)."""
+    from fdalign.train.config import TrainConfig
+
+    ds = next(d for d in cfg.datasets if d.name == run.dataset)
+    src = f"{cfg.source}, run {run.key}"
+    base = TrainConfig.released(ds.dataset_name or ds.name, run.shots) if cfg.preset == "released" else TrainConfig()
+    d = base.to_dict()
+    for block in (cfg.train, ds.train, cfg.methods[run.method] or {}):
+        d.update({str(k).replace("-", "_"): v for k, v in block.items()})
+    data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
+    d.update(
+        data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
+        classnames=_fill(ds.classnames, data_root, "classnames", cfg.source),
+        ood=_ood_list(ds, data, data_root, cfg.source), shots=run.shots, seed=run.seed,
+        out=str(run.dir(out).absolute()), resume=False, progress=False,
+    )
+    d.setdefault("dataset_name", None)
+    if not d.get("dataset_name"):
+        d["dataset_name"] = ds.dataset_name or ds.name
+    return TrainConfig.from_dict(d, source=src).validate(src)
+
+
+def _semantic(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in VOLATILE_FIELDS}
+
+
+def check_existing(run_dir: Path, request: dict) -> None:
+    """Refuse to mix: an existing run made with other settings is an error, not silently reused."""
+    p = run_dir / REQUEST_FILE
+    if not p.is_file():
+        return
+    import yaml
+
+    old = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    a, b = _semantic(old), _semantic(request)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise FDAlignError(f"{run_dir} was run with other settings ({', '.join(diff[:5])} differ from the sweep "
+                           "config); use a new --out, or delete that run folder to redo it")
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+def run_state(run_dir: Path) -> str:
+    """done / failed / running (started, not finished: killed or in progress) / new."""
+    st = run_dir / STATUS_FILE
+    if not st.is_file():
+        return "new"
+    state = read_json(st, "run status").get("state", "new")
+    if state == "done" and not (run_dir / "metrics.json").is_file():
+        return "running"
+    return state
+
+
+def environment() -> dict:
+    """Versions and the device, recorded with every run."""
+    import platform
+
+    import torch
+
+    from fdalign import __version__
+
+    env = {"fdalign": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name, dist in (("open_clip", "open_clip_torch"), ("transformers", "transformers")):
+        try:  # the version without importing the package (transformers takes seconds to import)
+            env[name] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return env
+
+
+def _last_error(log_path: Path) -> str:
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines() if log_path.is_file() else []
+    errs = [ln for ln in lines if ": error: " in ln]
+    return (errs[-1] if errs else (lines[-1] if lines else "no output")).strip()
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the sweep stops (the run's checkpoint lets the next invocation resume)."""
+
+
+def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True) -> dict:
+    """One ``fdalign train`` in-process; returns its status record (also written to ``status.json``)."""
+    from fdalign.cli import main
+
+    run_dir = run.dir(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    request = run_dir / REQUEST_FILE
+    train_cfg.to_yaml(request)
+    resume = (run_dir / "checkpoint" / "last.json").is_file()
+    status = {"run": run.to_json(), "state": "running", "resumed": resume, "started": time.time(),
+              "environment": env}
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    t0 = time.time()
+    argv = ["train", "--config", str(request)] + (["--resume"] if resume else [])
+    log_path = run_dir / "train.log"
+    rc, error = 1, None
+    with log_path.open("a", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"$ fdalign {' '.join(argv)}", flush=True)
+        try:
+            rc = main(argv)
+        except Exception as e:  # a bug or an unexpected failure: recorded, the sweep goes on
+            traceback.print_exc(file=log)
+            error = f"{type(e).__name__}: {e}"
+    if rc == 130:
+        status.update(state="interrupted", seconds=round(time.time() - t0, 1))
+        atomic_write_json(run_dir / STATUS_FILE, status)
+        raise Interrupted(run.key)
+    ok = rc == 0 and error is None and (run_dir / "metrics.json").is_file()
+    if ok and not keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    status.update(state="done" if ok else "failed", seconds=round(time.time() - t0, 1), returncode=rc)
+    if not ok:
+        status["error"] = error or _last_error(log_path)
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    runs: list[dict]  # {key, dir, state, seconds?, error?} per run, in grid order
+    executed: int
+    skipped: int
+    failed: int
+    seconds: float
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def render_world_for(cfg: SweepConfig, out: Path, progress: bool) -> Path:
+    from fdalign.world.render import RenderConfig, render_world
+
+    known = {f.name for f in dataclasses.fields(RenderConfig)}
+    bad = sorted(set(cfg.world) - known)
+    if bad:
+        raise FDAlignError(f"{cfg.source}: world has unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
+    w = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.world.items()}
+    render_world(RenderConfig(**w, progress=progress), out / "world")
+    return out / "world"
+
+
+def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> SweepResult:
+    """Run (or continue) every run of ``cfg`` into ``out``; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    t_start = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
+    if cfg.world is not None:
+        world = render_world_for(cfg, out, progress)
+        data_root = data_root or str(world)
+    data_root = data_root or (cfg.data_root and str(Path(cfg.data_root).expanduser()))
+    runs = plan_runs(cfg)
+    # every run's settings are built (and checked against what is on disk) before anything trains
+    configs = {r: run_config(cfg, r, out, data_root) for r in runs}
+    for r, c in configs.items():
+        check_existing(r.dir(out), c.to_dict())
+    records = {r: {"key": r.key, "dir": str(r.dir(out).relative_to(out)), "state": run_state(r.dir(out))} for r in runs}
+
+    def save_index():
+        atomic_write_json(out / "sweep.json", {"format": SWEEP_FORMAT, "config": cfg.to_dict(), "data_root": data_root,
+                                               "runs": [records[r] for r in runs]})
+
+    save_index()
+    todo = [r for r in runs if records[r]["state"] != "done"]
+    skipped = len(runs) - len(todo)
+    if skipped:
+        say(f"{skipped} of {len(runs)} runs already done in {out}: skipped")
+    env = environment() if todo else {}
+    durations: list[float] = []
+    failed = 0
+    bar = tqdm(total=len(runs), initial=skipped, desc=f"sweep {cfg.name}", unit="run", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for i, r in enumerate(todo):
+            left = len(todo) - i
+            eta = f", ETA {_fmt_eta(sum(durations) / len(durations) * left)}" if durations else ""
+            bar.set_postfix_str(f"{r.key}; {left} left{eta}")
+            was = records[r]["state"]
+            say(f"[{skipped + i + 1}/{len(runs)}] {r.key}: " + ("resuming" if was in ("running", "interrupted")
+                                                               else "retrying" if was == "failed" else "starting"))
+            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints)
+            durations.append(status["seconds"])
+            records[r].update({k: status[k] for k in ("state", "seconds", "error") if k in status})
+            if status["state"] == "failed":
+                failed += 1
+                say(f"    failed after {status['seconds']:.0f} s: {status['error']} (see {r.dir(out) / 'train.log'})")
+            else:
+                say(f"    done in {status['seconds']:.0f} s; {left - 1} left"
+                    + (f", ETA {_fmt_eta(sum(durations) / len(durations) * (left - 1))}" if left > 1 else ""))
+            save_index()
+            bar.update(1)
+    except Interrupted:
+        save_index()
+        raise KeyboardInterrupt from None
+    finally:
+        bar.close()
+    return SweepResult(out=out, runs=[records[r] for r in runs], executed=len(todo), skipped=skipped, failed=failed,
+                       seconds=time.time() - t_start)
+
+
+__all__ = ["SweepConfig", "DatasetSpec", "RunSpec", "SweepResult", "load_sweep_config", "plan_runs", "run_config",
+           "run_sweep", "run_state", "preset_names", "environment"]

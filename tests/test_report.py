@@ -1,0 +1,209 @@
+"""`fdalign report`: its numbers recomputed independently from the runs' metrics.json / selection, the
+paired differences, the published-number column, the mean over data sets, the formats and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+import yaml
+
+from fdalign.cli import main
+from fdalign.errors import FDAlignError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep_out(tiny_openclip, tmp_path_factory):
+    """A real sweep on rendered world data: 2 methods x 2 seeds x 2 shot counts, 1 epoch."""
+    import torch
+
+    root = tmp_path_factory.mktemp("report")
+    d = {
+        "name": "r",
+        "world": {"id_styles": ["photo"], "ood_styles": ["sketch", "dark"], "train_per_class": 3, "val_per_class": 2,
+                  "test_per_class": 2, "image_size": 32, "classes": ["circle", "square", "star"]},
+        "datasets": [{"name": "w", "data": "{data_root}", "ood": "world"}],
+        "shots": [1, 2], "seeds": [1, 2],
+        "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
+                  "model_config": str(tiny_openclip["config"]), "epochs": 1, "batch_size": 4, "num_workers": 0,
+                  "templates": "tip7", "spc": False, "device": "cpu", "tensorboard": False, "lr": 3e-3,
+                  "wiseft_alphas": [0.0, 0.5, 1.0]},
+        "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
+    }
+    (root / "g.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    out = root / "out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(root / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["sweep", str(root / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
+        assert main(["report", str(out), "--format", "md,csv,html"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    return out
+
+
+def _expected(out):
+    """Independently: {(shots, row): {seed: (id, ood mean, {set: top1})}} straight from the run files."""
+    exp: dict = {}
+    for status in out.glob("runs/*/k*/s*/*/status.json"):
+        run = json.loads(status.read_text())["run"]
+        doc = json.loads((status.parent / "metrics.json").read_text())
+        chosen = json.loads((status.parent / "selection.json").read_text())["wiseft_alpha"]["chosen"]
+        wise = {0.0: "zero-shot", 1.0: "fine-tuned"}.get(chosen, f"wiseft-{chosen:g}")
+        m = doc["metrics"]
+        for row, model in ((run["method"], "fine-tuned"), (f"wise-ft of {run['method']}", wise),
+                           (f"zero-shot via {run['method']}", "zero-shot")):
+            sets = {s: m[s][model]["top1"] for s in m}
+            exp.setdefault((run["shots"], row), {})[run["seed"]] = (
+                sets["test"], (sets["sketch"] + sets["dark"]) / 2, sets)
+    return exp
+
+
+def _md_rows(report: str, title: str) -> dict[str, list[str]]:
+    block = report.split(f"**{title}**")[1].split("\n\n**")[0].split("\n## ")[0]
+    rows = {}
+    for line in block.splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_table_is_mean_and_std_over_seeds_of_the_runs_metrics(sweep_out):
+    exp = _expected(sweep_out)
+    report = (sweep_out / "report.md").read_text()
+    for k in (1, 2):
+        rows = _md_rows(report.split("## Paired")[0], f"w, {k}-shot")
+        assert list(rows) == ["zero-shot", "fine-tune", "fd-align", "wise-ft of fine-tune", "wise-ft of fd-align"]
+        for row in rows:
+            src = exp[(k, "zero-shot via fine-tune" if row == "zero-shot" else row)]
+            seeds = sorted(src)
+            cols = [[src[s][0] for s in seeds], [src[s][1] for s in seeds], [src[s][2]["sketch"] for s in seeds],
+                    [src[s][2]["dark"] for s in seeds]]
+            want = [str(len(seeds))] + [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" for v in cols]
+            assert rows[row] == want, (k, row)
+
+
+def test_zero_shot_is_the_same_in_every_run(sweep_out):
+    exp = _expected(sweep_out)
+    for k in (1, 2):
+        assert exp[(k, "zero-shot via fine-tune")] == exp[(k, "zero-shot via fd-align")]
+
+
+def test_paired_differences_are_per_seed(sweep_out):
+    exp = _expected(sweep_out)
+    summary = json.loads((sweep_out / "summary.json").read_text())
+    report = (sweep_out / "report.md").read_text().split("## Paired")[1]
+    for g in summary["groups"]:
+        k = g["shots"]
+        ref = exp[(k, "fine-tune")]
+        for row in ("fd-align", "wise-ft of fd-align"):
+            d_id = [exp[(k, row)][s][0] - ref[s][0] for s in (1, 2)]
+            d_ood = [exp[(k, row)][s][1] - ref[s][1] for s in (1, 2)]
+            got = g["paired"][row]
+            assert got["id"]["mean"] == pytest.approx(statistics.fmean(d_id))
+            assert got["ood_mean"]["std"] == pytest.approx(statistics.stdev(d_ood))
+            assert got["ood_wins"] == sum(x > 0 for x in d_ood)
+            cells = _md_rows(report, f"w, {k}-shot")[row]
+            assert cells[1] == f"{statistics.fmean(d_id):+.1f} ± {statistics.stdev(d_id):.1f}"
+        assert "fine-tune" not in g["paired"]
+
+
+def test_formats_and_plots(sweep_out):
+    rows = list(csv.DictReader((sweep_out / "report.csv").open()))
+    exp = _expected(sweep_out)
+    r = next(r for r in rows if r["shots"] == "2" and r["method"] == "fd-align" and r["metric"] == "dark")
+    assert float(r["mean"]) == pytest.approx(statistics.fmean(exp[(2, "fd-align")][s][2]["dark"] for s in (1, 2)),
+                                             abs=1e-3)
+    html = (sweep_out / "report.html").read_text()
+    assert "<table>" in html and "wise-ft of fd-align" in html
+    report = (sweep_out / "report.md").read_text()
+    for name in ("accuracy_vs_shots.png", "id_ood_w_k1.png", "id_ood_w_k2.png", "training_w_k2.png",
+                 "accuracy_by_set_w_k1.png", "tsne_w_k1.png", "spurious_w_k2.png"):
+        assert (sweep_out / name).read_bytes()[:8] == PNG and f"]({name})" in report and f"src='{name}'" in html
+    assert "## Environment" in report and "torch:" in report and "## Split hashes" in report
+    hashes = json.loads((sweep_out / "runs/w/k2/s1/fd-align/metrics.json").read_text())["hashes"]
+    assert hashes["train"].split(":")[-1][:12] in report
+
+
+# ----------------------------------------------------------------------------------------------
+# fabricated runs: exact numbers for the published column and the mean over data sets
+
+
+def fake_run(root, dataset, shots, seed, method, top1, model="ViT-B-32", pretrained="openai", ood=None):
+    d = root / "runs" / dataset / f"k{shots}" / f"s{seed}" / method
+    d.mkdir(parents=True)
+    sets = {"test": top1} | (ood or {})
+    metrics = {s: {"zero-shot": {"top1": v - 5, "n": 10}, "fine-tuned": {"top1": v, "n": 10}} for s, v in sets.items()}
+    doc = {"format": "fdalign-metrics/1", "metrics": metrics,
+           "roles": {"test": "test"} | {s: "ood" for s in ood or {}},
+           "config": {"model": model, "pretrained": pretrained, "dataset_name": dataset, "shots": shots, "seed": seed,
+                      "beta": 0.0 if method == "fine-tune" else 20.0, "mode": "fdalign", "device": "cuda"},
+           "selection": {"wiseft_alpha": {"chosen": 1.0}}, "hashes": {"train": f"content:{seed}{shots}"}}
+    (d / "metrics.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_published_column_for_imagenet_16_shot(tmp_path, capsys):
+    for seed, v in ((1, 60.0), (2, 62.0), (3, 64.0)):
+        fake_run(tmp_path, "imagenet", 16, seed, "fine-tune", v)
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    rows = _md_rows((tmp_path / "report.md").read_text(), "imagenet, 16-shot")
+    # zero-shot is fine-tuned - 5: 55, 57, 59 -> mean 57.0; REFERENCE.md: CLIP ViT-B/32 16-shot ImageNet 63.34
+    assert rows["zero-shot"][-2:] == ["63.34", f"{57.0 - 63.34:+.1f}"]
+    assert rows["fine-tune"][-2:] == ["", ""]  # the paper gives no plain fine-tuning number for ImageNet
+    # another model: no comparison at all
+    other = tmp_path / "other"
+    for seed in (1, 2):
+        fake_run(other, "imagenet", 16, seed, "fine-tune", 60.0, model="ViT-B-16")
+    assert main(["report", str(other), "--no-plots"]) == 0
+    assert "published" not in (other / "report.md").read_text().split("## Where")[0]
+
+
+def test_mean_over_the_11_coop_data_sets_against_the_spc_ablation(tmp_path):
+    names = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft",
+             "sun397", "dtd", "eurosat", "ucf101"]
+    for i, ds in enumerate(names):
+        for seed in (1, 2):
+            fake_run(tmp_path, ds, 4, seed, "fine-tune", 60.0 + i + seed)
+            fake_run(tmp_path, ds, 4, seed, "fd-align", 61.0 + i + 2 * seed)
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    rows = _md_rows((tmp_path / "report.md").read_text(), "mean of 11 data sets, 4-shot")
+    # per seed the mean over data sets of 60 + i + seed is 65 + seed -> 66, 67; of 61 + i + 2 seed -> 68, 70
+    assert rows["fine-tune"][1] == f"66.5 ± {statistics.stdev([66, 67]):.1f}"
+    assert rows["fd-align"][1] == f"69.0 ± {statistics.stdev([68, 70]):.1f}"
+    # published 4-shot: full FT 68.10, FD-Align + SPC 68.63
+    assert rows["fine-tune"][-2:] == ["68.10", f"{66.5 - 68.10:+.1f}"]
+    assert rows["fd-align"][-2:] == ["68.63", f"{69.0 - 68.63:+.1f}"]
+
+
+def test_paired_differences_by_hand(tmp_path):
+    ood = lambda a, b: {"sketch": a, "dark": b}  # noqa: E731
+    # seed 1: fine-tune ID 50, OOD (40+30)/2 = 35; fd-align ID 48, OOD (46+40)/2 = 43 -> diffs -2, +8
+    # seed 2: fine-tune ID 52, OOD (44+30)/2 = 37; fd-align ID 53, OOD (41+31)/2 = 36 -> diffs +1, -1
+    fake_run(tmp_path, "w", 4, 1, "fine-tune", 50.0, ood=ood(40.0, 30.0))
+    fake_run(tmp_path, "w", 4, 1, "fd-align", 48.0, ood=ood(46.0, 40.0))
+    fake_run(tmp_path, "w", 4, 2, "fine-tune", 52.0, ood=ood(44.0, 30.0))
+    fake_run(tmp_path, "w", 4, 2, "fd-align", 53.0, ood=ood(41.0, 31.0))
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    report = (tmp_path / "report.md").read_text().split("## Paired")[1]
+    row = _md_rows(report, "w, 4-shot")["fd-align"]
+    assert row == ["2", f"-0.5 ± {statistics.stdev([-2, 1]):.1f}", f"+3.5 ± {statistics.stdev([8, -1]):.1f}",
+                   "1 of 2"]
+    table = _md_rows((tmp_path / "report.md").read_text(), "w, 4-shot")
+    assert table["fine-tune"][2] == f"36.0 ± {statistics.stdev([35, 37]):.1f}"  # OOD mean column
+
+
+def test_no_runs_is_a_user_error(tmp_path):
+    with pytest.raises(FDAlignError, match="no finished training runs"):
+        from fdalign.experiments.report import write_report
+
+        write_report([tmp_path])
+    assert main(["report", str(tmp_path / "missing")]) == 2
