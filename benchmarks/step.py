@@ -18,7 +18,6 @@ Steps are interleaved (FT, FD, FD-cached, FT, ...) so machine noise hits all thr
 from __future__ import annotations
 
 import argparse
-import copy
 import resource
 import statistics
 import sys

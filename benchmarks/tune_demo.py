@@ -94,7 +94,7 @@ def _evaluate(name, encoder, head, eval_sets, id_style, ood_styles, device):
     }
 
 
-def _train_config(cfg: DemoConfig, seed: int, beta: float):
+def _train_config(cfg: "fdalign.demo.DemoConfig", seed: int, beta: float):  # noqa: F821
     from fdalign.train.config import TrainConfig
 
     return TrainConfig(

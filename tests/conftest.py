@@ -114,3 +114,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path, one_thread):
+    """For tests that run the CLI: the prompt-feature cache in the test's own folder (never the
+    user's), torch on one thread."""
+    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))

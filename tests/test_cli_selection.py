@@ -1,8 +1,6 @@
 """``fdalign train``'s choices are made on val images only, checked by content; its WiSE-FT rows mix the
 encoder *and* the head; ``--model-config`` works without ``--model``."""
 
-import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,13 +19,7 @@ from fdalign.train.selection import EvalSplit, check_disjoint
 CLASSES = ["red apple", "green leaf", "blue sky"]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _args(tiny, data, out, *extra):

@@ -17,12 +17,7 @@ from fdalign.heads.tip import TipAdapter, TipConfig, fit_tip, fit_tip_f
 from fdalign.train.selection import SelectionLeakError, SelectionLog
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(c=4, d=8, shots=3, n_val=3, n_test=20, seed=0):

@@ -29,13 +29,7 @@ IN_R = ["n01443537", "n01498041", "n01531178"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _write(d: Path, n: int, rng, size: int = 16) -> None:
@@ -181,7 +175,7 @@ def test_undeclared_subset_warns_naming_missing_classes_and_is_recorded(tiny_ope
     err = capsys.readouterr().err
     assert ("warning: OOD set 'sk' lacks 1 of the 4 ID classes (n01440764 (tench)); its logits are restricted to "
             "the 3 classes it has") in err
-    assert f"--ood sk=PATH:subset" in err
+    assert "--ood sk=PATH:subset" in err
     doc = json.loads((tmp_path / "zs" / "metrics.json").read_text())
     assert doc["classes"]["sk"] == {"classes": 3, "of": 4, "restricted": True, "declared_subset": False,
                                     "missing": ["n01440764 (tench)"], "num_missing": 1}

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-import torch
 import yaml
 from _synth import make_coop_split
 
@@ -17,13 +16,7 @@ CLASSES = ["banded", "dotted", "zigzagged"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 @pytest.fixture(scope="module")

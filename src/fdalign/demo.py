@@ -21,7 +21,6 @@ Fine-tune and FD-Align share every setting but ``beta``. Nothing is ever chosen 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import sys
 import time
