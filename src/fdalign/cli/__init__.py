@@ -44,6 +44,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")
 
 
+def check_run_request(cfg) -> None:
+    """What every training command needs before it reads data: --data, --out, a model, and an --out
+    that is not already a run unless --resume is given (``cfg``: a TrainConfig or MetaConfig)."""
+    from pathlib import Path
+
+    for name in ("data", "out"):
+        if not getattr(cfg, name):
+            raise FDAlignError(f"--{name} is required (on the command line or in the --config file)")
+    if not cfg.model and not cfg.model_config:
+        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
+    if (Path(cfg.out) / "checkpoint" / "last.json").is_file() and not cfg.resume:
+        raise FDAlignError(f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdalign",

@@ -175,15 +175,11 @@ def _hashes(targets) -> dict:
 def run_train(args: argparse.Namespace) -> int:
     from fdalign.errors import FDAlignError
 
+    from fdalign.cli import check_run_request
+
     cfg = _config(args)
-    for name in ("data", "out"):
-        if not getattr(cfg, name):
-            raise FDAlignError(f"--{name} is required (on the command line or in the --config file)")
-    if not cfg.model and not cfg.model_config:
-        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
+    check_run_request(cfg)
     out = Path(cfg.out)
-    if (out / "checkpoint" / "last.json").is_file() and not cfg.resume:
-        raise FDAlignError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
 
     from fdalign.data import split_hash
     from fdalign.data.episodes import class_pool, load_class_splits

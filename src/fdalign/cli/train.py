@@ -75,14 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
         return 0
-    for name, flag in (("data", "--data"), ("out", "--out")):
-        if not getattr(cfg, name):
-            raise FDAlignError(f"{flag} is required (on the command line or in the --config file)")
-    if not cfg.model and not cfg.model_config:
-        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
+    from fdalign.cli import check_run_request
+
+    check_run_request(cfg)
     out = Path(cfg.out)
-    if (out / "checkpoint" / "last.json").is_file() and not cfg.resume:
-        raise FDAlignError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
 
     # ---- data: everything that can fail on user input fails before a model loads ----------------
     from fdalign.prompts import load_templates
