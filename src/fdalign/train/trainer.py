@@ -11,11 +11,14 @@ One loop covers the three modes:
   head; each phase has its own optimiser and cosine schedule.
 
 Determinism: the data order of epoch ``e`` is :func:`epoch_order` ``(seed, e, N)``, a permutation
-drawn from a generator seeded with :func:`epoch_seed` ``(seed, e)``, and the RNGs of the
-augmentations (the global torch RNG in the main process, the DataLoader's worker seeds) are
-re-seeded from the same number at the start of every epoch. So an epoch's batches depend only
-on ``(seed, e)``, and a run resumed at an epoch boundary ends with bit-identical weights to an
-uninterrupted one (on the same device and software).
+drawn from a generator seeded with :func:`epoch_seed` ``(seed, e)``; the augmented view of image
+``i`` is drawn under :func:`fdalign.data.views.view_seed` ``(seed, e, i)`` whatever the worker or
+process that loads it; dropout draws from the global RNG, re-seeded with
+:func:`augmentation_seed` ``(seed, e)`` at the start of every epoch. So an epoch's batches depend
+only on ``(seed, e)``, a run resumed at an epoch boundary ends with bit-identical weights to an
+uninterrupted one (on the same device and software), f0's answers can be cached across runs
+(:mod:`fdalign.train.f0cache`) and data-parallel training sees the views one process would
+(:mod:`fdalign.train.distributed`). The FD-Align loss itself is :func:`fdalign.train.step.fdalign_forward`.
 """
 
 from __future__ import annotations
@@ -358,6 +361,110 @@ def _f0_cache(cfg: TrainConfig, encoder: nn.Module, spurious, scale: float, norm
     return F0Cache(cfg.f0_cache, key, ingredients, n, spurious.shape[0])
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint restores besides the weights: where training stands and the val history."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0
+    val_hist: list[float] = field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = 0
+
+
+def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, head: nn.Module):
+    """``(progress, checkpoint or None)``; loads the checkpoint's weights and RNG state into place.
+
+    Refuses a checkpoint made with other settings, and an existing one without ``--resume``.
+    """
+    ckpt_dir = run_dir / "checkpoint"
+    if not (ckpt_dir / "last.json").is_file():
+        if cfg.resume:
+            log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
+        return _Progress(), None
+    if not cfg.resume:
+        raise FDAlignError(
+            f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose a new --out"
+        )
+    ckpt = load_checkpoint(ckpt_dir)
+    if ckpt.meta.get("config_hash") != chash:
+        raise FDAlignError(
+            f"cannot resume {run_dir}: its checkpoint was made with different settings "
+            f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new --out"
+        )
+    encoder.load_state_dict(ckpt.encoder)
+    head.load_state_dict(ckpt.head)
+    restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
+    log.info("resuming %s after epoch %d (step %d)", run_dir, ckpt.epoch, ckpt.step)
+    return _Progress(ckpt.epoch, ckpt.step, list(ckpt.meta["val_top1"]), float(ckpt.meta["best_val_top1"]),
+                     int(ckpt.meta["best_epoch"])), ckpt
+
+
+def _phase_optimizer(cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: nn.Module):
+    """``(named parameters, optimiser)`` of a phase: the head always learns, the encoder if the phase trains it."""
+    encoder.requires_grad_(phase.train_encoder)
+    named = [(f"head.{n}", p) for n, p in head.named_parameters()]
+    if phase.train_encoder:
+        named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named
+    if not named:
+        raise FDAlignError(f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters")
+    return named, build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), phase.lr)
+
+
+def _load_selected(path: Path, chosen: int, encoder: nn.Module, head: nn.Module) -> None:
+    """Put the selected epoch's weights (saved at that epoch's end) back into ``encoder`` and ``head``."""
+    from fdalign.train.run import load_model
+
+    saved = load_model(path)
+    if int(saved.metadata.get("epoch", -1)) != chosen:
+        raise RuntimeError(f"{path} holds epoch {saved.metadata.get('epoch')} but epoch {chosen} was selected")
+    ref = encoder.state_dict()
+    encoder.load_state_dict({k: v.to(ref[k].dtype) if v.is_floating_point() else v for k, v in saved.encoder.items()})
+    head.load_state_dict(saved.head.state_dict())
+    encoder.eval()
+    head.eval()
+    encoder.requires_grad_(False)
+
+
+class _RunWriter:
+    """What a run writes as it trains (rank 0 alone under torchrun): ``log.csv``, TensorBoard, the
+    selected model file and the resumable checkpoint."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, dist: distributed.DistInfo, keep_until_step: int | None,
+                 model_meta: dict, zeroshot_head: PrototypeHead):
+        self.run_dir, self.model_meta, self.zeroshot_head = run_dir, model_meta, zeroshot_head
+        self.main = dist.is_main
+        self.csv = _CSVLog(run_dir / "log.csv", keep_until_step) if self.main else None
+        self.tb = _tensorboard(run_dir, cfg.tensorboard) if self.main else None
+
+    def row(self, row: dict) -> None:
+        if self.csv is not None:
+            self.csv.write(row)
+        if self.tb is not None:
+            for k in ("lr", "ce", "kl", "loss", "images_per_s"):
+                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+
+    def end_epoch(self, epoch: int, top1: float, keep: bool, encoder, head, optimizer, meta: dict) -> None:
+        """``keep``: this epoch's weights become ``model/best.safetensors`` (the selection's candidate)."""
+        from fdalign.train.run import MODEL_FILE, save_model
+
+        if not self.main:
+            return
+        if keep:
+            save_model(self.run_dir / MODEL_FILE, encoder, head, self.zeroshot_head,
+                       dict(self.model_meta, epoch=epoch, val_top1=top1))
+        self.csv.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("val/top1", top1, epoch)
+        save_checkpoint(self.run_dir / "checkpoint", encoder=encoder, head=head, optimizer=optimizer, meta=meta)
+
+    def close(self) -> None:
+        if self.csv is not None:
+            self.csv.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
 def train(
     backend,
     train_set: Dataset,
@@ -388,13 +495,12 @@ def train(
         data_key: names the training images and their transform (e.g. the split's content hash
             and the augmentation settings); with ``config.f0_cache`` it keys the f0 cache.
     """
-    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, save_model
+    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model
 
     cfg = config.resolved(len(train_set)).validate()
     dist = distributed.current()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoint"
     progress = progress and cfg.progress and dist.is_main
     if not isinstance(val_set, EvalSplit):
         val_set = EvalSplit(val_set, "val", f"val ({len(val_set)} images)")
@@ -431,47 +537,19 @@ def train(
 
     # ---- resume -----------------------------------------------------------------------------
     chash = config_hash(cfg)
-    start_epoch, step, val_hist, best_val, best_epoch = 0, 0, [], -1.0, 0
-    ckpt = None
-    if cfg.resume and (ckpt_dir / "last.json").is_file():
-        ckpt = load_checkpoint(ckpt_dir)
-        if ckpt.meta.get("config_hash") != chash:
-            raise FDAlignError(
-                f"cannot resume {run_dir}: its checkpoint was made with different settings "
-                f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new --out"
-            )
-        encoder.load_state_dict(ckpt.encoder)
-        head.load_state_dict(ckpt.head)
-        start_epoch, step = ckpt.epoch, ckpt.step
-        val_hist = list(ckpt.meta["val_top1"])
-        best_val, best_epoch = float(ckpt.meta["best_val_top1"]), int(ckpt.meta["best_epoch"])
-        restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
-        log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
-    elif cfg.resume:
-        log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
-    elif (ckpt_dir / "last.json").is_file():
-        raise FDAlignError(
-            f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose a new --out"
-        )
+    state, ckpt = _resume(cfg, run_dir, chash, encoder, head)
+    start_epoch, step, val_hist, best_val, best_epoch = (state.epoch, state.step, state.val_hist, state.best_val,
+                                                         state.best_epoch)
     distributed.barrier(dist)  # every rank has read the checkpoint before rank 0 writes a new one
 
-    csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=step if ckpt is not None else None) if dist.is_main else None
-    tb = _tensorboard(run_dir, cfg.tensorboard) if dist.is_main else None
-
-    def log_rows(row: dict) -> None:
-        if csv_log is not None:
-            csv_log.write(row)
-        if tb is not None:
-            for k in ("lr", "ce", "kl", "loss", "images_per_s"):
-                tb.add_scalar(f"train/{k}", row[k], row["step"])
-
-    selection = SelectionLog()
     model_meta = {
         "classnames": list(getattr(prototypes, "classnames", []) or []),
         "base_fingerprint": str(getattr(backend, "fingerprint", "")),
         "model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config,
         "mode": cfg.mode,
     }
+    writer = _RunWriter(run_dir, cfg, dist, step if ckpt is not None else None, model_meta, zeroshot_head)
+    selection = SelectionLog()
     t_start = time.time()
     use_scaler = precision == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -482,13 +560,7 @@ def train(
             if start_epoch >= phase.stop:
                 continue
             # ---- phase set-up: which parameters learn, the optimiser and its schedule -----------
-            encoder.requires_grad_(phase.train_encoder)
-            named = [(f"head.{n}", p) for n, p in head.named_parameters()]
-            if phase.train_encoder:
-                named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named
-            if not named:
-                raise FDAlignError(f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters")
-            optimizer = build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), phase.lr)
+            named, optimizer = _phase_optimizer(cfg, phase, encoder, head)
             steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
             total_steps = steps_per_epoch * (phase.stop - phase.start)
             warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
@@ -511,7 +583,7 @@ def train(
                     scale=scale, direction=cfg.kl_direction, normalize_prototypes=normalize_spurious,
                     train_encoder=phase.train_encoder,
                 ),
-                total_steps=total_steps, warmup=min(warmup, total_steps), log_rows=log_rows, progress=progress,
+                total_steps=total_steps, warmup=min(warmup, total_steps), log_rows=writer.row, progress=progress,
                 total_epochs=total_epochs,
             )
 
@@ -536,23 +608,17 @@ def train(
                 improved = top1 > best_val  # strict: ties keep the earlier epoch, as select() does
                 if improved:
                     best_val, best_epoch = top1, epoch + 1
-                if dist.is_main:
-                    if (improved and cfg.selection == "best") or cfg.selection == "last":
-                        save_model(run_dir / MODEL_FILE, encoder, head, zeroshot_head,
-                                   dict(model_meta, epoch=epoch + 1, val_top1=top1))
-                    csv_log.flush()
-                    if tb is not None:
-                        tb.add_scalar("val/top1", top1, epoch + 1)
-                    save_checkpoint(
-                        ckpt_dir, encoder=encoder, head=head, optimizer=optimizer,
-                        meta={
-                            "epoch": epoch + 1, "step": step, "phase": phase.name, "config_hash": chash,
-                            "val_top1": val_hist, "best_val_top1": best_val, "best_epoch": best_epoch,
-                            "scheduler": {"phase": phase.name, "phase_step": phase_step, "total_steps": total_steps,
-                                          "warmup_steps": loop.warmup, "base_lr": phase.lr, "min_lr": cfg.min_lr},
-                            "scaler": scaler.state_dict() if use_scaler else None,
-                        },
-                    )
+                writer.end_epoch(
+                    epoch + 1, top1, (improved and cfg.selection == "best") or cfg.selection == "last",
+                    encoder, head, optimizer,
+                    meta={
+                        "epoch": epoch + 1, "step": step, "phase": phase.name, "config_hash": chash,
+                        "val_top1": val_hist, "best_val_top1": best_val, "best_epoch": best_epoch,
+                        "scheduler": {"phase": phase.name, "phase_step": phase_step, "total_steps": total_steps,
+                                      "warmup_steps": loop.warmup, "base_lr": phase.lr, "min_lr": cfg.min_lr},
+                        "scaler": scaler.state_dict() if use_scaler else None,
+                    },
+                )
                 distributed.barrier(dist)
                 if progress:
                     from tqdm.auto import tqdm
@@ -563,10 +629,7 @@ def train(
                     on_epoch_end(epoch + 1, top1)
             start_epoch = phase.stop
     finally:
-        if csv_log is not None:
-            csv_log.close()
-        if tb is not None:
-            tb.close()
+        writer.close()
 
     # ---- the selection, recorded, and the chosen weights loaded back -------------------------
     for ph in plan:
@@ -576,15 +639,7 @@ def train(
         selection.save(run_dir / SELECTION_FILE)
     distributed.barrier(dist)
     scores = {e + 1: v for e, v in enumerate(val_hist)}
-    saved = load_model(run_dir / MODEL_FILE)
-    if int(saved.metadata.get("epoch", -1)) != chosen:
-        raise RuntimeError(f"{run_dir / MODEL_FILE} holds epoch {saved.metadata.get('epoch')} but epoch {chosen} was selected")
-    ref = encoder.state_dict()
-    encoder.load_state_dict({k: v.to(ref[k].dtype) if v.is_floating_point() else v for k, v in saved.encoder.items()})
-    head.load_state_dict(saved.head.state_dict())
-    encoder.eval()
-    head.eval()
-    encoder.requires_grad_(False)
+    _load_selected(run_dir / MODEL_FILE, chosen, encoder, head)
     return TrainResult(
         encoder=encoder, head=head, zeroshot_head=zeroshot_head, zeroshot_encoder_state=zeroshot_encoder_state,
         best_epoch=int(chosen), best_val_top1=float(scores[chosen]), val_top1=val_hist, steps=step,
