@@ -7,8 +7,9 @@ One loop covers the three modes:
   encoder run on the same augmented batch. With ``beta == 0`` the copy is never built or run, so
   this *is* plain full fine-tuning.
 * ``linear-probe``: the encoder is frozen (eval mode, no gradients) and only the head learns, with CE.
-* ``lp-ft``: ``lp_epochs`` of linear probe, then ``epochs`` of ``fdalign`` starting from the probed
-  head; each phase has its own optimiser and cosine schedule.
+* ``lp-ft``: ``lp_epochs`` of linear probe, then ``epochs`` of ``fdalign`` starting from the probe's
+  best-on-val head (as released); each phase has its own optimiser, cosine schedule and epoch
+  selection, and only ``fdalign`` epochs compete for the final model.
 
 Determinism: the data order of epoch ``e`` is :func:`epoch_order` ``(seed, e, N)``, a permutation
 drawn from a generator seeded with :func:`epoch_seed` ``(seed, e)``; the augmented view of image
