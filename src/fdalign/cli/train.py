@@ -59,7 +59,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import copy
     import sys
     from pathlib import Path
 
@@ -135,9 +134,8 @@ def run(args: argparse.Namespace) -> int:
     from fdalign.backends import load_clip
     from fdalign.prototypes import build_prototypes
     from fdalign.spc import SPCConfig
-    from fdalign.train.selection import EvalSplit, check_disjoint, select_by
+    from fdalign.train.selection import EvalSplit, check_disjoint
     from fdalign.train.trainer import resolve_device, train
-    from fdalign.train.wiseft import alpha_name, wiseft_model
 
     device = resolve_device(cfg.device)
     progress = cfg.progress and sys.stderr.isatty()
@@ -166,42 +164,10 @@ def run(args: argparse.Namespace) -> int:
         return 0  # evaluation and reports are rank 0's
 
     # ---- WiSE-FT: interpolations of zero-shot and fine-tuned, alpha chosen on val ----------------
-    ft_encoder, ft_head = result.encoder, result.head
-    encoder_trained = resolved.mode != "linear-probe"
-    if encoder_trained:
-        zs_encoder = copy.deepcopy(ft_encoder)
-        zs_encoder.load_state_dict(result.zeroshot_encoder_state)
-    else:  # the probe never touched the encoder: share it, so its features are computed once
-        zs_encoder = ft_encoder
-    zs_head = result.zeroshot_head
-
-    def mixed(alpha: float):
-        return wiseft_model(zs_encoder, ft_encoder, zs_head, ft_head, alpha)
-
-    from fdalign.eval import EvalSet, run_evaluation, write_metrics, write_report
-    from fdalign.eval.features import extract_features
-    from fdalign.eval.metrics import topk_accuracy
-    from fdalign.eval.pipeline import apply_head
-
-    alphas = sorted(set(float(a) for a in resolved.wiseft_alphas))
-    models = {"zero-shot": (zs_encoder, zs_head), "fine-tuned": (ft_encoder, ft_head)}
-    for a in alphas:
-        if a not in (0.0, 1.0):
-            models[alpha_name(a)] = mixed(a)
-    by_alpha = {a: models["zero-shot" if a == 0.0 else "fine-tuned" if a == 1.0 else alpha_name(a)] for a in alphas}
-    precision = resolved.precision if device.type == "cuda" else "fp32"
-
-    def val_top1(alpha, ds):
-        enc, head = by_alpha[alpha]
-        feats, labels = extract_features(enc, ds, batch_size=resolved.eval_batch_size, device=device,
-                                         precision=precision, progress=False)
-        return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
-
-    for enc, head in models.values():
-        enc.to(device)
-        head.to(device)
-    chosen, _ = select_by("wiseft_alpha", alphas, val_top1, val_eval, result.selection)
+    models, chosen = _wiseft_rows(result, resolved, val_eval, device)
     result.selection.save(out / "selection.json")
+    precision = resolved.precision if device.type == "cuda" else "fp32"
+    from fdalign.eval import EvalSet, run_evaluation, write_metrics, write_report
 
     # ---- evaluation on test and OOD (reported, never used to choose) ----------------------------
     sets, notes = {}, []
@@ -245,6 +211,44 @@ def run(args: argparse.Namespace) -> int:
     print(f"best epoch {result.best_epoch} (val top-1 {result.best_val_top1:.2f}); WiSE-FT alpha on val: {chosen:g}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return 0
+
+
+def _wiseft_rows(result, resolved, val_eval, device):
+    """``(models, alpha chosen on val)``: zero-shot, fine-tuned and every WiSE-FT mix as
+    ``{row name: (encoder, head)}``, on ``device``; the choice is recorded in ``result.selection``."""
+    import copy
+
+    from fdalign.eval.features import extract_features
+    from fdalign.eval.metrics import topk_accuracy
+    from fdalign.eval.pipeline import apply_head
+    from fdalign.train.selection import select_by
+    from fdalign.train.wiseft import alpha_name, wiseft_model
+
+    ft_encoder, ft_head, zs_head = result.encoder, result.head, result.zeroshot_head
+    if resolved.mode != "linear-probe":
+        zs_encoder = copy.deepcopy(ft_encoder)
+        zs_encoder.load_state_dict(result.zeroshot_encoder_state)
+    else:  # the probe never touched the encoder: share it, so its features are computed once
+        zs_encoder = ft_encoder
+    alphas = sorted(set(float(a) for a in resolved.wiseft_alphas))
+    models = {"zero-shot": (zs_encoder, zs_head), "fine-tuned": (ft_encoder, ft_head)}
+    for a in alphas:
+        if a not in (0.0, 1.0):
+            models[alpha_name(a)] = wiseft_model(zs_encoder, ft_encoder, zs_head, ft_head, a)
+    by_alpha = {a: models["zero-shot" if a == 0.0 else "fine-tuned" if a == 1.0 else alpha_name(a)] for a in alphas}
+    precision = resolved.precision if device.type == "cuda" else "fp32"
+
+    def val_top1(alpha, ds):
+        enc, head = by_alpha[alpha]
+        feats, labels = extract_features(enc, ds, batch_size=resolved.eval_batch_size, device=device,
+                                         precision=precision, progress=False)
+        return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
+
+    for enc, head in models.values():
+        enc.to(device)
+        head.to(device)
+    chosen, _ = select_by("wiseft_alpha", alphas, val_top1, val_eval, result.selection)
+    return models, chosen
 
 
 _NO_TEST = ("no test accuracy exists: {data} has no test split, and the val split chose the epoch and the WiSE-FT "
