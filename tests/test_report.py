@@ -207,3 +207,48 @@ def test_no_runs_is_a_user_error(tmp_path):
 
         write_report([tmp_path])
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
+    """`heads: [tip]`: every run is followed by `fdalign eval RUN --heads tip`; the report shows "Tip" (zero-shot
+    CLIP's encoder) and "Tip + <method>" rows whose numbers are the runs' eval-heads/metrics.json."""
+    import torch
+
+    d = {
+        "name": "h",
+        "world": {"id_styles": ["photo"], "ood_styles": ["sketch"], "train_per_class": 3, "val_per_class": 2,
+                  "test_per_class": 2, "image_size": 32, "classes": ["circle", "square", "star"]},
+        "datasets": [{"name": "w", "data": "{data_root}", "ood": "world"}],
+        "shots": [2], "seeds": [1, 2], "heads": ["tip"],
+        "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
+                  "model_config": str(tiny_openclip["config"]), "epochs": 1, "batch_size": 4, "num_workers": 0,
+                  "templates": "tip7", "spc": False, "device": "cpu", "tensorboard": False, "lr": 3e-3,
+                  "wiseft_alphas": [0.0, 1.0]},
+        "methods": {"fd-align": {"beta": 1.0}},
+    }
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    out = tmp_path / "out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["sweep", str(tmp_path / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
+        assert main(["report", str(out), "--format", "md"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    want: dict = {}
+    for seed in (1, 2):
+        heads = json.loads((out / "runs/w/k2" / f"s{seed}" / "fd-align/eval-heads/metrics.json").read_text())["metrics"]
+        assert set(heads["test"]) == {"Tip", "Tip + FD-Align"}
+        for row, model in (("Tip", "Tip"), ("Tip + fd-align", "Tip + FD-Align")):
+            want.setdefault(row, []).append(heads["test"][model]["top1"])
+    rows = _md_rows((out / "report.md").read_text().split("## Paired")[0], "w, 2-shot")
+    assert list(rows)[-2:] == ["Tip", "Tip + fd-align"]
+    for row, ids in want.items():
+        assert rows[row][1] == f"{statistics.fmean(ids):.1f} ± {statistics.stdev(ids):.1f}", row
+    with pytest.raises(FDAlignError, match="heads lists 'lora'"):
+        from fdalign.experiments.sweep import SweepConfig
+
+        SweepConfig.from_dict({**d, "heads": ["lora"]})

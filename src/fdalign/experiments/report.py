@@ -134,10 +134,15 @@ def _read_run(run_dir: Path) -> RunRecord | None:
         return None
     spec = status.get("run") or {}
     sel = doc.get("selection", {}).get("wiseft_alpha") or {}
+    metrics = doc["metrics"]
+    heads_file = run_dir / "eval-heads" / "metrics.json"  # `fdalign eval RUN --heads`, run by the sweep
+    if heads_file.is_file():
+        heads = read_json(heads_file, "cache-head metrics")["metrics"]
+        metrics = {s: {**rows, **{f"head:{m}": v for m, v in heads.get(s, {}).items()}} for s, rows in metrics.items()}
     return RunRecord(
         dir=run_dir, dataset=spec.get("dataset") or cfg.get("dataset_name") or Path(str(cfg.get("data"))).name,
         shots=int(spec.get("shots", cfg.get("shots"))), seed=int(spec.get("seed", cfg.get("seed"))),
-        method=spec.get("method") or method_label(cfg), metrics=doc["metrics"], roles=doc.get("roles", {}),
+        method=spec.get("method") or method_label(cfg), metrics=metrics, roles=doc.get("roles", {}),
         chosen_alpha=float(sel["chosen"]) if "chosen" in sel else None, hashes=doc.get("hashes", {}), config=cfg,
         environment=status.get("environment", {}),
     )
@@ -229,12 +234,32 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                     points.setdefault(wiseft_row(m), {})[r.seed] = r.point(alpha_model(r.chosen_alpha))
                     for a in r.alphas():
                         curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a))
+        head_rows = _head_rows(rs, order, meta.get("reference"), points)
         points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
         rows = [ZERO_SHOT] + [m for m in order if m in points] + [wiseft_row(m) for m in meta["wiseft"]
-                                                                 if wiseft_row(m) in points]
+                                                                 if wiseft_row(m) in points] + head_rows
         groups.append(Group(ds, k, dataset_key(ds), rs[0].id_set, rs[0].ood_sets, {row: points[row] for row in rows},
                             curves, rs, {r.model_key for r in rs}))
     return groups
+
+
+def _head_rows(runs: list[RunRecord], order: list[str], reference: str | None, points: dict) -> list[str]:
+    """Cache-head rows, as in the paper's table: "Tip" (zero-shot CLIP's encoder, the same in every run,
+    taken like the zero-shot row) and "Tip + <method>" (the run's fine-tuned encoder). Adds them to
+    ``points``; returns their names in order."""
+    rows: list[str] = []
+    for m in order:
+        for r in (r for r in runs if r.method == m):
+            for model in next(iter(r.metrics.values())):
+                if not model.startswith("head:"):
+                    continue
+                head, _, encoder = model[len("head:"):].partition(" + ")
+                row = f"{head} + {m}" if encoder else head
+                if encoder or r.seed not in points.get(row, {}) or m == reference:
+                    points.setdefault(row, {})[r.seed] = r.point(model)
+                if row not in rows:
+                    rows.append(row)
+    return sorted(rows, key=lambda x: (x.split(" + ")[0], " + " in x))
 
 
 def mean_group(groups: list[Group]) -> list[Group]:

@@ -32,7 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from fdalign.errors import FDAlignError
 from fdalign.io import atomic_write_json, read_json
@@ -79,6 +79,7 @@ class SweepConfig:
     wiseft: list[str] | None = None  # methods whose WiSE-FT rows the report shows (default: encoder-trained ones)
     reference: str = "fine-tune"  # the method paired differences are taken against
     keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
+    heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
     source: str = field(default="the sweep config", compare=False)
 
     # ------------------------------------------------------------------------------------------
@@ -127,6 +128,11 @@ class SweepConfig:
             if grid:
                 raise FDAlignError(f"{src}: {where} sets {grid[0]!r}, which the sweep grid decides; set it in "
                                    "datasets / shots / seeds instead")
+        from fdalign.eval.heads import HEAD_NAMES
+
+        for h in self.heads:
+            if h not in HEAD_NAMES or h == "zeroshot":
+                raise FDAlignError(f"{src}: heads lists {h!r}; choose from {', '.join(HEAD_NAMES[1:])}")
         for m in self.wiseft or []:
             if m not in self.methods:
                 raise FDAlignError(f"{src}: wiseft lists {m!r}, which is not one of the methods {list(self.methods)}")
@@ -324,8 +330,13 @@ class Interrupted(Exception):
     """Ctrl-C during a run: the sweep stops (the run's checkpoint lets the next invocation resume)."""
 
 
-def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True) -> dict:
-    """One ``fdalign train`` in-process; returns its status record (also written to ``status.json``)."""
+HEADS_DIR = "eval-heads"  # where a run's cache-head evaluation (`fdalign eval RUN --heads`) is written
+
+
+def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True,
+                heads: Sequence[str] = ()) -> dict:
+    """One ``fdalign train`` in-process, then ``fdalign eval RUN --heads`` when ``heads`` are asked
+    for; returns the status record (also written to ``status.json``). A run is done when both are."""
     from fdalign.cli import main
 
     run_dir = run.dir(out)
@@ -344,6 +355,11 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
         print(f"$ fdalign {' '.join(argv)}", flush=True)
         try:
             rc = main(argv)
+            if rc == 0 and heads:
+                heads_argv = ["eval", str(run_dir), "--heads", ",".join(heads), "--out", str(run_dir / HEADS_DIR),
+                              "--device", train_cfg.device, "--no-progress"]
+                print(f"$ fdalign {' '.join(heads_argv)}", flush=True)
+                rc = main(heads_argv)
         except Exception as e:  # a bug or an unexpected failure: recorded, the sweep goes on
             traceback.print_exc(file=log)
             error = f"{type(e).__name__}: {e}"
@@ -432,7 +448,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
             was = records[r]["state"]
             say(f"[{skipped + i + 1}/{len(runs)}] {r.key}: " + ("resuming" if was in ("running", "interrupted")
                                                                else "retrying" if was == "failed" else "starting"))
-            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints)
+            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints, cfg.heads)
             durations.append(status["seconds"])
             records[r].update({k: status[k] for k in ("state", "seconds", "error") if k in status})
             if status["state"] == "failed":
