@@ -252,3 +252,53 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
         from fdalign.experiments.sweep import SweepConfig
 
         SweepConfig.from_dict({**d, "heads": ["lora"]})
+
+
+def test_an_episodes_sweep_runs_meta_train_and_reports_every_target(tiny_openclip, tmp_path):
+    """protocol: episodes — each cell is `fdalign meta-train`; the report's episode table is the mean over seeds
+    of each run's mean episode accuracy, per method, head, target and setting."""
+    import torch
+    from _synth import make_imagefolder
+    from test_episodes import write_class_splits
+
+    write_class_splits(tmp_path / "mini", {"base": ["red", "green", "blue", "yellow"], "val": ["cyan", "pink", "grey"],
+                                           "novel": ["black", "white", "orange"]}, per_class=4)
+    t1 = make_imagefolder(tmp_path / "t1", ["oak", "pine", "elm"], n_train=0, n_test=4, seed=1) / "test"
+    d = {
+        "name": "e", "protocol": "episodes",
+        "datasets": [{"name": "mini", "data": str(tmp_path / "mini"), "ood": [f"trees={t1}"]}],
+        "shots": [1], "seeds": [1, 2],
+        "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
+                  "model_config": str(tiny_openclip["config"]), "templates": "tip7", "n_way": 3, "q_query": 2,
+                  "episodes_per_step": 2, "episodes_per_epoch": 4, "epochs": 1, "val_episodes": 3, "spc_keep": 5,
+                  "spc_k": 2, "num_workers": 0, "device": "cpu", "lr": 1e-2, "tensorboard": False,
+                  "test_episodes": 20, "test_shots": [1], "eval_batch_size": 64},
+        "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
+    }
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    out = tmp_path / "out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["sweep", str(tmp_path / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
+        assert main(["report", str(out), "--format", "md"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    runs = {(m, s): json.loads((out / "runs/mini/k1" / f"s{s}" / m / "metrics.json").read_text())["metrics"]
+            for m in ("fine-tune", "fd-align") for s in (1, 2)}
+    report = (out / "report.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[:2] == ["method", "head"] and "trees 3-way 1-shot" in header and "novel 3-way 1-shot" in header
+    rows = {(c[0], c[1]): c[2:] for c in ([x.strip() for x in line.strip("|").split("|")] for line in table[1:])}
+    for label, method, model in (("zero-shot", "fine-tune", "zero-shot"), ("fine-tune", "fine-tune", "fine-tuned"),
+                                 ("fd-align", "fd-align", "fine-tuned")):
+        for h in ("proto", "text", "combined"):
+            for col, name in enumerate(header[2:]):
+                target, setting = name.split(" ", 1)
+                vals = [runs[(method, s)][target][setting][model][h]["mean"] for s in (1, 2)]
+                want = f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f} (2)"
+                assert rows[(label, h)][col] == want, (label, h, name)

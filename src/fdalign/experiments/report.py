@@ -124,7 +124,18 @@ class RunRecord:
         return sorted(a for a in (model_alpha(m) for m in models) if a is not None)
 
 
-def _read_run(run_dir: Path) -> RunRecord | None:
+@dataclass
+class EpisodeRecord:
+    """One meta-training run (`fdalign meta-train`): ``metrics[target][setting][model][head]`` = mean, ci95."""
+
+    dir: Path
+    dataset: str
+    seed: int
+    method: str
+    metrics: dict
+
+
+def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | None:
     doc = read_json(run_dir / "metrics.json", "run metrics")
     if "config" not in doc or "metrics" not in doc:
         return None  # an evaluation without a training run
@@ -133,6 +144,10 @@ def _read_run(run_dir: Path) -> RunRecord | None:
     if status and status.get("state") != "done":
         return None
     spec = status.get("run") or {}
+    if doc.get("kind") == "episodes":
+        return EpisodeRecord(run_dir, spec.get("dataset") or Path(str(cfg.get("data"))).name,
+                             int(spec.get("seed", cfg.get("seed"))), spec.get("method") or method_label(cfg),
+                             doc["metrics"])
     sel = doc.get("selection", {}).get("wiseft_alpha") or {}
     metrics = doc["metrics"]
     heads_file = run_dir / "eval-heads" / "metrics.json"  # `fdalign eval RUN --heads`, run by the sweep
@@ -172,8 +187,12 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
                 continue
             seen.add(d)
             r = _read_run(m.parent)
-            if r is not None:
+            if isinstance(r, EpisodeRecord):
+                meta.setdefault("episodes", []).append(r)
+            elif r is not None:
                 runs.append(r)
+    if not runs and meta.get("episodes"):
+        return runs, meta
     if not runs:
         raise FDAlignError(f"no finished training runs (metrics.json from fdalign train) under {', '.join(map(str, paths))}")
     if not meta["methods"]:
@@ -466,6 +485,10 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
     ``features``, the t-SNE and spurious-distribution figures load the first seed's models and a few
     images of each set (skipped when the data are not on this machine)."""
     runs, meta = find_runs(paths)
+    if not runs:
+        return build_episode_report(meta["episodes"], meta, paths, title)
+    if meta.get("episodes"):
+        extra = list(extra or []) + [("N-way K-shot episodes", episode_tables(meta["episodes"], meta["methods"]))]
     groups = build_groups(runs, meta)
     all_groups = groups + mean_group(groups)
     pub = load_published()
@@ -538,6 +561,46 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
              f"{len(groups)} data set/shot setting(s)."]
     summary["environment"] = environment_lines(runs)
     return Report(title or f"fdalign report: {names}", intro, sections, summary, csv_rows)
+
+
+def episode_tables(records: list[EpisodeRecord], methods: list[str]) -> list[Any]:
+    """Per data set: a row per (method, head) and zero-shot CLIP, a column per (target, setting); cells
+    are the mean ± sample std over seeds of each run's mean episode accuracy."""
+    items: list[Any] = []
+    for ds in sorted({r.dataset for r in records}):
+        rs = sorted((r for r in records if r.dataset == ds),
+                    key=lambda r: (methods.index(r.method) if r.method in methods else len(methods), r.seed))
+        cols = [(t, st) for t, per in rs[0].metrics.items() for st in per]
+        heads = list(dict.fromkeys(h for t, st in cols for h in rs[0].metrics[t][st].get("fine-tuned", {})))
+        first = rs[0].method  # zero-shot CLIP: the same in every run; read from the first method's runs
+        sources = [("zero-shot", "zero-shot", [r for r in rs if r.method == first])]
+        sources += [(m, "fine-tuned", [r for r in rs if r.method == m]) for m in dict.fromkeys(r.method for r in rs)]
+        rows = []
+        for label, model, group in sources:
+            for h in heads:
+                cells = []
+                for t, st in cols:
+                    vals = [r.metrics[t][st][model][h]["mean"] for r in group
+                            if model in r.metrics.get(t, {}).get(st, {}) and h in r.metrics[t][st][model]]
+                    cells.append("–" if not vals else _pm(stats(vals)) + f" ({len(vals)})")
+                rows.append([label, h] + cells)
+        items += [f"**{ds}**", Table(["method", "head"] + [f"{t} {st}" for t, st in cols], rows)]
+    return items
+
+
+def build_episode_report(records: list[EpisodeRecord], meta: dict, paths, title: str | None = None) -> Report:
+    """The report of a sweep of meta-training runs (protocol: episodes)."""
+    sections = [("N-way K-shot episodes", [
+        "Mean episode accuracy in percent, mean ± sample std over seeds (number of seeds in brackets); each "
+        "run's own 95% interval over its episodes is in its report.md. zero-shot = CLIP before training; "
+        "heads: proto (ProtoNet on the support images), text (the classes' prompt prototypes), combined."]
+        + episode_tables(records, meta["methods"]))]
+    sections.append(("Where the numbers come from", [
+        f"{len(records)} meta-training runs from {', '.join(map(str, paths))}; the epoch of each was chosen on "
+        "episodes of the val classes only."]))
+    summary = {"episodes": {r.dir.name: r.metrics for r in records}}
+    names = ", ".join(n for n in meta["names"] if n) or "runs"
+    return Report(title or f"fdalign report: {names}", [], sections, summary, [["see report.md"]])
 
 
 def _md_table(t: Table) -> list[str]:

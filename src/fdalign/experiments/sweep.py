@@ -42,6 +42,7 @@ PRESET_DIR = Path(__file__).with_name("presets")
 STATUS_FILE = "status.json"
 REQUEST_FILE = "request.yaml"
 # Set by the grid itself: a data set or method block may not set them.
+PROTOCOLS = ("kshot", "episodes")
 GRID_FIELDS = ("shots", "seed", "out", "data", "ood", "resume", "image_root", "classnames")
 # Fields that may change between a run and its continuation without changing its result.
 VOLATILE_FIELDS = frozenset({"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume",
@@ -80,6 +81,9 @@ class SweepConfig:
     reference: str = "fine-tune"  # the method paired differences are taken against
     keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
     heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
+    # kshot: every run is `fdalign train`; episodes: `fdalign meta-train` (shots = the training episodes' K,
+    # a data set's `ood` = its cross-domain targets, `train` = MetaConfig options)
+    protocol: str = "kshot"
     source: str = field(default="the sweep config", compare=False)
 
     # ------------------------------------------------------------------------------------------
@@ -128,6 +132,11 @@ class SweepConfig:
             if grid:
                 raise FDAlignError(f"{src}: {where} sets {grid[0]!r}, which the sweep grid decides; set it in "
                                    "datasets / shots / seeds instead")
+        if self.protocol not in PROTOCOLS:
+            raise FDAlignError(f"{src}: protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.protocol == "episodes" and (self.preset or self.heads or self.world):
+            raise FDAlignError(f"{src}: protocol episodes takes no preset, heads or world (meta-training has "
+                               "its own defaults, the authors' N-way K-shot setting)")
         from fdalign.eval.heads import HEAD_NAMES
 
         for h in self.heads:
@@ -240,10 +249,28 @@ def _ood_list(ds: DatasetSpec, data: str, data_root: str | None, source: str) ->
     return out
 
 
+def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None):
+    """The :class:`~fdalign.train.meta.MetaConfig` of one run of an episodes sweep (validated)."""
+    from fdalign.train.meta import MetaConfig
+
+    ds = next(d for d in cfg.datasets if d.name == run.dataset)
+    d = MetaConfig().to_dict()
+    for block in (cfg.train, ds.train, cfg.methods[run.method] or {}):
+        d.update({str(k).replace("-", "_"): v for k, v in block.items()})
+    data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
+    d.update(data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
+             classnames=_fill(ds.classnames, data_root, "classnames", cfg.source),
+             target=_ood_list(ds, data, data_root, cfg.source), k_shot=run.shots, seed=run.seed,
+             out=str(run.dir(out).absolute()), resume=False, progress=False)
+    return MetaConfig.from_dict(d, source=f"{cfg.source}, run {run.key}").validate()
+
+
 def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None = None):
-    """The :class:`~fdalign.train.config.TrainConfig` of one run (validated)."""
+    """The :class:`~fdalign.train.config.TrainConfig` of one run (validated); a MetaConfig for episodes."""
     from fdalign.train.config import TrainConfig
 
+    if cfg.protocol == "episodes":
+        return _meta_run_config(cfg, run, out, data_root)
     ds = next(d for d in cfg.datasets if d.name == run.dataset)
     src = f"{cfg.source}, run {run.key}"
     base = TrainConfig.released(ds.dataset_name or ds.name, run.shots) if cfg.preset == "released" else TrainConfig()
@@ -348,7 +375,8 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
               "environment": env}
     atomic_write_json(run_dir / STATUS_FILE, status)
     t0 = time.time()
-    argv = ["train", "--config", str(request)] + (["--resume"] if resume else [])
+    command = "meta-train" if type(train_cfg).__name__ == "MetaConfig" else "train"
+    argv = [command, "--config", str(request)] + (["--resume"] if resume else [])
     log_path = run_dir / "train.log"
     rc, error = 1, None
     with log_path.open("a", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
