@@ -100,7 +100,8 @@ def id_ood_plane(g, out: Path) -> Path | None:
     ax.set_ylabel(f"OOD mean top-1 (%), {len(g.ood_sets)} sets")
     ax.set_title(f"ID vs OOD: {g.title}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return _save(fig, out / f"id_ood_{_slug(g.dataset)}_k{g.shots}.png")
 
 
