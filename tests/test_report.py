@@ -16,10 +16,29 @@ from fdalign.errors import FDAlignError
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _sweep_and_report(config: dict, root, formats: str):
+    """``fdalign sweep`` then ``fdalign report`` of ``config`` in ``root`` (one torch thread, prompt cache in
+    ``root``); returns the sweep's output folder."""
+    import torch
+
+    (root / "g.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    out = root / "out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(root / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["sweep", str(root / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
+        assert main(["report", str(out), "--format", formats]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    return out
+
+
 @pytest.fixture(scope="module")
 def sweep_out(tiny_openclip, tmp_path_factory):
     """A real sweep on rendered world data: 2 methods x 2 seeds x 2 shot counts, 1 epoch."""
-    import torch
 
     root = tmp_path_factory.mktemp("report")
     d = {
@@ -34,18 +53,7 @@ def sweep_out(tiny_openclip, tmp_path_factory):
                   "wiseft_alphas": [0.0, 0.5, 1.0]},
         "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
     }
-    (root / "g.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    out = root / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FDALIGN_CACHE", str(root / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["sweep", str(root / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
-        assert main(["report", str(out), "--format", "md,csv,html"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
+    out = _sweep_and_report(d, root, "md,csv,html")
     return out
 
 
@@ -212,7 +220,6 @@ def test_no_runs_is_a_user_error(tmp_path):
 def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
     """`heads: [tip]`: every run is followed by `fdalign eval RUN --heads tip`; the report shows "Tip" (zero-shot
     CLIP's encoder) and "Tip + <method>" rows whose numbers are the runs' eval-heads/metrics.json."""
-    import torch
 
     d = {
         "name": "h",
@@ -226,18 +233,7 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
                   "wiseft_alphas": [0.0, 1.0]},
         "methods": {"fd-align": {"beta": 1.0}},
     }
-    (tmp_path / "g.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    out = tmp_path / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["sweep", str(tmp_path / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
-        assert main(["report", str(out), "--format", "md"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
+    out = _sweep_and_report(d, tmp_path, "md")
     want: dict = {}
     for seed in (1, 2):
         heads = json.loads((out / "runs/w/k2" / f"s{seed}" / "fd-align/eval-heads/metrics.json").read_text())["metrics"]
@@ -257,7 +253,6 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
 def test_an_episodes_sweep_runs_meta_train_and_reports_every_target(tiny_openclip, tmp_path):
     """protocol: episodes — each cell is `fdalign meta-train`; the report's episode table is the mean over seeds
     of each run's mean episode accuracy, per method, head, target and setting."""
-    import torch
     from _synth import make_imagefolder
     from test_episodes import write_class_splits
 
@@ -275,18 +270,7 @@ def test_an_episodes_sweep_runs_meta_train_and_reports_every_target(tiny_opencli
                   "test_episodes": 20, "test_shots": [1], "eval_batch_size": 64},
         "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
     }
-    (tmp_path / "g.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    out = tmp_path / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["sweep", str(tmp_path / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
-        assert main(["report", str(out), "--format", "md"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
+    out = _sweep_and_report(d, tmp_path, "md")
     runs = {(m, s): json.loads((out / "runs/mini/k1" / f"s{s}" / m / "metrics.json").read_text())["metrics"]
             for m in ("fine-tune", "fd-align") for s in (1, 2)}
     report = (out / "report.md").read_text()

@@ -10,7 +10,7 @@ A bug whose source line has since changed prints STRING NOT FOUND: update its li
 import os, shutil, subprocess, sys, tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUGS = [
- ("f0 shares weights with ft", "src/fdalign/train/trainer.py", "frozen = _frozen_copy(encoder, cfg.f0_mode, f0_dtype(cfg, device)) if", "frozen = encoder if"),
+ ("f0 shares weights with ft", "src/fdalign/train/trainer.py", "frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if", "frozen = encoder if"),
  ("f0 sees a different augmented view", "src/fdalign/train/step.py", "f0(images.to(f0_dtype))", "f0(images.flip(-1).to(f0_dtype))"),
  ("feat_0 = feat_t.detach()", "src/fdalign/train/step.py", "f0(images.to(f0_dtype))", "feat_t.detach()"),
  ("KL at temperature 1", "src/fdalign/train/trainer.py", "scale=scale, direction=cfg.kl_direction", "scale=1.0, direction=cfg.kl_direction"),

@@ -528,9 +528,10 @@ def train(
     zeroshot_head = copy.deepcopy(head)
     zeroshot_encoder_state = _state_cpu(encoder)
     # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded
-    frozen = _frozen_copy(encoder, cfg.f0_mode, f0_dtype(cfg, device)) if any(p.use_kl for p in plan) else None
+    dtype_0 = f0_dtype(cfg, device)
+    frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if any(p.use_kl for p in plan) else None
     f0cache = _f0_cache(cfg, encoder, spurious, scale, normalize_spurious, data_key, len(train_set),
-                        f"{precision}, f0 {f0_dtype(cfg, device) or 'as the encoder'}")
+                        f"{precision}, f0 {dtype_0 or 'as the encoder'}")
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
         warnings.warn(f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; "
                       "training without it", stacklevel=2)
