@@ -44,6 +44,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")
 
 
+def add_encoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 256) -> None:
+    """--batch-size / --num-workers / --device / --precision: how a command encodes images."""
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per encoder forward pass")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
+
+
 def check_run_request(cfg) -> None:
     """What every training command needs before it reads data: --data, --out, a model, and an --out
     that is not already a run unless --resume is given (``cfg``: a TrainConfig or MetaConfig)."""

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fdalign.cli import HelpFormatter, add_model_arguments
+from fdalign.cli import HelpFormatter, add_encoding_arguments, add_model_arguments
 
 _DATA_HELP = (
     "in-distribution data: an ImageFolder root (ROOT/test/<class>/<image>, or just class folders), "
@@ -47,11 +47,7 @@ def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--templates", default="openai80", help="prompt templates of the zero-shot head: openai80, "
                    "tip7 or a text file with one template per line containing '{}' (a run uses the zero-shot "
                    "head it saved)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per encoder forward pass")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
+    add_encoding_arguments(p, batch_size=256)
     p.add_argument("--hash-content", action="store_true", help="hash every image's bytes for the report; "
                    "without it the list of relative paths, labels and file sizes is hashed (reads no images)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")

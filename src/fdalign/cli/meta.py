@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fdalign.cli import HelpFormatter
+from fdalign.cli import HelpFormatter, add_encoding_arguments
 
 TRAIN_DESCRIPTION = """\
 Fine-tune a CLIP image encoder with FD-Align on N-way K-shot episodes of the base classes
@@ -86,10 +86,7 @@ def _add_episode_options(p) -> None:
                    help="classes with fewer than K+Q images: skip (counted in the report) or error")
     p.add_argument("--weight", type=float, default=0.5, help="weight of the text head in the combined head")
     p.add_argument("--templates", default="openai80", help="prompt templates of the text head")
-    p.add_argument("--batch-size", type=int, default=256, help="images per encoder forward pass")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision on CUDA")
+    add_encoding_arguments(p, batch_size=256)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 

@@ -19,7 +19,7 @@ MAX_LISTED = 20
 
 
 def register(subparsers) -> None:
-    from fdalign.cli import HelpFormatter
+    from fdalign.cli import HelpFormatter, add_encoding_arguments
 
     p = subparsers.add_parser("predict", help="classify new images with a run or an export (top-k CSV)",
                               description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -31,11 +31,7 @@ def register(subparsers) -> None:
                    "number of classes)")
     p.add_argument("--wiseft-alpha", default=None, metavar="A", help="for a run: use the WiSE-FT mix with weight "
                    "A in [0, 1] or 'selected' (the alpha chosen on val); none = the fine-tuned weights")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
+    add_encoding_arguments(p, batch_size=64)
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     p.set_defaults(func=run)
 
