@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     add_config_arguments(t, MetaConfig)
     t.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("meta-eval", help="N-way K-shot episode accuracy with 95% intervals (novel classes, "
+    e = subparsers.add_parser("meta-eval", help="N-way K-shot episode accuracy with 95%% intervals (novel classes, "
                               "cross-domain targets)", description=EVAL_DESCRIPTION, formatter_class=HelpFormatter)
     e.add_argument("target_model", metavar="RUN_OR_MODEL", help="run directory, or CLIP model name")
     e.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (model name only)")
