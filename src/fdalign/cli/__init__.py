@@ -53,20 +53,6 @@ def add_encoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 25
                         help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
 
 
-def check_run_request(cfg) -> None:
-    """What every training command needs before it reads data: --data, --out, a model, and an --out
-    that is not already a run unless --resume is given (``cfg``: a TrainConfig or MetaConfig)."""
-    from pathlib import Path
-
-    for name in ("data", "out"):
-        if not getattr(cfg, name):
-            raise FDAlignError(f"--{name} is required (on the command line or in the --config file)")
-    if not cfg.model and not cfg.model_config:
-        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
-    if (Path(cfg.out) / "checkpoint" / "last.json").is_file() and not cfg.resume:
-        raise FDAlignError(f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdalign",
