@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from fdalign import __version__
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, user_message  # noqa: F401 (user_message: for callers of the CLI)
 
 # Order here is the order in `fdalign --help`.
 COMMAND_MODULES = [
@@ -70,20 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
-
-
-def user_message(error: FDAlignError) -> str:
-    """The one-line message of ``error``.
-
-    An error raised inside a DataLoader worker comes back re-wrapped by torch as "Caught
-    FDAlignError in DataLoader worker process 0. Original Traceback ..."; its last line is ours.
-    """
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1]
-        prefix = f"{FDAlignError.__module__}.{FDAlignError.__name__}: "
-        text = text[len(prefix):] if text.startswith(prefix) else text
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:
