@@ -7,6 +7,7 @@ calls the library, differ from a user's command).
 
 import argparse
 import dataclasses
+import importlib
 import json
 
 import pytest
@@ -100,7 +101,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 @pytest.mark.parametrize("command, cls, positional", [
     ("eval", "EvalConfig", "target"), ("meta-eval", "MetaEvalConfig", "target_model")])
 def test_library_configs_carry_the_commands_defaults(command, cls, positional):
-    config_cls = getattr(fdalign.workflows, cls)
+    config_cls = getattr(importlib.import_module("fdalign.workflows"), cls)
     defaults = _defaults(_subparser(command))
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     for dest, default in defaults.items():
