@@ -13,26 +13,13 @@ import json
 import pytest
 import torch
 import yaml
-from _synth import make_imagefolder
+from test_cli_train import folders  # noqa: F401 (the generated ID / OOD folders and templates)
 
 import fdalign
 from fdalign.cli import build_parser, main
 from fdalign.train.run import load_model
 
-CLASSES = ["red apple", "green leaf", "blue sky"]
-TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
-
 pytestmark = pytest.mark.usefixtures("cli_env")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("library")
-    idf = make_imagefolder(d / "id", CLASSES, n_train=4, n_test=2, seed=0)
-    ood = make_imagefolder(d / "ood", ["red apple", "blue sky"], n_train=0, n_test=2, seed=1) / "test"
-    tfile = d / "templates.txt"
-    tfile.write_text("\n".join(TEMPLATES) + "\n")
-    return {"id": idf, "ood": ood, "templates": tfile}
 
 
 def _config(tiny, data, out) -> "fdalign.TrainConfig":
@@ -51,8 +38,8 @@ def _argv(cfg) -> list[str]:
             "--no-progress", "--ood", cfg.ood[0], "--out", cfg.out]
 
 
-def test_finetune_equals_fdalign_train(tiny_openclip, data, tmp_path, capsys):
-    cfg = _config(tiny_openclip, data, tmp_path / "lib")
+def test_finetune_equals_fdalign_train(tiny_openclip, folders, tmp_path, capsys):  # noqa: F811
+    cfg = _config(tiny_openclip, folders, tmp_path / "lib")
     run = fdalign.finetune(cfg)
     cli_cfg = dataclasses.replace(cfg, out=str(tmp_path / "cli"))
     assert main(_argv(cli_cfg)) == 0, capsys.readouterr().err

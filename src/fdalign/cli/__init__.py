@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from fdalign import __version__
-from fdalign.errors import FDAlignError, user_message  # noqa: F401 (user_message: for callers of the CLI)
+from fdalign.errors import FDAlignError, as_command, user_message  # noqa: F401 (for callers of the CLI)
 
 # Order here is the order in `fdalign --help`.
 COMMAND_MODULES = [
@@ -78,11 +78,4 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except FDAlignError as e:
-        print(f"fdalign {args.command}: error: {user_message(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fdalign {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return as_command(args.command, lambda: args.func(args))

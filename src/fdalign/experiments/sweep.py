@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, as_command
 from fdalign.io import atomic_write_json, read_json
 
 SWEEP_FORMAT = "fdalign-sweep/1"
@@ -400,21 +400,6 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
     return status
 
 
-def _as_command(command: str, fn: Callable[[], None]) -> int:
-    """``fn()`` with the command line's exit codes: 0, 2 (a user error, said on one line) or 130 (Ctrl-C)."""
-    from fdalign.errors import user_message
-
-    try:
-        fn()
-        return 0
-    except FDAlignError as e:
-        print(f"fdalign {command}: error: {user_message(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fdalign {command}: interrupted", file=sys.stderr)
-        return 130
-
-
 def _train_cell(train_cfg, resume: bool, request: Path) -> int:
     """Train one cell (as ``fdalign train --config request.yaml [--resume]`` would, which repeats it by hand)."""
     from fdalign.workflows import finetune, meta_train
@@ -423,7 +408,7 @@ def _train_cell(train_cfg, resume: bool, request: Path) -> int:
     command = "meta-train" if meta else "train"
     print(f"$ fdalign {command} --config {request}" + (" --resume" if resume else ""), flush=True)
     cfg = dataclasses.replace(train_cfg, resume=resume)
-    return _as_command(command, lambda: _say_done(meta_train(cfg) if meta else finetune(cfg)))
+    return as_command(command, lambda: _say_done(meta_train(cfg) if meta else finetune(cfg)))
 
 
 def _heads_cell(run_dir: Path, heads: Sequence[str], device: str) -> int:
@@ -432,7 +417,7 @@ def _heads_cell(run_dir: Path, heads: Sequence[str], device: str) -> int:
 
     print(f"$ fdalign eval {run_dir} --heads {','.join(heads)} --out {run_dir / HEADS_DIR} --device {device} "
           "--no-progress", flush=True)
-    return _as_command("eval", lambda: _say_done(evaluate(str(run_dir), heads=list(heads), out=str(run_dir / HEADS_DIR),
+    return as_command("eval", lambda: _say_done(evaluate(str(run_dir), heads=list(heads), out=str(run_dir / HEADS_DIR),
                                                           device=device, no_progress=True)))
 
 

@@ -23,8 +23,29 @@ REPORT_TRAIN_KEYS = ("model", "pretrained", "mode", "shots", "seed", "templates"
 
 
 @dataclass
-class EvalConfig:
-    """The options of ``fdalign eval`` / ``fdalign zeroshot`` (the same names as their flags).
+class ModelOptions:
+    """What ``eval``, ``zeroshot`` and ``meta-eval`` share: the model, the data, the zero-shot prompts,
+    how images are encoded and where results go (the same names as the flags)."""
+
+    pretrained: str | None = None
+    model_config: str | None = None
+    data: str | None = None
+    image_root: str | None = None
+    classnames: str | None = None
+    templates: str = "openai80"
+    batch_size: int = 256
+    num_workers: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    no_cache: bool = False
+    no_progress: bool = False
+    no_zeroshot: bool = False
+    out: str | None = None
+
+
+@dataclass
+class EvalConfig(ModelOptions):
+    """The options of ``fdalign eval`` / ``fdalign zeroshot``.
 
     ``target``: a run directory or a CLIP model name (``model`` for zeroshot); ``heads``: a comma-
     separated list of cache heads (zeroshot, tip, tip-f, ape, ape-t) or None.
@@ -33,24 +54,10 @@ class EvalConfig:
     target: str | None = None
     command: str = "eval"  # which command's words the warnings use: eval or zeroshot
     model: str | None = None
-    pretrained: str | None = None
-    model_config: str | None = None
-    data: str | None = None
-    image_root: str | None = None
-    classnames: str | None = None
     split: str = "test"
     split_file: str | None = None
     ood: list[str] = field(default_factory=list)
-    templates: str = "openai80"
-    batch_size: int = 256
-    num_workers: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
     hash_content: bool = False
-    no_cache: bool = False
-    no_progress: bool = False
-    no_zeroshot: bool = False
-    out: str | None = None
     heads: str | None = None
     shots: int = 16
     seed: int = 1

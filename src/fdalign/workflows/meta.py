@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fdalign.errors import FDAlignError
+from fdalign.workflows.evaluation import ModelOptions
 
 
 @dataclass
@@ -42,15 +43,10 @@ class EpisodeEvaluation:
 
 
 @dataclass
-class MetaEvalConfig:
-    """The options of ``fdalign meta-eval`` (the same names as its flags)."""
+class MetaEvalConfig(ModelOptions):
+    """The options of ``fdalign meta-eval`` (the same names as its flags); ``target_model`` is a run or a model."""
 
-    target_model: str
-    pretrained: str | None = None
-    model_config: str | None = None
-    data: str | None = None
-    image_root: str | None = None
-    classnames: str | None = None
+    target_model: str | None = None
     target: list[str] = field(default_factory=list)
     episodes: int = 2000
     ways: int = 5
@@ -61,15 +57,6 @@ class MetaEvalConfig:
     runs: int = 1
     on_small: str = "skip"
     weight: float = 0.5
-    templates: str = "openai80"
-    batch_size: int = 256
-    num_workers: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    no_cache: bool = False
-    no_progress: bool = False
-    no_zeroshot: bool = False
-    out: str | None = None
 
 
 def meta_train(config) -> MetaRun:
@@ -149,6 +136,8 @@ def meta_evaluate_config(cfg: MetaEvalConfig) -> EpisodeEvaluation:
     templates = load_templates(cfg.templates)
     targets = _parse_targets(cfg.target)
     progress = not cfg.no_progress and sys.stderr.isatty()
+    if not cfg.target_model:
+        raise FDAlignError("meta-eval needs RUN_OR_MODEL: a run directory or a CLIP model name")
     run_dir = Path(cfg.target_model)
     run_cfg = _read_run_config(run_dir) if run_dir.is_dir() else {}
     data, image_root, classnames = cfg.data, cfg.image_root, cfg.classnames
