@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fdalign.cli.evaluate import _refuse_selection_images
+from fdalign.workflows.evaluation import _refuse_selection_images
 from fdalign.data import LabeledSplit, Sample, save_split
 
 

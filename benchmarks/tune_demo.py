@@ -136,7 +136,7 @@ def main() -> None:
     from fdalign.prompts import load_templates
     from fdalign.prototypes import build_prototypes
     from fdalign.spc import SPCConfig
-    from fdalign.train.selection import EvalSplit
+    from fdalign.selection import EvalSplit
     from fdalign.train.trainer import train
     from fdalign.world.generator import CLASSES
 

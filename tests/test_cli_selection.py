@@ -9,12 +9,12 @@ import torch
 from _synth import make_imagefolder
 
 import fdalign.eval
-import fdalign.train.selection as selection_mod
+import fdalign.selection as selection_mod
 from fdalign.cli import main
 from fdalign.data import load_split
 from fdalign.data.hashing import file_sha256
 from fdalign.train import trainer as trainer_mod
-from fdalign.train.selection import EvalSplit, check_disjoint
+from fdalign.selection import EvalSplit, check_disjoint
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
 

@@ -14,7 +14,7 @@ from fdalign.heads import cache as cache_mod
 from fdalign.heads.ape import APEConfig, APEHead, channel_criterion, fit_ape, fit_ape_t, select_channels
 from fdalign.heads.cache import FitConfig, affinity, class_sums, feature_split, grid_values
 from fdalign.heads.tip import TipAdapter, TipConfig, fit_tip, fit_tip_f
-from fdalign.train.selection import SelectionLeakError, SelectionLog
+from fdalign.selection import SelectionLeakError, SelectionLog
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -295,7 +295,7 @@ def test_val_split_of_imagenet_layout_points_to_test(mini):
 
 
 def test_eval_refuses_a_set_holding_the_runs_selection_images(mini, tmp_path):
-    from fdalign.cli.evaluate import _refuse_selection_images
+    from fdalign.workflows.evaluation import _refuse_selection_images
     from fdalign.data import fewshot_val, open_dataset, save_split
     from fdalign.errors import FDAlignError
 
@@ -377,7 +377,7 @@ def test_thousand_coop_names_get_the_imagenet_wnids_by_label():
 
 
 def test_eval_refusal_follows_symlinks(mini, tmp_path):
-    from fdalign.cli.evaluate import _refuse_selection_images
+    from fdalign.workflows.evaluation import _refuse_selection_images
     from fdalign.data import fewshot_val, open_dataset, save_split
     from fdalign.errors import FDAlignError
 

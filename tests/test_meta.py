@@ -61,7 +61,7 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
     assert set(doc["metrics"]) == {"novel", "t1"} and set(doc["hashes"]) == {"novel", "t1"}
 
     # meta-eval's two encoders: the selected fine-tuned weights and the untouched pretrained ones
-    from fdalign.cli.meta import _load_run_models
+    from fdalign.workflows.meta import _load_run_models
     from fdalign.train.run import load_model
 
     _, models, _, _ = _load_run_models(out, no_zeroshot=False)

@@ -16,7 +16,7 @@ from fdalign.train import trainer as trainer_mod
 from fdalign.train.checkpoint import flatten_optimizer_state, load_checkpoint, unflatten_optimizer_state
 from fdalign.train.config import TrainConfig
 from fdalign.train.run import load_model
-from fdalign.train.selection import EvalSplit, SelectionLeakError, SelectionLog, select, select_by, val_score
+from fdalign.selection import EvalSplit, SelectionLeakError, SelectionLog, select, select_by, val_score
 from fdalign.train.trainer import cosine_lr, epoch_seed, train
 
 CLASSES = ["red apple", "green leaf", "blue sky"]

@@ -8,3 +8,32 @@ showing a stack trace; library users can catch it like any other exception.
 
 class FDAlignError(Exception):
     """An error caused by user input; the message says what is wrong and what to do."""
+
+
+def user_message(error: FDAlignError) -> str:
+    """The one-line message of ``error``.
+
+    An error raised inside a DataLoader worker comes back re-wrapped by torch as "Caught
+    FDAlignError in DataLoader worker process 0. Original Traceback ..."; its last line is ours.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        prefix = f"{FDAlignError.__module__}.{FDAlignError.__name__}: "
+        text = text[len(prefix):] if text.startswith(prefix) else text
+    return text
+
+
+def as_command(command: str, fn) -> int:
+    """``fn()`` with the command line's exit codes: its own (None: 0), 2 for a user error (said on one
+    line on stderr, no traceback) or 130 for Ctrl-C. The CLI and the sweep's cells both run this way."""
+    import sys
+
+    try:
+        return int(fn() or 0)
+    except FDAlignError as e:
+        print(f"fdalign {command}: error: {user_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fdalign {command}: interrupted", file=sys.stderr)
+        return 130

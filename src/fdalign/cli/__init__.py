@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from fdalign import __version__
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, as_command, user_message  # noqa: F401 (for callers of the CLI)
 
 # Order here is the order in `fdalign --help`.
 COMMAND_MODULES = [
@@ -53,20 +53,6 @@ def add_encoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 25
                         help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
 
 
-def check_run_request(cfg) -> None:
-    """What every training command needs before it reads data: --data, --out, a model, and an --out
-    that is not already a run unless --resume is given (``cfg``: a TrainConfig or MetaConfig)."""
-    from pathlib import Path
-
-    for name in ("data", "out"):
-        if not getattr(cfg, name):
-            raise FDAlignError(f"--{name} is required (on the command line or in the --config file)")
-    if not cfg.model and not cfg.model_config:
-        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
-    if (Path(cfg.out) / "checkpoint" / "last.json").is_file() and not cfg.resume:
-        raise FDAlignError(f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdalign",
@@ -86,31 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_message(error: FDAlignError) -> str:
-    """The one-line message of ``error``.
-
-    An error raised inside a DataLoader worker comes back re-wrapped by torch as "Caught
-    FDAlignError in DataLoader worker process 0. Original Traceback ..."; its last line is ours.
-    """
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1]
-        prefix = f"{FDAlignError.__module__}.{FDAlignError.__name__}: "
-        text = text[len(prefix):] if text.startswith(prefix) else text
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except FDAlignError as e:
-        print(f"fdalign {args.command}: error: {user_message(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fdalign {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return as_command(args.command, lambda: args.func(args))

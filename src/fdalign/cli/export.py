@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fdalign.export import export_run
+    from fdalign.workflows import export_run
 
     result = export_run(args.run, args.format, args.out, wiseft_alpha=args.wiseft_alpha, force=args.force,
                         verify=not args.no_verify)

@@ -37,26 +37,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fdalign.errors import FDAlignError
-    from fdalign.io import atomic_write_text
-    from fdalign.predict import collect_images, load_classifier, predict, predictions_csv, target_kind
-    from fdalign.train.trainer import resolve_device
+    from fdalign.workflows import predict_images
 
-    if args.batch_size < 1:
-        raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    if args.topk < 1:
-        raise FDAlignError(f"--topk must be >= 1 (got {args.topk})")
-    target_kind(args.target, args.wiseft_alpha)  # a wrong target fails before any folder is walked
-    paths, missing = collect_images(args.images)
-    if len(paths) == len(missing):
-        raise FDAlignError(f"no image files found in {' '.join(args.images)}"
-                           + (f" ({len(missing)} path(s) do not exist)" if missing else ""))
-    device = resolve_device(args.device)
-    clf = load_classifier(args.target, args.wiseft_alpha, device)
-    pred = predict(clf, paths, topk=args.topk, batch_size=args.batch_size, device=device,
-                   num_workers=args.num_workers, precision=args.precision,
-                   progress=not args.no_progress and sys.stderr.isatty())
-    atomic_write_text(args.out, predictions_csv(pred, clf.classnames))
+    pred, clf = predict_images(args.target, args.images, out=args.out, topk=args.topk, wiseft_alpha=args.wiseft_alpha,
+                               batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                               precision=args.precision, progress=not args.no_progress)
     for p, why in list(pred.errors.items())[:MAX_LISTED]:
         print(f"fdalign predict: unreadable: {p} ({why})", file=sys.stderr)
     if pred.num_unreadable > MAX_LISTED:

@@ -3,7 +3,7 @@
 The paper's "plug the FD-Align encoder in" table: every head is fitted on zero-shot CLIP's features
 and again on a fine-tuned encoder's, and the rows read "Tip", "Tip + FD-Align", ... For each encoder
 the K-shot cache split and the val split are encoded once, every head is fitted from those features
-(hyper-parameters searched on val only, through :mod:`fdalign.train.selection`), and then
+(hyper-parameters searched on val only, through :mod:`fdalign.selection`), and then
 :func:`fdalign.eval.run_evaluation` encodes each test / OOD set once per encoder for all heads.
 """
 
@@ -24,7 +24,7 @@ from fdalign.heads import PrototypeHead
 from fdalign.heads.ape import APEConfig, fit_ape, fit_ape_t
 from fdalign.heads.cache import DEFAULT_CHUNK, FitConfig, feature_split
 from fdalign.heads.tip import TipConfig, fit_tip, fit_tip_f
-from fdalign.train.selection import SelectionLog
+from fdalign.selection import SelectionLog
 
 HEAD_NAMES = ("zeroshot", "tip", "tip-f", "ape", "ape-t")
 DISPLAY = {"zeroshot": "Zero-shot", "tip": "Tip", "tip-f": "Tip-F", "ape": "APE", "ape-t": "APE-T"}
@@ -233,7 +233,7 @@ def _files(ds) -> list[str] | None:
 
 def _refuse_reported_val_images(data: CacheData, eval_sets: dict[str, EvalSet]) -> None:
     """The heads' hyper-parameters are chosen on ``data.val``: none of its images may be a reported one."""
-    from fdalign.train.selection import EvalSplit, check_disjoint
+    from fdalign.selection import EvalSplit, check_disjoint
 
     val_files = _files(data.val)
     if val_files is None:

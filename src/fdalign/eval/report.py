@@ -94,7 +94,7 @@ def _kv_lines(d: dict) -> list[str]:
     out = []
     for k, v in d.items():
         if isinstance(v, dict) and "chosen" in v:
-            # a selection record (fdalign.train.selection): say what won, on which data, by what
+            # a selection record (fdalign.selection): say what won, on which data, by what
             text = f"{v['chosen']}"
             if v.get("on"):
                 text += f", chosen on {v['on']}"

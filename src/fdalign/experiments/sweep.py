@@ -1,10 +1,10 @@
 """A grid of ``fdalign train`` runs (data sets x shots x seeds x methods), resumable.
 
 A sweep config (YAML, see ``presets/*.yaml``) names the grid; every cell is one ordinary training
-run in ``OUT/runs/<data set>/k<shots>/s<seed>/<method>/``, made by the ``fdalign train`` command
-itself (in-process) from a ``request.yaml`` the sweep writes there. So a sweep run is exactly what
-a user gets by typing that command, and it can be repeated by hand with
-``fdalign train --config OUT/runs/.../request.yaml``.
+run in ``OUT/runs/<data set>/k<shots>/s<seed>/<method>/``, made by :func:`fdalign.workflows.finetune`
+(what ``fdalign train`` calls) from the cell's TrainConfig, which the sweep also writes there as
+``request.yaml``. So a sweep run is exactly what a user gets from ``fdalign train --config
+OUT/runs/.../request.yaml``, which repeats it by hand.
 
 Each run's settings are, lowest precedence first: :class:`TrainConfig` defaults, the ``released``
 preset for the run's data set and shots (``preset: released``), the config's ``train:`` block,
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, as_command
 from fdalign.io import atomic_write_json, read_json
 
 SWEEP_FORMAT = "fdalign-sweep/1"
@@ -362,10 +362,9 @@ HEADS_DIR = "eval-heads"  # where a run's cache-head evaluation (`fdalign eval R
 
 def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True,
                 heads: Sequence[str] = ()) -> dict:
-    """One ``fdalign train`` in-process, then ``fdalign eval RUN --heads`` when ``heads`` are asked
+    """One run through the library (:func:`fdalign.workflows.finetune`, or ``meta_train`` for a
+    MetaConfig), then its cache heads (:func:`fdalign.workflows.evaluate`) when ``heads`` are asked
     for; returns the status record (also written to ``status.json``). A run is done when both are."""
-    from fdalign.cli import main
-
     run_dir = run.dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     request = run_dir / REQUEST_FILE
@@ -375,19 +374,13 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
               "environment": env}
     atomic_write_json(run_dir / STATUS_FILE, status)
     t0 = time.time()
-    command = "meta-train" if type(train_cfg).__name__ == "MetaConfig" else "train"
-    argv = [command, "--config", str(request)] + (["--resume"] if resume else [])
     log_path = run_dir / "train.log"
     rc, error = 1, None
     with log_path.open("a", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ fdalign {' '.join(argv)}", flush=True)
         try:
-            rc = main(argv)
+            rc = _train_cell(train_cfg, resume, request)
             if rc == 0 and heads:
-                heads_argv = ["eval", str(run_dir), "--heads", ",".join(heads), "--out", str(run_dir / HEADS_DIR),
-                              "--device", train_cfg.device, "--no-progress"]
-                print(f"$ fdalign {' '.join(heads_argv)}", flush=True)
-                rc = main(heads_argv)
+                rc = _heads_cell(run_dir, heads, train_cfg.device)
         except Exception as e:  # a bug or an unexpected failure: recorded, the sweep goes on
             traceback.print_exc(file=log)
             error = f"{type(e).__name__}: {e}"
@@ -405,6 +398,31 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
         status["error"] = error or _last_error(log_path)
     atomic_write_json(run_dir / STATUS_FILE, status)
     return status
+
+
+def _train_cell(train_cfg, resume: bool, request: Path) -> int:
+    """Train one cell (as ``fdalign train --config request.yaml [--resume]`` would, which repeats it by hand)."""
+    from fdalign.workflows import finetune, meta_train
+
+    meta = type(train_cfg).__name__ == "MetaConfig"
+    command = "meta-train" if meta else "train"
+    print(f"$ fdalign {command} --config {request}" + (" --resume" if resume else ""), flush=True)
+    cfg = dataclasses.replace(train_cfg, resume=resume)
+    return as_command(command, lambda: _say_done(meta_train(cfg) if meta else finetune(cfg)))
+
+
+def _heads_cell(run_dir: Path, heads: Sequence[str], device: str) -> int:
+    """The cache heads of a finished run, as ``fdalign eval RUN --heads ... --out RUN/eval-heads``."""
+    from fdalign.workflows import evaluate
+
+    print(f"$ fdalign eval {run_dir} --heads {','.join(heads)} --out {run_dir / HEADS_DIR} --device {device} "
+          "--no-progress", flush=True)
+    return as_command("eval", lambda: _say_done(evaluate(str(run_dir), heads=list(heads), out=str(run_dir / HEADS_DIR),
+                                                          device=device, no_progress=True)))
+
+
+def _say_done(result) -> None:
+    print(f"done: {result.out}", flush=True)
 
 
 @dataclass

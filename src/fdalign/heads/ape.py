@@ -37,7 +37,7 @@ from fdalign.heads.cache import (
     DEFAULT_CHUNK, FitConfig, GridSpec, Memo, affinity, class_sums, fit_and_select_epoch, grid_values,
     in_chunks, normalize, search, top1,
 )
-from fdalign.train.selection import EvalSplit, SelectionLog
+from fdalign.selection import EvalSplit, SelectionLog
 
 
 def channel_criterion(prototypes: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, lam: float) -> torch.Tensor:

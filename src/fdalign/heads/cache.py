@@ -1,5 +1,5 @@
 """What the cache-model heads (Tip-Adapter, APE) share: affinities, class sums, streaming, grids,
-the search through :mod:`fdalign.train.selection`, and the small training loop of their trained variants.
+the search through :mod:`fdalign.selection`, and the small training loop of their trained variants.
 
 A cache model keeps the K-shot training features as *keys* ``[N, D]`` and their labels as *values*
 (one-hot ``[N, C]``). A test feature ``f`` scores class ``c`` by the affinities to the keys of class
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fdalign.errors import FDAlignError
-from fdalign.train.selection import EvalSplit, SelectionLog, select, select_by, val_score
+from fdalign.selection import EvalSplit, SelectionLog, select, select_by, val_score
 
 DEFAULT_CHUNK = 1024
 
@@ -120,7 +120,7 @@ def search(
     log: SelectionLog | None,
     progress: bool = False,
 ) -> tuple:
-    """Grid search through :func:`fdalign.train.selection.select_by` (refuses any split but val).
+    """Grid search through :func:`fdalign.selection.select_by` (refuses any split but val).
 
     ``score_fn(candidate, val_features, val_labels)`` gives top-1; ties go to the first candidate in
     grid order, so the search is deterministic.

@@ -30,7 +30,7 @@ from fdalign.data.episodes import ON_SMALL, EpisodeDataset, EpisodeSpec, class_p
 from fdalign.errors import FDAlignError
 from fdalign.heads.episodes import PROTO_SCALE_INIT, ProtoNetHead
 from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS, TrainConfig, _f
-from fdalign.train.selection import EvalSplit, SelectionLog, select, val_score
+from fdalign.selection import EvalSplit, SelectionLog, select, val_score
 from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
 
 # settings that change neither the training maths nor the episodes (resume may change them)

@@ -46,7 +46,7 @@ from fdalign.errors import FDAlignError
 from fdalign.heads import PrototypeHead
 from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
-from fdalign.train.selection import EvalSplit, SelectionLog, select, val_score
+from fdalign.selection import EvalSplit, SelectionLog, select, val_score
 from fdalign.data.views import SeededViews
 from fdalign.train import distributed
 from fdalign.train.f0cache import F0Cache, f0_cache_key, state_fingerprint

@@ -3,7 +3,7 @@
 ``theta(alpha) = (1 - alpha) * theta_zero_shot + alpha * theta_fine_tuned``, applied to the image
 encoder and the head alike (the zero-shot head is the prompt-prototype classifier). alpha = 0 is
 zero-shot CLIP, alpha = 1 the fine-tuned model; the mixing weight is chosen on val only
-(:func:`fdalign.train.selection.select`), and the others are reported for the robustness curve.
+(:func:`fdalign.selection.select`), and the others are reported for the robustness curve.
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""``fdalign.export_run`` and ``fdalign.predict_images``: a finished run as a checkpoint, or its predictions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from fdalign.errors import FDAlignError
+
+
+def export_run(run, format: str, out, *, wiseft_alpha=None, force: bool = False, verify: bool = True):
+    """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.export.ExportResult`.
+
+    ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf.
+    """
+    from fdalign.export import export_run as _export
+
+    return _export(_run_dir(run), format, out, wiseft_alpha=wiseft_alpha, force=force, verify=verify)
+
+
+def predict_images(target, images: Sequence[str | os.PathLike], *, out=None, topk: int = 5, wiseft_alpha=None,
+                   batch_size: int = 64, num_workers: int = 0, device: str = "auto", precision: str = "fp32",
+                   progress: bool = False):
+    """``fdalign predict TARGET IMAGES...``: ``(predictions, classifier)``; the CSV is written to ``out`` if given.
+
+    ``target``: a run directory, a :class:`~fdalign.workflows.kshot.Run` or an export folder;
+    ``images``: files and folders (searched recursively).
+    """
+    from fdalign.io import atomic_write_text
+    from fdalign.predict import collect_images, load_classifier, predict, predictions_csv, target_kind
+    from fdalign.train.trainer import resolve_device
+
+    target = _run_dir(target)
+    if batch_size < 1:
+        raise FDAlignError(f"--batch-size must be >= 1 (got {batch_size})")
+    if topk < 1:
+        raise FDAlignError(f"--topk must be >= 1 (got {topk})")
+    target_kind(target, wiseft_alpha)  # a wrong target fails before any folder is walked
+    images = [str(i) for i in images]
+    paths, missing = collect_images(images)
+    if len(paths) == len(missing):
+        raise FDAlignError(f"no image files found in {' '.join(images)}"
+                           + (f" ({len(missing)} path(s) do not exist)" if missing else ""))
+    dev = resolve_device(device)
+    clf = load_classifier(target, wiseft_alpha, dev)
+    pred = predict(clf, paths, topk=topk, batch_size=batch_size, device=dev, num_workers=num_workers,
+                   precision=precision, progress=progress and sys.stderr.isatty())
+    if out is not None:
+        atomic_write_text(out, predictions_csv(pred, clf.classnames))
+    return pred, clf
+
+
+def _run_dir(run) -> str:
+    return str(getattr(run, "out", run))

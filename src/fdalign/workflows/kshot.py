@@ -1,0 +1,304 @@
+"""``fdalign.finetune``: the K-shot experiment of ``fdalign train`` as one function.
+
+Data, model, prototypes, training, WiSE-FT, evaluation on test and OOD, and the run directory
+(config.yaml, splits/, hashes.json, log.csv, checkpoint/, model/, selection.json, metrics.json,
+report.md). The CLI parses flags into a :class:`~fdalign.train.config.TrainConfig` and prints
+what this returns; a sweep cell builds the config itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fdalign.errors import FDAlignError
+
+NO_TEST = ("no test accuracy exists: {data} has no test split, and the val split chose the epoch and the WiSE-FT "
+           "weight, so it is not reported as one. Give data with a test split (for the authors' index files: "
+           "--split-file split_zhou_<Name>.json)")
+
+
+@dataclass
+class Run:
+    """A finished K-shot run: what ``fdalign train`` wrote to ``out``, and the models in memory.
+
+    ``metrics`` is ``{row: {set: {"top1", "top5", ...}}}`` with rows zero-shot, fine-tuned and
+    wiseft-<alpha>; ``encoder`` / ``head`` are the selected epoch's fine-tuned image encoder and
+    classifier (``head(encoder(images))`` gives logits ``[B, C]``).
+    """
+
+    out: Path
+    config: Any  # the resolved TrainConfig (as config.yaml)
+    metrics: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+    best_epoch: int | None = None
+    best_val_top1: float | None = None
+    wiseft_alpha: float | None = None
+    encoder: Any = None
+    head: Any = None
+    models: dict = field(default_factory=dict)  # {row name: (encoder, head)}, every evaluated row
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        names = {"config": "config.yaml", "metrics": "metrics.json", "report": "report.md", "log": "log.csv",
+                 "model": "model/best.safetensors", "selection": "selection.json", "hashes": "hashes.json"}
+        return {k: self.out / v for k, v in names.items()}
+
+
+def check_run_request(cfg) -> None:
+    """What every training workflow needs before it reads data: data, out, a model, and an out that
+    is not already a run unless resume is set (``cfg``: a TrainConfig or MetaConfig)."""
+    for name in ("data", "out"):
+        if not getattr(cfg, name):
+            raise FDAlignError(f"--{name} is required (on the command line or in the --config file)")
+    if not cfg.model and not cfg.model_config:
+        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
+    if (Path(cfg.out) / "checkpoint" / "last.json").is_file() and not cfg.resume:
+        raise FDAlignError(f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out")
+
+
+def index_file_of(data, shots=None):
+    """The authors' index file given as ``data`` (its K and seed), or None; ``shots``, if given, must be its K."""
+    from fdalign.data.fewshot import index_file_info
+
+    info = index_file_info(data) if data else None
+    if info is not None and shots is not None and int(shots) != info.shots:
+        raise FDAlignError(
+            f"--shots {shots} disagrees with the index file {data}, which holds {info.shots} images per class; "
+            f"K is taken from the file: drop --shots, or pass the shot_{shots}-seed_S.json file")
+    return info
+
+
+def finetune(config) -> Run:
+    """Run ``fdalign train`` with ``config`` (a :class:`~fdalign.train.config.TrainConfig`) and return the Run."""
+    import dataclasses
+
+    from fdalign.train.config import guess_dataset_name
+
+    cfg = dataclasses.replace(config)
+    cfg.validate("the config")
+    if cfg.dataset_name is None:
+        cfg.dataset_name = guess_dataset_name(cfg.data)
+    check_run_request(cfg)
+    index_info = index_file_of(cfg.data, cfg.shots)
+    data = _open_data(cfg, index_info)
+    return _train_and_evaluate(cfg, index_info, data)
+
+
+@dataclass
+class _Data:
+    train: Any
+    val: Any
+    test: Any
+    ood: list
+    classnames: list
+    templates: list
+    hashes: dict
+
+
+def _open_data(cfg, index_info) -> _Data:
+    """Everything that can fail on user input fails here, before a model loads."""
+    from fdalign.data import fewshot_val, load_ood_sets, open_dataset, sample_kshot, split_hash, verify_images
+    from fdalign.prompts import load_templates
+
+    templates = load_templates(cfg.templates)
+    splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames, split_file=cfg.split_file)
+    if "train" not in splits:
+        raise FDAlignError(f"--data {cfg.data} has no 'train' split (it has: {', '.join(splits)}); "
+                           "lay it out as ROOT/train/<class>/<image> (+ ROOT/test/...)")
+    if index_info is not None:  # the authors' shots and validation images, exactly
+        if "val" not in splits:
+            raise FDAlignError(f"index file {cfg.data} has no 'val' part to select the epoch on")
+        train_split, val_split = splits["train"], splits["val"]
+    else:
+        train_split = sample_kshot(splits["train"], cfg.shots, cfg.seed)
+        val_split = fewshot_val(splits, cfg.shots, cfg.seed)
+    classnames = list(train_split.classnames)
+    test_split = splits.get("test")
+    _data_warnings(cfg, train_split, test_split)
+    ood = load_ood_sets(cfg.ood, classnames, train_split.class_keys, reserved={"test", "val", "train"})
+    if cfg.verify_images:
+        verify_images(train_split)
+        verify_images(val_split)
+    hashes = {"train": split_hash(train_split), "val": split_hash(val_split)}
+    _check_resume_hashes(cfg, hashes)
+    if test_split is not None:
+        hashes["test"] = split_hash(test_split, content=False)
+    for name, split, _ in ood:
+        hashes[name] = split_hash(split, content=False)
+    return _Data(train_split, val_split, test_split, ood, classnames, templates, hashes)
+
+
+def _check_resume_hashes(cfg, hashes: dict) -> None:
+    out = Path(cfg.out)
+    if cfg.resume and (out / "hashes.json").is_file():
+        import json
+
+        old = json.loads((out / "hashes.json").read_text(encoding="utf-8"))
+        for k in ("train", "val"):
+            if old.get(k) not in (None, hashes[k]):
+                raise FDAlignError(f"cannot resume {out}: its {k} images differ from the ones sampled now "
+                                   f"(data changed?); start a new --out")
+
+
+def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
+    from fdalign.backends import load_clip
+    from fdalign.data import ImageDataset, save_split
+    from fdalign.io import atomic_write_json
+    from fdalign.prototypes import build_prototypes
+    from fdalign.selection import EvalSplit, check_disjoint
+    from fdalign.spc import SPCConfig
+    from fdalign.train.distributed import init_from_env
+    from fdalign.train.trainer import resolve_device, train
+
+    out = Path(cfg.out)
+    dist = init_from_env(cfg.device)  # under torchrun: one process per GPU; rank 0 writes every file
+    if dist.is_main:
+        save_split(d.train, out / "splits" / "train.json")
+        save_split(d.val, out / "splits" / "val.json")
+        atomic_write_json(out / "hashes.json", d.hashes)
+    device = resolve_device(cfg.device)
+    progress = cfg.progress and sys.stderr.isatty()
+    backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
+    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    protos = build_prototypes(backend, d.classnames, d.templates, spc=spc, progress=progress or None)
+    resolved = cfg.resolved(len(d.train))
+    if dist.is_main:
+        resolved.to_yaml(out / "config.yaml")
+    train_ds = ImageDataset(d.train, backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip))
+    eval_tf = backend.preprocess_eval()
+    val_eval = EvalSplit(ImageDataset(d.val, eval_tf), "val", _val_description(cfg, d.val, index_info),
+                         files=[str(d.val.resolve(s)) for s in d.val.samples])
+    reported = {o.name: o.split for o in d.ood}
+    if d.test is not None:
+        reported["test"] = d.test
+    check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
+    if dist.is_main:
+        print(f"training {backend.name} on {len(d.train)} images ({len(d.classnames)} classes x {cfg.shots} shots), "
+              f"validating on {len(d.val)}; run directory {out}", file=sys.stderr)
+    # names the training images and their augmentation: with --f0-cache, it keys f0's cached answers
+    data_key = f"{d.hashes['train']}|crop {list(cfg.crop_scale)}|hflip {cfg.hflip}|{backend.image_spec}"
+    result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress, data_key=data_key)
+    run = Run(out=out, config=resolved, best_epoch=result.best_epoch, best_val_top1=result.best_val_top1,
+              encoder=result.encoder, head=result.head)
+    if not dist.is_main:
+        return run  # evaluation and reports are rank 0's
+    run.models, run.wiseft_alpha = _wiseft_rows(result, resolved, val_eval, device)
+    result.selection.save(out / "selection.json")
+    _evaluate_and_report(run, cfg, index_info, d, backend, result, eval_tf, device, progress)
+    return run
+
+
+def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, eval_tf, device, progress) -> None:
+    """Test and OOD accuracy of every row (reported, never used to choose), metrics.json and report.md."""
+    from fdalign.data import ImageDataset
+    from fdalign.data.datasets import classname_table, is_plain_classname_list
+    from fdalign.eval import EvalSet, run_evaluation, write_metrics, write_report
+
+    resolved, out = run.config, run.out
+    precision = resolved.precision if device.type == "cuda" else "fp32"
+    sets, notes = {}, []
+    if d.test is not None:
+        sets["test"] = EvalSet("test", ImageDataset(d.test, eval_tf), None, role="test")
+    else:  # never let the split that chose the epoch stand in for a test accuracy (warned before training)
+        notes.append(NO_TEST.format(data=cfg.data))
+    for name, split, subset in d.ood:
+        sets[name] = EvalSet(name, ImageDataset(split, eval_tf), subset, role="ood")
+    metrics = {}
+    if sets:
+        metrics = run_evaluation(run.models, sets, batch_size=resolved.eval_batch_size, device=device,
+                                 precision=precision, progress=progress, num_workers=resolved.num_workers)
+    roles = {s.name: s.role for s in sets.values()}
+    classes = _class_coverage(len(d.classnames), d.test, d.ood)
+    selection = dict(result.selection.to_json())
+    selection["test / OOD sets"] = "only evaluated, never used to select anything"
+    train_info = {"best_epoch": result.best_epoch, "val_top1_per_epoch": result.val_top1, "steps": result.steps,
+                  "seconds": round(result.seconds, 1), "wiseft_alpha_chosen": run.wiseft_alpha,
+                  "fine-tuned": "the selected epoch's encoder + head", "zero-shot": "CLIP with the prompt prototypes"}
+    extra = {"roles": roles, "classes": classes, "hashes": d.hashes, "model": backend.name,
+             "config": resolved.to_dict(), "selection": selection, "train": train_info}
+    if index_info is not None:
+        extra["index_file"] = {"path": index_info.path, "shots": index_info.shots, "seed": index_info.seed}
+    if d.test is None:
+        extra["test"] = notes[0]
+    write_metrics(out, metrics, extra)
+    summary = {k: getattr(resolved, k) for k in ("model", "pretrained", "dataset_name", "mode", "shots", "seed",
+                                                 "templates", "alpha", "beta", "kl_direction", "spc", "head",
+                                                 "optimizer", "lr", "weight_decay", "epochs", "batch_size")}
+    if index_info is not None:
+        summary["index file"] = f"{index_info.path} (K = {index_info.shots}, its seed {index_info.seed})"
+    table = classname_table(d.train) if is_plain_classname_list(cfg.classnames) else None
+    write_report(out, metrics, selection=selection, config=summary, hashes=d.hashes, roles=roles,
+                 title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot",
+                 classes=classes, class_table=table, notes=notes)
+    run.metrics, run.roles, run.selection = metrics, roles, selection
+
+
+def _wiseft_rows(result, resolved, val_eval, device):
+    """``(models, alpha chosen on val)``: zero-shot, fine-tuned and every WiSE-FT mix as
+    ``{row name: (encoder, head)}``, on ``device``; the choice is recorded in ``result.selection``."""
+    import copy
+
+    from fdalign.eval.features import extract_features
+    from fdalign.eval.metrics import topk_accuracy
+    from fdalign.eval.pipeline import apply_head
+    from fdalign.selection import select_by
+    from fdalign.train.wiseft import alpha_name, wiseft_model
+
+    ft_encoder, ft_head, zs_head = result.encoder, result.head, result.zeroshot_head
+    if resolved.mode != "linear-probe":
+        zs_encoder = copy.deepcopy(ft_encoder)
+        zs_encoder.load_state_dict(result.zeroshot_encoder_state)
+    else:  # the probe never touched the encoder: share it, so its features are computed once
+        zs_encoder = ft_encoder
+    alphas = sorted(set(float(a) for a in resolved.wiseft_alphas))
+    models = {"zero-shot": (zs_encoder, zs_head), "fine-tuned": (ft_encoder, ft_head)}
+    for a in alphas:
+        if a not in (0.0, 1.0):
+            models[alpha_name(a)] = wiseft_model(zs_encoder, ft_encoder, zs_head, ft_head, a)
+    by_alpha = {a: models["zero-shot" if a == 0.0 else "fine-tuned" if a == 1.0 else alpha_name(a)] for a in alphas}
+    precision = resolved.precision if device.type == "cuda" else "fp32"
+
+    def val_top1(alpha, ds):
+        enc, head = by_alpha[alpha]
+        feats, labels = extract_features(enc, ds, batch_size=resolved.eval_batch_size, device=device,
+                                         precision=precision, progress=False)
+        return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
+
+    for enc, head in models.values():
+        enc.to(device)
+        head.to(device)
+    chosen, _ = select_by("wiseft_alpha", alphas, val_top1, val_eval, result.selection)
+    return models, chosen
+
+
+def _val_description(cfg, val_split, index_info) -> str:
+    if index_info is not None:
+        return f"val (the index file's val part, {len(val_split)} images)"
+    where = "val/" if val_split.name == "val" else "train/ (held out from the training shots)"
+    return f"val ({min(cfg.shots, 4)}-shot of {where}, {len(val_split)} images)"
+
+
+def _data_warnings(cfg, train_split, test_split) -> None:
+    """Say what the layout implies before a long run: val/ as the test set, wnid prompts."""
+    from fdalign.data.imagenet import wnid_name_warning
+
+    if test_split is not None and test_split.source == "val":
+        print(f"fdalign train: note: {cfg.data} has train/ and val/ but no test/: val/ is the test split "
+              "(ImageNet's protocol) and the validation images are held out from train/", file=sys.stderr)
+    if test_split is None:
+        print(f"fdalign train: warning: {NO_TEST.format(data=cfg.data)}", file=sys.stderr)
+    w = wnid_name_warning(train_split.classnames, f"--data {cfg.data}")
+    if w:
+        print(f"fdalign train: warning: {w}", file=sys.stderr)
+
+
+def _class_coverage(num_classes: int, test_split, ood) -> dict:
+    from fdalign.eval.metrics import class_coverage
+
+    out = {"test": class_coverage(num_classes, None)} if test_split is not None else {}
+    out.update({o.name: o.coverage() for o in ood})
+    return out
