@@ -71,11 +71,15 @@ class TipAdapter(nn.Module):
 
 @dataclass
 class TipConfig:
-    """Search grids and Tip-Adapter-F training. The grid ranges are the Tip-Adapter ImageNet search
-    (beta in [0.1, 7] over 200 values, alpha in [0.1, 3] over 20); 'lo:hi:n', 'a,b,c' or a list."""
+    """Search grids and Tip-Adapter-F training. The grids are the authors' ImageNet search (beta: 200
+    values from 0.1 towards 7, alpha: 20 from 0.1 towards 3, upper ends excluded); 'lo:hi:n[:open]',
+    'a,b,c' or a list. Tip-F trains from (``init_beta``, ``init_alpha``), as the authors do, or from
+    Tip's searched point where they are None."""
 
-    alpha: GridSpec = "0.1:3:20"
-    beta: GridSpec = "0.1:7:200"
+    alpha: GridSpec = "0.1:3:20:open"
+    beta: GridSpec = "0.1:7:200:open"
+    init_alpha: float | None = None
+    init_beta: float | None = None
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -121,11 +125,14 @@ def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg
 
     ``train_features``: ``[N, D]`` or ``[V, N, D]`` augmented views (see :func:`fit_and_select_epoch`).
 
-    Training starts from ``tip``'s alpha and beta. With ``cfg.fit.epochs == 0`` the keys stay the
-    cache and the search repeats Tip-Adapter's, so the result equals ``tip``.
+    Training starts from (``cfg.init_beta``, ``cfg.init_alpha``), each defaulting to ``tip``'s. With
+    ``cfg.fit.epochs == 0`` the keys stay the cache and the search repeats Tip-Adapter's, so the
+    result equals ``tip``.
     """
     cfg = cfg or TipConfig()
-    head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, tip.alpha, tip.beta, trainable=True,
+    alpha = tip.alpha if cfg.init_alpha is None else cfg.init_alpha
+    beta = tip.beta if cfg.init_beta is None else cfg.init_beta
+    head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, alpha, beta, trainable=True,
                       chunk=tip.chunk).to(tip.prototypes.device)
     fit_and_select_epoch(f"{name}: epoch", head, [head.keys], train_features, train_labels, val, cfg.fit, log,
                          progress)
