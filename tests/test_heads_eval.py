@@ -102,7 +102,7 @@ def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, ca
     sel = doc["selection"]
     val_desc = f"val (6 images of {run}/splits/val.json)"
     for what in ("Tip: beta, alpha", "Tip + FD-Align: beta, alpha", "Tip-F + FD-Align: epoch",
-                 "APE: Q, beta, gamma, alpha", "APE-T + FD-Align: Q, beta, gamma, alpha"):
+                 "APE: Q, beta, gamma, alpha", "APE-T + FD-Align: epoch", "APE-T + FD-Align: beta, alpha"):
         assert sel[what]["on"] == val_desc
     assert sel["Tip: beta, alpha"]["candidates"] == 4 * 3
     report = (run / "eval-heads" / "report.md").read_text()
@@ -209,11 +209,14 @@ def test_heads_config_errors_name_the_field():
 
     for d, field in (({"tip": {"fit": {"epochs": -1}}}, "tip.fit.epochs"), ({"ape": {"lam": 2}}, "ape.lam"),
                      ({"chunk": 0}, "chunk"), ({"ape": {"gamma": "a,b"}}, "ape.gamma"),
-                     ({"ape": {"channels": "0,0.5"}}, "ape.channels"), ({"tip": 3}, "tip")):
+                     ({"ape": {"channels": "0,0.5"}}, "ape.channels"), ({"tip": 3}, "tip"),
+                     ({"ape": {"weights": [0.5]}}, "ape.weights"), ({"logit_scale": 0}, "logit_scale"),
+                     ({"tip": {"init_alpha": "x"}}, "tip.init_alpha"), ({"ape": {"t_channels": 0}}, "ape.t_channels")):
         with pytest.raises(FDAlignError, match=f"'{field}'"):
             HeadsConfig.from_dict(d, "h.yaml")
     cfg = HeadsConfig.from_dict({"tip": {"beta": "1,2", "fit": {"epochs": 3}}})
-    assert cfg.tip.beta == "1,2" and cfg.tip.fit.epochs == 3 and cfg.tip.alpha == "0.1:3:20"
+    assert cfg.tip.beta == "1,2" and cfg.tip.fit.epochs == 3 and cfg.tip.alpha == "0.1:3:20:open"
+    assert HeadsConfig.from_dict({"ape": {"weights": [0.7, 0.3]}}).ape.weights == (0.7, 0.3)
 
 
 class _Jittered(torch.utils.data.Dataset):

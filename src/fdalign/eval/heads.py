@@ -122,9 +122,9 @@ class HeadsConfig:
         if forced and key is None:
             raise FDAlignError(f"--heads-preset {preset!r}: no published settings for {forced!r}; known: "
                                f"{', '.join(sorted(hp.TIP))}")
+        what = key or f"{dataset or 'unknown data set'}: their common settings"
         return cls(tip=hp.authors_tip(key), ape=hp.authors_ape(key), views=hp.AUTHORS_VIEWS, fresh_views=True,
-                   logit_scale=hp.AUTHORS_LOGIT_SCALE,
-                   preset=f"authors ({key or f'{dataset or 'unknown data set'}: their common settings'})")
+                   logit_scale=hp.AUTHORS_LOGIT_SCALE, preset=f"authors ({what})")
 
     @classmethod
     def from_yaml(cls, path) -> "HeadsConfig":

@@ -78,9 +78,9 @@ class TipConfig:
 
     alpha: GridSpec = "0.1:3:20:open"
     beta: GridSpec = "0.1:7:200:open"
+    fit: FitConfig = field(default_factory=FitConfig)
     init_alpha: float | None = None
     init_beta: float | None = None
-    fit: FitConfig = field(default_factory=FitConfig)
 
 
 def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionLog | None, what: str,
