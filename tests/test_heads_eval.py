@@ -378,3 +378,15 @@ def test_heads_refuse_a_val_image_that_is_also_a_test_image(tiny_openclip, train
                "--heads", "tip", "--heads-config", str(trained["yaml"]), "--templates", "tip7", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "copied.png" in err and leaked.name in err and "validation split" in err
+
+
+def test_every_coop_and_imagenet_preset_data_set_has_its_published_heads_row():
+    from fdalign.eval.heads import HeadsConfig
+    from fdalign.experiments import sweep as sw
+
+    for preset in ("coop", "imagenet"):
+        cfg = sw.load_sweep_config(preset)
+        assert cfg.heads == ["tip", "tip-f", "ape", "ape-t"] and cfg.heads_preset == "authors"
+        for ds in cfg.datasets:
+            got = HeadsConfig.for_preset("authors", ds.dataset_name or ds.name).preset
+            assert "common" not in got, (preset, ds.name, got)
