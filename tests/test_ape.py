@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from fdalign.heads.ape import (
-    APEConfig, APEHead, APETHead, cache_text_divergence, channel_criterion, fit_ape, fit_ape_t, select_channels,
+    APEConfig, APEHead, APETHead, cache_text_divergence, channel_criterion, fit_ape, fit_ape_t, search_ape_t,
+    select_channels,
 )
 from fdalign.heads.cache import FitConfig, feature_split, grid_values
 from fdalign.heads.tip import TipAdapter, TipConfig, fit_tip
@@ -209,11 +210,34 @@ def test_ape_t_residual_and_value_weights_receive_gradients_and_adamw_decays_0_1
 
     monkeypatch.setattr(torch.optim, "AdamW", spy)
     val = feature_split(vf, vy, "val", "val")
-    cfg = APEConfig(alpha="1,2", beta="1,3", t_channels=0.5, fit=FitConfig(epochs=3, batch_size=4, lr=1e-2,
+    cfg = APEConfig(alpha="1,2", beta="1,3", t_channels=5, fit=FitConfig(epochs=3, batch_size=4, lr=1e-2,
                                                                            eps=1e-3, weight_decay=0.1))
     trained = fit_ape_t(protos, 100.0, kf, ky, kf, val, cfg)
     (ids, kw), = made
     assert ids == {id(trained.residual), id(trained.values)} and kw["weight_decay"] == 0.1
     assert trained.residual.abs().max() > 0 and not torch.allclose(trained.values, torch.ones_like(trained.values))
-    assert len(trained.channels) == 4
+    assert trained.channels.tolist() == select_channels(protos, kf, ky, 5, (0.2, 0.8)).tolist()  # APE-T's weights
+    assert trained.channels.tolist() != select_channels(protos, kf, ky, 5, (0.5, 0.5)).tolist()  # (not APE's)
     assert APEConfig().fit.weight_decay == 0.1 and APEConfig().t_weights == (0.2, 0.8)
+
+
+def test_ape_t_search_picks_the_brute_force_best_with_trained_residual_and_values():
+    protos, (kf, ky), (vf, vy), _ = _problem(seed=9, n_val=15)
+    head = APETHead(protos, 20.0, kf, ky, torch.tensor([0, 2, 5]), alpha=1.0, beta=1.0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # as after training: a residual and value weights far from 1
+        head.residual.copy_(0.2 * torch.randn(head.residual.shape, generator=g))
+        head.values.copy_(4 * torch.rand(head.values.shape, generator=g))
+    cfg = APEConfig(alpha="0.5:6:6", beta="1,4,8")
+    log = SelectionLog()
+    search_ape_t(head, feature_split(vf, vy, "val", "val"), cfg, log, "APE-T: beta, alpha")
+    res, val = head.residual.detach(), head.values.detach()
+    best, best_c = None, None
+    for beta in grid_values(cfg.beta):
+        for alpha in grid_values(cfg.alpha):
+            logits = _dense_ape_t(vf, protos, 20.0, kf, ky, head.channels, alpha, beta, res, val)
+            acc = (logits.argmax(1) == vy).double().mean().item()
+            if best is None or acc > best + 1e-12:
+                best, best_c = acc, (beta, alpha)
+    assert (head.beta, head.alpha) == best_c
+    assert log.entries["APE-T: beta, alpha"]["score"] == pytest.approx(100 * best)

@@ -203,3 +203,21 @@ def test_grid_edges_name_the_axes_chosen_at_an_end():
     assert grid_edges((2.0, 1.0), cands, ["beta", "alpha"]) == ["alpha (highest)"]
     assert grid_edges((1.0, 0.5), cands, ["beta", "alpha"]) == ["beta (lowest)", "alpha (lowest)"]
     assert grid_edges((2.0, 7.0), [(2.0, 7.0)], ["beta", "alpha"]) == []  # a one-point grid has no edge
+
+
+def test_tip_f_trains_from_the_configured_start_point(monkeypatch):
+    protos, (kf, ky), (vf, vy), _ = _problem(seed=1)
+    val = feature_split(vf, vy, "val", "val")
+    tip = fit_tip(protos, 10.0, kf, ky, val, SMALL_TIP)
+    starts = []
+    real = cache_mod.fit_and_select_epoch
+
+    def spy(what, head, *a, **k):
+        starts.append((head.beta, head.alpha))
+        return real(what, head, *a, **k)
+
+    monkeypatch.setattr("fdalign.heads.tip.fit_and_select_epoch", spy)
+    fit_tip_f(tip, kf, ky, val, SMALL_TIP)  # default: from Tip's searched point
+    fit_tip_f(tip, kf, ky, val, TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=SMALL_TIP.fit, init_alpha=1.17,
+                                          init_beta=1.0))  # the authors': (beta 1, their init alpha)
+    assert starts == [(tip.beta, tip.alpha), (1.0, 1.17)] and (tip.beta, tip.alpha) != (1.0, 1.17)
