@@ -5,6 +5,7 @@ and again on a fine-tuned encoder's, and the rows read "Tip", "Tip + FD-Align", 
 the K-shot cache split and the val split are encoded once, every head is fitted from those features
 (hyper-parameters searched on val only, through :mod:`fdalign.train.selection`), and then
 :func:`fdalign.eval.run_evaluation` encodes each test / OOD set once per encoder for all heads.
+``--heads-preset authors`` swaps the defaults for the authors' settings (:mod:`fdalign.eval.heads_presets`).
 """
 
 from __future__ import annotations

@@ -6,11 +6,13 @@ labels ``L`` ``[N, C]``::
 
     logits = s * f W^T + alpha * exp(-beta * (1 - f K^T)) L
 
-where ``s`` is CLIP's logit scale (the zero-shot logits exactly as :class:`PrototypeHead` gives them).
+where ``s`` is CLIP's logit scale (the zero-shot logits exactly as :class:`PrototypeHead` gives them)
+or the authors' constant 100 (``HeadsConfig.logit_scale``).
 ``alpha = 0`` is zero-shot CLIP. Tip-Adapter is training-free; Tip-Adapter-F makes ``K`` a trainable
 parameter, initialised from the cache, and trains it with cross-entropy for a few epochs (20 in the
-paper). ``alpha`` and ``beta`` are chosen by a grid search on the validation split (the paper's
-code searches on ImageNet's test set; fdalign never does): see :func:`fit_tip`.
+paper). ``alpha`` and ``beta`` are chosen by a grid search on the validation split (the authors'
+code searches on ImageNet's test set and picks Tip-F's epoch on test; fdalign never does): see
+:func:`fit_tip`.
 """
 
 from __future__ import annotations
