@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 
 from fdalign.heads import PrototypeHead
 from fdalign.heads import cache as cache_mod
-from fdalign.heads.ape import APEConfig, APEHead, channel_criterion, fit_ape, fit_ape_t, select_channels
+from fdalign.heads.ape import APEConfig, fit_ape, fit_ape_t
 from fdalign.heads.cache import FitConfig, affinity, class_sums, feature_split, grid_values
 from fdalign.heads.tip import TipAdapter, TipConfig, fit_tip, fit_tip_f
 from fdalign.selection import SelectionLeakError, SelectionLog
@@ -42,7 +41,7 @@ def _dense_tip(f, protos, scale, keys, labels, alpha, beta):
 
 SMALL_TIP = TipConfig(alpha="0.5:3:6", beta="0.5:6:5", fit=FitConfig(epochs=3, batch_size=4))
 SMALL_APE = APEConfig(channels="0.5,1.0", alpha="0.5:3:4", beta="1,5", gamma="0,1",
-                      fit=FitConfig(epochs=3, batch_size=4))
+                      fit=FitConfig(epochs=3, batch_size=4, weight_decay=0.1))
 
 
 def test_affinity_is_exp_of_minus_beta_one_minus_cos_by_hand():
@@ -123,16 +122,15 @@ def test_search_handed_a_test_split_is_refused():
     tip = fit_tip(protos, 10.0, kf, ky, val, SMALL_TIP)
     with pytest.raises(SelectionLeakError):  # refused before any training
         fit_tip_f(tip, kf, ky, feature_split(vf, vy, "ood", "ood"), SMALL_TIP)
-    ape = fit_ape(protos, 10.0, kf, ky, val, SMALL_APE)
     with pytest.raises(SelectionLeakError):
-        fit_ape_t(ape, kf, ky, test, SMALL_APE)
+        fit_ape_t(protos, 10.0, kf, ky, kf, test, SMALL_APE)
 
 
 def test_tip_f_with_zero_epochs_equals_tip_and_training_moves_keys_deterministically():
     protos, (kf, ky), (vf, vy), (tf, _) = _problem(seed=1)
     val = feature_split(vf, vy, "val", "val")
     tip = fit_tip(protos, 10.0, kf, ky, val, SMALL_TIP)
-    cfg0 = TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, FitConfig(epochs=0))
+    cfg0 = TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=FitConfig(epochs=0))
     tip_f0 = fit_tip_f(tip, kf, ky, val, cfg0)
     assert (tip_f0.alpha, tip_f0.beta) == (tip.alpha, tip.beta)
     assert torch.allclose(tip_f0(tf), tip(tf), atol=1e-5)
@@ -150,7 +148,7 @@ def test_tip_f_training_lowers_the_training_loss():
     protos, (kf, ky), (vf, vy), _ = _problem(seed=2, shots=6)
     val = feature_split(vf, vy, "val", "val")
     tip = fit_tip(protos, 10.0, kf, ky, val, SMALL_TIP)
-    cfg = TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, FitConfig(epochs=10, batch_size=8, lr=1e-2))
+    cfg = TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=FitConfig(epochs=10, batch_size=8, lr=1e-2))
     head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, tip.alpha, tip.beta, trainable=True)
     before = F.cross_entropy(head(kf), ky).item()
     cache_mod.fit_and_select_epoch("e", head, [head.keys], kf, ky, val, FitConfig(epochs=10, batch_size=8, lr=1e-2),
@@ -160,102 +158,19 @@ def test_tip_f_training_lowers_the_training_loss():
     assert cfg.fit.epochs == 10
 
 
-def _criterion_by_loops(protos, keys, labels, lam):
-    """APE's criterion written with explicit loops over channels and class pairs."""
-    w, k = F.normalize(protos.double(), dim=-1), F.normalize(keys.double(), dim=-1)
-    c, d = w.shape
-    means = [torch.stack([w[i]] + [k[j] for j in range(len(labels)) if labels[j] == i]).mean(0) for i in range(c)]
-    out = []
-    for ch in range(d):
-        sim = sum(means[i][ch] * means[j][ch] for i in range(c) for j in range(c) if i != j) / (c * (c - 1))
-        mu = sum(w[i][ch] for i in range(c)) / c
-        var = sum((w[i][ch] - mu) ** 2 for i in range(c)) / c
-        out.append(lam * var - (1 - lam) * sim)
-    return torch.tensor(out)
-
-
-def test_ape_criterion_matches_loops():
-    protos, (kf, ky), _, _ = _problem(c=3, d=5, shots=2)
-    got = channel_criterion(protos, kf, ky, lam=0.3)
-    assert torch.allclose(got.double(), _criterion_by_loops(protos, kf, ky, 0.3), atol=1e-6)
-
-
-def test_ape_picks_a_planted_discriminative_channel():
-    g = torch.Generator().manual_seed(0)
-    c, d, planted = 6, 10, 7
-    protos = torch.full((c, d), 0.3) + 0.01 * torch.randn(c, d, generator=g)  # the same in every class
-    protos[:, planted] = torch.tensor([1.0, -1.0] * (c // 2))  # differs across classes, anti-correlated
-    labels = torch.arange(c).repeat_interleave(2)
-    keys = protos[labels] + 0.01 * torch.randn(len(labels), d, generator=g)
-    assert select_channels(protos, keys, labels, q=1).tolist() == [planted]
-    assert planted in select_channels(protos, keys, labels, q=3).tolist()
-
-
-def _dense_ape(f, protos, scale, keys, labels, idx, alpha, beta, gamma, residual=None):
-    """APE's logits with every matrix whole, in float64 (module docstring of fdalign.heads.ape); with
-    ``residual`` ``[C, Q]`` APE-T's: added to the text classifier's channels and to each class's keys."""
-    f, w, k = (F.normalize(x.double(), dim=-1) for x in (f, protos, keys))
-    fr, wr, kr = (F.normalize(x[:, idx], dim=-1) for x in (f, w, k))
-    if residual is not None:
-        res = residual.double()
-        wr = F.normalize(w[:, idx] + res, dim=-1)
-        kr = F.normalize(k[:, idx] + res[labels], dim=-1)
-        w = w.clone()
-        w[:, idx] += res
-        w = F.normalize(w, dim=-1)
-    p = torch.softmax(scale * kr @ wr.t(), dim=-1)
-    r = p[torch.arange(len(labels)), labels] ** gamma
-    one_hot = F.one_hot(labels, w.shape[0]).double()
-    return scale * f @ w.t() + alpha * (torch.exp(-beta * (1 - fr @ kr.t())) * r) @ one_hot
-
-
-def test_ape_logits_match_dense_formula_and_ape_t_with_zero_epochs_is_ape():
-    protos, (kf, ky), (vf, vy), (tf, _) = _problem(seed=4)
-    idx = torch.tensor([1, 2, 5, 6])
-    head = APEHead(protos, 15.0, kf, ky, idx, alpha=1.3, beta=3.0, gamma=1.5, chunk=9)
-    want = _dense_ape(tf, protos, 15.0, kf, ky, idx, 1.3, 3.0, 1.5)
-    assert torch.allclose(head(tf).double(), want, atol=1e-4)
-    with torch.no_grad():  # APE-T: a category residual on the refined channels
-        head.residual.copy_(0.3 * torch.randn(head.residual.shape, generator=torch.Generator().manual_seed(1)))
-    want_t = _dense_ape(tf, protos, 15.0, kf, ky, idx, 1.3, 3.0, 1.5, residual=head.residual)
-    assert torch.allclose(head(tf).double(), want_t, atol=1e-4)
-
-    val = feature_split(vf, vy, "val", "val")
-    ape = fit_ape(protos, 15.0, kf, ky, val, SMALL_APE)
-    cfg0 = APEConfig(**{**SMALL_APE.__dict__, "fit": FitConfig(epochs=0)})
-    ape_t0 = fit_ape_t(ape, kf, ky, val, cfg0)
-    assert (ape_t0.alpha, ape_t0.beta, ape_t0.gamma) == (ape.alpha, ape.beta, ape.gamma)
-    assert torch.allclose(ape_t0(tf), ape(tf), atol=1e-4)
-    ape_t = fit_ape_t(ape, kf, ky, val, SMALL_APE)
-    assert ape_t.residual.abs().max() > 0  # the category residual was trained
-
-
-def test_ape_search_picks_the_brute_force_best_on_val():
-    protos, (kf, ky), (vf, vy), _ = _problem(seed=3, n_val=15)  # 7 distinct val scores, gamma 1 wins
-    ape = fit_ape(protos, 15.0, kf, ky, feature_split(vf, vy, "val", "val"), SMALL_APE)
-    best, best_c = None, None
-    for frac, beta, gamma, alpha in itertools.product(
-        grid_values(SMALL_APE.channels), grid_values(SMALL_APE.beta), grid_values(SMALL_APE.gamma),
-        grid_values(SMALL_APE.alpha),
-    ):
-        q = round(frac * protos.shape[1])
-        idx = select_channels(protos, kf, ky, q)
-        acc = (_dense_ape(vf, protos, 15.0, kf, ky, idx, alpha, beta, gamma).argmax(1) == vy).double().mean().item()
-        if best is None or acc > best + 1e-12:
-            best, best_c = acc, (q, beta, gamma, alpha)
-    assert (len(ape.channels), ape.beta, ape.gamma, ape.alpha) == best_c
-    assert ape.gamma == 1.0
-
-
 def test_grid_values():
     assert grid_values("0.1:3:3") == (0.1, 1.55, 3.0)
     assert grid_values("1,2.5") == (1.0, 2.5)
     assert grid_values([0, 1]) == (0.0, 1.0)
     assert grid_values("2:9:1") == (2.0,)
+    assert grid_values("0.1:7:3:open") == (0.1, 2.4, 4.7)  # the authors' form: lo + (hi - lo) i / n, hi excluded
+    assert grid_values("0:1:4:open") == (0.0, 0.25, 0.5, 0.75)
     from fdalign.errors import FDAlignError
 
     with pytest.raises(FDAlignError, match="tip.beta"):
         grid_values("1:x:3", "tip.beta")
+    with pytest.raises(FDAlignError, match="ape.gamma"):
+        grid_values("0:1:4:closed", "ape.gamma")
 
 
 def test_search_top1_breaks_ties_like_topk_accuracy():
@@ -288,3 +203,21 @@ def test_grid_edges_name_the_axes_chosen_at_an_end():
     assert grid_edges((2.0, 1.0), cands, ["beta", "alpha"]) == ["alpha (highest)"]
     assert grid_edges((1.0, 0.5), cands, ["beta", "alpha"]) == ["beta (lowest)", "alpha (lowest)"]
     assert grid_edges((2.0, 7.0), [(2.0, 7.0)], ["beta", "alpha"]) == []  # a one-point grid has no edge
+
+
+def test_tip_f_trains_from_the_configured_start_point(monkeypatch):
+    protos, (kf, ky), (vf, vy), _ = _problem(seed=1)
+    val = feature_split(vf, vy, "val", "val")
+    tip = fit_tip(protos, 10.0, kf, ky, val, SMALL_TIP)
+    starts = []
+    real = cache_mod.fit_and_select_epoch
+
+    def spy(what, head, *a, **k):
+        starts.append((head.beta, head.alpha))
+        return real(what, head, *a, **k)
+
+    monkeypatch.setattr("fdalign.heads.tip.fit_and_select_epoch", spy)
+    fit_tip_f(tip, kf, ky, val, SMALL_TIP)  # default: from Tip's searched point
+    fit_tip_f(tip, kf, ky, val, TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=SMALL_TIP.fit, init_alpha=1.17,
+                                          init_beta=1.0))  # the authors': (beta 1, their init alpha)
+    assert starts == [(tip.beta, tip.alpha), (1.0, 1.17)] and (tip.beta, tip.alpha) != (1.0, 1.17)

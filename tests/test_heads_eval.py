@@ -102,7 +102,7 @@ def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, ca
     sel = doc["selection"]
     val_desc = f"val (6 images of {run}/splits/val.json)"
     for what in ("Tip: beta, alpha", "Tip + FD-Align: beta, alpha", "Tip-F + FD-Align: epoch",
-                 "APE: Q, beta, gamma, alpha", "APE-T + FD-Align: Q, beta, gamma, alpha"):
+                 "APE: Q, beta, gamma, alpha", "APE-T + FD-Align: epoch", "APE-T + FD-Align: beta, alpha"):
         assert sel[what]["on"] == val_desc
     assert sel["Tip: beta, alpha"]["candidates"] == 4 * 3
     report = (run / "eval-heads" / "report.md").read_text()
@@ -209,11 +209,14 @@ def test_heads_config_errors_name_the_field():
 
     for d, field in (({"tip": {"fit": {"epochs": -1}}}, "tip.fit.epochs"), ({"ape": {"lam": 2}}, "ape.lam"),
                      ({"chunk": 0}, "chunk"), ({"ape": {"gamma": "a,b"}}, "ape.gamma"),
-                     ({"ape": {"channels": "0,0.5"}}, "ape.channels"), ({"tip": 3}, "tip")):
+                     ({"ape": {"channels": "0,0.5"}}, "ape.channels"), ({"tip": 3}, "tip"),
+                     ({"ape": {"weights": [0.5]}}, "ape.weights"), ({"logit_scale": 0}, "logit_scale"),
+                     ({"tip": {"init_alpha": "x"}}, "tip.init_alpha"), ({"ape": {"t_channels": 0}}, "ape.t_channels")):
         with pytest.raises(FDAlignError, match=f"'{field}'"):
             HeadsConfig.from_dict(d, "h.yaml")
     cfg = HeadsConfig.from_dict({"tip": {"beta": "1,2", "fit": {"epochs": 3}}})
-    assert cfg.tip.beta == "1,2" and cfg.tip.fit.epochs == 3 and cfg.tip.alpha == "0.1:3:20"
+    assert cfg.tip.beta == "1,2" and cfg.tip.fit.epochs == 3 and cfg.tip.alpha == "0.1:3:20:open"
+    assert HeadsConfig.from_dict({"ape": {"weights": [0.7, 0.3]}}).ape.weights == (0.7, 0.3)
 
 
 class _Jittered(torch.utils.data.Dataset):
@@ -265,6 +268,77 @@ def test_augmented_cache_views_are_averaged_seeded_and_read_one_per_epoch():
         assert got == sorted(map(tuple, views[view].tolist()))
 
 
+def test_fresh_views_give_every_training_epoch_its_own_draw():
+    from torch.utils.data import TensorDataset
+
+    import fdalign.eval.heads as heads_mod
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=g), torch.arange(3).repeat(2)
+    enc = torch.nn.Linear(4, 5)
+    data = heads_mod.CacheData(TensorDataset(x, y), TensorDataset(x, y), "v", _Jittered(x, y))
+    kw = dict(batch_size=4, progress=False)
+    cfg = heads_mod.HeadsConfig(views=2, view_seed=3, fresh_views=True)
+    (keys, _), fresh = heads_mod.encode_cache(enc, data, cfg, kw, fresh=4)
+    (keys2, _), cache_views = heads_mod.encode_cache(enc, data, heads_mod.HeadsConfig(views=6, view_seed=3), kw)
+    assert torch.allclose(keys, cache_views[:2].mean(0))  # the keys: the cache's 2 views
+    assert torch.equal(fresh, cache_views[2:])  # then 4 further draws (seeds 5..8), one per epoch
+    # the epochs to draw: those of the longest trained head asked for
+    assert heads_mod._training_epochs(["tip", "ape"], cfg) == 0
+    cfg.ape.fit.epochs = 30
+    assert heads_mod._training_epochs(["tip-f", "ape-t"], cfg) == 30
+    assert heads_mod._training_epochs(["tip-f", "ape"], cfg) == cfg.tip.fit.epochs == 20
+
+
+def test_authors_preset_holds_the_published_settings(tmp_path):
+    from fdalign.errors import FDAlignError
+    from fdalign.eval.heads import HeadsConfig, _config
+    from fdalign.heads.cache import grid_values
+
+    imagenet = HeadsConfig.for_preset("authors", "ImageNet")
+    assert (imagenet.logit_scale, imagenet.views, imagenet.fresh_views) == (100.0, 10, True)
+    t, a = imagenet.tip, imagenet.ape
+    assert grid_values(t.beta)[-1] == pytest.approx(0.1 + 199 * 6.9 / 200) and len(grid_values(t.beta)) == 200
+    assert grid_values(t.alpha)[-1] == pytest.approx(0.1 + 19 * 2.9 / 20) and (t.init_alpha, t.init_beta) == (1.17, 1)
+    assert grid_values(a.gamma) == pytest.approx((0, 0.1, 0.2, 0.3, 0.4))  # s_gamma 0.5, n_gamma 5
+    assert grid_values(a.alpha)[-1] == pytest.approx(0.1 + 19 * 6.9 / 20) and a.init_alpha == 2
+    assert round(float(a.channels) * 512) == 250 and a.weights == (0.7, 0.3)  # 500 of 1024 channels
+    assert (a.fit.lr, a.fit.eps, a.fit.weight_decay, a.fit.epochs) == (1e-4, 1e-3, 0.1, 20)
+    eurosat = HeadsConfig.for_preset("authors:EuroSAT")  # named explicitly
+    assert eurosat.tip.fit.epochs == 100 and eurosat.ape.fit.epochs == 200
+    assert grid_values(eurosat.ape.gamma)[-1] == pytest.approx(1.5 * 19 / 20)
+    other = HeadsConfig.for_preset("authors", "my_world")  # no published row: their common grid
+    assert other.ape.alpha == "0.1:7:20:open" and other.logit_scale == 100.0 and "common" in other.preset
+    assert HeadsConfig.for_preset(None) == HeadsConfig()
+    with pytest.raises(FDAlignError, match="heads-preset"):
+        HeadsConfig.for_preset("theirs")
+    with pytest.raises(FDAlignError, match="no published settings"):
+        HeadsConfig.for_preset("authors:mnist")
+    # --heads-config fields override the preset's
+    y = tmp_path / "h.yaml"
+    y.write_text("views: 0\nape: {fit: {epochs: 5}}\n")
+
+    class Args:
+        heads_preset, heads_config, data = "authors", str(y), "/data/dtd/split_zhou_DescribableTextures.json"
+
+    cfg = _config(Args())
+    assert cfg.views == 0 and cfg.ape.fit.epochs == 5 and cfg.ape.fit.weight_decay == 0.1
+    assert cfg.logit_scale == 100.0 and cfg.tip.init_alpha == 2 and cfg.preset == "authors (dtd)"
+
+
+def test_logit_scale_setting_replaces_the_cache_heads_scale():
+    import fdalign.eval.heads as heads_mod
+    from fdalign.heads.cache import feature_split
+
+    g = torch.Generator().manual_seed(0)
+    protos, keys, y = torch.randn(3, 6, generator=g), torch.randn(9, 6, generator=g), torch.arange(3).repeat(3)
+    val = feature_split(keys, y, "val", "v")
+    cfg = heads_mod.HeadsConfig(logit_scale=100.0)
+    cfg.tip.alpha, cfg.tip.beta = "1", "2"
+    got = heads_mod.fit_heads(["zeroshot", "tip"], protos, 7.0, keys, y, val, cfg)
+    assert got["tip"].scale == 100.0 and got["zeroshot"].scale == 7.0
+
+
 def test_zeroshot_alone_encodes_no_cache(monkeypatch):
     from torch.utils.data import TensorDataset
 
@@ -304,3 +378,15 @@ def test_heads_refuse_a_val_image_that_is_also_a_test_image(tiny_openclip, train
                "--heads", "tip", "--heads-config", str(trained["yaml"]), "--templates", "tip7", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "copied.png" in err and leaked.name in err and "validation split" in err
+
+
+def test_every_coop_and_imagenet_preset_data_set_has_its_published_heads_row():
+    from fdalign.eval.heads import HeadsConfig
+    from fdalign.experiments import sweep as sw
+
+    for preset in ("coop", "imagenet"):
+        cfg = sw.load_sweep_config(preset)
+        assert cfg.heads == ["tip", "tip-f", "ape", "ape-t"] and cfg.heads_preset == "authors"
+        for ds in cfg.datasets:
+            got = HeadsConfig.for_preset("authors", ds.dataset_name or ds.name).preset
+            assert "common" not in got, (preset, ds.name, got)

@@ -226,7 +226,7 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
         "world": {"id_styles": ["photo"], "ood_styles": ["sketch"], "train_per_class": 3, "val_per_class": 2,
                   "test_per_class": 2, "image_size": 32, "classes": ["circle", "square", "star"]},
         "datasets": [{"name": "w", "data": "{data_root}", "ood": "world"}],
-        "shots": [2], "seeds": [1, 2], "heads": ["tip"],
+        "shots": [2], "seeds": [1, 2], "heads": ["tip"], "heads_preset": "authors",
         "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
                   "model_config": str(tiny_openclip["config"]), "epochs": 1, "batch_size": 4, "num_workers": 0,
                   "templates": "tip7", "spc": False, "device": "cpu", "tensorboard": False, "lr": 3e-3,
@@ -236,8 +236,10 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
     out = _sweep_and_report(d, tmp_path, "md")
     want: dict = {}
     for seed in (1, 2):
-        heads = json.loads((out / "runs/w/k2" / f"s{seed}" / "fd-align/eval-heads/metrics.json").read_text())["metrics"]
+        doc = json.loads((out / "runs/w/k2" / f"s{seed}" / "fd-align/eval-heads/metrics.json").read_text())
+        heads = doc["metrics"]
         assert set(heads["test"]) == {"Tip", "Tip + FD-Align"}
+        assert doc["selection"]["search grids"].startswith("authors (")  # heads_preset reached `fdalign eval`
         for row, model in (("Tip", "Tip"), ("Tip + fd-align", "Tip + FD-Align")):
             want.setdefault(row, []).append(heads["test"][model]["top1"])
     rows = _md_rows((out / "report.md").read_text().split("## Paired")[0], "w, 2-shot")
@@ -248,6 +250,8 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
         from fdalign.experiments.sweep import SweepConfig
 
         SweepConfig.from_dict({**d, "heads": ["lora"]})
+    with pytest.raises(FDAlignError, match="heads_preset 'paper'"):
+        SweepConfig.from_dict({**d, "heads_preset": "paper"})
 
 
 def test_an_episodes_sweep_runs_meta_train_and_reports_every_target(tiny_openclip, tmp_path):

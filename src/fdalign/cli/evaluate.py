@@ -93,6 +93,9 @@ def register(subparsers) -> None:
     e.add_argument("--seed", type=int, default=1, help="with --heads on a model name: seed of the cache sample")
     e.add_argument("--heads-config", default=None, metavar="FILE.yaml", help="search grids and training of the "
                    "heads (keys tip, ape, chunk, views; see README); default: the papers' ranges")
+    e.add_argument("--heads-preset", default=None, metavar="NAME", help="'authors': the Tip-Adapter / APE "
+                   "authors' settings for the data set (authors:<data set> to name it): logit scale 100, 10-view "
+                   "cache, fresh views per epoch, their grids; --heads-config fields override it")
     e.set_defaults(func=run)
 
 

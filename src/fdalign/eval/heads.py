@@ -5,6 +5,7 @@ and again on a fine-tuned encoder's, and the rows read "Tip", "Tip + FD-Align", 
 the K-shot cache split and the val split are encoded once, every head is fitted from those features
 (hyper-parameters searched on val only, through :mod:`fdalign.selection`), and then
 :func:`fdalign.eval.run_evaluation` encodes each test / OOD set once per encoder for all heads.
+``--heads-preset authors`` swaps the defaults for the authors' settings (:mod:`fdalign.eval.heads_presets`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class HeadsConfig:
     # per epoch by Tip-F / APE-T; Tip-Adapter uses 10. 0: the cache is its evaluation-transform encoding
     views: int = 0
     view_seed: int = 0
+    # True: Tip-F / APE-T train on a fresh augmented encoding of the cache every epoch (as the authors
+    # do) instead of cycling over the cache's views
+    fresh_views: bool = False
+    # the zero-shot logits' scale: None = the model's; the authors use the constant 100
+    logit_scale: float | None = None
+    preset: str = "defaults"  # where the settings come from, for the report (set by for_preset)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "heads config") -> "HeadsConfig":
@@ -59,6 +66,10 @@ class HeadsConfig:
         for name, sub in (("tip", self.tip), ("ape", self.ape)):
             for g in ("alpha", "beta") + (("gamma", "channels") if name == "ape" else ()):
                 grid_values(getattr(sub, g), f"{name}.{g}")
+            for k in ("init_alpha", "init_beta"):
+                v = getattr(sub, k)
+                if not (v is None and name == "tip") and (not isinstance(v, (int, float)) or v < 0):
+                    bad(f"{name}.{k}", v, "a number >= 0" + (" or null (Tip's searched value)" if name == "tip" else ""))
             f = sub.fit
             for k, lo in (("epochs", 0), ("batch_size", 1), ("seed", 0)):
                 if not isinstance(getattr(f, k), int) or getattr(f, k) < lo:
@@ -68,8 +79,18 @@ class HeadsConfig:
                     bad(f"{name}.fit.{k}", getattr(f, k), "a number >= 0")
         if any(v <= 0 for v in grid_values(self.ape.channels, "ape.channels")):
             bad("ape.channels", self.ape.channels, "fractions of D in (0, 1] or channel counts > 1")
-        if not isinstance(self.ape.lam, (int, float)) or not 0 <= self.ape.lam <= 1:
-            bad("ape.lam", self.ape.lam, "a number in [0, 1]")
+        for k in ("weights", "t_weights"):
+            w = getattr(self.ape, k)
+            if not isinstance(w, (list, tuple)) or len(w) != 2 or not all(isinstance(x, (int, float)) for x in w):
+                bad(f"ape.{k}", w, "two numbers [w_sim, w_var] (the channel criterion -w_sim*sim + w_var*var)")
+            setattr(self.ape, k, tuple(float(x) for x in w))
+        t = self.ape.t_channels
+        if not isinstance(t, (int, float)) or t <= 0:
+            bad("ape.t_channels", t, "a fraction of D in (0, 1] or a channel count > 1")
+        if self.logit_scale is not None and (not isinstance(self.logit_scale, (int, float)) or self.logit_scale <= 0):
+            bad("logit_scale", self.logit_scale, "a number > 0 (the authors: 100), or null for the model's")
+        if not isinstance(self.fresh_views, bool):
+            bad("fresh_views", self.fresh_views, "true or false")
         if not isinstance(self.chunk, int) or self.chunk < 1:
             bad("chunk", self.chunk, "an integer >= 1")
         for k in ("views", "view_seed"):
@@ -79,9 +100,32 @@ class HeadsConfig:
     def grids(self) -> str:
         """The searched grids in one line, for the report."""
         t, a = self.tip, self.ape
-        return (f"Tip/Tip-F: alpha {t.alpha}, beta {t.beta}; APE/APE-T: Q {a.channels}, alpha {a.alpha}, "
-                f"beta {a.beta}, gamma {a.gamma} (lam {a.lam}); Tip-F/APE-T: {t.fit.epochs}/{a.fit.epochs} "
-                f"epochs, lr {t.fit.lr:g}/{a.fit.lr:g}; cache views {self.views or 'none (evaluation transform)'}")
+        scale = "the model's" if self.logit_scale is None else f"{self.logit_scale:g}"
+        return (f"{self.preset}: Tip/Tip-F: alpha {t.alpha}, beta {t.beta}; APE: Q {a.channels}, alpha {a.alpha}, "
+                f"beta {a.beta}, gamma {a.gamma} (w_sim, w_var {a.weights}); APE-T: Q {a.t_channels:g}; "
+                f"Tip-F/APE-T: {t.fit.epochs}/{a.fit.epochs} epochs, lr {t.fit.lr:g}/{a.fit.lr:g}, weight decay "
+                f"{t.fit.weight_decay:g}/{a.fit.weight_decay:g}; logit scale {scale}; cache views "
+                f"{self.views or 'none (evaluation transform)'}{', fresh views every epoch' if self.fresh_views else ''}")
+
+    @classmethod
+    def for_preset(cls, preset: str | None, dataset: str | None = None) -> "HeadsConfig":
+        """``None``: the defaults; ``"authors"``: the authors' settings for ``dataset``
+        (:mod:`fdalign.eval.heads_presets`; an unknown set gets their common grids)."""
+        from fdalign.eval import heads_presets as hp
+
+        if preset in (None, "defaults"):
+            return cls()
+        name, _, forced = preset.partition(":")
+        if name not in hp.PRESETS:
+            raise FDAlignError(f"--heads-preset {preset!r} is not known; use authors or authors:<data set> "
+                               f"(data sets: {', '.join(sorted(hp.TIP))})")
+        key = hp.dataset_key(forced or dataset)
+        if forced and key is None:
+            raise FDAlignError(f"--heads-preset {preset!r}: no published settings for {forced!r}; known: "
+                               f"{', '.join(sorted(hp.TIP))}")
+        what = key or f"{dataset or 'unknown data set'}: their common settings"
+        return cls(tip=hp.authors_tip(key), ape=hp.authors_ape(key), views=hp.AUTHORS_VIEWS, fresh_views=True,
+                   logit_scale=hp.AUTHORS_LOGIT_SCALE, preset=f"authors ({what})")
 
     @classmethod
     def from_yaml(cls, path) -> "HeadsConfig":
@@ -143,24 +187,27 @@ def fit_heads(heads, prototypes, scale, train_features, train_labels, val, cfg: 
 
     ``train_features`` ``[N, D]`` / ``train_labels`` ``[N]`` are the cache; ``val`` an EvalSplit of
     val features (role val); ``views`` ``[V, N, D]`` augmented encodings that Tip-F / APE-T train on
-    (default: the cache itself). Tip-F starts from Tip, APE-T from APE, as in the papers.
+    (default: the cache itself). Tip-F starts from Tip's keys; APE-T from the cache, equal to Tip-Adapter.
+    ``cfg.logit_scale`` (when set) replaces ``scale`` in every head but zero-shot CLIP's.
     """
     out: dict[str, nn.Module] = {}
     dev = prototypes.device
+    zs_scale, scale = scale, scale if cfg.logit_scale is None else cfg.logit_scale
     keys, y = train_features.to(dev), train_labels.to(dev)
     fit_x = keys if views is None else views
     if "zeroshot" in heads:
-        out["zeroshot"] = PrototypeHead(prototypes, scale).to(dev)
+        out["zeroshot"] = PrototypeHead(prototypes, zs_scale).to(dev)
     if {"tip", "tip-f"} & set(heads):
         out["tip"] = fit_tip(prototypes, scale, keys, y, val, cfg.tip, log, row_name("tip", label), cfg.chunk,
                              progress)
     if "tip-f" in heads:
         out["tip-f"] = fit_tip_f(out["tip"], fit_x, y, val, cfg.tip, log, row_name("tip-f", label), progress)
-    if {"ape", "ape-t"} & set(heads):
+    if "ape" in heads:
         out["ape"] = fit_ape(prototypes, scale, keys, y, val, cfg.ape, log, row_name("ape", label), cfg.chunk,
                              progress)
     if "ape-t" in heads:
-        out["ape-t"] = fit_ape_t(out["ape"], fit_x, y, val, cfg.ape, log, row_name("ape-t", label), progress)
+        out["ape-t"] = fit_ape_t(prototypes, scale, keys, y, fit_x, val, cfg.ape, log, row_name("ape-t", label),
+                                 cfg.chunk, progress)
     return {h: out[h] for h in heads}
 
 
@@ -214,7 +261,8 @@ def evaluate_heads(
         if id(enc) not in features:
             kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, precision=precision,
                       progress=progress)
-            features[id(enc)] = (*encode_cache(enc, data, cfg, kw), extract_features(enc, data.val, desc="val", **kw))
+            features[id(enc)] = (*encode_cache(enc, data, cfg, kw, _training_epochs(heads, cfg)),
+                                 extract_features(enc, data.val, desc="val", **kw))
         (tf, ty), views, (vf, vy) = features[id(enc)]
         val = feature_split(vf, vy, "val", data.val_description)
         fitted[label] = fit_heads(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress, views)
@@ -224,6 +272,11 @@ def evaluate_heads(
     record = selection_record(log)
     record["search grids"] = cfg.grids()
     return metrics, record
+
+
+def _training_epochs(heads, cfg: HeadsConfig) -> int:
+    """Epochs of the longest trained head asked for (Tip-F, APE-T): fresh views to encode."""
+    return max([cfg.tip.fit.epochs] * ("tip-f" in heads) + [cfg.ape.fit.epochs] * ("ape-t" in heads) + [0])
 
 
 def _files(ds) -> list[str] | None:
@@ -242,23 +295,35 @@ def _refuse_reported_val_images(data: CacheData, eval_sets: dict[str, EvalSet]) 
     check_disjoint(EvalSplit(data.val, "val", data.val_description, files=val_files), others)
 
 
-def encode_cache(encoder, data: CacheData, cfg: HeadsConfig, kw: dict):
+def encode_cache(encoder, data: CacheData, cfg: HeadsConfig, kw: dict, fresh: int = 0):
     """``((keys [N, D], labels [N]), views [V, N, D] or None)`` of one encoder.
 
     Without views the keys are the evaluation-transform features. With ``cfg.views = V`` the cache
     is encoded V times with the training augmentation (view v seeded ``view_seed + v``, without
     touching the global RNG) and the keys are the mean of the normalised views, as Tip-Adapter does.
+    ``fresh`` > 0 (with ``cfg.fresh_views``): the returned views are instead ``fresh`` further
+    draws (seeds after the cache's), one per training epoch, as the authors re-augment every epoch.
     """
-    if cfg.views <= 0 or data.augmented is None:
+    if data.augmented is None or (cfg.views <= 0 and not (cfg.fresh_views and fresh)):
         return extract_features(encoder, data.train, desc="cache", **kw), None
-    views = []
-    for v in range(cfg.views):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.view_seed + v)
-            f, y = extract_features(encoder, data.augmented, desc=f"cache view {v + 1}/{cfg.views}", **kw)
-        views.append(torch.nn.functional.normalize(f, dim=-1))
-    views = torch.stack(views)
-    return (views.mean(0), y), views
+
+    def draws(first, n, what):
+        out = []
+        for v in range(n):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.view_seed + first + v)
+                f, y = extract_features(encoder, data.augmented, desc=f"{what} {v + 1}/{n}", **kw)
+            out.append(torch.nn.functional.normalize(f, dim=-1))
+        return torch.stack(out), y
+
+    if cfg.views > 0:
+        views, y = draws(0, cfg.views, "cache view")
+        keys = (views.mean(0), y)
+    else:
+        keys, views = extract_features(encoder, data.train, desc="cache", **kw), None
+    if cfg.fresh_views and fresh:
+        views, _ = draws(max(cfg.views, 0), fresh, "training view")
+    return keys, views
 
 
 def selection_record(log: SelectionLog) -> dict:
@@ -318,8 +383,27 @@ def encoder_label(train_config: dict) -> str:
     return "FT" if float(train_config.get("beta", 1.0) or 0.0) == 0.0 else "FD-Align"
 
 
-def _config(args) -> HeadsConfig:
-    return HeadsConfig.from_yaml(args.heads_config) if getattr(args, "heads_config", None) else HeadsConfig()
+def _config(args, dataset: str | None = None) -> HeadsConfig:
+    """``--heads-preset`` (for ``dataset``), then ``--heads-config``'s fields on top of it."""
+    from fdalign.train.config import guess_dataset_name
+
+    preset = getattr(args, "heads_preset", None)
+    base = HeadsConfig.for_preset(preset, dataset or guess_dataset_name(getattr(args, "data", None)))
+    path = getattr(args, "heads_config", None)
+    if not path:
+        return base
+    own = HeadsConfig.from_yaml(path)  # checks the file on its own first: its errors name its fields
+    if preset in (None, "defaults"):
+        return own
+    import yaml
+
+    return HeadsConfig.from_dict(_merge(dataclasses.asdict(base), yaml.safe_load(Path(path).read_text()) or {}),
+                                 str(path))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    return {**base, **{k: _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in over.items()}}
 
 
 def _run_kw(args, progress) -> dict:
@@ -330,8 +414,11 @@ def _run_kw(args, progress) -> dict:
 def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bool = False) -> tuple[dict, dict]:
     """``fdalign eval RUN --heads``: each head on zero-shot CLIP (``models["zero-shot"]``'s encoder,
     absent with --no-zeroshot) and on the run's fine-tuned encoder; the cache is the run's K-shot split."""
-    heads, cfg = parse_heads(args.heads), _config(args)
     train_cfg = dataclasses.asdict(loaded.config) if dataclasses.is_dataclass(loaded.config) else dict(loaded.config)
+    from fdalign.train.config import guess_dataset_name
+
+    heads = parse_heads(args.heads)
+    cfg = _config(args, train_cfg.get("dataset_name") or guess_dataset_name(train_cfg.get("data")))
     encoders = {}
     if "zero-shot" in models:
         encoders[""] = models["zero-shot"][0]

@@ -81,6 +81,7 @@ class SweepConfig:
     reference: str = "fine-tune"  # the method paired differences are taken against
     keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
     heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
+    heads_preset: str | None = None  # "authors": the heads' published settings (`fdalign eval --heads-preset`)
     # kshot: every run is `fdalign train`; episodes: `fdalign meta-train` (shots = the training episodes' K,
     # a data set's `ood` = its cross-domain targets, `train` = MetaConfig options)
     protocol: str = "kshot"
@@ -142,6 +143,8 @@ class SweepConfig:
         for h in self.heads:
             if h not in HEAD_NAMES or h == "zeroshot":
                 raise FDAlignError(f"{src}: heads lists {h!r}; choose from {', '.join(HEAD_NAMES[1:])}")
+        if self.heads_preset not in (None, "authors"):
+            raise FDAlignError(f"{src}: heads_preset {self.heads_preset!r} is not known; use authors or leave it out")
         for m in self.wiseft or []:
             if m not in self.methods:
                 raise FDAlignError(f"{src}: wiseft lists {m!r}, which is not one of the methods {list(self.methods)}")
@@ -361,7 +364,7 @@ HEADS_DIR = "eval-heads"  # where a run's cache-head evaluation (`fdalign eval R
 
 
 def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True,
-                heads: Sequence[str] = ()) -> dict:
+                heads: Sequence[str] = (), heads_preset: str | None = None) -> dict:
     """One run through the library (:func:`fdalign.workflows.finetune`, or ``meta_train`` for a
     MetaConfig), then its cache heads (:func:`fdalign.workflows.evaluate`) when ``heads`` are asked
     for; returns the status record (also written to ``status.json``). A run is done when both are."""
@@ -380,7 +383,7 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
         try:
             rc = _train_cell(train_cfg, resume, request)
             if rc == 0 and heads:
-                rc = _heads_cell(run_dir, heads, train_cfg.device)
+                rc = _heads_cell(run_dir, heads, train_cfg.device, heads_preset)
         except Exception as e:  # a bug or an unexpected failure: recorded, the sweep goes on
             traceback.print_exc(file=log)
             error = f"{type(e).__name__}: {e}"
@@ -411,14 +414,14 @@ def _train_cell(train_cfg, resume: bool, request: Path) -> int:
     return as_command(command, lambda: _say_done(meta_train(cfg) if meta else finetune(cfg)))
 
 
-def _heads_cell(run_dir: Path, heads: Sequence[str], device: str) -> int:
+def _heads_cell(run_dir: Path, heads: Sequence[str], device: str, preset: str | None = None) -> int:
     """The cache heads of a finished run, as ``fdalign eval RUN --heads ... --out RUN/eval-heads``."""
     from fdalign.workflows import evaluate
 
     print(f"$ fdalign eval {run_dir} --heads {','.join(heads)} --out {run_dir / HEADS_DIR} --device {device} "
-          "--no-progress", flush=True)
+          "--no-progress" + (f" --heads-preset {preset}" if preset else ""), flush=True)
     return as_command("eval", lambda: _say_done(evaluate(str(run_dir), heads=list(heads), out=str(run_dir / HEADS_DIR),
-                                                          device=device, no_progress=True)))
+                                                          device=device, no_progress=True, heads_preset=preset)))
 
 
 def _say_done(result) -> None:
@@ -494,7 +497,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
             was = records[r]["state"]
             say(f"[{skipped + i + 1}/{len(runs)}] {r.key}: " + ("resuming" if was in ("running", "interrupted")
                                                                else "retrying" if was == "failed" else "starting"))
-            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints, cfg.heads)
+            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints, cfg.heads, cfg.heads_preset)
             durations.append(status["seconds"])
             records[r].update({k: status[k] for k in ("state", "seconds", "error") if k in status})
             if status["state"] == "failed":

@@ -68,19 +68,22 @@ GridSpec = str | Sequence[float]
 
 
 def grid_values(spec: GridSpec, field: str = "grid") -> tuple[float, ...]:
-    """``"lo:hi:n"`` (n evenly spaced values, both ends included), ``"a,b,c"`` or a list of numbers."""
+    """``"lo:hi:n"`` (n evenly spaced values, both ends included), ``"lo:hi:n:open"`` (``lo + (hi - lo) i / n``
+    for i < n: ``hi`` excluded, the Tip-Adapter / APE authors' search grids), ``"a,b,c"`` or a list of numbers."""
     try:
         if isinstance(spec, str) and ":" in spec:
-            lo, hi, n = spec.split(":")
+            lo, hi, n, *kind = spec.split(":")
             lo, hi, n = float(lo), float(hi), int(n)
-            if n < 1:
+            if n < 1 or kind not in ([], ["open"]):
                 raise ValueError
-            return tuple(round(lo + (hi - lo) * i / max(n - 1, 1), 6) for i in range(n))
+            steps = n if kind else max(n - 1, 1)
+            return tuple(round(lo + (hi - lo) * i / steps, 6) for i in range(n))
         items = spec.split(",") if isinstance(spec, str) else list(spec)
         values = tuple(float(v) for v in items)
     except (TypeError, ValueError):
         raise FDAlignError(
-            f"heads config field '{field}' is {spec!r}; write 'lo:hi:n' (n values from lo to hi), "
+            f"heads config field '{field}' is {spec!r}; write 'lo:hi:n' (n values from lo to hi), 'lo:hi:n:open' "
+            "(n values from lo, hi excluded), "
             "'a,b,c' or a YAML list of numbers"
         ) from None
     if not values or any(not math.isfinite(v) for v in values):

@@ -6,11 +6,13 @@ labels ``L`` ``[N, C]``::
 
     logits = s * f W^T + alpha * exp(-beta * (1 - f K^T)) L
 
-where ``s`` is CLIP's logit scale (the zero-shot logits exactly as :class:`PrototypeHead` gives them).
+where ``s`` is CLIP's logit scale (the zero-shot logits exactly as :class:`PrototypeHead` gives them)
+or the authors' constant 100 (``HeadsConfig.logit_scale``).
 ``alpha = 0`` is zero-shot CLIP. Tip-Adapter is training-free; Tip-Adapter-F makes ``K`` a trainable
 parameter, initialised from the cache, and trains it with cross-entropy for a few epochs (20 in the
-paper). ``alpha`` and ``beta`` are chosen by a grid search on the validation split (the paper's
-code searches on ImageNet's test set; fdalign never does): see :func:`fit_tip`.
+paper). ``alpha`` and ``beta`` are chosen by a grid search on the validation split (the authors'
+code searches on ImageNet's test set and picks Tip-F's epoch on test; fdalign never does): see
+:func:`fit_tip`.
 """
 
 from __future__ import annotations
@@ -71,12 +73,16 @@ class TipAdapter(nn.Module):
 
 @dataclass
 class TipConfig:
-    """Search grids and Tip-Adapter-F training. The grid ranges are the Tip-Adapter ImageNet search
-    (beta in [0.1, 7] over 200 values, alpha in [0.1, 3] over 20); 'lo:hi:n', 'a,b,c' or a list."""
+    """Search grids and Tip-Adapter-F training. The grids are the authors' ImageNet search (beta: 200
+    values from 0.1 towards 7, alpha: 20 from 0.1 towards 3, upper ends excluded); 'lo:hi:n[:open]',
+    'a,b,c' or a list. Tip-F trains from (``init_beta``, ``init_alpha``), as the authors do, or from
+    Tip's searched point where they are None."""
 
-    alpha: GridSpec = "0.1:3:20"
-    beta: GridSpec = "0.1:7:200"
+    alpha: GridSpec = "0.1:3:20:open"
+    beta: GridSpec = "0.1:7:200:open"
     fit: FitConfig = field(default_factory=FitConfig)
+    init_alpha: float | None = None
+    init_beta: float | None = None
 
 
 def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionLog | None, what: str,
@@ -121,11 +127,14 @@ def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg
 
     ``train_features``: ``[N, D]`` or ``[V, N, D]`` augmented views (see :func:`fit_and_select_epoch`).
 
-    Training starts from ``tip``'s alpha and beta. With ``cfg.fit.epochs == 0`` the keys stay the
-    cache and the search repeats Tip-Adapter's, so the result equals ``tip``.
+    Training starts from (``cfg.init_beta``, ``cfg.init_alpha``), each defaulting to ``tip``'s. With
+    ``cfg.fit.epochs == 0`` the keys stay the cache and the search repeats Tip-Adapter's, so the
+    result equals ``tip``.
     """
     cfg = cfg or TipConfig()
-    head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, tip.alpha, tip.beta, trainable=True,
+    alpha = tip.alpha if cfg.init_alpha is None else cfg.init_alpha
+    beta = tip.beta if cfg.init_beta is None else cfg.init_beta
+    head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, alpha, beta, trainable=True,
                       chunk=tip.chunk).to(tip.prototypes.device)
     fit_and_select_epoch(f"{name}: epoch", head, [head.keys], train_features, train_labels, val, cfg.fit, log,
                          progress)

@@ -62,6 +62,7 @@ class EvalConfig(ModelOptions):
     shots: int = 16
     seed: int = 1
     heads_config: str | None = None
+    heads_preset: str | None = None  # 'authors' (or authors:<data set>): the heads' published settings
 
 
 @dataclass
