@@ -156,13 +156,14 @@ def fake_run(root, dataset, shots, seed, method, top1, model="ViT-B-32", pretrai
                       "beta": 0.0 if method == "fine-tune" else 20.0, "mode": "fdalign", "device": "cuda"},
            "selection": {"wiseft_alpha": {"chosen": 1.0}}, "hashes": {"train": f"content:{seed}{shots}"}}
     (d / "metrics.json").write_text(json.dumps(doc))
+    (d / "config.yaml").write_text(yaml.safe_dump(doc["config"]))
     return d
 
 
 def test_published_column_for_imagenet_16_shot(tmp_path, capsys):
     for seed, v in ((1, 60.0), (2, 62.0), (3, 64.0)):
         fake_run(tmp_path, "imagenet", 16, seed, "fine-tune", v)
-    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    assert main(["report", str(tmp_path), "--no-plots", "--out", str(tmp_path)]) == 0
     rows = _md_rows((tmp_path / "report.md").read_text(), "imagenet, 16-shot")
     # zero-shot is fine-tuned - 5: 55, 57, 59 -> mean 57.0; REFERENCE.md: CLIP ViT-B/32 16-shot ImageNet 63.34
     assert rows["zero-shot"][-2:] == ["63.34", f"{57.0 - 63.34:+.1f}"]
@@ -171,7 +172,7 @@ def test_published_column_for_imagenet_16_shot(tmp_path, capsys):
     other = tmp_path / "other"
     for seed in (1, 2):
         fake_run(other, "imagenet", 16, seed, "fine-tune", 60.0, model="ViT-B-16")
-    assert main(["report", str(other), "--no-plots"]) == 0
+    assert main(["report", str(other), "--no-plots", "--out", str(other)]) == 0
     assert "published" not in (other / "report.md").read_text().split("## Where")[0]
 
 
@@ -182,7 +183,7 @@ def test_mean_over_the_11_coop_data_sets_against_the_spc_ablation(tmp_path):
         for seed in (1, 2):
             fake_run(tmp_path, ds, 4, seed, "fine-tune", 60.0 + i + seed)
             fake_run(tmp_path, ds, 4, seed, "fd-align", 61.0 + i + 2 * seed)
-    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    assert main(["report", str(tmp_path), "--no-plots", "--out", str(tmp_path)]) == 0
     rows = _md_rows((tmp_path / "report.md").read_text(), "mean of 11 data sets, 4-shot")
     # per seed the mean over data sets of 60 + i + seed is 65 + seed -> 66, 67; of 61 + i + 2 seed -> 68, 70
     assert rows["fine-tune"][1] == f"66.5 ± {statistics.stdev([66, 67]):.1f}"
@@ -200,7 +201,7 @@ def test_paired_differences_by_hand(tmp_path):
     fake_run(tmp_path, "w", 4, 1, "fd-align", 48.0, ood=ood(46.0, 40.0))
     fake_run(tmp_path, "w", 4, 2, "fine-tune", 52.0, ood=ood(44.0, 30.0))
     fake_run(tmp_path, "w", 4, 2, "fd-align", 53.0, ood=ood(41.0, 31.0))
-    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    assert main(["report", str(tmp_path), "--no-plots", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text().split("## Paired")[1]
     row = _md_rows(report, "w, 4-shot")["fd-align"]
     assert row == ["2", f"-0.5 ± {statistics.stdev([-2, 1]):.1f}", f"+3.5 ± {statistics.stdev([8, -1]):.1f}",

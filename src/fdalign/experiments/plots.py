@@ -8,6 +8,7 @@ import io
 import re
 from pathlib import Path
 
+from fdalign.experiments.rows import ZERO_SHOT, summarise_group, wiseft_row
 from fdalign.io import atomic_write_bytes
 
 
@@ -37,8 +38,6 @@ def _mean(vals):
 
 def accuracy_vs_shots(groups, out: Path) -> list[Path]:
     """One figure: a column per data set, ID top-1 (and OOD mean, if any) against shots, a line per method."""
-    from fdalign.experiments.report import summarise_group
-
     plt = _plt()
     datasets = list(dict.fromkeys(g.dataset for g in groups))
     has_ood = any(g.ood_sets for g in groups)
@@ -73,8 +72,6 @@ def id_ood_plane(g, out: Path) -> Path | None:
     alpha chosen on val, a dot per other row. None when the group has no OOD sets."""
     if not g.ood_sets:
         return None
-    from fdalign.experiments.report import ZERO_SHOT, wiseft_row
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for i, (m, by_alpha) in enumerate(g.curves.items()):
@@ -142,8 +139,6 @@ def accuracy_by_set(g, out: Path) -> Path | None:
     if not g.ood_sets:
         return None
     import numpy as np
-
-    from fdalign.experiments.report import summarise_group
 
     plt = _plt()
     s = summarise_group(g)
