@@ -145,7 +145,7 @@ def test_formats_and_plots(sweep_out):
 # fabricated runs: exact numbers for the published column and the mean over data sets
 
 
-def fake_run(root, dataset, shots, seed, method, top1, model="ViT-B-32", pretrained="openai", ood=None):
+def fake_run(root, dataset, shots, seed, method, top1, model="ViT-B-32", pretrained="openai", ood=None, **config):
     d = root / "runs" / dataset / f"k{shots}" / f"s{seed}" / method
     d.mkdir(parents=True)
     sets = {"test": top1} | (ood or {})
@@ -153,7 +153,7 @@ def fake_run(root, dataset, shots, seed, method, top1, model="ViT-B-32", pretrai
     doc = {"format": "fdalign-metrics/1", "metrics": metrics,
            "roles": {"test": "test"} | {s: "ood" for s in ood or {}},
            "config": {"model": model, "pretrained": pretrained, "dataset_name": dataset, "shots": shots, "seed": seed,
-                      "beta": 0.0 if method == "fine-tune" else 20.0, "mode": "fdalign", "device": "cuda"},
+                      "beta": 0.0 if method == "fine-tune" else 20.0, "mode": "fdalign", "device": "cuda", **config},
            "selection": {"wiseft_alpha": {"chosen": 1.0}}, "hashes": {"train": f"content:{seed}{shots}"}}
     (d / "metrics.json").write_text(json.dumps(doc))
     (d / "config.yaml").write_text(yaml.safe_dump(doc["config"]))
