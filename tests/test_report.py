@@ -118,7 +118,7 @@ def test_paired_differences_are_per_seed(sweep_out):
             got = g["paired"][row]
             assert got["id"]["mean"] == pytest.approx(statistics.fmean(d_id))
             assert got["ood_mean"]["std"] == pytest.approx(statistics.stdev(d_ood))
-            assert got["ood_wins"] == sum(x > 0 for x in d_ood)
+            assert got["ood_wins"] == sum(round(x, 6) >= 0.05 for x in d_ood)  # ahead at the printed 0.1
             cells = _md_rows(report, f"w, {k}-shot")[row]
             assert cells[1] == f"{statistics.fmean(d_id):+.1f} ± {statistics.stdev(d_id):.1f}"
         assert "fine-tune" not in g["paired"]
