@@ -199,3 +199,21 @@ def test_report_without_out_never_writes_into_the_runs_it_reads(evaluated_run, t
     # with --out elsewhere the run is read and left as it was
     _report(evaluated_run, out=tmp_path / "rep")
     assert _files(evaluated_run) == before
+
+
+def test_a_meta_train_run_is_not_written_into_either(tmp_path, capsys):
+    """`fdalign report META_RUN` replaced the meta-train run's own report.md too."""
+    run = tmp_path / "meta"
+    run.mkdir()
+    metrics = {"novel": {"5-way 1-shot": {m: {"proto": {"mean": v, "ci95": 1.0}} for m, v in
+                                          (("zero-shot", 40.0), ("fine-tuned", 45.0))}}}
+    (run / "metrics.json").write_text(json.dumps({"kind": "episodes", "metrics": metrics,
+                                                  "config": {"data": "mini", "seed": 1, "k_shot": 1, "beta": 1.0}}))
+    (run / "config.yaml").write_text("data: mini\nseed: 1\n")
+    (run / "report.md").write_text("the meta-train run's own report\n")
+    before = _files(run)
+    assert main(["report", str(run)]) == 2
+    assert "give --out DIR" in capsys.readouterr().err and _files(run) == before
+    assert main(["report", str(run), str(run), "--out", str(tmp_path / "rep")]) == 0  # read twice: one run
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "45.0 (1)" in report and "1 meta-training runs" in report

@@ -62,7 +62,12 @@ def test_dry_run_shows_the_runs_the_real_run_would_refuse(tiny_openclip, data, t
 
 @pytest.mark.parametrize("block", ["train", "method"])
 def test_dry_run_catches_a_typo_in_an_option(tiny_openclip, data, tmp_path, capsys, block):
-    d = _grid(tiny_openclip, data)
+    """A sweep that renders its world first: before, `--dry-run` listed every run as `new` and the typo
+    surfaced only after the render. The runs' settings cannot be built without the world, the keys can."""
+    d = _grid(tiny_openclip, "{data_root}")
+    d["world"] = {"id_styles": ["photo"], "ood_styles": ["sketch"], "train_per_class": 2, "val_per_class": 1,
+                  "test_per_class": 1, "image_size": 32, "classes": ["circle", "square"]}
+    d["datasets"][0]["ood"] = "world"
     if block == "train":
         d["train"]["epohcs"] = 2
     else:

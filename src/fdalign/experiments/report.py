@@ -465,7 +465,8 @@ def build_episode_report(records: list[EpisodeRecord], meta: dict, paths, title:
         + episode_tables(records, meta["methods"]))]
     sections.append(("Where the numbers come from", [
         f"{len(records)} meta-training runs from {', '.join(map(str, paths))}; the epoch of each was chosen on "
-        "episodes of the val classes only."]))
+        "episodes of the val classes only."] + [f"- {n}" for n in meta["notes"]]
+        + [Table(["run folder", "key", "row"], [[str(r.dir), r.key, r.method] for r in records])]))
     if meta["skipped"]:
         sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary = {"episodes": {r.dir.name: r.metrics for r in records}}

@@ -117,6 +117,17 @@ class EpisodeRecord:
     seed: int
     method: str
     metrics: dict
+    config: dict = field(default_factory=dict)
+    shots: int = 0  # the training episodes' K
+    hashes: dict = field(default_factory=dict)
+    base_method: str = ""
+
+    def __post_init__(self):
+        self.base_method = self.base_method or self.method
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/k{self.shots}/s{self.seed}/{self.base_method}"
 
 
 @dataclass
@@ -159,7 +170,8 @@ def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | Skipped:
         dataset = spec.get("dataset") or cfg.get("dataset_name") or Path(str(cfg.get("data"))).name
         method = spec.get("method") or method_label(cfg)
         if doc.get("kind") == "episodes":
-            return EpisodeRecord(run_dir, dataset, int(spec.get("seed", cfg.get("seed"))), method, metrics)
+            return EpisodeRecord(run_dir, dataset, int(spec.get("seed", cfg.get("seed"))), method, metrics, cfg,
+                                 int(spec.get("shots", cfg.get("k_shot", 0))), doc.get("hashes", {}))
         sel = doc.get("selection", {}).get("wiseft_alpha") or {}
         heads_file = run_dir / "eval-heads" / "metrics.json"  # `fdalign eval RUN --heads`, run by the sweep
         if heads_file.is_file():
@@ -218,7 +230,7 @@ def run_dirs(root: Path) -> list[Path]:
 # keys, settings, duplicates
 
 
-def settings(r: RunRecord) -> dict:
+def settings(r: RunRecord | EpisodeRecord) -> dict:
     """What defines a run's numbers beyond its key: the config without paths and bookkeeping, and the
     hashes of its test and OOD sets (the train / val hashes change with the seed)."""
     d = {k: v for k, v in r.config.items() if k not in NOT_SETTINGS}
@@ -241,7 +253,7 @@ def suffix(fields: list[str], s: dict, limit: int = 3) -> str:
     return f"[{', '.join(parts)}]"
 
 
-def separate(runs: list[RunRecord]) -> tuple[list[RunRecord], list[Skipped], list[str]]:
+def separate(runs: list) -> tuple[list, list[Skipped], list[str]]:
     """Runs sharing data set, shots and method but not settings get a row of their own, named after
     the settings that differ from the first such run read; of two runs with the same key and settings
     the first read is used. Returns (used runs, duplicates, one note per renamed row)."""
@@ -340,6 +352,10 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
                 runs.append(r)
     runs, dups, meta["notes"] = separate(runs)
     meta["skipped"] += dups
+    if meta.get("episodes"):
+        meta["episodes"], dups, notes = separate(meta["episodes"])
+        meta["skipped"] += dups
+        meta["notes"] += notes
     meta["skipped"] += missing_cells(meta["sweeps"], runs + meta.get("episodes", []), meta["skipped"])
     if not runs and meta.get("episodes"):
         return runs, meta
