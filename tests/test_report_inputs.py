@@ -186,6 +186,9 @@ def test_a_runs_eval_folders_are_not_runs(evaluated_run, tmp_path):
     assert rows["fd-align"][1:3] == [f"{train['test']['fine-tuned']['top1']:.1f}",
                                      f"{train['shifted']['fine-tuned']['top1']:.1f}"]
     assert "other" not in report.split("## Runs read")[0]  # the later evaluation's set is no training run's
+    # named as an input itself, an evaluation folder is still no run
+    report = _report(evaluated_run / "eval", evaluated_run / "eval-heads", evaluated_run, out=tmp_path / "rep2")
+    assert [r[0] for r in _table(report, "Runs read")] == [str(evaluated_run)]
 
 
 def test_report_without_out_never_writes_into_the_runs_it_reads(evaluated_run, tmp_path, capsys):
@@ -217,3 +220,13 @@ def test_a_meta_train_run_is_not_written_into_either(tmp_path, capsys):
     assert main(["report", str(run), str(run), "--out", str(tmp_path / "rep")]) == 0  # read twice: one run
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "45.0 (1)" in report and "1 meta-training runs" in report
+
+
+def test_paired_wins_ignore_float_noise(tmp_path):
+    """An OOD mean ahead by 1e-9 prints as +0.0: it is no seed "higher" (item 5's rule in the report)."""
+    for seed in (1, 2):
+        fake_run(tmp_path, "w", 4, seed, "fine-tune", 50.0, ood={"sketch": 30.0})
+    fake_run(tmp_path, "w", 4, 1, "fd-align", 50.0, ood={"sketch": 30.0 + 1e-9})
+    fake_run(tmp_path, "w", 4, 2, "fd-align", 50.0, ood={"sketch": 30.1})
+    report = _report(tmp_path, out=tmp_path / "rep")
+    assert _md_rows(report.split("## Paired")[1], "w, 4-shot")["fd-align"][-1] == "1 of 2"
