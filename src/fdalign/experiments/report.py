@@ -1,7 +1,8 @@
 """One report across many runs: ``fdalign report DIR... [--format md,csv,html]``.
 
 The input is any number of sweep folders (``fdalign sweep``) or single run folders (``fdalign
-train``); every folder below them holding a run's ``metrics.json`` counts. Each run gives rows:
+train``); which folders are runs, and what is done with duplicates, runs with other settings and
+failed cells, is :mod:`fdalign.experiments.runs`: the report lists all of it. Each run gives rows:
 
 * its method: the run's selected model (``fine-tuned`` in ``metrics.json``);
 * ``zero-shot``: CLIP with the prompt prototypes, which every run evaluates (taken from the
