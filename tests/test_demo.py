@@ -204,3 +204,45 @@ def test_verdict_by_hand():
     per_seed[2]["fd-align"] = r(46, 40)  # now behind fine-tune OOD on average
     lines = verdict(per_seed, {})
     assert any("did **not** beat plain fine-tuning OOD" in x for x in lines)
+
+
+def test_verdict_calls_float_noise_a_tie_not_a_win():
+    """`--quick` once said "FD-Align had the higher ID" for a difference of 1.5e-6 points. Differences
+    that print as +0.0 are ties: no win, no "higher"; one that prints as +0.1 still counts."""
+    from fdalign.demo import verdict
+
+    def r(i, o):
+        return {"id": i, "ood_mean": o, "styles": {}}
+
+    noise = 1.5e-6
+    per_seed = {s: {"zero-shot": r(40, 60), "fine-tune": r(50, 50), "wise-ft of fine-tune": r(52, 61),
+                    "fd-align": r(52 + noise, 50 + noise)} for s in (1, 2)}
+    lines = verdict(per_seed, {})
+    assert not any("FD-Align had the higher ID" in x for x in lines)
+    assert any("WiSE-FT of the plain fine-tuned model was at least as good as FD-Align on both" in x for x in lines)
+    assert any("did **not** beat plain fine-tuning OOD" in x for x in lines)
+    assert "OOD higher in 0 of 2 seeds" in lines[0]
+    for s in (1, 2):  # 0.1 points, as printed, is a difference
+        per_seed[s]["fd-align"] = r(52.1, 50.1)
+    lines = verdict(per_seed, {})
+    assert any("FD-Align had the higher ID" in x for x in lines)
+    assert "OOD higher in 2 of 2 seeds" in lines[0]
+
+
+def test_one_seed_summary_prints_no_spread():
+    from fdalign.demo import summary_table
+
+    one = {"mean": 37.5, "std": 0.0, "values": [37.5]}
+    two = {"mean": 36.0, "std": 2.1213, "values": [34.5, 37.5]}
+    table = summary_table({"zero-shot": {"id": one, "ood_mean": one, "sketch": one},
+                           "fine-tune": {"id": two, "ood_mean": two, "sketch": two}}, "photo", ["sketch"])
+    assert "| zero-shot | 37.5 | 37.5 | 37.5 |" in table and "| fine-tune | 36.0 ± 2.1 |" in table
+
+
+def test_quick_help_promises_minutes_not_seconds(capsys):
+    """`--quick` took 85-131 s on 2 cores, but its help promised "a seconds-long smoke run"."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    quick = text.split("options:")[1].split("--quick ")[1].split(" --progress")[0]
+    assert "seconds" not in quick and "minutes on 2 CPU cores" in quick

@@ -35,20 +35,25 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="sweep folder (created; an existing one is continued)")
     p.add_argument("--data-root", default=None, help="fills {data_root} in the config's data paths; if not given: the "
                    "config's data_root, or OUT/world when the config renders the world")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state, checking the options and "
+                   "the runs on disk as the real run does (exit 2 where it would stop); train nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fdalign.experiments.sweep import load_sweep_config, plan_runs, run_state, run_sweep
+    from fdalign.errors import FDAlignError
+    from fdalign.experiments.sweep import load_sweep_config, preview, run_sweep
 
     cfg = load_sweep_config(args.config)
     if args.dry_run:
-        runs = plan_runs(cfg)
-        for r in runs:
-            print(f"{run_state(r.dir(args.out)):>11}  {r.key}")
-        print(f"{len(runs)} runs")
+        rows = preview(cfg, args.out, data_root=args.data_root)
+        for r, state, note in rows:
+            print(f"{state:>11}  {r.key}" + (f"  ({note})" if note and state != "refused" else ""))
+        print(f"{len(rows)} runs")
+        refused = [note for _, state, note in rows if state == "refused"]
+        if refused:
+            raise FDAlignError(f"{len(refused)} run(s) would be refused by the real run; the first: {refused[0]}")
         return 0
     res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress)
     print(f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "

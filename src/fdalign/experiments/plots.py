@@ -8,6 +8,7 @@ import io
 import re
 from pathlib import Path
 
+from fdalign.experiments.rows import ZERO_SHOT, summarise_group, wiseft_row
 from fdalign.io import atomic_write_bytes
 
 
@@ -35,16 +36,32 @@ def _mean(vals):
     return sum(vals) / len(vals)
 
 
+# One colour per row name, the same in every report and figure (a colour cycle would hand fd-align
+# another colour as soon as a report has one row more or less).
+FIXED_COLOURS = {"zero-shot": "#000000", "fine-tune": "#1f77b4", "fd-align": "#d62728",
+                 "wise-ft of fine-tune": "#17becf", "wise-ft of fd-align": "#ff7f0e", "lp": "#2ca02c",
+                 "lp-ft": "#9467bd", "wise-ft of lp-ft": "#e377c2"}
+OTHER_COLOURS = ("#8c564b", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2",
+                 "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+
+
+def row_colour(row: str) -> str:
+    """The colour of a row (method) in every figure: fixed for the known rows, else chosen by a hash
+    of the name (stable across runs and reports, unlike Python's ``hash``)."""
+    import zlib
+
+    if row in FIXED_COLOURS:
+        return FIXED_COLOURS[row]
+    return OTHER_COLOURS[zlib.crc32(row.encode("utf-8")) % len(OTHER_COLOURS)]
+
+
 def accuracy_vs_shots(groups, out: Path) -> list[Path]:
     """One figure: a column per data set, ID top-1 (and OOD mean, if any) against shots, a line per method."""
-    from fdalign.experiments.report import summarise_group
-
     plt = _plt()
     datasets = list(dict.fromkeys(g.dataset for g in groups))
     has_ood = any(g.ood_sets for g in groups)
     nrows = 2 if has_ood else 1
     fig, axes = plt.subplots(nrows, len(datasets), figsize=(4.2 * len(datasets), 3.4 * nrows), squeeze=False)
-    colours: dict[str, str] = {}
     for j, ds in enumerate(datasets):
         gs = sorted((g for g in groups if g.dataset == ds), key=lambda g: g.shots)
         summaries = [(g.shots, summarise_group(g)) for g in gs]
@@ -55,9 +72,8 @@ def accuracy_vs_shots(groups, out: Path) -> list[Path]:
                 pts = [(k, s[row][key]) for k, s in summaries if row in s and key in s[row]]
                 if not pts:
                     continue
-                c = colours.setdefault(row, f"C{len(colours) % 10}")
                 ax.errorbar([k for k, _ in pts], [d["mean"] for _, d in pts], yerr=[d["std"] for _, d in pts],
-                            marker="o", ms=4, capsize=2, color=c, label=row)
+                            marker="o", ms=4, capsize=2, color=row_colour(row), label=row)
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({g.shots for g in gs}), [str(k) for k in sorted({g.shots for g in gs})])
             ax.set_title(f"{ds}: {'ID' if key == 'id' else 'OOD mean'}", fontsize=9)
@@ -73,29 +89,27 @@ def id_ood_plane(g, out: Path) -> Path | None:
     alpha chosen on val, a dot per other row. None when the group has no OOD sets."""
     if not g.ood_sets:
         return None
-    from fdalign.experiments.report import ZERO_SHOT, wiseft_row
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for i, (m, by_alpha) in enumerate(g.curves.items()):
+    labels: list[tuple[float, float, str, str]] = []
+    for m, by_alpha in g.curves.items():
         alphas = sorted(by_alpha)
         xs = [_mean([p["id"] for p in by_alpha[a].values()]) for a in alphas]
         ys = [_mean([p["ood_mean"] for p in by_alpha[a].values()]) for a in alphas]
-        ax.plot(xs, ys, "-o", ms=3, color=f"C{i}", label=f"WiSE-FT of {m}")
-        for a, x, y in zip(alphas, xs, ys):
-            ax.annotate(f"{a:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        c = row_colour(wiseft_row(m))
+        ax.plot(xs, ys, "-o", ms=3, color=c, label=f"WiSE-FT of {m}")
+        labels += [(x, y, f"{a:g}", c) for a, x, y in zip(alphas, xs, ys)]
         chosen = g.points.get(wiseft_row(m))
         if chosen:
             ax.scatter([_mean([p["id"] for p in chosen.values()])], [_mean([p["ood_mean"] for p in chosen.values()])],
-                       marker="*", s=160, color=f"C{i}", edgecolor="k", zorder=5, label=f"{wiseft_row(m)} (val)")
-    k = len(g.curves)
+                       marker="*", s=160, color=c, edgecolor="k", zorder=5, label=f"{wiseft_row(m)} (val)")
     for row, pts in g.points.items():
         if row in g.curves or row.startswith("wise-ft of ") or not pts:
             continue
         marker = "s" if row == ZERO_SHOT else "D"
         ax.scatter([_mean([p["id"] for p in pts.values()])], [_mean([p["ood_mean"] for p in pts.values()])],
-                   marker=marker, s=45, color="k" if row == ZERO_SHOT else f"C{k}", label=row, zorder=4)
-        k += row != ZERO_SHOT
+                   marker=marker, s=45, color=row_colour(row), label=row, zorder=4)
+    _place_labels(ax, labels)
     ax.set_xlabel(f"ID top-1 (%), {g.id_set}")
     ax.set_ylabel(f"OOD mean top-1 (%), {len(g.ood_sets)} sets")
     ax.set_title(f"ID vs OOD: {g.title}", fontsize=10)
@@ -103,6 +117,26 @@ def id_ood_plane(g, out: Path) -> Path | None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     return _save(fig, out / f"id_ood_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def _place_labels(ax, labels: list[tuple[float, float, str, str]], fontsize: float = 6) -> None:
+    """Write each ``(x, y, text, colour)`` beside its point where it overlaps no label already
+    written (tried at four corners); a label with no free corner is left out, since the curve's
+    other labels and its ordering from 0 to 1 still say which point it is."""
+    fig = ax.figure
+    ax.autoscale_view()
+    renderer = fig.canvas.get_renderer()
+    placed: list = []
+    offsets = ((3, 3), (3, -9), (-4, 3), (-4, -9))
+    for x, y, text, colour in labels:
+        for dx, dy in offsets:
+            t = ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
+                            ha="left" if dx > 0 else "right", color=colour)
+            box = t.get_window_extent(renderer).expanded(1.1, 1.1)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            t.remove()
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -117,20 +151,20 @@ def training_curves(g, out: Path) -> Path | None:
     if not logs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
-    methods = list(dict.fromkeys(r.method for r, _ in logs))
+    # constrained layout makes room for each panel's tick labels (the LR axis ran into the KL panel)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3), layout="constrained")
     for r, path in logs:
         d = read_log(path)
         if not d:
             continue
-        c = f"C{methods.index(r.method)}"
         for ax, key in zip(axes, ("ce", "kl", "lr")):
-            ax.plot(d["step"], d[key], color=c, lw=0.9, alpha=0.8,
+            ax.plot(d["step"], d[key], color=row_colour(r.method), lw=0.9, alpha=0.8,
                     label=r.method if r.seed == min(x.seed for x, _ in logs if x.method == r.method) else None)
     for ax, key in zip(axes, ("cross-entropy", "spurious KL", "learning rate")):
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))  # 1e-4 as "1" and "1e-4" once
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Training curves: {g.title}", fontsize=10)
     return _save(fig, out / f"training_{_slug(g.dataset)}_k{g.shots}.png")
@@ -143,8 +177,6 @@ def accuracy_by_set(g, out: Path) -> Path | None:
         return None
     import numpy as np
 
-    from fdalign.experiments.report import summarise_group
-
     plt = _plt()
     s = summarise_group(g)
     keys = ["id"] + g.ood_sets + ["ood_mean"]
@@ -155,7 +187,7 @@ def accuracy_by_set(g, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(keys)), 4.2))
     for i, row in enumerate(rows):
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, [s[row][k]["mean"] for k in keys], width,
-               yerr=[s[row][k]["std"] for k in keys], capsize=2, label=row)
+               yerr=[s[row][k]["std"] for k in keys], capsize=2, label=row, color=row_colour(row))
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
     ax.axvline(len(keys) - 1.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(x, labels, rotation=30, ha="right")
@@ -266,9 +298,28 @@ def tsne_plot(g, data: dict, out: Path) -> Path:
         ax.set_title(m, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][0].legend(fontsize=6, markerscale=0.8, title="set (colour = class)", title_fontsize=6)
+    axes[0][0].legend(fontsize=6, markerscale=0.8, title="set (marker)", title_fontsize=6)
+    _class_legend(fig, axes[0][-1], data["classnames"], labels, vmax=max(19, int(labels.max())))
     fig.suptitle(f"t-SNE of image features: {g.title}", fontsize=10)
     return _save(fig, out / f"tsne_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def _class_legend(fig, ax, classnames: list[str], labels, vmax: int, limit: int = 20) -> None:
+    """Which colour is which class, beside the last panel: every class up to ``limit`` classes, else
+    the count (a thousand names would hide the figure)."""
+    from matplotlib.lines import Line2D
+
+    shown = sorted(set(int(x) for x in labels))
+    if len(shown) > limit:
+        ax.text(1.02, 0.5, f"colour = class\n({len(shown)} classes)", transform=ax.transAxes, fontsize=7,
+                va="center")
+        return
+    cmap = _plt().get_cmap("tab20")
+    handles = [Line2D([], [], ls="", marker="o", ms=5, color=cmap(c / vmax if vmax else 0), label=classnames[c])
+               for c in shown]
+    # a figure legend: the panel's own legend (the sets' markers) stays where it is
+    fig.legend(handles=handles, fontsize=6, title="class (colour)", title_fontsize=6, loc="center left",
+               bbox_to_anchor=(ax.get_position().x1 + 0.01, 0.5), frameon=False)
 
 
 def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
@@ -304,7 +355,8 @@ def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
         for j, (m, f) in enumerate(data["feats"].items()):
             with torch.no_grad():
                 p = torch.softmax(cosine_logits(f[i : i + 1], spurious, scale, normalize).float(), dim=-1)[0]
-            ax.bar([x + (j - (len(data["feats"]) - 1) / 2) * width for x in range(k)], p.numpy(), width, label=m)
+            ax.bar([x + (j - (len(data["feats"]) - 1) / 2) * width for x in range(k)], p.numpy(), width, label=m,
+                   color=row_colour(m))
         ax.set_ylabel("P_spur", fontsize=8)
         ax.set_xlim(-0.6, k - 0.4)
         ax.set_xticks(range(0, k, max(1, k // 10)))

@@ -1,7 +1,8 @@
 """One report across many runs: ``fdalign report DIR... [--format md,csv,html]``.
 
 The input is any number of sweep folders (``fdalign sweep``) or single run folders (``fdalign
-train``); every folder below them holding a run's ``metrics.json`` counts. Each run gives rows:
+train``); which folders are runs, and what is done with duplicates, runs with other settings and
+failed cells, is :mod:`fdalign.experiments.runs`: the report lists all of it. Each run gives rows:
 
 * its method: the run's selected model (``fine-tuned`` in ``metrics.json``);
 * ``zero-shot``: CLIP with the prompt prototypes, which every run evaluates (taken from the
@@ -29,17 +30,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from fdalign.errors import FDAlignError
-from fdalign.io import atomic_write_json, atomic_write_text, read_json
+from fdalign.experiments.rows import ZERO_SHOT, fmt_pm, mean_std, stats, summarise_group, wiseft_row
+from fdalign.experiments.runs import EpisodeRecord, RunRecord, Skipped, find_runs, method_label, model_alpha
+from fdalign.io import atomic_write_json, atomic_write_text
 
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 FORMATS = ("md", "csv", "html")
 COOP11 = frozenset({"imagenet", "caltech101", "oxfordpets", "stanfordcars", "flowers102", "food101", "aircraft",
                     "sun397", "dtd", "eurosat", "ucf101"})
-ZERO_SHOT = "zero-shot"
-
-
-def wiseft_row(method: str) -> str:
-    return f"wise-ft of {method}"
 
 
 def dataset_key(name: str) -> str:
@@ -49,25 +47,6 @@ def dataset_key(name: str) -> str:
     return _dataset_key(name)
 
 
-def method_label(config: dict) -> str:
-    """A name for a run made outside a sweep, from its settings."""
-    if config.get("mode") == "linear-probe":
-        return "lp"
-    if config.get("mode") == "lp-ft":
-        return "lp-ft"
-    return "fine-tune" if float(config.get("beta", 1.0)) == 0 else "fd-align"
-
-
-def model_alpha(model: str) -> float | None:
-    """WiSE-FT mixing weight of a model name in ``metrics.json`` (``zero-shot`` 0, ``fine-tuned`` 1)."""
-    if model == ZERO_SHOT:
-        return 0.0
-    if model == "fine-tuned":
-        return 1.0
-    m = re.fullmatch(r"wiseft-([0-9.eE+-]+)", model)
-    return float(m.group(1)) if m else None
-
-
 def alpha_model(alpha: float) -> str:
     from fdalign.train.wiseft import alpha_name
 
@@ -75,143 +54,7 @@ def alpha_model(alpha: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# reading runs
-
-
-@dataclass
-class RunRecord:
-    """One training run as the report sees it."""
-
-    dir: Path
-    dataset: str
-    shots: int
-    seed: int
-    method: str
-    metrics: dict  # {set: {model: {"top1", "top5", "n"}}}
-    roles: dict  # {set: test | val | ood}
-    chosen_alpha: float | None
-    hashes: dict
-    config: dict
-    environment: dict = field(default_factory=dict)
-
-    @property
-    def id_set(self) -> str:
-        for role in ("test", "val"):
-            names = [s for s in self.metrics if self.roles.get(s, "test") == role]
-            if names:
-                return names[0]
-        return next(iter(self.metrics))
-
-    @property
-    def ood_sets(self) -> list[str]:
-        return [s for s in self.metrics if self.roles.get(s) == "ood"]
-
-    @property
-    def model_key(self) -> str:
-        return f"{self.config.get('model')}/{self.config.get('pretrained')}"
-
-    def point(self, model: str) -> dict | None:
-        """``{"id", "ood_mean", "sets": {set: top1}}`` of one model of the run (None if not evaluated)."""
-        if any(model not in self.metrics[s] for s in self.metrics):
-            return None
-        sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics}
-        ood = self.ood_sets
-        return {"id": sets[self.id_set], "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood else None,
-                "sets": sets}
-
-    def alphas(self) -> list[float]:
-        models = next(iter(self.metrics.values()))
-        return sorted(a for a in (model_alpha(m) for m in models) if a is not None)
-
-
-@dataclass
-class EpisodeRecord:
-    """One meta-training run (`fdalign meta-train`): ``metrics[target][setting][model][head]`` = mean, ci95."""
-
-    dir: Path
-    dataset: str
-    seed: int
-    method: str
-    metrics: dict
-
-
-def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | None:
-    doc = read_json(run_dir / "metrics.json", "run metrics")
-    if "config" not in doc or "metrics" not in doc:
-        return None  # an evaluation without a training run
-    cfg = doc["config"]
-    status = read_json(run_dir / "status.json", "run status") if (run_dir / "status.json").is_file() else {}
-    if status and status.get("state") != "done":
-        return None
-    spec = status.get("run") or {}
-    if doc.get("kind") == "episodes":
-        return EpisodeRecord(run_dir, spec.get("dataset") or Path(str(cfg.get("data"))).name,
-                             int(spec.get("seed", cfg.get("seed"))), spec.get("method") or method_label(cfg),
-                             doc["metrics"])
-    sel = doc.get("selection", {}).get("wiseft_alpha") or {}
-    metrics = doc["metrics"]
-    heads_file = run_dir / "eval-heads" / "metrics.json"  # `fdalign eval RUN --heads`, run by the sweep
-    if heads_file.is_file():
-        heads = read_json(heads_file, "cache-head metrics")["metrics"]
-        metrics = {s: {**rows, **{f"head:{m}": v for m, v in heads.get(s, {}).items()}} for s, rows in metrics.items()}
-    return RunRecord(
-        dir=run_dir, dataset=spec.get("dataset") or cfg.get("dataset_name") or Path(str(cfg.get("data"))).name,
-        shots=int(spec.get("shots", cfg.get("shots"))), seed=int(spec.get("seed", cfg.get("seed"))),
-        method=spec.get("method") or method_label(cfg), metrics=metrics, roles=doc.get("roles", {}),
-        chosen_alpha=float(sel["chosen"]) if "chosen" in sel else None, hashes=doc.get("hashes", {}), config=cfg,
-        environment=status.get("environment", {}),
-    )
-
-
-def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict]:
-    """Every finished run under ``paths`` and the sweep settings found there (``wiseft``, ``reference``,
-    method order)."""
-    runs: list[RunRecord] = []
-    meta: dict[str, Any] = {"wiseft": [], "reference": None, "methods": [], "names": []}
-    seen: set[Path] = set()
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FDAlignError(f"report input {p} does not exist; give sweep or run folders")
-        for sweep_file in sorted(p.rglob("sweep.json")):
-            cfg = read_json(sweep_file, "sweep index").get("config", {})
-            meta["names"].append(cfg.get("name"))
-            meta["methods"] += [m for m in cfg.get("methods", {}) if m not in meta["methods"]]
-            wise = cfg.get("wiseft")
-            if wise is None:
-                wise = [m for m, o in cfg.get("methods", {}).items() if (o or {}).get("mode") != "linear-probe"]
-            meta["wiseft"] += [m for m in wise if m not in meta["wiseft"]]
-            meta["reference"] = meta["reference"] or cfg.get("reference")
-        for m in sorted(p.rglob("metrics.json")):
-            d = m.parent.resolve()
-            if d in seen:
-                continue
-            seen.add(d)
-            r = _read_run(m.parent)
-            if isinstance(r, EpisodeRecord):
-                meta.setdefault("episodes", []).append(r)
-            elif r is not None:
-                runs.append(r)
-    if not runs and meta.get("episodes"):
-        return runs, meta
-    if not runs:
-        raise FDAlignError(f"no finished training runs (metrics.json from fdalign train) under {', '.join(map(str, paths))}")
-    if not meta["methods"]:
-        meta["methods"] = list(dict.fromkeys(r.method for r in runs))
-        meta["wiseft"] = [m for m in meta["methods"] if m != "lp"]
-    meta["methods"] += [m for m in dict.fromkeys(r.method for r in runs) if m not in meta["methods"]]
-    if meta["reference"] is None and "fine-tune" in meta["methods"]:
-        meta["reference"] = "fine-tune"
-    return runs, meta
-
-
-# ----------------------------------------------------------------------------------------------
 # the numbers
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    from fdalign.eval.metrics import mean_std as ms
-
-    return ms(values)
 
 
 @dataclass
@@ -242,27 +85,30 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
     order = meta["methods"]
     for (ds, k), rs in sorted(keyed.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         rs.sort(key=lambda r: (r.seed, order.index(r.method) if r.method in order else len(order)))
+        # runs made apart may hold other OOD sets: the table and the OOD mean use the ones all runs have
+        ood = [s for s in rs[0].ood_sets if all(s in r.ood_sets for r in rs)]
         points: dict[str, dict[int, dict]] = {ZERO_SHOT: {}}
         curves: dict[str, dict[float, dict[int, dict]]] = {}
         for m in order:
             for r in (r for r in rs if r.method == m):
-                points.setdefault(m, {})[r.seed] = r.point("fine-tuned")
+                points.setdefault(m, {})[r.seed] = r.point("fine-tuned", ood)
                 if r.seed not in points[ZERO_SHOT] or m == meta.get("reference"):
-                    points[ZERO_SHOT][r.seed] = r.point(ZERO_SHOT)
+                    points[ZERO_SHOT][r.seed] = r.point(ZERO_SHOT, ood)
                 if m in meta["wiseft"] and r.chosen_alpha is not None:
-                    points.setdefault(wiseft_row(m), {})[r.seed] = r.point(alpha_model(r.chosen_alpha))
+                    points.setdefault(wiseft_row(m), {})[r.seed] = r.point(alpha_model(r.chosen_alpha), ood)
                     for a in r.alphas():
-                        curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a))
-        head_rows = _head_rows(rs, order, meta.get("reference"), points)
+                        curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a), ood)
+        head_rows = _head_rows(rs, order, meta.get("reference"), points, ood)
         points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
         rows = [ZERO_SHOT] + [m for m in order if m in points] + [wiseft_row(m) for m in meta["wiseft"]
                                                                  if wiseft_row(m) in points] + head_rows
-        groups.append(Group(ds, k, dataset_key(ds), rs[0].id_set, rs[0].ood_sets, {row: points[row] for row in rows},
+        groups.append(Group(ds, k, dataset_key(ds), rs[0].id_set, ood, {row: points[row] for row in rows},
                             curves, rs, {r.model_key for r in rs}))
     return groups
 
 
-def _head_rows(runs: list[RunRecord], order: list[str], reference: str | None, points: dict) -> list[str]:
+def _head_rows(runs: list[RunRecord], order: list[str], reference: str | None, points: dict,
+               ood: list[str]) -> list[str]:
     """Cache-head rows, as in the paper's table: "Tip" (zero-shot CLIP's encoder, the same in every run,
     taken like the zero-shot row) and "Tip + <method>" (the run's fine-tuned encoder). Adds them to
     ``points``; returns their names in order."""
@@ -275,7 +121,7 @@ def _head_rows(runs: list[RunRecord], order: list[str], reference: str | None, p
                 head, _, encoder = model[len("head:"):].partition(" + ")
                 row = f"{head} + {m}" if encoder else head
                 if encoder or r.seed not in points.get(row, {}) or m == reference:
-                    points.setdefault(row, {})[r.seed] = r.point(model)
+                    points.setdefault(row, {})[r.seed] = r.point(model, ood)
                 if row not in rows:
                     rows.append(row)
     return sorted(rows, key=lambda x: (x.split(" + ")[0], " + " in x))
@@ -305,25 +151,6 @@ def mean_group(groups: list[Group]) -> list[Group]:
     return out
 
 
-def stats(values: list[float]) -> dict:
-    m, s = mean_std(values)
-    return {"mean": m, "std": s, "values": values}
-
-
-def summarise_group(g: Group) -> dict[str, dict]:
-    """``{row: {"n", "id", "ood_mean", <ood set>...: {"mean", "std", "values"}}}``; values in seed order."""
-    out = {}
-    for row, per_seed in g.points.items():
-        pts = list(per_seed.values())
-        d = {"n": len(pts), "seeds": list(per_seed), "id": stats([p["id"] for p in pts])}
-        if g.ood_sets or (pts and pts[0]["ood_mean"] is not None):
-            d["ood_mean"] = stats([p["ood_mean"] for p in pts])
-        for s in g.ood_sets:
-            d[s] = stats([p["sets"][s] for p in pts])
-        out[row] = d
-    return out
-
-
 def paired_differences(g: Group, reference: str) -> dict[str, dict]:
     """``{row: {"n", "seeds", "id", "ood_mean": {"mean", "std", "values"}, "ood_wins"}}``: per seed
     ``row - reference`` on the seeds both have; the reference row itself is left out."""
@@ -341,7 +168,7 @@ def paired_differences(g: Group, reference: str) -> dict[str, dict]:
         if ref[seeds[0]]["ood_mean"] is not None:
             diffs = [per_seed[s]["ood_mean"] - ref[s]["ood_mean"] for s in seeds]
             d["ood_mean"] = stats(diffs)
-            d["ood_wins"] = sum(x > 0 for x in diffs)
+            d["ood_wins"] = sum(float(f"{x:.1f}") > 0 for x in diffs)  # as printed: float noise is no win
         out[row] = d
     return out
 
@@ -379,7 +206,7 @@ class Table:
 def _pm(d: dict | None) -> str:
     if d is None or d["mean"] is None or (isinstance(d["mean"], float) and math.isnan(d["mean"])):
         return "–"
-    return f"{d['mean']:.1f} ± {d['std']:.1f}"
+    return fmt_pm(d)
 
 
 def results_table(g: Group, summary: dict, pub: dict | None) -> Table:
@@ -405,9 +232,9 @@ def paired_table(diffs: dict, reference: str) -> Table:
     header = [f"method − {reference}", "seeds", "ID Δ"] + (["OOD mean Δ", "OOD higher in"] if has_ood else [])
     rows = []
     for row, d in diffs.items():
-        cells = [row, str(d["n"]), f"{d['id']['mean']:+.1f} ± {d['id']['std']:.1f}"]
+        cells = [row, str(d["n"]), fmt_pm(d["id"], signed=True)]
         if has_ood:
-            cells += [f"{d['ood_mean']['mean']:+.1f} ± {d['ood_mean']['std']:.1f}", f"{d['ood_wins']} of {d['n']}"]
+            cells += [fmt_pm(d["ood_mean"], signed=True), f"{d['ood_wins']} of {d['n']}"]
         rows.append(cells)
     return Table(header, rows)
 
@@ -554,13 +381,55 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
         "unweighted mean of the OOD sets. zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
         "wise-ft of X = X's WiSE-FT interpolation with the mixing weight chosen on the few-shot val split. "
         "Nothing was selected on a test or OOD set."]))
+    sections.append(("Runs read", runs_read(runs, meta)))
     sections.append(("Environment", ["\n".join(environment_lines(runs))]))
     sections.append(("Split hashes", [hash_table(runs)]))
     names = ", ".join(n for n in meta["names"] if n) or "runs"
-    intro = [f"Top-1 accuracy in percent, mean ± sample std over seeds; {len({r.seed for r in runs})} seed(s), "
-             f"{len(groups)} data set/shot setting(s)."]
+    intro = [f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
+             f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
+             "(listed under Runs read)."] + not_used_intro(meta)
+    if meta["skipped"]:
+        sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary["environment"] = environment_lines(runs)
+    summary["runs"] = [{"dir": str(r.dir), "key": r.key, "row": r.method} for r in runs]
+    summary["not_used"] = [{"dir": str(x.dir), "key": x.key, "state": x.state, "why": x.why} for x in meta["skipped"]]
     return Report(title or f"fdalign report: {names}", intro, sections, summary, csv_rows)
+
+
+def runs_read(runs: list[RunRecord], meta: dict) -> list[Any]:
+    """Every run used: its folder, its key, the row it gives and the settings in which the runs differ."""
+    import json
+
+    from fdalign.experiments.runs import _fmt, settings
+
+    per_run = [settings(r) for r in runs]
+    fields = sorted(k for k in set().union(*per_run)
+                    if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in per_run}) > 1)
+    rows = [[str(r.dir), r.key, r.method, ", ".join(f"{k}={_fmt(s.get(k))}" for k in fields) or "–"]
+            for r, s in sorted(zip(runs, per_run), key=lambda rs: (rs[0].dataset, rs[0].shots, rs[0].seed,
+                                                                   rs[0].method))]
+    notes = [f"- {n}" for n in meta["notes"]]
+    return (["Runs with the same data set, shots, seed and method are never merged: with other settings they "
+             "are kept apart as rows of their own (named after the settings that differ), with the same "
+             "settings the first one read is used and the other is listed as a duplicate."]
+            + (["\n".join(notes)] if notes else []) + [Table(["run folder", "key", "row", "settings that differ"], rows)])
+
+
+def not_used_intro(meta: dict) -> list[str]:
+    states: dict[str, int] = {}
+    for x in meta["skipped"]:
+        states[x.state] = states.get(x.state, 0) + 1
+    if not states:
+        return []
+    return [f"**Not in the tables: {', '.join(f'{n} {s}' for s, n in states.items())}** (listed under Failed, "
+            "missing and unused runs)."]
+
+
+def not_used(meta: dict) -> list[Any]:
+    """Sweep cells that failed, were never run or are damaged, and duplicates: none is dropped silently."""
+    rows = [[str(x.dir), x.key, x.state, x.why] for x in meta["skipped"]]
+    return ["Folders the report found and did not use, and cells of the sweeps that have no finished run.",
+            Table(["folder", "key", "state", "why"], rows)]
 
 
 def episode_tables(records: list[EpisodeRecord], methods: list[str]) -> list[Any]:
@@ -597,7 +466,10 @@ def build_episode_report(records: list[EpisodeRecord], meta: dict, paths, title:
         + episode_tables(records, meta["methods"]))]
     sections.append(("Where the numbers come from", [
         f"{len(records)} meta-training runs from {', '.join(map(str, paths))}; the epoch of each was chosen on "
-        "episodes of the val classes only."]))
+        "episodes of the val classes only."] + [f"- {n}" for n in meta["notes"]]
+        + [Table(["run folder", "key", "row"], [[str(r.dir), r.key, r.method] for r in records])]))
+    if meta["skipped"]:
+        sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary = {"episodes": {r.dir.name: r.metrics for r in records}}
     names = ", ".join(n for n in meta["names"] if n) or "runs"
     return Report(title or f"fdalign report: {names}", [], sections, summary, [["see report.md"]])
@@ -605,8 +477,11 @@ def build_episode_report(records: list[EpisodeRecord], meta: dict, paths, title:
 
 def _md_table(t: Table) -> list[str]:
     aligns = ["---"] + ["---:"] * (len(t.header) - 1)
+    def cell(c: str) -> str:  # an error message or a path may hold a bar or a line break
+        return " ".join(str(c).split()).replace("|", "\\|")
+
     return ["| " + " | ".join(t.header) + " |", "|" + "|".join(aligns) + "|"] + [
-        "| " + " | ".join(r) + " |" for r in t.rows]
+        "| " + " | ".join(cell(c) for c in r) + " |" for r in t.rows]
 
 
 def to_markdown(rep: Report) -> str:
@@ -657,16 +532,28 @@ def to_csv(rep: Report) -> str:
     return buf.getvalue()
 
 
+def default_out(paths: Sequence[str | os.PathLike]) -> Path:
+    """Where the report goes without ``--out``: a single sweep folder, whose report it is (its runs
+    live in ``runs/``, and the sweep writes no report of its own). Anything else would write inside a
+    folder the report reads (a run's own report.md), so ``--out`` must name the place."""
+    if len(paths) == 1 and (Path(paths[0]) / "sweep.json").is_file():
+        return Path(paths[0])
+    find_runs(paths)  # a missing folder or no runs at all is the error to show first
+    what = "a folder it reads" if len(paths) == 1 else "one of the folders it reads"
+    raise FDAlignError(f"fdalign report {' '.join(map(str, paths))}: give --out DIR; without it the report would "
+                       f"write into {paths[0]}, {what} (its own report.md and files would be replaced)")
+
+
 def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
                  formats: Sequence[str] = ("md",), plots: bool = True,
                  extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
                  features: bool = True) -> list[Path]:
-    """Write ``report.{md,csv,html}``, ``summary.json`` and the PNGs into ``out`` (default: the first
-    path); returns the written report files."""
+    """Write ``report.{md,csv,html}``, ``summary.json`` and the PNGs into ``out`` (default: see
+    :func:`default_out`); returns the written report files."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise FDAlignError(f"--format {bad[0]!r} is not one of {', '.join(FORMATS)}")
-    out = Path(out or paths[0])
+    out = Path(out) if out is not None else default_out(paths)
     rep = build_report(paths, out, plots=plots, extra=extra, title=title, features=features)
     written = []
     render = {"md": to_markdown, "csv": to_csv, "html": to_html}

@@ -317,14 +317,32 @@ def check_existing(run_dir: Path, request: dict) -> None:
 
 
 def run_state(run_dir: Path) -> str:
-    """done / failed / running (started, not finished: killed or in progress) / new."""
+    """done / failed / interrupted / running (started, not finished: killed or in progress) / new, or
+    damaged: a status.json that cannot be read (:func:`damaged_status` says why), which stops only
+    its own run, never the sweep."""
     st = run_dir / STATUS_FILE
     if not st.is_file():
         return "new"
+    if damaged_status(run_dir):
+        return "damaged"
     state = read_json(st, "run status").get("state", "new")
     if state == "done" and not (run_dir / "metrics.json").is_file():
         return "running"
     return state
+
+
+def damaged_status(run_dir: Path) -> str | None:
+    """Why ``run_dir/status.json`` cannot be trusted (not UTF-8, not JSON, not a mapping), with the fix;
+    None when it reads (or is absent)."""
+    from fdalign.experiments.runs import read_state
+
+    if not (run_dir / STATUS_FILE).is_file():
+        return None
+    try:
+        read_state(run_dir / STATUS_FILE, "run status")
+    except FDAlignError as e:
+        return f"{e}; delete the run folder {run_dir} to redo the run"
+    return None
 
 
 def environment() -> dict:
@@ -428,6 +446,46 @@ def _say_done(result) -> None:
     print(f"done: {result.out}", flush=True)
 
 
+def check_options(cfg: SweepConfig) -> None:
+    """Every option of the train / data set / method blocks is one the runs' config knows, with a value
+    of its type: a typo is an error naming the block and the key, before anything runs."""
+    from fdalign.train.config import TrainConfig
+    from fdalign.train.meta import MetaConfig
+
+    cls = MetaConfig if cfg.protocol == "episodes" else TrainConfig
+    blocks = [("train", cfg.train)] + [(f"datasets.{d.name}.train", d.train) for d in cfg.datasets] \
+        + [(f"methods.{m}", o or {}) for m, o in cfg.methods.items()]
+    for where, block in blocks:
+        cls.from_dict(dict(block), source=f"{cfg.source}: {where}")
+
+
+def preview(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None) -> list[tuple[RunSpec, str, str]]:
+    """What ``fdalign sweep --dry-run`` shows: ``(run, state, note)`` per run, trained nothing. The
+    options are checked as the real run checks them; a run on disk made with other settings is
+    ``refused`` (the real run would stop on it), and a damaged status.json is ``damaged``."""
+    out = Path(out)
+    check_options(cfg)
+    world = cfg.world is not None and not data_root
+    data_root = data_root or (str(out / "world") if cfg.world is not None else None)
+    data_root = data_root or (cfg.data_root and str(Path(cfg.data_root).expanduser()))
+    runs = plan_runs(cfg)
+    # a world still to be rendered has no manifest to build the runs' OOD sets from: nothing ran yet there
+    build = not world or (out / "world" / "world.json").is_file()
+    rows = []
+    for r in runs:
+        state, note = run_state(r.dir(out)), ""
+        if state == "damaged":
+            note = damaged_status(r.dir(out)) or ""
+        elif build:
+            request = run_config(cfg, r, out, data_root).to_dict()  # a bad value stops the real run too
+            try:
+                check_existing(r.dir(out), request)
+            except FDAlignError as e:
+                state, note = "refused", str(e)
+        rows.append((r, state, note))
+    return rows
+
+
 @dataclass
 class SweepResult:
     out: Path
@@ -479,16 +537,22 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
         atomic_write_json(out / "sweep.json", {"format": SWEEP_FORMAT, "config": cfg.to_dict(), "data_root": data_root,
                                                "runs": [records[r] for r in runs]})
 
+    for r in runs:  # a damaged status.json fails its own run, with the fix, and the others go on
+        if records[r]["state"] == "damaged":
+            records[r]["error"] = damaged_status(r.dir(out))
+            say(f"{r.key}: not run: {records[r]['error']}")
     save_index()
-    todo = [r for r in runs if records[r]["state"] != "done"]
-    skipped = len(runs) - len(todo)
+    todo = [r for r in runs if records[r]["state"] not in ("done", "damaged")]
+    damaged = sum(records[r]["state"] == "damaged" for r in runs)
+    skipped = len(runs) - len(todo) - damaged
     if skipped:
         say(f"{skipped} of {len(runs)} runs already done in {out}: skipped")
     env = environment() if todo else {}
     durations: list[float] = []
-    failed = 0
+    failed = damaged
     bar = tqdm(total=len(runs), initial=skipped, desc=f"sweep {cfg.name}", unit="run", disable=not progress,
                dynamic_ncols=True)
+    current: RunSpec | None = None
     try:
         for i, r in enumerate(todo):
             left = len(todo) - i
@@ -497,7 +561,11 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
             was = records[r]["state"]
             say(f"[{skipped + i + 1}/{len(runs)}] {r.key}: " + ("resuming" if was in ("running", "interrupted")
                                                                else "retrying" if was == "failed" else "starting"))
+            current = r
+            records[r]["state"] = "running"  # sweep.json tells the truth even if the process dies here
+            save_index()
             status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints, cfg.heads, cfg.heads_preset)
+            current = None
             durations.append(status["seconds"])
             records[r].update({k: status[k] for k in ("state", "seconds", "error") if k in status})
             if status["state"] == "failed":
@@ -508,9 +576,13 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
                     + (f", ETA {_fmt_eta(sum(durations) / len(durations) * (left - 1))}" if left > 1 else ""))
             save_index()
             bar.update(1)
-    except Interrupted:
+    except BaseException as e:  # Ctrl-C or a crash: the index says what the run's own status.json says
+        if current is not None:
+            records[current]["state"] = run_state(current.dir(out))
         save_index()
-        raise KeyboardInterrupt from None
+        if isinstance(e, Interrupted):
+            raise KeyboardInterrupt from None
+        raise
     finally:
         bar.close()
     return SweepResult(out=out, runs=[records[r] for r in runs], executed=len(todo), skipped=skipped, failed=failed,
@@ -518,4 +590,4 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
 
 
 __all__ = ["SweepConfig", "DatasetSpec", "RunSpec", "SweepResult", "load_sweep_config", "plan_runs", "run_config",
-           "run_sweep", "run_state", "preset_names", "environment"]
+           "run_sweep", "run_state", "preset_names", "environment", "preview", "check_options", "damaged_status"]

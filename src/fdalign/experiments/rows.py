@@ -1,0 +1,47 @@
+"""The rows of a report table and their numbers over seeds, shared by the report and its figures
+(which is why they live here: ``plots`` never imports ``report``)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+ZERO_SHOT = "zero-shot"
+
+
+def wiseft_row(method: str) -> str:
+    return f"wise-ft of {method}"
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    from fdalign.eval.metrics import mean_std as ms
+
+    return ms(values)
+
+
+def stats(values: list[float]) -> dict:
+    """``{"mean", "std", "values"}`` (sample std; 0 for one value, which :func:`fmt_pm` never prints)."""
+    m, s = mean_std(values)
+    return {"mean": m, "std": s, "values": list(values)}
+
+
+def fmt_pm(d: dict, signed: bool = False) -> str:
+    """``54.2 ± 2.0``; one value alone is printed without a spread, since there is none to print
+    (the table's seed column says n = 1)."""
+    sign = "+" if signed else ""
+    text = f"{d['mean']:{sign}.1f}"
+    return text if len(d.get("values", ())) == 1 else f"{text} ± {d['std']:.1f}"
+
+
+def summarise_group(g) -> dict[str, dict]:
+    """``{row: {"n", "id", "ood_mean", <ood set>...: {"mean", "std", "values"}}}`` of a report group
+    (``points[row][seed]`` = ``{"id", "ood_mean", "sets"}``); values in seed order."""
+    out = {}
+    for row, per_seed in g.points.items():
+        pts = list(per_seed.values())
+        d = {"n": len(pts), "seeds": list(per_seed), "id": stats([p["id"] for p in pts])}
+        if g.ood_sets or (pts and pts[0]["ood_mean"] is not None):
+            d["ood_mean"] = stats([p["ood_mean"] for p in pts])
+        for s in g.ood_sets:
+            d[s] = stats([p["sets"][s] for p in pts])
+        out[row] = d
+    return out
