@@ -44,7 +44,7 @@ def wiseft_row(method: str) -> str:
 
 def dataset_key(name: str) -> str:
     """The normaliser the released LR table uses: ``Oxford_Pets`` -> ``oxfordpets``."""
-    from fdalign.train.config import _dataset_key
+    from fdalign.workflows.parts import dataset_key as _dataset_key
 
     return _dataset_key(name)
 
@@ -69,7 +69,7 @@ def model_alpha(model: str) -> float | None:
 
 
 def alpha_model(alpha: float) -> str:
-    from fdalign.train.wiseft import alpha_name
+    from fdalign.workflows.parts import alpha_name
 
     return ZERO_SHOT if alpha == 0 else "fine-tuned" if alpha == 1 else alpha_name(alpha)
 
@@ -209,7 +209,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    from fdalign.eval.metrics import mean_std as ms
+    from fdalign.workflows.parts import mean_std as ms
 
     return ms(values)
 

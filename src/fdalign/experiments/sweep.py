@@ -137,7 +137,7 @@ class SweepConfig:
         if self.protocol == "episodes" and (self.preset or self.heads or self.world):
             raise FDAlignError(f"{src}: protocol episodes takes no preset, heads or world (meta-training has "
                                "its own defaults, the authors' N-way K-shot setting)")
-        from fdalign.eval.heads import HEAD_NAMES
+        from fdalign.workflows.parts import HEAD_NAMES
 
         for h in self.heads:
             if h not in HEAD_NAMES or h == "zeroshot":
@@ -251,7 +251,7 @@ def _ood_list(ds: DatasetSpec, data: str, data_root: str | None, source: str) ->
 
 def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None):
     """The :class:`~fdalign.train.meta.MetaConfig` of one run of an episodes sweep (validated)."""
-    from fdalign.train.meta import MetaConfig
+    from fdalign.workflows.parts import MetaConfig
 
     ds = next(d for d in cfg.datasets if d.name == run.dataset)
     d = MetaConfig().to_dict()
@@ -267,7 +267,7 @@ def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, dat
 
 def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None = None):
     """The :class:`~fdalign.train.config.TrainConfig` of one run (validated); a MetaConfig for episodes."""
-    from fdalign.train.config import TrainConfig
+    from fdalign.workflows.parts import TrainConfig
 
     if cfg.protocol == "episodes":
         return _meta_run_config(cfg, run, out, data_root)
