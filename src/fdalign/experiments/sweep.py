@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 from fdalign.errors import FDAlignError, as_command
 from fdalign.io import atomic_write_json, read_json
+from fdalign.options import check_keys, read_yaml
 
 SWEEP_FORMAT = "fdalign-sweep/1"
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -92,9 +93,7 @@ class SweepConfig:
         if not isinstance(d, dict):
             raise FDAlignError(f"{source} must be a mapping (name, datasets, shots, seeds, methods, ...)")
         names = {f.name for f in dataclasses.fields(cls)} - {"source"}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise FDAlignError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+        check_keys(d, names, source, "key", f"; known keys: {', '.join(sorted(names))}")
         missing = [k for k in ("name", "datasets", "shots", "seeds", "methods") if k not in d]
         if missing:
             raise FDAlignError(f"{source}: missing key {missing[0]!r} (a sweep needs name, datasets, shots, seeds, "
@@ -104,9 +103,7 @@ class SweepConfig:
         for i, ds in enumerate(d["datasets"] or []):
             if not isinstance(ds, dict) or "name" not in ds or "data" not in ds:
                 raise FDAlignError(f"{source}: datasets[{i}] needs at least 'name' and 'data'")
-            bad = sorted(set(ds) - ds_fields)
-            if bad:
-                raise FDAlignError(f"{source}: datasets[{i}] has unknown key {bad[0]!r}; known: {', '.join(sorted(ds_fields))}")
+            check_keys(ds, ds_fields, f"{source}: datasets[{i}]", "key", f"; known: {', '.join(sorted(ds_fields))}")
             datasets.append(DatasetSpec(**{k: v for k, v in ds.items()}))
         cfg = cls(**{**{k: v for k, v in d.items() if k != "datasets"}, "datasets": datasets}, source=source)
         cfg.shots = _int_list(cfg.shots, "shots", source)
@@ -152,17 +149,8 @@ class SweepConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepConfig":
-        import yaml
-
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FDAlignError(f"sweep config {path} does not exist; give a YAML file or a preset name "
-                               f"({', '.join(preset_names())})") from None
-        except yaml.YAMLError as e:
-            raise FDAlignError(f"sweep config {path} is not valid YAML: {e}".replace("\n", " ")) from None
-        return cls.from_dict(d, source=f"sweep config {path}")
+        d = read_yaml(path, "sweep config", f"; give a YAML file or a preset name ({', '.join(preset_names())})")
+        return cls.from_dict(d, source=f"sweep config {Path(path)}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
