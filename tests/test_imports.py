@@ -6,6 +6,9 @@ spc -> losses -> data -> selection -> heads -> train / eval -> workflows -> expe
 
 import ast
 import graphlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,12 @@ def test_no_arrow_upward(lower, forbidden):
     bad = sorted(f"{a} -> {b}" for a, b in _edges(g) if _under(a, lower) and _under(b, forbidden)
                  and not (_under(a, ("fdalign.workflows",)) and _under(b, ("fdalign.workflows",))))
     assert not bad, "arrows upward:\n" + "\n".join(bad)
+
+
+def test_import_fdalign_is_light_and_its_names_resolve():
+    code = ("import sys, fdalign; assert 'torch' not in sys.modules, 'import fdalign loaded torch'; "
+            "assert callable(fdalign.finetune) and callable(fdalign.FDAlignLoss) and callable(fdalign.evaluate); "
+            "assert set(fdalign.__all__) <= set(dir(fdalign))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr
