@@ -172,7 +172,7 @@ def _direct_top1(encoder, head, root, subset=None):
     from PIL import Image
 
     from fdalign.backends import ImageSpec
-    from fdalign.data.transforms import eval_transform
+    from fdalign.backends.image import eval_transform
 
     import open_clip
 

@@ -64,7 +64,7 @@ def _saved_encoder(run):
 
 def _test_images(env, spec):
     from fdalign.data import ImageDataset, open_dataset
-    from fdalign.data.transforms import eval_transform
+    from fdalign.backends.image import eval_transform
 
     test = open_dataset(env["data"])["test"]
     return torch.stack([x for x, _ in ImageDataset(test, eval_transform(spec))]), test

@@ -26,14 +26,34 @@ def test_ci_runs_the_readme_test_command():
     assert install in ci and test in ci
 
 
-def test_python_api_example_runs():
-    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+def _python_api_snippets() -> list[str]:
+    section = README.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_python_api_finetune_snippet_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the snippet writes world/ and runs/ where it is run
+    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    code = _python_api_snippets()[0]
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    loss = scope["loss"]
+    exec(compile(code, "README.md (Python API, 1)", "exec"), scope)
+    run = scope["run"]
+    import json
+
+    written = json.loads((tmp_path / "runs" / "world-2shot" / "metrics.json").read_text())
+    assert written["metrics"]["test"]["fine-tuned"]["top1"] == run.metrics["test"]["fine-tuned"]["top1"]
+    assert set(run.metrics) == {"test", "sketch"} and run.paths["model"].is_file()
+
+
+def test_python_api_loss_snippet_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    code = _python_api_snippets()[1]
+    scope: dict = {}
+    exec(compile(code, "README.md (Python API, 2)", "exec"), scope)
+    loss, loss_fn, clip = scope["loss"], scope["loss_fn"], scope["clip"]
     assert loss.ndim == 0 and bool(loss.isfinite())
-    # the example's backward pass must reach the trainable encoder, and f0 must be a real frozen copy:
-    # with ft used twice the KL would stay exactly zero after ft has moved
-    assert any(p.grad is not None for p in scope["ft"].parameters())
-    assert scope["f0"] is not scope["ft"] and not any(p.requires_grad for p in scope["f0"].parameters())
+    # the backward pass reaches the trainable encoder, and f0 is a real frozen copy: with ft used
+    # twice the KL would stay exactly zero after ft has moved
+    assert any(p.grad is not None for p in clip.image_encoder.parameters())
+    assert loss_fn.f0 is not clip.image_encoder and not any(p.requires_grad for p in loss_fn.f0.parameters())
     assert scope["parts"]["kl"].item() > 0

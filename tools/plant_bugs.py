@@ -11,8 +11,8 @@ import os, shutil, subprocess, sys, tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUGS = [
  ("f0 shares weights with ft", "src/fdalign/train/trainer.py", "frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if", "frozen = encoder if"),
- ("f0 sees a different augmented view", "src/fdalign/train/step.py", "f0(images.to(f0_dtype))", "f0(images.flip(-1).to(f0_dtype))"),
- ("feat_0 = feat_t.detach()", "src/fdalign/train/step.py", "f0(images.to(f0_dtype))", "feat_t.detach()"),
+ ("f0 sees a different augmented view", "src/fdalign/losses.py", "self.f0(images.to(f0_dtype))", "self.f0(images.flip(-1).to(f0_dtype))"),
+ ("feat_0 = feat_t.detach()", "src/fdalign/train/step.py", "log_p0 = loss_fn.f0_log_probs(images)", "log_p0 = loss_fn.f0_log_probs(f0_features=feat_t.detach())"),
  ("KL at temperature 1", "src/fdalign/train/trainer.py", "scale=scale, direction=cfg.kl_direction", "scale=1.0, direction=cfg.kl_direction"),
  ("uncorrected spurious prototypes with SPC on", "src/fdalign/train/trainer.py", "spurious = prototypes.corrected_prototypes if cfg.spc else prototypes.spurious_prototypes", "spurious = prototypes.spurious_prototypes"),
  ("KMeans on all templates", "src/fdalign/spc.py", ".fit(x[kept])", ".fit(x)"),
@@ -20,8 +20,8 @@ BUGS = [
  ("beta ignored", "src/fdalign/train/trainer.py", "beta=cfg.beta if phase.use_kl else 0.0", "beta=1.0 if phase.use_kl else 0.0"),
  ("trainable head left out of the optimiser", "src/fdalign/train/trainer.py", "named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named", "named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]"),
  ("CLI WiSE-FT mixes the head only", "src/fdalign/train/wiseft.py", "enc = ft_encoder if zs_encoder is ft_encoder else interpolate_module(zs_encoder, ft_encoder, alpha)", "enc = ft_encoder"),
- ("selection on test images labelled val", "src/fdalign/cli/train.py", "val_split = fewshot_val(splits, cfg.shots, cfg.seed)", "val_split = splits.get('test') or fewshot_val(splits, cfg.shots, cfg.seed)"),
- ("f0 mode ignored (always eval)", "src/fdalign/train/step.py", 'f0.train(mode == "released")', "f0.train(False)"),
+ ("selection on test images labelled val", "src/fdalign/workflows/kshot.py", "val_split = fewshot_val(splits, cfg.shots, cfg.seed)", "val_split = splits.get('test') or fewshot_val(splits, cfg.shots, cfg.seed)"),
+ ("f0 mode ignored (always eval)", "src/fdalign/losses.py", 'f0.train(mode == "released")', "f0.train(False)"),
  ("lp-ft starts from the last probe head", "src/fdalign/train/trainer.py", "head.load_state_dict(load_model(run_dir / MODEL_FILE).head.state_dict())", "pass"),
  ("lp-ft selects over probe epochs too", "src/fdalign/train/trainer.py", "{e + 1: val_hist[e] for e in range(ph.start, ph.stop)}", "{e + 1: val_hist[e] for e in range(0, ph.stop)}"),
  ("f0 cache key ignores the seed", "src/fdalign/train/f0cache.py", '"seed": int(seed)', '"seed": 0'),

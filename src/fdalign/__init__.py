@@ -29,6 +29,7 @@ _EXPORTS = {
     "export_run": "fdalign.workflows.deploy",
     "predict_images": "fdalign.workflows.deploy",
     "load_clip": "fdalign.backends",
+    "FDAlignLoss": "fdalign.losses",
 }
 
 __all__ = ["__version__", "FDAlignError", *sorted(_EXPORTS)]

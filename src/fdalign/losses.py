@@ -7,12 +7,17 @@ its frozen copy. The KL term keeps the fine-tuned features' relation to "styles"
 the class) as it was, which is what preserves out-of-distribution robustness.
 
 All functions take raw (unnormalised) features and normalise them themselves.
+:class:`FDAlignLoss` is the same objective as a module for users' own training loops; the trainer's
+step (:func:`fdalign.train.step.fdalign_forward`) computes its loss with it.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fdalign.errors import FDAlignError
 
@@ -152,3 +157,141 @@ def fdalign_loss(
         raise ValueError("fdalign_loss needs feat_t, feat_0 (or log_p0) and spurious when beta != 0")
     kl = spurious_kl(feat_t, feat_0, spurious, scale, direction, normalize_prototypes, log_p0)
     return total + beta * kl, {"ce": ce, "kl": kl}
+
+
+# ----------------------------------------------------------------------------------------------
+# the frozen encoder f0 and the loss as a module users put in their own loops
+
+F0_MODES = ("eval", "released")
+
+
+def frozen_copy(encoder: nn.Module, mode: str = "eval", dtype: torch.dtype | None = None) -> nn.Module:
+    """``f_0``: an independent deep copy of ``encoder`` as it is now, without gradients.
+
+    ``mode="eval"`` (default) runs it deterministically (BatchNorm running stats, no dropout):
+    the reference distribution is then the pretrained model's own test-time answer.
+    ``mode="released"`` leaves it in train mode, as the authors' code does (their f0 is a
+    second module that follows ``model.train()``); see :func:`set_frozen_mode`.
+    ``dtype`` (e.g. bfloat16 on a GPU) stores and runs f0 in lower precision: its features only
+    feed a softmax over ~20 spurious prototypes, computed in float32.
+    """
+    if mode not in F0_MODES:
+        raise ValueError(f"f0 mode must be one of {F0_MODES}, got {mode!r}")
+    f0 = copy.deepcopy(encoder)
+    f0.requires_grad_(False)
+    if dtype is not None:
+        f0.to(dtype)
+    set_frozen_mode(f0, mode)
+    return f0
+
+
+def set_frozen_mode(f0: nn.Module, mode: str) -> None:
+    """Put ``f_0`` in the module mode its setting documents (called at every epoch start)."""
+    f0.train(mode == "released")
+
+
+class FDAlignLoss(nn.Module):
+    """``alpha * CE + beta * KL(P_spur(x; f_t) || P_spur(x; f_0))`` as a module, like open_clip's ``ClipLoss``.
+
+    Build it with :meth:`from_clip` (a CLIP backend, class names, templates, SPC) or
+    :meth:`from_text_encoder`, or directly from prototypes. It owns ``f0`` (a frozen copy of the
+    image encoder) when given one, and refers to the fine-tuned ``encoder`` without owning it (its
+    parameters stay the caller's). ``forward`` takes either images ``[B,3,H,W]`` (``encoder`` and
+    ``f0`` run on them) or the fine-tuned features ``[B,D]`` with ``f0_features`` ``[B,D]`` or
+    ``log_p0`` ``[B,K]`` (the f0 cache), and returns ``(loss, {"ce", "kl", "log_p0"})``.
+
+    Args:
+        spurious: ``[K, D]`` spurious prototypes (SPC-corrected or one per template).
+        class_prototypes: ``[C, D]`` for the default head ``scale * cos(f, mu_class)``; give
+            ``logits=`` to ``forward`` instead for another head.
+        f0, encoder: the frozen and the fine-tuned image encoders (either may be None).
+        alpha, beta, scale, kl_direction, normalize_prototypes: see :func:`fdalign_loss`.
+        f0_mode: ``eval`` or ``released`` (:func:`frozen_copy`); ``train()`` keeps f0 in it.
+    """
+
+    def __init__(self, spurious: torch.Tensor, *, class_prototypes: torch.Tensor | None = None,
+                 f0: nn.Module | None = None, encoder: nn.Module | None = None, alpha: float = 1.0,
+                 beta: float = 1.0, scale: float = 100.0, kl_direction: str = "paper",
+                 normalize_prototypes: bool = True, f0_mode: str = "eval"):
+        super().__init__()
+        if kl_direction not in KL_DIRECTIONS:
+            raise FDAlignError(f"unknown KL direction {kl_direction!r}; choose one of {', '.join(KL_DIRECTIONS)}")
+        self.register_buffer("spurious", spurious, persistent=False)
+        self.register_buffer("class_prototypes", class_prototypes, persistent=False)
+        self.f0 = f0
+        self.__dict__["encoder"] = encoder  # referenced, not a submodule: its parameters are the caller's
+        self.alpha, self.beta, self.scale = float(alpha), float(beta), float(scale)
+        self.kl_direction, self.normalize_prototypes, self.f0_mode = kl_direction, normalize_prototypes, f0_mode
+
+    @classmethod
+    def from_clip(cls, backend, classnames, templates="openai80", *, spc=True, alpha: float = 1.0,
+                  beta: float = 1.0, kl_direction: str = "paper", temperature: float | None = None,
+                  f0_mode: str = "eval", f0_dtype: torch.dtype | None = None, cache_dir=None) -> "FDAlignLoss":
+        """The loss of ``fdalign train`` for ``backend`` (a :func:`fdalign.load_clip` result): prototypes
+        from ``templates`` (a set name, a file or a list), SPC (True: the paper's keep 60 / k 20, False:
+        none, or an :class:`~fdalign.spc.SPCConfig`), f0 a frozen copy of ``backend.image_encoder``,
+        which is the fine-tuned encoder; ``temperature`` defaults to the model's logit scale."""
+        from fdalign.prompts import load_templates
+        from fdalign.prototypes import build_prototypes
+        from fdalign.spc import SPCConfig
+
+        spc = SPCConfig() if spc is True else (spc or None)
+        templates = load_templates(templates) if isinstance(templates, str) else list(templates)
+        protos = build_prototypes(backend, list(classnames), templates, spc=spc, cache_dir=cache_dir)
+        encoder = backend.image_encoder
+        return cls(protos.loss_prototypes, class_prototypes=protos.class_prototypes,
+                   f0=frozen_copy(encoder, f0_mode, f0_dtype) if beta != 0 else None, encoder=encoder,
+                   alpha=alpha, beta=beta, scale=temperature or backend.logit_scale, kl_direction=kl_direction,
+                   normalize_prototypes=spc is None or spc.renormalize, f0_mode=f0_mode)
+
+    @classmethod
+    def from_text_encoder(cls, encode_text, image_encoder: nn.Module, classnames, templates, *, scale: float = 100.0,
+                          **options) -> "FDAlignLoss":
+        """As :meth:`from_clip` from ``encode_text(list[str]) -> [N, D]`` and the image encoder to fine-tune
+        (no prompt cache: the text encoder has no fingerprint)."""
+        from types import SimpleNamespace
+
+        backend = SimpleNamespace(encode_text=lambda prompts, **_: encode_text(list(prompts)), fingerprint="",
+                                  image_encoder=image_encoder, logit_scale=scale)
+        return cls.from_clip(backend, classnames, templates, cache_dir=False, **options)
+
+    def train(self, mode: bool = True) -> "FDAlignLoss":
+        super().train(mode)
+        if self.f0 is not None:
+            set_frozen_mode(self.f0, self.f0_mode)
+        return self
+
+    def f0_log_probs(self, images: torch.Tensor | None = None, f0_features: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, K]`` ``log P_spur(x; f0)``, float32, no graph: from ``f0_features`` or by running f0 on ``images``."""
+        with torch.inference_mode():  # no autograd bookkeeping at all for the frozen pass
+            if f0_features is None:
+                if images is None or self.f0 is None:
+                    raise ValueError("the KL term needs f0: pass f0_features= or log_p0=, or images to a loss "
+                                     "built with f0")
+                f0_dtype = next(self.f0.parameters()).dtype  # bfloat16 when f0 was stored in lower precision
+                f0_features = self.f0(images.to(f0_dtype))
+            log_p0 = spurious_log_probs(f0_features, self.spurious, self.scale, self.normalize_prototypes)
+        return log_p0.clone()  # a normal tensor again, usable by autograd-recording ops
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, *, logits: torch.Tensor | None = None,
+                f0_features: torch.Tensor | None = None, log_p0: torch.Tensor | None = None):
+        """``inputs``: images ``[B,3,H,W]`` or fine-tuned features ``[B,D]``; ``labels`` ``[B']`` for
+        ``logits`` ``[B',C]`` (default: the class-prototype head on the features)."""
+        images = inputs if inputs.dim() == 4 else None
+        if images is not None and self.encoder is None:
+            raise ValueError("forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
+                             "or pass its features")
+        feats = self.encoder(images) if images is not None else inputs
+        if logits is None:
+            if self.class_prototypes is None:
+                raise ValueError("no head: build the loss with class_prototypes=, or pass logits=")
+            logits = cosine_logits(feats, self.class_prototypes, self.scale)
+        if self.beta != 0 and log_p0 is None:
+            log_p0 = self.f0_log_probs(images, f0_features)
+        use_kl = self.beta != 0
+        loss, parts = fdalign_loss(logits, labels, feats, None, self.spurious if use_kl else None, alpha=self.alpha,
+                                   beta=self.beta, scale=self.scale, direction=self.kl_direction,
+                                   normalize_prototypes=self.normalize_prototypes, log_p0=log_p0 if use_kl else None)
+        if use_kl:
+            parts["log_p0"] = log_p0.detach()
+        return loss, parts

@@ -8,27 +8,12 @@ the library never sees whether the weights came from open_clip or Hugging Face.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How a backbone expects its images: square size, normalisation and resize interpolation.
-
-    Evaluation resizes to ``resize`` (an int: the short side; ``(h, w)``: exactly; None: ``size``)
-    and centre-crops ``size`` when ``center_crop`` (a Hugging Face processor may ask otherwise).
-    """
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize: int | tuple[int, int] | None = None
-    center_crop: bool = True
+from fdalign.backends.image import ImageSpec, eval_transform, train_transform
 
 
 class CLIPBackend(ABC):
@@ -77,12 +62,8 @@ class CLIPBackend(ABC):
 
     def preprocess_eval(self) -> Callable:
         """PIL image -> normalised ``[3, H, W]`` tensor (resize + centre crop)."""
-        from fdalign.data.transforms import eval_transform
-
         return eval_transform(self.image_spec)
 
     def preprocess_train(self, **kwargs) -> Callable:
-        """PIL image -> augmented ``[3, H, W]`` tensor; see :func:`fdalign.data.transforms.train_transform`."""
-        from fdalign.data.transforms import train_transform
-
+        """PIL image -> augmented ``[3, H, W]`` tensor; see :func:`fdalign.backends.image.train_transform`."""
         return train_transform(self.image_spec, **kwargs)

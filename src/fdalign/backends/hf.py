@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from fdalign.backends import register_backend
+from fdalign.backends.registry import register_backend
 from fdalign.backends.base import CLIPBackend, ImageSpec
 from fdalign.backends.openclip import _digest, _short, file_stamp
 from fdalign.errors import FDAlignError

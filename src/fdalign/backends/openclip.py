@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from fdalign.backends import register_backend
+from fdalign.backends.registry import register_backend
 from fdalign.backends.base import CLIPBackend, ImageSpec
 from fdalign.errors import FDAlignError
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from fdalign import __version__
 from fdalign.errors import FDAlignError, as_command, user_message  # noqa: F401 (for callers of the CLI)

@@ -82,7 +82,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if _is_class_split_data(args):
         return _check_class_splits(args)
-    from fdalign.data.datasets import benchmark_from_filename, open_dataset
+    from fdalign.data.datasets import benchmark_from_filename
+    from fdalign.data.opener import open_dataset
     from fdalign.errors import FDAlignError
 
     if args.benchmark:
@@ -147,7 +148,7 @@ def _check_class_splits(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fdalign.data.datasets import open_dataset
+    from fdalign.data.opener import open_dataset
     from fdalign.data.fewshot import sample_fewshot, save_split
 
     splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames)

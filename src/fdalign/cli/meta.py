@@ -94,15 +94,9 @@ def _add_episode_options(p) -> None:
 
 
 def _config(args):
-    import dataclasses
-
     from fdalign.train.meta import MetaConfig
 
-    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(MetaConfig) if hasattr(args, f.name)}
-    cfg = MetaConfig.from_yaml(args.config) if args.config else MetaConfig()
-    d = cfg.to_dict()
-    d.update(explicit)
-    return MetaConfig.from_dict(d, source="the command line").validate()
+    return MetaConfig.from_args(args).validate()
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from fdalign.data.datasets import (
     load_csv,
     load_imagefolder,
     normalize_classname,
-    open_dataset,
     pick_split,
     read_classnames,
     val_as_test,
@@ -27,6 +26,7 @@ from fdalign.data.fewshot import (
     val_shots,
 )
 from fdalign.data.hashing import split_hash
+from fdalign.data.opener import open_dataset
 from fdalign.data.ood import OODSet, load_ood_sets, map_ood_to_id, match_classes, parse_ood_arg
 
 __all__ = [

@@ -245,7 +245,8 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
     size) to ``report``: classes matched, ID classes missing, OOD classes unknown, subset declared."""
     from dataclasses import replace
 
-    from fdalign.data.datasets import open_dataset, pick_split
+    from fdalign.data.datasets import pick_split
+    from fdalign.data.opener import open_dataset
     from fdalign.data.imagenet import subset_benchmark
     from fdalign.data.ood import imagenet_order, subset_warnings, match_classes, parse_ood_arg, split_subset_flag
 

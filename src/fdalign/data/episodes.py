@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fdalign.data.datasets import LabeledSplit, Sample, open_dataset, read_classnames_keyed
+from fdalign.data.datasets import LabeledSplit, Sample, read_classnames_keyed
+from fdalign.data.opener import open_dataset
 from fdalign.errors import FDAlignError
 
 CLASS_ROLES = ("base", "val", "novel")

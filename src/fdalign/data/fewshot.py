@@ -248,7 +248,7 @@ def load_fewshot_indices(
     under ``image_root`` by its longest suffix that exists there (see :func:`_resolve_impath`).
     Classes get ImageNet wnid keys from the paths (:func:`~fdalign.data.datasets.infer_wnid_keys`).
     """
-    from fdalign.data.datasets import infer_wnid_keys, load_coop_split, open_dataset
+    from fdalign.data.datasets import infer_wnid_keys, load_coop_split, load_imagefolder, val_as_test
 
     path = Path(path)
     image_root = Path(image_root).resolve()
@@ -261,7 +261,7 @@ def load_fewshot_indices(
 
     if split_file is not None and Path(split_file).is_dir():
         out = _indices_by_path(path, d, parts, image_root)
-        test = open_dataset(split_file).get("test")
+        test = val_as_test(load_imagefolder(Path(split_file))).get("test")  # a folder, as open_dataset reads it
         if test is None:
             raise FDAlignError(f"--split-file {split_file} has no test split (no test/ folder, nor train/ + val/)")
         out["test"] = test

@@ -270,7 +270,8 @@ def load_ood_sets(
     unless declared a subset by ``:subset`` or by a known subset name (``a``, ``r``,
     ``imagenet-a``, ``imagenet-r``).
     """
-    from fdalign.data.datasets import open_dataset, pick_split
+    from fdalign.data.datasets import pick_split
+    from fdalign.data.opener import open_dataset
     from fdalign.data.imagenet import subset_benchmark
 
     seen = set(reserved)

@@ -385,7 +385,7 @@ def encoder_label(train_config: dict) -> str:
 
 def _config(args, dataset: str | None = None) -> HeadsConfig:
     """``--heads-preset`` (for ``dataset``), then ``--heads-config``'s fields on top of it."""
-    from fdalign.train.config import guess_dataset_name
+    from fdalign.data.names import guess_dataset_name
 
     preset = getattr(args, "heads_preset", None)
     base = HeadsConfig.for_preset(preset, dataset or guess_dataset_name(getattr(args, "data", None)))
@@ -415,7 +415,7 @@ def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bo
     """``fdalign eval RUN --heads``: each head on zero-shot CLIP (``models["zero-shot"]``'s encoder,
     absent with --no-zeroshot) and on the run's fine-tuned encoder; the cache is the run's K-shot split."""
     train_cfg = dataclasses.asdict(loaded.config) if dataclasses.is_dataclass(loaded.config) else dict(loaded.config)
-    from fdalign.train.config import guess_dataset_name
+    from fdalign.data.names import guess_dataset_name
 
     heads = parse_heads(args.heads)
     cfg = _config(args, train_cfg.get("dataset_name") or guess_dataset_name(train_cfg.get("data")))

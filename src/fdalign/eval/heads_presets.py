@@ -40,7 +40,7 @@ APE: dict[str, tuple] = {
 
 def dataset_key(name: str | None) -> str | None:
     """A data set's key in the tables above (aliases as in the released LR table), or None if unknown."""
-    from fdalign.train.config import _dataset_key
+    from fdalign.data.names import dataset_key as _dataset_key
 
     key = _dataset_key(name) if name else None
     return key if key in TIP else None

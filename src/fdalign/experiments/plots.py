@@ -228,8 +228,7 @@ def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu
 
     from fdalign.data import ImageDataset, load_ood_sets, open_dataset
     from fdalign.errors import FDAlignError
-    from fdalign.eval.features import extract_features
-    from fdalign.train.run import MODEL_FILE, load_model, load_run
+    from fdalign.workflows.parts import MODEL_FILE, extract_features, load_model, load_run
 
     by_seed: dict[int, dict] = {}
     for r in g.runs:

@@ -42,13 +42,13 @@ COOP11 = frozenset({"imagenet", "caltech101", "oxfordpets", "stanfordcars", "flo
 
 def dataset_key(name: str) -> str:
     """The normaliser the released LR table uses: ``Oxford_Pets`` -> ``oxfordpets``."""
-    from fdalign.train.config import _dataset_key
+    from fdalign.workflows.parts import dataset_key as _dataset_key
 
     return _dataset_key(name)
 
 
 def alpha_model(alpha: float) -> str:
-    from fdalign.train.wiseft import alpha_name
+    from fdalign.workflows.parts import alpha_name
 
     return ZERO_SHOT if alpha == 0 else "fine-tuned" if alpha == 1 else alpha_name(alpha)
 

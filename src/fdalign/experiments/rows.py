@@ -13,7 +13,7 @@ def wiseft_row(method: str) -> str:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    from fdalign.eval.metrics import mean_std as ms
+    from fdalign.workflows.parts import mean_std as ms
 
     return ms(values)
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 from fdalign.errors import FDAlignError, as_command
 from fdalign.io import atomic_write_json, read_json
+from fdalign.options import check_keys, read_yaml
 
 SWEEP_FORMAT = "fdalign-sweep/1"
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -93,9 +94,7 @@ class SweepConfig:
         if not isinstance(d, dict):
             raise FDAlignError(f"{source} must be a mapping (name, datasets, shots, seeds, methods, ...)")
         names = {f.name for f in dataclasses.fields(cls)} - {"source"}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise FDAlignError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+        check_keys(d, names, source, "key", f"; known keys: {', '.join(sorted(names))}")
         missing = [k for k in ("name", "datasets", "shots", "seeds", "methods") if k not in d]
         if missing:
             raise FDAlignError(f"{source}: missing key {missing[0]!r} (a sweep needs name, datasets, shots, seeds, "
@@ -105,9 +104,7 @@ class SweepConfig:
         for i, ds in enumerate(d["datasets"] or []):
             if not isinstance(ds, dict) or "name" not in ds or "data" not in ds:
                 raise FDAlignError(f"{source}: datasets[{i}] needs at least 'name' and 'data'")
-            bad = sorted(set(ds) - ds_fields)
-            if bad:
-                raise FDAlignError(f"{source}: datasets[{i}] has unknown key {bad[0]!r}; known: {', '.join(sorted(ds_fields))}")
+            check_keys(ds, ds_fields, f"{source}: datasets[{i}]", "key", f"; known: {', '.join(sorted(ds_fields))}")
             datasets.append(DatasetSpec(**{k: v for k, v in ds.items()}))
         cfg = cls(**{**{k: v for k, v in d.items() if k != "datasets"}, "datasets": datasets}, source=source)
         cfg.shots = _int_list(cfg.shots, "shots", source)
@@ -138,7 +135,7 @@ class SweepConfig:
         if self.protocol == "episodes" and (self.preset or self.heads or self.world):
             raise FDAlignError(f"{src}: protocol episodes takes no preset, heads or world (meta-training has "
                                "its own defaults, the authors' N-way K-shot setting)")
-        from fdalign.eval.heads import HEAD_NAMES
+        from fdalign.workflows.parts import HEAD_NAMES
 
         for h in self.heads:
             if h not in HEAD_NAMES or h == "zeroshot":
@@ -155,17 +152,8 @@ class SweepConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepConfig":
-        import yaml
-
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FDAlignError(f"sweep config {path} does not exist; give a YAML file or a preset name "
-                               f"({', '.join(preset_names())})") from None
-        except yaml.YAMLError as e:
-            raise FDAlignError(f"sweep config {path} is not valid YAML: {e}".replace("\n", " ")) from None
-        return cls.from_dict(d, source=f"sweep config {path}")
+        d = read_yaml(path, "sweep config", f"; give a YAML file or a preset name ({', '.join(preset_names())})")
+        return cls.from_dict(d, source=f"sweep config {Path(path)}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -254,7 +242,7 @@ def _ood_list(ds: DatasetSpec, data: str, data_root: str | None, source: str) ->
 
 def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None):
     """The :class:`~fdalign.train.meta.MetaConfig` of one run of an episodes sweep (validated)."""
-    from fdalign.train.meta import MetaConfig
+    from fdalign.workflows.parts import MetaConfig
 
     ds = next(d for d in cfg.datasets if d.name == run.dataset)
     d = MetaConfig().to_dict()
@@ -270,7 +258,7 @@ def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, dat
 
 def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root: str | None = None):
     """The :class:`~fdalign.train.config.TrainConfig` of one run (validated); a MetaConfig for episodes."""
-    from fdalign.train.config import TrainConfig
+    from fdalign.workflows.parts import TrainConfig
 
     if cfg.protocol == "episodes":
         return _meta_run_config(cfg, run, out, data_root)
@@ -449,8 +437,7 @@ def _say_done(result) -> None:
 def check_options(cfg: SweepConfig) -> None:
     """Every option of the train / data set / method blocks is one the runs' config knows, with a value
     of its type: a typo is an error naming the block and the key, before anything runs."""
-    from fdalign.train.config import TrainConfig
-    from fdalign.train.meta import MetaConfig
+    from fdalign.workflows.parts import MetaConfig, TrainConfig
 
     cls = MetaConfig if cfg.protocol == "episodes" else TrainConfig
     blocks = [("train", cfg.train)] + [(f"datasets.{d.name}.train", d.train) for d in cfg.datasets] \

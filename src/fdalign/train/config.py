@@ -15,13 +15,12 @@ import argparse
 import dataclasses
 import os
 import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from fdalign.data.names import dataset_key as _dataset_key, guess_dataset_name  # noqa: F401 (re-exported)
 from fdalign.errors import FDAlignError
-from fdalign.io import atomic_write_text
+from fdalign.options import ConfigFile, add_arguments, check_choices, option
 
 MODES = ("fdalign", "linear-probe", "lp-ft")
 HEADS = ("frozen", "trainable")
@@ -37,20 +36,11 @@ NON_SEMANTIC_FIELDS = frozenset(
 )
 
 
-def _f(default, help: str, *, choices: tuple | None = None, flag: str | None = None, **kw):
-    """A dataclass field carrying its CLI help (and choices) in the metadata."""
-    meta = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    if flag:
-        meta["flag"] = flag
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
+_f = option  # every field below is an option: a default, its --help text, its choices
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFile):
     """A training run. Field help texts double as ``fdalign train --help``."""
 
     # --- model and data -------------------------------------------------------------------------
@@ -162,10 +152,7 @@ class TrainConfig:
         def bad(name, why):
             raise FDAlignError(f"{source}: {name} = {getattr(self, name)!r} {why}")
 
-        for f in dataclasses.fields(self):
-            ch = f.metadata.get("choices")
-            if ch and getattr(self, f.name) not in ch:
-                bad(f.name, f"is not one of {', '.join(ch)}")
+        check_choices(self, source)
         if self.shots < 1:
             bad("shots", "must be >= 1")
         for name in ("epochs", "lp_epochs", "batch_size", "num_workers", "spc_keep", "spc_k", "view_cycle"):
@@ -219,58 +206,6 @@ class TrainConfig:
             c.lp_lr = c.lp_lr * c.batch_size / 256
             c.lr_per_256 = False
         return c
-
-    # ------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "the config") -> "TrainConfig":
-        """Build from a mapping; an unknown key is an error naming it and ``source``."""
-        if not isinstance(d, dict):
-            raise FDAlignError(f"{source} must be a mapping of option: value, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        # accept the CLI spelling (lp-epochs) as well as the field name
-        d = {str(k).replace("-", "_"): v for k, v in d.items()}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            import difflib
-
-            hint = difflib.get_close_matches(unknown[0], names, n=1)
-            raise FDAlignError(
-                f"{source}: unknown option {unknown[0]!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + "; see `fdalign train --help` for the options"
-            )
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(v, hints[k], k, source) for k, v in d.items()})
-
-    def to_yaml(self, path: str | os.PathLike) -> Path:
-        """Write the config as YAML (atomically)."""
-        import yaml
-
-        text = "# fdalign training config (fdalign train --config this-file)\n" + yaml.safe_dump(
-            self.to_dict(), sort_keys=False, default_flow_style=None
-        )
-        return atomic_write_text(path, text)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, base: "TrainConfig | None" = None) -> "TrainConfig":
-        """Read a YAML file; keys it sets override ``base`` (default: the defaults)."""
-        import yaml
-
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FDAlignError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise FDAlignError(f"config file {path} is not valid YAML: {e}".replace("\n", " ")) from None
-        d = d or {}
-        cls.from_dict(d, source=f"config file {path}")  # key / type checks with the file's name
-        merged = (base or cls()).to_dict()
-        merged.update({str(k).replace("-", "_"): v for k, v in d.items()})
-        return cls.from_dict(merged, source=f"config file {path}")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -327,147 +262,27 @@ RELEASED_LRS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "sun397": ((3, 0.9, 0.9, 1, 0.7), (4e-5, 8e-5, 9e-5, 1e-4, 1e-4)),
     "ucf101": ((30, 20, 7, 3, 3), (1e-4, 9e-5, 6e-5, 5e-5, 6e-5)),
 }
-_ALIASES = {
-    "fgvcaircraft": "aircraft", "fgvc": "aircraft", "describabletextures": "dtd", "oxfordflowers": "flowers102",
-    "flowers": "flowers102", "oxfordflowers102": "flowers102", "pets": "oxfordpets", "cars": "stanfordcars",
-    "caltech": "caltech101", "food": "food101", "sun": "sun397", "ucf": "ucf101",
-    "standfordcars": "stanfordcars",  # the authors' spelling in their index folders and scripts
-}
-
-
-def _dataset_key(name: str) -> str:
-    k = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    return _ALIASES.get(k, k)
-
-
-def guess_dataset_name(data: str | None) -> str | None:
-    """``.../split_zhou_OxfordPets.json`` -> ``OxfordPets``; ``indices/dtd/<file>.json`` -> ``dtd``;
-    ``imagenet/images`` (CoOp's layout) -> ``imagenet``; another folder -> its name."""
-    if not data:
-        return None
-    p = Path(data)
-    m = re.fullmatch(r"split_zhou_(.+)\.json", p.name)
-    if m:
-        return m.group(1)
-    if re.fullmatch(r"shot_\d+-seed_\d+\.json", p.name) or p.parent.parent.name == "indices":
-        return p.parent.name or None
-    if not p.suffix and p.name == "images" and p.parent.name:
-        return p.parent.name
-    return (p.stem if p.suffix else p.name) or None
 
 
 # ----------------------------------------------------------------------------------------------
-# typing helpers
-
-
-def _unwrap_optional(tp) -> tuple[Any, bool]:
-    args = typing.get_args(tp)
-    if type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-def _coerce(value, tp, name: str, source: str):
-    """YAML value -> the field's type, with an error naming the field when it does not fit."""
-    inner, optional = _unwrap_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise FDAlignError(f"{source}: {name} may not be empty (null)")
-    origin = typing.get_origin(inner)
-    try:
-        if origin in (list, tuple):
-            (elem,) = typing.get_args(inner)[:1]
-            if isinstance(value, (str, int, float)):
-                value = [value]
-            return [_scalar(v, elem) for v in value]
-        return _scalar(value, inner)
-    except (TypeError, ValueError):
-        raise FDAlignError(
-            f"{source}: {name} = {value!r} is not a valid {getattr(inner, '__name__', inner)}"
-        ) from None
-
-
-def _scalar(v, tp):
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return v.lower() in ("true", "yes", "1", "on")
-        raise ValueError(v)
-    if tp is int:
-        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-            raise ValueError(v)
-        return int(v)
-    if tp is float:
-        if isinstance(v, bool):
-            raise ValueError(v)
-        return float(v)
-    if tp is str:
-        if isinstance(v, (dict, list)):
-            raise TypeError(v)
-        return str(v)
-    return v
-
-
-# ----------------------------------------------------------------------------------------------
-# argparse generated from the fields
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
+# flags
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = None) -> None:
-    """One flag per field of ``cls`` (default :class:`TrainConfig`); defaults are SUPPRESSed so only explicit
-    flags reach the namespace (they then override --config / --preset), and the default is written into the help."""
-    cls = cls or TrainConfig
-    hints = typing.get_type_hints(cls)
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        inner, _ = _unwrap_optional(hints[f.name])
-        default = getattr(defaults, f.name)
-        shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
-        help_text = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
-        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if inner is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(inner) is list:
-            elem = typing.get_args(inner)[0]
-            kw["type"] = elem
-            if f.name in ("ood", "target"):  # NAME=PATH lists (meta-train calls them targets)
-                kw.update(action="extend", nargs="+", metavar="NAME=PATH")
-            elif f.name in ("crop_scale", "adam_betas"):
-                kw.update(nargs=2, metavar=("LO", "HI") if f.name == "crop_scale" else ("B1", "B2"))
-            else:
-                kw.update(nargs="+", metavar=elem.__name__.upper())
-        else:
-            kw["type"] = inner
-            if inner is not str:
-                kw["metavar"] = inner.__name__.upper()
-        parser.add_argument(flag_name(f.name), **kw)
+    """One flag per field of ``cls`` (default :class:`TrainConfig`): :func:`fdalign.options.add_arguments`."""
+    add_arguments(parser, cls or TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace, preset: str | None = None) -> TrainConfig:
     """defaults < ``--preset`` < ``--config`` file < explicit flags."""
-    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    cfg = TrainConfig()
-    config_file = getattr(args, "config", None)
+    base = None
     if preset:
         if preset != "released":
             raise FDAlignError(f"unknown preset {preset!r}; the only preset is 'released'")
         # the preset needs the data set and shots, which may come from the file or the flags
-        probe = TrainConfig.from_yaml(config_file) if config_file else cfg
-        probe = dataclasses.replace(probe, **explicit)
+        probe = TrainConfig.from_args(args)
         name = probe.dataset_name or guess_dataset_name(probe.data)
         if not name:
             raise FDAlignError("--preset released needs the data set: pass --dataset-name (e.g. eurosat)")
-        cfg = TrainConfig.released(name, probe.shots)
-    if config_file:
-        cfg = TrainConfig.from_yaml(config_file, base=cfg)
-    d = cfg.to_dict()
-    d.update(explicit)
-    return TrainConfig.from_dict(d, source="the command line").validate("the command line")
+        base = TrainConfig.released(name, probe.shots)
+    return TrainConfig.from_args(args, base=base).validate("the command line")

@@ -29,18 +29,23 @@ from torch.utils.data import DataLoader
 from fdalign.data.episodes import ON_SMALL, EpisodeDataset, EpisodeSpec, class_pool, sample_episodes
 from fdalign.errors import FDAlignError
 from fdalign.heads.episodes import PROTO_SCALE_INIT, ProtoNetHead
-from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS, TrainConfig, _f
+from fdalign.options import ConfigFile, check_choices, option
+from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS
 from fdalign.selection import EvalSplit, SelectionLog, select, val_score
 from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
 
 # settings that change neither the training maths nor the episodes (resume may change them)
 META_NON_SEMANTIC = ("data", "image_root", "out", "device", "num_workers", "eval_batch_size", "resume", "progress",
                      "tensorboard", "test_episodes", "test_shots", "target")
+_f = option  # every field below is an option: a default, its --help text, its choices
 
 
 @dataclass
-class MetaConfig:
+class MetaConfig(ConfigFile):
     """A meta-training run (defaults: the authors' N-way K-shot setting, REFERENCE.md)."""
+
+    COMMAND = "fdalign meta-train"
+    TITLE = "fdalign meta-training config"
 
     model: str | None = _f(None, "CLIP model: an open_clip name (ViT-B-32), 'hf:<repo or dir>', or a name "
                            "used with --model-config")
@@ -101,28 +106,13 @@ class MetaConfig:
     progress: bool = _f(True, "show progress bars")
     tensorboard: bool = _f(True, "also log to <out>/tensorboard when tensorboard is installed")
 
-    # the key/type checks and YAML reading of TrainConfig work on any such dataclass
-    from_dict = classmethod(TrainConfig.from_dict.__func__)
-    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
-    to_dict = TrainConfig.to_dict
-
-    def to_yaml(self, path) -> Path:
-        import yaml
-
-        from fdalign.io import atomic_write_text
-
-        text = "# fdalign meta-training config (fdalign meta-train --config this-file)\n"
-        return atomic_write_text(path, text + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
-
     @property
     def spec(self) -> EpisodeSpec:
         return EpisodeSpec(self.n_way, self.k_shot, self.q_query)
 
     def validate(self) -> "MetaConfig":
         self.spec  # noqa: B018  (EpisodeSpec checks N, K, Q)
-        for f in dataclasses.fields(self):  # choices matter in YAML files too, where argparse does not look
-            if "choices" in f.metadata and getattr(self, f.name) not in f.metadata["choices"]:
-                raise FDAlignError(f"{f.name} = {getattr(self, f.name)!r} is not one of {', '.join(f.metadata['choices'])}")
+        check_choices(self, "the meta-training config")
         for name in ("episodes_per_step", "episodes_per_epoch", "val_episodes", "epochs"):
             if getattr(self, name) < 1:
                 raise FDAlignError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")

@@ -1,5 +1,8 @@
 """The FD-Align step on one screen: forward ``f_t`` and ``f_0`` on the same images, CE + beta * KL.
 
+The loss is :class:`fdalign.losses.FDAlignLoss`, the module users put in their own loops: there
+is one FD-Align loss in the code.
+
 Every training protocol (K-shot fine-tuning in :mod:`fdalign.train.trainer`, N-way K-shot
 episodes) calls :func:`fdalign_forward` for its loss; they differ only in the ``head`` that turns
 the fine-tuned features into logits (prototype head, linear head, episode prototypes).
@@ -7,16 +10,13 @@ the fine-tuned features into logits (prototype head, linear head, episode protot
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from fdalign.losses import fdalign_loss, spurious_log_probs
-
-F0_MODES = ("eval", "released")
+from fdalign.losses import F0_MODES, FDAlignLoss, frozen_copy, set_frozen_mode
 
 
 @dataclass(frozen=True)
@@ -37,31 +37,6 @@ class LossSettings:
     direction: str = "paper"
     normalize_prototypes: bool = True
     train_encoder: bool = True
-
-
-def frozen_copy(encoder: nn.Module, mode: str = "eval", dtype: torch.dtype | None = None) -> nn.Module:
-    """``f_0``: an independent deep copy of ``encoder`` as it is now, without gradients.
-
-    ``mode="eval"`` (default) runs it deterministically (BatchNorm running stats, no dropout):
-    the reference distribution is then the pretrained model's own test-time answer.
-    ``mode="released"`` leaves it in train mode, as the authors' code does (their f0 is a
-    second module that follows ``model.train()``); see :func:`set_frozen_mode`.
-    ``dtype`` (e.g. bfloat16 on a GPU) stores and runs f0 in lower precision: its features only
-    feed a softmax over ~20 spurious prototypes, computed in float32.
-    """
-    if mode not in F0_MODES:
-        raise ValueError(f"f0 mode must be one of {F0_MODES}, got {mode!r}")
-    f0 = copy.deepcopy(encoder)
-    f0.requires_grad_(False)
-    if dtype is not None:
-        f0.to(dtype)
-    set_frozen_mode(f0, mode)
-    return f0
-
-
-def set_frozen_mode(f0: nn.Module, mode: str) -> None:
-    """Put ``f_0`` in the module mode its setting documents (called at every epoch start)."""
-    f0.train(mode == "released")
 
 
 def fdalign_forward(
@@ -91,26 +66,16 @@ def fdalign_forward(
         :func:`fdalign.losses.fdalign_loss`, and ``"log_p0"`` ``[B,K]`` (float32, for the cache)
         whenever the KL term was computed.
     """
+    loss_fn = FDAlignLoss(spurious, f0=f0, alpha=s.alpha, beta=s.beta, scale=s.scale, kl_direction=s.direction,
+                          normalize_prototypes=s.normalize_prototypes)
     if s.train_encoder:
         feat_t = ft(images)
     else:
         with torch.no_grad():
             feat_t = ft(images)
-    logits = head(feat_t)
     if s.beta != 0 and log_p0 is None:
-        # inference mode: no autograd bookkeeping at all for the frozen pass
-        with torch.inference_mode():
-            f0_dtype = next(f0.parameters()).dtype  # bfloat16 when f0 was stored in lower precision
-            log_p0 = spurious_log_probs(f0(images.to(f0_dtype)), spurious, s.scale, s.normalize_prototypes)
-        log_p0 = log_p0.clone()  # a normal tensor again, usable by autograd-recording ops
-    loss, parts = fdalign_loss(
-        logits, labels, feat_t, None, spurious if s.beta != 0 else None,
-        alpha=s.alpha, beta=s.beta, scale=s.scale, direction=s.direction,
-        normalize_prototypes=s.normalize_prototypes, log_p0=log_p0 if s.beta != 0 else None,
-    )
-    if s.beta != 0:
-        parts["log_p0"] = log_p0.detach()
-    return loss, parts
+        log_p0 = loss_fn.f0_log_probs(images)  # f0 sees the same augmented images as ft
+    return loss_fn(feat_t, labels, logits=head(feat_t), log_p0=log_p0)
 
 
 __all__ = ["F0_MODES", "LossSettings", "frozen_copy", "set_frozen_mode", "fdalign_forward"]

@@ -1,0 +1,18 @@
+"""The pieces of ``train/`` and ``eval/`` that experiments (sweeps, reports, plots) use.
+
+``experiments/`` reaches training and evaluation through the library layer only: the workflows
+for running, and this module for what a run is made of (config classes, run files, row names,
+statistics). Imports torch: import it inside functions.
+"""
+
+from fdalign.eval.features import extract_features
+from fdalign.eval.heads import HEAD_NAMES
+from fdalign.eval.metrics import mean_std
+from fdalign.train.config import TrainConfig
+from fdalign.data.names import dataset_key
+from fdalign.train.meta import MetaConfig
+from fdalign.train.run import MODEL_FILE, load_model, load_run
+from fdalign.train.wiseft import alpha_name
+
+__all__ = ["HEAD_NAMES", "MODEL_FILE", "MetaConfig", "TrainConfig", "alpha_name", "dataset_key", "extract_features",
+           "load_model", "load_run", "mean_std"]
