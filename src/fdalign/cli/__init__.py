@@ -8,6 +8,7 @@ that ``fdalign --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -114,3 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fdalign {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk is the user's to fix: one line, not a traceback
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        print(f"fdalign {args.command}: error: no space left on the disk of {e.filename or 'an output file'}; "
+              "free some space and run the command again", file=sys.stderr)
+        return 2

@@ -74,7 +74,24 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
         return 0
+    from fdalign.io import run_lock
+
+    with run_lock(cfg.out, "run directory") if cfg.out else _no_lock():  # one process per run directory
+        return _run_locked(args, cfg, index_info)
+
+
+def _no_lock():
+    import contextlib
+
+    return contextlib.nullcontext()  # no --out: check_run_request says so
+
+
+def _run_locked(args, cfg, index_info) -> int:
+    import sys
+    from pathlib import Path
+
     from fdalign.cli import check_run_request
+    from fdalign.errors import FDAlignError
 
     check_run_request(cfg)
     out = Path(cfg.out)

@@ -35,6 +35,7 @@ from fdalign.train.config import TrainConfig
 MODEL_FORMAT = "fdalign-model/1"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model/best.safetensors"
+MODEL_HASH_FILE = "model/best.sha256"  # sha256 of the finished run's model file (export checks it)
 SELECTION_FILE = "selection.json"
 HASHES_FILE = "hashes.json"
 LOG_FILE = "log.csv"
@@ -64,6 +65,28 @@ def save_model(
     return Path(path)
 
 
+def record_model_hash(run_dir: str | os.PathLike) -> str:
+    """Write ``<run>/model/best.sha256`` for the model file as it is now (the end of training)."""
+    from fdalign.io import atomic_write_text, file_sha256
+
+    digest = file_sha256(Path(run_dir) / MODEL_FILE)
+    atomic_write_text(Path(run_dir) / MODEL_HASH_FILE, f"{digest}  best.safetensors\n")
+    return digest
+
+
+def check_model_hash(run_dir: str | os.PathLike) -> None:
+    """Refuse a model file that is not the one training finished with (runs before the record pass)."""
+    from fdalign.io import file_sha256
+
+    rec = Path(run_dir) / MODEL_HASH_FILE
+    if not rec.is_file():
+        return
+    want = rec.read_text(encoding="utf-8", errors="replace").split()[:1]
+    if want != [file_sha256(Path(run_dir) / MODEL_FILE)]:
+        raise FDAlignError(f"model file {Path(run_dir) / MODEL_FILE} is not the one its run finished training with "
+                           f"(sha256 differs from {rec}); train the run again or restore the file")
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.is_floating_point() else t
 
@@ -82,7 +105,8 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     path = Path(path)
     if not path.is_file():
         raise FDAlignError(f"model file {path} does not exist; is this an fdalign run directory that finished training?")
-    tensors, raw = read_safetensors(path, "model file")
+    tensors, raw = read_safetensors(path, "model file",
+                                    fix="train the run again (or restore the file from a copy); its results cannot be trusted")
     if raw.get("format") != MODEL_FORMAT:
         raise FDAlignError(f"{path} is not an fdalign model file (format {raw.get('format')!r})")
 
@@ -188,4 +212,4 @@ def _cast_like(state: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> 
     return {k: v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v for k, v in state.items()}
 
 
-__all__ = ["save_model", "load_model", "SavedModel", "LoadedRun", "load_run", "MODEL_FILE", "CONFIG_FILE"]
+__all__ = ["record_model_hash", "check_model_hash", "MODEL_HASH_FILE", "save_model", "load_model", "SavedModel", "LoadedRun", "load_run", "MODEL_FILE", "CONFIG_FILE"]
