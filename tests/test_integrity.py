@@ -75,11 +75,12 @@ def test_nan_episode_rows_count_as_wrong():
     assert acc.tolist() == [50.0]  # by hand: the two finite queries are right, the NaN ones are no answer
 
 
-def test_diverged_training_stops_with_one_line_and_writes_no_scores(tiny_openclip, folders, tmp_path, capsys):
+@pytest.mark.parametrize("bad", [["--lr", "inf"], ["--grad-clip", "nan"]])
+def test_diverged_training_stops_with_one_line_and_writes_no_scores(tiny_openclip, folders, tmp_path, capsys, bad):
     out = tmp_path / "run"
-    rc = main(_args(tiny_openclip, folders, out, "--lr", "1e6"))
+    rc = main(_args(tiny_openclip, folders, out, "--shots", "1", *bad))  # one step: its loss is finite
     err = capsys.readouterr().err
-    assert rc == 2, err
+    assert rc == 2, err + (out / "metrics.json").read_text() if (out / "metrics.json").exists() else err
     last = err.strip().splitlines()[-1]
     assert last.startswith("fdalign train: error: ") and ("diverged" in last or "loss became" in last), err
     assert "--lr" in last and "Traceback" not in err
