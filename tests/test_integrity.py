@@ -366,3 +366,226 @@ def test_disk_full_is_one_line(tiny_openclip, folders, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "no space left" in err, err
     assert len(err.strip().splitlines()) == 1 or err.strip().splitlines()[-1].startswith("fdalign train: error")
+
+
+# ---- F3 as the user meets it: eval, export and --resume of a damaged run ------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_openclip, folders, tmp_path_factory):
+    os.environ.setdefault("FDALIGN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    out = tmp_path_factory.mktemp("runs") / "run"
+    torch.set_num_threads(1)
+    assert main(_args(tiny_openclip, folders, out)) == 0
+    return out
+
+
+def _copy_run(run, dest):
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest
+
+
+def test_damaged_model_file_is_an_error_for_eval_and_export(finished_run, folders, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path / "run")
+    _flip_byte(run / "model" / "best.safetensors")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(folders["id"]), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "best.safetensors fails its content hash" in err and "Traceback" not in err, err
+    assert main(["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "exp")]) == 2
+    assert "best.safetensors" in capsys.readouterr().err and not (tmp_path / "exp").exists()
+
+
+def test_export_refuses_a_model_that_is_not_the_runs(tiny_openclip, folders, finished_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(_args(tiny_openclip, folders, other, "--lr", "3e-3")) == 0  # a valid model, but another run's
+    run = _copy_run(finished_run, tmp_path / "run")
+    (run / "model" / "best.safetensors").write_bytes((other / "model" / "best.safetensors").read_bytes())
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "exp"), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert "is not the one its run finished training with" in err, err
+
+
+def test_damaged_checkpoint_stops_resume_with_the_file_named(tiny_openclip, folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_openclip, folders, out)) == 0
+    _flip_byte(out / "checkpoint" / "last.safetensors", where=0.9)
+    capsys.readouterr()
+    assert main(_args(tiny_openclip, folders, out, "--resume", "--epochs", "2")) == 2
+    err = capsys.readouterr().err
+    assert "last.safetensors fails its content hash" in err, err
+
+
+# ---- F5, F8, item 16, item 22 through `fdalign train` -------------------------------------------
+
+
+def test_kill_between_checkpoint_writes_resumes_bitwise_and_leaves_no_tmp(tiny_openclip, folders, tmp_path,
+                                                                             monkeypatch):
+    from fdalign.train import checkpoint as ck_mod
+
+    full = tmp_path / "full"
+    assert main(_args(tiny_openclip, folders, full, "--epochs", "2")) == 0
+    real = ck_mod.atomic_save_safetensors
+
+    def killed_in_epoch_2(path, tensors, meta):
+        if json.loads(meta["state"])["epoch"] == 2:
+            # what a kill -9 mid-write leaves: the new JSON, a temp file, the old tensors
+            (path.parent / f".{path.name}.dead.tmp").write_bytes(b"partial")
+            raise SystemExit(137)
+        return real(path, tensors, meta)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(ck_mod, "atomic_save_safetensors", killed_in_epoch_2)
+    with pytest.raises(SystemExit):
+        main(_args(tiny_openclip, folders, killed, "--epochs", "2"))
+    monkeypatch.setattr(ck_mod, "atomic_save_safetensors", real)
+    assert json.loads((killed / "checkpoint" / "last.json").read_text())["epoch"] == 2
+    assert main(_args(tiny_openclip, folders, killed, "--epochs", "2", "--resume")) == 0
+    assert not list(killed.rglob("*.tmp"))
+    a, b = (ck_mod.load_checkpoint(d / "checkpoint") for d in (full, killed))
+    assert a.epoch == b.epoch == 2 and all(torch.equal(v, b.encoder[k]) for k, v in a.encoder.items())
+    # item 22: the same run gives the same model file, byte for byte
+    assert (full / "model" / "best.safetensors").read_bytes() == (killed / "model" / "best.safetensors").read_bytes()
+
+
+def test_f0_cache_says_miss_then_hit_and_its_key_sees_the_crop_scale(tiny_openclip, folders, tmp_path, capsys):
+    cache = str(tmp_path / "f0")
+    common = ("--beta", "1", "--f0-cache", cache, "--seed", "3")
+    assert main(_args(tiny_openclip, folders, tmp_path / "a", *common)) == 0
+    assert "f0 cache miss: 0 of 1 epochs read" in capsys.readouterr().err
+    assert main(_args(tiny_openclip, folders, tmp_path / "b", *common)) == 0
+    assert "f0 cache hit: 1 of 1 epochs read" in capsys.readouterr().err
+    # another augmentation, other views: the stored rows must not be reused
+    assert main(_args(tiny_openclip, folders, tmp_path / "c", *common, "--crop-scale", "0.3", "1.0")) == 0
+    assert "f0 cache miss" in capsys.readouterr().err
+
+
+# ---- the planted bugs the suite used to miss ----------------------------------------------------
+
+
+def test_selection_guard_checks_the_images_selection_scores(folders):
+    """The guard's files come from the dataset that is scored, not from a list built beside it."""
+    from fdalign.backends.base import ImageSpec  # noqa: F401  (the module must import)
+    from fdalign.data import ImageDataset, open_dataset
+    from fdalign.train.selection import EvalSplit, check_disjoint
+
+    splits = open_dataset(str(folders["id"]))
+    test = splits["test"]
+    val_files = [str(splits["train"].resolve(s)) for s in splits["train"].samples]
+    # selection scores the test images while the declared val files are the training images
+    leaky = EvalSplit(ImageDataset(test, None), "val", "val", files=val_files)
+    with pytest.raises(FDAlignError):
+        check_disjoint(leaky, {"test": [test.resolve(s) for s in test.samples]})
+
+
+def test_temperature_reaches_the_trainer(tiny_openclip, tmp_path):
+    from fdalign.backends import load_clip
+    from fdalign.prototypes import build_prototypes
+    from fdalign.train.config import TrainConfig
+    from fdalign.train.trainer import train
+
+    b = load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=tiny_openclip["config"])
+    assert b.logit_scale != 7.0
+    protos = build_prototypes(b, CLASSES, TEMPLATES, cache_dir=False)
+    ds = torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(3).repeat(2))
+    cfg = TrainConfig(shots=2, epochs=1, batch_size=6, num_workers=0, device="cpu", progress=False,
+                      tensorboard=False, lr=0.0, warmup_steps=0, beta=0.0, temperature=7.0)
+    res = train(b, ds, ds, protos, cfg, tmp_path / "run")
+    assert res.head.scale == 7.0
+    # lr 0: the logged CE is the zero-shot CE at temperature 7, computed by hand
+    with torch.no_grad():
+        b.image_encoder.eval()
+        f = F.normalize(b.image_encoder(ds.tensors[0]), dim=-1)
+        want = F.cross_entropy(7.0 * f @ protos.class_prototypes.t(), ds.tensors[1]).item()
+    import csv
+
+    with open(tmp_path / "run" / "log.csv") as fh:
+        got = float(next(csv.DictReader(fh))["ce"])
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_spc_seed_reaches_the_isolation_forest_and_train(tiny_openclip, folders, tmp_path, monkeypatch):
+    import sklearn.ensemble
+
+    from fdalign import spc as spc_mod
+
+    seeds = []
+    real = sklearn.ensemble.IsolationForest
+
+    def spy(*a, **k):
+        seeds.append(k.get("random_state"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(sklearn.ensemble, "IsolationForest", spy)
+    if hasattr(spc_mod, "IsolationForest"):
+        monkeypatch.setattr(spc_mod, "IsolationForest", spy)
+    args = _args(tiny_openclip, folders, tmp_path / "run", "--spc", "--spc-seed", "12345", "--epochs", "1")
+    args[args.index("--spc-keep") + 1] = "3"
+    assert main(args) == 0
+    assert seeds and all(s == 12345 for s in seeds), seeds
+
+
+def test_f0_precision_auto_is_bf16_on_cuda_only():
+    from fdalign.train.config import TrainConfig
+    from fdalign.train.trainer import f0_dtype
+
+    auto = TrainConfig(f0_precision="auto")
+    assert f0_dtype(auto, torch.device("cuda")) is torch.bfloat16
+    assert f0_dtype(auto, torch.device("cpu")) is None
+    assert f0_dtype(TrainConfig(f0_precision="fp32"), torch.device("cuda")) is None
+
+
+def test_tip_f_starts_from_tips_searched_alpha_and_beta(monkeypatch):
+    from fdalign.heads import tip as tip_mod
+
+    g = torch.Generator().manual_seed(0)
+    protos, keys = F.normalize(torch.randn(3, 8, generator=g), dim=-1), F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    tip = tip_mod.TipAdapter(protos, 10.0, keys, torch.arange(3).repeat(2), alpha=0.3, beta=5.5)
+    started = {}
+
+    def record(what, head, *a, **k):
+        started.update(alpha=head.alpha, beta=head.beta)
+
+    monkeypatch.setattr(tip_mod, "fit_and_select_epoch", record)
+    monkeypatch.setattr(tip_mod, "search_tip", lambda head, *a, **k: head)
+    tip_mod.fit_tip_f(tip, keys, torch.arange(3).repeat(2), None)
+    assert started == {"alpha": 0.3, "beta": 5.5}
+
+
+def test_exported_head_keeps_label_order(finished_run, tmp_path, monkeypatch):
+    from fdalign.export import HEAD_FILE, export_run, load_head
+    from fdalign.train import run as run_mod
+
+    label_order = ["zebra", "apple", "mango"]  # label 0, 1, 2 as the run names them: not sorted
+    real = run_mod.load_run
+
+    def named(*a, **k):
+        loaded = real(*a, **k)
+        loaded.classnames = list(label_order)
+        return loaded
+
+    monkeypatch.setattr(run_mod, "load_run", named)
+    res = export_run(finished_run, "open_clip", tmp_path / "exp", verify=False)
+    _, names = load_head(res.out / HEAD_FILE)
+    assert names == label_order
+
+
+def test_linear_probe_trains_at_lp_lr(tiny_openclip, tmp_path):
+    import csv
+
+    from fdalign.backends import load_clip
+    from fdalign.prototypes import build_prototypes
+    from fdalign.train.config import TrainConfig
+    from fdalign.train.trainer import train
+
+    b = load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=tiny_openclip["config"])
+    protos = build_prototypes(b, CLASSES, TEMPLATES, cache_dir=False)
+    ds = torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(3).repeat(2))
+    cfg = TrainConfig(mode="linear-probe", head="trainable", shots=2, epochs=1, batch_size=6, num_workers=0,
+                      device="cpu", progress=False, tensorboard=False, lr=0.5, lp_lr=0.02, warmup_steps=0)
+    train(b, ds, ds, protos, cfg, tmp_path / "run")
+    with open(tmp_path / "run" / "log.csv") as fh:
+        assert float(next(csv.DictReader(fh))["lr"]) == pytest.approx(0.02)
