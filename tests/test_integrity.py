@@ -308,7 +308,15 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tmp_path):
 # ---- F4: Ctrl-C right after a checkpoint is not lost --------------------------------------------
 
 
-def test_ctrl_c_swallowed_after_a_checkpoint_still_stops_the_run(tiny_openclip, tmp_path):
+@pytest.fixture
+def sigint_default():
+    """Python's own SIGINT handler (a shell starting pytest in the background leaves SIGINT ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_swallowed_after_a_checkpoint_still_stops_the_run(tiny_openclip, tmp_path, sigint_default):
     from fdalign.backends import load_clip
     from fdalign.prototypes import build_prototypes
     from fdalign.train.config import TrainConfig
