@@ -1,8 +1,14 @@
-"""Atomic file writes.
+"""Atomic file writes, content hashes and the run-directory lock.
 
 Every file fdalign writes (checkpoints, splits, reports, caches) goes through here: the bytes go to a
 temp file in the target's folder, then ``os.replace`` swaps it in, so a run killed mid-write leaves
-the previous version intact instead of a truncated file.
+the previous version intact instead of a truncated file. A full disk is a one-line
+:class:`DiskFullError`.
+
+Every safetensors file gets a canonical header (sorted keys: the same tensors give the same bytes)
+holding the sha256 of its content (:data:`HASH_KEY`); :func:`read_safetensors` checks it, so a
+damaged model, checkpoint or cache entry is never used silently. :func:`run_lock` keeps a second
+process out of a run directory (or a sweep cell).
 """
 
 from __future__ import annotations
@@ -248,6 +254,8 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     import filelock
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FDAlignError(f"{what} {directory} is a file, not a folder; choose another path")
     directory.mkdir(parents=True, exist_ok=True)
     if _secondary_rank():  # torchrun's other ranks work under rank 0's lock
         yield directory

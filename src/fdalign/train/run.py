@@ -7,14 +7,16 @@
     <run>/splits/val.json          the validation images used for every selection
     <run>/hashes.json              split_hash of every split used, test and OOD included
     <run>/model/best.safetensors   the selected fine-tuned encoder + head, and the zero-shot head
+    <run>/model/best.sha256        that file's sha256 when training finished (export checks it)
     <run>/selection.json           what was chosen (epoch, WiSE-FT alpha) on which split
     <run>/log.csv                  one row per optimiser step
     <run>/checkpoint/last.*        the resumable state of the last finished epoch
     <run>/metrics.json, report.md  evaluation (written by the CLI)
+    <run>/.fdalign.lock(.json)     held by the one process working on the run (fdalign.io.run_lock)
 
 ``best.safetensors`` holds ``encoder.*`` (the image tower's state dict), ``head.*`` and
 ``zeroshot_head.*`` in float32; the metadata says how to rebuild the heads and which base model
-the encoder belongs to. Loading executes no code.
+the encoder belongs to. Loading executes no code and checks the file's content hash.
 """
 
 from __future__ import annotations

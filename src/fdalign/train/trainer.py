@@ -547,8 +547,10 @@ def train(
     from fdalign.io import run_lock
 
     with run_lock(run_dir), _Interrupts() as interrupts:  # one process per run directory
-        return _train(backend, train_set, val_set, prototypes, config, Path(run_dir), progress, on_epoch_end,
-                      data_key, interrupts)
+        result = _train(backend, train_set, val_set, prototypes, config, Path(run_dir), progress, on_epoch_end,
+                        data_key, interrupts)
+        interrupts.check()  # a Ctrl-C lost during the last epoch's validation still stops the caller
+        return result
 
 
 def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir: Path, progress: bool,
