@@ -50,7 +50,7 @@ BUGS += [
  ("spurious cosine in bf16", "src/fdalign/losses.py", "        features = features.float()\n    with torch.autocast", "        pass\n    with torch.autocast"),
  ("content hash not checked", "src/fdalign/io.py", 'if status == "bad" or (status == "missing" and require_hash):', "if False:"),
  ("safetensors header in insertion order", "src/fdalign/io.py", "sort_keys=True, separators", "sort_keys=False, separators"),
- ("f0 cache takes any finite values", "src/fdalign/train/f0cache.py", "elif (t > 1e-6).any()", "elif False"),
+ ("f0 cache takes any finite values", "src/fdalign/train/f0cache.py", "elif (t > 1e-6).any() or ((t.double().exp().sum(dim=1) - 1).abs() > 1e-3).any():", "elif False:"),
  ("CLI takes no run lock", "src/fdalign/cli/train.py", 'with run_lock(cfg.out, "run directory") if cfg.out else _no_lock():', "with _no_lock():"),
  ("lock takeover not said", "src/fdalign/io.py", "        if owner_path.is_file():\n            warnings.warn", "        if False:\n            warnings.warn"),
  ("swallowed Ctrl-C not re-raised", "src/fdalign/train/trainer.py", "    def check(self) -> None:\n        if self.hit:", "    def check(self) -> None:\n        if False:"),
