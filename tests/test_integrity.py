@@ -345,6 +345,23 @@ def test_ctrl_c_swallowed_after_a_checkpoint_still_stops_the_run(tiny_openclip, 
 # ---- F6: a full disk is one line ----------------------------------------------------------------
 
 
+def test_disk_full_write_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from fdalign import io as fio
+
+    target = fio.atomic_write_text(tmp_path / "f.json", "old")
+
+    def full(fd, *a, **k):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fio.os, "fdopen", full)
+    with pytest.raises(fio.DiskFullError, match=r"cannot write .*f\.json: no space left"):
+        fio.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
 def test_disk_full_is_one_line(tiny_openclip, folders, tmp_path, monkeypatch, capsys):
     import errno
 
