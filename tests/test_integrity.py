@@ -614,3 +614,15 @@ def test_linear_probe_trains_at_lp_lr(tiny_openclip, tmp_path):
     train(b, ds, ds, protos, cfg, tmp_path / "run")
     with open(tmp_path / "run" / "log.csv") as fh:
         assert float(next(csv.DictReader(fh))["lr"]) == pytest.approx(0.02)
+
+
+def test_export_removes_a_killed_exports_temp_folder(finished_run, tmp_path):
+    from fdalign.export import export_run
+
+    out = tmp_path / "exp"
+    dead = tmp_path / ".exp.k1ll3d.tmp"  # what atomic_directory leaves when killed mid-export
+    dead.mkdir()
+    (dead / "open_clip_model.safetensors").write_bytes(b"x" * 1000)
+    export_run(finished_run, "open_clip", out, verify=False)
+    assert not dead.exists() and out.is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -236,6 +237,36 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
                         p.unlink()
                 gone.append(p)
     return gone
+
+
+@contextlib.contextmanager
+def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Hold a lock on the output ``path`` (``.<name>.lock`` beside it) for the block, after removing the
+    ``.<name>.*.tmp`` / ``.old`` leftovers of killed :func:`atomic_directory` / :func:`atomic_write_bytes`
+    calls for that name (35 MB per killed export). A second process gets :class:`RunLockedError`."""
+    import filelock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RunLockedError(f"{what} {path} is being written by another fdalign process; wait for it, or choose "
+                             "another path") from None
+    try:
+        name = glob.escape(path.name)
+        for p in [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.old")]:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # unlinked while still held: no stray file beside the output
+            Path(lock.lock_file).unlink()
+        lock.release()
 
 
 LOCK_FILE = ".fdalign.lock"
