@@ -626,3 +626,11 @@ def test_export_removes_a_killed_exports_temp_folder(finished_run, tmp_path):
     export_run(finished_run, "open_clip", out, verify=False)
     assert not dead.exists() and out.is_dir()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+def test_a_refused_train_leaves_no_folder_and_a_finished_one_no_lock_files(tiny_openclip, folders, finished_run,
+                                                                           tmp_path, capsys):
+    out = tmp_path / "new"
+    rc = main(_args(tiny_openclip, folders, out, "--data", str(tmp_path / "missing")))
+    assert rc == 2 and not out.exists(), capsys.readouterr().err
+    assert not [p.name for p in finished_run.iterdir() if p.name.startswith(".fdalign.lock")]

@@ -287,6 +287,7 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise FDAlignError(f"{what} {directory} is a file, not a folder; choose another path")
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     if _secondary_rank():  # torchrun's other ranks work under rank 0's lock
         yield directory
@@ -322,7 +323,12 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
             with contextlib.suppress(FileNotFoundError):
                 owner_path.unlink()
     finally:
+        with contextlib.suppress(FileNotFoundError):  # unlinked while still held, then released
+            lock_path.unlink()
         lock.release()
+        if created:  # a command that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _secondary_rank() -> bool:
