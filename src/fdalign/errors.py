@@ -37,3 +37,11 @@ def as_command(command: str, fn) -> int:
     except KeyboardInterrupt:
         print(f"fdalign {command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk is the user's to fix: one line, not a traceback
+        import errno
+
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        print(f"fdalign {command}: error: no space left on the disk of {e.filename or 'an output file'}; "
+              "free some space and run the command again", file=sys.stderr)
+        return 2

@@ -251,14 +251,22 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, wis
     ``verify`` reloads the written model with plain open_clip / transformers and compares its image
     features with the run's on a random batch before ``out`` is put in place.
     """
+    from fdalign.io import target_lock
+
+    with target_lock(out, "export folder"):  # one writer; a killed export's temp folder is removed
+        return _export_run(run_dir, fmt, out, wiseft_alpha, force, verify)
+
+
+def _export_run(run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool) -> ExportResult:
     from fdalign.io import atomic_directory, atomic_write_json, atomic_write_text
-    from fdalign.train.run import load_run
+    from fdalign.train.run import check_model_hash, load_run
 
     if fmt not in FORMATS:
         raise FDAlignError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     run_dir, out = finished_run(run_dir), Path(out)
     alpha = parse_alpha(wiseft_alpha)
     check_out(out, force)
+    check_model_hash(run_dir)
     loaded = load_run(run_dir, "cpu")
     have = _backend_format(loaded.backend)
     if have != fmt:

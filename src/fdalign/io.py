@@ -1,21 +1,47 @@
-"""Atomic file writes.
+"""Atomic file writes, content hashes and the run-directory lock.
 
 Every file fdalign writes (checkpoints, splits, reports, caches) goes through here: the bytes go to a
 temp file in the target's folder, then ``os.replace`` swaps it in, so a run killed mid-write leaves
-the previous version intact instead of a truncated file.
+the previous version intact instead of a truncated file. A full disk is a one-line
+:class:`DiskFullError`.
+
+Every safetensors file gets a canonical header (sorted keys: the same tensors give the same bytes)
+holding the sha256 of its content (:data:`HASH_KEY`); :func:`read_safetensors` checks it, so a
+damaged model, checkpoint or cache entry is never used silently. :func:`run_lock` keeps a second
+process out of a run directory (or a sweep cell).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from fdalign.errors import FDAlignError
+
+# the safetensors metadata key holding the sha256 of the file's canonical header (without this key) + data
+HASH_KEY = "fdalign_sha256"
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class DiskFullError(FDAlignError, OSError):
+    """A write failed for lack of space: a user-fixable error, and still an OSError for optional caches."""
+
+
+class RunLockedError(FDAlignError):
+    """Another live process holds the lock of a run directory (or a sweep cell)."""
 
 
 def _umask() -> int:
@@ -34,9 +60,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         # mkstemp creates 0600; give the file the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _FULL:
+            raise DiskFullError(e.errno, f"cannot write {path}: no space left on its disk ({len(data)} bytes "
+                                "needed); free some space and run the command again (training: with --resume)") from None
         raise
     return path
 
@@ -57,7 +86,59 @@ def atomic_save_safetensors(
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
-    return atomic_write_bytes(path, data)
+    return atomic_write_bytes(path, with_content_hash(data))
+
+
+def _split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or n > len(data) - 8:
+        raise ValueError("truncated safetensors header")
+    return json.loads(data[8:8 + n].decode("utf-8")), data[8 + n:]
+
+
+def _header_bytes(header: dict) -> bytes:
+    # sorted keys: the same tensors and metadata give the same bytes (safetensors' own order varies by process)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return raw + b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes so the data stays aligned
+
+
+def _content_digest(header: dict, body: bytes) -> str:
+    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != HASH_KEY}
+    h = hashlib.sha256(_header_bytes({**header, "__metadata__": meta}))
+    h.update(body)
+    return h.hexdigest()
+
+
+def with_content_hash(data: bytes) -> bytes:
+    """A safetensors file's bytes with a canonical (sorted) header whose metadata holds :data:`HASH_KEY`:
+    the sha256 of that header without the key, followed by the tensor data."""
+    header, body = _split_safetensors(data)
+    header["__metadata__"] = dict(header.get("__metadata__") or {}, **{HASH_KEY: _content_digest(header, body)})
+    head = _header_bytes(header)
+    return len(head).to_bytes(8, "little") + head + body
+
+
+def content_hash_status(data: bytes) -> str:
+    """``"ok"``, ``"missing"`` (written before fdalign hashed its files), ``"bad"`` (changed since) or
+    ``"unreadable"`` (not a safetensors file) for a safetensors file's bytes."""
+    try:
+        header, body = _split_safetensors(data)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (ValueError, UnicodeDecodeError):
+        return "unreadable"
+    want = (header.get("__metadata__") or {}).get(HASH_KEY)
+    if want is None:
+        return "missing"
+    return "ok" if want == _content_digest(header, body) else "bad"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -108,15 +189,158 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
 
 
 def read_safetensors(
-    path: str | os.PathLike, what: str = "file", device: str = "cpu"
+    path: str | os.PathLike, what: str = "file", device: str = "cpu", require_hash: bool = False,
+    fix: str = "write it again",
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(tensors, metadata)`` of a safetensors file, loaded without executing code."""
-    from safetensors import safe_open
+    """``(tensors, metadata)`` of a safetensors file, loaded without executing code.
 
-    from fdalign.errors import FDAlignError
+    The file is read into memory (never memory-mapped, so a replaced file is not kept alive) and its
+    content hash (:func:`with_content_hash`) checked: a file that fails it is an :class:`FDAlignError`
+    naming it, with ``fix`` as the advice; one without a hash is accepted unless ``require_hash``.
+    """
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise FDAlignError(f"{what} {path} is not readable ({e.strerror or e})") from None
+    status = content_hash_status(data)
+    if status == "bad" or (status == "missing" and require_hash):
+        why = "fails its content hash" if status == "bad" else "carries no content hash"
+        raise FDAlignError(f"{what} {path} {why}: it was damaged or changed after fdalign wrote it; {fix}")
+    try:
+        tensors = load(data)
+        meta = dict(_split_safetensors(data)[0].get("__metadata__") or {})
     except Exception as e:
         raise FDAlignError(f"{what} {path} is not a readable safetensors file ({e})") from None
+    meta.pop(HASH_KEY, None)
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, meta
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files and folders that killed atomic writes left in ``directory`` and its
+    sub-folders. Call it only while holding the directory's :func:`run_lock`: then no live writer owns them."""
+    gone = []
+    for here, dirs, files in os.walk(directory):
+        # a sub-folder with its own lock (a sweep's cell) is its owner's to clean
+        dirs[:] = [d for d in dirs if not (Path(here, d) / LOCK_FILE).exists()]
+        for name in [*dirs, *files]:
+            p = Path(here, name)
+            if name.startswith(".") and name.endswith((".tmp", ".old")):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                    dirs.remove(name)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                gone.append(p)
+    return gone
+
+
+@contextlib.contextmanager
+def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Hold a lock on the output ``path`` (``.<name>.lock`` beside it) for the block, after removing the
+    ``.<name>.*.tmp`` / ``.old`` leftovers of killed :func:`atomic_directory` / :func:`atomic_write_bytes`
+    calls for that name (35 MB per killed export). A second process gets :class:`RunLockedError`."""
+    import filelock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path.parent / f".{path.name}.lock"), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RunLockedError(f"{what} {path} is being written by another fdalign process; wait for it, or choose "
+                             "another path") from None
+    try:
+        name = glob.escape(path.name)
+        for p in [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.old")]:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # unlinked while still held: no stray file beside the output
+            Path(lock.lock_file).unlink()
+        lock.release()
+
+
+LOCK_FILE = ".fdalign.lock"
+_held: dict[str, list] = {}  # resolved lock path -> [FileLock, depth]: the lock is re-entrant in one process
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[Path]:
+    """Hold ``<directory>/.fdalign.lock`` (an OS file lock: it dies with its process) for the block.
+
+    The owner's host, pid and start time go to ``.fdalign.lock.json``, removed on release. A second
+    process gets :class:`RunLockedError` naming the owner at once (no waiting). Finding the owner file of
+    a process that died while holding the lock (its OS lock went with it), the lock is taken over and a
+    warning says so. Re-entrant within one process. Stale ``.tmp`` files of killed writes are removed.
+    """
+    import filelock
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FDAlignError(f"{what} {directory} is a file, not a folder; choose another path")
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    if _secondary_rank():  # torchrun's other ranks work under rank 0's lock
+        yield directory
+        return
+    lock_path = directory / LOCK_FILE
+    key = str(lock_path.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield directory
+        finally:
+            _held[key][1] -= 1
+        return
+    owner_path = directory / (LOCK_FILE + ".json")
+    lock = filelock.FileLock(str(lock_path), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RunLockedError(f"{what} {directory} is in use by another fdalign process ({_describe_owner(owner_path)}); "
+                             "wait for it to finish, or choose another folder") from None
+    try:
+        if owner_path.is_file():
+            warnings.warn(f"{what} {directory}: taking over the lock of a process that ended without releasing "
+                          f"it ({_describe_owner(owner_path)})", stacklevel=3)
+        atomic_write_json(owner_path, {"host": socket.gethostname(), "pid": os.getpid(),
+                                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        remove_stale_temps(directory)
+        _held[key] = [lock, 1]
+        try:
+            yield directory
+        finally:
+            del _held[key]
+            with contextlib.suppress(FileNotFoundError):
+                owner_path.unlink()
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # unlinked while still held, then released
+            lock_path.unlink()
+        lock.release()
+        if created:  # a command that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def _secondary_rank() -> bool:
+    if os.environ.get("RANK", "0") != "0":
+        return True
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
+def _describe_owner(owner_path: Path) -> str:
+    try:
+        o = json.loads(owner_path.read_text(encoding="utf-8"))
+        return f"pid {o['pid']} on host {o['host']}, since {o['since']}"
+    except Exception:
+        return "owner unknown"

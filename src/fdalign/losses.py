@@ -39,13 +39,17 @@ def cosine_logits(
         scale: temperature multiplier, e.g. CLIP's ``logit_scale`` (100).
 
     Returns:
-        ``[B, K]`` logits ``scale * <f/|f|, p/|p|>``.
+        ``[B, K]`` logits ``scale * <f/|f|, p/|p|>``, in at least float32: bf16 / fp16 features (f0 in bf16)
+        are cast up before the product, whose rounding at scale 100 would rival a small KL.
     """
-    f = F.normalize(features, dim=-1)
-    p = prototypes.to(device=f.device, dtype=f.dtype)
-    if normalize_prototypes:
-        p = F.normalize(p, dim=-1)
-    return scale * f @ p.t()
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
+    with torch.autocast(features.device.type, enabled=False):  # autocast would run the product in bf16 again
+        f = F.normalize(features, dim=-1)
+        p = prototypes.to(device=f.device, dtype=f.dtype)
+        if normalize_prototypes:
+            p = F.normalize(p, dim=-1)
+        return scale * f @ p.t()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -199,10 +199,16 @@ def predict(classifier: Classifier, paths: Sequence[str], topk: int = 5, batch_s
     errors = {paths[i]: unreadable_reason(paths[i]) for i in bad}
     k = min(topk, len(classifier.classnames))
     if good.any():
-        probs, top = topk_probabilities(apply_head(classifier.head, feats[good]), k)
+        logits = apply_head(classifier.head, feats[good])
+        finite = torch.isfinite(logits).all(dim=1)  # a diverged model's NaN row has no top class and no probability
+        ok = idx[good][finite.cpu()]
+        for i in idx[good][~finite.cpu()].tolist():
+            errors[paths[i]] = "the model's scores are NaN or inf (diverged or damaged model)"
+        probs, top = topk_probabilities(logits[finite], k)
     else:
+        ok = idx[good]
         probs, top = torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
-    return Predictions(list(paths), idx[good].tolist(), probs, top, errors)
+    return Predictions(list(paths), ok.tolist(), probs, top, errors)
 
 
 def predictions_csv(pred: Predictions, classnames: Sequence[str]) -> str:

@@ -100,13 +100,17 @@ def encode_prompt_features(
 def _read_cached(path: Path, c: int, m: int) -> torch.Tensor | None:
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
+    import warnings
 
-    try:
-        feats = load_file(str(path))["features"]
-    except Exception:  # a truncated or foreign file is just a cache miss; it gets rewritten
+    try:  # the content hash is required: a damaged or foreign entry is recomputed and rewritten
+        feats = read_safetensors(path, "prompt-feature cache file", require_hash=True, fix="recomputing it")[0]["features"]
+    except Exception as e:
+        msg = str(e) if isinstance(e, FDAlignError) else f"prompt-feature cache file {path} is unreadable ({e})"
+        warnings.warn(msg if msg.endswith("recomputing it") else f"{msg}; recomputing it", stacklevel=3)
         return None
-    if feats.ndim != 3 or feats.shape[:2] != (c, m):
+    if feats.ndim != 3 or feats.shape[:2] != (c, m) or not torch.isfinite(feats).all():
+        warnings.warn(f"ignoring prompt-feature cache file {path}: shape {tuple(feats.shape)} or values do not fit "
+                      f"[{c}, {m}, D] finite features; recomputing it", stacklevel=3)
         return None
     return feats.float()
 

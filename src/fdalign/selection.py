@@ -43,6 +43,15 @@ class EvalSplit:
     description: str = ""
     files: list[str] | None = None  # the image files behind ``dataset``, for :func:`check_disjoint`
 
+    def scored_files(self) -> list[str] | None:
+        """The image files selection really scores: read from ``dataset`` itself when it knows them (an
+        :class:`~fdalign.data.ImageDataset`: ``dataset.split``), so that a list built beside it cannot
+        vouch for other images; else ``files``."""
+        split = getattr(self.dataset, "split", None)
+        if split is not None and hasattr(split, "samples") and hasattr(split, "resolve"):
+            return [str(split.resolve(s)) for s in split.samples]
+        return None if self.files is None else [str(f) for f in self.files]
+
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
@@ -72,7 +81,7 @@ def check_disjoint(val: EvalSplit, others: Mapping[str, Iterable[str | os.PathLi
     are hashed; the val split is small.
 
     Args:
-        val: the split selection will run on; needs ``val.files``.
+        val: the split selection will run on; its files are :meth:`EvalSplit.scored_files`.
         others: set name -> its image paths (the ID test set, each OOD set).
 
     Returns:
@@ -84,10 +93,11 @@ def check_disjoint(val: EvalSplit, others: Mapping[str, Iterable[str | os.PathLi
     from fdalign.data.hashing import file_sha256
     from fdalign.errors import FDAlignError
 
-    if val.files is None:
-        raise ValueError("check_disjoint needs the val split's files (EvalSplit.files)")
+    files = val.scored_files()
+    if files is None:
+        raise ValueError("check_disjoint needs the val split's files (an ImageDataset, or EvalSplit.files)")
     by_size: dict[int, list[str]] = {}
-    for f in val.files:
+    for f in files:
         by_size.setdefault(os.path.getsize(f), []).append(str(f))
     digests: dict[str, str] = {}
 

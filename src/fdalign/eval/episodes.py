@@ -76,7 +76,8 @@ def episode_accuracy(
             class_prototypes=protos, classes=torch.as_tensor(episodes.classes[a:a + chunk], device=dev),
             text_scale=text_scale, weight=weight, unit=True,
         )
-        out.append((logits.argmax(-1) == labels).float().mean(-1) * 100.0)
+        right = (logits.argmax(-1) == labels) & torch.isfinite(logits).all(-1)  # a NaN row's argmax is no answer
+        out.append(right.float().mean(-1) * 100.0)
     return torch.cat(out).cpu() if out else torch.empty(0)
 
 

@@ -13,13 +13,15 @@ def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Ties go to the lower class index, as :func:`torch.argmax` does, so the result is deterministic
     (``torch.topk`` leaves tie order unspecified): a true class tied with a lower-index class ranks
-    after it, tied with a higher-index class ranks before it.
+    after it, tied with a higher-index class ranks before it. A row holding NaN or inf ranks ``C``, i.e.
+    wrong at every k: comparisons with NaN are all false, which would otherwise make it rank 0 (correct).
     """
     labels = labels.to(logits.device).long()
     true = logits.gather(1, labels.view(-1, 1))  # [N, 1]
     idx = torch.arange(logits.shape[1], device=logits.device).view(1, -1)
     ahead = (logits > true) | ((logits == true) & (idx < labels.view(-1, 1)))
-    return ahead.sum(dim=1)
+    rank = ahead.sum(dim=1)
+    return torch.where(torch.isfinite(logits).all(dim=1), rank, torch.full_like(rank, logits.shape[1]))
 
 
 def topk_accuracy(
@@ -32,7 +34,8 @@ def topk_accuracy(
         labels: ``[N]`` int64 class indices in ``[0, C)``.
         ks: the k values; each is clipped to ``C`` (top-5 of a 3-class problem is top-3, i.e. 100%).
 
-    Ties are broken toward the lower class index (see :func:`true_class_rank`).
+    Ties are broken toward the lower class index, and a row with NaN or inf counts as wrong (see
+    :func:`true_class_rank`).
 
     Returns:
         ``{k: accuracy}`` keyed by the *requested* k, in percent. An empty input gives ``nan``.

@@ -57,7 +57,8 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     lower class index exactly as in :func:`fdalign.eval.metrics.topk_accuracy`."""
     if logits.shape[0] == 0:
         return float("nan")
-    return 100.0 * (logits.argmax(1) == labels.to(logits.device)).double().mean().item()
+    right = (logits.argmax(1) == labels.to(logits.device)) & torch.isfinite(logits).all(1)  # a NaN row is wrong
+    return 100.0 * right.double().mean().item()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 ``<run>/checkpoint/last.safetensors`` holds every tensor: the encoder (``encoder.*``), the head
 (``head.*``), the optimiser state flattened to ``optim.<param index>.<name>`` and the torch RNG
-states (``rng.torch``, ``rng.cuda.<i>``, uint8). ``<run>/checkpoint/last.json`` holds the rest:
-epoch, step, best val, the scheduler position, the optimiser's param groups and non-tensor state,
-Python / numpy RNG states. Both files carry the same random ``token`` so a crash between the two
-atomic renames is detected instead of silently mixing two epochs.
+states (``rng.torch``, ``rng.cuda.<i>``, uint8), and, in its metadata (``state``), the rest as
+JSON: epoch, step, best val, the scheduler position, the optimiser's param groups and non-tensor
+state, Python / numpy RNG states. One file, replaced by one rename, so a kill at any moment leaves
+either the previous epoch's checkpoint or this one, never a mix; its content hash is checked on
+read. ``<run>/checkpoint/last.json`` is a copy of the JSON for humans, written just before; it is
+read only from checkpoints made before the JSON moved inside (their pair carries a shared
+``token`` to detect a mix).
 """
 
 from __future__ import annotations
@@ -131,28 +134,38 @@ def save_checkpoint(
     tensors.update(rng_tensors())
     js = dict(meta)
     js.update(format=CHECKPOINT_FORMAT, token=token, optimizer=opt_rest, rng=rng_json())
-    atomic_save_safetensors(directory / f"{name}.safetensors", tensors, {"format": CHECKPOINT_FORMAT, "token": token})
-    atomic_write_json(directory / f"{name}.json", js)
+    header = {"format": CHECKPOINT_FORMAT, "token": token, "state": json.dumps(js, sort_keys=True)}
+    # the JSON first: every "is there a run here" test looks for it, so it exists whenever the tensors do;
+    # a kill between the two renames leaves the previous epoch's safetensors, which is complete by itself
+    atomic_write_json(directory / f"{name}.json", js)  # for humans: load_checkpoint reads the copy inside
+    atomic_save_safetensors(directory / f"{name}.safetensors", tensors, header)
     return directory / f"{name}.safetensors"
+
+
+def has_checkpoint(directory: str | os.PathLike, name: str = "last") -> bool:
+    directory = Path(directory)
+    return (directory / f"{name}.safetensors").is_file() or (directory / f"{name}.json").is_file()
 
 
 def load_checkpoint(directory: str | os.PathLike, name: str = "last", device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (safetensors: no code is executed)."""
-    from safetensors import safe_open
+    from fdalign.io import read_safetensors
 
     directory = Path(directory)
     st, js_path = directory / f"{name}.safetensors", directory / f"{name}.json"
-    if not st.is_file() or not js_path.is_file():
-        raise FDAlignError(f"no checkpoint to resume from in {directory} (need {st.name} and {js_path.name}); "
+    if not st.is_file():
+        raise FDAlignError(f"no checkpoint to resume from in {directory} (need {st.name}); "
                            "drop --resume to start a new run")
+    tensors, meta = read_safetensors(st, "checkpoint file", device=str(device),
+                                     fix="delete the run's checkpoint folder and train again without --resume")
     try:
-        js = json.loads(js_path.read_text(encoding="utf-8"))
-        with safe_open(str(st), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "state" in meta:
+            js = json.loads(meta["state"])
+        else:  # written before the JSON moved inside the safetensors file: the pair must match
+            js = json.loads(js_path.read_text(encoding="utf-8"))
     except Exception as e:
         raise FDAlignError(f"checkpoint in {directory} is unreadable ({e}); drop --resume to start over") from None
-    if js.get("format") != CHECKPOINT_FORMAT or meta.get("token") != js.get("token"):
+    if not isinstance(js, dict) or js.get("format") != CHECKPOINT_FORMAT or meta.get("token") != js.get("token"):
         raise FDAlignError(
             f"checkpoint files in {directory} do not belong together (interrupted while saving?); "
             "delete the checkpoint folder and drop --resume to start over"

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fdalign.errors import FDAlignError
 from fdalign.io import atomic_save_safetensors, atomic_write_json, read_safetensors
 
 CACHE_FORMAT = "fdalign-f0-cache/1"
@@ -54,37 +55,73 @@ class F0Cache:
         self.dir = Path(root).expanduser() / key
         self.ingredients, self.n, self.k = ingredients, int(n), int(k)
         self.hits = 0  # epochs read from the cache (reported by the trainer)
+        self.misses = 0  # epochs f0 had to compute
         self.writes = 0
+        self.writable = True
 
     def _path(self, epoch: int) -> Path:
         return self.dir / f"epoch_{epoch:04d}.safetensors"
 
     def load(self, epoch: int) -> torch.Tensor | None:
+        t = self._read(epoch)
+        if t is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return t
+
+    def _read(self, epoch: int) -> torch.Tensor | None:
         path = self._path(epoch)
         if not path.is_file():
             return None
-        try:
-            tensors, _ = read_safetensors(path, "f0 cache file")
+        try:  # the content hash is required: a damaged entry is recomputed, never trusted
+            tensors, _ = read_safetensors(path, "f0 cache file", require_hash=True, fix="recomputing it")
             t = tensors["log_p0"]
-        except Exception as e:  # a damaged entry is recomputed, never trusted
-            warnings.warn(f"ignoring unreadable f0 cache file {path} ({e}); recomputing it", stacklevel=2)
+        except Exception as e:
+            msg = str(e) if isinstance(e, FDAlignError) else f"f0 cache file {path} is unreadable ({e})"
+            warnings.warn(msg if msg.endswith("recomputing it") else f"{msg}; recomputing it", stacklevel=3)
             return None
-        if tuple(t.shape) != (self.n, self.k) or not torch.isfinite(t).all():
-            warnings.warn(f"ignoring f0 cache file {path}: shape {tuple(t.shape)}, expected ({self.n}, {self.k})",
-                          stacklevel=2)
+        problem = None
+        if tuple(t.shape) != (self.n, self.k):
+            problem = f"shape {tuple(t.shape)}, expected ({self.n}, {self.k})"
+        elif not torch.isfinite(t).all():
+            problem = "it holds NaN or inf"
+        elif (t > 1e-6).any() or ((t.double().exp().sum(dim=1) - 1).abs() > 1e-3).any():
+            problem = "its rows are not log-probabilities (each row's exp must sum to 1)"
+        if problem:
+            warnings.warn(f"ignoring f0 cache file {path}: {problem}; recomputing it", stacklevel=3)
             return None
-        self.hits += 1
         return t
 
     def save(self, epoch: int, log_p0: torch.Tensor) -> None:
-        if not torch.isfinite(log_p0).all():  # an epoch that did not visit every image is not stored
+        """Store an epoch; the cache is optional, so a failed write (disk full, read-only) warns and stops
+        further writes instead of stopping training."""
+        if not self.writable or not torch.isfinite(log_p0).all():  # an epoch that missed images is not stored
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "key.json").is_file():
-            atomic_write_json(self.dir / "key.json", self.ingredients)
-        atomic_save_safetensors(self._path(epoch), {"log_p0": log_p0.detach().to("cpu", torch.float32).contiguous()},
-                                {"format": CACHE_FORMAT})
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not (self.dir / "key.json").is_file():
+                atomic_write_json(self.dir / "key.json", self.ingredients)
+            atomic_save_safetensors(self._path(epoch), {"log_p0": log_p0.detach().to("cpu", torch.float32).contiguous()},
+                                    {"format": CACHE_FORMAT})
+        except OSError as e:
+            self.writable = False
+            warnings.warn(f"could not write the f0 cache in {self.dir} ({e}); training goes on without storing "
+                          "f0's answers", stacklevel=2)
+            return
         self.writes += 1
+
+    def report(self) -> str:
+        """One line saying whether the cache hit, e.g. for the end of a run."""
+        used = self.hits + self.misses
+        if self.hits == used:
+            verdict = "hit"
+        elif self.hits == 0:
+            verdict = "miss"
+        else:
+            verdict = "partial hit"
+        return (f"f0 cache {verdict}: {self.hits} of {used} epochs read from {self.dir}, {self.misses} computed by f0, "
+                f"{self.writes} stored")
 
 
 __all__ = ["CACHE_FORMAT", "state_fingerprint", "f0_cache_key", "F0Cache"]

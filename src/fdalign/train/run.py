@@ -7,14 +7,16 @@
     <run>/splits/val.json          the validation images used for every selection
     <run>/hashes.json              split_hash of every split used, test and OOD included
     <run>/model/best.safetensors   the selected fine-tuned encoder + head, and the zero-shot head
+    <run>/model/best.sha256        that file's sha256 when training finished (export checks it)
     <run>/selection.json           what was chosen (epoch, WiSE-FT alpha) on which split
     <run>/log.csv                  one row per optimiser step
     <run>/checkpoint/last.*        the resumable state of the last finished epoch
     <run>/metrics.json, report.md  evaluation (written by the CLI)
+    <run>/.fdalign.lock(.json)     held by the one process working on the run (fdalign.io.run_lock)
 
 ``best.safetensors`` holds ``encoder.*`` (the image tower's state dict), ``head.*`` and
 ``zeroshot_head.*`` in float32; the metadata says how to rebuild the heads and which base model
-the encoder belongs to. Loading executes no code.
+the encoder belongs to. Loading executes no code and checks the file's content hash.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fdalign.train.config import TrainConfig
 MODEL_FORMAT = "fdalign-model/1"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model/best.safetensors"
+MODEL_HASH_FILE = "model/best.sha256"  # sha256 of the finished run's model file (export checks it)
 SELECTION_FILE = "selection.json"
 HASHES_FILE = "hashes.json"
 LOG_FILE = "log.csv"
@@ -64,6 +67,28 @@ def save_model(
     return Path(path)
 
 
+def record_model_hash(run_dir: str | os.PathLike) -> str:
+    """Write ``<run>/model/best.sha256`` for the model file as it is now (the end of training)."""
+    from fdalign.io import atomic_write_text, file_sha256
+
+    digest = file_sha256(Path(run_dir) / MODEL_FILE)
+    atomic_write_text(Path(run_dir) / MODEL_HASH_FILE, f"{digest}  best.safetensors\n")
+    return digest
+
+
+def check_model_hash(run_dir: str | os.PathLike) -> None:
+    """Refuse a model file that is not the one training finished with (runs before the record pass)."""
+    from fdalign.io import file_sha256
+
+    rec = Path(run_dir) / MODEL_HASH_FILE
+    if not rec.is_file():
+        return
+    want = rec.read_text(encoding="utf-8", errors="replace").split()[:1]
+    if want != [file_sha256(Path(run_dir) / MODEL_FILE)]:
+        raise FDAlignError(f"model file {Path(run_dir) / MODEL_FILE} is not the one its run finished training with "
+                           f"(sha256 differs from {rec}); train the run again or restore the file")
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.is_floating_point() else t
 
@@ -82,7 +107,8 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     path = Path(path)
     if not path.is_file():
         raise FDAlignError(f"model file {path} does not exist; is this an fdalign run directory that finished training?")
-    tensors, raw = read_safetensors(path, "model file")
+    tensors, raw = read_safetensors(path, "model file",
+                                    fix="train the run again (or restore the file from a copy); its results cannot be trusted")
     if raw.get("format") != MODEL_FORMAT:
         raise FDAlignError(f"{path} is not an fdalign model file (format {raw.get('format')!r})")
 
@@ -188,4 +214,4 @@ def _cast_like(state: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> 
     return {k: v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v for k, v in state.items()}
 
 
-__all__ = ["save_model", "load_model", "SavedModel", "LoadedRun", "load_run", "MODEL_FILE", "CONFIG_FILE"]
+__all__ = ["record_model_hash", "check_model_hash", "MODEL_HASH_FILE", "save_model", "load_model", "SavedModel", "LoadedRun", "load_run", "MODEL_FILE", "CONFIG_FILE"]

@@ -286,6 +286,7 @@ class _Loop:
     log_rows: Callable[[dict], None]
     progress: bool
     total_epochs: int
+    interrupts: _Interrupts | None = None
 
 
 def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: int,
@@ -340,6 +341,8 @@ def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: 
                                          sampler.weights[b], L.dist)
         L.log_rows({"step": step, "epoch": epoch + 1, "lr": lr, **means, "images_per_s": round(ips, 2)})
         bar.set_postfix(ce=f"{means['ce']:.3f}", kl=f"{means['kl']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+        if L.interrupts is not None:
+            L.interrupts.check()
     bar.close()
     return step, phase_step
 
@@ -379,8 +382,9 @@ def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, hea
     Refuses a checkpoint made with other settings, and an existing one without ``--resume``.
     """
     ckpt_dir = run_dir / "checkpoint"
-    if not (ckpt_dir / "last.json").is_file():
-        if cfg.resume:
+    if not (ckpt_dir / "last.safetensors").is_file():
+        # last.json alone: killed while writing the first checkpoint, so no epoch was kept
+        if cfg.resume or (ckpt_dir / "last.json").is_file():
             log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
         return _Progress(), None
     if not cfg.resume:
@@ -466,6 +470,50 @@ class _RunWriter:
             self.tb.close()
 
 
+class _Interrupts:
+    """Ctrl-C that cannot be lost: the handler records it before raising, and :meth:`check` raises again
+    at the next batch or epoch boundary. A KeyboardInterrupt raised inside code that swallows it (Python's
+    fork handlers, when a DataLoader starts its workers: "Exception ignored in: _releaseLock") would
+    otherwise let the run finish and exit 0."""
+
+    def __init__(self):
+        self.hit = False
+        self.previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _check_finite_weights(encoder: nn.Module, head: nn.Module, epoch: int, lr: float) -> None:
+    """A diverged model must stop the run, not be validated, selected and reported (NaN logits)."""
+    for what, module in (("encoder", encoder), ("head", head)):
+        for name, p in module.named_parameters():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise FDAlignError(f"training diverged: the {what} weight {name} holds NaN or inf after epoch {epoch} "
+                                   f"(peak lr {lr:g}); lower --lr, set a finite --grad-clip, or use --precision fp32")
+
+
 def train(
     backend,
     train_set: Dataset,
@@ -496,11 +544,21 @@ def train(
         data_key: names the training images and their transform (e.g. the split's content hash
             and the augmentation settings); with ``config.f0_cache`` it keys the f0 cache.
     """
-    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model
+    from fdalign.io import run_lock
+
+    with run_lock(run_dir), _Interrupts() as interrupts:  # one process per run directory
+        result = _train(backend, train_set, val_set, prototypes, config, Path(run_dir), progress, on_epoch_end,
+                        data_key, interrupts)
+        interrupts.check()  # a Ctrl-C lost during the last epoch's validation still stops the caller
+        return result
+
+
+def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir: Path, progress: bool,
+           on_epoch_end, data_key, interrupts: _Interrupts) -> TrainResult:
+    from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, record_model_hash
 
     cfg = config.resolved(len(train_set)).validate()
     dist = distributed.current()
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = progress and cfg.progress and dist.is_main
     if not isinstance(val_set, EvalSplit):
@@ -586,7 +644,7 @@ def train(
                     train_encoder=phase.train_encoder,
                 ),
                 total_steps=total_steps, warmup=min(warmup, total_steps), log_rows=writer.row, progress=progress,
-                total_epochs=total_epochs,
+                total_epochs=total_epochs, interrupts=interrupts,
             )
 
             for epoch in range(max(start_epoch, phase.start), phase.stop):
@@ -605,6 +663,7 @@ def train(
                         f0cache.save(view_epoch(cfg, epoch), fill)
 
                 # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
+                _check_finite_weights(encoder, head, epoch + 1, phase.lr)
                 top1 = _val_top1(encoder, head, val_set, cfg, device)
                 val_hist.append(top1)
                 improved = top1 > best_val  # strict: ties keep the earlier epoch, as select() does
@@ -629,6 +688,7 @@ def train(
                                + ("  (best)" if improved else ""))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, top1)
+                interrupts.check()
             start_epoch = phase.stop
     finally:
         writer.close()
@@ -642,6 +702,13 @@ def train(
     distributed.barrier(dist)
     scores = {e + 1: v for e, v in enumerate(val_hist)}
     _load_selected(run_dir / MODEL_FILE, chosen, encoder, head)
+    if dist.is_main:
+        record_model_hash(run_dir)
+        if f0cache is not None and f0cache.hits + f0cache.misses:
+            import sys
+
+            print(f0cache.report(), file=sys.stderr)
+            log.info(f0cache.report())
     return TrainResult(
         encoder=encoder, head=head, zeroshot_head=zeroshot_head, zeroshot_encoder_state=zeroshot_encoder_state,
         best_epoch=int(chosen), best_val_top1=float(scores[chosen]), val_top1=val_hist, steps=step,

@@ -82,10 +82,15 @@ def finetune(config) -> Run:
     cfg.validate("the config")
     if cfg.dataset_name is None:
         cfg.dataset_name = guess_dataset_name(cfg.data)
-    check_run_request(cfg)
-    index_info = index_file_of(cfg.data, cfg.shots)
-    data = _open_data(cfg, index_info)
-    return _train_and_evaluate(cfg, index_info, data)
+    if not cfg.out:
+        check_run_request(cfg)  # says --out is required
+    from fdalign.io import run_lock
+
+    with run_lock(cfg.out, "run directory"):  # one process per run directory, before anything is written
+        check_run_request(cfg)
+        index_info = index_file_of(cfg.data, cfg.shots)
+        data = _open_data(cfg, index_info)
+        return _train_and_evaluate(cfg, index_info, data)
 
 
 @dataclass
