@@ -503,7 +503,7 @@ def test_selection_guard_checks_the_images_selection_scores(folders):
     """The guard's files come from the dataset that is scored, not from a list built beside it."""
     from fdalign.backends.base import ImageSpec  # noqa: F401  (the module must import)
     from fdalign.data import ImageDataset, open_dataset
-    from fdalign.train.selection import EvalSplit, check_disjoint
+    from fdalign.selection import EvalSplit, check_disjoint
 
     splits = open_dataset(str(folders["id"]))
     test = splits["test"]

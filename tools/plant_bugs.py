@@ -34,7 +34,7 @@ BUGS = [
 # issue 21 (integrity): run with tests/test_integrity.py
 BUGS += [
  ("selection scores test images, declared val files unchanged", "src/fdalign/cli/train.py", "val_eval = EvalSplit(ImageDataset(val_split, eval_tf)", "val_eval = EvalSplit(ImageDataset(test_split or val_split, eval_tf)"),
- ("disjointness guard trusts EvalSplit.files", "src/fdalign/train/selection.py", 'split = getattr(self.dataset, "split", None)', "split = None"),
+ ("disjointness guard trusts EvalSplit.files", "src/fdalign/selection.py", 'split = getattr(self.dataset, "split", None)', "split = None"),
  ("--temperature ignored by the trainer", "src/fdalign/train/trainer.py", "scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)", "scale = float(backend.logit_scale)"),
  ("--spc-seed ignored by train's prototypes", "src/fdalign/cli/train.py", "seed=cfg.spc_seed, ", ""),
  ("--spc-seed ignored by the IsolationForest", "src/fdalign/spc.py", "IsolationForest(random_state=cfg.seed)", "IsolationForest(random_state=0)"),
