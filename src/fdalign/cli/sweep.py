@@ -36,6 +36,14 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", default=None, help="fills {data_root} in the config's data paths; if not given: the "
                    "config's data_root, or OUT/world when the config renders the world")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+    p.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                   help="run only the cells whose key (data set/kSHOTS/sSEED/method) matches a shell pattern, "
+                        "e.g. 'imagenet/k16/s1/*': try the whole chain on a few cells before a long sweep")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="run only the first N cells (after --only)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a train option for every cell, over the config and its methods (VALUE as YAML), e.g. "
+                        "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
+                        "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1. Repeatable")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
     p.set_defaults(func=run)
 
@@ -43,14 +51,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fdalign.experiments.sweep import load_sweep_config, plan_runs, run_state, run_sweep
 
+    from fdalign.experiments.sweep import parse_overrides
+
     cfg = load_sweep_config(args.config)
+    cfg.overrides = {**cfg.overrides, **parse_overrides(args.overrides)}
     if args.dry_run:
-        runs = plan_runs(cfg)
+        runs = plan_runs(cfg, args.only, args.limit)
         for r in runs:
             print(f"{run_state(r.dir(args.out)):>11}  {r.key}")
         print(f"{len(runs)} runs")
         return 0
-    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress)
+    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress, only=args.only, limit=args.limit)
     print(f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
           f"{res.failed} failed ({res.seconds:.0f} s); report: fdalign report {args.out}")
     return 1 if res.failed else 0
