@@ -7,6 +7,7 @@ Each builder writes the files a user downloads, with a few images per class, and
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
 import zipfile
@@ -15,10 +16,16 @@ from pathlib import Path
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark
 
 
-def jpeg(i: int) -> bytes:
+_SERIAL = itertools.count()
+
+
+def jpeg(i: int = 0) -> bytes:
+    """A small JPEG unlike every other one made here (the selection guard compares image contents)."""
+    import numpy as np
     from PIL import Image
 
-    im = Image.new("RGB", (16, 16), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
+    rng = np.random.default_rng([i, next(_SERIAL)])
+    im = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     buf = io.BytesIO()
     im.save(buf, format="JPEG")
     return buf.getvalue()

@@ -269,6 +269,14 @@ def _fill(value: str | None, data_root: str | None, what: str, source: str) -> s
     return str(Path(value).expanduser().absolute())
 
 
+def _fill_classnames(value: str | None, data_root: str | None, source: str) -> str | None:
+    from fdalign.data.datasets import BUILTIN_CLASSNAMES
+
+    if value == BUILTIN_CLASSNAMES:  # the built-in list, not a file in the working directory
+        return value
+    return _fill(value, data_root, "classnames", source)
+
+
 def _ood_list(ds: DatasetSpec, data: str, data_root: str | None, source: str) -> list[str]:
     if ds.ood == "world":
         from fdalign.world.render import ood_args
@@ -295,7 +303,7 @@ def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, dat
         d.update({str(k).replace("-", "_"): v for k, v in block.items()})
     data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
     d.update(data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
-             classnames=_fill(ds.classnames, data_root, "classnames", cfg.source),
+             classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
              target=_ood_list(ds, data, data_root, cfg.source), k_shot=run.shots, seed=run.seed,
              out=str(run.dir(out).absolute()), resume=False, progress=False)
     return MetaConfig.from_dict(d, source=f"{cfg.source}, run {run.key}").validate()
@@ -316,7 +324,7 @@ def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root
     data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
     d.update(
         data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
-        classnames=_fill(ds.classnames, data_root, "classnames", cfg.source),
+        classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
         ood=_ood_list(ds, data, data_root, cfg.source), shots=run.shots, seed=run.seed,
         out=str(run.dir(out).absolute()), resume=False, progress=False,
     )
