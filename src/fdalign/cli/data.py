@@ -97,9 +97,18 @@ def _check(args: argparse.Namespace) -> int:
             bench = find_benchmark(guess) if guess else None
         except FDAlignError:
             bench = None  # an unknown split_zhou name is not an error, just nothing to compare
+    from fdalign.data.check import find_manifest, prepared_problems, prepared_summary
+
+    _refuse_unfinished(args.data)
+    prepared = find_manifest(args.data)
+    if prepared is not None and not args.benchmark:
+        bench = None  # prepare checked the published counts; the data is compared with what it recorded
     # Missing files are reported as problems below rather than stopping the load.
     splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames, check_files=False)
     report = check_splits(splits, benchmark=bench, progress=not args.no_progress)
+    if prepared is not None:
+        report.notes.append(prepared_summary(*prepared))
+        report.problems += [("prepared", msg) for msg in prepared_problems(splits, *prepared)]
     if args.ood:
         from fdalign.data.check import check_ood
 
@@ -108,6 +117,23 @@ def _check(args: argparse.Namespace) -> int:
     _warn_wnid_names(splits)
     print(format_report(report))
     return 0 if report.ok else 1
+
+
+def _refuse_unfinished(data: str) -> None:
+    """An interrupted `world render` or `data prepare` is not data to check: say how to finish it."""
+    from pathlib import Path
+
+    from fdalign.errors import FDAlignError
+    from fdalign.world.render import MANIFEST, SPEC_FILE
+
+    p = Path(data)
+    if p.is_dir() and (p / SPEC_FILE).is_file() and not (p / MANIFEST).is_file():
+        raise FDAlignError(f"{p} is an unfinished world render ({SPEC_FILE} without {MANIFEST}): its test/ is "
+                           "incomplete; run the same `fdalign world render` command again to finish it")
+    partial = p.parent / f".{p.name}.partial"
+    if not p.exists() and partial.is_dir():
+        raise FDAlignError(f"{p} is not there yet: `fdalign data prepare` was interrupted ({partial} holds what "
+                           "it wrote); run the same command again to finish it")
 
 
 def _warn_wnid_names(splits) -> None:
@@ -139,9 +165,18 @@ def _check_class_splits(args: argparse.Namespace) -> int:
     from fdalign.data.check import MINIIMAGENET, check_class_splits, format_report
     from fdalign.data.episodes import load_class_splits
 
+    from fdalign.data.check import find_manifest, prepared_problems, prepared_summary
+
     splits = load_class_splits(args.data, args.image_root, args.classnames)
-    mini = _names_miniimagenet(args.benchmark) or (args.benchmark is None and _names_miniimagenet(Path(args.data).resolve().name))
+    prepared = find_manifest(args.data)
+    mini = _names_miniimagenet(args.benchmark) or (args.benchmark is None and prepared is None
+                                                   and _names_miniimagenet(Path(args.data).resolve().name))
     report = check_class_splits(splits, MINIIMAGENET if mini else None, progress=not args.no_progress)
+    if prepared is not None:  # prepared from train.csv / val.csv / test.csv
+        as_csv = {"base": "train", "val": "val", "novel": "test"}
+        report.notes.append(prepared_summary(*prepared))
+        report.problems += [("prepared", m) for m in prepared_problems({as_csv.get(k, k): v for k, v in splits.items()},
+                                                                      *prepared)]
     if mini:
         print("benchmark: miniImageNet (expected 64/16/20 base/val/novel classes, 600 images each)")
     print(format_report(report))
