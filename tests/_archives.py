@@ -128,3 +128,121 @@ def variant_archives(root: Path, per_class: int = 2) -> dict:
         "imagenet-a": ([a], {"test": (per_class * (n - 1), n - 1)}),
         "imagenet-r": ([r], {"test": (per_class * (n - 1), n - 1)}),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# The CoOp sets: the official archive's names and packing, and a CoOp split file over them.
+# Per class: 2 train, 1 val, 1 test images in the split and one more in the archive only.
+
+
+def _pack_caltech(root: Path, files: dict) -> list[Path]:
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return [write_zip(root / "caltech-101.zip", {"caltech-101/101_ObjectCategories.tar.gz": inner.getvalue(),
+                                                 "caltech-101/Annotations.tar": tar_bytes({"Annotations/x.mat": b"x"})})]
+
+
+def _pack_pets(root: Path, files: dict, annotations: bool = True) -> list[Path]:
+    out = [write_tar(root / "images.tar.gz", files)]
+    if annotations:
+        lines = "".join(f"{Path(n).stem} 1 1 1\n" for n in files).encode()
+        out.append(write_tar(root / "annotations.tar.gz", {"annotations/trainval.txt": lines, "annotations/test.txt": lines,
+                                                           "annotations/list.txt": lines}))
+    return out
+
+
+def _pack_cars(root: Path, files: dict) -> list[Path]:
+    return [write_tar(root / f"cars_{s}.tgz", {k: v for k, v in files.items() if k.startswith(f"cars_{s}/")})
+            for s in ("train", "test")]
+
+
+COOP_MINI = {
+    # name: (split_zhou name, classes, member(c, k, n), rel(c, k, n), pack)
+    "caltech101": ("Caltech101", ["accordion", "airplanes", "anchor"], "101_ObjectCategories/{c}/image_{k:04d}.jpg",
+                   "{c}/image_{k:04d}.jpg", _pack_caltech),
+    "oxford_pets": ("OxfordPets", ["Abyssinian", "Bengal", "beagle"], "images/{c}_{k}.jpg", "{c}_{k}.jpg", _pack_pets),
+    "stanford_cars": ("StanfordCars", ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"],
+                      "cars_{s}/{n:05d}.jpg", "cars_{s}/{n:05d}.jpg", _pack_cars),
+    "oxford_flowers": ("OxfordFlowers", ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
+                       "jpg/image_{n:05d}.jpg", "image_{n:05d}.jpg",
+                       lambda root, f: [write_tar(root / "102flowers.tgz", f)]),
+    "food101": ("Food101", ["apple_pie", "baby_back_ribs", "baklava"], "food-101/images/{c}/{n}.jpg", "{c}/{n}.jpg",
+                lambda root, f: [write_tar(root / "food-101.tar.gz", f | {"food-101/meta/classes.txt": b"apple_pie\n"})]),
+    "sun397": ("SUN397", ["a/abbey", "b/bakery/shop", "c/canyon"], "SUN397/{c}/sun_a{n:04d}.jpg", "{c}/sun_a{n:04d}.jpg",
+               lambda root, f: [write_tar(root / "SUN397.tar.gz", f | {"SUN397/ClassName.txt": b"/a/abbey\n"})]),
+    "dtd": ("DescribableTextures", ["banded", "blotchy", "braided"], "dtd/images/{c}/{c}_{k:04d}.jpg", "{c}/{c}_{k:04d}.jpg",
+            lambda root, f: [write_tar(root / "dtd-r1.0.1.tar.gz", f | {"dtd/labels/train1.txt": b"banded/banded_0001.jpg\n"})]),
+    "eurosat": ("EuroSAT", ["AnnualCrop", "Forest", "River"], "2750/{c}/{c}_{k}.jpg", "{c}/{c}_{k}.jpg",
+                lambda root, f: [write_zip(root / "EuroSAT.zip", f)]),
+    "ucf101": ("UCF101", ["Apply_Eye_Makeup", "Archery", "Basketball"], "UCF-101-midframes/{c}/v_{c}_g{k:02d}_c01.jpg",
+               "{c}/v_{c}_g{k:02d}_c01.jpg", lambda root, f: [write_zip(root / "UCF-101-midframes.zip", f)]),
+}
+ROLES = ["train", "train", "val", "test", None]  # None: in the archive, not in the split
+
+
+def coop(name: str, root: Path, drop: int = 0) -> dict:
+    """A CoOp set's archive(s) and its split_zhou file; ``drop`` leaves that many listed images out."""
+    split_name, classes, member, rel, pack = COOP_MINI[name]
+    files, split, n, dropped = {}, {"train": [], "val": [], "test": []}, 0, []
+    for y, c in enumerate(classes):
+        for k, role in enumerate(ROLES, 1):
+            n += 1
+            s = "test" if role == "test" else "train"  # Stanford Cars: val comes from cars_train
+            m, r = member.format(c=c, k=k, n=n, s=s), rel.format(c=c, k=k, n=n, s=s)
+            if role is not None:
+                split[role].append([r, y, c.split("/")[-1].replace("_", " ")])
+                if len(dropped) < drop:
+                    dropped.append(r)
+                    continue
+            files[m] = jpeg(n)
+    paths = pack(root, files)
+    sf = root / f"split_zhou_{split_name}.json"
+    sf.write_text(json.dumps(split))
+    nc = len(classes)
+    return {"from": paths, "split": sf, "dropped": dropped,
+            "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)}}
+
+
+def aircraft(root: Path, drop: int = 0) -> dict:
+    variants = ["707-320", "A300B4", "F-16A/B"]
+    files, lists, n, dropped = {}, {"train": [], "val": [], "test": []}, 1000000, []
+    for v in variants:
+        for role in ["train", "train", "val", "test"]:
+            n += 1
+            lists[role].append(f"{n} {v}\n")
+            if len(dropped) < drop:
+                dropped.append(f"{n}.jpg")
+                continue
+            files[f"fgvc-aircraft-2013b/data/images/{n}.jpg"] = jpeg(n)
+    files["fgvc-aircraft-2013b/data/variants.txt"] = "".join(f"{v}\n" for v in variants).encode()
+    for role, lines in lists.items():
+        files[f"fgvc-aircraft-2013b/data/images_variant_{role}.txt"] = "".join(lines).encode()
+    nc = len(variants)
+    return {"from": [write_tar(root / "fgvc-aircraft-2013b.tar.gz", files)], "dropped": dropped,
+            "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)}}
+
+
+def cub(root: Path, drop: int = 0) -> dict:
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    files = {f"CUB_200_2011/images/{c}/{c[4:]}_{i:04d}_1.jpg": jpeg(i) for c in classes for i in range(3)}
+    for k in list(files)[:drop]:
+        del files[k]
+    files["CUB_200_2011/classes.txt"] = b"1 001.Black_footed_Albatross\n"
+    return {"from": [write_tar(root / "CUB_200_2011.tgz", files)], "counts": {"test": (6, 2)}}
+
+
+def miniimagenet(root: Path, per_class: int = 3) -> dict:
+    """Ravi & Larochelle's CSVs over ImageNet train images: 2 classes per role (WNIDS + 3 more)."""
+    wnids = WNIDS + ["n01491361", "n01494475", "n01496331"]
+    inner = {f"{w}.tar": tar_bytes({f"{w}_{10 * (i + 1)}.JPEG": jpeg(i) for i in range(per_class)}) for w in wnids}
+    train = write_tar(root / "ILSVRC2012_img_train.tar", inner)
+    csvs = root / "csv"
+    csvs.mkdir(parents=True, exist_ok=True)
+    for r, role in enumerate(["train", "val", "test"]):
+        rows = [f"{w}{i:08d}.jpg,{w}\n" for w in wnids[2 * r: 2 * r + 2] for i in range(1, per_class + 1)]
+        (csvs / f"{role}.csv").write_text("filename,label\n" + "".join(rows))
+    return {"from": [train, csvs], "counts": {r: (2 * per_class, 2) for r in ("train", "val", "test")}, "wnids": wnids}

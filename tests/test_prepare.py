@@ -1,0 +1,362 @@
+"""`fdalign data prepare`: miniature copies of the official archives -> prepare -> data check -> a preset cell.
+
+The miniatures (tests/_archives.py) have the real file names, packing (tar of tars, tar.gz inside a
+zip, .mat devkit, CSV, TXT) and a CoOp split file; they hold a few images per class, so their counts
+are declared with --expect-counts, and each test also shows that the published counts are checked
+when it is not given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import _archives as A
+from fdalign.cli import main
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def prep(name, m, out, tmp_path, *extra) -> int:
+    exp = A.expect(tmp_path / f"expect-{name}.json", m["counts"])
+    split = ["--split-file", m["split"]] if m.get("split") else []
+    return run("data", "prepare", name, "--from", *m["from"], "--out", out, "--expect-counts", exp, *split,
+               "--no-progress", *extra)
+
+
+@pytest.fixture
+def devkit_md5(monkeypatch):
+    """torchvision checks the devkit's MD5 against the real one; a miniature declares its own."""
+    from torchvision.datasets import imagenet as tv
+
+    def use(path):
+        monkeypatch.setitem(tv.ARCHIVE_META, "devkit",
+                            ("ILSVRC2012_devkit_t12.tar.gz", hashlib.md5(Path(path).read_bytes()).hexdigest()))
+
+    return use
+
+
+def tiny_cell(tiny) -> list[str]:
+    """The override a user can use too: a preset's cell with another (here a tiny) model, one epoch."""
+    sets = {"model": "tiny", "model_config": tiny["config"], "pretrained": tiny["checkpoint"], "epochs": 1,
+            "precision": "fp32", "device": "cpu", "batch_size": 8, "templates": "tip7", "spc": False,
+            "num_workers": 0, "eval_batch_size": 64}
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def cell(preset, data_root, out, key, tiny) -> dict:
+    assert run("sweep", preset, "--data-root", data_root, "--out", out, "--only", key, "--no-progress",
+               *tiny_cell(tiny)) == 0
+    metrics = json.loads((Path(out) / "runs" / key / "metrics.json").read_text())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet and its variants
+
+
+def test_imagenet_tar_of_tars_flat_val_devkit_then_check_then_preset_cell(tmp_path, devkit_md5, tiny_openclip,
+                                                                         cli_env, capsys):
+    m = A.imagenet(tmp_path / "dl", per_class=20)
+    devkit_md5(m["from"][2])
+    data = tmp_path / "data"
+    assert prep("imagenet", m, data, tmp_path) == 0
+    root = data / "imagenet"
+    # every flat val file went to the class the devkit's ground truth gives it (line i = image i)
+    for i, w in enumerate(m["val_wnids"], 1):
+        assert (root / "val" / w / f"ILSVRC2012_val_{i:08d}.JPEG").is_file()
+    assert sorted(p.name for p in (root / "train").iterdir()) == A.WNIDS
+    assert (root / "classnames.txt").read_text().splitlines()[0] == "n01440764 tench"
+    man = json.loads((root / "prepared.json").read_text())
+    assert man["sources"][0]["sha256"] == hashlib.sha256(m["from"][0].read_bytes()).hexdigest()
+    assert man["counts"]["val"]["per_class"] == {w: 2 for w in A.WNIDS}
+    assert man["fdalign_version"] and man["expected_from"].startswith("--expect-counts")
+    for name, (paths, counts) in A.variant_archives(tmp_path / "dl").items():
+        assert prep(name, {"from": paths, "counts": counts}, data, tmp_path) == 0
+    capsys.readouterr()
+    assert run("data", "check", root, "--classnames", "imagenet", "--no-progress", "--ood", f"v2={data}/imagenetv2",
+               "--ood", f"sketch={data}/imagenet-sketch", "--ood", f"a={data}/imagenet-a",
+               "--ood", f"r={data}/imagenet-r") == 0
+    out = capsys.readouterr().out
+    assert "prepared: ImageNet" in out and "NOT the published counts" in out and "OK: no problems found" in out
+    metrics = cell("imagenet", data, tmp_path / "sw", "imagenet/k16/s1/fine-tune", tiny_openclip)
+    assert {"imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"} <= set(json.dumps(metrics).split('"'))
+
+
+def test_imagenet_val_labels_from_kaggle_csv(tmp_path):
+    m = A.imagenet(tmp_path / "dl", labels="csv")
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 0
+    for i, w in enumerate(m["val_wnids"], 1):
+        assert (tmp_path / "data" / "imagenet" / "val" / w / f"ILSVRC2012_val_{i:08d}.JPEG").is_file()
+
+
+def test_flat_val_without_devkit_is_explained(tmp_path, capsys):
+    m = A.imagenet(tmp_path / "dl")
+    m["from"] = m["from"][:2]
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "ImageNet's val images are flat" in err and "ILSVRC2012_devkit_t12.tar.gz" in err
+    assert "LOC_val_solution.csv" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
+def test_foreign_devkit_is_refused_by_torchvisions_md5(tmp_path, capsys):
+    m = A.imagenet(tmp_path / "dl")  # no MD5 override: the real devkit's checksum is expected
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 2
+    assert "is not ImageNet's ILSVRC2012 devkit (its MD5 is not the devkit's)" in capsys.readouterr().err
+
+
+def test_imagenet_published_counts_and_one_missing_val_file(tmp_path, devkit_md5, capsys):
+    m = A.imagenet(tmp_path / "dl")
+    devkit_md5(m["from"][2])
+    assert run("data", "prepare", "imagenet", "--from", *m["from"], "--out", tmp_path / "d0") == 2
+    err = capsys.readouterr().err
+    assert "ImageNet train: 12 images in 3 classes, but the published ImageNet has 1281167 in 1000" in err
+    # one val image gone from the archive: named as missing
+    with tarfile.open(m["from"][1]) as tf:
+        keep = {i.name: tf.extractfile(i).read() for i in tf.getmembers() if not i.name.endswith("00000004.JPEG")}
+    A.write_tar(m["from"][1], keep)
+    assert prep("imagenet", m, tmp_path / "d1", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "val: 5 images in 3 classes" in err and "(1 missing); not found: ILSVRC2012_val_00000004.JPEG" in err
+    assert not (tmp_path / "d1").exists()
+
+
+@pytest.mark.parametrize("name", ["imagenetv2", "imagenet-sketch", "imagenet-a", "imagenet-r"])
+def test_variant_counts_published_and_one_file_removed(name, tmp_path, capsys):
+    paths, counts = A.variant_archives(tmp_path / "dl")[name]
+    assert run("data", "prepare", name, "--from", *paths, "--out", tmp_path / "d") == 2
+    published = {"imagenetv2": "10000 in 1000", "imagenet-sketch": "50889 in 1000", "imagenet-a": "7500 in 200",
+                 "imagenet-r": "30000 in 200"}[name]
+    assert f"has {published}" in capsys.readouterr().err
+    n, c = counts["test"]
+    fewer = {"test": (n + 1, c)}  # the same check, one file short of what is declared
+    assert prep(name, {"from": paths, "counts": fewer}, tmp_path / "d", tmp_path) == 2
+    assert f"test: {n} images in {c} classes, but --expect-counts" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_extracted_tree_is_linked_not_copied(tmp_path, devkit_md5):
+    m = A.imagenet(tmp_path / "dl")
+    devkit_md5(m["from"][2])
+    tree = tmp_path / "extracted"
+    for inner in tarfile.open(m["from"][0]).getmembers():
+        sub = tarfile.open(fileobj=tarfile.open(m["from"][0]).extractfile(inner))
+        sub.extractall(tree / "train" / inner.name[:-4], filter="data")
+    tarfile.open(m["from"][1]).extractall(tree / "val", filter="data")
+    m["from"] = [tree, m["from"][2]]
+    assert prep("imagenet", m, tmp_path / "hard", tmp_path, "--link", "hard") == 0
+    src = tree / "train" / A.WNIDS[0] / f"{A.WNIDS[0]}_100.JPEG"
+    dst = tmp_path / "hard" / "imagenet" / "train" / A.WNIDS[0] / src.name
+    assert os.stat(dst).st_ino == os.stat(src).st_ino
+    assert prep("imagenet", m, tmp_path / "sym", tmp_path, "--link", "symbolic") == 0
+    assert os.readlink(tmp_path / "sym" / "imagenet" / "train" / A.WNIDS[0] / src.name) == str(src.resolve())
+    man = json.loads((tmp_path / "sym" / "imagenet" / "prepared.json").read_text())
+    assert man["placed"]["symbolic"] == 18 and man["sources"][0]["files"] == 18
+
+
+def test_interrupted_prepare_resumes_and_data_check_says_so(tmp_path, devkit_md5, monkeypatch, capsys):
+    from fdalign.data.prepare import place
+
+    m = A.imagenet(tmp_path / "dl")
+    devkit_md5(m["from"][2])
+    real, calls = place._place, []
+
+    def dies_after_5(*a):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(a)
+        return real(*a)
+
+    monkeypatch.setattr(place, "_place", dies_after_5)
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 130  # Ctrl-C
+    assert not (tmp_path / "data" / "imagenet").exists()
+    assert run("data", "check", tmp_path / "data" / "imagenet") == 2
+    assert "was interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(place, "_place", real)
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 0
+    man = json.loads((tmp_path / "data" / "imagenet" / "prepared.json").read_text())
+    assert man["placed"]["kept"] == 5 and man["placed"]["copy"] == 13
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 0
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_truncated_tar_is_refused_before_writing(tmp_path, devkit_md5, capsys):
+    m = A.imagenet(tmp_path / "dl")
+    devkit_md5(m["from"][2])
+    data = m["from"][1].read_bytes()
+    m["from"][1].write_bytes(data[: len(data) // 2])
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "ILSVRC2012_img_val.tar cannot be read as a tar or zip archive" in err and "download it again" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_too_little_disk_space_is_refused_up_front(tmp_path, devkit_md5, monkeypatch, capsys):
+    import shutil
+
+    from fdalign.data.prepare import place
+
+    m = A.imagenet(tmp_path / "dl")
+    devkit_md5(m["from"][2])
+    monkeypatch.setattr(place.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    assert prep("imagenet", m, tmp_path / "data", tmp_path) == 2
+    assert "GB free; free some space, choose another --out" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The CoOp sets
+
+
+COOP_KEYS = {"caltech101": "caltech101", "oxford_pets": "oxford_pets", "stanford_cars": "stanford_cars",
+             "oxford_flowers": "oxford_flowers", "food101": "food101", "sun397": "sun397", "dtd": "dtd",
+             "eurosat": "eurosat", "ucf101": "ucf101"}
+PUBLISHED_TEST = {"caltech101": 2465, "oxford_pets": 3669, "stanford_cars": 8041, "oxford_flowers": 2463,
+                  "food101": 30300, "sun397": 19850, "dtd": 1692, "eurosat": 8100, "ucf101": 3783}
+
+
+@pytest.mark.parametrize("name", sorted(A.COOP_MINI))
+def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, cli_env, capsys):
+    m = A.coop(name, tmp_path / "dl")
+    data = tmp_path / "data"
+    # the published numbers are what is checked unless a miniature declares its own
+    assert run("data", "prepare", name, "--from", *m["from"], "--split-file", m["split"], "--out", data) == 2
+    err = capsys.readouterr().err
+    assert f"in 3 classes, but the published" in err and "nothing was written" in err
+    assert prep(name, m, data, tmp_path) == 0
+    folder = next(p for p in data.iterdir() if not p.name.startswith("."))
+    split = folder / m["split"].name
+    assert json.loads(split.read_text()) == json.loads(m["split"].read_text())
+    man = json.loads((folder / "prepared.json").read_text())
+    assert man["split_file_sha256"] == hashlib.sha256(m["split"].read_bytes()).hexdigest()
+    assert {k: v["images"] for k, v in man["counts"].items()} == {"train": 6, "val": 3, "test": 3}
+    capsys.readouterr()
+    assert run("data", "check", split, "--no-progress") == 0
+    assert "prepared: " in capsys.readouterr().out
+    metrics = cell("coop", data, tmp_path / "sw", f"{COOP_KEYS[name]}/k1/s1/fine-tune", tiny_openclip)
+    assert metrics  # trained and evaluated on the prepared test split
+    # one listed image missing from the archive: named, nothing written
+    m2 = A.coop(name, tmp_path / "dl2", drop=1)
+    assert prep(name, m2, tmp_path / "data2", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"1 of 12 entries of {m2['split']} match no" in err and m2["dropped"][0] in err
+    assert not (tmp_path / "data2").exists()
+    _ = PUBLISHED_TEST
+
+
+def test_split_file_of_another_data_set(tmp_path, capsys):
+    m = A.coop("oxford_pets", tmp_path / "dl")
+    other = tmp_path / "split_zhou_Food101.json"
+    other.write_text(m["split"].read_text())
+    m["split"] = other
+    assert prep("oxford_pets", m, tmp_path / "data", tmp_path) == 2
+    assert "is CoOp's split of Food101, not OxfordPets; pass split_zhou_OxfordPets.json" in capsys.readouterr().err
+
+
+def test_split_with_unresolvable_entries_lists_first_five_and_count(tmp_path, capsys):
+    m = A.coop("dtd", tmp_path / "dl")
+    d = json.loads(m["split"].read_text())
+    d["test"] += [[f"zigzag/zigzag_{i:04d}.jpg", 0, "banded"] for i in range(7)]
+    m["split"].write_text(json.dumps(d))
+    assert prep("dtd", m, tmp_path / "data", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "7 of 19 entries" in err
+    assert "zigzag/zigzag_0000.jpg, zigzag/zigzag_0001.jpg, zigzag/zigzag_0002.jpg, zigzag/zigzag_0003.jpg, " \
+           "zigzag/zigzag_0004.jpg (and 2 more)" in err
+
+
+def test_pets_images_without_annotations_is_the_wrong_archive(tmp_path, capsys):
+    m = A.coop("oxford_pets", tmp_path / "dl")
+    m["from"] = m["from"][:1]
+    assert prep("oxford_pets", m, tmp_path / "data", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "the Pets annotations (annotations/trainval.txt) not found" in err and "annotations.tar.gz" in err
+
+
+def _kaggle_cars(m: dict, root: Path, rename) -> list[Path]:
+    """The Kaggle mirror: car_data/car_data/{train,test}/<class>/NNNNN.jpg in one zip."""
+    split = json.loads(m["split"].read_text())
+    cls = {e[0]: e[2] for r in split.values() for e in r}
+    files = {}
+    for p in m["from"]:
+        with tarfile.open(p) as tf:
+            for i in tf.getmembers():
+                s, num = i.name.split("/")
+                files[f"car_data/car_data/{s[5:]}/{cls.get(i.name, 'Other Car')}/{rename(num)}"] = tf.extractfile(i).read()
+    return [A.write_zip(root / "stanford-car-dataset-by-classes-folder.zip", files)]
+
+
+def test_renamed_cars_mirror_is_mapped_by_id_and_said(tmp_path, capsys):
+    m = A.coop("stanford_cars", tmp_path / "dl")
+    m["from"] = _kaggle_cars(m, tmp_path / "kaggle", lambda n: n)
+    assert prep("stanford_cars", m, tmp_path / "data", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "note: StanfordCars: 15 files of a mirror mapped to the official names" in out and "5-digit id" in out
+    assert (tmp_path / "data" / "stanford_cars" / "cars_test" / "00004.jpg").is_file()
+
+
+def test_unknown_cars_mirror_names_what_is_missing(tmp_path, capsys):
+    m = A.coop("stanford_cars", tmp_path / "dl")
+    m["from"] = _kaggle_cars(m, tmp_path / "other", lambda n: f"car_{n}")  # a mirror that renamed the files
+    assert prep("stanford_cars", m, tmp_path / "data", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "no StanfordCars images found" in err and "cars_train.tgz and cars_test.tgz" in err
+
+
+def test_fgvc_aircraft_variant_lists_to_image_folders(tmp_path, tiny_openclip, cli_env, capsys):
+    m = A.aircraft(tmp_path / "dl")
+    assert prep("fgvc_aircraft", m, tmp_path / "data", tmp_path) == 0
+    root = tmp_path / "data" / "fgvc_aircraft"
+    assert sorted(p.name for p in (root / "test").iterdir()) == ["707-320", "A300B4", "F-16A-B"]
+    assert len(list((root / "train" / "A300B4").iterdir())) == 2
+    assert run("data", "check", root, "--no-progress") == 0
+    cell("coop", tmp_path / "data", tmp_path / "sw", "fgvc_aircraft/k1/s1/fine-tune", tiny_openclip)
+    m2 = A.aircraft(tmp_path / "dl2", drop=1)
+    assert prep("fgvc_aircraft", m2, tmp_path / "data2", tmp_path) == 2
+    assert f"not found: data/images/{m2['dropped'][0]}" in capsys.readouterr().err
+
+
+def test_cub_target(tmp_path, capsys):
+    m = A.cub(tmp_path / "dl")
+    assert prep("cub", m, tmp_path / "data", tmp_path) == 0
+    assert run("data", "check", tmp_path / "data" / "CUB_200_2011" / "images", "--no-progress") == 0
+    m2 = A.cub(tmp_path / "dl2", drop=1)
+    assert prep("cub", m2, tmp_path / "data2", tmp_path) == 2
+    assert "test: 5 images in 2 classes" in capsys.readouterr().err
+
+
+def test_miniimagenet_from_csvs_and_imagenet_train(tmp_path, capsys):
+    m = A.miniimagenet(tmp_path / "dl")
+    assert prep("miniimagenet", m, tmp_path / "data", tmp_path) == 0
+    root = tmp_path / "data" / "miniImageNet"
+    # '<wnid>00000002.jpg' is the class's 2nd train file by number (numbers 10, 20, 30 -> 20)
+    w = m["wnids"][0]
+    with tarfile.open(m["from"][0]) as tf:
+        inner = tarfile.open(fileobj=tf.extractfile(f"{w}.tar"))
+        want = inner.extractfile(f"{w}_20.JPEG").read()
+    assert (root / "images" / f"{w}00000002.jpg").read_bytes() == want
+    capsys.readouterr()
+    assert run("data", "check", root, "--no-progress") == 0
+    assert "prepared: miniImageNet" in capsys.readouterr().out
+    m["counts"]["test"] = (7, 2)
+    assert prep("miniimagenet", m, tmp_path / "data2", tmp_path) == 2
+    assert "miniImageNet test: 6 images in 2 classes" in capsys.readouterr().err
+
+
+def test_list_names_files_counts_and_state(tmp_path, capsys):
+    m = A.cub(tmp_path / "dl")
+    prep("cub", m, tmp_path / "data", tmp_path)
+    capsys.readouterr()
+    assert run("data", "prepare", "--list", "--out", tmp_path / "data") == 0
+    out = capsys.readouterr().out
+    assert f"cub  ->  CUB_200_2011/ (CUB-200-2011)  [prepared under {tmp_path / 'data'}]" in out
+    assert "imagenet-sketch" in out and "test 50,889/1000" in out and "[not prepared under" in out
+    assert "--split-file split_zhou_OxfordPets.json" in out and "--download: images.tar.gz, annotations.tar.gz" in out
