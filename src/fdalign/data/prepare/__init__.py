@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdalign.data.prepare.base import REGISTRY, Options, Preparer, check_counts, get, read_expect_counts
+from fdalign.data.prepare.base import REGISTRY, Download, Options, Preparer, check_counts, get, read_expect_counts
 from fdalign.errors import FDAlignError
 
 
@@ -81,4 +81,4 @@ def listing(out: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["prepare", "listing", "load_all", "Result", "Preparer", "REGISTRY", "get"]
+__all__ = ["prepare", "listing", "load_all", "Result", "Preparer", "Download", "REGISTRY", "get"]
