@@ -308,18 +308,18 @@ PREPARED = "prepared.json"
 
 
 def find_manifest(path) -> tuple[dict, str] | None:
-    """``(prepared.json, its path)`` of a prepared folder holding ``path`` (the folder itself or a file
-    in it, such as its split file); None otherwise."""
+    """``(prepared.json, its path)`` of a prepared folder holding ``path`` (the folder itself, a file in
+    it such as its split file, or the sub-folder the presets read, e.g. CUB's images/); None otherwise."""
     from pathlib import Path
 
     from fdalign.io import read_json
 
     p = Path(path)
-    for folder in (p, p.parent) if p.is_file() else (p,):
+    for folder, sub in ((p.parent, None), (p, None)) if p.is_file() else ((p, ""), (p.parent, p.name)):
         m = folder / PREPARED
         if m.is_file():
             d = read_json(m, "prepare manifest")
-            if isinstance(d, dict) and isinstance(d.get("counts"), dict):
+            if isinstance(d, dict) and isinstance(d.get("counts"), dict) and sub in (None, d.get("data_dir", "")):
                 return d, str(m)
     return None
 

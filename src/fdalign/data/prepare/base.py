@@ -69,6 +69,7 @@ class Preparer:
     reads: str
     downloads: tuple[Download, ...] = ()
     split_help: str | None = None  # where the split file comes from, for sets that need one
+    data_dir: str = ""  # the sub-folder the presets read (CUB: images), where data check looks for prepared.json
 
 
 REGISTRY: dict[str, Preparer] = {}

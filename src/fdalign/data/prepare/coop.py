@@ -247,4 +247,5 @@ def _plan_cub(src: Sources, opts: Options) -> Plan:
 register(Preparer(
     "cub", "CUB-200-2011", "CUB_200_2011",
     needs="CUB_200_2011.tgz (data.caltech.edu/records/65de6-vp158)", disk_gb=1.2,
-    expected={"test": (11788, 200)}, plan=_plan_cub, reads="CUB_200_2011/images (a cross-domain target)"))
+    expected={"test": (11788, 200)}, plan=_plan_cub, reads="CUB_200_2011/images (a cross-domain target)",
+    data_dir="images"))

@@ -102,6 +102,7 @@ def manifest(p: Preparer, plan: Plan, sources: Sources, expected: dict, against:
         "placed": modes,
         "notes": plan.notes,
         "reads": p.reads,
+        "data_dir": p.data_dir,
     }
 
 
