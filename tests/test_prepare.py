@@ -360,3 +360,24 @@ def test_list_names_files_counts_and_state(tmp_path, capsys):
     assert f"cub  ->  CUB_200_2011/ (CUB-200-2011)  [prepared under {tmp_path / 'data'}]" in out
     assert "imagenet-sketch" in out and "test 50,889/1000" in out and "[not prepared under" in out
     assert "--split-file split_zhou_OxfordPets.json" in out and "--download: images.tar.gz, annotations.tar.gz" in out
+
+
+def test_authors_index_files_resolve_against_the_prepared_folder(tmp_path):
+    from fdalign.data.datasets import open_dataset
+
+    m = A.coop("dtd", tmp_path / "dl")
+    assert prep("dtd", m, tmp_path / "data", tmp_path) == 0
+    folder = tmp_path / "data" / "dtd"
+    split = json.loads((folder / "split_zhou_DescribableTextures.json").read_text())
+    pick = {"train": [1, 4], "val": [2]}
+    index = {s: {"data": [{"impath": f"/their/machine/dtd/images/{split[s][i][0]}", "label": split[s][i][1],
+                           "classname": split[s][i][2]} for i in idx], "indices": idx} for s, idx in pick.items()}
+    path = tmp_path / "indices" / "dtd" / "shot_1-seed_1.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(index))
+    splits = open_dataset(path, image_root=folder / "images")
+    for s, idx in pick.items():
+        got = [splits[s].resolve(x) for x in splits[s].samples]
+        assert got == [str(folder / "images" / split[s][i][0]) for i in idx]
+        assert all(Path(g).is_file() for g in got)
+    assert len(splits["test"]) == 3  # the test list of the prepared split file
