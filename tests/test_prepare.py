@@ -381,3 +381,18 @@ def test_authors_index_files_resolve_against_the_prepared_folder(tmp_path):
         assert got == [str(folder / "images" / split[s][i][0]) for i in idx]
         assert all(Path(g).is_file() for g in got)
     assert len(splits["test"]) == 3  # the test list of the prepared split file
+
+
+def test_readme_commands_name_registered_sets_and_real_options():
+    import re
+
+    from fdalign.data.prepare import REGISTRY, load_all
+
+    load_all()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Getting the data", 1)[1].split("\n## ", 1)[0]
+    names = re.findall(r"fdalign data prepare ([a-z0-9][a-z0-9_.-]*) ", section)
+    assert len(names) >= 17 and set(names) <= set(REGISTRY)
+    assert set(REGISTRY) - set(names) <= {"imagenetv2-threshold0.7", "imagenetv2-top-images"}
+    for name in re.findall(r"fdalign data prepare (\w+) --download", section):
+        assert REGISTRY[name].downloads, name
