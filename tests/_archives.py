@@ -226,13 +226,13 @@ def aircraft(root: Path, drop: int = 0) -> dict:
             "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)}}
 
 
-def cub(root: Path, drop: int = 0) -> dict:
+def cub(root: Path, drop: int = 0, per_class: int = 3) -> dict:
     classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
-    files = {f"CUB_200_2011/images/{c}/{c[4:]}_{i:04d}_1.jpg": jpeg(i) for c in classes for i in range(3)}
+    files = {f"CUB_200_2011/images/{c}/{c[4:]}_{i:04d}_1.jpg": jpeg(i) for c in classes for i in range(per_class)}
     for k in list(files)[:drop]:
         del files[k]
     files["CUB_200_2011/classes.txt"] = b"1 001.Black_footed_Albatross\n"
-    return {"from": [write_tar(root / "CUB_200_2011.tgz", files)], "counts": {"test": (6, 2)}}
+    return {"from": [write_tar(root / "CUB_200_2011.tgz", files)], "counts": {"test": (2 * per_class, 2)}}
 
 
 def miniimagenet(root: Path, per_class: int = 3) -> dict:
@@ -246,3 +246,49 @@ def miniimagenet(root: Path, per_class: int = 3) -> dict:
         rows = [f"{w}{i:08d}.jpg,{w}\n" for w in wnids[2 * r: 2 * r + 2] for i in range(1, per_class + 1)]
         (csvs / f"{role}.csv").write_text("filename,label\n" + "".join(rows))
     return {"from": [train, csvs], "counts": {r: (2 * per_class, 2) for r in ("train", "val", "test")}, "wnids": wnids}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-domain targets
+
+
+def cars_target(root: Path, per_class: int = 3, drop: int = 0) -> dict:
+    """cars_train.tgz + car_devkit.tgz (devkit/cars_meta.mat, devkit/cars_train_annos.mat)."""
+    import numpy as np
+    import scipy.io
+
+    classes = ["AM General Hummer SUV 2000", "Ram C/V Cargo Van Minivan 2012"]
+    names = np.empty((1, len(classes)), dtype=object)
+    names[0, :] = classes
+    meta = io.BytesIO()
+    scipy.io.savemat(meta, {"class_names": names})
+    fields = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    n = len(classes) * per_class
+    ann = np.zeros((1, n), dtype=fields)
+    files = {}
+    for k in range(n):
+        fname = f"{k + 1:05d}.jpg"
+        ann[0, k] = (1, 1, 10, 10, k % len(classes) + 1, fname)
+        if k >= drop:
+            files[f"cars_train/{fname}"] = jpeg(k)
+    annos = io.BytesIO()
+    scipy.io.savemat(annos, {"annotations": ann})
+    return {"from": [write_tar(root / "cars_train.tgz", files),
+                     write_tar(root / "car_devkit.tgz", {"devkit/cars_meta.mat": meta.getvalue(),
+                                                         "devkit/cars_train_annos.mat": annos.getvalue()})],
+            "counts": {"test": (n, len(classes))}}
+
+
+def places(root: Path, per_class: int = 3, keep: int = 2) -> dict:
+    """places365standard_easyformat.tar: places365_standard/{train,val}/<class>/NNNNNNNN.jpg."""
+    classes = ["airfield", "apartment_building-outdoor"]
+    files = {f"places365_standard/train/{c}/{i:08d}.jpg": jpeg(i) for c in classes for i in range(1, per_class + 1)}
+    files |= {f"places365_standard/val/{c}/Places365_val_{i:08d}.jpg": jpeg(i) for c in classes for i in range(2)}
+    return {"from": [write_tar(root / "places365standard_easyformat.tar", files)],
+            "counts": {"test": (keep * len(classes), len(classes))}}
+
+
+def plantae(root: Path, sizes=(4, 3, 1)) -> dict:
+    """plantae.tar.gz: Plantae/<species>/<hash>.jpg."""
+    files = {f"Plantae/Species_{k}/{i:032x}.jpg": jpeg(i) for k, n in enumerate(sizes) for i in range(n)}
+    return {"from": [write_tar(root / "plantae.tar.gz", files)], "sizes": sizes}

@@ -43,17 +43,17 @@ def devkit_md5(monkeypatch):
     return use
 
 
-def tiny_cell(tiny) -> list[str]:
+def tiny_cell(tiny, **more) -> list[str]:
     """The override a user can use too: a preset's cell with another (here a tiny) model, one epoch."""
     sets = {"model": "tiny", "model_config": tiny["config"], "pretrained": tiny["checkpoint"], "epochs": 1,
-            "precision": "fp32", "device": "cpu", "batch_size": 8, "templates": "tip7", "spc": False,
-            "num_workers": 0, "eval_batch_size": 64}
+            "precision": "fp32", "device": "cpu", "templates": "tip7", "spc": False, "num_workers": 0,
+            "eval_batch_size": 64, **more}
     return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
 
 
 def cell(preset, data_root, out, key, tiny) -> dict:
     assert run("sweep", preset, "--data-root", data_root, "--out", out, "--only", key, "--no-progress",
-               *tiny_cell(tiny)) == 0
+               *tiny_cell(tiny, batch_size=8)) == 0
     metrics = json.loads((Path(out) / "runs" / key / "metrics.json").read_text())
     return metrics
 
@@ -396,3 +396,57 @@ def test_readme_commands_name_registered_sets_and_real_options():
     assert set(REGISTRY) - set(names) <= {"imagenetv2-threshold0.7", "imagenetv2-top-images"}
     for name in re.findall(r"fdalign data prepare (\w+) --download", section):
         assert REGISTRY[name].downloads, name
+
+
+# ----------------------------------------------------------------------------------------------
+# The episode protocol: miniImageNet and the cross-domain targets of the miniimagenet preset
+
+
+def test_cars_target_from_the_devkit_annotations(tmp_path, capsys):
+    m = A.cars_target(tmp_path / "dl")
+    assert prep("cars-target", m, tmp_path / "data", tmp_path) == 0
+    root = tmp_path / "data" / "StanfordCars"
+    # annotation k has class k % 2 + 1 (1-based): files 1, 3, 5 are the Hummer's
+    assert sorted(p.name for p in (root / "AM General Hummer SUV 2000").iterdir()) == ["00001.jpg", "00003.jpg", "00005.jpg"]
+    assert (root / "Ram C-V Cargo Van Minivan 2012" / "00002.jpg").is_file()
+    m2 = A.cars_target(tmp_path / "dl2", drop=1)
+    assert prep("cars-target", m2, tmp_path / "data2", tmp_path) == 2
+    assert "not found: cars_train/00001.jpg" in capsys.readouterr().err
+
+
+def test_places_and_plantae_keep_the_first_files_of_the_largest_classes(tmp_path):
+    from fdalign.data.prepare.sources import Sources
+    from fdalign.data.prepare.targets import _first_per_class
+
+    pl = A.places(tmp_path / "dl", per_class=3)
+    plan = _first_per_class(Sources(pl["from"]), r"places365_standard/train/([^/]+)/([^/]+\.jpg)", 2)
+    assert sorted(d for _, d in plan.files) == ["airfield/00000001.jpg", "airfield/00000002.jpg",
+                                                "apartment_building-outdoor/00000001.jpg",
+                                                "apartment_building-outdoor/00000002.jpg"]  # no val/ images
+    pt = A.plantae(tmp_path / "dl", sizes=(2, 4, 3))
+    plan = _first_per_class(Sources(pt["from"]), r"Plantae/([^/]+)/([^/]+\.jpe?g)", 2, top=2)
+    assert plan.counts == {"test": {"Species_1": 2, "Species_2": 2}}  # the two largest classes, 2 files each
+    assert sorted(d for _, d in plan.files)[0] == f"Species_1/{0:032x}.jpg"
+
+
+def test_plantae_is_checked_on_its_200_classes(tmp_path, capsys):
+    pt = A.plantae(tmp_path / "dl")
+    assert run("data", "prepare", "plantae", "--from", *pt["from"], "--out", tmp_path / "d") == 2
+    assert "3 classes, but the published Plantae (cross-domain target) has 200 classes" in capsys.readouterr().err
+
+
+def test_miniimagenet_preset_cell_with_its_four_targets(tmp_path, tiny_openclip, cli_env):
+    data = tmp_path / "data"
+    mini = A.miniimagenet(tmp_path / "mini", per_class=6)
+    assert prep("miniimagenet", mini, data, tmp_path) == 0
+    for name, m in [("cub", A.cub(tmp_path / "cub", per_class=6)), ("cars-target", A.cars_target(tmp_path / "cars", 6)),
+                    ("places", A.places(tmp_path / "places", per_class=6, keep=6))]:
+        assert prep(name, m, data, tmp_path) == 0
+    pt = A.plantae(tmp_path / "plantae", sizes=(6, 6))
+    assert prep("plantae", {"from": pt["from"], "counts": {"test": (12, 2)}}, data, tmp_path) == 0
+    key = "miniimagenet/k5/s1/fine-tune"
+    assert run("sweep", "miniimagenet", "--data-root", data, "--out", tmp_path / "sw", "--only", key, "--no-progress",
+               *tiny_cell(tiny_openclip, n_way=2, q_query=1, episodes_per_step=1, episodes_per_epoch=2, val_episodes=2,
+                          test_episodes=2)) == 0
+    metrics = json.loads((tmp_path / "sw" / "runs" / key / "metrics.json").read_text())
+    assert {"cub", "cars", "places", "plantae"} <= set(json.dumps(metrics).split('"'))

@@ -1,7 +1,7 @@
 """``fdalign data prepare``: from the archives users download to the layout the presets read.
 
 One module per family registers its preparers (:mod:`.imagenet`: ImageNet, V2, Sketch, A, R,
-miniImageNet; :mod:`.coop`: the CoOp sets, FGVC-Aircraft, CUB). :func:`prepare` plans (reading
+miniImageNet; :mod:`.coop`: the CoOp sets and FGVC-Aircraft; :mod:`.targets`: the cross-domain targets). :func:`prepare` plans (reading
 only annotations and archive listings), checks the plan against the published counts, checks the
 free space, then writes (:mod:`.place`) and leaves ``prepared.json`` beside the data.
 """
@@ -16,7 +16,7 @@ from fdalign.errors import FDAlignError
 
 
 def load_all() -> None:
-    from fdalign.data.prepare import coop, imagenet  # noqa: F401  (they register themselves)
+    from fdalign.data.prepare import coop, imagenet, targets  # noqa: F401  (they register themselves)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def listing(out: str | Path | None = None) -> str:
     load_all()
     lines = []
     for p in sorted(REGISTRY.values(), key=lambda q: q.name):
-        counts = ", ".join(f"{s} {n:,}/{c}" for s, (n, c) in p.expected.items())
+        counts = ", ".join(f"{s} {'?' if n is None else format(n, ',')}/{c}" for s, (n, c) in p.expected.items())
         state = ""
         if out is not None:
             try:
@@ -76,7 +76,7 @@ def listing(out: str | Path | None = None) -> str:
         if p.downloads:
             lines.append(f"    --download: {', '.join(d.filename for d in p.downloads)} (checksums known)")
         lines.append(f"    disk:    about {p.disk_gb:g} GB copied (links: almost none)")
-        lines.append(f"    counts:  {counts} (images/classes per split)")
+        lines.append(f"    counts:  {counts} (images/classes per split; ?: not published)")
         lines.append(f"    preset reads: {{data_root}}/{p.reads}")
     return "\n".join(lines)
 

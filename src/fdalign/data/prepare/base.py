@@ -64,7 +64,7 @@ class Preparer:
     folder: str
     needs: str  # the files to pass with --from, and where to get them
     disk_gb: float  # the size of the prepared copy (links take almost none)
-    expected: dict[str, tuple[int, int]]
+    expected: dict[str, tuple[int | None, int]]  # images None: not published, classes only
     plan: Callable[[Sources, Options], Plan]
     reads: str
     downloads: tuple[Download, ...] = ()
@@ -103,8 +103,11 @@ def check_counts(p: Preparer, plan: Plan, expected: dict[str, tuple[int, int]], 
     for split, (want_n, want_c) in expected.items():
         per = plan.counts.get(split, {})
         n, c = sum(per.values()), sum(1 for v in per.values() if v)
-        if (n, c) == (want_n, want_c):
+        if (n if want_n is None else want_n, c) == (n, want_c):
             continue
+        if want_n is None:  # no published image count: the classes alone
+            raise FDAlignError(f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_c} classes; "
+                               f"nothing was written: give the complete files ({p.needs})")
         gap = want_n - n
         what = f"{gap} missing" if gap > 0 else f"{-gap} more than expected"
         miss = plan.missing.get(split, [])

@@ -231,21 +231,3 @@ register(Preparer(
     needs="fgvc-aircraft-2013b.tar.gz (www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/)", disk_gb=2.8,
     expected={"train": (3334, 100), "val": (3333, 100), "test": (3333, 100)}, plan=plan_aircraft,
     reads="fgvc_aircraft (ImageFolder train/ val/ test/)"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Cross-domain targets of the miniimagenet preset
-
-
-def _plan_cub(src: Sources, opts: Options) -> Plan:
-    p = Plan()
-    for m, hit in src.find(r"CUB_200_2011/images/(\d{3}\.[^/]+)/([^/]+\.jpg)"):
-        p.add(m, f"images/{hit.group(1)}/{hit.group(2)}", "test", hit.group(1))
-    return p
-
-
-register(Preparer(
-    "cub", "CUB-200-2011", "CUB_200_2011",
-    needs="CUB_200_2011.tgz (data.caltech.edu/records/65de6-vp158)", disk_gb=1.2,
-    expected={"test": (11788, 200)}, plan=_plan_cub, reads="CUB_200_2011/images (a cross-domain target)",
-    data_dir="images"))
