@@ -235,10 +235,12 @@ def cub(root: Path, drop: int = 0, per_class: int = 3) -> dict:
     return {"from": [write_tar(root / "CUB_200_2011.tgz", files)], "counts": {"test": (2 * per_class, 2)}}
 
 
-def miniimagenet(root: Path, per_class: int = 3) -> dict:
-    """Ravi & Larochelle's CSVs over ImageNet train images: 2 classes per role (WNIDS + 3 more)."""
+def miniimagenet(root: Path, per_class: int = 3, drop: int = 0) -> dict:
+    """Ravi & Larochelle's CSVs over ImageNet train images: 2 classes per role (WNIDS + 3 more);
+    ``drop``: the first class's last files are not in the train tar."""
     wnids = WNIDS + ["n01491361", "n01494475", "n01496331"]
-    inner = {f"{w}.tar": tar_bytes({f"{w}_{10 * (i + 1)}.JPEG": jpeg(i) for i in range(per_class)}) for w in wnids}
+    inner = {f"{w}.tar": tar_bytes({f"{w}_{10 * (i + 1)}.JPEG": jpeg(i) for i in range(per_class - (drop if c == 0 else 0))})
+             for c, w in enumerate(wnids)}
     train = write_tar(root / "ILSVRC2012_img_train.tar", inner)
     csvs = root / "csv"
     csvs.mkdir(parents=True, exist_ok=True)

@@ -346,9 +346,13 @@ def test_miniimagenet_from_csvs_and_imagenet_train(tmp_path, capsys):
     capsys.readouterr()
     assert run("data", "check", root, "--no-progress") == 0
     assert "prepared: miniImageNet" in capsys.readouterr().out
-    m["counts"]["test"] = (7, 2)
-    assert prep("miniimagenet", m, tmp_path / "data2", tmp_path) == 2
-    assert "miniImageNet test: 6 images in 2 classes" in capsys.readouterr().err
+    assert run("data", "prepare", "miniimagenet", "--from", *m["from"], "--out", tmp_path / "d0") == 2
+    assert "miniImageNet train: 6 images in 2 classes, but the published miniImageNet has 38400 in 64" \
+        in capsys.readouterr().err
+    m2 = A.miniimagenet(tmp_path / "dl2", drop=1)
+    assert prep("miniimagenet", m2, tmp_path / "data2", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "miniImageNet train: 5 images in 2 classes" in err and f"not found: {w}00000003.jpg" in err
 
 
 def test_list_names_files_counts_and_state(tmp_path, capsys):
