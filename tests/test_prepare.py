@@ -191,11 +191,24 @@ def test_interrupted_prepare_resumes_and_data_check_says_so(tmp_path, devkit_md5
 def test_truncated_tar_is_refused_before_writing(tmp_path, devkit_md5, capsys):
     m = A.imagenet(tmp_path / "dl")
     devkit_md5(m["from"][2])
+    with tarfile.open(m["from"][1]) as tf:
+        last = tf.getmembers()[-1]
+    # cut inside the last image: every header is intact, so tarfile lists the archive without complaint
     data = m["from"][1].read_bytes()
-    m["from"][1].write_bytes(data[: len(data) // 2])
+    m["from"][1].write_bytes(data[: last.offset_data + 10])
     assert prep("imagenet", m, tmp_path / "data", tmp_path) == 2
     err = capsys.readouterr().err
     assert "ILSVRC2012_img_val.tar cannot be read as a tar or zip archive" in err and "download it again" in err
+    assert "unexpected end of data" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_truncated_zip_is_refused_before_writing(tmp_path, capsys):
+    paths, counts = A.variant_archives(tmp_path / "dl")["imagenet-sketch"]
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[: len(data) - 30])
+    assert prep("imagenet-sketch", {"from": paths, "counts": counts}, tmp_path / "data", tmp_path) == 2
+    assert "ImageNet-Sketch.zip cannot be read as a tar or zip archive (BadZipFile" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
 

@@ -130,10 +130,11 @@ def _refuse_unfinished(data: str) -> None:
     if p.is_dir() and (p / SPEC_FILE).is_file() and not (p / MANIFEST).is_file():
         raise FDAlignError(f"{p} is an unfinished world render ({SPEC_FILE} without {MANIFEST}): its test/ is "
                            "incomplete; run the same `fdalign world render` command again to finish it")
-    partial = p.parent / f".{p.name}.partial"
-    if not p.exists() and partial.is_dir():
-        raise FDAlignError(f"{p} is not there yet: `fdalign data prepare` was interrupted ({partial} holds what "
-                           "it wrote); run the same command again to finish it")
+    for q in [p, *p.parents][:3]:  # the folder, or a split file / sub-folder inside it
+        partial = q.parent / f".{q.name}.partial"
+        if not q.exists() and partial.is_dir():
+            raise FDAlignError(f"{q} is not there yet: `fdalign data prepare` was interrupted ({partial} holds "
+                               "what it wrote); run the same command again to finish it")
 
 
 def _warn_wnid_names(splits) -> None:
