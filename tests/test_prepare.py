@@ -467,3 +467,13 @@ def test_miniimagenet_preset_cell_with_its_four_targets(tmp_path, tiny_openclip,
                           test_episodes=2)) == 0
     metrics = json.loads((tmp_path / "sw" / "runs" / key / "metrics.json").read_text())
     assert {"cub", "cars", "places", "plantae"} <= set(json.dumps(metrics).split('"'))
+
+
+def test_truncated_tar_gz_is_refused_before_writing(tmp_path, capsys):
+    m = A.coop("dtd", tmp_path / "dl")
+    data = m["from"][0].read_bytes()
+    m["from"][0].write_bytes(data[: len(data) * 2 // 3])
+    assert prep("dtd", m, tmp_path / "data", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "dtd-r1.0.1.tar.gz cannot be read as a tar or zip archive" in err and "download it again" in err
+    assert not (tmp_path / "data").exists()
