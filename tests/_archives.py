@@ -60,6 +60,20 @@ def tar_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def drop_member(path: Path, suffixes=(".jpg", ".jpeg", ".JPEG")) -> str:
+    """Rewrite a tar or zip without its first image; return that image's name."""
+    if path.name.endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            files = {i.filename: zf.read(i) for i in zf.infolist()}
+    else:
+        with tarfile.open(path) as tf:
+            files = {i.name: tf.extractfile(i).read() for i in tf.getmembers() if i.isfile()}
+    gone = next(n for n in files if n.endswith(suffixes))
+    del files[gone]
+    (write_zip if path.name.endswith(".zip") else write_tar)(path, files)
+    return gone
+
+
 def expect(path: Path, counts: dict[str, tuple[int, int]]) -> Path:
     path.write_text(json.dumps({k: list(v) for k, v in counts.items()}))
     return path
