@@ -229,7 +229,7 @@ def _register_prepare(sub) -> None:
                         "a copy across file systems")
     p.add_argument("--download", action="store_true",
                    help="fetch the files first (where --list says so), resumably, checking their checksums")
-    p.add_argument("--download-dir", default=None, help="where --download keeps the files (default: OUT/downloads)")
+    p.add_argument("--download-dir", default=None, help="where --download keeps the files; None: OUT/downloads")
     p.add_argument("--expect-counts", default=None, metavar="FILE",
                    help='JSON {"split": [images, classes]} replacing the published counts, for a subset or a '
                         "miniature copy (prepared.json records it; data check says so)")
