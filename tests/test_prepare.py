@@ -483,3 +483,15 @@ def test_truncated_tar_gz_is_refused_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dtd-r1.0.1.tar.gz cannot be read as a tar or zip archive" in err and "download it again" in err
     assert not (tmp_path / "data").exists()
+
+
+def test_a_second_prepare_into_the_same_folder_waits_its_turn(tmp_path, capsys):
+    from filelock import FileLock
+
+    m = A.cub(tmp_path / "dl")
+    (tmp_path / "data").mkdir()
+    with FileLock(str(tmp_path / "data" / ".CUB_200_2011.lock")):  # another process is writing it
+        assert prep("cub", m, tmp_path / "data", tmp_path) == 2
+    assert "another `fdalign data prepare` is writing" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "CUB_200_2011").exists()
+    assert prep("cub", m, tmp_path / "data", tmp_path) == 0

@@ -108,14 +108,35 @@ def manifest(p: Preparer, plan: Plan, sources: Sources, expected: dict, against:
 
 def write(p: Preparer, plan: Plan, sources: Sources, out: Path, mode: str, expected: dict, against: str,
           progress: bool = False) -> Path:
-    """Write ``plan`` into ``out/<folder>`` (continuing a staging folder left by an interruption)."""
-    from tqdm.auto import tqdm
+    """Write ``plan`` into ``out/<folder>`` (continuing a staging folder left by an interruption); one
+    process at a time per folder (a lock file beside it)."""
+    from filelock import FileLock, Timeout
 
     final = out / p.folder
     if final.exists():
         raise FDAlignError(f"{final} exists but holds no {MANIFEST} (it was not written by fdalign data prepare); "
                            "move it away or choose another --out")
     check_space(plan, out, mode)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / f".{p.folder}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FDAlignError(f"another `fdalign data prepare` is writing {final} (lock {lock.lock_file}); wait for it "
+                           "to finish, then run this command again") from None
+    try:
+        return _write_locked(p, plan, sources, out, mode, expected, against, progress)
+    finally:
+        lock.release()
+
+
+def _write_locked(p: Preparer, plan: Plan, sources: Sources, out: Path, mode: str, expected: dict, against: str,
+                  progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    final = out / p.folder
+    if (final / MANIFEST).is_file():  # the other process finished it while we waited for nothing
+        return final
     stage = out / f".{p.folder}.partial"
     stage.mkdir(parents=True, exist_ok=True)
     modes = {"hard": 0, "symbolic": 0, "copy": 0, "kept": 0}
