@@ -255,6 +255,8 @@ def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, c
     capsys.readouterr()
     assert run("data", "check", split, "--no-progress") == 0
     assert "prepared: " in capsys.readouterr().out
+    assert run("data", "check", folder, "--no-progress") == 0  # the folder is read through its split file
+    assert "test                    3        3" in capsys.readouterr().out
     metrics = cell("coop", data, tmp_path / "sw", f"{COOP_KEYS[name]}/k1/s1/fine-tune", tiny_openclip)
     assert metrics  # trained and evaluated on the prepared test split
     # one listed image missing from the archive: named, nothing written

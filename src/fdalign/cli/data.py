@@ -97,10 +97,14 @@ def _check(args: argparse.Namespace) -> int:
             bench = find_benchmark(guess) if guess else None
         except FDAlignError:
             bench = None  # an unknown split_zhou name is not an error, just nothing to compare
+    from pathlib import Path
+
     from fdalign.data.check import find_manifest, prepared_problems, prepared_summary
 
     _refuse_unfinished(args.data)
     prepared = find_manifest(args.data)
+    if prepared is not None and prepared[0].get("split_file") and Path(args.data).is_dir():
+        args.data = str(Path(args.data) / prepared[0]["split_file"])  # a CoOp folder is read through its split
     if prepared is not None and not args.benchmark:
         bench = None  # prepare checked the published counts; the data is compared with what it recorded
     # Missing files are reported as problems below rather than stopping the load.
