@@ -497,3 +497,28 @@ def test_a_second_prepare_into_the_same_folder_waits_its_turn(tmp_path, capsys):
     assert "another `fdalign data prepare` is writing" in capsys.readouterr().err
     assert not (tmp_path / "data" / "CUB_200_2011").exists()
     assert prep("cub", m, tmp_path / "data", tmp_path) == 0
+
+
+def test_a_folder_of_class_tars_does_not_hold_every_tar_open(tmp_path, devkit_md5):
+    """ImageNet's train tar extracted one level: one tar per class in a folder."""
+    m = A.imagenet(tmp_path / "dl")
+    devkit_md5(m["from"][2])
+    train = tmp_path / "train"
+    train.mkdir()
+    with tarfile.open(m["from"][0]) as tf:
+        tf.extractall(train, filter="data")
+    for k in range(40):  # many more class tars than the three the prepare needs
+        A.write_tar(train / f"n0200{k:04d}.tar", {f"n0200{k:04d}_1.JPEG": b"x"})
+    from fdalign.data.prepare.sources import Sources
+
+    before = len(os.listdir("/proc/self/fd"))
+    src = Sources([train])
+    assert len(os.listdir("/proc/self/fd")) - before <= 2
+    assert len(src.find(r"(n\d{8})(?:\.tar)?/(n\d{8}_\d+\.JPEG)")) == 12 + 40
+    counts = {"train": (12, 3), "val": m["counts"]["val"]}
+    assert prep("imagenet", {"from": [train, *m["from"][1:]], "counts": counts}, tmp_path / "data", tmp_path) == 2
+    # the 40 extra classes are counted: the count check names it, nothing written
+    for k in range(40):
+        (train / f"n0200{k:04d}.tar").unlink()
+    assert prep("imagenet", {"from": [train, *m["from"][1:]], "counts": counts}, tmp_path / "data", tmp_path) == 0
+    assert len(os.listdir("/proc/self/fd")) - before <= 2

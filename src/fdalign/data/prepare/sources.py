@@ -52,23 +52,45 @@ class Member:
     seq: int = 0  # position in listing order (archive order): files are placed in one forward pass
 
 
+_REOPENED: list["Archive"] = []  # the one released archive reopened for reading (see Archive.release)
+
+
 class Archive:
-    """A tar or zip archive opened once; members are read in file order by :meth:`open`."""
+    """A tar or zip archive, listed once; members are read in file order by :meth:`open`."""
 
     def __init__(self, label: str, fileobj: BinaryIO | None = None, path: str | None = None):
-        self.label = label
-        lower = label.lower()
+        self.label, self.path, self.nested = label, path, False
+        self._zip = self._tar = None
+        self._tar_members: dict = {}
+        self._load(fileobj)
+
+    def _load(self, fileobj: BinaryIO | None = None) -> None:
         try:
-            if lower.endswith(".zip"):
-                self._zip = zipfile.ZipFile(fileobj if fileobj is not None else path)
-                self._tar = None
+            if self.label.lower().endswith(".zip"):
+                self._zip = zipfile.ZipFile(fileobj if fileobj is not None else self.path)
             else:
-                self._zip = None
-                self._tar = tarfile.open(name=path, fileobj=fileobj, mode="r:*")
-                # tarfile checks, for each member it lists, that the file reaches the member's end
-                self._tar_members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+                self._tar = tarfile.open(name=self.path, fileobj=fileobj, mode="r:*")
+                if not self._tar_members:
+                    # tarfile checks, for each member it lists, that the file reaches the member's end
+                    self._tar_members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
         except _BROKEN as e:
-            raise _broken(label, e) from None
+            raise _broken(self.label, e) from None
+
+    def release(self) -> None:
+        """Close the file of a listed archive on disk; it is reopened when read. A folder of 1,000
+        class tars (ImageNet's train tar, extracted one level) would otherwise hold 1,000 files open.
+        Archives that hold archives stay open: those read through them."""
+        if self.path is None or self.nested:
+            return
+        (self._zip or self._tar).close()
+        self._zip = self._tar = None
+
+    def _ensure_open(self) -> None:
+        if self._zip is None and self._tar is None:
+            while _REOPENED:  # files are placed archive by archive: one reopened at a time
+                _REOPENED.pop().release()
+            self._load()
+            _REOPENED.append(self)
 
     def members(self) -> Iterator[tuple[str, int]]:
         if self._zip is not None:
@@ -80,6 +102,7 @@ class Archive:
                 yield name, m.size
 
     def open(self, inner: str) -> BinaryIO:
+        self._ensure_open()
         try:
             if self._zip is not None:
                 return self._zip.open(inner)
@@ -125,7 +148,9 @@ class Source:
 
     def _add_archive(self, archive: Archive, prefix: str) -> None:
         for inner, size in archive.members():
+            archive.nested = archive.nested or is_archive(inner)
             self._add(Member(prefix + inner, size, archive=archive, inner=inner))
+        archive.release()
 
     def find(self, pattern: str) -> list[tuple[Member, re.Match]]:
         """Members whose name ends with a match of ``pattern`` (anchored at a ``/`` or the start)."""
