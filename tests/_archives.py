@@ -149,7 +149,7 @@ def variant_archives(root: Path, per_class: int = 2) -> dict:
 # Per class: 2 train, 1 val, 1 test images in the split and one more in the archive only.
 
 
-def _pack_caltech(root: Path, files: dict) -> list[Path]:
+def _pack_caltech(root: Path, files: dict, listed: list) -> list[Path]:
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as tf:
         for name, data in files.items():
@@ -160,16 +160,52 @@ def _pack_caltech(root: Path, files: dict) -> list[Path]:
                                                  "caltech-101/Annotations.tar": tar_bytes({"Annotations/x.mat": b"x"})})]
 
 
-def _pack_pets(root: Path, files: dict, annotations: bool = True) -> list[Path]:
-    out = [write_tar(root / "images.tar.gz", files)]
-    if annotations:
-        lines = "".join(f"{Path(n).stem} 1 1 1\n" for n in files).encode()
-        out.append(write_tar(root / "annotations.tar.gz", {"annotations/trainval.txt": lines, "annotations/test.txt": lines,
-                                                           "annotations/list.txt": lines}))
-    return out
+def _halves(listed: list, parts: int = 2) -> list[list]:
+    return [listed[i::parts] for i in range(parts)]
 
 
-def _pack_cars(root: Path, files: dict) -> list[Path]:
+def _pack_pets(root: Path, files: dict, listed: list) -> list[Path]:
+    """images.tar.gz and annotations.tar.gz ('<image> <class id> <species> <breed id>' lines)."""
+    trainval, test = ("".join(f"{Path(n).stem} 1 1 1\n" for n in half).encode() for half in _halves(listed))
+    return [write_tar(root / "images.tar.gz", files),
+            write_tar(root / "annotations.tar.gz", {"annotations/trainval.txt": trainval, "annotations/test.txt": test,
+                                                    "annotations/list.txt": trainval + test})]
+
+
+def _pack_flowers(root: Path, files: dict, listed: list) -> list[Path]:
+    """102flowers.tgz, imagelabels.mat (1-based class per image id) and setid.mat (trnid / valid / tstid)."""
+    import numpy as np
+    import scipy.io
+
+    ids = [int(Path(n).stem.split("_")[1]) for n in listed]
+    labels, setid = io.BytesIO(), io.BytesIO()
+    scipy.io.savemat(labels, {"labels": np.array([[1 + i % 3 for i in range(max(ids))]])})
+    scipy.io.savemat(setid, {k: np.array([part]) for k, part in zip(("trnid", "valid", "tstid"), _halves(ids, 3))})
+    (root / "imagelabels.mat").write_bytes(labels.getvalue())
+    (root / "setid.mat").write_bytes(setid.getvalue())
+    return [write_tar(root / "102flowers.tgz", files), root / "imagelabels.mat", root / "setid.mat"]
+
+
+def _pack_dtd(root: Path, files: dict, listed: list) -> list[Path]:
+    """dtd-r1.0.1.tar.gz with dtd/images/<class>/... and the partition lists dtd/labels/{train,val,test}1.txt."""
+    labels = {f"dtd/labels/{s}1.txt": "".join(n.split("dtd/images/")[1] + "\n" for n in part).encode()
+              for s, part in zip(("train", "val", "test"), _halves(listed, 3))}
+    return [write_tar(root / "dtd-r1.0.1.tar.gz", files | labels)]
+
+
+def _pack_food(root: Path, files: dict, listed: list) -> list[Path]:
+    """food-101.tar.gz with food-101/images/<class>/<id>.jpg and food-101/meta/{train,test}.json."""
+    meta = {}
+    for s, part in zip(("train", "test"), _halves(listed)):
+        d: dict = {}
+        for n in part:
+            c, i = n.split("/")[-2:]
+            d.setdefault(c, []).append(f"{c}/{Path(i).stem}")
+        meta[f"food-101/meta/{s}.json"] = json.dumps(d).encode()
+    return [write_tar(root / "food-101.tar.gz", files | meta)]
+
+
+def _pack_cars(root: Path, files: dict, listed: list) -> list[Path]:
     return [write_tar(root / f"cars_{s}.tgz", {k: v for k, v in files.items() if k.startswith(f"cars_{s}/")})
             for s in ("train", "test")]
 
@@ -182,38 +218,44 @@ COOP_MINI = {
     "stanford_cars": ("StanfordCars", ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"],
                       "cars_{s}/{n:05d}.jpg", "cars_{s}/{n:05d}.jpg", _pack_cars),
     "oxford_flowers": ("OxfordFlowers", ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
-                       "jpg/image_{n:05d}.jpg", "image_{n:05d}.jpg",
-                       lambda root, f: [write_tar(root / "102flowers.tgz", f)]),
+                       "jpg/image_{n:05d}.jpg", "image_{n:05d}.jpg", _pack_flowers),
     "food101": ("Food101", ["apple_pie", "baby_back_ribs", "baklava"], "food-101/images/{c}/{n}.jpg", "{c}/{n}.jpg",
-                lambda root, f: [write_tar(root / "food-101.tar.gz", f | {"food-101/meta/classes.txt": b"apple_pie\n"})]),
+                _pack_food),
     "sun397": ("SUN397", ["a/abbey", "b/bakery/shop", "c/canyon"], "SUN397/{c}/sun_a{n:04d}.jpg", "{c}/sun_a{n:04d}.jpg",
-               lambda root, f: [write_tar(root / "SUN397.tar.gz", f | {"SUN397/ClassName.txt": b"/a/abbey\n"})]),
+               lambda root, f, listed: [write_tar(root / "SUN397.tar.gz", f | {"SUN397/ClassName.txt": b"/a/abbey\n"})]),
     "dtd": ("DescribableTextures", ["banded", "blotchy", "braided"], "dtd/images/{c}/{c}_{k:04d}.jpg", "{c}/{c}_{k:04d}.jpg",
-            lambda root, f: [write_tar(root / "dtd-r1.0.1.tar.gz", f | {"dtd/labels/train1.txt": b"banded/banded_0001.jpg\n"})]),
+            _pack_dtd),
     "eurosat": ("EuroSAT", ["AnnualCrop", "Forest", "River"], "2750/{c}/{c}_{k}.jpg", "{c}/{c}_{k}.jpg",
-                lambda root, f: [write_zip(root / "EuroSAT.zip", f)]),
+                lambda root, f, listed: [write_zip(root / "EuroSAT.zip", f)]),
     "ucf101": ("UCF101", ["Apply_Eye_Makeup", "Archery", "Basketball"], "UCF-101-midframes/{c}/v_{c}_g{k:02d}_c01.jpg",
-               "{c}/v_{c}_g{k:02d}_c01.jpg", lambda root, f: [write_zip(root / "UCF-101-midframes.zip", f)]),
+               "{c}/v_{c}_g{k:02d}_c01.jpg", lambda root, f, listed: [write_zip(root / "UCF-101-midframes.zip", f)]),
 }
 ROLES = ["train", "train", "val", "test", None]  # None: in the archive, not in the split
 
 
-def coop(name: str, root: Path, drop: int = 0) -> dict:
-    """A CoOp set's archive(s) and its split_zhou file; ``drop`` leaves that many listed images out."""
+def coop(name: str, root: Path, drop: int = 0, drop_extra: int = 0) -> dict:
+    """A CoOp set's archive(s) and its split_zhou file; ``drop`` leaves that many images of the split
+    out of the archive, ``drop_extra`` that many of the images the split does not use (the official
+    annotations still list them all)."""
     split_name, classes, member, rel, pack = COOP_MINI[name]
-    files, split, n, dropped = {}, {"train": [], "val": [], "test": []}, 0, []
+    files, listed, split, n, dropped = {}, [], {"train": [], "val": [], "test": []}, 0, []
+    root.mkdir(parents=True, exist_ok=True)
     for y, c in enumerate(classes):
         for k, role in enumerate(ROLES, 1):
             n += 1
             s = "test" if role == "test" else "train"  # Stanford Cars: val comes from cars_train
             m, r = member.format(c=c, k=k, n=n, s=s), rel.format(c=c, k=k, n=n, s=s)
+            listed.append(m)
             if role is not None:
                 split[role].append([r, y, c.split("/")[-1].replace("_", " ")])
                 if len(dropped) < drop:
                     dropped.append(r)
                     continue
+            elif len(dropped) < drop + drop_extra:
+                dropped.append(r)
+                continue
             files[m] = jpeg(n)
-    paths = pack(root, files)
+    paths = pack(root, files, listed)
     sf = root / f"split_zhou_{split_name}.json"
     sf.write_text(json.dumps(split))
     nc = len(classes)

@@ -233,13 +233,29 @@ def test_too_little_disk_space_is_refused_up_front(tmp_path, devkit_md5, monkeyp
 COOP_KEYS = {"caltech101": "caltech101", "oxford_pets": "oxford_pets", "stanford_cars": "stanford_cars",
              "oxford_flowers": "oxford_flowers", "food101": "food101", "sun397": "sun397", "dtd": "dtd",
              "eurosat": "eurosat", "ucf101": "ucf101"}
-PUBLISHED_TEST = {"caltech101": 2465, "oxford_pets": 3669, "stanford_cars": 8041, "oxford_flowers": 2463,
-                  "food101": 30300, "sun397": 19850, "dtd": 1692, "eurosat": 8100, "ucf101": 3783}
+
+
+@pytest.fixture
+def flowers_md5(monkeypatch):
+    """torchvision checks Flowers' .mat files against the official MD5s; a miniature declares its own."""
+    from torchvision.datasets import Flowers102
+
+    def use(root):
+        d = {k: (f, hashlib.md5((Path(root) / f).read_bytes()).hexdigest() if f.endswith(".mat") else md5)
+             for k, (f, md5) in Flowers102._file_dict.items()}
+        monkeypatch.setattr(Flowers102, "_file_dict", d)
+
+    return use
+
+
+OFFICIAL_LISTS = {"oxford_pets": "OxfordPets", "oxford_flowers": "Flowers102", "dtd": "DTD", "food101": "Food101"}
 
 
 @pytest.mark.parametrize("name", sorted(A.COOP_MINI))
-def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, cli_env, capsys):
+def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, cli_env, capsys, flowers_md5):
     m = A.coop(name, tmp_path / "dl")
+    if name == "oxford_flowers":
+        flowers_md5(tmp_path / "dl")
     data = tmp_path / "data"
     # the published numbers are what is checked unless a miniature declares its own
     assert run("data", "prepare", name, "--from", *m["from"], "--split-file", m["split"], "--out", data) == 2
@@ -252,7 +268,9 @@ def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, c
     man = json.loads((folder / "prepared.json").read_text())
     assert man["split_file_sha256"] == hashlib.sha256(m["split"].read_bytes()).hexdigest()
     assert {k: v["images"] for k, v in man["counts"].items()} == {"train": 6, "val": 3, "test": 3}
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    if name in OFFICIAL_LISTS:  # read by torchvision's parser: every listed image is in the archive
+        assert f"note: {OFFICIAL_LISTS[name]}: all 15 images of the official annotations are there" in out
     assert run("data", "check", split, "--no-progress") == 0
     assert "prepared: " in capsys.readouterr().out
     assert run("data", "check", folder, "--no-progress") == 0  # the folder is read through its split file
@@ -265,7 +283,14 @@ def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, c
     err = capsys.readouterr().err
     assert f"1 of 12 entries of {m2['split']} match no" in err and m2["dropped"][0] in err
     assert not (tmp_path / "data2").exists()
-    _ = PUBLISHED_TEST
+    if name in OFFICIAL_LISTS:  # an image the split does not use, but the official annotations list
+        m3 = A.coop(name, tmp_path / "dl3", drop_extra=1)
+        if name == "oxford_flowers":
+            flowers_md5(tmp_path / "dl3")
+        assert prep(name, m3, tmp_path / "data3", tmp_path) == 2
+        err = capsys.readouterr().err
+        assert f"1 of 15 images named by {OFFICIAL_LISTS[name]}'s official annotations are not in the --from files" in err
+        assert Path(m3["dropped"][0]).name in err and not (tmp_path / "data3").exists()
 
 
 def test_split_file_of_another_data_set(tmp_path, capsys):

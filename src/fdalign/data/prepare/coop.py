@@ -19,7 +19,9 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from fdalign.data.prepare import official
 from fdalign.data.prepare.base import Download, Options, Plan, Preparer, first, register
 from fdalign.data.prepare.sources import Sources
 from fdalign.errors import FDAlignError
@@ -50,6 +52,23 @@ class CoopSet:
     required: tuple[tuple[str, str], ...] = ()  # (pattern, what) that prove the archive is the official one
     renames: tuple[Rename, ...] = ()
     downloads: tuple[Download, ...] = ()
+    official: Callable[[Sources], list[str] | None] | None = None  # the official lists (.official)
+
+
+def _check_official(src: Sources, s: CoopSet, images: dict, plan: Plan) -> None:
+    """Every image the official annotation files list must be in the archive."""
+    listed = s.official(src) if s.official else None
+    if listed is None:
+        if s.official:
+            plan.notes.append(f"{s.title}: the official annotation files were not given: the archive's "
+                              "completeness was checked through the split file only")
+        return
+    missing = sorted(set(listed) - set(images))
+    if missing:
+        raise FDAlignError(f"{len(missing)} of {len(set(listed))} images named by {s.title}'s official annotations "
+                           f"are not in the --from files: {first(missing)}; nothing was written: give the complete "
+                           f"archives ({s.needs})")
+    plan.notes.append(f"{s.title}: all {len(set(listed))} images of the official annotations are there")
 
 
 def _images(src: Sources, s: CoopSet, plan: Plan) -> dict[str, object]:
@@ -125,6 +144,7 @@ def plan_coop(s: CoopSet):
                 f"{len(unresolved)} of {total} entries of {opts.split_file} match no {s.title} image in the --from "
                 f"files{hint}: {first(unresolved)}; nothing was written: give the complete official archives "
                 f"({s.needs}) or the split file of this data set")
+        _check_official(src, s, images, p)
         p.split_file = f"split_zhou_{s.split_name}.json"
         p.extra[p.split_file] = raw
         from fdalign.data.prepare.place import sha256_bytes
@@ -143,6 +163,7 @@ COOP_SETS = [
     CoopSet("oxford_pets", "OxfordPets", "OxfordPets", "oxford_pets", "images", r"images/(?P<rel>[^/]+_\d+\.jpg)",
             (2944, 736, 3669, 37), f"images.tar.gz and annotations.tar.gz ({VGG}/pets/)", 0.8,
             required=((r"annotations/(trainval\.txt)", "the Pets annotations (annotations/trainval.txt)"),),
+            official=official.pets,
             downloads=(Download(f"{VGG}/pets/data/images.tar.gz", "md5:5c4f3ee8e5d25df40f4fd59a7f44e54c", "images.tar.gz"),
                        Download(f"{VGG}/pets/data/annotations.tar.gz", "md5:95a8c909bbe2e81eed6a22bccdf3f68f",
                                 "annotations.tar.gz"))),
@@ -153,10 +174,15 @@ COOP_SETS = [
             renames=(Rename(r"(?P<split>train|test)/[^/]+/(?P<id>\d{5})\.jpg", "cars_{split}/{id}.jpg",
                             "Kaggle's car_data/{train,test}/<class>/NNNNN.jpg is cars_{train,test}/NNNNN.jpg by its 5-digit id"),)),
     CoopSet("oxford_flowers", "Flowers102", "OxfordFlowers", "oxford_flowers", "jpg", r"jpg/(?P<rel>image_\d{5}\.jpg)",
-            (4093, 1633, 2463, 102), f"102flowers.tgz ({VGG}/flowers/102/)", 0.35,
-            downloads=(Download(f"{VGG}/flowers/102/102flowers.tgz", "md5:52808999861908f626f3c1f4e79d11fa", "102flowers.tgz"),)),
+            (4093, 1633, 2463, 102), f"102flowers.tgz, imagelabels.mat and setid.mat ({VGG}/flowers/102/)", 0.35,
+            official=official.flowers,
+            downloads=(Download(f"{VGG}/flowers/102/102flowers.tgz", "md5:52808999861908f626f3c1f4e79d11fa", "102flowers.tgz"),
+                       Download(f"{VGG}/flowers/102/imagelabels.mat", "md5:e0620be6f572b9609742df49c70aed4d",
+                                "imagelabels.mat"),
+                       Download(f"{VGG}/flowers/102/setid.mat", "md5:a5357ecc9cb78c4bef273ce3793fc85c", "setid.mat"))),
     CoopSet("food101", "Food101", "Food101", "food-101", "images", r"images/(?P<rel>[a-z_]+/\d+\.jpg)",
             (50500, 20200, 30300, 101), "food-101.tar.gz (data.vision.ee.ethz.ch/cvl/food-101.tar.gz)", 5.0,
+            official=official.food101,
             downloads=(Download("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "md5:85eeb15f3717b99a5da872d97d918f87",
                                 "food-101.tar.gz"),)),
     CoopSet("sun397", "SUN397", "SUN397", "sun397", "SUN397", r"SUN397/(?P<rel>[a-z]/.+/sun_\w+\.jpg)",
@@ -164,7 +190,7 @@ COOP_SETS = [
             downloads=(Download("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz",
                                 "md5:8ca2778205c41d23104230ba66911c7a", "SUN397.tar.gz"),)),
     CoopSet("dtd", "DTD", "DescribableTextures", "dtd", "images", r"images/(?P<rel>[a-z]+/[a-z]+_\d+\.jpg)",
-            (2820, 1128, 1692, 47), f"dtd-r1.0.1.tar.gz ({VGG}/dtd/)", 0.6,
+            (2820, 1128, 1692, 47), f"dtd-r1.0.1.tar.gz ({VGG}/dtd/)", 0.6, official=official.dtd,
             downloads=(Download(f"{VGG}/dtd/download/dtd-r1.0.1.tar.gz", "md5:fff73e5086ae6bdbea199a49dfb8a4c1",
                                 "dtd-r1.0.1.tar.gz"),)),
     CoopSet("eurosat", "EuroSAT", "EuroSAT", "eurosat", "2750", r"2750/(?P<rel>[A-Za-z]+/[A-Za-z]+_\d+\.jpg)",
