@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     c.set_defaults(data_command="check")
 
+    _register_prepare(sub)
+
     s = sub.add_parser(
         "sample",
         help="write the K-shot training and validation splits of a seed as JSON",
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.data_command == "check":
         return _check(args)
+    if args.data_command == "prepare":
+        return _prepare(args)
     return _sample(args)
 
 
@@ -94,9 +98,22 @@ def _check(args: argparse.Namespace) -> int:
             bench = find_benchmark(guess) if guess else None
         except FDAlignError:
             bench = None  # an unknown split_zhou name is not an error, just nothing to compare
+    from pathlib import Path
+
+    from fdalign.data.check import find_manifest, prepared_problems, prepared_summary
+
+    _refuse_unfinished(args.data)
+    prepared = find_manifest(args.data)
+    if prepared is not None and prepared[0].get("split_file") and Path(args.data).is_dir():
+        args.data = str(Path(args.data) / prepared[0]["split_file"])  # a CoOp folder is read through its split
+    if prepared is not None and not args.benchmark:
+        bench = None  # prepare checked the published counts; the data is compared with what it recorded
     # Missing files are reported as problems below rather than stopping the load.
     splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames, check_files=False)
     report = check_splits(splits, benchmark=bench, progress=not args.no_progress)
+    if prepared is not None:
+        report.notes.append(prepared_summary(*prepared))
+        report.problems += [("prepared", msg) for msg in prepared_problems(splits, *prepared)]
     if args.ood:
         from fdalign.data.check import check_ood
 
@@ -105,6 +122,24 @@ def _check(args: argparse.Namespace) -> int:
     _warn_wnid_names(splits)
     print(format_report(report))
     return 0 if report.ok else 1
+
+
+def _refuse_unfinished(data: str) -> None:
+    """An interrupted `world render` or `data prepare` is not data to check: say how to finish it."""
+    from pathlib import Path
+
+    from fdalign.errors import FDAlignError
+    from fdalign.world.render import MANIFEST, SPEC_FILE
+
+    p = Path(data)
+    if p.is_dir() and (p / SPEC_FILE).is_file() and not (p / MANIFEST).is_file():
+        raise FDAlignError(f"{p} is an unfinished world render ({SPEC_FILE} without {MANIFEST}): its test/ is "
+                           "incomplete; run the same `fdalign world render` command again to finish it")
+    for q in [p, *p.parents][:3]:  # the folder, or a split file / sub-folder inside it
+        partial = q.parent / f".{q.name}.partial"
+        if not q.exists() and partial.is_dir():
+            raise FDAlignError(f"{q} is not there yet: `fdalign data prepare` was interrupted ({partial} holds "
+                               "what it wrote); run the same command again to finish it")
 
 
 def _warn_wnid_names(splits) -> None:
@@ -136,9 +171,18 @@ def _check_class_splits(args: argparse.Namespace) -> int:
     from fdalign.data.check import MINIIMAGENET, check_class_splits, format_report
     from fdalign.data.episodes import load_class_splits
 
+    from fdalign.data.check import find_manifest, prepared_problems, prepared_summary
+
     splits = load_class_splits(args.data, args.image_root, args.classnames)
-    mini = _names_miniimagenet(args.benchmark) or (args.benchmark is None and _names_miniimagenet(Path(args.data).resolve().name))
+    prepared = find_manifest(args.data)
+    mini = _names_miniimagenet(args.benchmark) or (args.benchmark is None and prepared is None
+                                                   and _names_miniimagenet(Path(args.data).resolve().name))
     report = check_class_splits(splits, MINIIMAGENET if mini else None, progress=not args.no_progress)
+    if prepared is not None:  # prepared from train.csv / val.csv / test.csv
+        as_csv = {"base": "train", "val": "val", "novel": "test"}
+        report.notes.append(prepared_summary(*prepared))
+        report.problems += [("prepared", m) for m in prepared_problems({as_csv.get(k, k): v for k, v in splits.items()},
+                                                                      *prepared)]
     if mini:
         print("benchmark: miniImageNet (expected 64/16/20 base/val/novel classes, 600 images each)")
     print(format_report(report))
@@ -157,4 +201,80 @@ def _sample(args: argparse.Namespace) -> int:
     for name, split in shots.items():
         save_split(split, out / f"{name}.json")
         print(f"{name}: {len(split)} images ({split.name}) -> {out / f'{name}.json'}")
+    return 0
+
+
+_PREPARE_DESCRIPTION = """\
+Turn the archives of a data set, as its publishers ship them, into the layout the shipped presets
+read under --out (= the sweep's --data-root). Archives are read in place (tar, tar of tars, zip,
+tar.gz) or as extracted folders; images from folders are linked, not copied (--link). Annotations
+are parsed and checked before anything is written: the images per split and class against the
+published counts, CoOp's split file entry by entry, the free disk space. Files are placed
+atomically into OUT/.<folder>.partial, which becomes OUT/<folder> with its prepared.json when
+complete: run the same command again to continue an interrupted prepare.
+
+examples:
+  fdalign data prepare --list --out /data
+  fdalign data prepare imagenet --from ILSVRC2012_img_train.tar ILSVRC2012_img_val.tar \\
+      ILSVRC2012_devkit_t12.tar.gz --out /data
+  fdalign data prepare oxford_pets --download --split-file split_zhou_OxfordPets.json --out /data/coop
+"""
+
+
+def _register_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="lay out a downloaded data set as the presets read it (prepared.json)",
+                       description=_PREPARE_DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("name", nargs="?", metavar="NAME", help="the data set (see --list)")
+    p.add_argument("--from", dest="sources", nargs="+", default=[], metavar="PATH",
+                   help="the downloaded archives or their extracted folders")
+    p.add_argument("--out", default=None, help="the data root: NAME goes into OUT/<folder> (see --list)")
+    p.add_argument("--split-file", default=None, help="CoOp's split_zhou_<Name>.json, for the CoOp data sets")
+    p.add_argument("--link", choices=["hard", "symbolic", "copy"], default="hard",
+                   help="how images from folders are placed (archives are always extracted); hard falls back to "
+                        "a copy across file systems")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the files first (where --list says so), resumably, checking their checksums")
+    p.add_argument("--download-dir", default=None, help="where --download keeps the files; None: OUT/downloads")
+    p.add_argument("--expect-counts", default=None, metavar="FILE",
+                   help='JSON {"split": [images, classes]} replacing the published counts, for a subset or a '
+                        "miniature copy (prepared.json records it; data check says so)")
+    p.add_argument("--list", action="store_true", help="list the data sets: files, disk, counts, prepared or not")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.set_defaults(data_command="prepare")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from fdalign.data.prepare import get, listing, prepare
+    from fdalign.errors import FDAlignError
+
+    if args.list:
+        print(listing(args.out))
+        return 0
+    if not args.name or not args.out:
+        raise FDAlignError("fdalign data prepare needs NAME and --out (or --list to see the names)")
+    sources = list(args.sources)
+    if args.download:
+        from fdalign.data.prepare.download import fetch
+
+        p = get(args.name)
+        if not p.downloads:
+            raise FDAlignError(f"{p.title} has no download with a known checksum; get {p.needs} and pass them with --from")
+        folder = Path(args.download_dir or Path(args.out) / "downloads")
+        sources += [str(f) for f in fetch(p.downloads, folder, progress=not args.no_progress)]
+    res = prepare(args.name, sources, args.out, split_file=args.split_file, link=args.link,
+                  expect_counts=args.expect_counts, progress=not args.no_progress)
+    m = res.manifest
+    for note in res.notes:
+        print(f"note: {note}")
+    counts = ", ".join(f"{s} {c['images']} images / {c['classes']} classes" for s, c in m["counts"].items())
+    if res.already:
+        print(f"{res.folder} is already prepared ({counts}); prepared.json lists its sources")
+        return 0
+    placed = ", ".join(f"{k} {v}" for k, v in m["placed"].items() if v)
+    print(f"prepared {m['title']} in {res.folder}: {counts}; checked against {m['expected_from']}; files: {placed}")
+    if m["expected_from"].startswith("--expect-counts"):
+        print("warning: the published counts were NOT checked (--expect-counts)", file=sys.stderr)
     return 0

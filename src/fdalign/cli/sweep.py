@@ -37,17 +37,25 @@ def register(subparsers) -> None:
                    "config's data_root, or OUT/world when the config renders the world")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, checking the options and "
                    "the runs on disk as the real run does (exit 2 where it would stop); train nothing")
+                   help="run only the cells whose key (data set/kSHOTS/sSEED/method) matches a shell pattern, "
+                        "e.g. 'imagenet/k16/s1/*': try the whole chain on a few cells before a long sweep")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="run only the first N cells (after --only)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a train option for every cell, over the config and its methods (VALUE as YAML), e.g. "
+                        "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
+                        "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1. Repeatable")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fdalign.errors import FDAlignError
-    from fdalign.experiments.sweep import load_sweep_config, preview, run_sweep
+    from fdalign.experiments.sweep import load_sweep_config, parse_overrides, preview, run_sweep
 
     cfg = load_sweep_config(args.config)
+    cfg.overrides = {**cfg.overrides, **parse_overrides(args.overrides)}
     if args.dry_run:
-        rows = preview(cfg, args.out, data_root=args.data_root)
+        rows = preview(cfg, args.out, data_root=args.data_root, only=args.only, limit=args.limit)
         for r, state, note in rows:
             print(f"{state:>11}  {r.key}" + (f"  ({note})" if note and state != "refused" else ""))
         print(f"{len(rows)} runs")
@@ -55,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if refused:
             raise FDAlignError(f"{len(refused)} run(s) would be refused by the real run; the first: {refused[0]}")
         return 0
-    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress)
+    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress, only=args.only, limit=args.limit)
     print(f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
           f"{res.failed} failed ({res.seconds:.0f} s); report: fdalign report {args.out}")
     return 1 if res.failed else 0

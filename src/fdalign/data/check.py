@@ -175,6 +175,7 @@ class CheckReport:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, what)
     benchmark: Benchmark | None = None
     ood: list[OODCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed above the problems
 
     @property
     def ok(self) -> bool:
@@ -275,15 +276,86 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
             report.problems.append((name, f"class {m.ambiguous[0][0]!r} matches several ID classes"))
         for w in subset_warnings(name, m, names, keys, declared):
             report.problems.append((name, w))
-        try:
-            bench = find_benchmark(name)
-        except FDAlignError:
-            bench = None
-        if bench is not None and len(split) != bench.test_size:
-            report.problems.append((name, f"{len(split)} images but {bench.name} has {bench.test_size}"))
+        prepared = find_manifest(path)
+        if prepared is not None:
+            report.problems += [(name, msg) for msg in prepared_problems({"test": split}, *prepared)]
+            report.notes.append(f"{name}: {prepared_summary(*prepared)}")
+        else:
+            bench = claimed_benchmark(name, len(split))
+            if bench is not None and len(split) != bench.test_size:
+                report.problems.append((name, f"{len(split)} images but {bench.name} has {bench.test_size}"))
         _, bad = verify_images(split, on_error="report", progress=progress)
         report.problems += [(name, f"unreadable image {p}") for p in bad[:20]]
     return report
+
+
+def claimed_benchmark(name: str, size: int) -> Benchmark | None:
+    """The benchmark an OOD set claims to be, for its size check: its full name (``imagenet-sketch``),
+    or a short alias (``sketch``, ``a``) only when its size is within 10% of that benchmark's. A
+    short alias alone claims nothing: ``--ood sketch=world/ood/sketch`` is not ImageNet-Sketch."""
+    key = _bkey(name)
+    target = _ALIASES.get(key)
+    if target is None:
+        return None
+    bench = BENCHMARKS[target]
+    full = key in {_bkey(n) for n in BENCHMARKS} or len(key) > 6 and key.startswith("imagenet")
+    return bench if full or abs(size - bench.test_size) <= 0.1 * bench.test_size else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Folders written by `fdalign data prepare` (prepared.json) and by `fdalign world render` (world.json)
+
+PREPARED = "prepared.json"
+
+
+def find_manifest(path) -> tuple[dict, str] | None:
+    """``(prepared.json, its path)`` of a prepared folder holding ``path`` (the folder itself, a file in
+    it such as its split file, or the sub-folder the presets read, e.g. CUB's images/); None otherwise."""
+    from pathlib import Path
+
+    from fdalign.io import read_json
+
+    p = Path(path)
+    for folder, sub in ((p.parent, None), (p, None)) if p.is_file() else ((p, ""), (p.parent, p.name)):
+        m = folder / PREPARED
+        if m.is_file():
+            d = read_json(m, "prepare manifest")
+            if isinstance(d, dict) and isinstance(d.get("counts"), dict) and sub in (None, d.get("data_dir", "")):
+                return d, str(m)
+    return None
+
+
+def prepared_problems(splits: dict[str, LabeledSplit], manifest: dict, where: str) -> list[str]:
+    """Each split's images and classes now, against what ``fdalign data prepare`` recorded (and
+    checked against the published counts, or the ``--expect-counts`` it was given)."""
+    out = []
+    counts = manifest["counts"]
+    seen = set()
+    for key, split in splits.items():
+        role = split.source or key  # ImageNet's val/, read as the test split, was prepared as 'val'
+        if role not in counts and len(counts) == 1:
+            role = next(iter(counts))
+        rec = counts.get(role)
+        if rec is None:
+            continue
+        seen.add(role)
+        n, c = len(split), sum(1 for x in split.class_counts() if x)
+        if (n, c) != (rec["images"], rec["classes"]):
+            gap = rec["images"] - n
+            what = f"{gap} missing" if gap > 0 else f"{-gap} added"
+            out.append(f"{role}: {n} images in {c} classes, but {where} recorded {rec['images']} in "
+                       f"{rec['classes']} when it was prepared ({what}); restore the files, or prepare it again into a new --out")
+    for role in sorted(set(counts) - seen):
+        out.append(f"split {role} recorded in {where} is not there")
+    return out
+
+
+def prepared_summary(manifest: dict, where: str) -> str:
+    """One line: what was prepared and what its counts were checked against."""
+    against = manifest.get("expected_from", "?")
+    warn = "" if not against.startswith("--expect-counts") else " (NOT the published counts)"
+    return f"prepared: {manifest.get('title', '?')} by fdalign {manifest.get('fdalign_version', '?')} ({where}); " \
+           f"counts checked against {against}{warn}"
 
 
 def format_report(report: CheckReport) -> str:
@@ -312,6 +384,7 @@ def format_report(report: CheckReport) -> str:
             if o.unknown:
                 lines.append(f"    unknown: {', '.join(o.unknown[:10])}{' ...' if len(o.unknown) > 10 else ''}")
         lines.append("")
+    lines += report.notes
     if report.ok:
         lines.append("OK: no problems found")
     else:

@@ -80,6 +80,7 @@ class SweepConfig:
     data_root: str | None = None
     wiseft: list[str] | None = None  # methods whose WiSE-FT rows the report shows (default: encoder-trained ones)
     reference: str = "fine-tune"  # the method paired differences are taken against
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied last to every run (--set KEY=VALUE)
     keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
     heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
     heads_preset: str | None = None  # "authors": the heads' published settings (`fdalign eval --heads-preset`)
@@ -123,7 +124,7 @@ class SweepConfig:
         if len(set(names)) != len(names):
             raise FDAlignError(f"{src}: two data sets are named alike ({names}); names key the run folders")
         for where, block in [("train", self.train)] + [(f"datasets.{d.name}.train", d.train) for d in self.datasets] \
-                + [(f"methods.{m}", o or {}) for m, o in self.methods.items()]:
+                + [(f"methods.{m}", o or {}) for m, o in self.methods.items()] + [("overrides", self.overrides)]:
             if not isinstance(block, dict):
                 raise FDAlignError(f"{src}: {where} must be a mapping of train options")
             grid = sorted(set(k.replace("-", "_") for k in block) & set(GRID_FIELDS))
@@ -209,9 +210,44 @@ class RunSpec:
         return dataclasses.asdict(self)
 
 
-def plan_runs(cfg: SweepConfig) -> list[RunSpec]:
-    """Every run, data set-major; methods innermost so a seed's comparison finishes together."""
-    return [RunSpec(d.name, k, s, m) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds for m in cfg.methods]
+def plan_runs(cfg: SweepConfig, only: Sequence[str] = (), limit: int | None = None) -> list[RunSpec]:
+    """Every run, data set-major; methods innermost so a seed's comparison finishes together.
+
+    ``only``: shell patterns on the run key (``imagenet/k16/s1/*``); a run matching any is kept.
+    ``limit``: the first N runs left. Both let a user try the whole chain on a few cells first.
+    """
+    import fnmatch
+
+    runs = [RunSpec(d.name, k, s, m) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds for m in cfg.methods]
+    if only:
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.key, pat) for pat in only)]
+        if not runs:
+            raise FDAlignError(f"{cfg.source}: --only {' '.join(only)} matches no run; keys look like "
+                               f"{RunSpec(cfg.datasets[0].name, cfg.shots[0], cfg.seeds[0], next(iter(cfg.methods))).key}")
+    if limit is not None:
+        if limit < 1:
+            raise FDAlignError(f"--limit {limit}: give a positive number of runs")
+        runs = runs[:limit]
+    return runs
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` (VALUE read as YAML: ``epochs=1``, ``model_config=null``) -> settings."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise FDAlignError(f"--set {item!r}: write KEY=VALUE, e.g. --set model=ViT-B-16 or --set epochs=1")
+        if key in GRID_FIELDS:
+            raise FDAlignError(f"--set {key}: the sweep grid decides {key!r}; change the config instead")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key] = value
+    return out
 
 
 def _fill(value: str | None, data_root: str | None, what: str, source: str) -> str | None:
@@ -222,6 +258,14 @@ def _fill(value: str | None, data_root: str | None, what: str, source: str) -> s
             raise FDAlignError(f"{source}: {what} uses {{data_root}}; pass --data-root DIR (or set data_root)")
         value = value.replace("{data_root}", str(data_root))
     return str(Path(value).expanduser().absolute())
+
+
+def _fill_classnames(value: str | None, data_root: str | None, source: str) -> str | None:
+    from fdalign.data.datasets import BUILTIN_CLASSNAMES
+
+    if value == BUILTIN_CLASSNAMES:  # the built-in list, not a file in the working directory
+        return value
+    return _fill(value, data_root, "classnames", source)
 
 
 def _ood_list(ds: DatasetSpec, data: str, data_root: str | None, source: str) -> list[str]:
@@ -246,11 +290,11 @@ def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, dat
 
     ds = next(d for d in cfg.datasets if d.name == run.dataset)
     d = MetaConfig().to_dict()
-    for block in (cfg.train, ds.train, cfg.methods[run.method] or {}):
+    for block in (cfg.train, ds.train, cfg.methods[run.method] or {}, cfg.overrides):
         d.update({str(k).replace("-", "_"): v for k, v in block.items()})
     data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
     d.update(data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
-             classnames=_fill(ds.classnames, data_root, "classnames", cfg.source),
+             classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
              target=_ood_list(ds, data, data_root, cfg.source), k_shot=run.shots, seed=run.seed,
              out=str(run.dir(out).absolute()), resume=False, progress=False)
     return MetaConfig.from_dict(d, source=f"{cfg.source}, run {run.key}").validate()
@@ -266,12 +310,12 @@ def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root
     src = f"{cfg.source}, run {run.key}"
     base = TrainConfig.released(ds.dataset_name or ds.name, run.shots) if cfg.preset == "released" else TrainConfig()
     d = base.to_dict()
-    for block in (cfg.train, ds.train, cfg.methods[run.method] or {}):
+    for block in (cfg.train, ds.train, cfg.methods[run.method] or {}, cfg.overrides):
         d.update({str(k).replace("-", "_"): v for k, v in block.items()})
     data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
     d.update(
         data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
-        classnames=_fill(ds.classnames, data_root, "classnames", cfg.source),
+        classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
         ood=_ood_list(ds, data, data_root, cfg.source), shots=run.shots, seed=run.seed,
         out=str(run.dir(out).absolute()), resume=False, progress=False,
     )
@@ -441,12 +485,13 @@ def check_options(cfg: SweepConfig) -> None:
 
     cls = MetaConfig if cfg.protocol == "episodes" else TrainConfig
     blocks = [("train", cfg.train)] + [(f"datasets.{d.name}.train", d.train) for d in cfg.datasets] \
-        + [(f"methods.{m}", o or {}) for m, o in cfg.methods.items()]
+        + [(f"methods.{m}", o or {}) for m, o in cfg.methods.items()] + [("--set", cfg.overrides)]
     for where, block in blocks:
         cls.from_dict(dict(block), source=f"{cfg.source}: {where}")
 
 
-def preview(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None) -> list[tuple[RunSpec, str, str]]:
+def preview(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None, only: Sequence[str] = (),
+            limit: int | None = None) -> list[tuple[RunSpec, str, str]]:
     """What ``fdalign sweep --dry-run`` shows: ``(run, state, note)`` per run, trained nothing. The
     options are checked as the real run checks them; a run on disk made with other settings is
     ``refused`` (the real run would stop on it), and a damaged status.json is ``damaged``."""
@@ -455,11 +500,10 @@ def preview(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = No
     world = cfg.world is not None and not data_root
     data_root = data_root or (str(out / "world") if cfg.world is not None else None)
     data_root = data_root or (cfg.data_root and str(Path(cfg.data_root).expanduser()))
-    runs = plan_runs(cfg)
     # a world still to be rendered has no manifest to build the runs' OOD sets from: nothing ran yet there
     build = not world or (out / "world" / "world.json").is_file()
     rows = []
-    for r in runs:
+    for r in plan_runs(cfg, only, limit):
         state, note = run_state(r.dir(out)), ""
         if state == "damaged":
             note = damaged_status(r.dir(out)) or ""
@@ -501,7 +545,8 @@ def render_world_for(cfg: SweepConfig, out: Path, progress: bool) -> Path:
 
 
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> SweepResult:
+              log: Callable[[str], None] | None = None, only: Sequence[str] = (),
+              limit: int | None = None) -> SweepResult:
     """Run (or continue) every run of ``cfg`` into ``out``; see the module docstring."""
     from tqdm.auto import tqdm
 
@@ -513,7 +558,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
         world = render_world_for(cfg, out, progress)
         data_root = data_root or str(world)
     data_root = data_root or (cfg.data_root and str(Path(cfg.data_root).expanduser()))
-    runs = plan_runs(cfg)
+    runs = plan_runs(cfg, only, limit)
     # every run's settings are built (and checked against what is on disk) before anything trains
     configs = {r: run_config(cfg, r, out, data_root) for r in runs}
     for r, c in configs.items():
@@ -577,4 +622,5 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
 
 
 __all__ = ["SweepConfig", "DatasetSpec", "RunSpec", "SweepResult", "load_sweep_config", "plan_runs", "run_config",
-           "run_sweep", "run_state", "preset_names", "environment", "preview", "check_options", "damaged_status"]
+           "run_sweep", "run_state", "preset_names", "environment", "preview", "check_options", "damaged_status",
+           "parse_overrides"]
