@@ -37,6 +37,7 @@ def register(subparsers) -> None:
                    "config's data_root, or OUT/world when the config renders the world")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, checking the options and "
                    "the runs on disk as the real run does (exit 2 where it would stop); train nothing")
+    p.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
                    help="run only the cells whose key (data set/kSHOTS/sSEED/method) matches a shell pattern, "
                         "e.g. 'imagenet/k16/s1/*': try the whole chain on a few cells before a long sweep")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="run only the first N cells (after --only)")

@@ -507,7 +507,7 @@ def preview(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = No
         state, note = run_state(r.dir(out)), ""
         if state == "damaged":
             note = damaged_status(r.dir(out)) or ""
-        elif build:
+        elif build and r.dir(out).exists():  # only a run on disk can be refused for other settings
             request = run_config(cfg, r, out, data_root).to_dict()  # a bad value stops the real run too
             try:
                 check_existing(r.dir(out), request)
