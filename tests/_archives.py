@@ -50,9 +50,9 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
-def tar_bytes(files: dict[str, bytes]) -> bytes:
+def tar_bytes(files: dict[str, bytes], mode: str = "w") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -150,13 +150,8 @@ def variant_archives(root: Path, per_class: int = 2) -> dict:
 
 
 def _pack_caltech(root: Path, files: dict, listed: list) -> list[Path]:
-    inner = io.BytesIO()
-    with tarfile.open(fileobj=inner, mode="w:gz") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return [write_zip(root / "caltech-101.zip", {"caltech-101/101_ObjectCategories.tar.gz": inner.getvalue(),
+    inner = tar_bytes(files, mode="w:gz")
+    return [write_zip(root / "caltech-101.zip", {"caltech-101/101_ObjectCategories.tar.gz": inner,
                                                  "caltech-101/Annotations.tar": tar_bytes({"Annotations/x.mat": b"x"})})]
 
 

@@ -7,6 +7,7 @@ public path a user takes (``fdalign.backends.load_clip`` / the CLI).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -105,6 +106,21 @@ def tiny_hf(tmp_path_factory) -> dict:
         resample=2,  # bilinear, again not the default
     ).save_pretrained(d)
     return {"dir": d, "logit_scale": TINY_HF_LOGIT_SCALE, "mean": TINY_HF_MEAN, "std": TINY_HF_STD}
+
+
+@contextlib.contextmanager
+def cli_session(root):
+    """What ``cli_env`` gives a test, for module-scoped fixtures: the prompt-feature cache under
+    ``root``, torch on one thread, both undone on exit."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(Path(root) / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
 
 
 @pytest.fixture

@@ -19,20 +19,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _sweep_and_report(config: dict, root, formats: str):
     """``fdalign sweep`` then ``fdalign report`` of ``config`` in ``root`` (one torch thread, prompt cache in
     ``root``); returns the sweep's output folder."""
-    import torch
+    from conftest import cli_session
 
     (root / "g.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = root / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FDALIGN_CACHE", str(root / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cli_session(root):
         assert main(["sweep", str(root / "g.yaml"), "--out", str(out), "--no-progress"]) == 0
         assert main(["report", str(out), "--format", formats]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
     return out
 
 

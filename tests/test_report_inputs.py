@@ -145,19 +145,15 @@ def test_one_seed_prints_its_value_without_a_spread(tmp_path):
 def evaluated_run(tiny_openclip, tmp_path_factory):
     """`fdalign train` (tiny model, 1 epoch), then `fdalign eval RUN --ood other=PATH` (RUN/eval) and
     `fdalign eval RUN --heads tip` (RUN/eval-heads): one run with two evaluation folders inside."""
-    import torch
     from _synth import make_imagefolder
+    from conftest import cli_session
 
     root = tmp_path_factory.mktemp("report_inputs")
     data = make_imagefolder(root / "id", ["red apple", "green leaf", "blue sky"], n_train=4, n_test=2, n_val=2)
     ood = make_imagefolder(root / "ood", ["red apple", "blue sky"], n_train=0, n_test=2, seed=1) / "test"
     other = make_imagefolder(root / "other", ["green leaf", "blue sky"], n_train=0, n_test=2, seed=2) / "test"
     run = root / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FDALIGN_CACHE", str(root / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cli_session(root):
         assert main(["train", "--model", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
                      str(tiny_openclip["checkpoint"]), "--data", str(data), "--ood", f"shifted={ood}", "--shots", "2",
                      "--epochs", "1", "--batch-size", "3", "--num-workers", "0", "--templates", "tip7", "--no-spc",
@@ -165,9 +161,6 @@ def evaluated_run(tiny_openclip, tmp_path_factory):
         assert main(["eval", str(run), "--ood", f"other={other}", "--device", "cpu", "--no-progress"]) == 0
         assert main(["eval", str(run), "--heads", "tip", "--out", str(run / "eval-heads"), "--device", "cpu",
                      "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
     assert (run / "eval" / "metrics.json").is_file() and (run / "eval-heads" / "metrics.json").is_file()
     return run
 
