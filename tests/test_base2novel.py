@@ -107,14 +107,20 @@ def _spy(monkeypatch):
     return events
 
 
-def _zero_shot_top1(tiny, mini, classes, split_dir):
-    """Zero-shot top-1 on the test images of ``classes`` among ``classes`` only, computed here from CLIP."""
+def _protos(tiny, classes):
+    """``(backend, [C, D] prototypes of classes)``: mean of the normalised prompt features, renormalised."""
     from fdalign.backends import load_clip
-    from fdalign.data import ImageDataset
 
     b = load_clip(None, pretrained=str(tiny["checkpoint"]), model_config=str(tiny["config"]), device="cpu")
     text = b.encode_text([t.replace("{}", c) for c in classes for t in TEMPLATES]).view(len(classes), len(TEMPLATES), -1)
-    protos = F.normalize(F.normalize(text, dim=-1).mean(1), dim=-1)
+    return b, F.normalize(F.normalize(text, dim=-1).mean(1), dim=-1)
+
+
+def _zero_shot_top1(tiny, mini, classes, split_dir):
+    """Zero-shot top-1 on the test images of ``classes`` among ``classes`` only, computed here from CLIP."""
+    from fdalign.data import ImageDataset
+
+    b, protos = _protos(tiny, classes)
     split = open_dataset(mini["data"])["test"]
     keep = [split.classnames.index(c) for c in classes]
     ds = ImageDataset(restrict_classes(split, keep), b.preprocess_eval())
@@ -127,7 +133,16 @@ def _zero_shot_top1(tiny, mini, classes, split_dir):
 
 
 def test_no_novel_class_reaches_training_or_selection(tiny_openclip, mini, tmp_path, monkeypatch):
+    import fdalign.eval
+
     events = _spy(monkeypatch)
+    evaluated, run_evaluation = {}, fdalign.eval.run_evaluation
+
+    def spy_evaluation(models, sets, *a, **kw):
+        evaluated.update({name: dict(models) for name in sets})
+        return run_evaluation(models, sets, *a, **kw)
+
+    monkeypatch.setattr(fdalign.eval, "run_evaluation", spy_evaluation)
     out = tmp_path / "run"
     run = fdalign.finetune(_config(tiny_openclip, mini, out))
     cut = events.index(("selected", None))
@@ -165,6 +180,11 @@ def test_no_novel_class_reaches_training_or_selection(tiny_openclip, mini, tmp_p
         top1, n = _zero_shot_top1(tiny_openclip, mini, classes, name)
         assert doc["metrics"][name]["zero-shot"]["n"] == n == 4 * len(classes)
         assert doc["metrics"][name]["zero-shot"]["top1"] == pytest.approx(top1)
+    # every row's own encoder, with a head of the novel classes' text prototypes only
+    _, novel_protos = _protos(tiny_openclip, mini["novel"])
+    for row, (encoder, head) in evaluated["novel"].items():
+        assert encoder is run.models[row][0], row
+        assert torch.allclose(head.prototypes.cpu(), novel_protos, atol=1e-5), row
     assert run.metrics["novel"].keys() == run.metrics["test"].keys() == {"zero-shot", "fine-tuned", "wiseft-0.5"}
 
 
