@@ -118,6 +118,8 @@ def test_sweep_protocols_plan_cells(tmp_path):
     cfg = SweepConfig.from_dict(_sweep("cross-dataset", targets=["a={data_root}/a", "b=/abs/b"]))
     c = run_config(cfg, run, tmp_path, data_root="/d")
     assert c.target == ["a=/d/a", "b=/abs/b"] and c.base_classes is None
+    with pytest.raises(FDAlignError, match="heads"):
+        SweepConfig.from_dict({**_sweep("base2novel"), "heads": ["tip"]})
     with pytest.raises(FDAlignError, match="no targets"):
         SweepConfig.from_dict(_sweep("cross-dataset"))
     with pytest.raises(FDAlignError, match="cross-dataset only"):

@@ -38,6 +38,9 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 def check_protocol(cfg) -> None:
     """What a protocol asks of a sweep config (``cfg``: a SweepConfig), as errors naming the key."""
+    if cfg.protocol == BASE2NOVEL and cfg.heads:
+        raise FDAlignError(f"{cfg.source}: heads are fitted and scored on a run's own classes, which protocol "
+                           "base2novel splits; drop heads (or run them with protocol kshot)")
     if cfg.protocol == CROSS_DATASET:
         for d in cfg.datasets:
             if not d.targets:
