@@ -17,6 +17,9 @@ Presets (src/fdalign/experiments/presets/):
   imagenet      ImageNet 16-shot -> V2 / Sketch / A / R, ViT-B/32, released settings (needs --data-root)
   coop          the 11 CoOp data sets x 1/2/4/8/16 shots x 3 seeds, authors' per-data-set LRs (needs --data-root)
   spc-ablation  the 11 data sets: 80 OpenAI templates vs Tip's 7 vs SPC (needs --data-root)
+  base2novel    the 11 CoOp data sets, base / novel classes, ViT-B/16, 3 seeds (needs --data-root)
+  cross-dataset ImageNet 16-shot -> the other 10 CoOp data sets with their own classes (needs --data-root)
+  base2novel-world, cross-dataset-world   both protocols on the embedded world, offline
 
 examples:
   fdalign sweep demo --out sweeps/demo && fdalign report sweeps/demo

@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         return 0  # not rank 0 of a torchrun job: rank 0 evaluates and reports
     if run_.metrics:
         print(metrics_table(run_.metrics, run_.roles))
+        from fdalign.experiments.protocols import base_novel_lines
+
+        for line in base_novel_lines(run_.metrics):
+            print(line)
     print(f"best epoch {run_.best_epoch} (val top-1 {run_.best_val_top1:.2f}); "
           f"WiSE-FT alpha on val: {run_.wiseft_alpha:g}")
     print(f"wrote {run_.paths['metrics']} and {run_.paths['report']}")

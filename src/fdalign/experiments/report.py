@@ -345,6 +345,10 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
                                      round(d[metric]["mean"], 4), round(d[metric]["std"], 4),
                                      "" if pv is None else pv, "" if pv is None else round(d[metric]["mean"] - pv, 4)])
     sections.append(("Results", results))
+    from fdalign.experiments.protocols import protocol_sections
+
+    protocol, summary["protocols"] = protocol_sections(groups, meta, pub)
+    sections += protocol
     for name, items in extra or []:
         sections.append((name, items))
     if paired:

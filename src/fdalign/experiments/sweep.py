@@ -43,7 +43,7 @@ PRESET_DIR = Path(__file__).with_name("presets")
 STATUS_FILE = "status.json"
 REQUEST_FILE = "request.yaml"
 # Set by the grid itself: a data set or method block may not set them.
-PROTOCOLS = ("kshot", "episodes")
+PROTOCOLS = ("kshot", "episodes", "base2novel", "cross-dataset")  # the last two: experiments/protocols.py
 GRID_FIELDS = ("shots", "seed", "out", "data", "ood", "resume", "image_root", "classnames")
 # Fields that may change between a run and its continuation without changing its result.
 VOLATILE_FIELDS = frozenset({"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume",
@@ -62,6 +62,7 @@ class DatasetSpec:
     classnames: str | None = None
     dataset_name: str | None = None  # for the released LR table and the published numbers; default: name
     train: dict[str, Any] = field(default_factory=dict)
+    targets: list[str] | str = field(default_factory=list)  # protocol cross-dataset: NAME=PATH, or world
 
 
 @dataclass
@@ -86,6 +87,8 @@ class SweepConfig:
     heads_preset: str | None = None  # "authors": the heads' published settings (`fdalign eval --heads-preset`)
     # kshot: every run is `fdalign train`; episodes: `fdalign meta-train` (shots = the training episodes' K,
     # a data set's `ood` = its cross-domain targets, `train` = MetaConfig options)
+    # base2novel: every run trains on the base classes (--base-classes); cross-dataset: every run is scored on
+    # its data set's targets (--target); see experiments/protocols.py
     protocol: str = "kshot"
     source: str = field(default="the sweep config", compare=False)
 
@@ -133,6 +136,9 @@ class SweepConfig:
                                    "datasets / shots / seeds instead")
         if self.protocol not in PROTOCOLS:
             raise FDAlignError(f"{src}: protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        from fdalign.experiments.protocols import check_protocol
+
+        check_protocol(self)
         if self.protocol == "episodes" and (self.preset or self.heads or self.world):
             raise FDAlignError(f"{src}: protocol episodes takes no preset, heads or world (meta-training has "
                                "its own defaults, the authors' N-way K-shot setting)")
@@ -319,6 +325,9 @@ def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root
         ood=_ood_list(ds, data, data_root, cfg.source), shots=run.shots, seed=run.seed,
         out=str(run.dir(out).absolute()), resume=False, progress=False,
     )
+    from fdalign.experiments.protocols import run_fields
+
+    d.update(run_fields(cfg, ds, data, lambda v, what: _fill(v, data_root, what, cfg.source)))
     d.setdefault("dataset_name", None)
     if not d.get("dataset_name"):
         d["dataset_name"] = ds.dataset_name or ds.name

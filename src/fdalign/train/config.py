@@ -31,7 +31,8 @@ SELECTIONS = ("best", "last")
 # Fields that change neither the maths nor the data order: they may differ between a run and its resume
 # (data paths may move; the CLI compares the K-shot images' hashes instead).
 NON_SEMANTIC_FIELDS = frozenset(
-    {"resume", "progress", "num_workers", "eval_batch_size", "tensorboard", "out", "device", "ood",
+    {"resume", "progress", "num_workers", "eval_batch_size", "tensorboard", "out", "device", "ood", "target",
+     "target_templates",
      "wiseft_alphas", "verify_images", "data", "image_root", "dataset_name", "f0_cache"}
 )
 
@@ -63,6 +64,10 @@ class TrainConfig(ConfigFile):
     split_file: str | None = _f(None, "with --data indices/<ds>/shot_K-seed_S.json: the CoOp split_zhou_*.json its "
                                 "indices point into, whose test list is the ID test split (default: found beside "
                                 "the index file or --image-root); for ImageNet a folder whose val/ is the test set")
+    base_classes: str | None = _f(None, "base-to-novel: 'first-half' (the first ceil(n/2) classes in label order, "
+                                  "CoCoOp's convention) or a file naming the base classes, one per line; train and "
+                                  "select on the base classes only, report base test and novel test, each scored "
+                                  "with its own classes' prototypes")
 
     # --- the method -------------------------------------------------------------------------------
     mode: str = _f("fdalign", "fdalign: train encoder (+head); linear-probe: encoder frozen, head only, CE; "
@@ -137,6 +142,11 @@ class TrainConfig(ConfigFile):
     ood: list[str] = _f([], "out-of-distribution sets NAME=PATH[:subset] (repeatable), mapped to the ID classes by "
                         "wnid / name (V2: folder k = class k); a set lacking ID classes warns unless ':subset' or "
                         "named a, r, imagenet-a, imagenet-r")
+    target: list[str] = _f([], "cross-data-set targets NAME=PATH (repeatable): data sets evaluated with the "
+                           "fine-tuned encoder and their OWN class names (their test split, or the folder's "
+                           "classes), never used to select anything")
+    target_templates: list[str] = _f([], "NAME=TEMPLATES: prompt templates of a --target (a built-in set or a "
+                                     "file); a target not named here uses --templates")
     eval_batch_size: int = _f(256, "batch size for feature extraction")
     verify_images: bool = _f(True, "open every few-shot image before training and fail on unreadable ones")
     out: str | None = _f(None, "run directory (created); holds config.yaml, splits/, model/, metrics.json, "
@@ -182,6 +192,10 @@ class TrainConfig(ConfigFile):
         for spec in self.ood:
             if "=" not in spec or not spec.split("=", 1)[0] or not spec.split("=", 1)[1]:
                 bad("ood", f"has {spec!r}; write each OOD set as NAME=PATH")
+        for name in ("target", "target_templates"):
+            for spec in getattr(self, name):
+                if "=" not in spec or not spec.split("=", 1)[0] or not spec.split("=", 1)[1]:
+                    bad(name, f"has {spec!r}; write each as NAME=PATH")
         return self
 
     @property
@@ -198,7 +212,8 @@ class TrainConfig(ConfigFile):
         if num_train < 1:
             raise FDAlignError("the training set is empty")
         c = dataclasses.replace(self, adam_betas=list(self.adam_betas), crop_scale=list(self.crop_scale),
-                                wiseft_alphas=list(self.wiseft_alphas), ood=list(self.ood))
+                                wiseft_alphas=list(self.wiseft_alphas), ood=list(self.ood),
+                                target=list(self.target), target_templates=list(self.target_templates))
         if c.batch_size == 0:
             c.batch_size = min(num_train, 256)
         if c.lr_per_256:

@@ -102,6 +102,10 @@ class _Data:
     classnames: list
     templates: list
     hashes: dict
+    # sets scored with prototypes of their OWN classes, built after training and selection:
+    # [(name, split, templates, role)], the novel classes (role "novel") and --target sets ("target")
+    own_classes: list = field(default_factory=list)
+    class_split: dict | None = None  # base / novel class names with --base-classes
 
 
 def _open_data(cfg, index_info) -> _Data:
@@ -114,6 +118,12 @@ def _open_data(cfg, index_info) -> _Data:
     if "train" not in splits:
         raise FDAlignError(f"--data {cfg.data} has no 'train' split (it has: {', '.join(splits)}); "
                            "lay it out as ROOT/train/<class>/<image> (+ ROOT/test/...)")
+    own_classes, class_split = [], None
+    if cfg.base_classes:  # from here on, the novel classes exist only as the 'novel' test set
+        splits, novel, class_split = _split_base_novel(cfg, splits)
+        own_classes.append(("novel", novel, templates, "novel"))
+    own_classes += _open_targets(cfg, templates, taken={"train", "val", "test", "novel"} | {
+        o.split("=", 1)[0] for o in cfg.ood})
     if index_info is not None:  # the authors' shots and validation images, exactly
         if "val" not in splits:
             raise FDAlignError(f"index file {cfg.data} has no 'val' part to select the epoch on")
@@ -134,7 +144,49 @@ def _open_data(cfg, index_info) -> _Data:
         hashes["test"] = split_hash(test_split, content=False)
     for name, split, _ in ood:
         hashes[name] = split_hash(split, content=False)
-    return _Data(train_split, val_split, test_split, ood, classnames, templates, hashes)
+    for name, split, _, _ in own_classes:
+        hashes[name] = split_hash(split, content=False)
+    return _Data(train_split, val_split, test_split, ood, classnames, templates, hashes, own_classes, class_split)
+
+
+def _split_base_novel(cfg, splits: dict) -> tuple[dict, Any, dict]:
+    """``(splits of the base classes only, the novel classes' test split, {"base": names, "novel": names})``."""
+    from fdalign.data.classsplit import base_class_indices, novel_of, restrict_classes
+
+    if "test" not in splits:
+        raise FDAlignError(f"--base-classes needs a test split to score the novel classes on; --data {cfg.data} "
+                           f"has only {', '.join(splits)}")
+    ref = splits["train"]
+    base = base_class_indices(cfg.base_classes, ref.classnames, ref.class_keys)
+    novel = novel_of(base, ref.num_classes)
+    novel_test = restrict_classes(splits["test"], novel, name="novel")
+    kept = {k: restrict_classes(v, base) for k, v in splits.items()}
+    names = {"rule": cfg.base_classes, "base": kept["train"].classnames, "novel": novel_test.classnames}
+    return kept, novel_test, names
+
+
+def _open_targets(cfg, templates: list, taken: set) -> list:
+    """``[(name, test split, templates, "target")]`` of every ``--target NAME=PATH``, each with its own classes."""
+    from fdalign.data import open_dataset
+    from fdalign.prompts import load_templates
+
+    own = dict(spec.split("=", 1) for spec in cfg.target_templates)
+    names = [spec.split("=", 1)[0] for spec in cfg.target]
+    for name in own:
+        if name not in names:
+            raise FDAlignError(f"--target-templates names {name!r}, which is not a --target ({', '.join(names) or 'none'})")
+    out = []
+    for spec in cfg.target:
+        name, path = spec.split("=", 1)
+        if name in taken:
+            raise FDAlignError(f"--target {spec}: the name {name!r} is taken by another set; rename the target")
+        taken = taken | {name}
+        splits = open_dataset(path)
+        if "test" not in splits:
+            raise FDAlignError(f"--target {spec}: {path} has no test split (it has: {', '.join(splits)}); give a "
+                               "folder with test/<class>/ or a folder of class folders")
+        out.append((name, splits["test"], load_templates(own[name]) if name in own else templates, "target"))
+    return out
 
 
 def _check_resume_hashes(cfg, hashes: dict) -> None:
@@ -180,6 +232,7 @@ def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
     reported = {o.name: o.split for o in d.ood}
     if d.test is not None:
         reported["test"] = d.test
+    reported.update({name: split for name, split, _, _ in d.own_classes})
     check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
     if dist.is_main:
         print(f"training {backend.name} on {len(d.train)} images ({len(d.classnames)} classes x {cfg.shots} shots), "
@@ -217,6 +270,9 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
         metrics = run_evaluation(run.models, sets, batch_size=resolved.eval_batch_size, device=device,
                                  precision=precision, progress=progress, num_workers=resolved.num_workers)
     roles = {s.name: s.role for s in sets.values()}
+    for name, split, templates, role in d.own_classes:
+        metrics.update(_evaluate_own_classes(run, backend, name, split, templates, eval_tf, device, precision, progress))
+        roles[name] = role
     classes = _class_coverage(len(d.classnames), d.test, d.ood)
     selection = dict(result.selection.to_json())
     selection["test / OOD sets"] = "only evaluated, never used to select anything"
@@ -227,6 +283,11 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
              "config": resolved.to_dict(), "selection": selection, "train": train_info}
     if index_info is not None:
         extra["index_file"] = {"path": index_info.path, "shots": index_info.shots, "seed": index_info.seed}
+    if d.class_split is not None:
+        extra["class_split"] = d.class_split
+    if any(role == "target" for *_, role in d.own_classes):
+        extra["targets"] = {name: {"classes": split.classnames, "templates": len(t)}
+                            for name, split, t, role in d.own_classes if role == "target"}
     if d.test is None:
         extra["test"] = notes[0]
     write_metrics(out, metrics, extra)
@@ -240,6 +301,24 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
                  title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot",
                  classes=classes, class_table=table, notes=notes)
     run.metrics, run.roles, run.selection = metrics, roles, selection
+
+
+def _evaluate_own_classes(run: Run, backend, name: str, split, templates, eval_tf, device, precision, progress) -> dict:
+    """``{name: {row: top-1 ...}}``: every row's encoder with a frozen head of ``split``'s own class prototypes
+    (the classes the run never trained on have only text to go by, so the trained head is not used)."""
+    from fdalign.data import ImageDataset
+    from fdalign.eval import EvalSet, run_evaluation
+    from fdalign.heads import PrototypeHead
+    from fdalign.prototypes import build_prototypes
+
+    cfg = run.config
+    protos = build_prototypes(backend, split.classnames, templates, spc=None, progress=progress or None)
+    scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
+    head = PrototypeHead(protos.class_prototypes, scale).to(device)
+    models = {row: (encoder, head) for row, (encoder, _) in run.models.items()}
+    return run_evaluation(models, {name: EvalSet(name, ImageDataset(split, eval_tf), None, role="test")},
+                          batch_size=cfg.eval_batch_size, device=device, precision=precision, progress=progress,
+                          num_workers=cfg.num_workers)
 
 
 def _wiseft_rows(result, resolved, val_eval, device):
