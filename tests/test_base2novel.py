@@ -12,7 +12,7 @@ from _synth import make_imagefolder
 
 import fdalign
 from fdalign.data.classsplit import base_class_indices, first_half, restrict_classes
-from fdalign.data.datasets import open_dataset
+from fdalign.data.opener import open_dataset
 from fdalign.errors import FDAlignError
 
 # 5 classes: first-half = ceil(5/2) = 3. Folder (= label) order is sorted, so NOT this list's order.

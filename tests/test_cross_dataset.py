@@ -11,7 +11,7 @@ from _synth import make_imagefolder
 
 import fdalign
 from fdalign.data import ImageDataset
-from fdalign.data.datasets import open_dataset
+from fdalign.data.opener import open_dataset
 from fdalign.errors import FDAlignError
 from fdalign.experiments.sweep import SweepConfig, plan_runs, run_config
 

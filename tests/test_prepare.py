@@ -408,7 +408,7 @@ def test_list_names_files_counts_and_state(tmp_path, capsys):
 
 
 def test_authors_index_files_resolve_against_the_prepared_folder(tmp_path):
-    from fdalign.data.datasets import open_dataset
+    from fdalign.data.opener import open_dataset
 
     m = A.coop("dtd", tmp_path / "dl")
     assert prep("dtd", m, tmp_path / "data", tmp_path) == 0

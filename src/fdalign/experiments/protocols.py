@@ -171,7 +171,7 @@ def novel_paired(points: dict, meta: dict) -> dict[str, dict]:
 
 
 def base2novel_items(groups: list, meta: dict, pub: dict | None) -> tuple[list[Any], dict]:
-    from fdalign.experiments.report import Table
+    from fdalign.experiments.rows import Table
 
     per_group = [base_novel_points(g) for g in groups]
     blocks = [(f"{g.dataset}, {g.shots}-shot", p, g) for g, p in zip(groups, per_group)]
@@ -216,7 +216,7 @@ def base2novel_items(groups: list, meta: dict, pub: dict | None) -> tuple[list[A
 def _published_average(pub: dict | None, groups: list) -> dict | None:
     """``{row: {"base", "novel", "hm"}}`` published for the 11-set average, when the groups are those sets
     with the published model; else None."""
-    from fdalign.experiments.report import COOP11
+    from fdalign.experiments.rows import COOP11
 
     if not pub or {g.dataset_key for g in groups} != COOP11 or set().union(*(g.model_keys for g in groups)) != {pub["model"]}:
         return None
@@ -229,7 +229,7 @@ def _published_average(pub: dict | None, groups: list) -> dict | None:
 
 
 def cross_dataset_items(groups: list) -> tuple[list[Any], dict]:
-    from fdalign.experiments.report import Table
+    from fdalign.experiments.rows import Table
 
     items: list[Any] = [
         "Each target scored with the run's encoder and the target's own class names and templates (never used "

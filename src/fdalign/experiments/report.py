@@ -25,20 +25,17 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from fdalign.errors import FDAlignError
-from fdalign.experiments.rows import ZERO_SHOT, fmt_pm, mean_std, stats, summarise_group, wiseft_row
-from fdalign.experiments.runs import EpisodeRecord, RunRecord, Skipped, find_runs, method_label, model_alpha
+from fdalign.experiments.rows import COOP11, ZERO_SHOT, Table, fmt_pm, stats, summarise_group, wiseft_row
+from fdalign.experiments.runs import EpisodeRecord, RunRecord, find_runs
 from fdalign.io import atomic_write_json, atomic_write_text
 
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 FORMATS = ("md", "csv", "html")
-COOP11 = frozenset({"imagenet", "caltech101", "oxfordpets", "stanfordcars", "flowers102", "food101", "aircraft",
-                    "sun397", "dtd", "eurosat", "ucf101"})
-
 
 def dataset_key(name: str) -> str:
     """The normaliser the released LR table uses: ``Oxford_Pets`` -> ``oxfordpets``."""
@@ -196,11 +193,6 @@ def published_value(pub: dict, g: Group, row: str) -> tuple[float, str] | None:
 # ----------------------------------------------------------------------------------------------
 # the document: sections of text, tables and images, rendered as markdown or HTML
 
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
 
 
 def _pm(d: dict | None) -> str:

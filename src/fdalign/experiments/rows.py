@@ -1,11 +1,20 @@
-"""The rows of a report table and their numbers over seeds, shared by the report and its figures
-(which is why they live here: ``plots`` never imports ``report``)."""
+"""The rows of a report table and their numbers over seeds, shared by the report, its figures and
+the protocols' tables (which is why they live here: ``plots`` and ``protocols`` never import ``report``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 ZERO_SHOT = "zero-shot"
+COOP11 = frozenset({"imagenet", "caltech101", "oxfordpets", "stanfordcars", "flowers102", "food101", "aircraft",
+                    "sun397", "dtd", "eurosat", "ucf101"})
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
 
 
 def wiseft_row(method: str) -> str:

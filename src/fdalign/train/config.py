@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from fdalign.data.names import dataset_key as _dataset_key, guess_dataset_name  # noqa: F401 (re-exported)
 from fdalign.errors import FDAlignError

@@ -76,7 +76,7 @@ def finetune(config) -> Run:
     """Run ``fdalign train`` with ``config`` (a :class:`~fdalign.train.config.TrainConfig`) and return the Run."""
     import dataclasses
 
-    from fdalign.train.config import guess_dataset_name
+    from fdalign.data.names import guess_dataset_name
 
     cfg = dataclasses.replace(config)
     cfg.validate("the config")

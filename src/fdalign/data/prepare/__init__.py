@@ -11,12 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdalign.data.prepare.base import REGISTRY, Download, Options, Preparer, check_counts, get, read_expect_counts
+from fdalign.data.prepare.base import REGISTRY, Download, Options, Preparer, check_counts, read_expect_counts
 from fdalign.errors import FDAlignError
 
 
 def load_all() -> None:
     from fdalign.data.prepare import coop, imagenet, targets  # noqa: F401  (they register themselves)
+
+
+def get(name: str) -> Preparer:
+    load_all()
+    key = name.lower().replace("_", "-")
+    for p in REGISTRY.values():
+        if key in (p.name, p.folder.lower().replace("_", "-")):
+            return p
+    raise FDAlignError(f"no data set {name!r} to prepare; `fdalign data prepare --list` names them: "
+                       f"{', '.join(sorted(REGISTRY))}")
 
 
 @dataclass

@@ -80,18 +80,6 @@ def register(p: Preparer) -> Preparer:
     return p
 
 
-def get(name: str) -> Preparer:
-    from fdalign.data.prepare import load_all
-
-    load_all()
-    key = name.lower().replace("_", "-")
-    for p in REGISTRY.values():
-        if key in (p.name, p.folder.lower().replace("_", "-")):
-            return p
-    raise FDAlignError(f"no data set {name!r} to prepare; `fdalign data prepare --list` names them: "
-                       f"{', '.join(sorted(REGISTRY))}")
-
-
 def first(items: list[str], n: int = 5) -> str:
     """``a, b, c, d, e (and 12 more)``."""
     more = f" (and {len(items) - n} more)" if len(items) > n else ""
@@ -132,5 +120,5 @@ def read_expect_counts(path: str | Path) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in d.items()}
 
 
-__all__ = ["Options", "Plan", "Download", "Preparer", "REGISTRY", "register", "get", "check_counts",
+__all__ = ["Options", "Plan", "Download", "Preparer", "REGISTRY", "register", "check_counts",
            "read_expect_counts", "first"]
