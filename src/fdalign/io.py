@@ -71,11 +71,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    # A non-UTF-8 file name arrives as lone surrogates; a report shows it as \udcXX rather than crash.
+    return atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # non-UTF-8 file names: \udcXX escapes read back as the same name
+        text = json.dumps(obj, indent=indent) + "\n"
+    return atomic_write_text(path, text)
 
 
 def atomic_save_safetensors(

@@ -173,6 +173,7 @@ class OODCheck:
 class CheckReport:
     stats: list[SplitStats] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, what)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (where, what): worth knowing, not wrong
     benchmark: Benchmark | None = None
     ood: list[OODCheck] = field(default_factory=list)
 
@@ -202,6 +203,34 @@ def _eval_split(splits: dict[str, LabeledSplit]) -> LabeledSplit | None:
     return splits.get("val")  # ImageNet: the val/ folder is the evaluation set
 
 
+def _not_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # the OS handed back undecodable bytes as lone surrogates
+        return True
+    return False
+
+
+def _check_names(report: CheckReport, key: str, split: LabeledSplit) -> None:
+    """File names that are not UTF-8 (a note: every command reads them) and hidden class folders
+    holding images (a problem: the loader skips them, e.g. a folder named ``...``)."""
+    from pathlib import Path
+
+    from fdalign.data.datasets import hidden_image_dirs
+
+    odd = [split.resolve(s) for s in split.samples if _not_utf8(s.path)]
+    if odd:
+        shown = ", ".join(ascii(p) for p in odd[:3])
+        report.notes.append((key, f"{len(odd)} file name(s) are not valid UTF-8 ({shown}); fdalign reads them, "
+                                  "and its reports and CSVs write them with \\udcXX escapes"))
+    root = Path(split.root) if split.root else None
+    if root is not None and split.class_keys and (root / split.class_keys[0]).is_dir():
+        hidden = hidden_image_dirs(root)
+        if hidden:
+            report.problems.append((key, f"hidden folder(s) {', '.join(map(repr, hidden[:5]))} hold images but "
+                                         "are skipped (names starting with '.'); rename them to use them as classes"))
+
+
 def check_splits(
     splits: dict[str, LabeledSplit],
     benchmark: Benchmark | None = None,
@@ -217,6 +246,7 @@ def check_splits(
                 report.problems.append((key, f"unreadable image {p}"))
             if len(bad) > 20:
                 report.problems.append((key, f"... {len(bad) - 20} more unreadable images"))
+        _check_names(report, key, split)
         st = split_stats(split)
         report.stats.append(st)
         if st.size == 0:
@@ -312,6 +342,7 @@ def format_report(report: CheckReport) -> str:
             if o.unknown:
                 lines.append(f"    unknown: {', '.join(o.unknown[:10])}{' ...' if len(o.unknown) > 10 else ''}")
         lines.append("")
+    lines += [f"note: {k}: {msg}" for k, msg in report.notes]
     if report.ok:
         lines.append("OK: no problems found")
     else:
