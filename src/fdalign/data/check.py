@@ -129,7 +129,7 @@ def verify_images(
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise FDAlignError(
             f"image {paths[i]} in split '{split.name}' cannot be read ({errors[i]}){more}; "
-            "replace or remove it, or skip bad images"
+            "replace or remove it (`fdalign data check` lists every unreadable image)"
         )
     if on_error == "report":
         return split, bad

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -155,15 +156,21 @@ class TrainConfig(ConfigFile):
         check_choices(self, source)
         if self.shots < 1:
             bad("shots", "must be >= 1")
+        # epochs first, so that 0 and -2 get the same limit
+        if self.epochs < 1:
+            bad("epochs", "must be >= 1")
+        if self.mode == "lp-ft" and self.lp_epochs < 1:
+            bad("lp_epochs", "must be >= 1 for mode lp-ft")
         for name in ("epochs", "lp_epochs", "batch_size", "num_workers", "spc_keep", "spc_k", "view_cycle"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.eval_batch_size < 1:
             bad("eval_batch_size", "must be >= 1")
-        if self.epochs < 1:
-            bad("epochs", "must be >= 1")
-        if self.mode == "lp-ft" and self.lp_epochs < 1:
-            bad("lp_epochs", "must be >= 1 for mode lp-ft")
+        for name in ("lr", "lp_lr", "weight_decay", "momentum", "min_lr", "alpha", "beta", "warmup_epochs",
+                     "temperature", "grad_clip"):
+            v = getattr(self, name)
+            if v is not None and math.isnan(v):  # nan passes every range test below (inf is a legal, if wild, value)
+                bad(name, "is not a number; give a number")
         for name in ("lr", "lp_lr", "weight_decay", "momentum", "min_lr", "alpha", "beta", "warmup_epochs"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")

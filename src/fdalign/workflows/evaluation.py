@@ -10,6 +10,7 @@ directory is evaluated as trained (fine-tuned, zero-shot and its chosen WiSE-FT 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +99,19 @@ def evaluate_config(config: EvalConfig) -> Evaluation:
                 f"{args.target} is not a run directory written by `fdalign train` (no run config found); "
                 "pass a run directory or a CLIP model name"
             )
+        if _looks_like_path(args.target) and not args.model_config:
+            raise FDAlignError(f"no such run directory: {args.target}; pass the --out of `fdalign train`, or a CLIP "
+                               "model name with --data")
         args.model = args.target
     if args.data is None:
-        raise FDAlignError("--data is required when evaluating a model (not a run directory)")
+        where = f"; {args.target} is no run directory (no such folder)" if args.command == "eval" else ""
+        raise FDAlignError(f"--data is required when evaluating a model (not a run directory){where}")
     return _zeroshot(args)
+
+
+def _looks_like_path(target: str) -> bool:
+    """A folder path rather than a model name (ViT-B-32, hf:org/name, fdalign-world)."""
+    return not target.startswith(("hf:", "hf-hub:")) and (os.sep in target or "/" in target or target.startswith("."))
 
 
 def _resolve_device(device: str) -> str:
