@@ -181,7 +181,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         inner, _ = _unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
-        help_text = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
+        help_text = f.metadata["help"]
+        if "(default:" not in help_text:  # a help that words its own default keeps only that one
+            help_text += f" (default: {shown})"
+        help_text = help_text.replace("%", "%%")
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
