@@ -192,6 +192,9 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise FDAlignError(f"{what} {path} is a folder, not a file") from None
     except json.JSONDecodeError as e:
         raise FDAlignError(f"{what} {path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise FDAlignError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
+                           "the file fdalign wrote: restore it or write it again") from None
 
 
 def read_safetensors(

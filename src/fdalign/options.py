@@ -43,6 +43,11 @@ def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any
         raise FDAlignError(f"{what} {path} does not exist{missing_hint}") from None
     except yaml.YAMLError as e:
         raise FDAlignError(f"{what} {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    except UnicodeDecodeError as e:
+        raise FDAlignError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
+                           "a YAML file: restore it or write it again") from None
+    except IsADirectoryError:
+        raise FDAlignError(f"{what} {path} is a folder, not a file") from None
 
 
 def check_keys(keys, known, source: str, what: str = "option", hint: str = "") -> None:

@@ -37,6 +37,10 @@ NON_SEMANTIC_FIELDS = frozenset(
 )
 
 
+# Keys every run's config.yaml has held since the first release, from its first lines to its last
+# ones: a file that lacks one was cut short (a config written whole lists every field).
+RUN_CONFIG_KEYS = ("model", "data", "shots", "seed", "wiseft_alphas", "ood", "out")
+
 _f = option  # every field below is an option: a default, its --help text, its choices
 
 
@@ -215,6 +219,26 @@ class TrainConfig(ConfigFile):
         return c
 
     # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_run_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+        """A run's own ``config.yaml``, which ``fdalign train`` writes whole: an empty file, or one cut short
+        (lacking keys every run writes, such as ``ood``, which would drop OOD sets without a word), is an
+        error naming the file rather than a config filled in with defaults."""
+        from fdalign.options import read_yaml
+
+        path = Path(path)
+        fix = "restore it from a copy, or train the run again"
+        d = read_yaml(path, "run config")
+        if d is None:
+            raise FDAlignError(f"run config {path} is empty; {fix}")
+        if not isinstance(d, dict):
+            raise FDAlignError(f"run config {path} must be a mapping of option: value, got {type(d).__name__}; {fix}")
+        lost = [k for k in RUN_CONFIG_KEYS if k not in d]
+        if lost:
+            raise FDAlignError(f"run config {path} lacks {', '.join(lost)}, which every run's config.yaml holds: "
+                               f"the file is cut short or not a run's; {fix}")
+        return cls.from_yaml(path)
+
     @classmethod
     def released(cls, dataset: str, shots: int, **overrides) -> "TrainConfig":
         """The authors' released K-shot recipe for ``dataset`` (see REFERENCE.md).

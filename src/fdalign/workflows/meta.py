@@ -269,15 +269,18 @@ def _selection_line(entry: dict) -> str:
 
 def _read_run_config(run_dir: Path) -> dict:
     """``run_dir/config.yaml`` as a mapping (a meta-train run's MetaConfig, or a train run's TrainConfig)."""
-    import yaml
-
+    from fdalign.options import read_yaml
     from fdalign.train.run import CONFIG_FILE
 
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise FDAlignError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a run of `fdalign meta-train` "
                            "or `fdalign train`, or a CLIP model name")
-    return yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    d = read_yaml(cfg_path, "run config")  # a damaged file is named, not a traceback
+    if not isinstance(d, dict):
+        raise FDAlignError(f"run config {cfg_path} is {'empty' if d is None else 'not a mapping of option: value'}; "
+                           "restore it from a copy, or train the run again")
+    return d
 
 
 def _load_run_models(run_dir: Path, no_zeroshot: bool):
