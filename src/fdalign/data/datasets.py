@@ -141,7 +141,7 @@ class ImageDataset(Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
             # Found mid-run (evaluation sets are not decoded up front): stop with the file's name
             # rather than a traceback, and point at the check that finds all such files at once.
             raise FDAlignError(
