@@ -62,6 +62,20 @@ def odd_run(tiny_openclip, odd_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def plain_data(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("plain") / "data", CLASSES, n_train=2, n_test=2, n_val=2)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_openclip, plain_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain_run") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FDALIGN_CACHE", str(out.parent / "cache"))
+        assert main(_train(tiny_openclip, plain_data, out)) == 0
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # item 8: non-UTF-8 file names
 
@@ -104,12 +118,12 @@ def test_data_check_notes_non_utf8_names(odd_data, capsys):
 # item 9: predict --out is a folder
 
 
-def test_predict_out_folder_fails_before_inference(odd_run, odd_data, tmp_path, capsys, monkeypatch):
+def test_predict_out_folder_fails_before_inference(plain_run, plain_data, tmp_path, capsys, monkeypatch):
     import fdalign.predict
 
     monkeypatch.setattr(fdalign.predict, "predict", lambda *a, **k: pytest.fail("inference ran before the check"))
     (tmp_path / "preds").mkdir()
-    assert main(["predict", str(odd_run), str(odd_data / "test"), "--out", str(tmp_path / "preds")]) == 2
+    assert main(["predict", str(plain_run), str(plain_data / "test"), "--out", str(tmp_path / "preds")]) == 2
     err = _one_line_error(capsys, "predict")
     assert "is a directory" in err and "preds/predictions.csv" in err
 
@@ -133,13 +147,13 @@ def _damage(kind: str, path):
 
 
 @pytest.mark.parametrize("kind", ["non-utf8", "list", "empty", "cut"])
-def test_damaged_run_config_is_named(odd_run, odd_data, tmp_path, capsys, kind):
+def test_damaged_run_config_is_named(plain_run, plain_data, tmp_path, capsys, kind):
     run = tmp_path / "run"
-    shutil.copytree(odd_run, run)
+    shutil.copytree(plain_run, run)
     _damage(kind, run / "config.yaml")
     for command in (["eval", str(run), "--device", "cpu", "--no-progress"],
                     ["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "e")],
-                    ["predict", str(run), str(odd_data / "test"), "--out", str(tmp_path / "p.csv")]):
+                    ["predict", str(run), str(plain_data / "test"), "--out", str(tmp_path / "p.csv")]):
         assert main(command) == 2, command
         err = _one_line_error(capsys, command[0])
         assert f"{run / 'config.yaml'}" in err, err
