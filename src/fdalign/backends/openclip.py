@@ -220,15 +220,14 @@ def _cached_weights(cfg: dict) -> str | None:
     import open_clip.pretrained as oc_pretrained
 
     if _uses_hub(cfg):
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import try_to_load_from_cache  # a pure look-up: no request, not even for headers
 
         model_id, filename = os.path.split(cfg["hf_hub"])
         filename = filename or oc_pretrained.HF_WEIGHTS_NAME
         for name in [*oc_pretrained._get_safe_alternatives(filename), filename]:
-            try:
-                return hf_hub_download(repo_id=model_id, filename=name, local_files_only=True)
-            except Exception:  # not cached under this name
-                continue
+            found = try_to_load_from_cache(repo_id=model_id, filename=name)
+            if isinstance(found, str):
+                return found
         return None
     url = cfg.get("url") or ""
     target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
