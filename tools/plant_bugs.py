@@ -109,6 +109,7 @@ for i, (name, path, old, new) in enumerate(BUGS):
     open(p, "w").write(s.replace(old, new))
     env = dict(os.environ, PYTHONPATH=f"{tmp}/src")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env, capture_output=True, text=True)
-    failed = [l for l in r.stdout.splitlines() if l.startswith("FAILED")]
-    print(f"[{i}] {name}: {'CAUGHT by ' + failed[0][7:].split(' - ')[0] if r.returncode else 'NOT CAUGHT'}", flush=True)
+    failed = [l for l in r.stdout.splitlines() if l.startswith(("FAILED", "ERROR"))]  # ERROR: a fixture failed
+    caught = failed[0].split(" ", 1)[1].split(" - ")[0] if failed else f"pytest exit {r.returncode}"
+    print(f"[{i}] {name}: {'CAUGHT by ' + caught if r.returncode else 'NOT CAUGHT'}", flush=True)
     shutil.rmtree(tmp)
