@@ -170,9 +170,10 @@ def test_a_flat_search_is_a_tie_not_a_grid_edge():
     # a real edge is still one: the best is alone at alpha's top
     scores = {c: (60.0 if c == (2.0, 2.0) else 50.0) for c in grid}
     assert grid_edges((2.0, 2.0), grid, ["beta", "alpha"], scores) == ["alpha (highest)"]
-    # a tie between the edge and an inner point is no edge on that axis
-    scores[(2.0, 1.0)] = 60.0
-    assert grid_edges((2.0, 1.0), grid, ["beta", "alpha"], scores) == []
+    # a tie between an edge point (chosen: first in grid order) and an inner one is no edge on that axis
+    scores = {c: (60.0 if c in ((1.0, 0.5), (1.0, 1.0)) else 50.0) for c in grid}
+    assert grid_edges((1.0, 0.5), grid, ["beta", "alpha"], scores) == ["beta (lowest)"]
+    assert grid_edges((1.0, 0.5), grid, ["beta", "alpha"]) == ["beta (lowest)", "alpha (lowest)"]  # no scores
 
 
 # ------------------------------------------------------------------------------------------------

@@ -146,8 +146,9 @@ def _damage(kind: str, path):
         path.write_text("".join(lines[:cut]))
 
 
-@pytest.mark.parametrize("kind", ["non-utf8", "list", "empty", "cut"])
-def test_damaged_run_config_is_named(plain_run, plain_data, tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind,said", [("non-utf8", "is not UTF-8 text"), ("list", "must be a mapping"),
+                                       ("empty", "is empty"), ("cut", "lacks ood, out")])
+def test_damaged_run_config_is_named(plain_run, plain_data, tmp_path, capsys, kind, said):
     run = tmp_path / "run"
     shutil.copytree(plain_run, run)
     _damage(kind, run / "config.yaml")
@@ -156,7 +157,7 @@ def test_damaged_run_config_is_named(plain_run, plain_data, tmp_path, capsys, ki
                     ["predict", str(run), str(plain_data / "test"), "--out", str(tmp_path / "p.csv")]):
         assert main(command) == 2, command
         err = _one_line_error(capsys, command[0])
-        assert f"{run / 'config.yaml'}" in err, err
+        assert f"{run / 'config.yaml'}" in err and said in err, err
     assert not (run / "eval").exists()  # no evaluation that silently dropped the OOD sets
 
 
