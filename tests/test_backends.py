@@ -280,6 +280,9 @@ def test_download_failure_says_how_to_work_offline(monkeypatch):
         raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache (offline).")
 
     monkeypatch.setattr(sys.modules["open_clip.pretrained"], "hf_hub_download", offline)
+    # the host answers, so the download is tried (without network it is not: test_messages.py)
+    monkeypatch.setattr("fdalign.backends.hub.host_reachable", lambda *a, **k: True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(FDAlignError) as e:
         load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
     msg = str(e.value)

@@ -83,7 +83,7 @@ def test_nan_episode_rows_count_as_wrong():
     assert acc.tolist() == [50.0]  # by hand: the two finite queries are right, the NaN ones are no answer
 
 
-@pytest.mark.parametrize("bad", [["--lr", "inf"], ["--grad-clip", "nan"]])
+@pytest.mark.parametrize("bad", [["--lr", "inf"]])  # --grad-clip nan is refused by the config (test_cli21)
 def test_diverged_training_stops_with_one_line_and_writes_no_scores(tiny_openclip, folders, tmp_path, capsys, bad):
     out = tmp_path / "run"
     rc = main(_args(tiny_openclip, folders, out, "--shots", "1", *bad))  # one step: its loss is finite

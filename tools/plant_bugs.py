@@ -62,6 +62,39 @@ BUGS += [
  ("a killed export's temp folder kept", "src/fdalign/io.py", 'for p in [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.old")]:', "for p in []:"),
  ("disk full: no one-line message", "src/fdalign/io.py", "if isinstance(e, OSError) and e.errno in _FULL:", "if False:"),
 ]
+# issue 21 (command line and odd inputs): run with tests/test_odd_inputs.py tests/test_messages.py
+BUGS += [
+ ("non-UTF-8 name breaks the split hash", "src/fdalign/data/hashing.py", 'field.encode("utf-8", "surrogateescape")', 'field.encode("utf-8")'),
+ ("non-UTF-8 name breaks the K-shot rank", "src/fdalign/data/fewshot.py", '.encode("utf-8", "surrogateescape")).digest()', '.encode("utf-8")).digest()'),
+ ("JSON with a non-UTF-8 name not escaped", "src/fdalign/io.py", "except UnicodeEncodeError:  # non-UTF-8 file names", "except ZeroDivisionError:  # non-UTF-8 file names"),
+ ("data check silent on non-UTF-8 names", "src/fdalign/data/check.py", "odd = [split.resolve(s) for s in split.samples if _not_utf8(s.path)]", "odd = []"),
+ ("predict checks --out only after inference", "src/fdalign/workflows/deploy.py", "        _check_csv_out(out)  # before inference, not after it", "        pass"),
+ ("eval replaces an earlier evaluation", "src/fdalign/workflows/evaluation.py", "    diff = differs(base)\n", "    diff = None\n"),
+ ("eval --split train without a word", "src/fdalign/workflows/evaluation.py", "    _warn_training_images(run_dir, id_split, ood)\n", ""),
+ ("alpha-0 export titled fine-tuned", "src/fdalign/export.py", 'not fine-tuned" if alpha == 0.0 else', 'not fine-tuned" if alpha == 7.0 else'),
+ ("alpha-0 export: no word on stdout", "src/fdalign/cli/export.py", "    if result.wiseft_alpha == 0.0:", "    if False:"),
+ ("missing run path: --data is required", "src/fdalign/workflows/evaluation.py", "if _looks_like_path(args.target) and not args.model_config:", "if False:"),
+ ("meta-train names meta-eval's flags", "src/fdalign/workflows/meta.py", "class_pool(splits[role], cfg.spec, cfg.on_small, TRAIN_FLAGS)", "class_pool(splits[role], cfg.spec, cfg.on_small)"),
+ ("epochs 0 and -2 get different limits", "src/fdalign/train/config.py", "        # epochs first, so that 0 and -2 get the same limit\n        if self.epochs < 1:", "        if False:"),
+ ("--lr nan accepted", "src/fdalign/train/config.py", "if v is not None and math.isnan(v):", "if False:"),
+ ("bad-image advice: skip bad images", "src/fdalign/data/check.py", '"replace or remove it (`fdalign data check` lists every unreadable image)"', '"replace or remove it, or skip bad images"'),
+ ("a tie counts as a grid edge", "src/fdalign/heads/cache.py", "and all(w[i] == chosen[i] for w in winners)", ""),
+ ("a flat search not marked", "src/fdalign/heads/cache.py", 'log.entries[what]["flat"] = len(candidates) > 1 and len(set(scores.values())) == 1', 'log.entries[what]["flat"] = False'),
+ ("offline tag tries the download", "src/fdalign/backends/openclip.py", "reason = None if _cached_weights(tag_cfg) else _offline_reason(tag_cfg)", "reason = None"),
+ ("cached tag not found", "src/fdalign/backends/openclip.py", "            if isinstance(found, str):\n                return found", "            if False:\n                return found"),
+ ("alpha 0 selected without a word", "src/fdalign/workflows/kshot.py", "notes += starting_point_notes(result.selection.to_json())", "notes += []"),
+ ("starting point: alpha test wrong", "src/fdalign/selection.py", 'float(wa["chosen"]) == 0.0', 'float(wa["chosen"]) == 1.0'),
+ ("help prints two defaults", "src/fdalign/options.py", '        if "(default:" not in help_text:', "        if True:"),
+ ("card snippet absolute", "src/fdalign/export.py", "    out = Path(out.resolve().name)", "    out = out.resolve()"),
+ ("cut run config accepted", "src/fdalign/train/config.py", "lost = [k for k in RUN_CONFIG_KEYS if k not in d]", "lost = []"),
+ ("empty run config filled with defaults", "src/fdalign/train/config.py", "        if d is None:\n            raise FDAlignError(f\"run config {path} is empty", "        if False:\n            raise FDAlignError(f\"run config {path} is empty"),
+ ("non-UTF-8 YAML traceback", "src/fdalign/options.py", "    except UnicodeDecodeError as e:", "    except KeyError as e:"),
+ ("decompression bomb traceback", "src/fdalign/data/datasets.py", "except (OSError, ValueError, Image.DecompressionBombError) as e:", "except (OSError, ValueError) as e:"),
+ ("world render trusts recorded files", "src/fdalign/world/render.py", "        if got != want:", "        if False:"),
+ ("world.json list crashes", "src/fdalign/world/render.py", "    ok = isinstance(doc, dict) and", "    ok = True or"),
+ ("non-UTF-8 JSON traceback", "src/fdalign/io.py", "    except UnicodeDecodeError as e:", "    except KeyError as e:"),
+ ("'...' class folder dropped silently", "src/fdalign/data/datasets.py", 'if c.name.startswith(".") and c.is_dir() and any(', 'if False and any('),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):
@@ -76,6 +109,7 @@ for i, (name, path, old, new) in enumerate(BUGS):
     open(p, "w").write(s.replace(old, new))
     env = dict(os.environ, PYTHONPATH=f"{tmp}/src")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env, capture_output=True, text=True)
-    failed = [l for l in r.stdout.splitlines() if l.startswith("FAILED")]
-    print(f"[{i}] {name}: {'CAUGHT by ' + failed[0][7:].split(' - ')[0] if r.returncode else 'NOT CAUGHT'}", flush=True)
+    failed = [l for l in r.stdout.splitlines() if l.startswith(("FAILED", "ERROR"))]  # ERROR: a fixture failed
+    caught = failed[0].split(" ", 1)[1].split(" - ")[0] if failed else f"pytest exit {r.returncode}"
+    print(f"[{i}] {name}: {'CAUGHT by ' + caught if r.returncode else 'NOT CAUGHT'}", flush=True)
     shutil.rmtree(tmp)

@@ -311,10 +311,13 @@ def _manifest(loaded, fmt: str, alpha: float | None) -> dict:
 
 
 def _load_snippet(fmt: str, out: Path, base_model: dict) -> list[str]:
-    out = out.resolve()
+    # The folder by its own name, not an absolute path: the card must hold wherever the export is
+    # copied or published, and must not carry the exporting user's directories.
+    out = Path(out.resolve().name)
     if fmt == "hf":
         return [
             "```python",
+            f"# run next to the folder {out}, or replace {out} with its path",
             "from transformers import CLIPModel, CLIPProcessor",
             f'model = CLIPModel.from_pretrained("{out}")',
             f'processor = CLIPProcessor.from_pretrained("{out}")',
@@ -322,6 +325,7 @@ def _load_snippet(fmt: str, out: Path, base_model: dict) -> list[str]:
         ]
     lines = [
         "```python",
+        f"# run next to the folder {out}, or replace {out} with its path",
         "import open_clip",
         f'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{out}")',
     ]
@@ -350,13 +354,19 @@ def model_card(loaded, manifest: dict, out: Path) -> str:
                f"WiSE-FT: (1 - {alpha:g}) x zero-shot + {alpha:g} x fine-tuned (epoch {manifest['epoch']}), "
                "image encoder and head alike")
     names = manifest["classnames"]
+    if alpha == 0.0:  # WiSE-FT's zero end: none of the fine-tuning is in these weights
+        weights = f"zero-shot CLIP: WiSE-FT alpha 0 keeps none of the fine-tuning (epoch {manifest['epoch']})"
+    title = (f"# {loaded.run_dir.name}: zero-shot CLIP (WiSE-FT alpha 0), not fine-tuned" if alpha == 0.0 else
+             f"# {loaded.run_dir.name}: CLIP fine-tuned with fdalign")
     lines = [
-        f"# {loaded.run_dir.name}: CLIP fine-tuned with fdalign", "",
+        title, "",
         f"The image encoder of **{base['name']}** fine-tuned on {cfg.get('dataset_name') or cfg.get('data')} "
         f"({len(names)} classes, {cfg.get('shots')} shots per class, seed {cfg.get('seed')}) with "
         f"{'FD-Align' if cfg.get('mode') != 'linear-probe' else 'a linear probe'} "
         f"(alpha {cfg.get('alpha')}, beta {cfg.get('beta')}, SPC {'on' if cfg.get('spc') else 'off'}). "
-        "The text tower and the logit scale are the base model's, unchanged.", "",
+        "The text tower and the logit scale are the base model's, unchanged."
+        + (" **This export is WiSE-FT alpha 0: the base model's own image encoder with the zero-shot "
+           "classifier; none of that fine-tuning is in it.**" if alpha == 0.0 else ""), "",
         f"- **weights**: {weights}",
         "- **base model**: " + ", ".join(f"{k.replace('_', ' ')} `{base[k]}`" for k in
                                          ("model", "pretrained", "model_config", "fingerprint") if base.get(k)),

@@ -71,11 +71,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    # A non-UTF-8 file name arrives as lone surrogates; a report shows it as \udcXX rather than crash.
+    return atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # non-UTF-8 file names: \udcXX escapes read back as the same name
+        text = json.dumps(obj, indent=indent) + "\n"
+    return atomic_write_text(path, text)
 
 
 def atomic_save_safetensors(
@@ -186,6 +192,9 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise FDAlignError(f"{what} {path} is a folder, not a file") from None
     except json.JSONDecodeError as e:
         raise FDAlignError(f"{what} {path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise FDAlignError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
+                           "the file fdalign wrote: restore it or write it again") from None
 
 
 def read_safetensors(

@@ -43,6 +43,11 @@ def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any
         raise FDAlignError(f"{what} {path} does not exist{missing_hint}") from None
     except yaml.YAMLError as e:
         raise FDAlignError(f"{what} {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    except UnicodeDecodeError as e:
+        raise FDAlignError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
+                           "a YAML file: restore it or write it again") from None
+    except IsADirectoryError:
+        raise FDAlignError(f"{what} {path} is a folder, not a file") from None
 
 
 def check_keys(keys, known, source: str, what: str = "option", hint: str = "") -> None:
@@ -181,7 +186,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         inner, _ = _unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
-        help_text = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
+        help_text = f.metadata["help"]
+        if "(default:" not in help_text:  # a help that words its own default keeps only that one
+            help_text += f" (default: {shown})"
+        help_text = help_text.replace("%", "%%")
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]

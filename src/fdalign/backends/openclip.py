@@ -208,10 +208,53 @@ def _tag_list(model: str) -> str:
     return ", ".join(tags) if tags else "(none: this architecture has no released weights)"
 
 
-def _download_error(name: str, tag: str, cfg: dict, e: BaseException) -> FDAlignError:
+def _uses_hub(cfg: dict) -> bool:
+    """open_clip fetches from the Hub when it has an ``hf_hub`` entry and huggingface_hub is installed."""
+    import open_clip.pretrained as oc_pretrained
+
+    return bool(cfg.get("hf_hub")) and oc_pretrained.has_hf_hub()
+
+
+def _cached_weights(cfg: dict) -> str | None:
+    """The tag's checkpoint if it is already in the local cache (the files open_clip would fetch), else None."""
+    import open_clip.pretrained as oc_pretrained
+
+    if _uses_hub(cfg):
+        from huggingface_hub import try_to_load_from_cache  # a pure look-up: no request, not even for headers
+
+        model_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or oc_pretrained.HF_WEIGHTS_NAME
+        for name in [*oc_pretrained._get_safe_alternatives(filename), filename]:
+            found = try_to_load_from_cache(repo_id=model_id, filename=name)
+            if isinstance(found, str):
+                return found
+        return None
+    url = cfg.get("url") or ""
+    target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    return target if url and os.path.isfile(target) else None
+
+
+def _offline_reason(cfg: dict) -> str | None:
+    """Why a download of the tag cannot work (an offline switch, or its host does not answer), or None."""
+    from fdalign.backends.hub import host_reachable, hub_endpoint, offline_switch
+
+    if _uses_hub(cfg):
+        switch = offline_switch()
+        if switch:
+            return f"{switch} is set"
+        url = hub_endpoint()
+    else:
+        url = cfg.get("url") or ""
+    if url and not host_reachable(url):
+        return f"no network connection to {url}"
+    return None
+
+
+def _download_error(name: str, tag: str, cfg: dict, e: BaseException | str) -> FDAlignError:
     where = cfg.get("hf_hub") or cfg.get("url") or "the open_clip download location"
+    why = e if isinstance(e, str) else _short(e)
     return FDAlignError(
-        f"could not download the weights for {name} (pretrained={tag}) from {where}: {_short(e)}. "
+        f"could not download the weights for {name} (pretrained={tag}) from {where}: {why}. "
         f"Without network access, download them on a machine that has it (e.g. "
         f"open_clip.create_model('{name}', pretrained='{tag}') fills the cache) and pass "
         "--pretrained /path/to/checkpoint"
@@ -279,6 +322,9 @@ def _resolve(model: str | None, pretrained: str | None, model_config: str | Path
         return _Source(key, model, None, "random", {}, ["open_clip", key, RANDOM], RANDOM)
     tag_cfg = oc_pretrained.get_pretrained_cfg(key, pretrained)
     if tag_cfg:
+        reason = None if _cached_weights(tag_cfg) else _offline_reason(tag_cfg)
+        if reason:  # fail at once: without network the download would retry for about a minute
+            raise _download_error(key, pretrained, tag_cfg, reason)
         try:
             oc_pretrained.download_pretrained(tag_cfg)  # cached after the first time
         except Exception as e:  # hf_hub / urllib raise many types; all mean "could not fetch"

@@ -32,6 +32,11 @@ COMMAND_MODULES = [
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default and keeps hand-wrapped descriptions."""
 
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):  # the help already says its default in words: say it once
+            return action.help
+        return super()._get_help_string(action)
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model / --pretrained / --model-config: the arguments of :func:`fdalign.backends.load_clip`."""

@@ -112,7 +112,7 @@ def _check(args: argparse.Namespace) -> int:
     splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames, check_files=False)
     report = check_splits(splits, benchmark=bench, progress=not args.no_progress)
     if prepared is not None:
-        report.notes.append(prepared_summary(*prepared))
+        report.notes.append(("prepared", prepared_summary(*prepared)))
         report.problems += [("prepared", msg) for msg in prepared_problems(splits, *prepared)]
     if args.ood:
         from fdalign.data.check import check_ood
@@ -180,7 +180,7 @@ def _check_class_splits(args: argparse.Namespace) -> int:
     report = check_class_splits(splits, MINIIMAGENET if mini else None, progress=not args.no_progress)
     if prepared is not None:  # prepared from train.csv / val.csv / test.csv
         as_csv = {"base": "train", "val": "val", "novel": "test"}
-        report.notes.append(prepared_summary(*prepared))
+        report.notes.append(("prepared", prepared_summary(*prepared)))
         report.problems += [("prepared", m) for m in prepared_problems({as_csv.get(k, k): v for k, v in splits.items()},
                                                                       *prepared)]
     if mini:

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
           f"classes) as {result.format}:")
     for role, name in m["files"].items():
         print(f"  {role:8s} {result.out / name}")
+    if result.wiseft_alpha == 0.0:
+        why = "the run chose alpha 0 on val" if args.wiseft_alpha == "selected" else "--wiseft-alpha 0"
+        print(f"note: these are the zero-shot CLIP weights ({why}): the export holds none of the fine-tuning")
     if "verified_max_abs_diff" in m:
         print(f"reloaded with plain {'open_clip' if result.format == 'open_clip' else 'transformers'}: image "
               f"features match the run's (max abs difference {m['verified_max_abs_diff']:.2g})")

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             print(line)
     print(f"best epoch {run_.best_epoch} (val top-1 {run_.best_val_top1:.2f}); "
           f"WiSE-FT alpha on val: {run_.wiseft_alpha:g}")
+    for note in run_.notes:
+        print(f"note: {note}")
     print(f"wrote {run_.paths['metrics']} and {run_.paths['report']}")
     return 0
 

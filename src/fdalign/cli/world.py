@@ -60,9 +60,16 @@ def run(args: argparse.Namespace) -> int:
         val_per_class=args.val_per_class, test_per_class=args.test_per_class, seed=args.seed,
         image_size=args.image_size, classes=tuple(args.classes) if args.classes else None, progress=args.progress,
     )
-    manifest = render_world(cfg, args.out)
+    outcome: dict = {}
+    manifest = render_world(cfg, args.out, outcome)
     doc = read_json(manifest, "world manifest")
-    print(f"wrote {len(doc['files'])} images to {args.out} ({manifest})")
+    if "checked" in outcome:  # a finished render: every image was checked against its recorded hash
+        bad = [f"{len(outcome[k])} {k} ({', '.join(outcome[k][:3])}{' ...' if len(outcome[k]) > 3 else ''})"
+               for k in ("missing", "changed") if outcome[k]]
+        print(f"{args.out} was already rendered: checked {outcome['checked']} images against {manifest}; "
+              + (f"rendered again {outcome['written']}: {'; '.join(bad)}" if bad else "all match"))
+    else:
+        print(f"wrote {outcome['written']} images to {args.out} ({manifest}; {len(doc['files'])} in all)")
     ood = " ".join(f"--ood {k}={args.out}/{v}" for k, v in doc["sets"]["ood"].items())
     print(f"train on it: fdalign train --model fdalign-world --data {args.out} {ood} --out RUN")
     return 0

@@ -129,7 +129,7 @@ def verify_images(
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise FDAlignError(
             f"image {paths[i]} in split '{split.name}' cannot be read ({errors[i]}){more}; "
-            "replace or remove it, or skip bad images"
+            "replace or remove it (`fdalign data check` lists every unreadable image)"
         )
     if on_error == "report":
         return split, bad
@@ -173,9 +173,9 @@ class OODCheck:
 class CheckReport:
     stats: list[SplitStats] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, what)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (where, what): worth knowing, not wrong
     benchmark: Benchmark | None = None
     ood: list[OODCheck] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # printed above the problems
 
     @property
     def ok(self) -> bool:
@@ -203,6 +203,34 @@ def _eval_split(splits: dict[str, LabeledSplit]) -> LabeledSplit | None:
     return splits.get("val")  # ImageNet: the val/ folder is the evaluation set
 
 
+def _not_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # the OS handed back undecodable bytes as lone surrogates
+        return True
+    return False
+
+
+def _check_names(report: CheckReport, key: str, split: LabeledSplit) -> None:
+    """File names that are not UTF-8 (a note: every command reads them) and hidden class folders
+    holding images (a problem: the loader skips them, e.g. a folder named ``...``)."""
+    from pathlib import Path
+
+    from fdalign.data.datasets import hidden_image_dirs
+
+    odd = [split.resolve(s) for s in split.samples if _not_utf8(s.path)]
+    if odd:
+        shown = ", ".join(ascii(p) for p in odd[:3])
+        report.notes.append((key, f"{len(odd)} file name(s) are not valid UTF-8 ({shown}); fdalign reads them, "
+                                  "and its reports and CSVs write them with \\udcXX escapes"))
+    root = Path(split.root) if split.root else None
+    if root is not None and split.class_keys and (root / split.class_keys[0]).is_dir():
+        hidden = hidden_image_dirs(root)
+        if hidden:
+            report.problems.append((key, f"hidden folder(s) {', '.join(map(repr, hidden[:5]))} hold images but "
+                                         "are skipped (names starting with '.'); rename them to use them as classes"))
+
+
 def check_splits(
     splits: dict[str, LabeledSplit],
     benchmark: Benchmark | None = None,
@@ -218,6 +246,7 @@ def check_splits(
                 report.problems.append((key, f"unreadable image {p}"))
             if len(bad) > 20:
                 report.problems.append((key, f"... {len(bad) - 20} more unreadable images"))
+        _check_names(report, key, split)
         st = split_stats(split)
         report.stats.append(st)
         if st.size == 0:
@@ -279,7 +308,7 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
         prepared = find_manifest(path)
         if prepared is not None:
             report.problems += [(name, msg) for msg in prepared_problems({"test": split}, *prepared)]
-            report.notes.append(f"{name}: {prepared_summary(*prepared)}")
+            report.notes.append((name, prepared_summary(*prepared)))
         else:
             bench = claimed_benchmark(name, len(split))
             if bench is not None and len(split) != bench.test_size:
@@ -384,7 +413,7 @@ def format_report(report: CheckReport) -> str:
             if o.unknown:
                 lines.append(f"    unknown: {', '.join(o.unknown[:10])}{' ...' if len(o.unknown) > 10 else ''}")
         lines.append("")
-    lines += report.notes
+    lines += [f"note: {k}: {msg}" for k, msg in report.notes]
     if report.ok:
         lines.append("OK: no problems found")
     else:

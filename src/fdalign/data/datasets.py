@@ -141,7 +141,7 @@ class ImageDataset(Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
             # Found mid-run (evaluation sets are not decoded up front): stop with the file's name
             # rather than a traceback, and point at the check that finds all such files at once.
             raise FDAlignError(
@@ -308,7 +308,22 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
 
 
+def hidden_image_dirs(d: Path) -> list[str]:
+    """Folders of ``d`` skipped as hidden (name starts with '.', e.g. ``...``) that hold images directly."""
+    out = []
+    for c in sorted(d.iterdir(), key=lambda c: c.name):
+        if c.name.startswith(".") and c.is_dir() and any(_is_image(p) for p in c.iterdir()):
+            out.append(c.name)
+    return out
+
+
 def _class_dirs(d: Path) -> list[Path]:
+    hidden = hidden_image_dirs(d)
+    if hidden:  # a class folder such as '...' must not vanish without a word
+        import sys
+
+        print(f"fdalign: warning: skipping hidden folder(s) holding images in {d}: {', '.join(map(repr, hidden[:5]))}"
+              " (names starting with '.'); rename them to use them as classes", file=sys.stderr)
     return sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: c.name)
 
 
@@ -366,7 +381,7 @@ def load_imagefolder(root: str | os.PathLike, classnames: str | None = None) -> 
         raise FDAlignError(f"{root / ref} has no class folders; expected {root / ref}/<class>/<image>")
     splits = {}
     for s in present:
-        these = [c.name for c in _class_dirs(root / s)]
+        these = keys if s == ref else [c.name for c in _class_dirs(root / s)]
         extra = sorted(set(these) - set(keys))
         missing = sorted(set(keys) - set(these))
         if extra or missing:

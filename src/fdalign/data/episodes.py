@@ -224,8 +224,16 @@ class ClassPool:
     skipped: list[int]
 
 
-def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip") -> ClassPool:
-    """Group ``split`` by class; classes with fewer than ``K + Q`` images are skipped (counted) or refused."""
+# The options that set N, K and Q, as each command spells them: the advice names the caller's flags.
+EVAL_FLAGS = {"ways": "--ways", "shots": "--shots", "queries": "--queries"}
+TRAIN_FLAGS = {"ways": "--n-way", "shots": "--k-shot", "queries": "--q-query"}
+
+
+def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip", flags: dict | None = None) -> ClassPool:
+    """Group ``split`` by class; classes with fewer than ``K + Q`` images are skipped (counted) or refused.
+
+    ``flags``: the option names the error messages advise (:data:`EVAL_FLAGS` unless given)."""
+    f = flags or EVAL_FLAGS
     if on_small not in ON_SMALL:
         raise FDAlignError(f"on-small must be one of {', '.join(ON_SMALL)}, not {on_small!r}")
     labels = np.asarray(split.labels, dtype=np.int64)
@@ -237,17 +245,18 @@ def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip") -
         names = ", ".join(f"{split.classnames[c]!r} ({counts[c]})" for c in small[:MISSING_SHOWN])
         raise FDAlignError(
             f"{len(small)} class(es) of '{split.name}' have fewer than K+Q = {spec.per_class} images: {names}; "
-            "lower --queries or pass --on-small skip to leave them out"
+            f"lower {f['queries']} or pass --on-small skip to leave them out"
         )
     keep = [c for c in range(split.num_classes) if counts[c] >= spec.per_class]
     present = int((counts > 0).sum())
     if present < spec.n_way:
         raise FDAlignError(f"{spec.n_way}-way episodes need {spec.n_way} classes but '{split.name}' has {present}; "
-                           "lower --ways")
+                           f"lower {f['ways']}")
     if len(keep) < spec.n_way:
         raise FDAlignError(
             f"{spec.n_way}-way episodes need {spec.n_way} classes with at least K+Q = {spec.per_class} images but only "
-            f"{len(keep)} of the {present} classes of '{split.name}' have that many; lower --ways, the shots or --queries"
+            f"{len(keep)} of the {present} classes of '{split.name}' have that many; lower {f['ways']}, {f['shots']} or "
+            f"{f['queries']}"
         )
     return ClassPool(split, keep, [groups[c] for c in keep], small)
 
@@ -339,6 +348,6 @@ class EpisodeDataset:
 
 
 __all__ = [
-    "CLASS_ROLES", "ON_SMALL", "ClassPool", "EpisodeDataset", "EpisodeSpec", "Episodes", "class_pool",
+    "CLASS_ROLES", "EVAL_FLAGS", "ON_SMALL", "TRAIN_FLAGS", "ClassPool", "EpisodeDataset", "EpisodeSpec", "Episodes", "class_pool",
     "episode_labels", "episode_seed", "load_class_splits", "load_target", "sample_episode", "sample_episodes",
 ]

@@ -35,7 +35,8 @@ def val_shots(k: int) -> int:
 
 
 def _rank_key(seed: int, relpath: str) -> tuple[bytes, str]:
-    return hashlib.sha256(f"{seed}/{relpath}".encode("utf-8")).digest(), relpath
+    # surrogateescape: a non-UTF-8 file name (bytes the OS gave back as surrogates) ranks by its bytes
+    return hashlib.sha256(f"{seed}/{relpath}".encode("utf-8", "surrogateescape")).digest(), relpath
 
 
 def _ranked_by_class(split: LabeledSplit, seed: int) -> list[list[int]]:

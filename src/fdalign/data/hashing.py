@@ -41,7 +41,7 @@ def split_hash(split: LabeledSplit, content: bool = True) -> str:
             raise FDAlignError(f"cannot read {full} to hash split '{split.name}': {e.strerror or e}") from None
         # Length-prefixed fields so no two different lists serialise to the same bytes.
         for field in (rel, str(label), digest):
-            b = field.encode("utf-8")
+            b = field.encode("utf-8", "surrogateescape")  # a non-UTF-8 file name hashes as its bytes
             h.update(len(b).to_bytes(8, "little"))
             h.update(b)
     return f"{'content' if content else 'list'}:{h.hexdigest()}"

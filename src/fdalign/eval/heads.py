@@ -334,7 +334,9 @@ def selection_record(log: SelectionLog) -> dict:
         chosen = e["chosen"]
         if isinstance(chosen, tuple) and len(chosen) == len(names):
             chosen = ", ".join(f"{n}={v:g}" for n, v in zip(names, chosen))
-            if e.get("grid_edges"):
+            if e.get("flat"):
+                chosen += " (every grid point scored the same on val; the first one won the tie)"
+            elif e.get("grid_edges"):
                 chosen += f" (at the grid's edge: {', '.join(e['grid_edges'])}; consider widening it)"
         out[what] = {"chosen": chosen, "on": e["on"], "metric": e["metric"], "score": e["score"],
                      "candidates": len(e["scores"])}

@@ -140,22 +140,30 @@ def search(
         return score_fn(c, f, y)
 
     try:
-        chosen, _ = select_by(what, candidates, score, split, log)
+        chosen, scores = select_by(what, candidates, score, split, log)
     finally:
         bar.close()
     if log is not None:
-        log.entries[what]["grid_edges"] = grid_edges(chosen, candidates, what.split(": ", 1)[-1].split(", "))
+        names = what.split(": ", 1)[-1].split(", ")
+        log.entries[what]["grid_edges"] = grid_edges(chosen, candidates, names, scores)
+        log.entries[what]["flat"] = len(candidates) > 1 and len(set(scores.values())) == 1
     return chosen
 
 
-def grid_edges(chosen: tuple, candidates: list[tuple], names: list[str]) -> list[str]:
+def grid_edges(chosen: tuple, candidates: list[tuple], names: list[str], scores: dict | None = None) -> list[str]:
     """Axes whose chosen value is the lowest or highest of the grid, e.g. ``["alpha (highest)"]``:
-    the best value may lie outside the grid, which is then worth widening."""
+    the best value may lie outside the grid, which is then worth widening.
+
+    With ``scores`` (candidate -> val score), an axis counts only when every candidate tied with the
+    best sits at that same end: a point that merely won a tie with inner points says nothing about
+    what lies beyond the grid."""
+    winners = [chosen] if scores is None else [c for c in candidates if scores[c] == scores[chosen]]
     out = []
     for i, name in enumerate(names):
         values = {c[i] for c in candidates}
-        if len(values) > 1 and chosen[i] in (min(values), max(values)):
-            out.append(f"{name} ({'lowest' if chosen[i] == min(values) else 'highest'})")
+        lo, hi = min(values), max(values)
+        if len(values) > 1 and chosen[i] in (lo, hi) and all(w[i] == chosen[i] for w in winners):
+            out.append(f"{name} ({'lowest' if chosen[i] == lo else 'highest'})")
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -34,6 +35,10 @@ NON_SEMANTIC_FIELDS = frozenset(
      "wiseft_alphas", "verify_images", "data", "image_root", "dataset_name", "f0_cache"}
 )
 
+
+# Keys every run's config.yaml has held since the first release, from its first lines to its last
+# ones: a file that lacks one was cut short (a config written whole lists every field).
+RUN_CONFIG_KEYS = ("model", "data", "shots", "seed", "wiseft_alphas", "ood", "out")
 
 _f = option  # every field below is an option: a default, its --help text, its choices
 
@@ -163,15 +168,21 @@ class TrainConfig(ConfigFile):
         check_choices(self, source)
         if self.shots < 1:
             bad("shots", "must be >= 1")
+        # epochs first, so that 0 and -2 get the same limit
+        if self.epochs < 1:
+            bad("epochs", "must be >= 1")
+        if self.mode == "lp-ft" and self.lp_epochs < 1:
+            bad("lp_epochs", "must be >= 1 for mode lp-ft")
         for name in ("epochs", "lp_epochs", "batch_size", "num_workers", "spc_keep", "spc_k", "view_cycle"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.eval_batch_size < 1:
             bad("eval_batch_size", "must be >= 1")
-        if self.epochs < 1:
-            bad("epochs", "must be >= 1")
-        if self.mode == "lp-ft" and self.lp_epochs < 1:
-            bad("lp_epochs", "must be >= 1 for mode lp-ft")
+        for name in ("lr", "lp_lr", "weight_decay", "momentum", "min_lr", "alpha", "beta", "warmup_epochs",
+                     "temperature", "grad_clip"):
+            v = getattr(self, name)
+            if v is not None and math.isnan(v):  # nan passes every range test below (inf is a legal, if wild, value)
+                bad(name, "is not a number; give a number")
         for name in ("lr", "lp_lr", "weight_decay", "momentum", "min_lr", "alpha", "beta", "warmup_epochs"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
@@ -221,6 +232,26 @@ class TrainConfig(ConfigFile):
         return c
 
     # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_run_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+        """A run's own ``config.yaml``, which ``fdalign train`` writes whole: an empty file, or one cut short
+        (lacking keys every run writes, such as ``ood``, which would drop OOD sets without a word), is an
+        error naming the file rather than a config filled in with defaults."""
+        from fdalign.options import read_yaml
+
+        path = Path(path)
+        fix = "restore it from a copy, or train the run again"
+        d = read_yaml(path, "run config")
+        if d is None:
+            raise FDAlignError(f"run config {path} is empty; {fix}")
+        if not isinstance(d, dict):
+            raise FDAlignError(f"run config {path} must be a mapping of option: value, got {type(d).__name__}; {fix}")
+        lost = [k for k in RUN_CONFIG_KEYS if k not in d]
+        if lost:
+            raise FDAlignError(f"run config {path} lacks {', '.join(lost)}, which every run's config.yaml holds: "
+                               f"the file is cut short or not a run's; {fix}")
+        return cls.from_yaml(path)
+
     @classmethod
     def released(cls, dataset: str, shots: int, **overrides) -> "TrainConfig":
         """The authors' released K-shot recipe for ``dataset`` (see REFERENCE.md).

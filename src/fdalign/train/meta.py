@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from fdalign.data.episodes import ON_SMALL, EpisodeDataset, EpisodeSpec, class_pool, sample_episodes
+from fdalign.data.episodes import ON_SMALL, TRAIN_FLAGS, EpisodeDataset, EpisodeSpec, class_pool, sample_episodes
 from fdalign.errors import FDAlignError
 from fdalign.heads.episodes import PROTO_SCALE_INIT, ProtoNetHead
 from fdalign.options import ConfigFile, check_choices, option
@@ -172,7 +172,7 @@ def _val_episodes(val_split, cfg: MetaConfig, transform):
     from fdalign.data.datasets import ImageDataset
     from fdalign.eval.episodes import reindex, used_samples
 
-    pool = class_pool(val_split, cfg.spec, cfg.on_small)
+    pool = class_pool(val_split, cfg.spec, cfg.on_small, TRAIN_FLAGS)
     eps = sample_episodes(pool, cfg.spec, cfg.seed, range(cfg.val_episodes))
     used = used_samples({"val": (pool, eps)})
     desc = (f"val classes: {cfg.val_episodes} {cfg.spec.name} episodes over {len(pool.classes)} classes "
@@ -286,7 +286,7 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
     settings = LossSettings(alpha=cfg.alpha, beta=cfg.beta, direction=cfg.kl_direction,
                             scale=float(cfg.temperature or backend.logit_scale),
                             normalize_prototypes=not (cfg.spc and not cfg.spc_renormalize))
-    pool = class_pool(base_split, spec, cfg.on_small)
+    pool = class_pool(base_split, spec, cfg.on_small, TRAIN_FLAGS)
     train_tf = backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip)
     val_set, val_eps = _val_episodes(val_split, cfg, backend.preprocess_eval())
     zs_head = PrototypeHead(base_prototypes, float(backend.logit_scale))

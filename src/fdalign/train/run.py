@@ -173,7 +173,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise FDAlignError(f"{run_dir} is not an fdalign run directory (no {CONFIG_FILE}); pass the --out of `fdalign train`")
-    config = TrainConfig.from_yaml(cfg_path)
+    config = TrainConfig.from_run_yaml(cfg_path)
     saved = load_model(run_dir / MODEL_FILE)
     backend = load_clip(config.model, pretrained=config.pretrained, model_config=config.model_config, device="cpu")
     want = saved.metadata.get("base_fingerprint")

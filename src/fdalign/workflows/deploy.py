@@ -37,6 +37,8 @@ def predict_images(target, images: Sequence[str | os.PathLike], *, out=None, top
     if topk < 1:
         raise FDAlignError(f"--topk must be >= 1 (got {topk})")
     target_kind(target, wiseft_alpha)  # a wrong target fails before any folder is walked
+    if out is not None:
+        _check_csv_out(out)  # before inference, not after it
     images = [str(i) for i in images]
     paths, missing = collect_images(images)
     if len(paths) == len(missing):
@@ -49,6 +51,19 @@ def predict_images(target, images: Sequence[str | os.PathLike], *, out=None, top
     if out is not None:
         atomic_write_text(out, predictions_csv(pred, clf.classnames))
     return pred, clf
+
+
+def _check_csv_out(out) -> None:
+    from pathlib import Path
+
+    out = Path(out)
+    if out.is_dir():
+        raise FDAlignError(f"--out {out} is a directory; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FDAlignError(f"--out {out}: {parent} is a file, not a folder; give a CSV path in a folder")
 
 
 def _run_dir(run) -> str:

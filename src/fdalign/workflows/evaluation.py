@@ -10,6 +10,7 @@ directory is evaluated as trained (fine-tuned, zero-shot and its chosen WiSE-FT 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +99,19 @@ def evaluate_config(config: EvalConfig) -> Evaluation:
                 f"{args.target} is not a run directory written by `fdalign train` (no run config found); "
                 "pass a run directory or a CLIP model name"
             )
+        if _looks_like_path(args.target) and not args.model_config:
+            raise FDAlignError(f"no such run directory: {args.target}; pass the --out of `fdalign train`, or a CLIP "
+                               "model name with --data")
         args.model = args.target
     if args.data is None:
-        raise FDAlignError("--data is required when evaluating a model (not a run directory)")
+        where = f"; {args.target} is no run directory (no such folder)" if args.command == "eval" else ""
+        raise FDAlignError(f"--data is required when evaluating a model (not a run directory){where}")
     return _zeroshot(args)
+
+
+def _looks_like_path(target: str) -> bool:
+    """A folder path rather than a model name (ViT-B-32, hf:org/name, fdalign-world)."""
+    return not target.startswith(("hf:", "hf-hub:")) and (os.sep in target or "/" in target or target.startswith("."))
 
 
 def _resolve_device(device: str) -> str:
@@ -292,6 +302,7 @@ def _eval_run(args) -> "Evaluation":
         raise FDAlignError(f"{run_dir}: the model file records no class names; re-run `fdalign train`")
     id_name, id_split, ood = _open_sets(args, id_classnames=list(loaded.classnames))
     _refuse_selection_images(run_dir, id_split, ood)
+    _warn_training_images(run_dir, id_split, ood)
     hashes = _hashes(args, id_name, id_split, ood)
     _warn_hash_mismatch(run_dir, hashes)
 
@@ -319,14 +330,65 @@ def _eval_run(args) -> "Evaluation":
         )
         selection = _selection_from_run(loaded.selection, cfg)
     roles = {s.name: s.role for s in sets.values()}
-    out = Path(args.out) if args.out else run_dir / ("eval-heads" if args.heads else "eval")
+    inputs = _eval_inputs(args)
+    out = _eval_out(Path(args.out), inputs, True) if args.out else \
+        _eval_out(run_dir / ("eval-heads" if args.heads else "eval"), inputs, False)
     config = {"run": str(run_dir), "data": str(args.data), "split": id_split.name, "ood": list(args.ood),
               "precision": args.precision}
     # the report lists the settings that define the method; metrics.json keeps the whole config
     config.update({k: cfg[k] for k in REPORT_TRAIN_KEYS if k in cfg})
     return _finish(args, metrics, out, config=config, hashes=hashes, selection=selection, roles=roles,
-                   title=f"Evaluation of run {run_dir.name}", extra={"train_config": cfg},
+                   title=f"Evaluation of run {run_dir.name}", extra={"train_config": cfg, "inputs": inputs},
                    classes=_coverage(id_name, id_split, ood), class_table=_class_table(args, id_split))
+
+
+EVAL_INPUTS = ("data", "image_root", "split", "split_file", "ood", "classnames", "templates", "heads", "heads_preset",
+               "heads_config", "shots", "seed", "no_zeroshot")
+
+
+def _eval_inputs(args) -> dict:
+    """What makes one evaluation of a run differ from another (its folder is only replaced by the same)."""
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k in EVAL_INPUTS
+            for v in [getattr(args, k, None)]}
+
+
+def _recorded_inputs(folder: Path):
+    p = folder / "metrics.json"
+    try:
+        import json
+
+        return json.loads(p.read_text(encoding="utf-8")).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _eval_out(base: Path, inputs: dict, chosen: bool) -> Path:
+    """The folder an evaluation of a run goes to. An earlier evaluation with other inputs (e.g. five heads,
+    now ``--heads tip``) is never replaced without a word: under the default folder the next free
+    ``NAME-2``, ``NAME-3``, ... is used; an ``--out`` the user chose is replaced with a warning."""
+    def differs(folder: Path) -> list[str] | None:
+        if not (folder / "metrics.json").is_file():
+            return None
+        old = _recorded_inputs(folder)
+        if not isinstance(old, dict):
+            return ["not recorded"]
+        return [k for k in inputs if old.get(k) != inputs[k]] or None
+
+    diff = differs(base)
+    if diff is None:
+        return base
+    if chosen:
+        print(f"fdalign eval: warning: replacing the earlier evaluation in {base} (other inputs: {', '.join(diff)})",
+              file=sys.stderr)
+        return base
+    n = 2
+    while True:
+        cand = base.with_name(f"{base.name}-{n}")
+        if differs(cand) is None:
+            print(f"fdalign eval: note: {base} holds an earlier evaluation with other inputs ({', '.join(diff)}); "
+                  f"writing {cand} instead (pass --out to choose the folder)", file=sys.stderr)
+            return cand
+        n += 1
 
 
 def _as_dict(config) -> dict:
@@ -365,6 +427,35 @@ def _warn_hash_mismatch(run_dir: Path, hashes: dict) -> None:
         # only like for like: "list:" and "content:" hashes are never comparable
         if isinstance(old, str) and old.split(":", 1)[0] == h.split(":", 1)[0] and old != h:
             print(f"fdalign eval: warning: set '{name}' differs from the one recorded in {p}", file=sys.stderr)
+
+
+def _shared_with(run_dir: Path, which: str, sets: list):
+    """``(split file, [(set, files of it listed in RUN/splits/<which>.json)])``, by resolved path; only
+    files whose name is a listed image's name are resolved, which keeps ImageNet cheap."""
+    from fdalign.data import load_split
+
+    p = run_dir / "splits" / f"{which}.json"
+    if not p.is_file():
+        return None, []
+    listed = load_split(p)
+    chosen = {os.path.realpath(listed.resolve(x)) for x in listed.samples}
+    names = {os.path.basename(c) for c in chosen}
+    out = []
+    for split in sets:
+        maybe = (split.resolve(x) for x in split.samples if os.path.basename(x.path) in names)
+        shared = [f for f in maybe if os.path.realpath(f) in chosen]
+        if shared:
+            out.append((split, shared))
+    return listed, out
+
+
+def _warn_training_images(run_dir: Path, id_split, ood) -> None:
+    """A set holding the run's training images (``--split train``) is scored, but never as a test result."""
+    listed, found = _shared_with(run_dir, "train", [id_split] + [o.split for o in ood])
+    for split, shared in found:
+        print(f"fdalign eval: warning: set '{split.name}' holds {len(shared)} of the run's {len(listed)} training "
+              f"images (first: {shared[0]}); its accuracy measures fit to the training data, not a test result",
+              file=sys.stderr)
 
 
 def _refuse_selection_images(run_dir: Path, id_split, ood) -> None:

@@ -40,6 +40,7 @@ class Run:
     encoder: Any = None
     head: Any = None
     models: dict = field(default_factory=dict)  # {row name: (encoder, head)}, every evaluated row
+    notes: list = field(default_factory=list)  # what report.md says beside the tables (e.g. alpha 0 = zero-shot)
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -274,6 +275,9 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
         metrics.update(_evaluate_own_classes(run, backend, name, split, templates, eval_tf, device, precision, progress))
         roles[name] = role
     classes = _class_coverage(len(d.classnames), d.test, d.ood)
+    from fdalign.selection import starting_point_notes
+
+    notes += starting_point_notes(result.selection.to_json())  # said in report.md and on stdout
     selection = dict(result.selection.to_json())
     selection["test / OOD sets"] = "only evaluated, never used to select anything"
     train_info = {"best_epoch": result.best_epoch, "val_top1_per_epoch": result.val_top1, "steps": result.steps,
@@ -301,6 +305,7 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
                  title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot",
                  classes=classes, class_table=table, notes=notes)
     run.metrics, run.roles, run.selection = metrics, roles, selection
+    run.notes = notes
 
 
 def _evaluate_own_classes(run: Run, backend, name: str, split, templates, eval_tf, device, precision, progress) -> dict:

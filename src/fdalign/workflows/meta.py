@@ -62,7 +62,7 @@ class MetaEvalConfig(ModelOptions):
 def meta_train(config) -> MetaRun:
     """Run ``fdalign meta-train`` with ``config`` (a :class:`~fdalign.train.meta.MetaConfig`)."""
     from fdalign.data import split_hash
-    from fdalign.data.episodes import class_pool, load_class_splits
+    from fdalign.data.episodes import TRAIN_FLAGS, class_pool, load_class_splits
     from fdalign.prompts import load_templates
     from fdalign.workflows.kshot import check_run_request
 
@@ -76,10 +76,11 @@ def meta_train(config) -> MetaRun:
             raise FDAlignError(f"--data {cfg.data} has no {role} classes (found: {', '.join(splits)}); meta-training "
                                "needs train.csv + val.csv or base/ + val/")
     for role in ("base", "val"):
-        class_pool(splits[role], cfg.spec, cfg.on_small)  # too few classes or images: fail before loading a model
+        class_pool(splits[role], cfg.spec, cfg.on_small, TRAIN_FLAGS)  # too few classes or images: fail before loading a model
     settings = episode_settings(episodes=max(cfg.test_episodes, 1), ways=cfg.n_way, shots=cfg.test_shots,
                                 queries=cfg.q_query, on_small=cfg.on_small)
-    tests = _test_splits(splits, _parse_targets(cfg.target), settings) if cfg.test_episodes else []
+    test_flags = dict(TRAIN_FLAGS, shots="--test-shots")
+    tests = _test_splits(splits, _parse_targets(cfg.target), settings, test_flags) if cfg.test_episodes else []
     hashes = {role: split_hash(s, content=False) for role, s in splits.items()}
     _check_resume_hashes(out, hashes, cfg.resume)
     return _meta_train_and_test(cfg, splits, templates, tests, settings, hashes)
@@ -217,15 +218,16 @@ def _parse_targets(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _test_splits(splits: dict, targets: list[tuple[str, str]], settings) -> list[tuple[str, object]]:
-    """The novel split (if any) then each --target, read and checked against every test setting."""
+def _test_splits(splits: dict, targets: list[tuple[str, str]], settings, flags=None) -> list[tuple[str, object]]:
+    """The novel split (if any) then each --target, read and checked against every test setting
+    (``flags``: the options the caller's errors name, meta-eval's by default)."""
     from fdalign.data.episodes import class_pool, load_target
 
     named = ([("novel", splits["novel"])] if "novel" in splits else [])
     named += [(name, load_target(path, name=name)) for name, path in targets]
     for _, split in named:
         for spec in settings.specs:
-            class_pool(split, spec, settings.on_small)  # too few classes / images: fail before any encoding
+            class_pool(split, spec, settings.on_small, flags)  # too few classes / images: fail before any encoding
     return named
 
 
@@ -267,15 +269,18 @@ def _selection_line(entry: dict) -> str:
 
 def _read_run_config(run_dir: Path) -> dict:
     """``run_dir/config.yaml`` as a mapping (a meta-train run's MetaConfig, or a train run's TrainConfig)."""
-    import yaml
-
+    from fdalign.options import read_yaml
     from fdalign.train.run import CONFIG_FILE
 
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise FDAlignError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a run of `fdalign meta-train` "
                            "or `fdalign train`, or a CLIP model name")
-    return yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    d = read_yaml(cfg_path, "run config")  # a damaged file is named, not a traceback
+    if not isinstance(d, dict):
+        raise FDAlignError(f"run config {cfg_path} is {'empty' if d is None else 'not a mapping of option: value'}; "
+                           "restore it from a copy, or train the run again")
+    return d
 
 
 def _load_run_models(run_dir: Path, no_zeroshot: bool):

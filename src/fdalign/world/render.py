@@ -126,13 +126,23 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
+def _read_settings(p: Path) -> dict:
+    """The settings in ``world.json`` or the in-progress spec file; a damaged or foreign file is named."""
+    doc = read_json(p, "world render settings")
+    ok = isinstance(doc, dict) and (p.name != MANIFEST or (isinstance(doc.get("spec"), dict)
+                                                            and isinstance(doc.get("files"), dict)))
+    if not ok:
+        raise FDAlignError(f"{p} is not the file `fdalign world render` writes (a JSON {type(doc).__name__} without "
+                           "its settings); delete it and render again")
+    return doc.get("spec", doc) if p.name == MANIFEST else doc
+
+
 def _check_existing(root: Path, spec: dict) -> bool:
     """True when ``root`` already holds exactly this render; raise when it holds another one."""
     for name in (MANIFEST, SPEC_FILE):
         p = root / name
         if p.is_file():
-            old = read_json(p, "world render settings")
-            old = old.get("spec", old)
+            old = _read_settings(p)
             if old != spec:
                 diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
                 raise FDAlignError(f"{root} holds a world rendered with other settings ({', '.join(diff)} differ); "
@@ -144,12 +154,55 @@ def _check_existing(root: Path, spec: dict) -> bool:
     return False
 
 
-def render_world(cfg: RenderConfig, out: str | os.PathLike) -> Path:
+def _sha256(p: Path) -> str | None:
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _repair(cfg: RenderConfig, root: Path, outcome: dict) -> Path:
+    """Check every image of a finished render against the SHA-256 in ``world.json``; render the missing
+    or changed ones again (the render is deterministic) and check the new bytes against the record."""
+    from fdalign.world.generator import render_grid
+
+    recorded = read_json(root / MANIFEST, "world manifest")["files"]
+    bad = {}
+    for rel, want in recorded.items():
+        got = _sha256(root / rel)
+        if got != want:
+            bad[rel] = "missing" if got is None else "changed"
+    outcome.update(checked=len(recorded), missing=sorted(r for r, w in bad.items() if w == "missing"),
+                   changed=sorted(r for r, w in bad.items() if w == "changed"), written=0)
+    classes = cfg.spec()["classes"]
+    for b in plan_blocks(cfg):
+        paths = [b.path(root, c, i) for c in classes for i in range(b.per_class)]
+        todo = [p for p in paths if p.relative_to(root).as_posix() in bad]
+        if not todo:
+            continue
+        batch = render_grid(b.per_class, block_seed(cfg.seed, b.split, b.style), classes=classes,
+                            styles=[b.style], image_size=cfg.image_size)
+        for p, image in zip(paths, batch.images):
+            rel = p.relative_to(root).as_posix()
+            if rel not in bad:
+                continue
+            data = _png(image)
+            if hashlib.sha256(data).hexdigest() != recorded[rel]:
+                raise FDAlignError(f"{p} is {bad[rel]} and rendering it again does not give the bytes {root / MANIFEST} "
+                                   "records (another fdalign or Pillow version?); render into a new --out")
+            atomic_write_bytes(p, data)
+            outcome["written"] += 1
+    return root / MANIFEST
+
+
+def render_world(cfg: RenderConfig, out: str | os.PathLike, outcome: dict | None = None) -> Path:
     """Render ``cfg`` into ``out`` (resuming a partial render); return the path of ``world.json``.
 
     ``world.json`` holds ``{"spec", "sets", "files"}``: the settings, the data paths (relative to
     ``out``) to pass to ``fdalign train`` (``--data`` and each ``--ood NAME=PATH``) and the SHA-256
-    of every image.
+    of every image. Over a finished render, every image is checked against those hashes and a missing
+    or changed one rendered again. ``outcome`` (if given) is filled with ``written`` (images written
+    now) and, for a finished render, ``checked``, ``missing`` and ``changed``.
     """
     from tqdm.auto import tqdm
 
@@ -158,8 +211,10 @@ def render_world(cfg: RenderConfig, out: str | os.PathLike) -> Path:
     cfg.validate()
     root = Path(out)
     spec = cfg.spec()
+    outcome = {} if outcome is None else outcome
     if _check_existing(root, spec):
-        return root / MANIFEST
+        return _repair(cfg, root, outcome)
+    outcome["written"] = 0
     atomic_write_json(root / SPEC_FILE, spec)
     classes = spec["classes"]
     files: dict[str, str] = {}
@@ -180,6 +235,7 @@ def render_world(cfg: RenderConfig, out: str | os.PathLike) -> Path:
             data = _png(image)
             if not p.is_file():
                 atomic_write_bytes(p, data)
+                outcome["written"] += 1
             files[p.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
             bar.update(1)
     bar.close()
@@ -192,7 +248,7 @@ def render_world(cfg: RenderConfig, out: str | os.PathLike) -> Path:
 def ood_args(root: str | os.PathLike) -> list[str]:
     """The ``--ood NAME=PATH`` values of a rendered world (one per OOD style, in render order)."""
     root = Path(root)
-    spec = read_json(root / MANIFEST, "world manifest")["spec"]
+    spec = _read_settings(root / MANIFEST)
     return [f"{folder_name(s)}={root / 'ood' / folder_name(s)}" for s in spec["ood_styles"]]
 
 
