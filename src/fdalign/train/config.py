@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from fdalign.data.names import dataset_key as _dataset_key, guess_dataset_name  # noqa: F401 (re-exported)
 from fdalign.errors import FDAlignError
