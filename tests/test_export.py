@@ -295,7 +295,7 @@ def test_unfinished_run_is_refused(oc_run, tmp_path, capsys):
 
 
 def test_format_errors(oc_run, tmp_path, capsys):
-    from fdalign.export import export_run
+    from fdalign.exporting import export_run
 
     with pytest.raises(FDAlignError, match="unknown export format 'onnx'"):
         export_run(oc_run, "onnx", tmp_path / "e")
@@ -337,7 +337,7 @@ def test_open_clip_layout_keeps_a_custom_preprocessing(tiny_openclip, tmp_path):
 
     from conftest import TINY_OPENCLIP_CFG
     from fdalign.backends import load_clip
-    from fdalign.export import _write_open_clip
+    from fdalign.exporting import _write_open_clip
 
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     cfg = tmp_path / "tiny-pp.json"
@@ -372,7 +372,7 @@ def test_atomic_directory_keeps_the_old_folder_on_failure(tmp_path):
 
 
 def test_export_refuses_a_model_that_does_not_reproduce_the_run(oc_run, tmp_path, monkeypatch, capsys):
-    import fdalign.export as ex
+    import fdalign.exporting as ex
 
     real = ex._write_open_clip
 
@@ -397,7 +397,7 @@ def test_hf_export_writes_an_image_processor_when_the_base_had_none(tiny_hf, tmp
     from transformers.image_utils import OPENAI_CLIP_MEAN
 
     from fdalign.backends import load_clip
-    from fdalign.export import _image_processor
+    from fdalign.exporting import _image_processor
 
     src = tmp_path / "no_processor"
     shutil.copytree(tiny_hf["dir"], src)

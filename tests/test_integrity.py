@@ -98,7 +98,7 @@ def test_diverged_training_stops_with_one_line_and_writes_no_scores(tiny_opencli
 def test_predict_writes_no_nan_probability(tiny_openclip, folders, tmp_path):
     from fdalign.backends import load_clip
     from fdalign.heads import PrototypeHead
-    from fdalign.predict import Classifier, predict, predictions_csv
+    from fdalign.prediction import Classifier, predict, predictions_csv
 
     b = load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=tiny_openclip["config"])
     with torch.no_grad():
@@ -589,7 +589,7 @@ def test_tip_f_starts_from_tips_searched_alpha_and_beta(monkeypatch):
 
 
 def test_exported_head_keeps_label_order(finished_run, tmp_path, monkeypatch):
-    from fdalign.export import HEAD_FILE, export_run, load_head
+    from fdalign.exporting import HEAD_FILE, export_run, load_head
     from fdalign.train import run as run_mod
 
     label_order = ["zebra", "apple", "mango"]  # label 0, 1, 2 as the run names them: not sorted
@@ -625,7 +625,7 @@ def test_linear_probe_trains_at_lp_lr(tiny_openclip, tmp_path):
 
 
 def test_export_removes_a_killed_exports_temp_folder(finished_run, tmp_path):
-    from fdalign.export import export_run
+    from fdalign.exporting import export_run
 
     out = tmp_path / "exp"
     dead = tmp_path / ".exp.k1ll3d.tmp"  # what atomic_directory leaves when killed mid-export

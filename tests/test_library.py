@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,17 @@ def test_finetune_equals_fdalign_train(tiny_openclip, folders, tmp_path, capsys)
     cli_eval = json.loads((tmp_path / "cli-eval" / "metrics.json").read_text())["metrics"]
     assert json.loads((tmp_path / "lib-eval" / "metrics.json").read_text())["metrics"] == cli_eval
     assert ev.metrics["test"]["fine-tuned"]["top1"] == pytest.approx(cli_doc["metrics"]["test"]["fine-tuned"]["top1"])
+
+    # fdalign.predict(run) == fdalign predict RUN; fdalign.export(run) == fdalign export RUN
+    images = sorted(str(p) for p in (Path(folders["id"]) / "test").rglob("*.png"))[:4]
+    fdalign.predict(run, images, out=str(tmp_path / "lib.csv"), device="cpu")
+    assert main(["predict", str(cli), *images, "--out", str(tmp_path / "cli.csv"), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "lib.csv").read_text() == (tmp_path / "cli.csv").read_text()
+    fdalign.export(run, "open_clip", tmp_path / "lib-export", verify=False)
+    assert main(["export", str(cli), "--format", "open_clip", "--out", str(tmp_path / "cli-export"), "--no-verify"]) == 0
+    assert sorted(p.name for p in (tmp_path / "lib-export").iterdir()) == sorted(
+        p.name for p in (tmp_path / "cli-export").iterdir())
 
 
 def _defaults(parser: argparse.ArgumentParser) -> dict:

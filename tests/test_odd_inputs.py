@@ -119,9 +119,9 @@ def test_data_check_notes_non_utf8_names(odd_data, capsys):
 
 
 def test_predict_out_folder_fails_before_inference(plain_run, plain_data, tmp_path, capsys, monkeypatch):
-    import fdalign.predict
+    import fdalign.prediction
 
-    monkeypatch.setattr(fdalign.predict, "predict", lambda *a, **k: pytest.fail("inference ran before the check"))
+    monkeypatch.setattr(fdalign.prediction, "predict", lambda *a, **k: pytest.fail("inference ran before the check"))
     (tmp_path / "preds").mkdir()
     assert main(["predict", str(plain_run), str(plain_data / "test"), "--out", str(tmp_path / "preds")]) == 2
     err = _one_line_error(capsys, "predict")

@@ -13,7 +13,6 @@ import importlib  # noqa: E402
 
 from fdalign.errors import FDAlignError  # noqa: E402
 
-# ``fdalign.export`` and ``fdalign.predict`` are modules (their functions are export_run / predict_images).
 _EXPORTS = {
     "TrainConfig": "fdalign.train.config",
     "MetaConfig": "fdalign.train.meta",
@@ -26,7 +25,9 @@ _EXPORTS = {
     "MetaEvalConfig": "fdalign.workflows.meta",
     "meta_train": "fdalign.workflows.meta",
     "meta_evaluate": "fdalign.workflows.meta",
+    "export": "fdalign.workflows.deploy",
     "export_run": "fdalign.workflows.deploy",
+    "predict": "fdalign.workflows.deploy",
     "predict_images": "fdalign.workflows.deploy",
     "load_clip": "fdalign.backends",
     "FDAlignLoss": "fdalign.losses",

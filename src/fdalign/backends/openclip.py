@@ -373,7 +373,7 @@ class OpenCLIPBackend(CLIPBackend):
     Attributes (besides :class:`CLIPBackend`'s): ``model`` (the open_clip model), ``tokenizer``,
     ``model_name`` and ``pretrained`` (what was loaded: a tag, a checkpoint path, ``"random"``,
     or ``None`` for built-ins and ``hf-hub:``/``local-dir:`` sources), ``model_cfg`` (the open_clip
-    architecture config it was built from, for :mod:`fdalign.export`; None if unknown).
+    architecture config it was built from, for :mod:`fdalign.exporting`; None if unknown).
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, model_name: str, pretrained: str | None, fingerprint: str):

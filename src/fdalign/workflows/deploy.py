@@ -1,4 +1,5 @@
-"""``fdalign.export_run`` and ``fdalign.predict_images``: a finished run as a checkpoint, or its predictions."""
+"""``fdalign.export`` and ``fdalign.predict`` (also named ``export_run`` / ``predict_images``): a finished run
+as a checkpoint, or its predictions."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from fdalign.errors import FDAlignError
 
 
 def export_run(run, format: str, out, *, wiseft_alpha=None, force: bool = False, verify: bool = True):
-    """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.export.ExportResult`.
+    """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.exporting.ExportResult`.
 
     ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf.
     """
-    from fdalign.export import export_run as _export
+    from fdalign.exporting import export_run as _export
 
     return _export(_run_dir(run), format, out, wiseft_alpha=wiseft_alpha, force=force, verify=verify)
 
@@ -28,7 +29,7 @@ def predict_images(target, images: Sequence[str | os.PathLike], *, out=None, top
     ``images``: files and folders (searched recursively).
     """
     from fdalign.io import atomic_write_text
-    from fdalign.predict import collect_images, load_classifier, predict, predictions_csv, target_kind
+    from fdalign.prediction import collect_images, load_classifier, predict, predictions_csv, target_kind
     from fdalign.train.trainer import resolve_device
 
     target = _run_dir(target)
@@ -68,3 +69,7 @@ def _check_csv_out(out) -> None:
 
 def _run_dir(run) -> str:
     return str(getattr(run, "out", run))
+
+
+export = export_run  # fdalign.export(run, format, out)
+predict = predict_images  # fdalign.predict(run_or_export, images, out=...)

@@ -35,7 +35,7 @@ class Classifier:
 
 def target_kind(target: str | os.PathLike, wiseft_alpha: float | str | None = None) -> str:
     """``"export"`` or ``"run"`` (a finished one), checked without loading anything heavy."""
-    from fdalign.export import MANIFEST_FILE, finished_run, parse_alpha
+    from fdalign.exporting import MANIFEST_FILE, finished_run, parse_alpha
     from fdalign.train.run import CONFIG_FILE
 
     target = Path(target)
@@ -61,7 +61,7 @@ def load_classifier(target: str | os.PathLike, wiseft_alpha: float | str | None 
 
 
 def _from_run(run_dir: Path, wiseft_alpha, device) -> Classifier:
-    from fdalign.export import apply_weights, parse_alpha, resolve_alpha
+    from fdalign.exporting import apply_weights, parse_alpha, resolve_alpha
     from fdalign.train.run import load_run
 
     alpha = parse_alpha(wiseft_alpha)
@@ -76,7 +76,7 @@ def _from_run(run_dir: Path, wiseft_alpha, device) -> Classifier:
 
 def _from_export(out: Path, device) -> Classifier:
     from fdalign.backends import load_clip
-    from fdalign.export import HEAD_FILE, MANIFEST_FILE, load_head
+    from fdalign.exporting import HEAD_FILE, MANIFEST_FILE, load_head
     from fdalign.io import read_json
 
     manifest = read_json(out / MANIFEST_FILE, "export manifest")
