@@ -221,3 +221,18 @@ def test_meta_eval_of_a_model_name_is_zero_shot_only(tiny_openclip, data, tmp_pa
     rc = main(["meta-eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--data", str(data["mini"]),
                "--ways", "9", "--templates", str(data["templates"])])
     assert rc == 2 and "9-way episodes need 9 classes but 'novel' has 4;" in capsys.readouterr().err
+
+
+def test_a_second_meta_train_on_one_run_directory_is_refused(tiny_openclip, data, tmp_path, capsys):
+    from test_integrity import _hold_lock_in_child
+
+    out = tmp_path / "r"
+    holder = _hold_lock_in_child(out)
+    try:
+        rc = main(_train_args(tiny_openclip, data, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pid {holder.pid}" in err, err
+    assert not (out / "config.yaml").exists()  # it wrote nothing

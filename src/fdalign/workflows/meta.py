@@ -61,13 +61,21 @@ class MetaEvalConfig(ModelOptions):
 
 def meta_train(config) -> MetaRun:
     """Run ``fdalign meta-train`` with ``config`` (a :class:`~fdalign.train.meta.MetaConfig`)."""
-    from fdalign.data import split_hash
-    from fdalign.data.episodes import TRAIN_FLAGS, class_pool, load_class_splits
-    from fdalign.prompts import load_templates
     from fdalign.workflows.kshot import check_run_request
+
+    from fdalign.io import run_lock
 
     cfg = config.validate()
     check_run_request(cfg)
+    with run_lock(cfg.out, "run directory"):  # one process per run directory, as fdalign.finetune
+        return _meta_train_locked(cfg)
+
+
+def _meta_train_locked(cfg) -> MetaRun:
+    from fdalign.data import split_hash
+    from fdalign.data.episodes import TRAIN_FLAGS, class_pool, load_class_splits
+    from fdalign.prompts import load_templates
+
     out = Path(cfg.out)
     templates = load_templates(cfg.templates)
     splits = load_class_splits(cfg.data, cfg.image_root, cfg.classnames)
