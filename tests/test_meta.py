@@ -236,3 +236,13 @@ def test_a_second_meta_train_on_one_run_directory_is_refused(tiny_openclip, data
     err = capsys.readouterr().err
     assert rc == 2 and f"pid {holder.pid}" in err, err
     assert not (out / "config.yaml").exists()  # it wrote nothing
+
+
+def test_a_diverged_meta_train_stops_with_one_line_and_writes_no_scores(tiny_openclip, data, tmp_path, capsys):
+    out = tmp_path / "r"
+    # one step: its loss is finite, the weights after it are not (the loss check alone would not see it)
+    rc = main(_train_args(tiny_openclip, data, out, "--lr", "inf", "--test-episodes", "2", "--test-shots", "1",
+                          "--episodes-per-epoch", "2", "--epochs", "1"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "diverged" in err.strip().splitlines()[-1] and "Traceback" not in err, err
+    assert not (out / "metrics.json").exists()  # no episode accuracy for a NaN encoder

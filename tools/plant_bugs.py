@@ -45,7 +45,7 @@ BUGS += [
  ("linear probe at --lr", "src/fdalign/train/trainer.py", 'Phase("linear-probe", 0, cfg.epochs, cfg.lp_lr', 'Phase("linear-probe", 0, cfg.epochs, cfg.lr'),
  ("NaN logit rows rank 0 (correct)", "src/fdalign/eval/metrics.py", "return torch.where(torch.isfinite(logits).all(dim=1), rank, torch.full_like(rank, logits.shape[1]))", "return rank"),
  ("NaN episode rows counted by argmax", "src/fdalign/eval/episodes.py", " & torch.isfinite(logits).all(-1)", ""),
- ("non-finite weights not checked", "src/fdalign/train/trainer.py", "_check_finite_weights(encoder, head, epoch + 1, phase.lr)", "pass"),
+ ("non-finite weights not checked", "src/fdalign/train/trainer.py", "check_finite_weights(encoder, head, epoch + 1, phase.lr)", "pass"),
  ("predict keeps NaN rows", "src/fdalign/prediction.py", "finite = torch.isfinite(logits).all(dim=1)", "finite = torch.ones(len(logits), dtype=torch.bool)"),
  ("spurious cosine in bf16", "src/fdalign/losses.py", "        features = features.float()\n    with torch.autocast", "        pass\n    with torch.autocast"),
  ("content hash not checked", "src/fdalign/io.py", 'if status == "bad" or (status == "missing" and require_hash):', "if False:"),

@@ -273,6 +273,7 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
 
     from fdalign.heads import PrototypeHead
     from fdalign.train.checkpoint import save_checkpoint
+    from fdalign.train.trainer import check_finite_weights
     from fdalign.train.run import MODEL_FILE, SELECTION_FILE, save_model
     from fdalign.train.trainer import _CSVLog, _tensorboard, build_optimizer, param_groups, resolve_device
 
@@ -322,6 +323,7 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
             _train_epoch(bar, encoder, frozen, proto, optimizer, spurious.to(device), settings, cfg, state,
                          total_steps, device, log_row)
             bar.close()
+            check_finite_weights(encoder, proto, epoch + 1, cfg.lr)  # a NaN encoder scores every episode "right"
             # ---- end of epoch: validate on val-class episodes, keep the best, checkpoint ------------
             acc = _val_accuracy(encoder, proto, val_set, val_eps, cfg, device)
             state.epoch, improved = epoch + 1, acc > state.best  # ties keep the earlier epoch, as select() does

@@ -505,7 +505,7 @@ class _Interrupts:
         return False
 
 
-def _check_finite_weights(encoder: nn.Module, head: nn.Module, epoch: int, lr: float) -> None:
+def check_finite_weights(encoder: nn.Module, head: nn.Module, epoch: int, lr: float) -> None:
     """A diverged model must stop the run, not be validated, selected and reported (NaN logits)."""
     for what, module in (("encoder", encoder), ("head", head)):
         for name, p in module.named_parameters():
@@ -663,7 +663,7 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
                         f0cache.save(view_epoch(cfg, epoch), fill)
 
                 # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
-                _check_finite_weights(encoder, head, epoch + 1, phase.lr)
+                check_finite_weights(encoder, head, epoch + 1, phase.lr)
                 top1 = _val_top1(encoder, head, val_set, cfg, device)
                 val_hist.append(top1)
                 improved = top1 > best_val  # strict: ties keep the earlier epoch, as select() does
