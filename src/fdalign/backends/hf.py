@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -100,41 +98,21 @@ def _image_spec(processor, image_size: int) -> ImageSpec:
     )
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hub (``HF_ENDPOINT``) opens within ``timeout`` seconds.
+    """Whether the Hub (``HF_ENDPOINT``) answers within ``timeout`` seconds: checked before any download
+    attempt because, with no network, the hub client retries for about half a minute before failing."""
+    from fdalign.backends.hub import host_reachable, hub_endpoint
 
-    Checked before any download attempt because, with no network, the hub client retries for
-    about half a minute before failing. The probe runs in a thread so a hanging DNS lookup is cut
-    off at ``timeout`` too.
-    """
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    result: list[bool] = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(result and result[0])
+    return host_reachable(hub_endpoint(), timeout)
 
 
 def _offline_reason() -> str | None:
     """Why the Hub cannot be asked (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, or no network), or None."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if _env_true(var):
-            return f"{var} is set"
+    from fdalign.backends.hub import offline_switch
+
+    var = offline_switch()
+    if var:
+        return f"{var} is set"
     if not _hub_reachable():
         return f"no network connection to {os.environ.get('HF_ENDPOINT') or 'huggingface.co'}"
     return None
