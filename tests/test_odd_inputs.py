@@ -16,6 +16,7 @@ import zlib
 
 import pytest
 from _synth import make_imagefolder
+from test_messages import _error as _one_line_error, _model, _train  # the shared command lines
 
 from fdalign.cli import main
 
@@ -23,24 +24,6 @@ CLASSES = ["red apple", "green leaf", "blue sky"]
 ODD = b"caf\xe9.png"  # Latin-1 bytes: not valid UTF-8, as on an old camera card or a Windows share
 
 pytestmark = pytest.mark.usefixtures("cli_env")
-
-
-def _model(tiny):
-    return ["--model-config", str(tiny["config"]), "--pretrained", str(tiny["checkpoint"])]
-
-
-def _train(tiny, data, out, *extra):
-    return ["train", *_model(tiny), "--data", str(data), "--shots", "2", "--epochs", "1", "--batch-size", "3",
-            "--num-workers", "0", "--templates", "tip7", "--spc-keep", "3", "--spc-k", "2", "--device", "cpu",
-            "--no-progress", "--no-tensorboard", "--out", str(out), *extra]
-
-
-def _one_line_error(capsys, command):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err, err
-    last = err.splitlines()[-1]
-    assert last.startswith(f"fdalign {command}: error: "), err
-    return last
 
 
 @pytest.fixture(scope="module")
