@@ -52,8 +52,19 @@ def model_alpha(model: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+class _Keyed:
+    """The report's key of a run: data set, shots, seed and the method it was run as."""
+
+    def __post_init__(self):
+        self.base_method = self.base_method or self.method
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/k{self.shots}/s{self.seed}/{self.base_method}"
+
+
 @dataclass
-class RunRecord:
+class RunRecord(_Keyed):
     """One training run as the report sees it; ``method`` is its row name (with a settings suffix
     when runs of the same key differ), ``base_method`` the method it was run as."""
 
@@ -69,13 +80,6 @@ class RunRecord:
     config: dict
     environment: dict = field(default_factory=dict)
     base_method: str = ""
-
-    def __post_init__(self):
-        self.base_method = self.base_method or self.method
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}/k{self.shots}/s{self.seed}/{self.base_method}"
 
     @property
     def id_set(self) -> str:
@@ -109,7 +113,7 @@ class RunRecord:
 
 
 @dataclass
-class EpisodeRecord:
+class EpisodeRecord(_Keyed):
     """One meta-training run (`fdalign meta-train`): ``metrics[target][setting][model][head]`` = mean, ci95."""
 
     dir: Path
@@ -121,13 +125,6 @@ class EpisodeRecord:
     shots: int = 0  # the training episodes' K
     hashes: dict = field(default_factory=dict)
     base_method: str = ""
-
-    def __post_init__(self):
-        self.base_method = self.base_method or self.method
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}/k{self.shots}/s{self.seed}/{self.base_method}"
 
 
 @dataclass
