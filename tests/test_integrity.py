@@ -12,24 +12,13 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder
 
 from fdalign.cli import main
 from fdalign.errors import FDAlignError
 
-CLASSES = ["red apple", "green leaf", "blue sky"]  # not sorted: label order must survive
-TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
+from test_cli_train import CLASSES, TEMPLATES, folders  # noqa: F401 (the generated folders and templates)
 
 pytestmark = pytest.mark.usefixtures("cli_env")
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    d = tmp_path_factory.mktemp("integrity")
-    idf = make_imagefolder(d / "id", CLASSES, n_train=4, n_test=2, seed=0)
-    tfile = d / "templates.txt"
-    tfile.write_text("\n".join(TEMPLATES) + "\n")
-    return {"id": idf, "templates": tfile}
 
 
 def _args(tiny, folders, out, *extra):
@@ -281,16 +270,21 @@ def _hold_lock_in_child(directory):
     return p
 
 
-def test_second_process_on_a_run_directory_is_refused(tiny_openclip, folders, tmp_path, capsys):
-    out = tmp_path / "run"
+def run_while_locked(out, argv) -> tuple[int, int]:
+    """``fdalign argv`` while another process holds ``out``'s run lock: (exit code, the holder's pid)."""
     holder = _hold_lock_in_child(out)
     try:
-        rc = main(_args(tiny_openclip, folders, out))
+        return main(argv), holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_second_process_on_a_run_directory_is_refused(tiny_openclip, folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, pid = run_while_locked(out, _args(tiny_openclip, folders, out))
     err = capsys.readouterr().err
-    assert rc == 2 and f"pid {holder.pid}" in err and "in use by another fdalign process" in err, err
+    assert rc == 2 and f"pid {pid}" in err and "in use by another fdalign process" in err, err
     assert not (out / "config.yaml").exists() and not (out / "splits").exists()  # it wrote nothing
 
 

@@ -224,17 +224,12 @@ def test_meta_eval_of_a_model_name_is_zero_shot_only(tiny_openclip, data, tmp_pa
 
 
 def test_a_second_meta_train_on_one_run_directory_is_refused(tiny_openclip, data, tmp_path, capsys):
-    from test_integrity import _hold_lock_in_child
+    from test_integrity import run_while_locked
 
     out = tmp_path / "r"
-    holder = _hold_lock_in_child(out)
-    try:
-        rc = main(_train_args(tiny_openclip, data, out))
-    finally:
-        holder.kill()
-        holder.wait()
+    rc, pid = run_while_locked(out, _train_args(tiny_openclip, data, out))
     err = capsys.readouterr().err
-    assert rc == 2 and f"pid {holder.pid}" in err, err
+    assert rc == 2 and f"pid {pid}" in err, err
     assert not (out / "config.yaml").exists()  # it wrote nothing
 
 
