@@ -228,3 +228,14 @@ def test_slurm_dry_run_prints_the_array_it_would_submit(tiny_openclip, world, tm
                  "task 3: w/k1/s2/fine-tune"]:
         assert line in text, text
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_report_states_the_cost(one_worker, tmp_path):
+    from fdalign.experiments.report import build_report
+
+    rep = build_report([one_worker["out"]], tmp_path, plots=False, features=False)
+    cost = dict(rep.sections)["Cost"]
+    book = json.loads((one_worker["out"] / "sweep.json").read_text())["cost"]
+    assert f"{book['cache']['hits']} hits" in cost[0] and f"{book['wall_seconds']:.0f} s wall" in cost[0]
+    assert [row[0] for row in cost[1].rows] == list(book["busy_seconds"]) == [
+        json.loads((r.dir(one_worker["out"]) / "status.json").read_text())["worker"] for r in one_worker["runs"][:1]]

@@ -56,7 +56,7 @@ class CacheStats:
 
     def to_json(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt,
-                "seconds_saved": round(self.seconds_saved, 2)}
+                "seconds_saved": round(self.seconds_saved, 2), "passes": dict(self.passes)}
 
 
 class FeatureCache:

@@ -682,11 +682,15 @@ class _Book:
     def cost(self) -> dict:
         busy: dict[str, float] = {}
         cache = {"hits": 0, "misses": 0, "corrupt": 0, "seconds_saved": 0.0}
+        passes: dict[str, int] = {}  # encoder passes the cache computed, per evaluated set
         for rec in self.records.values():
             if rec.get("worker") and rec.get("busy") is not None:
                 busy[rec["worker"]] = round(busy.get(rec["worker"], 0.0) + float(rec["busy"]), 2)
             for k in cache:
                 cache[k] += (rec.get("cache") or {}).get(k, 0)
+            for name, n in ((rec.get("cache") or {}).get("passes") or {}).items():
+                passes[name] = passes.get(name, 0) + int(n)
+        cache["passes"] = passes
         cache["seconds_saved"] = round(cache["seconds_saved"], 2)
         now = {"started": round(self.t_start, 1), "wall_seconds": round(time.time() - self.t_start, 1),
                "launcher": self.launcher, "workers": self.slots}
