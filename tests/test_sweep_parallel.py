@@ -239,3 +239,21 @@ def test_the_report_states_the_cost(one_worker, tmp_path):
     assert f"{book['cache']['hits']} hits" in cost[0] and f"{book['wall_seconds']:.0f} s wall" in cost[0]
     assert [row[0] for row in cost[1].rows] == list(book["busy_seconds"]) == [
         json.loads((r.dir(one_worker["out"]) / "status.json").read_text())["worker"] for r in one_worker["runs"][:1]]
+
+
+def test_a_cell_trained_outside_the_sweep_from_its_request_is_done(tiny_openclip, world, tmp_path):
+    """The DDP-per-cell recipe: `fdalign train --config RUN/request.yaml` (torchrun) in a job of its own."""
+    from fdalign import finetune
+
+    cfg = sw.SweepConfig.from_dict(grid(tiny_openclip, world, seeds=[1], methods={"fine-tune": {"beta": 0.0}}))
+    run = sw.plan_runs(cfg)[0]
+    rc = sw.run_config(cfg, run, tmp_path)
+    run.dir(tmp_path).mkdir(parents=True)
+    rc.to_yaml(run.dir(tmp_path) / sw.REQUEST_FILE)
+    finetune(rc)
+    mtime = (run.dir(tmp_path) / "metrics.json").stat().st_mtime_ns
+    res = sw.run_sweep(cfg, tmp_path, progress=False, log=lambda m: None, feature_cache=False)
+    assert res.runs[0]["state"] == "done" and res.failed == 0
+    assert not (run.dir(tmp_path) / "train.log").exists()  # the sweep trained nothing
+    assert (run.dir(tmp_path) / "metrics.json").stat().st_mtime_ns == mtime
+    assert sw.run_state(run.dir(tmp_path)) == "done"

@@ -411,6 +411,12 @@ def run_cell(cell: Cell) -> dict:
         takeover = [str(w.message) for w in caught if "taking over" in str(w.message)]
         if run_state(run_dir) == "done":
             return {"state": "done", "skipped": True, "worker": worker, "busy": 0.0}
+        if run_state(run_dir) == "new" and (run_dir / "metrics.json").is_file():
+            # trained outside the sweep from its request.yaml (e.g. torchrun in a job of its own): done
+            status = {"run": cell.run.to_json(), "state": "done", "outside": "trained outside the sweep",
+                      "started": t0, "environment": cell.env}
+            atomic_write_json(run_dir / STATUS_FILE, status)
+            return {**status, "skipped": True, "worker": worker, "busy": 0.0}
         cache = stack.enter_context(featcache.enabled(cell.feature_cache))
         status = execute_run(cell.run, cell.config, out, cell.env, cell.keep_checkpoints, cell.heads,
                              cell.heads_preset)
