@@ -185,6 +185,7 @@ def test_ctrl_c_stops_both_workers_and_the_next_call_redoes_no_finished_run(tiny
     finished = [r for r, s in zip(runs, states) if s == "done"]
     assert finished and len(finished) < len(runs), (states, first)
     assert "running" not in states, (states, first)  # every worker stopped cleanly: interrupted or done
+    assert "interrupted" in states, (states, first)  # the busy workers were stopped, not left to finish
     mtimes = {r.key: (r.dir(out) / "metrics.json").stat().st_mtime_ns for r in finished}
     again = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -62,6 +62,18 @@ BUGS += [
  ("a killed export's temp folder kept", "src/fdalign/io.py", 'for p in [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.old")]:', "for p in []:"),
  ("disk full: no one-line message", "src/fdalign/io.py", "if isinstance(e, OSError) and e.errno in _FULL:", "if False:"),
 ]
+# issue 18 (parallel sweeps, feature cache): run with tests/test_sweep_parallel.py tests/test_featcache.py
+BUGS += [
+ ("sweep cells not claimed", "src/fdalign/experiments/sweep.py", 'stack.enter_context(run_lock(run_dir, "sweep cell"))', "pass"),
+ ("feature cache key ignores the preprocessing", "src/fdalign/eval/featcache.py", '"preprocessing": repr(transform)', '"preprocessing": ""'),
+ ("feature cache key ignores the labels", "src/fdalign/eval/featcache.py", '|{s.label}\\n', '\\n'),
+ ("corrupt cache entry used", "src/fdalign/eval/featcache.py", 'read_safetensors(p, "feature cache entry", require_hash=True)', '(__import__("safetensors.torch").torch.load_file(p), {"key": key})'),
+ ("zero-shot encoder not marked frozen", "src/fdalign/workflows/kshot.py", "    frozen(zs_encoder)  #", "    (zs_encoder)  #"),
+ ("every cell on worker 0", "src/fdalign/experiments/launchers.py", "for slot in range(self.workers):", "for slot in range(1):"),
+ ("Ctrl-C not passed to the workers", "src/fdalign/experiments/launchers.py", "os.kill(pools[slot][1], signal.SIGINT)", "pass"),
+ ("finished cells resubmitted", "src/fdalign/experiments/sweep.py", 'todo = [r for r in runs if records[r]["state"] not in ("done", "damaged")]', 'todo = [r for r in runs if records[r]["state"] not in ("damaged",)]'),
+ ("off switch ignored", "src/fdalign/eval/featcache.py", "return None if _active[-1] is _OFF else _active[-1]", "return FeatureCache(os.environ[ENV]) if ENV in os.environ else None"),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):

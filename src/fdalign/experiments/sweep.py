@@ -394,8 +394,8 @@ def run_cell(cell: Cell) -> dict:
     import socket
     import warnings
 
-    from fdalign.eval import featcache
     from fdalign.io import RunLockedError, run_lock
+    from fdalign.workflows.parts import featcache
 
     out, t0 = Path(cell.out), time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}"
