@@ -634,10 +634,12 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
         raise
     finally:
         progress_line.close()
-    if not getattr(launcher, "wait", True):  # handed to Slurm: the next call reads what the jobs did
-        for r in todo:
-            if records[r]["state"] == "running":
+    for r in todo:
+        if records[r]["state"] == "running":
+            if not getattr(launcher, "wait", True):  # handed to Slurm: the next call reads what the jobs did
                 records[r]["state"] = "submitted"
+            else:  # claimed by another sweep process: what it has done by now
+                records[r].update(_recorded(r.dir(out)))
     book.save()
     failed = damaged + sum(records[r]["state"] == "failed" for r in todo)
     return SweepResult(out=out, runs=[records[r] for r in runs], executed=progress_line.executed, skipped=skipped,
