@@ -421,6 +421,8 @@ def run_cell(cell: Cell) -> dict:
         status = execute_run(cell.run, cell.config, out, cell.env, cell.keep_checkpoints, cell.heads,
                              cell.heads_preset)
         status = dict(status, worker=worker, busy=round(time.time() - t0, 2))
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the worker's pinned device(s)
+            status["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         if cache is not None:
             status["cache"] = cache.stats.to_json()
         if takeover:
