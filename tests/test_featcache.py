@@ -124,3 +124,23 @@ def test_off_means_off_and_a_trained_encoder_is_never_cached(data, tmp_path, mon
         extract(trained, data)
         extract(trained, data)
     assert trained.calls == 6 and not (tmp_path / "c").exists()
+
+
+def test_two_workers_asking_at_once_run_the_encoder_once(data, tmp_path):
+    class Slow(Counting):
+        def forward(self, x):
+            import time
+
+            time.sleep(0.1)  # long enough for the second asker to arrive while the first computes
+            return super().forward(x)
+
+    enc = featcache.frozen(Slow())
+    got = []
+    with featcache.enabled(tmp_path / "c") as cache:
+        threads = [threading.Thread(target=lambda: got.append(extract(enc, data))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert enc.calls == 3  # one pass of 5 images in batches of 2
+    assert torch.equal(got[0][0], got[1][0]) and (cache.stats.hits, cache.stats.misses) == (1, 1)

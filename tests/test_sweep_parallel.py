@@ -115,6 +115,9 @@ def test_two_workers_give_the_same_metrics_as_one(one_worker, tmp_path):
     assert all(not w.endswith(f":{os.getpid()}") for w in workers)
     cost = json.loads((tmp_path / "out" / "sweep.json").read_text())["cost"]
     assert set(cost["busy_seconds"]) == workers and cost["wall_seconds"] > 0
+    # two workers starting together still pass the pretrained encoder over each test / OOD set once
+    sets = ["test"] + [o.split("=")[0] for o in sw.run_config(cfg, runs[0], tmp_path).ood]
+    assert {s: cost["cache"]["passes"].get(s) for s in sets} == {s: 1 for s in sets}, cost["cache"]
 
 
 def test_zero_shot_rows_equal_a_fresh_evaluation_and_the_encoder_ran_once_per_set(one_worker, tmp_path):

@@ -12,9 +12,10 @@ so a hit is the features a fresh evaluation would compute. Only encoders marked 
 (the pretrained encoder of zero-shot rows, of the heads, of a linear probe) are looked up or stored:
 a fine-tuned encoder's features are never reused, so they are not worth the disk.
 
-Entries are safetensors written atomically (:func:`fdalign.io.atomic_save_safetensors`), so two
-workers computing the same entry both write a whole file and the last rename wins; each carries its
-content hash, and an entry that fails it (or does not parse) is recomputed and rewritten, never used.
+Entries are safetensors written atomically (:func:`fdalign.io.atomic_save_safetensors`): a reader
+never sees half a file. A worker computing an entry holds its lock file (``<entry>.lock``), so a
+second worker asking for it meanwhile waits and reads it instead of running the encoder again. Each
+entry carries its content hash; one that fails it (or does not parse) is recomputed, never used.
 
 The cache is on while :func:`enabled` is active (a sweep wraps its cells in it) or when
 ``$FDALIGN_FEATURE_CACHE`` names a folder; ``enabled(None)`` (``--no-feature-cache``) switches it off.
@@ -87,6 +88,24 @@ class FeatureCache:
         self.stats.hits += 1
         self.stats.seconds_saved += float(meta.get("seconds", 0.0))
         return tensors["features"], tensors["labels"]
+
+    @contextlib.contextmanager
+    def computing(self, key: str) -> Iterator[None]:
+        """Hold the entry's lock (an OS file lock: it dies with its process) while computing it. Without a
+        usable lock file (a read-only cache) the entry is simply computed."""
+        import filelock
+
+        try:
+            self.path(key).parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(str(self.path(key)) + ".lock", is_singleton=False)
+            lock.acquire()
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     def put(self, key: str, features: torch.Tensor, labels: torch.Tensor, seconds: float, what: dict) -> None:
         from fdalign.io import atomic_save_safetensors
@@ -179,6 +198,14 @@ def cache_key(encoder: nn.Module, dataset, precision: str, device) -> tuple[str,
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def extract_features(encoder: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
                      precision: str = "fp32", progress: bool = True, desc: str = "features"):
     """:func:`fdalign.eval.features.extract_features` (``features [N, D]``, ``labels [N]``), read from
@@ -192,15 +219,20 @@ def extract_features(encoder: nn.Module, dataset, batch_size: int = 256, device=
     if keyed is None:
         return F.extract_features(encoder, dataset, **kw)
     key, what = keyed
+    seen = _stamp(cache.path(key))
     hit = cache.get(key)
     if hit is not None:
         return hit
-    t0 = time.perf_counter()
-    feats, labels = F.extract_features(encoder, dataset, **kw)
-    cache.stats.misses += 1
-    name = getattr(dataset.split, "name", "?")
-    cache.stats.passes[name] = cache.stats.passes.get(name, 0) + 1
-    cache.put(key, feats, labels, time.perf_counter() - t0, what)
+    with cache.computing(key):  # a second worker asking for the same entry waits for it, then reads it
+        hit = cache.get(key) if _stamp(cache.path(key)) != seen else None  # written meanwhile
+        if hit is not None:
+            return hit
+        t0 = time.perf_counter()
+        feats, labels = F.extract_features(encoder, dataset, **kw)
+        cache.stats.misses += 1
+        name = getattr(dataset.split, "name", "?")
+        cache.stats.passes[name] = cache.stats.passes.get(name, 0) + 1
+        cache.put(key, feats, labels, time.perf_counter() - t0, what)
     return feats, labels
 
 
