@@ -95,6 +95,19 @@ BUGS += [
  ("non-UTF-8 JSON traceback", "src/fdalign/io.py", "    except UnicodeDecodeError as e:", "    except KeyError as e:"),
  ("'...' class folder dropped silently", "src/fdalign/data/datasets.py", 'if c.name.startswith(".") and c.is_dir() and any(', 'if False and any('),
 ]
+# issue 18 (parallel sweeps, feature cache): run with tests/test_sweep_parallel.py tests/test_featcache.py
+BUGS += [
+ ("sweep cells not claimed", "src/fdalign/experiments/sweep.py", 'stack.enter_context(run_lock(run_dir, "sweep cell"))', "pass"),
+ ("feature cache key ignores the preprocessing", "src/fdalign/eval/featcache.py", '"preprocessing": repr(transform)', '"preprocessing": ""'),
+ ("feature cache key ignores the labels", "src/fdalign/eval/featcache.py", '|{s.label}\\n', '\\n'),
+ ("corrupt cache entry used", "src/fdalign/eval/featcache.py", 'read_safetensors(p, "feature cache entry", require_hash=True)', '(__import__("safetensors.torch").torch.load_file(p), {"key": key})'),
+ ("zero-shot encoder not marked frozen", "src/fdalign/workflows/kshot.py", "    frozen(zs_encoder)  #", "    (zs_encoder)  #"),
+ ("every cell on worker 0", "src/fdalign/experiments/launchers.py", "for slot in range(self.workers):", "for slot in range(1):"),
+ ("Ctrl-C not passed to the workers", "src/fdalign/experiments/launchers.py", "os.kill(pools[slot][1], signal.SIGINT)", "pass"),
+ ("finished cells resubmitted", "src/fdalign/experiments/sweep.py", 'todo = [r for r in runs if records[r]["state"] not in ("done", "damaged")]', 'todo = [r for r in runs if records[r]["state"] not in ("damaged",)]'),
+ ("concurrent askers both compute", "src/fdalign/eval/featcache.py", "with cache.computing(key):", "with contextlib.nullcontext():"),
+ ("off switch ignored", "src/fdalign/eval/featcache.py", "return None if _active[-1] is _OFF else _active[-1]", "return FeatureCache(os.environ[ENV]) if ENV in os.environ else None"),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):

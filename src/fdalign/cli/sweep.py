@@ -25,6 +25,12 @@ examples:
   fdalign sweep demo --out sweeps/demo && fdalign report sweeps/demo
   fdalign sweep coop --data-root /data/coop --out sweeps/coop
   fdalign sweep my_grid.yaml --out sweeps/mine --dry-run
+  fdalign sweep coop --data-root /data/coop --out sweeps/coop --workers 4 --devices 0,1,2,3
+  fdalign sweep coop --data-root /data/coop --out sweeps/coop --launcher slurm --partition gpu --time 120
+
+Two sweep processes (or Slurm tasks) may share OUT: each cell is claimed through its run directory's
+lock (.fdalign.lock, owner host + pid), so no cell runs twice; a lock left by a dead process is
+taken over, and that is said.
 """
 
 
@@ -49,7 +55,49 @@ def register(subparsers) -> None:
                         "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
                         "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1. Repeatable")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
+    p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="share the frozen encoder's features (zero-shot rows, the heads' cache) across the runs, "
+                   "in OUT/cache/features (default: the config's feature_cache, on)")
+    g = p.add_argument_group("where the cells run")
+    g.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: this machine (--workers processes); slurm: one Slurm array task per cell, via "
+                   "submitit (pip install 'fdalign[slurm]'); submitit-local: the Slurm path on this machine")
+    g.add_argument("--workers", type=int, default=1, help="cells run at a time, each in its own process (local)")
+    g.add_argument("--devices", default=None, help="GPUs to pin the workers to, e.g. 0,1,2,3 (worker i gets "
+                   "CUDA_VISIBLE_DEVICES=devices[i mod n]; default: every worker sees every GPU)")
+    g.add_argument("--partition", default=None, help="Slurm partition")
+    g.add_argument("--time", type=int, default=240, help="Slurm time limit per cell, in minutes")
+    g.add_argument("--gpus-per-task", type=int, default=1, help="GPUs per cell (Slurm)")
+    g.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per cell (Slurm)")
+    g.add_argument("--mem-gb", type=int, default=None, help="memory per cell in GB (Slurm)")
+    g.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (Slurm)")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra sbatch flag, repeatable: --sbatch account=proj --sbatch qos=high")
+    g.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="Slurm: submit and return (run the command again to collect and resubmit)")
     p.set_defaults(func=run)
+
+
+def make_launcher(args: argparse.Namespace, cfg, out: str):
+    """The launcher the flags ask for (fdalign.experiments.launchers)."""
+    from pathlib import Path
+
+    from fdalign.errors import FDAlignError
+    from fdalign.experiments.launchers import InProcess, LocalWorkers, SlurmOptions, Submitit
+
+    if args.launcher == "local":
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
+        if args.workers < 1:
+            raise FDAlignError(f"--workers {args.workers}: give 1 or more")
+        if args.workers == 1 and not devices:
+            return InProcess()
+        return LocalWorkers(args.workers, devices)
+    opts = SlurmOptions(partition=args.partition, time=args.time, gpus_per_task=args.gpus_per_task,
+                        cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                        array_parallelism=args.array_parallelism, sbatch=list(args.sbatch))
+    opts.extra()  # a malformed --sbatch stops here
+    return Submitit(str(Path(out) / "slurm"), opts, local=args.launcher == "submitit-local", wait=args.wait,
+                    name=f"fdalign-{cfg.name}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_sweep_config(args.config)
     cfg.overrides = {**cfg.overrides, **parse_overrides(args.overrides)}
+    launcher = make_launcher(args, cfg, args.out)
     if args.dry_run:
         rows = preview(cfg, args.out, data_root=args.data_root, only=args.only, limit=args.limit)
         for r, state, note in rows:
@@ -66,8 +115,23 @@ def run(args: argparse.Namespace) -> int:
         refused = [note for _, state, note in rows if state == "refused"]
         if refused:
             raise FDAlignError(f"{len(refused)} run(s) would be refused by the real run; the first: {refused[0]}")
+        if hasattr(launcher, "options"):  # what the Slurm launcher would submit
+            todo = [r for r, state, _ in rows if state not in ("done", "damaged")]
+            live = launcher.live([r.key for r in todo])
+            todo = [r for r in todo if r.key not in live]
+            if todo:
+                print(f"would submit {len(todo)} array task(s), one per cell, logs in {launcher.folder}:")
+                print("\n".join(launcher.options.sbatch_lines(len(todo), launcher.name)))
+                for i, r in enumerate(todo):
+                    print(f"  task {i}: {r.key}")
+            else:
+                print("nothing to submit")
         return 0
-    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress, only=args.only, limit=args.limit)
+    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress, launcher=launcher,
+                    feature_cache=args.feature_cache, only=args.only, limit=args.limit)
+    cost = res.cost
+    cache = cost.get("cache", {})
     print(f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
-          f"{res.failed} failed ({res.seconds:.0f} s); report: fdalign report {args.out}")
+          f"{res.failed} failed ({res.seconds:.0f} s); feature cache: {cache.get('hits', 0)} hits, "
+          f"{cache.get('seconds_saved', 0):.0f} s saved; report: fdalign report {args.out}")
     return 1 if res.failed else 0

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fdalign.errors import FDAlignError
+from fdalign.eval import featcache
 from fdalign.eval.features import extract_features
 from fdalign.eval.pipeline import EvalSet, run_evaluation
 from fdalign.heads import PrototypeHead
@@ -262,7 +263,7 @@ def evaluate_heads(
             kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, precision=precision,
                       progress=progress)
             features[id(enc)] = (*encode_cache(enc, data, cfg, kw, _training_epochs(heads, cfg)),
-                                 extract_features(enc, data.val, desc="val", **kw))
+                                 featcache.extract_features(enc, data.val, desc="val", **kw))
         (tf, ty), views, (vf, vy) = features[id(enc)]
         val = feature_split(vf, vy, "val", data.val_description)
         fitted[label] = fit_heads(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress, views)
@@ -305,7 +306,7 @@ def encode_cache(encoder, data: CacheData, cfg: HeadsConfig, kw: dict, fresh: in
     draws (seeds after the cache's), one per training epoch, as the authors re-augment every epoch.
     """
     if data.augmented is None or (cfg.views <= 0 and not (cfg.fresh_views and fresh)):
-        return extract_features(encoder, data.train, desc="cache", **kw), None
+        return featcache.extract_features(encoder, data.train, desc="cache", **kw), None
 
     def draws(first, n, what):
         out = []
@@ -320,7 +321,7 @@ def encode_cache(encoder, data: CacheData, cfg: HeadsConfig, kw: dict, fresh: in
         views, y = draws(0, cfg.views, "cache view")
         keys = (views.mean(0), y)
     else:
-        keys, views = extract_features(encoder, data.train, desc="cache", **kw), None
+        keys, views = featcache.extract_features(encoder, data.train, desc="cache", **kw), None
     if cfg.fresh_views and fresh:
         views, _ = draws(max(cfg.views, 0), fresh, "training view")
     return keys, views

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fdalign.eval.features import extract_features
+from fdalign.eval import featcache
 from fdalign.eval.metrics import remap_labels, restrict_logits, topk_accuracy
 
 ROLES = ("test", "val", "ood")
@@ -98,7 +98,8 @@ def run_evaluation(
     results: dict[str, dict[str, dict]] = {s: {} for s in eval_sets}
     for set_name, es in eval_sets.items():
         for encoder, names in groups.values():
-            feats, labels = extract_features(
+            # a frozen encoder's features may come from the sweep's feature cache (fdalign.eval.featcache)
+            feats, labels = featcache.extract_features(
                 encoder, es.dataset, batch_size=batch_size, device=device, num_workers=num_workers,
                 precision=precision, progress=progress, desc=f"{set_name} ({', '.join(names)})",
             )

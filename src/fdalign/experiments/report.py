@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 import os
 import re
@@ -248,6 +249,36 @@ def environment_lines(runs: list[RunRecord]) -> list[str]:
     return lines
 
 
+def _sweep_costs(paths) -> list[tuple[Path, dict]]:
+    out = []
+    for p in paths:
+        f = Path(p) / "sweep.json"
+        if f.is_file():
+            try:
+                cost = json.loads(f.read_text(encoding="utf-8")).get("cost")
+            except (OSError, ValueError):
+                continue
+            if isinstance(cost, dict):
+                out.append((Path(p), cost))
+    return out
+
+
+def cost_section(paths) -> list[Any]:
+    """What each sweep cost (its sweep.json): wall time over its invocations, busy time per worker, and
+    the feature cache's hits and the encoder time they saved."""
+    items: list[Any] = []
+    for p, c in _sweep_costs(paths):
+        cache = c.get("cache") or {}
+        busy = c.get("busy_seconds") or {}
+        items.append(f"**{p}**: {c.get('wall_seconds', 0):.0f} s wall over {len(c.get('invocations') or [])} "
+                     f"invocation(s); {sum(busy.values()):.0f} s busy on {len(busy)} worker(s); feature cache "
+                     f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, {cache.get('corrupt', 0)} corrupt "
+                     f"entries recomputed, {cache.get('seconds_saved', 0):.0f} s of encoder time saved.")
+        if busy:
+            items.append(Table(["worker (host:pid)", "busy s"], [[w, f"{b:.0f}"] for w, b in busy.items()]))
+    return items
+
+
 def _short(h: str) -> str:
     """``content:9f3a...`` -> ``content:9f3a12cd4e5f`` (enough to tell splits apart)."""
     kind, _, digest = h.rpartition(":")
@@ -379,6 +410,10 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
         "Nothing was selected on a test or OOD set."]))
     sections.append(("Runs read", runs_read(runs, meta)))
     sections.append(("Environment", ["\n".join(environment_lines(runs))]))
+    cost = cost_section(paths)
+    if cost:
+        sections.append(("Cost", cost))
+        summary["cost"] = {str(p): c for p, c in _sweep_costs(paths)}
     sections.append(("Split hashes", [hash_table(runs)]))
     names = ", ".join(n for n in meta["names"] if n) or "runs"
     intro = [f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "

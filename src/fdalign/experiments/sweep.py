@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fdalign.errors import FDAlignError, as_command
+from fdalign.experiments.launchers import InProcess, Interrupted
 from fdalign.io import atomic_write_json, read_json
 from fdalign.options import check_keys, read_yaml
 
@@ -85,6 +86,7 @@ class SweepConfig:
     keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
     heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
     heads_preset: str | None = None  # "authors": the heads' published settings (`fdalign eval --heads-preset`)
+    feature_cache: bool = True  # share the frozen encoder's features across runs (OUT/cache/features)
     # kshot: every run is `fdalign train`; episodes: `fdalign meta-train` (shots = the training episodes' K,
     # a data set's `ood` = its cross-domain targets, `train` = MetaConfig options)
     # base2novel: every run trains on the base classes (--base-classes); cross-dataset: every run is scored on
@@ -415,11 +417,71 @@ def _last_error(log_path: Path) -> str:
     return (errs[-1] if errs else (lines[-1] if lines else "no output")).strip()
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a run: the sweep stops (the run's checkpoint lets the next invocation resume)."""
-
-
 HEADS_DIR = "eval-heads"  # where a run's cache-head evaluation (`fdalign eval RUN --heads`) is written
+
+
+FEATURE_CACHE_DIR = "cache/features"  # OUT/cache/features: the frozen encoders' features, shared by the runs
+
+
+@dataclass
+class Cell:
+    """One cell as a launcher hands it to a worker (picklable: a local process or a Slurm array task)."""
+
+    run: RunSpec
+    config: Any  # the cell's TrainConfig / MetaConfig
+    out: str
+    env: dict
+    keep_checkpoints: bool = True
+    heads: tuple = ()
+    heads_preset: str | None = None
+    feature_cache: str | None = None  # folder of the feature cache, None: off
+
+
+def run_cell(cell: Cell) -> dict:
+    """Claim the cell (its run directory's :func:`fdalign.io.run_lock`, owner host + pid) and run it.
+
+    Returns its status record plus ``worker`` (host:pid), ``busy`` seconds and the feature ``cache``
+    counts. A cell another live process holds is ``claimed`` (not run); one found done once claimed
+    (another process finished it meanwhile) is ``done`` with ``skipped: True``; a lock left by a dead
+    process is taken over, and ``takeover`` says so."""
+    import socket
+    import warnings
+
+    from fdalign.io import RunLockedError, run_lock
+    from fdalign.workflows.parts import featcache
+
+    out, t0 = Path(cell.out), time.time()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    run_dir = cell.run.dir(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                stack.enter_context(run_lock(run_dir, "sweep cell"))
+        except RunLockedError as e:
+            return {"state": "claimed", "error": str(e), "worker": worker, "busy": 0.0}
+        takeover = [str(w.message) for w in caught if "taking over" in str(w.message)]
+        if run_state(run_dir) == "done":
+            return {"state": "done", "skipped": True, "worker": worker, "busy": 0.0}
+        if run_state(run_dir) == "new" and (run_dir / "metrics.json").is_file():
+            # trained outside the sweep from its request.yaml (e.g. torchrun in a job of its own): done
+            status = {"run": cell.run.to_json(), "state": "done", "outside": "trained outside the sweep",
+                      "started": t0, "environment": cell.env}
+            atomic_write_json(run_dir / STATUS_FILE, status)
+            return {**status, "skipped": True, "worker": worker, "busy": 0.0}
+        cache = stack.enter_context(featcache.enabled(cell.feature_cache))
+        status = execute_run(cell.run, cell.config, out, cell.env, cell.keep_checkpoints, cell.heads,
+                             cell.heads_preset)
+        status = dict(status, worker=worker, busy=round(time.time() - t0, 2))
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the worker's pinned device(s)
+            status["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        if cache is not None:
+            status["cache"] = cache.stats.to_json()
+        if takeover:
+            status["takeover"] = takeover[0]
+        atomic_write_json(run_dir / STATUS_FILE, status)  # what a Slurm task did is read back from here
+    return status
 
 
 def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True,
@@ -534,6 +596,7 @@ class SweepResult:
     skipped: int
     failed: int
     seconds: float
+    cost: dict = field(default_factory=dict)  # as in sweep.json: wall time, busy time per worker, cache hits
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -554,15 +617,17 @@ def render_world_for(cfg: SweepConfig, out: Path, progress: bool) -> Path:
 
 
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, only: Sequence[str] = (),
-              limit: int | None = None) -> SweepResult:
-    """Run (or continue) every run of ``cfg`` into ``out``; see the module docstring."""
-    from tqdm.auto import tqdm
+              log: Callable[[str], None] | None = None, launcher=None,
+              feature_cache: bool | None = None, only: Sequence[str] = (), limit: int | None = None) -> SweepResult:
+    """Run (or continue) every run of ``cfg`` into ``out``; see the module docstring.
 
+    ``launcher`` places the cells (:mod:`fdalign.experiments.launchers`; default: this process, one
+    after another); ``feature_cache`` (default: the config's) shares the frozen encoder's features."""
     t_start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
+    say = log or _tqdm_say
+    launcher = launcher or InProcess()
     if cfg.world is not None:
         world = render_world_for(cfg, out, progress)
         data_root = data_root or str(world)
@@ -572,64 +637,194 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
     configs = {r: run_config(cfg, r, out, data_root) for r in runs}
     for r, c in configs.items():
         check_existing(r.dir(out), c.to_dict())
-    records = {r: {"key": r.key, "dir": str(r.dir(out).relative_to(out)), "state": run_state(r.dir(out))} for r in runs}
-
-    def save_index():
-        atomic_write_json(out / "sweep.json", {"format": SWEEP_FORMAT, "config": cfg.to_dict(), "data_root": data_root,
-                                               "runs": [records[r] for r in runs]})
-
+    records = {r: {"key": r.key, "dir": str(r.dir(out).relative_to(out)), **_recorded(r.dir(out))} for r in runs}
+    book = _Book(out, cfg, data_root, runs, records, t_start, type(launcher).__name__, launcher.slots)
     for r in runs:  # a damaged status.json fails its own run, with the fix, and the others go on
         if records[r]["state"] == "damaged":
             records[r]["error"] = damaged_status(r.dir(out))
             say(f"{r.key}: not run: {records[r]['error']}")
-    save_index()
+    book.save()
     todo = [r for r in runs if records[r]["state"] not in ("done", "damaged")]
+    live = launcher.live([r.key for r in todo]) if hasattr(launcher, "live") else set()
+    for r in todo:
+        if r.key in live:
+            records[r]["state"] = "submitted"
+            say(f"{r.key}: its job is still queued or running: not submitted again")
+    todo = [r for r in todo if r.key not in live]
     damaged = sum(records[r]["state"] == "damaged" for r in runs)
-    skipped = len(runs) - len(todo) - damaged
+    skipped = len(runs) - len(todo) - damaged - len(live)
     if skipped:
         say(f"{skipped} of {len(runs)} runs already done in {out}: skipped")
+    use_cache = cfg.feature_cache if feature_cache is None else feature_cache
     env = environment() if todo else {}
-    durations: list[float] = []
-    failed = damaged
-    bar = tqdm(total=len(runs), initial=skipped, desc=f"sweep {cfg.name}", unit="run", disable=not progress,
-               dynamic_ncols=True)
-    current: RunSpec | None = None
+    cells = [Cell(r, _pinned(configs[r], launcher), str(out), env, cfg.keep_checkpoints, tuple(cfg.heads),
+                  cfg.heads_preset, str(out / FEATURE_CACHE_DIR) if use_cache else None) for r in todo]
+    progress_line = _Progress(cfg, runs, skipped, len(todo), launcher.slots, progress, say)
+
+    def on_start(slot: int, cell: Cell) -> None:
+        was = records[cell.run]["state"]
+        records[cell.run]["state"] = "running"  # sweep.json tells the truth even if the process dies here
+        progress_line.start(slot, cell.run, was)
+        book.save()
+
+    def on_end(slot: int, cell: Cell, status: dict) -> None:
+        rec = records[cell.run]
+        for k in ("error", "skipped", "takeover"):
+            rec.pop(k, None)
+        rec.update({k: status[k] for k in RECORD_KEYS if k in status})
+        if status["state"] == "claimed":  # another live sweep process holds it: its state is what is on disk
+            rec["state"] = run_state(cell.run.dir(out))
+        progress_line.end(slot, cell.run, status, cell.run.dir(out))
+        book.save()
+
     try:
-        for i, r in enumerate(todo):
-            left = len(todo) - i
-            eta = f", ETA {_fmt_eta(sum(durations) / len(durations) * left)}" if durations else ""
-            bar.set_postfix_str(f"{r.key}; {left} left{eta}")
-            was = records[r]["state"]
-            say(f"[{skipped + i + 1}/{len(runs)}] {r.key}: " + ("resuming" if was in ("running", "interrupted")
-                                                               else "retrying" if was == "failed" else "starting"))
-            current = r
-            records[r]["state"] = "running"  # sweep.json tells the truth even if the process dies here
-            save_index()
-            status = execute_run(r, configs[r], out, env, cfg.keep_checkpoints, cfg.heads, cfg.heads_preset)
-            current = None
-            durations.append(status["seconds"])
-            records[r].update({k: status[k] for k in ("state", "seconds", "error") if k in status})
-            if status["state"] == "failed":
-                failed += 1
-                say(f"    failed after {status['seconds']:.0f} s: {status['error']} (see {r.dir(out) / 'train.log'})")
-            else:
-                say(f"    done in {status['seconds']:.0f} s; {left - 1} left"
-                    + (f", ETA {_fmt_eta(sum(durations) / len(durations) * (left - 1))}" if left > 1 else ""))
-            save_index()
-            bar.update(1)
-    except BaseException as e:  # Ctrl-C or a crash: the index says what the run's own status.json says
-        if current is not None:
-            records[current]["state"] = run_state(current.dir(out))
-        save_index()
+        launcher.run(run_cell, cells, on_start, on_end)
+    except BaseException as e:  # Ctrl-C or a crash: the index says what the runs' own status.json says
+        for r in todo:
+            if records[r]["state"] == "running":
+                records[r].update(_recorded(r.dir(out)))
+        book.save()
         if isinstance(e, Interrupted):
             raise KeyboardInterrupt from None
         raise
     finally:
-        bar.close()
-    return SweepResult(out=out, runs=[records[r] for r in runs], executed=len(todo), skipped=skipped, failed=failed,
-                       seconds=time.time() - t_start)
+        progress_line.close()
+    for r in todo:
+        if records[r]["state"] == "running":
+            if not getattr(launcher, "wait", True):  # handed to Slurm: the next call reads what the jobs did
+                records[r]["state"] = "submitted"
+            else:  # claimed by another sweep process: what it has done by now
+                records[r].update(_recorded(r.dir(out)))
+    book.save()
+    failed = damaged + sum(records[r]["state"] == "failed" for r in todo)
+    return SweepResult(out=out, runs=[records[r] for r in runs], executed=progress_line.executed, skipped=skipped,
+                       failed=failed, seconds=time.time() - t_start, cost=book.cost())
+
+
+RECORD_KEYS = ("state", "seconds", "error", "worker", "busy", "cache", "skipped", "takeover")
+
+
+def _tqdm_say(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stdout)
+
+
+def _recorded(run_dir: Path) -> dict:
+    """A run's record from its status.json: its state, and its cost when it ran."""
+    state = run_state(run_dir)
+    rec = {"state": state}
+    if state in ("done", "failed"):
+        st = read_json(run_dir / STATUS_FILE, "run status")
+        rec.update({k: st[k] for k in RECORD_KEYS[1:] if k in st and k != "skipped"})
+    return rec
+
+
+def _pinned(train_cfg, launcher):
+    """A worker pinned to a device (CUDA_VISIBLE_DEVICES) sees it as cuda:0: ``cuda:N`` becomes ``cuda``."""
+    if getattr(launcher, "devices", None) and str(train_cfg.device).startswith("cuda:"):
+        return dataclasses.replace(train_cfg, device="cuda")
+    return train_cfg
+
+
+class _Book:
+    """``OUT/sweep.json``: the runs and their states, and the cost: wall time per invocation, busy time
+    per worker, feature-cache hits and the encoder time they saved (summed over the runs' status.json)."""
+
+    def __init__(self, out: Path, cfg: SweepConfig, data_root, runs, records, t_start, launcher: str, slots: int):
+        self.out, self.cfg, self.data_root, self.runs, self.records = out, cfg, data_root, runs, records
+        self.t_start, self.launcher, self.slots = t_start, launcher, slots
+        old = {}
+        if (out / "sweep.json").is_file():
+            try:
+                old = read_json(out / "sweep.json", "sweep index")
+            except FDAlignError:
+                old = {}
+        self.previous = [i for i in (old.get("cost") or {}).get("invocations", []) if isinstance(i, dict)]
+
+    def cost(self) -> dict:
+        busy: dict[str, float] = {}
+        cache = {"hits": 0, "misses": 0, "corrupt": 0, "seconds_saved": 0.0}
+        passes: dict[str, int] = {}  # encoder passes the cache computed, per evaluated set
+        for rec in self.records.values():
+            if rec.get("worker") and rec.get("busy") is not None:
+                busy[rec["worker"]] = round(busy.get(rec["worker"], 0.0) + float(rec["busy"]), 2)
+            for k in cache:
+                cache[k] += (rec.get("cache") or {}).get(k, 0)
+            for name, n in ((rec.get("cache") or {}).get("passes") or {}).items():
+                passes[name] = passes.get(name, 0) + int(n)
+        cache["passes"] = passes
+        cache["seconds_saved"] = round(cache["seconds_saved"], 2)
+        now = {"started": round(self.t_start, 1), "wall_seconds": round(time.time() - self.t_start, 1),
+               "launcher": self.launcher, "workers": self.slots}
+        invocations = self.previous + [now]
+        return {"wall_seconds": round(sum(float(i.get("wall_seconds", 0)) for i in invocations), 1),
+                "busy_seconds": busy, "cache": cache, "invocations": invocations}
+
+    def save(self) -> None:
+        atomic_write_json(self.out / "sweep.json", {
+            "format": SWEEP_FORMAT, "config": self.cfg.to_dict(), "data_root": self.data_root,
+            "runs": [self.records[r] for r in self.runs], "cost": self.cost()})
+
+
+class _Progress:
+    """The sweep's progress bar and lines: every busy worker's cell, runs left and the ETA."""
+
+    def __init__(self, cfg, runs, skipped: int, todo: int, slots: int, progress: bool, say):
+        from tqdm.auto import tqdm
+
+        self.n, self.done, self.todo, self.slots, self.say = len(runs), skipped, todo, max(1, slots), say
+        self.busy: dict[int, str] = {}
+        self.durations: list[float] = []
+        self.executed = 0
+        self.bar = tqdm(total=len(runs), initial=skipped, desc=f"sweep {cfg.name}", unit="run",
+                        disable=not progress, dynamic_ncols=True)
+
+    def _left(self) -> int:
+        return self.todo - self.executed
+
+    def _eta(self, left: int) -> str:
+        if not self.durations or left <= 0:
+            return ""
+        return f", ETA {_fmt_eta(sum(self.durations) / len(self.durations) * left / self.slots)}"
+
+    def _postfix(self) -> None:
+        workers = " | ".join(f"w{s}: {k}" for s, k in sorted(self.busy.items())) if self.slots > 1 else \
+            next(iter(self.busy.values()), "")
+        self.bar.set_postfix_str(f"{workers}; {self._left()} left{self._eta(self._left())}")
+
+    def start(self, slot: int, run: RunSpec, was: str) -> None:
+        self.busy[slot] = run.key
+        self._postfix()
+        verb = "resuming" if was in ("running", "interrupted") else "retrying" if was == "failed" else "starting"
+        where = f" (worker {slot})" if self.slots > 1 else ""
+        self.say(f"[{self.done + len(self.busy)}/{self.n}] {run.key}: {verb}{where}")
+
+    def end(self, slot: int, run: RunSpec, status: dict, run_dir: Path) -> None:
+        self.busy.pop(slot, None)
+        self.executed += 1
+        self.done += 1
+        if status.get("takeover"):
+            self.say(f"    {status['takeover']}")
+        state = status["state"]
+        if state == "claimed":
+            self.say(f"    {run.key}: not run here: {status['error']}")
+        elif status.get("skipped"):
+            self.say(f"    {run.key}: already done by another process: skipped")
+        elif state == "failed":
+            self.say(f"    {run.key} failed after {status.get('seconds', 0):.0f} s: {status.get('error')} "
+                     f"(see {run_dir / 'train.log'})")
+        elif "seconds" in status:
+            self.durations.append(status["seconds"])
+            left = self._left()
+            self.say(f"    {run.key} done in {status['seconds']:.0f} s; {left} left{self._eta(left)}")
+        self.bar.update(1)
+        self._postfix()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 __all__ = ["SweepConfig", "DatasetSpec", "RunSpec", "SweepResult", "load_sweep_config", "plan_runs", "run_config",
-           "run_sweep", "run_state", "preset_names", "environment", "preview", "check_options", "damaged_status",
-           "parse_overrides"]
+           "run_sweep", "run_state", "run_cell", "Cell", "preset_names", "environment", "preview", "check_options",
+           "damaged_status", "parse_overrides"]

@@ -255,6 +255,9 @@ def _zeroshot(args) -> "Evaluation":
 
     backend = load_clip(args.model, pretrained=args.pretrained, model_config=args.model_config, device=args.device)
     head = _zeroshot_head(backend, id_split.classnames, templates, args)
+    from fdalign.eval.featcache import frozen
+
+    frozen(backend.image_encoder)  # unchanged CLIP: its features may come from the feature cache
     sets = _eval_sets(id_name, id_split, ood, backend.preprocess_eval())
     if getattr(args, "heads", None):  # cache-model heads (fdalign.eval.heads): their rows and selections
         from fdalign.eval.heads import evaluate_model_heads
@@ -313,6 +316,9 @@ def _eval_run(args) -> "Evaluation":
         # a linear probe never trains the encoder, so zero-shot reads the same features
         base_encoder = encoder if cfg.get("mode") == "linear-probe" else loaded.zero_shot_encoder().to(args.device)
         models[ZEROSHOT_NAME] = (base_encoder, loaded.zeroshot_head)
+        from fdalign.eval.featcache import frozen
+
+        frozen(base_encoder)  # the pretrained weights: its features may come from the feature cache
     models[FINETUNED_NAME] = (encoder, loaded.head)
     alpha = (loaded.selection.get("wiseft_alpha") or {}).get("chosen")
     if alpha is not None and 0.0 < float(alpha) < 1.0 and cfg.get("mode") != "linear-probe":

@@ -343,6 +343,9 @@ def _wiseft_rows(result, resolved, val_eval, device):
         zs_encoder.load_state_dict(result.zeroshot_encoder_state)
     else:  # the probe never touched the encoder: share it, so its features are computed once
         zs_encoder = ft_encoder
+    from fdalign.eval.featcache import frozen
+
+    frozen(zs_encoder)  # the pretrained weights: its test / OOD features are shared by a sweep's runs
     alphas = sorted(set(float(a) for a in resolved.wiseft_alphas))
     models = {"zero-shot": (zs_encoder, zs_head), "fine-tuned": (ft_encoder, ft_head)}
     for a in alphas:

@@ -5,6 +5,7 @@ for running, and this module for what a run is made of (config classes, run file
 statistics). Imports torch: import it inside functions.
 """
 
+from fdalign.eval import featcache  # the sweep's shared feature cache of frozen encoders
 from fdalign.eval.features import extract_features
 from fdalign.eval.heads import HEAD_NAMES
 from fdalign.eval.metrics import mean_std
@@ -15,4 +16,4 @@ from fdalign.train.run import MODEL_FILE, load_model, load_run
 from fdalign.train.wiseft import alpha_name
 
 __all__ = ["HEAD_NAMES", "MODEL_FILE", "MetaConfig", "TrainConfig", "alpha_name", "dataset_key", "extract_features",
-           "load_model", "load_run", "mean_std"]
+           "featcache", "load_model", "load_run", "mean_std"]

@@ -1,0 +1,304 @@
+"""Where a sweep's cells run: this process, N local worker processes pinned to devices, or a Slurm
+job array through submitit.
+
+Every launcher calls the same cell function (:func:`fdalign.experiments.sweep.run_cell`) once per
+cell and hands its status back through ``on_end``; the cell function claims its run directory
+itself (:func:`fdalign.io.run_lock`), so launchers never decide who runs what, they only place work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fdalign.errors import FDAlignError
+
+OnStart = Callable[[int, Any], None]
+OnEnd = Callable[[int, Any, dict], None]
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the sweep stops (the run's checkpoint lets the next invocation resume)."""
+
+
+class InProcess:
+    """One cell after another in this process (the default: what ``--workers 1`` means)."""
+
+    slots = 1
+
+    def run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
+        for cell in cells:
+            on_start(0, cell)
+            on_end(0, cell, fn(cell))
+
+
+# ----------------------------------------------------------------------------------------------
+# local worker processes
+
+
+def _init_worker(device: str | None, threads: int | None) -> None:
+    """A worker's first act: its own process group (the terminal's Ctrl-C reaches only the sweep,
+    which forwards it once to the busy workers), Ctrl-C ignored while idle, its device, its threads."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if device is not None:  # before torch touches CUDA: the worker sees only its device, as cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _call(fn: Callable, cell) -> dict:
+    """Run one cell in a worker; Ctrl-C (forwarded by the sweep) becomes :class:`Interrupted`."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return fn(cell)
+    except KeyboardInterrupt:
+        raise Interrupted(str(getattr(getattr(cell, "run", None), "key", cell))) from None
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class LocalWorkers:
+    """``workers`` spawned processes, worker i pinned to ``devices[i % len(devices)]`` through
+    CUDA_VISIBLE_DEVICES (none given: every worker sees what this process sees), each running one
+    cell at a time; ``threads`` torch threads per worker (default: the CPUs shared out)."""
+
+    workers: int
+    devices: Sequence[str] = ()
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise FDAlignError(f"--workers {self.workers}: give 1 or more")
+
+    @property
+    def slots(self) -> int:
+        return self.workers
+
+    def _start(self, i: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        device = str(self.devices[i % len(self.devices)]) if self.devices else None
+        threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        ex = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(device, threads))
+        return ex, ex.submit(os.getpid).result()  # the pid, to forward Ctrl-C to
+
+    def run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        pending, running, pools = list(cells), {}, {}  # running: future -> (slot, cell)
+        stop: BaseException | None = None
+        try:
+            while pending or running:
+                busy = {slot for slot, _ in running.values()}
+                for slot in range(self.workers):
+                    if pending and stop is None and slot not in busy:
+                        if slot not in pools:
+                            pools[slot] = self._start(slot)
+                        cell = pending.pop(0)
+                        running[pools[slot][0].submit(_call, fn, cell)] = (slot, cell)
+                        on_start(slot, cell)
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in done:
+                    slot, cell = running.pop(f)
+                    try:
+                        status = f.result()
+                    except Interrupted as e:  # a worker's run was interrupted: stop the others too
+                        stop = stop or e
+                        self._interrupt(pools, running)
+                        continue
+                    except Exception as e:  # the worker process died (killed, out of memory): a new one next
+                        pools.pop(slot)[0].shutdown(wait=False, cancel_futures=True)
+                        status = {"state": "failed", "error": f"worker process died: {type(e).__name__}: {e}"}
+                    on_end(slot, cell, status)
+                if stop is not None:
+                    pending.clear()
+        except KeyboardInterrupt as e:
+            stop = e
+            pending.clear()
+            self._interrupt(pools, running)
+            self._drain(running, on_end)
+        finally:
+            for ex, _ in pools.values():
+                ex.shutdown(wait=True, cancel_futures=True)
+        if stop is not None:
+            raise Interrupted(str(stop)) from None
+
+    @staticmethod
+    def _interrupt(pools: dict, running: dict) -> None:
+        """Ctrl-C, once, to every busy worker: its run checkpoints and says interrupted."""
+        for slot in {slot for slot, _ in running.values()}:
+            try:
+                os.kill(pools[slot][1], signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _drain(running: dict, on_end: OnEnd) -> None:
+        """Wait for the interrupted runs to write their state (a second Ctrl-C stops waiting)."""
+        from concurrent.futures import wait
+
+        try:
+            for f in wait(list(running)).done:
+                try:
+                    on_end(*running[f], f.result())
+                except Exception:  # Interrupted, or a worker that died: its status.json says what it did
+                    pass
+        except KeyboardInterrupt:
+            pass
+        running.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Slurm through submitit
+
+
+@dataclass
+class SlurmOptions:
+    """What each array task asks Slurm for (``fdalign sweep --launcher slurm`` flags)."""
+
+    partition: str | None = None
+    time: int = 240  # minutes per cell
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int | None = None
+    array_parallelism: int = 32
+    sbatch: list[str] = field(default_factory=list)  # extra flags, "key=value" (e.g. account=proj, qos=high)
+
+    def extra(self) -> dict:
+        out = {}
+        for item in self.sbatch:
+            key, eq, value = str(item).lstrip("-").partition("=")
+            if not key:
+                raise FDAlignError(f"--sbatch {item!r}: write KEY=VALUE, e.g. --sbatch account=myproject")
+            out[key.replace("-", "_")] = value if eq else True
+        return out
+
+    def sbatch_lines(self, n: int, name: str) -> list[str]:
+        """The #SBATCH header of the array (what --dry-run prints)."""
+        lines = [f"--job-name={name}", f"--array=0-{n - 1}%{self.array_parallelism}", "--ntasks-per-node=1",
+                 f"--time={self.time}", f"--cpus-per-task={self.cpus_per_task}"]
+        if self.gpus_per_task:
+            lines.append(f"--gpus-per-node={self.gpus_per_task}")
+        if self.partition:
+            lines.append(f"--partition={self.partition}")
+        if self.mem_gb:
+            lines.append(f"--mem={self.mem_gb}GB")
+        lines += [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in self.extra().items()]
+        return [f"#SBATCH {x}" for x in lines]
+
+
+class _Task:
+    """The array task: one cell. On pre-emption or time-out submitit calls :meth:`checkpoint` and
+    requeues the same cell, which resumes from its run's checkpoint."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, cell) -> dict:
+        return self.fn(cell)
+
+    def checkpoint(self, cell):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, cell)
+
+
+JOBS_FILE = "jobs.json"
+_LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
+
+
+@dataclass
+class Submitit:
+    """One Slurm array task per cell (``local=True``: submitit's LocalExecutor, the same path on this
+    machine). ``folder`` keeps submitit's logs and ``jobs.json`` (cell -> job id), by which the next
+    call leaves alone the cells still queued or running; failed, pre-empted and missing ones go again."""
+
+    folder: str
+    options: SlurmOptions = field(default_factory=SlurmOptions)
+    local: bool = False
+    wait: bool = True
+    name: str = "fdalign-sweep"
+    slots: int = 1
+
+    def executor(self):
+        try:
+            import submitit
+        except ImportError:
+            raise FDAlignError("--launcher slurm needs submitit: pip install 'fdalign[slurm]'") from None
+        o = self.options
+        if self.local:
+            ex = submitit.LocalExecutor(folder=self.folder)
+            ex.update_parameters(timeout_min=o.time, gpus_per_node=0)
+            return ex
+        ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+        kw = dict(name=self.name, timeout_min=o.time, gpus_per_node=o.gpus_per_task, tasks_per_node=1, nodes=1,
+                  cpus_per_task=o.cpus_per_task, slurm_array_parallelism=o.array_parallelism,
+                  slurm_additional_parameters=o.extra())
+        if o.partition:
+            kw["slurm_partition"] = o.partition
+        if o.mem_gb:
+            kw["mem_gb"] = o.mem_gb
+        ex.update_parameters(**kw)
+        return ex
+
+    def _jobs(self) -> dict:
+        p = Path(self.folder) / JOBS_FILE
+        if not p.is_file():
+            return {}
+        from fdalign.io import read_json
+
+        return dict(read_json(p, "submitted jobs"))
+
+    def live(self, keys: Sequence[str]) -> set[str]:
+        """The cells whose last job Slurm still has queued or running (never for the local executor,
+        whose jobs end with the call that waited for them)."""
+        jobs, live = self._jobs(), set()
+        if self.local:
+            return live
+        try:
+            from submitit.slurm.slurm import SlurmJob
+        except ImportError:
+            return live
+        for key in keys:
+            if key in jobs:
+                try:
+                    if SlurmJob(folder=self.folder, job_id=jobs[key]).state in _LIVE:
+                        live.add(key)
+                except Exception:  # no sacct here: resubmit; the cell's run lock stops a double run
+                    pass
+        return live
+
+    def run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
+        from fdalign.io import atomic_write_json
+
+        if not cells:
+            return
+        ex = self.executor()
+        jobs = ex.map_array(_Task(fn), list(cells))
+        ids = self._jobs()
+        ids.update({c.run.key: j.job_id for c, j in zip(cells, jobs)})
+        atomic_write_json(Path(self.folder) / JOBS_FILE, ids)
+        for i, (c, j) in enumerate(zip(cells, jobs)):
+            on_start(i, c)
+        if not self.wait:
+            return
+        for i, (c, j) in enumerate(zip(cells, jobs)):
+            try:
+                status = j.result()
+            except Exception as e:  # the task died (killed, out of memory, time-out): the next call resubmits it
+                lines = str(e).strip().splitlines()
+                status = {"state": "failed", "error": f"job {j.job_id}: {lines[-1] if lines else type(e).__name__}"}
+            on_end(i, c, status)
+
+
+__all__ = ["Interrupted", "InProcess", "LocalWorkers", "SlurmOptions", "Submitit"]

@@ -1,0 +1,263 @@
+"""Sweeps on several workers, several processes and submitit: the same metrics as one worker, no cell
+run twice, Ctrl-C and resume, the Slurm path (local executor) with a failed cell resubmitted, and the
+zero-shot rows computed once per sweep by the feature cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fdalign.experiments import sweep as sw
+from fdalign.experiments.launchers import InProcess, LocalWorkers, SlurmOptions, Submitit
+
+SRC = str(Path(sw.__file__).parents[2])
+CLASSES = ["circle", "square", "star"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from fdalign.world.render import RenderConfig, render_world
+
+    root = tmp_path_factory.mktemp("world") / "w"
+    render_world(RenderConfig(id_styles=("photo",), ood_styles=("sketch",), train_per_class=3, val_per_class=2,
+                              test_per_class=2, image_size=32, classes=tuple(CLASSES), progress=False), root)
+    return root
+
+
+def grid(tiny, world, **kw) -> dict:
+    d = {
+        "name": "tiny",
+        "datasets": [{"name": "w", "data": str(world), "ood": "world"}],
+        "shots": [1], "seeds": [1, 2],
+        "train": {"model": "tiny", "pretrained": str(tiny["checkpoint"]), "model_config": str(tiny["config"]),
+                  "epochs": 1, "batch_size": 4, "num_workers": 0, "templates": "tip7", "spc": False, "device": "cpu",
+                  "tensorboard": False, "lr": 1e-3, "wiseft_alphas": [0.0, 0.5, 1.0], "eval_batch_size": 64},
+        "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
+    }
+    d.update(kw)
+    return d
+
+
+def env(tmp_path) -> dict:
+    return dict(os.environ, FDALIGN_CACHE=str(tmp_path / "pcache"), OMP_NUM_THREADS="1",
+                PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def results(out: Path, runs) -> dict:
+    """Every run's metrics.json without what legitimately differs between two sweeps: paths, timings."""
+    got = {}
+    for r in runs:
+        m = json.loads((r.dir(out) / "metrics.json").read_text())
+        m.get("config", {}).pop("out", None)
+        m.get("train", {}).pop("seconds", None)
+        got[r.key] = m
+    return got
+
+
+def train_calls(run_dir: Path) -> int:
+    """How many processes trained this cell: each writes one '$ fdalign train' line to its train.log."""
+    log = run_dir / "train.log"
+    return log.read_text().count("$ fdalign train --config") if log.is_file() else 0
+
+
+@pytest.fixture(scope="module")
+def one_worker(tiny_openclip, world, tmp_path_factory):
+    """The reference: one worker, in this process, feature cache on, every frozen-encoder pass counted."""
+    import fdalign.eval.features as F
+    from fdalign.eval import featcache
+
+    root = tmp_path_factory.mktemp("one")
+    cfg = sw.SweepConfig.from_dict(grid(tiny_openclip, world))
+    passes: dict[str, int] = {}
+    original = F.extract_features
+
+    def counting(encoder, dataset, *a, **kw):
+        if featcache.is_frozen(encoder):  # the pretrained encoder: the zero-shot rows' features
+            name = dataset.split.name
+            passes[name] = passes.get(name, 0) + 1
+        return original(encoder, dataset, *a, **kw)
+
+    F.extract_features = counting
+    try:
+        res = sw.run_sweep(cfg, root / "out", progress=False, log=lambda m: None)
+    finally:
+        F.extract_features = original
+    return {"cfg": cfg, "out": root / "out", "res": res, "passes": passes, "runs": sw.plan_runs(cfg)}
+
+
+def test_two_workers_give_the_same_metrics_as_one(one_worker, tmp_path):
+    cfg, runs = one_worker["cfg"], one_worker["runs"]
+    assert one_worker["res"].failed == 0
+    res = sw.run_sweep(cfg, tmp_path / "out", progress=False, log=lambda m: None,
+                       launcher=LocalWorkers(2, threads=1))
+    assert res.failed == 0 and [r["state"] for r in res.runs] == ["done"] * 4
+    assert results(tmp_path / "out", runs) == results(one_worker["out"], runs)
+    workers = {json.loads((r.dir(tmp_path / "out") / "status.json").read_text())["worker"] for r in runs}
+    assert len(workers) == 2, workers  # two processes did the work, neither this one
+    assert all(not w.endswith(f":{os.getpid()}") for w in workers)
+    cost = json.loads((tmp_path / "out" / "sweep.json").read_text())["cost"]
+    assert set(cost["busy_seconds"]) == workers and cost["wall_seconds"] > 0
+    # two workers starting together still pass the pretrained encoder over each test / OOD set once
+    sets = ["test"] + [o.split("=")[0] for o in sw.run_config(cfg, runs[0], tmp_path).ood]
+    assert {s: cost["cache"]["passes"].get(s) for s in sets} == {s: 1 for s in sets}, cost["cache"]
+
+
+def test_zero_shot_rows_equal_a_fresh_evaluation_and_the_encoder_ran_once_per_set(one_worker, tmp_path):
+    from fdalign.eval import featcache
+    from fdalign.workflows import evaluate
+
+    out, runs, cfg = one_worker["out"], one_worker["runs"], one_worker["cfg"]
+    rc = sw.run_config(cfg, runs[0], out)
+    ood_names = [o.split("=")[0] for o in rc.ood]
+    # the test set and every OOD set went through the pretrained encoder once in the whole sweep (4 runs)
+    assert {k: one_worker["passes"].get(k) for k in ["test", *ood_names]} == {"test": 1, **{n: 1 for n in ood_names}}
+    with featcache.enabled(None):  # a fresh zero-shot evaluation, no cache
+        fresh = evaluate(rc.model, data=rc.data, pretrained=rc.pretrained, model_config=rc.model_config,
+                         ood=rc.ood, templates=rc.templates, device="cpu", no_progress=True,
+                         out=str(tmp_path / "zs")).metrics
+    for r in runs:
+        m = json.loads((r.dir(out) / "metrics.json").read_text())["metrics"]
+        for s in ["test", *ood_names]:
+            assert m[s]["zero-shot"] == fresh[s]["zero-shot"], (r.key, s)
+    cost = json.loads((out / "sweep.json").read_text())["cost"]
+    assert cost["cache"]["hits"] == 3 * (1 + len(ood_names)) and cost["cache"]["misses"] == 1 + len(ood_names)
+
+
+def test_two_sweep_processes_on_one_folder_run_each_cell_once(tiny_openclip, world, tmp_path):
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1, 2, 3])))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress"]
+    procs = [subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
+    assert [train_calls(r.dir(out)) for r in runs] == [1] * len(runs), outs
+    assert [sw.run_state(r.dir(out)) for r in runs] == ["done"] * len(runs)
+
+
+def test_a_dead_owners_lock_is_taken_over_and_said(tiny_openclip, world, tmp_path):
+    cfg = sw.SweepConfig.from_dict(grid(tiny_openclip, world, seeds=[1], methods={"fine-tune": {"beta": 0.0}}))
+    run_dir = sw.plan_runs(cfg)[0].dir(tmp_path)
+    run_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".fdalign.lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid,
+                                                            "started": time.time() - 60}))
+    said: list[str] = []
+    res = sw.run_sweep(cfg, tmp_path, progress=False, log=said.append, feature_cache=False)
+    assert res.runs[0]["state"] == "done"
+    assert any("taking over" in m for m in said), said
+
+
+def test_ctrl_c_stops_both_workers_and_the_next_call_redoes_no_finished_run(tiny_openclip, world, tmp_path):
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1, 2, 3])))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress", "--workers",
+           "2"]
+    runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
+    proc = subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and \
+            not any(sw.run_state(r.dir(out)) == "done" for r in runs):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep (its workers have their own process group)
+    first = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, first
+    states = [sw.run_state(r.dir(out)) for r in runs]
+    finished = [r for r, s in zip(runs, states) if s == "done"]
+    assert finished and len(finished) < len(runs), (states, first)
+    assert "running" not in states, (states, first)  # every worker stopped cleanly: interrupted or done
+    assert "interrupted" in states, (states, first)  # the busy workers were stopped, not left to finish
+    mtimes = {r.key: (r.dir(out) / "metrics.json").stat().st_mtime_ns for r in finished}
+    again = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [sw.run_state(r.dir(out)) for r in runs] == ["done"] * len(runs)
+    assert {r.key: (r.dir(out) / "metrics.json").stat().st_mtime_ns for r in finished} == mtimes
+    assert [train_calls(r.dir(out)) for r in finished] == [1] * len(finished)
+
+
+def test_submitit_local_path_resubmits_only_the_failed_cell(tiny_openclip, world, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    for k, v in env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    templates = tmp_path / "later.txt"  # missing at first: the "custom" cell fails; written, it succeeds
+    cfg = sw.SweepConfig.from_dict(grid(tiny_openclip, world, seeds=[1], methods={
+        "fine-tune": {"beta": 0.0}, "custom": {"beta": 1.0, "templates": str(templates)}}))
+    ok, bad = sw.plan_runs(cfg)
+    launcher = Submitit(str(tmp_path / "out" / "slurm"), SlurmOptions(time=10), local=True)
+    res = sw.run_sweep(cfg, tmp_path / "out", progress=False, log=lambda m: None, launcher=launcher)
+    assert [r["state"] for r in res.runs] == ["done", "failed"], res.runs
+    jobs = json.loads((tmp_path / "out" / "slurm" / "jobs.json").read_text())
+    assert set(jobs) == {ok.key, bad.key}
+    mtime = (ok.dir(tmp_path / "out") / "metrics.json").stat().st_mtime_ns
+    templates.write_text("a photo of a {}.\na drawing of a {}.\n")
+    started: list[str] = []
+    res = sw.run_sweep(cfg, tmp_path / "out", progress=False, log=started.append, launcher=launcher)
+    assert [r["state"] for r in res.runs] == ["done", "done"], res.runs
+    assert [m for m in started if "retrying" in m or "starting" in m] == [f"[2/2] {bad.key}: retrying"]
+    assert (ok.dir(tmp_path / "out") / "metrics.json").stat().st_mtime_ns == mtime
+    assert json.loads((tmp_path / "out" / "slurm" / "jobs.json").read_text())[bad.key] != jobs[bad.key]
+
+
+def test_slurm_dry_run_prints_the_array_it_would_submit(tiny_openclip, world, tmp_path, capsys):
+    from fdalign.cli import main
+
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world)))
+    assert main(["sweep", str(cfg_path), "--out", str(tmp_path / "out"), "--dry-run", "--launcher", "slurm",
+                 "--partition", "gpu", "--time", "90", "--array-parallelism", "2", "--sbatch", "account=proj"]) == 0
+    text = capsys.readouterr().out
+    for line in ["#SBATCH --array=0-3%2", "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --account=proj",
+                 "task 3: w/k1/s2/fine-tune"]:
+        assert line in text, text
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_report_states_the_cost(one_worker, tmp_path):
+    from fdalign.experiments.report import build_report
+
+    rep = build_report([one_worker["out"]], tmp_path, plots=False, features=False)
+    cost = dict(rep.sections)["Cost"]
+    book = json.loads((one_worker["out"] / "sweep.json").read_text())["cost"]
+    assert f"{book['cache']['hits']} hits" in cost[0] and f"{book['wall_seconds']:.0f} s wall" in cost[0]
+    assert [row[0] for row in cost[1].rows] == list(book["busy_seconds"]) == [
+        json.loads((r.dir(one_worker["out"]) / "status.json").read_text())["worker"] for r in one_worker["runs"][:1]]
+
+
+def test_a_cell_trained_outside_the_sweep_from_its_request_is_done(tiny_openclip, world, tmp_path):
+    """The DDP-per-cell recipe: `fdalign train --config RUN/request.yaml` (torchrun) in a job of its own."""
+    from fdalign import finetune
+
+    cfg = sw.SweepConfig.from_dict(grid(tiny_openclip, world, seeds=[1], methods={"fine-tune": {"beta": 0.0}}))
+    run = sw.plan_runs(cfg)[0]
+    rc = sw.run_config(cfg, run, tmp_path)
+    run.dir(tmp_path).mkdir(parents=True)
+    rc.to_yaml(run.dir(tmp_path) / sw.REQUEST_FILE)
+    finetune(rc)
+    mtime = (run.dir(tmp_path) / "metrics.json").stat().st_mtime_ns
+    res = sw.run_sweep(cfg, tmp_path, progress=False, log=lambda m: None, feature_cache=False)
+    assert res.runs[0]["state"] == "done" and res.failed == 0
+    assert not (run.dir(tmp_path) / "train.log").exists()  # the sweep trained nothing
+    assert (run.dir(tmp_path) / "metrics.json").stat().st_mtime_ns == mtime
+    assert sw.run_state(run.dir(tmp_path)) == "done"
