@@ -73,10 +73,10 @@ def _parse(chosen: str) -> dict:
 
 def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, capsys, monkeypatch):
     import fdalign.eval.heads as heads_mod
-    import fdalign.eval.pipeline as pipeline
+    import fdalign.eval.features as features  # the cache-aware paths end here
 
     calls = []
-    for mod in (heads_mod, pipeline):
+    for mod in (heads_mod, features):
         real = mod.extract_features
 
         def counting(encoder, dataset, real=real, **kw):
@@ -343,12 +343,12 @@ def test_zeroshot_alone_encodes_no_cache(monkeypatch):
     from torch.utils.data import TensorDataset
 
     import fdalign.eval.heads as heads_mod
-    import fdalign.eval.pipeline as pipeline
+    import fdalign.eval.features as features  # the cache-aware paths end here
     from fdalign.eval import EvalSet
     from fdalign.heads import PrototypeHead
 
     calls = []
-    for mod in (heads_mod, pipeline):
+    for mod in (heads_mod, features):
         real = mod.extract_features
         monkeypatch.setattr(mod, "extract_features",
                             lambda e, ds, real=real, **kw: (calls.append(len(ds)), real(e, ds, **kw))[1])

@@ -98,7 +98,7 @@ BUGS += [
 # issue 18 (parallel sweeps, feature cache): run with tests/test_sweep_parallel.py tests/test_featcache.py
 BUGS += [
  ("sweep cells not claimed", "src/fdalign/experiments/sweep.py", 'stack.enter_context(run_lock(run_dir, "sweep cell"))', "pass"),
- ("feature cache key ignores the preprocessing", "src/fdalign/eval/featcache.py", '"preprocessing": repr(transform)', '"preprocessing": ""'),
+ ("feature cache key ignores the preprocessing", "src/fdalign/eval/featcache.py", '"preprocessing": _describe(transform)', '"preprocessing": ""'),
  ("feature cache key ignores the labels", "src/fdalign/eval/featcache.py", '|{s.label}\\n', '\\n'),
  ("corrupt cache entry used", "src/fdalign/eval/featcache.py", 'read_safetensors(p, "feature cache entry", require_hash=True)', '(__import__("safetensors.torch").torch.load_file(p), {"key": key})'),
  ("zero-shot encoder not marked frozen", "src/fdalign/workflows/kshot.py", "    frozen(zs_encoder)  #", "    (zs_encoder)  #"),

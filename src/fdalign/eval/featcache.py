@@ -186,7 +186,15 @@ def dataset_key(dataset) -> dict | None:
     h = hashlib.sha256()
     for s in split.samples:
         h.update(f"{_file_digest(str(split.resolve(s)))}|{s.label}\n".encode())
-    return {"images": h.hexdigest(), "n": len(split.samples), "preprocessing": repr(transform)}
+    return {"images": h.hexdigest(), "n": len(split.samples), "preprocessing": _describe(transform)}
+
+
+def _describe(transform) -> str:
+    """The transform's repr without memory addresses (``<function f at 0x7f..>``), which differ between
+    processes: the workers of a sweep must agree on the key."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
 
 
 def cache_key(encoder: nn.Module, dataset, precision: str, device) -> tuple[str, dict] | None:
