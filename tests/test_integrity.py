@@ -307,6 +307,37 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tmp_path):
     assert not (tmp_path / ".fdalign.lock.json").exists()
 
 
+def test_a_lock_on_a_file_its_holder_just_unlinked_is_taken_again(tmp_path, monkeypatch):
+    """The releasing holder unlinks the lock file: a process that opened it just before must not end up
+    holding a lock on a name no one else sees (a third process would lock a fresh file: two owners)."""
+    import filelock
+
+    from fdalign.io import run_lock
+
+    real = filelock.FileLock
+    raced = []
+
+    def racing(path, *a, **kw):
+        lock = real(path, *a, **kw)
+        acquire = lock.acquire
+
+        def acquire_then_lose_the_name(*x, **y):
+            got = acquire(*x, **y)
+            if not raced:  # the holder's unlink lands between our open and our lock
+                raced.append(path)
+                os.unlink(path)
+            return got
+        lock.acquire = acquire_then_lose_the_name
+        return lock
+
+    monkeypatch.setattr(filelock, "FileLock", racing)
+    with run_lock(tmp_path):
+        monkeypatch.setattr(filelock, "FileLock", real)
+        assert raced and (tmp_path / ".fdalign.lock").exists()
+        with pytest.raises(filelock.Timeout):  # a third process is refused: the current file is ours
+            real(str(tmp_path / ".fdalign.lock"), timeout=0, is_singleton=False).acquire()
+
+
 # ---- F4: Ctrl-C right after a checkpoint is not lost --------------------------------------------
 
 

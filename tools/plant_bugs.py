@@ -107,6 +107,7 @@ BUGS += [
  ("finished cells resubmitted", "src/fdalign/experiments/sweep.py", 'todo = [r for r in runs if records[r]["state"] not in ("done", "damaged")]', 'todo = [r for r in runs if records[r]["state"] not in ("damaged",)]'),
  ("concurrent askers both compute", "src/fdalign/eval/featcache.py", "with cache.computing(key):", "with contextlib.nullcontext():"),
  ("off switch ignored", "src/fdalign/eval/featcache.py", "return None if _active[-1] is _OFF else _active[-1]", "return FeatureCache(os.environ[ENV]) if ENV in os.environ else None"),
+ ("lock taken on an unlinked lock file", "src/fdalign/io.py", "current = fd is None or os.fstat(fd).st_ino == os.stat(lock_path).st_ino", "current = True"),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")

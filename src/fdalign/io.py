@@ -291,8 +291,6 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     a process that died while holding the lock (its OS lock went with it), the lock is taken over and a
     warning says so. Re-entrant within one process. Stale ``.tmp`` files of killed writes are removed.
     """
-    import filelock
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise FDAlignError(f"{what} {directory} is a file, not a folder; choose another path")
@@ -311,12 +309,10 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
             _held[key][1] -= 1
         return
     owner_path = directory / (LOCK_FILE + ".json")
-    lock = filelock.FileLock(str(lock_path), timeout=0, is_singleton=False)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
+    lock = _acquire_current(lock_path)
+    if lock is None:
         raise RunLockedError(f"{what} {directory} is in use by another fdalign process ({_describe_owner(owner_path)}); "
-                             "wait for it to finish, or choose another folder") from None
+                             "wait for it to finish, or choose another folder")
     try:
         if owner_path.is_file():
             warnings.warn(f"{what} {directory}: taking over the lock of a process that ended without releasing "
@@ -338,6 +334,31 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
         if created:  # a command that failed before writing anything leaves no empty folder behind
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+
+def _acquire_current(lock_path: Path):
+    """The OS lock on the file now at ``lock_path``, or None when another process holds it.
+
+    The holder unlinks the file as it releases it, so a lock taken on a file opened just before that
+    unlink would lock a name no one else sees any more (a third process would create and lock a new
+    one): such a lock is dropped and taken again on the current file."""
+    import filelock
+
+    for _ in range(5):
+        lock = filelock.FileLock(str(lock_path), timeout=0, is_singleton=False)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            return None
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        try:
+            current = fd is None or os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return lock
+        lock.release()
+    return None
 
 
 def _secondary_rank() -> bool:
