@@ -88,12 +88,12 @@ def main(argv=None) -> int:
 
     sets = ["test"] + [o.split("=")[0] for o in sw.run_config(cfg, sw.plan_runs(cfg)[0], tmp, str(world)).ood]
     print()
-    print(f"wall time, 1 worker / 2 workers (cache on):   {one / two:.2f}x  ({one:.0f} s vs {two:.0f} s)")
-    print(f"wall time, no cache / cache (1 worker):        {nocache / one:.2f}x  ({nocache:.0f} s vs {one:.0f} s)")
+    for what, a, b in (("1 worker / 2 workers (cache on)", one, two), ("no cache / cache (1 worker)", nocache, one)):
+        print(f"wall time, {what + ':':<33} {a / b:.2f}x  ({a:.0f} s vs {b:.0f} s)")
     print(f"zero-shot encoder passes per set over the whole sweep of {n_runs} runs:")
+    counts = {"cache": passes_cache, "2 workers + cache": passes_two, "no cache": passes_nocache}
     for s in sets:
-        print(f"  {s:<18} cache: {passes_cache.get(s, 0)}   2 workers + cache: {passes_two.get(s, 0)}   "
-              f"no cache: {passes_nocache.get(s, 0)}")
+        print(f"  {s:<18} " + "   ".join(f"{k}: {v.get(s, 0)}" for k, v in counts.items()))
     print(f"(sweep folders kept in {tmp})")
     return 0
 

@@ -146,3 +146,21 @@ class NoisyTensors:
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, int(self.y[i])
+
+
+def tiny_train_config(tiny: dict, data, templates, out, **overrides):
+    """A :class:`fdalign.TrainConfig` training the tests' tiny CLIP (``tiny_openclip``) on CPU for one
+    short epoch of 2-shot data; ``overrides`` set any other field."""
+    import fdalign
+
+    d = dict(model_config=str(tiny["config"]), pretrained=str(tiny["checkpoint"]), data=str(data), shots=2,
+             epochs=1, batch_size=3, num_workers=0, templates=str(templates), device="cpu", lr=1e-3,
+             progress=False, out=str(out))
+    return fdalign.TrainConfig(**{**d, **overrides})
+
+
+def write_templates(path, templates) -> Path:
+    """A prompt-template file (one template with ``{}`` per line), as ``--templates FILE`` reads it."""
+    path = Path(path)
+    path.write_text("\n".join(templates) + "\n")
+    return path

@@ -109,27 +109,41 @@ def tiny_hf(tmp_path_factory) -> dict:
 
 
 @contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """torch on ``n`` threads for the block: small models run no faster on more, and CI has two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def cli_session(root):
     """What ``cli_env`` gives a test, for module-scoped fixtures: the prompt-feature cache under
     ``root``, torch on one thread, both undone on exit."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FDALIGN_CACHE", str(Path(root) / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        yield
+        with torch_threads(1):
+            yield
     finally:
-        torch.set_num_threads(threads)
         mp.undo()
 
 
 @pytest.fixture
 def one_thread():
-    """torch on one thread for the test: small models run no faster on more, and CI has two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    """torch on one thread for the test."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """torch on one thread for a whole module, its module-scoped fixtures (whole sweeps) included."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder
+from _synth import make_imagefolder, tiny_train_config, write_templates
 
 import fdalign
 from fdalign.data.classsplit import base_class_indices, first_half, restrict_classes
@@ -26,20 +26,15 @@ pytestmark = pytest.mark.usefixtures("cli_env")
 def mini(tmp_path_factory):
     d = tmp_path_factory.mktemp("b2n")
     root = make_imagefolder(d / "data", CLASSES, n_train=3, n_val=2, n_test=4, seed=0)
-    tfile = d / "templates.txt"
-    tfile.write_text("\n".join(TEMPLATES) + "\n")
+    tfile = write_templates(d / "templates.txt", TEMPLATES)
     by_label = sorted(c.replace(" ", "_") for c in CLASSES)  # label order: sorted folders
     return {"data": root, "templates": tfile, "base": [f.replace("_", " ") for f in by_label[:3]],
             "novel": [f.replace("_", " ") for f in by_label[3:]]}
 
 
 def _config(tiny, mini, out, **kw):
-    d = dict(model_config=str(tiny["config"]), pretrained=str(tiny["checkpoint"]), data=str(mini["data"]), shots=2,
-             epochs=1, batch_size=3, num_workers=0, templates=str(mini["templates"]), spc_keep=3, spc_k=2,
-             wiseft_alphas=[0.0, 0.5, 1.0], device="cpu", lr=1e-3, progress=False, base_classes="first-half",
-             out=str(out), beta=1.0)
-    d.update(kw)
-    return fdalign.TrainConfig(**d)
+    return tiny_train_config(tiny, mini["data"], mini["templates"], out, spc_keep=3, spc_k=2, beta=1.0,
+                             wiseft_alphas=[0.0, 0.5, 1.0], base_classes="first-half", **kw)
 
 
 def test_first_half_is_ceil_in_label_order():

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from _synth import make_imagefolder
+from _synth import make_imagefolder, write_templates
 
 from fdalign.cli import main
 
@@ -22,8 +22,7 @@ def folders(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli_train")
     idf = make_imagefolder(d / "id", CLASSES, n_train=4, n_test=2, seed=0)
     ood = make_imagefolder(d / "ood", ["red apple", "blue sky"], n_train=0, n_test=2, seed=1) / "test"
-    tfile = d / "templates.txt"
-    tfile.write_text("\n".join(TEMPLATES) + "\n")
+    tfile = write_templates(d / "templates.txt", TEMPLATES)
     return {"id": idf, "ood": ood, "templates": tfile, "dir": d}
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder
+from _synth import make_imagefolder, tiny_train_config, write_templates
 
 import fdalign
 from fdalign.data import ImageDataset
@@ -28,18 +28,14 @@ def sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("cross")
     src = make_imagefolder(d / "src", SOURCE, n_train=3, n_val=2, n_test=2, seed=0)
     tgt = make_imagefolder(d / "tgt", TARGET, n_train=0, n_test=3, seed=5) / "test"  # a folder of class folders
-    (d / "t.txt").write_text("\n".join(TEMPLATES) + "\n")
-    (d / "tt.txt").write_text("\n".join(TARGET_TEMPLATES) + "\n")
-    return {"src": src, "tgt": tgt, "templates": d / "t.txt", "target_templates": d / "tt.txt"}
+    return {"src": src, "tgt": tgt, "templates": write_templates(d / "t.txt", TEMPLATES),
+            "target_templates": write_templates(d / "tt.txt", TARGET_TEMPLATES)}
 
 
 def _config(tiny, sets, out, **kw):
-    d = dict(model_config=str(tiny["config"]), pretrained=str(tiny["checkpoint"]), data=str(sets["src"]), shots=2,
-             epochs=1, batch_size=3, num_workers=0, templates=str(sets["templates"]), spc_keep=2, spc_k=1,
-             wiseft_alphas=[0.0, 1.0], device="cpu", lr=1e-3, progress=False, out=str(out),
-             target=[f"other={sets['tgt']}"], target_templates=[f"other={sets['target_templates']}"])
-    d.update(kw)
-    return fdalign.TrainConfig(**d)
+    d = dict(spc_keep=2, spc_k=1, wiseft_alphas=[0.0, 1.0], target=[f"other={sets['tgt']}"],
+             target_templates=[f"other={sets['target_templates']}"])
+    return tiny_train_config(tiny, sets["src"], sets["templates"], out, **{**d, **kw})
 
 
 def _top1(backend, encoder, classes, templates, split) -> float:

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder
+from _synth import make_imagefolder, write_templates
 
 from fdalign.cli import main
 from fdalign.errors import FDAlignError
@@ -29,8 +29,7 @@ def env(tmp_path_factory):
         n = torch.get_num_threads()
         torch.set_num_threads(1)
         data = make_imagefolder(d / "id", CLASSES, n_train=4, n_test=2, seed=0)
-        tfile = d / "templates.txt"
-        tfile.write_text("\n".join(TEMPLATES) + "\n")
+        tfile = write_templates(d / "templates.txt", TEMPLATES)
         yield {"dir": d, "data": data, "templates": tfile}
         torch.set_num_threads(n)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _synth import class_colour, make_image
+from _synth import class_colour, make_image, write_templates
 
 from fdalign.cli import main
 
@@ -60,8 +60,7 @@ def mini(tmp_path_factory) -> dict:
         "a": _copy_classes(val, d / "a", IN_A),
         "r": _copy_classes(val, d / "r", IN_R),
     }
-    tfile = d / "templates.txt"
-    tfile.write_text("\n".join(TEMPLATES) + "\n")
+    tfile = write_templates(d / "templates.txt", TEMPLATES)
     return {"root": d / "imagenet", "sets": sets, "templates": tfile, "dir": d}
 
 

@@ -97,3 +97,14 @@ def test_import_fdalign_is_light_and_its_names_resolve():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_line_builds_its_help_without_torch():
+    """`fdalign --help` and every option list come from torch-free modules (configs, episode spec, io):
+    loading torch would make each help or typo cost a second."""
+    code = ("import sys; from fdalign.cli import build_parser; p = build_parser(); p.format_help(); "
+            "mods = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
+            "assert not mods, 'building the parser loaded ' + ', '.join(mods[:3])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import yaml
-from _synth import make_coop_split
+from _synth import make_coop_split, write_templates
 
 from fdalign.cli import main
 
@@ -40,8 +40,7 @@ def dtd(tmp_path_factory) -> dict:
     index = d / "indices" / "dtd" / "shot_2-seed_3.json"
     index.parent.mkdir(parents=True)
     index.write_text(json.dumps({"train": part("train", 2), "val": part("val", 2)}))
-    tfile = d / "templates.txt"
-    tfile.write_text("\n".join(TEMPLATES) + "\n")
+    tfile = write_templates(d / "templates.txt", TEMPLATES)
     return {"index": index, "images": d / "dtd" / "images", "split": split_json, "lists": lists,
             "templates": tfile, "dir": d}
 

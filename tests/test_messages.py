@@ -31,6 +31,19 @@ def _train(tiny, data, out, *extra):
             "--no-progress", "--no-tensorboard", "--out", str(out), *extra]
 
 
+def train_run(tiny, data, out, *extra) -> str:
+    """``fdalign train`` of the tiny model into ``out`` (prompt cache beside it), for module fixtures; its stdout."""
+    import contextlib
+    import io
+
+    from conftest import cli_session
+
+    buf = io.StringIO()
+    with cli_session(out.parent), contextlib.redirect_stdout(buf):
+        assert main(_train(tiny, data, out, *extra)) == 0
+    return buf.getvalue()
+
+
 def _error(capsys, command):
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err, err
@@ -48,15 +61,7 @@ def data(tmp_path_factory):
 def trained(tiny_openclip, data, tmp_path_factory):
     """A run whose val selection can only return WiSE-FT alpha 0 (the one candidate), with its stdout."""
     out = tmp_path_factory.mktemp("msg_run") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FDALIGN_CACHE", str(out.parent / "cache"))
-        import contextlib
-        import io
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            assert main(_train(tiny_openclip, data, out, "--wiseft-alphas", "0")) == 0
-    return {"run": out, "stdout": buf.getvalue()}
+    return {"run": out, "stdout": train_run(tiny_openclip, data, out, "--wiseft-alphas", "0")}
 
 
 # ------------------------------------------------------------------------------------------------

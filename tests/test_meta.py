@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder
+from _synth import make_imagefolder, write_templates
 from test_episodes import write_class_splits
 
 from fdalign.cli import main
@@ -29,7 +29,7 @@ def data(tmp_path_factory):
     t3 = make_imagefolder(d / "t3", ["ash", "fir", "yew"], n_train=0, n_test=4, seed=3) / "test"
     make_imagefolder(d / "t3small", ["bay"], n_train=0, n_test=2, seed=4)
     (d / "t3small" / "test" / "bay").rename(t3 / "bay")  # one class too small for 1 shot + 2 queries
-    (d / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    write_templates(d / "templates.txt", TEMPLATES)
     return {"mini": d / "mini", "t1": t1, "t2": t2, "t3": t3, "templates": d / "templates.txt"}
 
 

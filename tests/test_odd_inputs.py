@@ -16,7 +16,8 @@ import zlib
 
 import pytest
 from _synth import make_imagefolder
-from test_messages import _error as _one_line_error, _model, _train  # the shared command lines
+from test_messages import _error as _one_line_error, _model, _train, train_run  # the shared command lines
+from test_messages import data, trained  # noqa: F401 (fixtures: a plain data set and a run trained on it)
 
 from fdalign.cli import main
 
@@ -39,23 +40,7 @@ def odd_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def odd_run(tiny_openclip, odd_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("odd_run") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FDALIGN_CACHE", str(out.parent / "cache"))
-        assert main(_train(tiny_openclip, odd_data, out, "--shots", "3")) == 0  # every train image, the odd one too
-    return out
-
-
-@pytest.fixture(scope="module")
-def plain_data(tmp_path_factory):
-    return make_imagefolder(tmp_path_factory.mktemp("plain") / "data", CLASSES, n_train=2, n_test=2, n_val=2)
-
-
-@pytest.fixture(scope="module")
-def plain_run(tiny_openclip, plain_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("plain_run") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FDALIGN_CACHE", str(out.parent / "cache"))
-        assert main(_train(tiny_openclip, plain_data, out)) == 0
+    train_run(tiny_openclip, odd_data, out, "--shots", "3")  # every train image, the odd one too
     return out
 
 
@@ -101,12 +86,12 @@ def test_data_check_notes_non_utf8_names(odd_data, capsys):
 # item 9: predict --out is a folder
 
 
-def test_predict_out_folder_fails_before_inference(plain_run, plain_data, tmp_path, capsys, monkeypatch):
+def test_predict_out_folder_fails_before_inference(trained, data, tmp_path, capsys, monkeypatch):
     import fdalign.prediction
 
     monkeypatch.setattr(fdalign.prediction, "predict", lambda *a, **k: pytest.fail("inference ran before the check"))
     (tmp_path / "preds").mkdir()
-    assert main(["predict", str(plain_run), str(plain_data / "test"), "--out", str(tmp_path / "preds")]) == 2
+    assert main(["predict", str(trained["run"]), str(data / "test"), "--out", str(tmp_path / "preds")]) == 2
     err = _one_line_error(capsys, "predict")
     assert "is a directory" in err and "preds/predictions.csv" in err
 
@@ -131,13 +116,13 @@ def _damage(kind: str, path):
 
 @pytest.mark.parametrize("kind,said", [("non-utf8", "is not UTF-8 text"), ("list", "must be a mapping"),
                                        ("empty", "is empty"), ("cut", "lacks ood, out")])
-def test_damaged_run_config_is_named(plain_run, plain_data, tmp_path, capsys, kind, said):
+def test_damaged_run_config_is_named(trained, data, tmp_path, capsys, kind, said):
     run = tmp_path / "run"
-    shutil.copytree(plain_run, run)
+    shutil.copytree(trained["run"], run)
     _damage(kind, run / "config.yaml")
     for command in (["eval", str(run), "--device", "cpu", "--no-progress"],
                     ["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "e")],
-                    ["predict", str(run), str(plain_data / "test"), "--out", str(tmp_path / "p.csv")]):
+                    ["predict", str(run), str(data / "test"), "--out", str(tmp_path / "p.csv")]):
         assert main(command) == 2, command
         err = _one_line_error(capsys, command[0])
         assert f"{run / 'config.yaml'}" in err and said in err, err

@@ -12,16 +12,7 @@ from fdalign.cli import main
 from fdalign.errors import FDAlignError
 from fdalign.experiments import sweep as sw
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids OpenMP spinning against other processes."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # before the module-scoped sweeps
 
 CLASSES = ["circle", "square", "star"]
 

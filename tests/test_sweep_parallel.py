@@ -16,20 +16,13 @@ import pytest
 import yaml
 
 from fdalign.experiments import sweep as sw
-from fdalign.experiments.launchers import InProcess, LocalWorkers, SlurmOptions, Submitit
+from fdalign.experiments.launchers import LocalWorkers, SlurmOptions, Submitit
+from test_sweep import CLASSES, sweep_dict
 
 SRC = str(Path(sw.__file__).parents[2])
-CLASSES = ["circle", "square", "star"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # before the module-scoped sweeps
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +36,10 @@ def world(tmp_path_factory):
 
 
 def grid(tiny, world, **kw) -> dict:
-    d = {
-        "name": "tiny",
-        "datasets": [{"name": "w", "data": str(world), "ood": "world"}],
-        "shots": [1], "seeds": [1, 2],
-        "train": {"model": "tiny", "pretrained": str(tiny["checkpoint"]), "model_config": str(tiny["config"]),
-                  "epochs": 1, "batch_size": 4, "num_workers": 0, "templates": "tip7", "spc": False, "device": "cpu",
-                  "tensorboard": False, "lr": 1e-3, "wiseft_alphas": [0.0, 0.5, 1.0], "eval_batch_size": 64},
-        "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
-    }
-    d.update(kw)
+    """test_sweep's grid on an already rendered world: 1 shot x 2 seeds x 2 methods, one epoch each."""
+    d = sweep_dict(tiny, datasets=[{"name": "w", "data": str(world), "ood": "world"}], shots=[1], **kw)
+    del d["world"]
+    d["train"]["epochs"] = 1
     return d
 
 

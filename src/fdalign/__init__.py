@@ -15,7 +15,7 @@ from fdalign.errors import FDAlignError  # noqa: E402
 
 _EXPORTS = {
     "TrainConfig": "fdalign.train.config",
-    "MetaConfig": "fdalign.train.meta",
+    "MetaConfig": "fdalign.train.meta_config",
     "Run": "fdalign.workflows.kshot",
     "finetune": "fdalign.workflows.kshot",
     "EvalConfig": "fdalign.workflows.evaluation",

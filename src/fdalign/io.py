@@ -21,15 +21,17 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fdalign.errors import FDAlignError
+
+if TYPE_CHECKING:  # torch loads on first use: the command line imports this module to build its options
+    import torch
 
 # the safetensors metadata key holding the sha256 of the file's canonical header (without this key) + data
 HASH_KEY = "fdalign_sha256"
@@ -364,6 +366,9 @@ def _acquire_current(lock_path: Path):
 def _secondary_rank() -> bool:
     if os.environ.get("RANK", "0") != "0":
         return True
+    torch = sys.modules.get("torch")  # a process that never imported torch has no process group
+    if torch is None:
+        return False
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
 

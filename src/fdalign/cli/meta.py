@@ -44,7 +44,7 @@ example:
 
 def register(subparsers) -> None:
     from fdalign.train.config import add_config_arguments
-    from fdalign.train.meta import MetaConfig
+    from fdalign.train.meta_config import MetaConfig
 
     t = subparsers.add_parser("meta-train", help="FD-Align on N-way K-shot episodes of base classes, then test "
                               "novel / cross-domain episodes", description=TRAIN_DESCRIPTION, formatter_class=HelpFormatter)
@@ -70,8 +70,7 @@ def register(subparsers) -> None:
 
 
 def _add_episode_options(p) -> None:
-    from fdalign.data.episodes import ON_SMALL
-    from fdalign.heads.episodes import EPISODE_HEADS
+    from fdalign.data.episode_spec import EPISODE_HEADS, ON_SMALL
 
     p.add_argument("--episodes", type=int, default=2000, help="episodes per setting (per run)")
     p.add_argument("--ways", type=int, default=5, help="N: classes per episode")
@@ -94,7 +93,7 @@ def _add_episode_options(p) -> None:
 
 
 def _config(args):
-    from fdalign.train.meta import MetaConfig
+    from fdalign.train.meta_config import MetaConfig
 
     return MetaConfig.from_args(args).validate()
 

@@ -33,13 +33,13 @@ import numpy as np
 
 from fdalign.data.datasets import LabeledSplit, Sample, read_classnames_keyed
 from fdalign.data.opener import open_dataset
+from fdalign.data.episode_spec import EVAL_FLAGS, ON_SMALL, TRAIN_FLAGS, EpisodeSpec  # noqa: F401 (re-exported)
 from fdalign.errors import FDAlignError
 
 CLASS_ROLES = ("base", "val", "novel")
 # file / folder names accepted for each role, in order of preference
 _CSV_NAMES = {"base": "train.csv", "val": "val.csv", "novel": "test.csv"}
 _DIR_NAMES = {"base": ("base", "train"), "val": ("val",), "novel": ("novel", "test")}
-ON_SMALL = ("skip", "error")
 MISSING_SHOWN = 5
 
 
@@ -184,30 +184,6 @@ def load_target(
 # episodes
 
 
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """``n_way`` classes, ``k_shot`` support and ``q_query`` query images per class."""
-
-    n_way: int = 5
-    k_shot: int = 1
-    q_query: int = 15
-
-    def __post_init__(self):
-        for f in ("n_way", "k_shot", "q_query"):
-            if getattr(self, f) < 1:
-                raise FDAlignError(f"{f.replace('_', '-')} must be >= 1 (got {getattr(self, f)})")
-        if self.n_way < 2:
-            raise FDAlignError(f"an episode needs at least 2 ways (got {self.n_way})")
-
-    @property
-    def per_class(self) -> int:
-        return self.k_shot + self.q_query
-
-    @property
-    def name(self) -> str:
-        return f"{self.n_way}-way {self.k_shot}-shot"
-
-
 @dataclass
 class ClassPool:
     """The classes of a split that episodes may use, and their images.
@@ -224,9 +200,6 @@ class ClassPool:
     skipped: list[int]
 
 
-# The options that set N, K and Q, as each command spells them: the advice names the caller's flags.
-EVAL_FLAGS = {"ways": "--ways", "shots": "--shots", "queries": "--queries"}
-TRAIN_FLAGS = {"ways": "--n-way", "shots": "--k-shot", "queries": "--q-query"}
 
 
 def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip", flags: dict | None = None) -> ClassPool:

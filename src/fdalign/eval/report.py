@@ -169,24 +169,12 @@ def _classes_section(classes: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def write_report(
-    run_dir: str | os.PathLike,
-    metrics: dict,
-    *,
-    selection: dict | None = None,
-    config: dict | None = None,
-    hashes: dict | None = None,
-    roles: dict[str, str] | None = None,
-    title: str = "fdalign evaluation",
-    classes: dict[str, dict] | None = None,
-    class_table: Sequence[tuple[int, str, str]] | None = None,
-    notes: Sequence[str] = (),
-) -> Path:
-    """Write ``<run_dir>/report.md`` (atomic): the accuracy table, what was selected on which data
-    (``selection``, e.g. ``{"epoch": "best val top-1 (epoch 7)", "val set": "4/class, hash …"}``),
-    the data hashes and the settings. ``classes`` (set -> :func:`fdalign.eval.metrics.class_coverage`)
-    says which sets were scored over a subset of the classes; ``class_table`` (``[(label, folder,
-    name)]``) lists the names a plain class-name list gave; ``notes`` go first, in bold."""
-    text = render_report(metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title,
-                         classes=classes, class_table=class_table, notes=notes)
+def write_report(run_dir: str | os.PathLike, metrics: dict, **sections) -> Path:
+    """Write ``<run_dir>/report.md`` (atomic): :func:`render_report` of ``metrics`` and ``sections``: the
+    accuracy table, what was selected on which data (``selection``, e.g. ``{"epoch": "best val top-1
+    (epoch 7)", "val set": "4/class, hash …"}``), the data hashes and the settings. ``classes`` (set ->
+    :func:`fdalign.eval.metrics.class_coverage`) says which sets were scored over a subset of the
+    classes; ``class_table`` (``[(label, folder, name)]``) lists the names a plain class-name list gave;
+    ``notes`` go first, in bold."""
+    text = render_report(metrics, **sections)
     return atomic_write_text(Path(run_dir) / "report.md", text)

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPISODE_HEADS = ("proto", "text", "combined")
-PROTO_SCALE_INIT = 10.0
+from fdalign.data.episode_spec import EPISODE_HEADS, PROTO_SCALE_INIT  # torch-free, for the CLI; re-exported
 
 
 def _unit(x: torch.Tensor, unit: bool) -> torch.Tensor:

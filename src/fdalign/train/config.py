@@ -45,14 +45,21 @@ _f = option  # every field below is an option: a default, its --help text, its c
 
 
 @dataclass
-class TrainConfig(ConfigFile):
-    """A training run. Field help texts double as ``fdalign train --help``."""
+class ModelOptions(ConfigFile):
+    """The CLIP model a run starts from: the first options of :class:`TrainConfig` and of
+    :class:`fdalign.train.meta.MetaConfig`."""
 
-    # --- model and data -------------------------------------------------------------------------
     model: str | None = _f(None, "CLIP model: an open_clip name (ViT-B-32), 'hf:<repo or dir>', or a name "
                            "used with --model-config")
     pretrained: str | None = _f(None, "open_clip pretrained tag (e.g. openai) or a checkpoint file")
     model_config: str | None = _f(None, "open_clip model-config JSON for a custom architecture")
+
+
+@dataclass
+class TrainConfig(ModelOptions):
+    """A training run. Field help texts double as ``fdalign train --help``."""
+
+    # --- data (the model options come first, from ModelOptions) ---------------------------------
     data: str | None = _f(None, "data: an ImageFolder root (train/ [val/] [test/]), a CSV manifest or a CoOp "
                           "split_zhou_*.json")
     image_root: str | None = _f(None, "image folder the paths of a JSON split are relative to")

@@ -307,7 +307,7 @@ def _load_run_models(run_dir: Path, no_zeroshot: bool):
         if not no_zeroshot:
             models["zero-shot"] = (loaded.zero_shot_encoder(), 10.0)
         return loaded.backend, models, {"kshot_run": str(run_dir)}, {"epoch": _selection_line(loaded.selection.get("epoch", {}))}
-    from fdalign.train.meta import MetaConfig
+    from fdalign.train.meta_config import MetaConfig
 
     cfg = MetaConfig.from_yaml(run_dir / CONFIG_FILE)
     backend, state, meta = _load_meta_model(run_dir, cfg)

@@ -11,7 +11,7 @@ from fdalign.eval.heads import HEAD_NAMES
 from fdalign.eval.metrics import mean_std
 from fdalign.train.config import TrainConfig
 from fdalign.data.names import dataset_key
-from fdalign.train.meta import MetaConfig
+from fdalign.train.meta_config import MetaConfig
 from fdalign.train.run import MODEL_FILE, load_model, load_run
 from fdalign.train.wiseft import alpha_name
 
