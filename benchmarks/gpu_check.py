@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 import time

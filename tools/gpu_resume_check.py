@@ -1,6 +1,6 @@
 """Device check (needs CUDA): the bf16 f0 cosine under CUDA autocast against fp32, and a CUDA
 train -> kill -> resume round trip with the one-file checkpoint (f0 in bf16), which must be bitwise."""
-import json, os, sys, tempfile, time
+import json, sys, tempfile, time
 from pathlib import Path
 import torch, torch.nn.functional as F
 sys.path.insert(0, "src"); sys.path.insert(0, "tests")
