@@ -33,14 +33,14 @@ BUGS = [
 ]
 # issue 21 (integrity): run with tests/test_integrity.py
 BUGS += [
- ("selection scores test images, declared val files unchanged", "src/fdalign/cli/train.py", "val_eval = EvalSplit(ImageDataset(val_split, eval_tf)", "val_eval = EvalSplit(ImageDataset(test_split or val_split, eval_tf)"),
+ ("selection scores test images, declared val files unchanged", "src/fdalign/workflows/kshot.py", 'val_eval = EvalSplit(ImageDataset(d.val, eval_tf)', 'val_eval = EvalSplit(ImageDataset(d.test or d.val, eval_tf)'),
  ("disjointness guard trusts EvalSplit.files", "src/fdalign/selection.py", 'split = getattr(self.dataset, "split", None)', "split = None"),
  ("--temperature ignored by the trainer", "src/fdalign/train/trainer.py", "scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)", "scale = float(backend.logit_scale)"),
- ("--spc-seed ignored by train's prototypes", "src/fdalign/cli/train.py", "seed=cfg.spc_seed, ", ""),
+ ("--spc-seed ignored by train's prototypes", "src/fdalign/workflows/kshot.py", "seed=cfg.spc_seed, ", ""),
  ("--spc-seed ignored by the IsolationForest", "src/fdalign/spc.py", "IsolationForest(random_state=cfg.seed)", "IsolationForest(random_state=0)"),
- ("f0-cache key ignores the crop scale", "src/fdalign/cli/train.py", "|crop {list(cfg.crop_scale)}", ""),
+ ("f0-cache key ignores the crop scale", "src/fdalign/workflows/kshot.py", "|crop {list(cfg.crop_scale)}", ""),
  ("f0 precision auto not bf16 on CUDA", "src/fdalign/train/trainer.py", '(cfg.f0_precision == "auto" and device.type == "cuda")', "False"),
- ("Tip-F starts from alpha = beta = 1", "src/fdalign/heads/tip.py", "tip.alpha, tip.beta, trainable=True", "1.0, 1.0, trainable=True"),
+ ("Tip-F starts from alpha = beta = 1", "src/fdalign/heads/tip.py", 'tip.labels, alpha, beta, trainable=True', 'tip.labels, 1.0, 1.0, trainable=True'),
  ("exported head names sorted", "src/fdalign/exporting.py", "save_head(tmp / HEAD_FILE, head, loaded.classnames,", "save_head(tmp / HEAD_FILE, head, sorted(loaded.classnames),"),
  ("linear probe at --lr", "src/fdalign/train/trainer.py", 'Phase("linear-probe", 0, cfg.epochs, cfg.lp_lr', 'Phase("linear-probe", 0, cfg.epochs, cfg.lr'),
  ("NaN logit rows rank 0 (correct)", "src/fdalign/eval/metrics.py", "return torch.where(torch.isfinite(logits).all(dim=1), rank, torch.full_like(rank, logits.shape[1]))", "return rank"),
@@ -51,7 +51,7 @@ BUGS += [
  ("content hash not checked", "src/fdalign/io.py", 'if status == "bad" or (status == "missing" and require_hash):', "if False:"),
  ("safetensors header in insertion order", "src/fdalign/io.py", "sort_keys=True, separators", "sort_keys=False, separators"),
  ("f0 cache takes any finite values", "src/fdalign/train/f0cache.py", "elif (t > 1e-6).any() or ((t.double().exp().sum(dim=1) - 1).abs() > 1e-3).any():", "elif False:"),
- ("CLI takes no run lock", "src/fdalign/cli/train.py", 'with run_lock(cfg.out, "run directory") if cfg.out else _no_lock():', "with _no_lock():"),
+ ("CLI takes no run lock", "src/fdalign/workflows/kshot.py", 'with run_lock(cfg.out, "run directory"):', 'with __import__("contextlib").nullcontext():'),
  ("lock takeover not said", "src/fdalign/io.py", "        if owner_path.is_file():\n            warnings.warn", "        if False:\n            warnings.warn"),
  ("swallowed Ctrl-C not re-raised", "src/fdalign/train/trainer.py", "    def check(self) -> None:\n        if self.hit:", "    def check(self) -> None:\n        if False:"),
  ("checkpoint read from the last.json beside it", "src/fdalign/train/checkpoint.py", 'if "state" in meta:', "if False:"),
