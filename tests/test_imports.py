@@ -90,13 +90,18 @@ def test_no_arrow_upward(lower, forbidden):
     assert not bad, "arrows upward:\n" + "\n".join(bad)
 
 
+def _runs_clean(code: str) -> None:
+    """``code`` passes in a fresh interpreter (nothing imported yet) on this checkout's sources."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr
+
+
 def test_import_fdalign_is_light_and_its_names_resolve():
     code = ("import sys, fdalign; assert 'torch' not in sys.modules, 'import fdalign loaded torch'; "
             "assert callable(fdalign.finetune) and callable(fdalign.FDAlignLoss) and callable(fdalign.evaluate); "
             "assert set(fdalign.__all__) <= set(dir(fdalign))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(SRC)})
-    assert done.returncode == 0, done.stderr
+    _runs_clean(code)
 
 
 def test_the_command_line_builds_its_help_without_torch():
@@ -105,6 +110,4 @@ def test_the_command_line_builds_its_help_without_torch():
     code = ("import sys; from fdalign.cli import build_parser; p = build_parser(); p.format_help(); "
             "mods = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
             "assert not mods, 'building the parser loaded ' + ', '.join(mods[:3])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(SRC)})
-    assert done.returncode == 0, done.stderr
+    _runs_clean(code)

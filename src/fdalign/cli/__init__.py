@@ -57,6 +57,13 @@ def add_encoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 25
                         help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
 
 
+def add_switches(parser: argparse.ArgumentParser, cache: bool = True) -> None:
+    """--no-cache (the prompt-feature cache, when the command encodes prompts) / --no-progress."""
+    if cache:
+        parser.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdalign",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fdalign.cli import HelpFormatter
+from fdalign.cli import HelpFormatter, add_switches
 
 _DATA_HELP = (
     "an ImageFolder root (ROOT/train/<class>/<image>, ROOT/test/...; or just class folders), "
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
                    help="also check how an OOD set maps onto the ID classes: classes matched, ID classes "
                         "missing, OOD classes unknown, subset declared (':subset', or a name a / r / "
                         "imagenet-a / imagenet-r); a known NAME (v2, sketch, a, r) also checks its size. Repeatable")
-    c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    add_switches(c, cache=False)
     c.set_defaults(data_command="check")
 
     _register_prepare(sub)
@@ -239,7 +239,7 @@ def _register_prepare(sub) -> None:
                    help='JSON {"split": [images, classes]} replacing the published counts, for a subset or a '
                         "miniature copy (prepared.json records it; data check says so)")
     p.add_argument("--list", action="store_true", help="list the data sets: files, disk, counts, prepared or not")
-    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    add_switches(p, cache=False)
     p.set_defaults(data_command="prepare")
 
 

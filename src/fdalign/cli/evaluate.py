@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from fdalign.cli import HelpFormatter, add_encoding_arguments, add_model_arguments
+from fdalign.cli import HelpFormatter, add_encoding_arguments, add_model_arguments, add_switches
 
 _DATA_HELP = (
     "in-distribution data: an ImageFolder root (ROOT/test/<class>/<image>, or just class folders), "
@@ -45,8 +45,7 @@ def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
     add_encoding_arguments(p, batch_size=256)
     p.add_argument("--hash-content", action="store_true", help="hash every image's bytes for the report; "
                    "without it the list of relative paths, labels and file sizes is hashed (reads no images)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")
-    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    add_switches(p)
 
 
 def register(subparsers) -> None:

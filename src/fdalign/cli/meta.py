@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fdalign.cli import HelpFormatter, add_encoding_arguments
+from fdalign.cli import HelpFormatter, add_encoding_arguments, add_switches
 
 TRAIN_DESCRIPTION = """\
 Fine-tune a CLIP image encoder with FD-Align on N-way K-shot episodes of the base classes
@@ -85,8 +85,7 @@ def _add_episode_options(p) -> None:
     p.add_argument("--weight", type=float, default=0.5, help="weight of the text head in the combined head")
     p.add_argument("--templates", default="openai80", help="prompt templates of the text head")
     add_encoding_arguments(p, batch_size=256)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache")
-    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    add_switches(p)
 
 
 # ------------------------------------------------------------------------------------------------

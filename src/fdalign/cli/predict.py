@@ -19,7 +19,7 @@ MAX_LISTED = 20
 
 
 def register(subparsers) -> None:
-    from fdalign.cli import HelpFormatter, add_encoding_arguments
+    from fdalign.cli import HelpFormatter, add_encoding_arguments, add_switches
 
     p = subparsers.add_parser("predict", help="classify new images with a run or an export (top-k CSV)",
                               description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--wiseft-alpha", default=None, metavar="A", help="for a run: use the WiSE-FT mix with weight "
                    "A in [0, 1] or 'selected' (the alpha chosen on val); none = the fine-tuned weights")
     add_encoding_arguments(p, batch_size=64)
-    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_switches(p, cache=False)
     p.set_defaults(func=run)
 
 
