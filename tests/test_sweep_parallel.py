@@ -221,6 +221,26 @@ def test_slurm_dry_run_prints_the_array_it_would_submit(tiny_openclip, world, tm
     assert not (tmp_path / "out" / "runs").exists()
 
 
+@pytest.mark.parametrize("flags,said", [
+    (["--workers", "2", "--devices", "0,gpu1"], "'gpu1' is not a GPU"),
+    (["--workers", "0"], "--workers 0: give 1 or more"),
+    (["--launcher", "slurm", "--time", "-5"], "--time -5: give 1 or more"),
+    (["--launcher", "slurm", "--array-parallelism", "0"], "--array-parallelism 0: give 1 or more"),
+    (["--launcher", "slurm", "--mem-gb", "0"], "--mem-gb 0: give 1 or more"),
+    (["--launcher", "slurm", "--sbatch", "=x"], "write KEY=VALUE"),
+])
+def test_bad_launcher_options_are_one_line_before_anything_runs(tiny_openclip, world, tmp_path, capsys, flags, said):
+    from fdalign.cli import main
+
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world)))
+    assert main(["sweep", str(cfg_path), "--out", str(tmp_path / "out"), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("fdalign sweep: error: ") and said in err, err
+    assert not (tmp_path / "out" / "runs").exists()
+    assert SlurmOptions(gpus_per_task=0).gpus_per_task == 0  # a CPU-only array is allowed
+
+
 def test_the_report_states_the_cost(one_worker, tmp_path):
     from fdalign.experiments.report import build_report
 

@@ -87,6 +87,10 @@ def make_launcher(args: argparse.Namespace, cfg, out: str):
 
     if args.launcher == "local":
         devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
+        bad = [d for d in devices if not (d.isdigit() or d.startswith(("GPU-", "MIG-")))]
+        if bad:
+            raise FDAlignError(f"--devices {args.devices}: {bad[0]!r} is not a GPU; give indices as "
+                               "nvidia-smi lists them (e.g. --devices 0,1,2,3) or GPU-/MIG- UUIDs")
         if args.workers < 1:
             raise FDAlignError(f"--workers {args.workers}: give 1 or more")
         if args.workers == 1 and not devices:

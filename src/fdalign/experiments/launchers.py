@@ -174,6 +174,15 @@ class SlurmOptions:
     array_parallelism: int = 32
     sbatch: list[str] = field(default_factory=list)  # extra flags, "key=value" (e.g. account=proj, qos=high)
 
+    def __post_init__(self):
+        # a bad number would otherwise surface only in Slurm's rejection of the array, after planning
+        least = {"time": 1, "gpus_per_task": 0, "cpus_per_task": 1, "array_parallelism": 1}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise FDAlignError(f"--{name.replace('_', '-')} {getattr(self, name)}: give {low} or more")
+        if self.mem_gb is not None and self.mem_gb < 1:
+            raise FDAlignError(f"--mem-gb {self.mem_gb}: give 1 or more (or leave it out: the partition's default)")
+
     def extra(self) -> dict:
         out = {}
         for item in self.sbatch:
