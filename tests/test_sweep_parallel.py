@@ -184,6 +184,23 @@ def test_ctrl_c_stops_both_workers_and_the_next_call_redoes_no_finished_run(tiny
     assert [train_calls(r.dir(out)) for r in finished] == [1] * len(finished)
 
 
+def test_a_worker_interrupted_alone_stops_the_others_with_one_ctrl_c_each(monkeypatch):
+    """A second Ctrl-C would cut a run's checkpointing short, a lost one would let a cell train on:
+    every busy worker gets exactly one, and each stops."""
+    import fdalign.experiments.launchers as L
+    from _cells import interrupted_cells
+
+    sent, kill = [], os.kill
+    monkeypatch.setattr(L.os, "kill", lambda pid, sig: (sent.append((pid, sig)), kill(pid, sig))[1])
+    ended = []
+    with pytest.raises(L.Interrupted):
+        LocalWorkers(3, threads=1).run(interrupted_cells, [0, 1, 2], lambda slot, cell: None,
+                                       lambda slot, cell, status: ended.append(cell))
+    ctrl_c = [pid for pid, sig in sent if sig == signal.SIGINT]
+    assert len(ctrl_c) == 2 and len(set(ctrl_c)) == 2, sent  # workers of cells 1 and 2, once each
+    assert ended == []  # none ran on: a Ctrl-C that came before its cell started in the worker was kept
+
+
 def test_submitit_local_path_resubmits_only_the_failed_cell(tiny_openclip, world, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     for k, v in env(tmp_path).items():
@@ -268,3 +285,25 @@ def test_a_cell_trained_outside_the_sweep_from_its_request_is_done(tiny_openclip
     assert not (run.dir(tmp_path) / "train.log").exists()  # the sweep trained nothing
     assert (run.dir(tmp_path) / "metrics.json").stat().st_mtime_ns == mtime
     assert sw.run_state(run.dir(tmp_path)) == "done"
+
+
+def test_a_run_trained_outside_is_taken_for_the_cell_only_from_its_request(tiny_openclip, world, tmp_path):
+    from fdalign import finetune
+    from fdalign.errors import FDAlignError
+
+    d = grid(tiny_openclip, world, seeds=[1], methods={"fine-tune": {"beta": 0.0}})
+    cfg = sw.SweepConfig.from_dict(d)
+    run = sw.plan_runs(cfg)[0]
+    rc, request = sw.run_config(cfg, run, tmp_path), run.dir(tmp_path) / sw.REQUEST_FILE
+    run.dir(tmp_path).mkdir(parents=True)
+    rc.to_yaml(request)
+    finetune(rc)
+    text = request.read_text()
+    d["train"]["lr"] = 2e-3  # the sweep now asks for another learning rate: refused, nothing touched
+    with pytest.raises(FDAlignError, match="lr differ from the sweep config"):
+        sw.run_sweep(sw.SweepConfig.from_dict(d), tmp_path, progress=False, log=lambda m: None, feature_cache=False)
+    assert request.read_text() == text and not (run.dir(tmp_path) / "train.log").exists()
+    request.unlink()  # a run with no request: nothing says it is this cell's
+    res = sw.run_sweep(cfg, tmp_path, progress=False, log=lambda m: None, feature_cache=False)
+    assert res.failed == 1 and "without the request.yaml" in res.runs[0]["error"], res.runs
+    assert not (run.dir(tmp_path) / "train.log").exists() and not request.exists()

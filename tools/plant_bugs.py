@@ -108,6 +108,9 @@ BUGS += [
  ("concurrent askers both compute", "src/fdalign/eval/featcache.py", "with cache.computing(key):", "with contextlib.nullcontext():"),
  ("off switch ignored", "src/fdalign/eval/featcache.py", "return None if _active[-1] is _OFF else _active[-1]", "return FeatureCache(os.environ[ENV]) if ENV in os.environ else None"),
  ("lock taken on an unlinked lock file", "src/fdalign/io.py", "current = fd is None or os.fstat(fd).st_ino == os.stat(lock_path).st_ino", "current = True"),
+ ("second Ctrl-C to a checkpointing worker", "src/fdalign/experiments/launchers.py", "                        if stop is None:\n                            stop = e\n", "                        stop = stop or e\n                        if True:\n"),
+ ("Ctrl-C before a worker's cell started is lost", "src/fdalign/experiments/launchers.py", "        if _ctrl_c:\n", "        if False:\n"),
+ ("outside run without request.yaml taken for the cell", "src/fdalign/experiments/sweep.py", "            if not (run_dir / REQUEST_FILE).is_file():", "            if False:"),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")

@@ -41,9 +41,9 @@ class InProcess:
 
 def _init_worker(device: str | None, threads: int | None) -> None:
     """A worker's first act: its own process group (the terminal's Ctrl-C reaches only the sweep,
-    which forwards it once to the busy workers), Ctrl-C ignored while idle, its device, its threads."""
+    which forwards it once to the busy workers), Ctrl-C noted while no cell runs, its device, its threads."""
     os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _note_ctrl_c)
     if device is not None:  # before torch touches CUDA: the worker sees only its device, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     if threads:
@@ -53,15 +53,30 @@ def _init_worker(device: str | None, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+_ctrl_c = False  # a Ctrl-C that reached this worker while no cell was running in it
+
+
+def _note_ctrl_c(signum, frame) -> None:
+    global _ctrl_c
+    _ctrl_c = True
+
+
 def _call(fn: Callable, cell) -> dict:
-    """Run one cell in a worker; Ctrl-C (forwarded by the sweep) becomes :class:`Interrupted`."""
+    """Run one cell in a worker; Ctrl-C (forwarded by the sweep) becomes :class:`Interrupted`.
+
+    The sweep forwards Ctrl-C to every worker it has handed a cell to, and a worker may not have
+    started that cell yet: such a Ctrl-C was noted, and the cell is then not started at all."""
+    global _ctrl_c
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if _ctrl_c:
+            _ctrl_c = False
+            raise KeyboardInterrupt
         return fn(cell)
     except KeyboardInterrupt:
         raise Interrupted(str(getattr(getattr(cell, "run", None), "key", cell))) from None
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _note_ctrl_c)
 
 
 @dataclass
@@ -112,9 +127,10 @@ class LocalWorkers:
                     slot, cell = running.pop(f)
                     try:
                         status = f.result()
-                    except Interrupted as e:  # a worker's run was interrupted: stop the others too
-                        stop = stop or e
-                        self._interrupt(pools, running)
+                    except Interrupted as e:  # a worker's run was interrupted: stop the others too, once
+                        if stop is None:
+                            stop = e
+                            self._interrupt(pools, running)
                         continue
                     except Exception as e:  # the worker process died (killed, out of memory): a new one next
                         pools.pop(slot)[0].shutdown(wait=False, cancel_futures=True)

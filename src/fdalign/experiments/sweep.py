@@ -465,7 +465,14 @@ def run_cell(cell: Cell) -> dict:
         if run_state(run_dir) == "done":
             return {"state": "done", "skipped": True, "worker": worker, "busy": 0.0}
         if run_state(run_dir) == "new" and (run_dir / "metrics.json").is_file():
-            # trained outside the sweep from its request.yaml (e.g. torchrun in a job of its own): done
+            # trained outside the sweep from its request.yaml (e.g. torchrun in a job of its own): done. A
+            # request with other settings was refused when planning (check_existing); without one, nothing
+            # says the run is this cell's, so it is neither used nor overwritten
+            if not (run_dir / REQUEST_FILE).is_file():
+                return {"run": cell.run.to_json(), "state": "failed", "worker": worker, "busy": 0.0,
+                        "error": f"{run_dir} holds a run trained outside the sweep without the {REQUEST_FILE} "
+                                 "it was trained from, so it may not be this cell's; move it away (or delete "
+                                 "it) and run the sweep again"}
             status = {"run": cell.run.to_json(), "state": "done", "outside": "trained outside the sweep",
                       "started": t0, "environment": cell.env}
             atomic_write_json(run_dir / STATUS_FILE, status)
