@@ -82,6 +82,19 @@ def test_the_key_follows_weights_images_and_preprocessing(data, tmp_path):
     assert featcache.cache_key(featcache.frozen(Counting(0)), data, "fp32", "cpu")[0] == base
 
 
+def test_a_transform_with_a_lambda_is_never_cached(data, tmp_path):
+    """A lambda's repr says nothing of what it does: two different ones must not share an entry."""
+    enc = featcache.frozen(Counting())
+    twice = ImageDataset(data.split, transforms.Compose([transforms.Resize(8), transforms.ToTensor(), lambda x: 2 * x]))
+    thrice = ImageDataset(data.split, transforms.Compose([transforms.Resize(8), transforms.ToTensor(), lambda x: 3 * x]))
+    with featcache.enabled(tmp_path / "c") as cache:
+        f2, _ = extract(enc, twice)
+        f3, _ = extract(enc, thrice)
+    assert torch.allclose(f3 - enc.fc.bias, 1.5 * (f2 - enc.fc.bias), atol=1e-5)  # each its own pass
+    assert featcache.cache_key(enc, twice, "fp32", "cpu") is None and cache.stats.hits == 0
+    assert featcache.cache_key(enc, data, "fp32", "cpu") is not None  # named steps (torchvision's, _to_rgb) are
+
+
 def test_a_corrupt_entry_is_recomputed_never_used(data, tmp_path):
     enc = featcache.frozen(Counting())
     with featcache.enabled(tmp_path / "c") as cache:

@@ -178,23 +178,30 @@ def _file_digest(path: str) -> str:
 
 
 def dataset_key(dataset) -> dict | None:
-    """What identifies a dataset's images and preprocessing; None for a dataset that cannot say
-    (not an :class:`~fdalign.data.ImageDataset`), which is then never cached."""
+    """What identifies a dataset's images and preprocessing; None for a dataset that cannot say (not an
+    :class:`~fdalign.data.ImageDataset`, or a transform with a lambda), which is then never cached."""
     split, transform = getattr(dataset, "split", None), getattr(dataset, "transform", None)
     if split is None or transform is None or not hasattr(split, "samples"):
+        return None
+    preprocessing = _describe(transform)
+    if preprocessing is None:
         return None
     h = hashlib.sha256()
     for s in split.samples:
         h.update(f"{_file_digest(str(split.resolve(s)))}|{s.label}\n".encode())
-    return {"images": h.hexdigest(), "n": len(split.samples), "preprocessing": _describe(transform)}
+    return {"images": h.hexdigest(), "n": len(split.samples), "preprocessing": preprocessing}
 
 
-def _describe(transform) -> str:
+def _describe(transform) -> str | None:
     """The transform's repr without memory addresses (``<function f at 0x7f..>``), which differ between
-    processes: the workers of a sweep must agree on the key."""
+    processes: the workers of a sweep must agree on the key. None when a step is a lambda or a nested
+    function: its repr names it but not what it does, so two of them could share a key."""
     import re
 
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
+    text = repr(transform)
+    if "<lambda>" in text or "<locals>" in text:
+        return None
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
 def cache_key(encoder: nn.Module, dataset, precision: str, device) -> tuple[str, dict] | None:
