@@ -82,20 +82,13 @@ def make_launcher(args: argparse.Namespace, cfg, out: str):
     """The launcher the flags ask for (fdalign.experiments.launchers)."""
     from pathlib import Path
 
-    from fdalign.errors import FDAlignError
     from fdalign.experiments.launchers import InProcess, LocalWorkers, SlurmOptions, Submitit
 
     if args.launcher == "local":
         devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
-        bad = [d for d in devices if not (d.isdigit() or d.startswith(("GPU-", "MIG-")))]
-        if bad:
-            raise FDAlignError(f"--devices {args.devices}: {bad[0]!r} is not a GPU; give indices as "
-                               "nvidia-smi lists them (e.g. --devices 0,1,2,3) or GPU-/MIG- UUIDs")
-        if args.workers < 1:
-            raise FDAlignError(f"--workers {args.workers}: give 1 or more")
         if args.workers == 1 and not devices:
             return InProcess()
-        return LocalWorkers(args.workers, devices)
+        return LocalWorkers(args.workers, devices)  # checks the numbers and the devices
     opts = SlurmOptions(partition=args.partition, time=args.time, gpus_per_task=args.gpus_per_task,
                         cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                         array_parallelism=args.array_parallelism, sbatch=list(args.sbatch))

@@ -200,8 +200,6 @@ class ClassPool:
     skipped: list[int]
 
 
-
-
 def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip", flags: dict | None = None) -> ClassPool:
     """Group ``split`` by class; classes with fewer than ``K + Q`` images are skipped (counted) or refused.
 

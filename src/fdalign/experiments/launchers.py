@@ -92,6 +92,10 @@ class LocalWorkers:
     def __post_init__(self):
         if self.workers < 1:
             raise FDAlignError(f"--workers {self.workers}: give 1 or more")
+        bad = [d for d in map(str, self.devices) if not (d.isdigit() or d.startswith(("GPU-", "MIG-")))]
+        if bad:
+            raise FDAlignError(f"--devices {','.join(map(str, self.devices))}: {bad[0]!r} is not a GPU; give "
+                               "indices as nvidia-smi lists them (e.g. --devices 0,1,2,3) or GPU-/MIG- UUIDs")
 
     @property
     def slots(self) -> int:

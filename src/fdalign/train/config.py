@@ -47,7 +47,7 @@ _f = option  # every field below is an option: a default, its --help text, its c
 @dataclass
 class ModelOptions(ConfigFile):
     """The CLIP model a run starts from: the first options of :class:`TrainConfig` and of
-    :class:`fdalign.train.meta.MetaConfig`."""
+    :class:`fdalign.train.meta_config.MetaConfig`."""
 
     model: str | None = _f(None, "CLIP model: an open_clip name (ViT-B-32), 'hf:<repo or dir>', or a name "
                            "used with --model-config")
