@@ -29,10 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _synth import class_colour, make_image  # noqa: E402
-
 from fdalign.backends import load_clip  # noqa: E402
 from fdalign.data.datasets import ImageDataset, load_imagefolder  # noqa: E402
-from fdalign.data.episodes import EpisodeSpec, Episodes, class_pool, sample_episodes  # noqa: E402
+from fdalign.data.episodes import Episodes, EpisodeSpec, class_pool, sample_episodes  # noqa: E402
 from fdalign.eval.episodes import episode_accuracy  # noqa: E402
 from fdalign.eval.features import extract_features  # noqa: E402
 
@@ -73,8 +72,12 @@ def naive(encoder, split, transform, spec, episodes, seed):
         ids = np.concatenate([eps.support.ravel(), eps.query.ravel()])
         feats = encoder(torch.stack([ds[int(j)][0] for j in ids]))
         local = np.arange(len(ids))
-        one = Episodes(eps.classes, local[: eps.support.size].reshape(eps.support.shape),
-                       local[eps.support.size:].reshape(eps.query.shape), eps.index)
+        one = Episodes(
+            eps.classes,
+            local[: eps.support.size].reshape(eps.support.shape),
+            local[eps.support.size :].reshape(eps.query.shape),
+            eps.index,
+        )
         accs.append(episode_accuracy(feats, one, spec, "proto"))
     return torch.cat(accs), time.perf_counter() - t0
 
@@ -86,11 +89,15 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=20, help="classes of the generated split (miniImageNet novel: 20)")
     ap.add_argument("--per-class", type=int, default=60, help="images per class")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--model-config", default=None, help="open_clip model-config JSON (random weights) instead of fdalign-world")
+    ap.add_argument(
+        "--model-config", default=None, help="open_clip model-config JSON (random weights) instead of fdalign-world"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    backend = load_clip("fdalign-world") if args.model_config is None else load_clip(None, model_config=args.model_config)
+    backend = (
+        load_clip("fdalign-world") if args.model_config is None else load_clip(None, model_config=args.model_config)
+    )
     size = backend.image_spec.size if isinstance(backend.image_spec.size, int) else backend.image_spec.size[0]
     spec, seed = EpisodeSpec(5, 1, 15), 0
     tf = backend.preprocess_eval()
@@ -107,8 +114,10 @@ def main() -> None:
     rate_cached = args.episodes / (t_sample + t_score)
     rate_e2e = args.episodes / (t_encode + t_sample + t_score)
     rate_naive = args.naive / t_naive
-    print(f"model {backend.name}, {size}px; split {args.classes} classes x {args.per_class} images; "
-          f"{spec.name}, {spec.q_query} queries; torch threads {args.threads}")
+    print(
+        f"model {backend.name}, {size}px; split {args.classes} classes x {args.per_class} images; "
+        f"{spec.name}, {spec.q_query} queries; torch threads {args.threads}"
+    )
     print(f"encode all {len(split)} images once:           {t_encode:8.2f} s")
     print(f"cached: sample {args.episodes} episodes          {t_sample:8.3f} s")
     print(f"cached: score  {args.episodes} episodes          {t_score:8.3f} s")
@@ -117,7 +126,9 @@ def main() -> None:
     print(f"cached, encoding incl.: {rate_e2e:10.1f} episodes/s (for {args.episodes} episodes)")
     print(f"naive (encode per episode): {rate_naive:6.2f} episodes/s over {args.naive} episodes")
     print(f"ratio cached / naive: {rate_cached / rate_naive:.0f}x; end-to-end / naive: {rate_e2e / rate_naive:.1f}x")
-    print(f"mean accuracy over the {args.episodes} episodes: {acc.mean():.2f}% (naive = cached on the first {args.naive}: yes)")
+    print(
+        f"mean accuracy over the {args.episodes} episodes: {acc.mean():.2f}% (naive = cached on the first {args.naive}: yes)"
+    )
 
 
 if __name__ == "__main__":

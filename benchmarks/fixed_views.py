@@ -51,11 +51,14 @@ def main(argv=None) -> int:
     protos = build_prototypes(backend, list(CLASSES), load_templates("openai80"), spc=SPCConfig(keep=60, k=20))
 
     def world(per_class, seed, style, augment=False):
-        return WorldDataset(render_grid(per_class, seed, styles=[style], image_size=spec.size), spec.mean, spec.std,
-                            augment=augment)
+        return WorldDataset(
+            render_grid(per_class, seed, styles=[style], image_size=spec.size), spec.mean, spec.std, augment=augment
+        )
 
-    sets = {s: EvalSet(s, world(args.test_per_class, _seed("test", s), s), role="test" if s == id_style else "ood")
-            for s in (id_style, *OOD)}
+    sets = {
+        s: EvalSet(s, world(args.test_per_class, _seed("test", s), s), role="test" if s == id_style else "ood")
+        for s in (id_style, *OOD)
+    }
     results: dict[int, list[tuple[float, float]]] = {c: [] for c in args.cycles}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(1, args.seeds + 1):
@@ -63,24 +66,43 @@ def main(argv=None) -> int:
             val = world(2, _seed("val", seed), id_style)
             for cycle in args.cycles:
                 b = load_clip("fdalign-world")
-                cfg = TrainConfig(shots=8, seed=seed, epochs=args.epochs, lr=1e-4, beta=20.0, batch_size=32,
-                                  spc_keep=60, spc_k=20, selection="last", num_workers=0, device="cpu",
-                                  progress=False, tensorboard=False, view_cycle=cycle)
+                cfg = TrainConfig(
+                    shots=8,
+                    seed=seed,
+                    epochs=args.epochs,
+                    lr=1e-4,
+                    beta=20.0,
+                    batch_size=32,
+                    spc_keep=60,
+                    spc_k=20,
+                    selection="last",
+                    num_workers=0,
+                    device="cpu",
+                    progress=False,
+                    tensorboard=False,
+                    view_cycle=cycle,
+                )
                 res = train(b, train_set, val, protos, cfg, f"{tmp}/s{seed}c{cycle}")
                 m = run_evaluation({"ft": (res.encoder, res.head)}, sets, batch_size=128, progress=False)
                 ood = statistics.mean(m[s]["ft"]["top1"] for s in OOD)
                 results[cycle].append((m[id_style]["ft"]["top1"], ood))
-                print(f"seed {seed} view cycle {cycle or 'fresh'}: ID {results[cycle][-1][0]:.1f} OOD {ood:.1f}",
-                      flush=True)
+                print(
+                    f"seed {seed} view cycle {cycle or 'fresh'}: ID {results[cycle][-1][0]:.1f} OOD {ood:.1f}",
+                    flush=True,
+                )
     fresh = results[args.cycles[0]]
-    print(f"\nFD-Align on the world, {args.seeds} seeds, {args.epochs} epochs (mean over seeds; paired difference "
-          f"against {args.cycles[0] or 'fresh'} views):")
+    print(
+        f"\nFD-Align on the world, {args.seeds} seeds, {args.epochs} epochs (mean over seeds; paired difference "
+        f"against {args.cycles[0] or 'fresh'} views):"
+    )
     for cycle, rows in results.items():
         d_id = statistics.mean(r[0] - f[0] for r, f in zip(rows, fresh))
         d_ood = statistics.mean(r[1] - f[1] for r, f in zip(rows, fresh))
-        print(f"  views {'fresh each epoch' if cycle == 0 else f'{cycle} per image':>18}: "
-              f"ID {statistics.mean(r[0] for r in rows):.1f}  OOD {statistics.mean(r[1] for r in rows):.1f}  "
-              f"(diff ID {d_id:+.1f}, OOD {d_ood:+.1f})")
+        print(
+            f"  views {'fresh each epoch' if cycle == 0 else f'{cycle} per image':>18}: "
+            f"ID {statistics.mean(r[0] for r in rows):.1f}  OOD {statistics.mean(r[1] for r in rows):.1f}  "
+            f"(diff ID {d_id:+.1f}, OOD {d_ood:+.1f})"
+        )
     return 0
 
 

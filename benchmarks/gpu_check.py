@@ -42,10 +42,15 @@ def summarise(out: Path) -> dict:
     rows = list(csv.DictReader(open(out / "log.csv")))
     metrics = json.loads((out / "metrics.json").read_text())
     losses = [float(r["loss"]) for r in rows]
-    return {"steps": len(rows), "last_loss": losses[-1], "finite": all(math.isfinite(v) for v in losses),
-            "kl": float(rows[-1].get("kl", "nan")),
-            "top1": {split: round(m["fine-tuned"]["top1"], 1) for split, m in metrics["metrics"].items()
-                     if "fine-tuned" in m}}
+    return {
+        "steps": len(rows),
+        "last_loss": losses[-1],
+        "finite": all(math.isfinite(v) for v in losses),
+        "kl": float(rows[-1].get("kl", "nan")),
+        "top1": {
+            split: round(m["fine-tuned"]["top1"], 1) for split, m in metrics["metrics"].items() if "fine-tuned" in m
+        },
+    }
 
 
 def main() -> None:
@@ -58,11 +63,42 @@ def main() -> None:
     out = Path(args.out)
     world = out / "world"
     fd = [sys.executable, "-m", "fdalign"]
-    run(fd + ["world", "render", "--out", str(world), "--id-styles", "jpeg corrupted",
-              "--ood-styles", "sketch", "--test-per-class", "8", "--no-progress"])
-    common = ["train", "--model", "fdalign-world", "--data", str(world), "--ood", f"sketch={world}/ood/sketch",
-              "--shots", str(args.shots), "--epochs", str(args.epochs), "--beta", "20", "--device", "cuda",
-              "--no-progress", "--seed", "1"]
+    run(
+        fd
+        + [
+            "world",
+            "render",
+            "--out",
+            str(world),
+            "--id-styles",
+            "jpeg corrupted",
+            "--ood-styles",
+            "sketch",
+            "--test-per-class",
+            "8",
+            "--no-progress",
+        ]
+    )
+    common = [
+        "train",
+        "--model",
+        "fdalign-world",
+        "--data",
+        str(world),
+        "--ood",
+        f"sketch={world}/ood/sketch",
+        "--shots",
+        str(args.shots),
+        "--epochs",
+        str(args.epochs),
+        "--beta",
+        "20",
+        "--device",
+        "cuda",
+        "--no-progress",
+        "--seed",
+        "1",
+    ]
     if args.cpu_smoke:  # check this script itself without a GPU
         common[common.index("cuda")] = "cpu"
     results = {}
@@ -71,14 +107,23 @@ def main() -> None:
         results[name] = (run(fd + common + extra + ["--out", str(d)]), summarise(d))
     d = out / "torchrun_nccl"
     results["torchrun nccl (1 proc)"] = (
-        run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "fdalign"]
-            + common + ["--precision", "bf16", "--out", str(d)]), summarise(d))
+        run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "fdalign"]
+            + common
+            + ["--precision", "bf16", "--out", str(d)]
+        ),
+        summarise(d),
+    )
     base = results["fp32"][0]
-    print(f"{'setting':28s} {'time/fp32':>9s} {'steps':>5s} {'finite':>6s} {'last loss':>9s} {'last kl':>8s}  "
-          "fine-tuned top-1 per split")
+    print(
+        f"{'setting':28s} {'time/fp32':>9s} {'steps':>5s} {'finite':>6s} {'last loss':>9s} {'last kl':>8s}  "
+        "fine-tuned top-1 per split"
+    )
     for name, (sec, s) in results.items():
-        print(f"{name:28s} {sec / base:9.2f} {s['steps']:5d} {str(s['finite']):>6s} {s['last_loss']:9.4f} "
-              f"{s['kl']:8.4f}  {s['top1']}")
+        print(
+            f"{name:28s} {sec / base:9.2f} {s['steps']:5d} {str(s['finite']):>6s} {s['last_loss']:9.4f} "
+            f"{s['kl']:8.4f}  {s['top1']}"
+        )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def main() -> None:
         tf = backend.preprocess_eval()
         data = CacheData(ImageDataset(splits["train"], tf), ImageDataset(splits["val"], tf), "val (4/class)")
         sets = {"test": EvalSet("test", ImageDataset(splits["test"], tf))}
-        protos = build_prototypes(backend, splits["train"].classnames, load_templates("tip7"), cache_dir=False,
-                                  spc=None, progress=False).class_prototypes
+        protos = build_prototypes(
+            backend, splits["train"].classnames, load_templates("tip7"), cache_dir=False, spc=None, progress=False
+        ).class_prototypes
         fit = FitConfig(epochs=args.epochs)
         cfg = HeadsConfig(tip=TipConfig("0.1:3:10", "0.1:7:20", fit), ape=APEConfig(fit=fit, alpha="0.1:3:5"))
         enc = backend.image_encoder
@@ -108,9 +109,11 @@ def main() -> None:
 
     same = all(a["test"][r]["top1"] == b["test"][r]["top1"] for r in a["test"])
     n_test = len(sets["test"].dataset)
-    print(f"{args.classes} classes, cache {args.classes * args.shots}, val {args.classes * 4}, test {n_test} images "
-          f"({n_images} encoded per pass); ViT width {args.width}, {args.image}px; {args.threads} thread(s); "
-          f"heads: {', '.join(heads)}")
+    print(
+        f"{args.classes} classes, cache {args.classes * args.shots}, val {args.classes * 4}, test {n_test} images "
+        f"({n_images} encoded per pass); ViT width {args.width}, {args.image}px; {args.threads} thread(s); "
+        f"heads: {', '.join(heads)}"
+    )
     print(f"same accuracies both ways: {same}  " + ", ".join(f"{r} {v['top1']:.1f}" for r, v in a["test"].items()))
     print(f"{'':32s}{'seconds':>10s}{'test images x heads / s':>26s}")
     print(f"{'shared features (fdalign)':32s}{t_shared:10.2f}{n_test * len(heads) / t_shared:26.1f}")

@@ -78,18 +78,26 @@ def main(argv=None) -> int:
         arch = _archives(tmp / "tree", tmp, wnids)
         expect = tmp / "expect.json"
         per_val = max(1, args.per_class // 10)
-        expect.write_text(f'{{"train": [{args.classes * args.per_class}, {args.classes}], '
-                          f'"val": [{args.classes * per_val}, {args.classes}]}}')
+        expect.write_text(
+            f'{{"train": [{args.classes * args.per_class}, {args.classes}], '
+            f'"val": [{args.classes * per_val}, {args.classes}]}}'
+        )
         get("imagenet")  # loads the registry
         from fdalign.data.imagenet import imagenet_classnames, imagenet_wnids
 
         imagenet_wnids(), imagenet_classnames()  # their first call imports timm: not part of any timing
-        print(f"miniature ImageNet: {args.classes} classes, {n} files of {args.bytes / 1e3:.0f} kB "
-              f"({n * args.bytes / 1e6:.0f} MB)")
+        print(
+            f"miniature ImageNet: {args.classes} classes, {n} files of {args.bytes / 1e3:.0f} kB "
+            f"({n * args.bytes / 1e6:.0f} MB)"
+        )
         print(f"{'source':<22}{'placed as':<11}{'files/s':>10}{'seconds':>9}{'new disk MB':>13}")
         rows = []
-        for label, src, mode in [("extracted tree", [tmp / "tree"], "hard"), ("extracted tree", [tmp / "tree"], "symbolic"),
-                                 ("extracted tree", [tmp / "tree"], "copy"), ("train tar of tars", arch, "hard")]:
+        for label, src, mode in [
+            ("extracted tree", [tmp / "tree"], "hard"),
+            ("extracted tree", [tmp / "tree"], "symbolic"),
+            ("extracted tree", [tmp / "tree"], "copy"),
+            ("train tar of tars", arch, "hard"),
+        ]:
             out = tmp / f"out-{len(rows)}"
             t = time.perf_counter()
             prepare("imagenet", src, out, link=mode, expect_counts=expect)
@@ -99,7 +107,9 @@ def main(argv=None) -> int:
             rows.append((label, placed, n / dt, dt, mb))
             print(f"{label:<22}{placed:<11}{n / dt:>10.0f}{dt:>9.2f}{mb:>13.1f}")
         hard, copy = rows[0], rows[2]
-        print(f"hard links vs copy: {hard[2] / copy[2]:.1f}x the files/s, {hard[4]:.1f} MB vs {copy[4]:.1f} MB of new disk")
+        print(
+            f"hard links vs copy: {hard[2] / copy[2]:.1f}x the files/s, {hard[4]:.1f} MB vs {copy[4]:.1f} MB of new disk"
+        )
     return 0
 
 

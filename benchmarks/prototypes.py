@@ -30,8 +30,13 @@ def small_clip_config(width: int, layers: int, context: int) -> dict:
     return {
         "embed_dim": 64,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": context, "vocab_size": 49408, "width": width, "heads": width // 64,
-                     "layers": layers},
+        "text_cfg": {
+            "context_length": context,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": width // 64,
+            "layers": layers,
+        },
     }
 
 
@@ -48,8 +53,9 @@ def naive_two_pass(backend, classnames, templates, batch_size):
 
 
 def one_pass(backend, classnames, templates, batch_size, cache_dir=False):
-    feats = encode_prompt_features(backend, classnames, templates, batch_size=batch_size, progress=False,
-                                   cache_dir=cache_dir)
+    feats = encode_prompt_features(
+        backend, classnames, templates, batch_size=batch_size, progress=False, cache_dir=cache_dir
+    )
     return class_prototypes(feats), spurious_prototypes(feats)
 
 
@@ -86,18 +92,22 @@ def main():
         backend.encode_text(templates[:8])  # warm-up: first-call allocations and tokenizer init
 
         t_one, (cls1, spur1) = timed(lambda: one_pass(backend, classnames, templates, args.batch_size), args.repeats)
-        t_naive, (cls2, spur2) = timed(lambda: naive_two_pass(backend, classnames, templates, args.batch_size),
-                                       args.repeats)
+        t_naive, (cls2, spur2) = timed(
+            lambda: naive_two_pass(backend, classnames, templates, args.batch_size), args.repeats
+        )
         cache = Path(tmp) / "cache"
         one_pass(backend, classnames, templates, args.batch_size, cache_dir=cache)  # fill the cache
-        t_cached, (cls3, spur3) = timed(lambda: one_pass(backend, classnames, templates, args.batch_size, cache),
-                                        args.repeats)
+        t_cached, (cls3, spur3) = timed(
+            lambda: one_pass(backend, classnames, templates, args.batch_size, cache), args.repeats
+        )
 
     torch.testing.assert_close(cls1, cls2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(spur1, spur2, rtol=1e-5, atol=1e-6)
     assert torch.equal(cls1, cls3) and torch.equal(spur1, spur3)
-    print(f"C={c} classes x M={m} templates ({args.templates}), D={cls1.shape[1]}, text tower width {args.width} "
-          f"x {args.layers} layers, context {args.context}, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"C={c} classes x M={m} templates ({args.templates}), D={cls1.shape[1]}, text tower width {args.width} "
+        f"x {args.layers} layers, context {args.context}, {args.threads} threads, median of {args.repeats}"
+    )
     print(f"  naive two-pass  : {2 * c * m:5d} encodings in {c + m:3d} calls  {t_naive:8.3f} s")
     print(f"  one pass        : {c * m:5d} encodings in   1 call   {t_one:8.3f} s")
     print(f"  one pass, cached:     0 encodings             {t_cached:8.3f} s")

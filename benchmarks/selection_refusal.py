@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fdalign.workflows.evaluation import _refuse_selection_images
 from fdalign.data import LabeledSplit, Sample, save_split
+from fdalign.workflows.evaluation import _refuse_selection_images
 
 
 def _make(root: Path, prefix: str, n: int, classes: int) -> LabeledSplit:
@@ -48,8 +48,12 @@ def main() -> None:
         _make(tmp / "data" / "val", "val", a.images, a.classes)  # the test set, listed through a symlink
         (tmp / "link").symlink_to(tmp / "data", target_is_directory=True)
         listed = _make(tmp / "data" / "val", "val", 0, a.classes)
-        test = LabeledSplit(listed.classnames, [Sample(f"n{i % a.classes:08d}/val_{i:07d}.JPEG", i % a.classes)
-                                                for i in range(a.images)], str(tmp / "link" / "val"), "test")
+        test = LabeledSplit(
+            listed.classnames,
+            [Sample(f"n{i % a.classes:08d}/val_{i:07d}.JPEG", i % a.classes) for i in range(a.images)],
+            str(tmp / "link" / "val"),
+            "test",
+        )
         val = _make(tmp / "data" / "train", "train", 4 * a.classes, a.classes)
         save_split(val, tmp / "run" / "splits" / "val.json")
         naive, fast = [], []
@@ -62,8 +66,10 @@ def main() -> None:
             fast.append(time.perf_counter() - t)
         assert shared == 0
     n, f = statistics.median(naive), statistics.median(fast)
-    print(f"{a.images} images, {4 * a.classes} selection images: resolve every file {n:.3f} s, "
-          f"name pre-filter {f:.3f} s (includes reading val.json); ratio {n / f:.1f}x")
+    print(
+        f"{a.images} images, {4 * a.classes} selection images: resolve every file {n:.3f} s, "
+        f"name pre-filter {f:.3f} s (includes reading val.json); ratio {n / f:.1f}x"
+    )
 
 
 if __name__ == "__main__":

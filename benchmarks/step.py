@@ -85,9 +85,20 @@ def trainer_loop(model, args, device):
 
     classes = [f"class {i}" for i in range(10)]
     backend = load_clip(model, pretrained=args.pretrained)
-    protos = build_prototypes(backend, classes, ["a photo of a {}.", "a sketch of a {}.", "art of a {}.",
-                                                  "a {} toy.", "a blurry photo of a {}.", "a drawing of a {}."],
-                              spc=SPCConfig(keep=5, k=3), cache_dir=False)
+    protos = build_prototypes(
+        backend,
+        classes,
+        [
+            "a photo of a {}.",
+            "a sketch of a {}.",
+            "art of a {}.",
+            "a {} toy.",
+            "a blurry photo of a {}.",
+            "a drawing of a {}.",
+        ],
+        spc=SPCConfig(keep=5, k=3),
+        cache_dir=False,
+    )
     size = backend.image_spec.size
     g = torch.Generator().manual_seed(0)
     n = args.loop_images
@@ -95,10 +106,23 @@ def trainer_loop(model, args, device):
     val = torch.utils.data.TensorDataset(torch.randn(10, 3, size, size, generator=g), torch.arange(10))
     times: dict[str, list[float]] = {"ft": [], "fd": [], "fd_fill": [], "fd_cached": []}
     with tempfile.TemporaryDirectory() as tmp:
+
         def run(name, beta, cache, r):
-            cfg = TrainConfig(shots=1, epochs=args.loop_epochs, batch_size=args.batch, lr=1e-6, beta=beta,
-                              spc_keep=5, spc_k=3, num_workers=0, device=str(device), progress=False,
-                              tensorboard=False, selection="last", f0_cache=cache)
+            cfg = TrainConfig(
+                shots=1,
+                epochs=args.loop_epochs,
+                batch_size=args.batch,
+                lr=1e-6,
+                beta=beta,
+                spc_keep=5,
+                spc_k=3,
+                num_workers=0,
+                device=str(device),
+                progress=False,
+                tensorboard=False,
+                selection="last",
+                f0_cache=cache,
+            )
             b = load_clip(model, pretrained=args.pretrained)
             t0 = time.perf_counter()
             train(b, ds, val, protos, cfg, f"{tmp}/{name}{r}", data_key="benchmark" if cache else None)
@@ -143,8 +167,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
 
     from fdalign.backends import load_clip
     from fdalign.prototypes import build_prototypes
@@ -153,17 +180,27 @@ def main(argv=None) -> int:
     if args.skip_core:
         return _loop_only(args, device)
     backend = load_clip(args.model, pretrained=args.pretrained if args.model != "fdalign-world" else None)
-    protos = build_prototypes(backend, [f"class {i}" for i in range(10)],
-                              [f"a {s} photo of a {{}}." for s in ("good", "bad", "dark", "bright", "small", "big")],
-                              spc=SPCConfig(keep=5, k=3), cache_dir=False)
-    print(f"{args.model} ({args.pretrained if args.model != 'fdalign-world' else 'shipped weights'}), batch {args.batch}, {device}, {torch.get_num_threads()} threads")
+    protos = build_prototypes(
+        backend,
+        [f"class {i}" for i in range(10)],
+        [f"a {s} photo of a {{}}." for s in ("good", "bad", "dark", "bright", "small", "big")],
+        spc=SPCConfig(keep=5, k=3),
+        cache_dir=False,
+    )
+    print(
+        f"{args.model} ({args.pretrained if args.model != 'fdalign-world' else 'shipped weights'}), batch {args.batch}, {device}, {torch.get_num_threads()} threads"
+    )
     med, peaks = core_steps(backend, protos, args, device)
-    print(f"core step median of {args.steps}: fine-tune {med['ft'] * 1e3:.0f} ms, FD-Align {med['fd'] * 1e3:.0f} ms, "
-          f"FD-Align with f0 cache {med['fd_cached'] * 1e3:.0f} ms")
+    print(
+        f"core step median of {args.steps}: fine-tune {med['ft'] * 1e3:.0f} ms, FD-Align {med['fd'] * 1e3:.0f} ms, "
+        f"FD-Align with f0 cache {med['fd_cached'] * 1e3:.0f} ms"
+    )
     print(f"ratio FD-Align / fine-tune step, f0 live (inference mode): {med['fd'] / med['ft']:.3f}")
     print(f"ratio FD-Align / fine-tune step, f0 cache: {med['fd_cached'] / med['ft']:.3f}")
-    print(f"peak memory after fine-tune steps {peaks['ft']:.0f} MB, after FD-Align steps {peaks['fd']:.0f} MB "
-          f"({'CUDA allocated' if device.type == 'cuda' else 'process max RSS'})")
+    print(
+        f"peak memory after fine-tune steps {peaks['ft']:.0f} MB, after FD-Align steps {peaks['fd']:.0f} MB "
+        f"({'CUDA allocated' if device.type == 'cuda' else 'process max RSS'})"
+    )
     ips = eval_throughput(backend, args, device)
     print(f"evaluation feature extraction: {ips:.1f} images/s")
     del backend
@@ -172,12 +209,16 @@ def main(argv=None) -> int:
 
 def _loop_only(args, device) -> int:
     loop = trainer_loop(args.loop_model, argparse.Namespace(**{**vars(args), "pretrained": None}), device)
-    print(f"trainer loop ({args.loop_model}, {args.loop_images} images x {args.loop_epochs} epochs, best of "
-          f"{args.loop_rounds} interleaved rounds): "
-          f"fine-tune {loop['ft']:.2f} s, FD-Align {loop['fd']:.2f} s, FD-Align filling the cache "
-          f"{loop['fd_fill']:.2f} s, FD-Align reading it {loop['fd_cached']:.2f} s")
-    print(f"ratio trainer loop FD-Align / fine-tune: f0 live {loop['fd'] / loop['ft']:.3f}, "
-          f"f0 cache {loop['fd_cached'] / loop['ft']:.3f}")
+    print(
+        f"trainer loop ({args.loop_model}, {args.loop_images} images x {args.loop_epochs} epochs, best of "
+        f"{args.loop_rounds} interleaved rounds): "
+        f"fine-tune {loop['ft']:.2f} s, FD-Align {loop['fd']:.2f} s, FD-Align filling the cache "
+        f"{loop['fd_fill']:.2f} s, FD-Align reading it {loop['fd_cached']:.2f} s"
+    )
+    print(
+        f"ratio trainer loop FD-Align / fine-tune: f0 live {loop['fd'] / loop['ft']:.3f}, "
+        f"f0 cache {loop['fd_cached'] / loop['ft']:.3f}"
+    )
     print(f"peak memory at the end: {peak_mb():.0f} MB")
     return 0
 

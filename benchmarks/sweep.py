@@ -39,15 +39,18 @@ def main(argv=None) -> int:
     from fdalign.experiments.launchers import InProcess, LocalWorkers
 
     cfg = sw.load_sweep_config("demo")
-    cfg.seeds = cfg.seeds[:args.seeds]
+    cfg.seeds = cfg.seeds[: args.seeds]
     cfg.train = dict(cfg.train, epochs=args.epochs, device="cpu")
     cfg.heads = [h for h in args.heads.split(",") if h]
     tmp = Path(tempfile.mkdtemp(prefix="fdalign-bench-sweep-"))
     world = sw.render_world_for(cfg, tmp, progress=False)
     cfg = dataclasses.replace(cfg, world=None)
     n_runs = len(sw.plan_runs(cfg))
-    print(f"demo sweep: {n_runs} runs ({len(cfg.seeds)} seeds x {len(cfg.methods)} methods, {args.epochs} epochs, "
-          f"heads: {cfg.heads or 'none'}), {args.cores} CPU cores, world in {world}", flush=True)
+    print(
+        f"demo sweep: {n_runs} runs ({len(cfg.seeds)} seeds x {len(cfg.methods)} methods, {args.epochs} epochs, "
+        f"heads: {cfg.heads or 'none'}), {args.cores} CPU cores, world in {world}",
+        flush=True,
+    )
 
     passes: dict[str, int] = {}
     original = F.extract_features
@@ -65,8 +68,15 @@ def main(argv=None) -> int:
         F.extract_features = counting
         t0 = time.perf_counter()
         try:
-            res = sw.run_sweep(cfg, out, data_root=str(world), progress=False, log=lambda m: None, launcher=launcher,
-                               feature_cache=cache)
+            res = sw.run_sweep(
+                cfg,
+                out,
+                data_root=str(world),
+                progress=False,
+                log=lambda m: None,
+                launcher=launcher,
+                feature_cache=cache,
+            )
         finally:
             F.extract_features = original
         wall = time.perf_counter() - t0
@@ -74,9 +84,12 @@ def main(argv=None) -> int:
             bad = [r for r in res.runs if r["state"] != "done"]
             sys.exit(f"{name}: {len(bad)} run(s) failed, e.g. {bad[0]}")
         cost = json.loads((out / "sweep.json").read_text())["cost"]
-        print(f"  {name:<22} {wall:7.1f} s wall; busy per worker: "
-              + ", ".join(f"{v:.0f} s" for v in cost["busy_seconds"].values())
-              + f"; cache hits {cost['cache']['hits']}, saved {cost['cache']['seconds_saved']:.1f} s", flush=True)
+        print(
+            f"  {name:<22} {wall:7.1f} s wall; busy per worker: "
+            + ", ".join(f"{v:.0f} s" for v in cost["busy_seconds"].values())
+            + f"; cache hits {cost['cache']['hits']}, saved {cost['cache']['seconds_saved']:.1f} s",
+            flush=True,
+        )
         counted = dict(passes) if passes else dict(cost["cache"].get("passes") or {})
         return wall, counted, cost
 

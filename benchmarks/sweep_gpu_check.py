@@ -32,14 +32,16 @@ def main(argv=None) -> int:
     assert torch.cuda.is_available(), "needs a CUDA device"
     out = Path(args.out)
     cfg = sw.load_sweep_config("demo")
-    cfg.seeds = cfg.seeds[:args.seeds]
+    cfg.seeds = cfg.seeds[: args.seeds]
     cfg.train = dict(cfg.train, epochs=args.epochs, device="cuda:0")
     world = sw.render_world_for(cfg, out, progress=False)
     cfg = dataclasses.replace(cfg, world=None)
     runs = sw.plan_runs(cfg)
     rows = {}
-    for name, launcher in (("in-process", InProcess()),
-                           ("2 workers", LocalWorkers(2, devices=args.devices.split(","), threads=4))):
+    for name, launcher in (
+        ("in-process", InProcess()),
+        ("2 workers", LocalWorkers(2, devices=args.devices.split(","), threads=4)),
+    ):
         t0 = time.perf_counter()
         res = sw.run_sweep(cfg, out / name, data_root=str(world), progress=False, log=print, launcher=launcher)
         wall = time.perf_counter() - t0
@@ -49,12 +51,21 @@ def main(argv=None) -> int:
             st = json.loads((r.dir(out / name) / "status.json").read_text())
             m = json.loads((r.dir(out / name) / "metrics.json").read_text())
             rows.setdefault(r.key, {})[name] = m["metrics"]
-            print(f"   {r.key}: {st['state']} worker {st.get('worker')} CUDA_VISIBLE_DEVICES="
-                  f"{st.get('cuda_visible_devices')} device {m['config']['device']} {st.get('seconds')} s", flush=True)
-    same = all(v["in-process"][s]["zero-shot"] == v["2 workers"][s]["zero-shot"]
-               for v in rows.values() for s in v["in-process"])
-    diff = max(abs(v["in-process"][s]["fine-tuned"]["top1"] - v["2 workers"][s]["fine-tuned"]["top1"])
-               for v in rows.values() for s in v["in-process"])
+            print(
+                f"   {r.key}: {st['state']} worker {st.get('worker')} CUDA_VISIBLE_DEVICES="
+                f"{st.get('cuda_visible_devices')} device {m['config']['device']} {st.get('seconds')} s",
+                flush=True,
+            )
+    same = all(
+        v["in-process"][s]["zero-shot"] == v["2 workers"][s]["zero-shot"]
+        for v in rows.values()
+        for s in v["in-process"]
+    )
+    diff = max(
+        abs(v["in-process"][s]["fine-tuned"]["top1"] - v["2 workers"][s]["fine-tuned"]["top1"])
+        for v in rows.values()
+        for s in v["in-process"]
+    )
     print(f"zero-shot rows equal across the two sweeps: {same}; largest fine-tuned top-1 difference {diff:.2f} points")
     return 0 if same else 1
 

@@ -94,22 +94,44 @@ def _evaluate(name, encoder, head, eval_sets, id_style, ood_styles, device):
     }
 
 
-def _train_config(cfg: "fdalign.demo.DemoConfig", seed: int, beta: float):  # noqa: F821
+def _train_config(cfg: fdalign.demo.DemoConfig, seed: int, beta: float):  # noqa: F821
     from fdalign.train.config import TrainConfig
 
     return TrainConfig(
-        model=cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, dataset_name="world",
-        shots=cfg.shots, seed=seed, templates=cfg.templates, mode="fdalign", alpha=1.0, beta=beta,
-        spc=cfg.spc, spc_keep=cfg.spc_keep, spc_k=cfg.spc_k, head="frozen", optimizer="adamw", lr=cfg.lr,
-        weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size, warmup_epochs=1.0,
-        selection=cfg.selection, device=cfg.device, num_workers=0, eval_batch_size=128, progress=cfg.progress,
-        tensorboard=False, wiseft_alphas=list(cfg.wiseft_alphas),
+        model=cfg.model,
+        pretrained=cfg.pretrained,
+        model_config=cfg.model_config,
+        dataset_name="world",
+        shots=cfg.shots,
+        seed=seed,
+        templates=cfg.templates,
+        mode="fdalign",
+        alpha=1.0,
+        beta=beta,
+        spc=cfg.spc,
+        spc_keep=cfg.spc_keep,
+        spc_k=cfg.spc_k,
+        head="frozen",
+        optimizer="adamw",
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        warmup_epochs=1.0,
+        selection=cfg.selection,
+        device=cfg.device,
+        num_workers=0,
+        eval_batch_size=128,
+        progress=cfg.progress,
+        tensorboard=False,
+        wiseft_alphas=list(cfg.wiseft_alphas),
     ).validate("the demo settings")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--model", default="fdalign-world", help="model name (the shipped world CLIP)")
     ap.add_argument("--pretrained", default=None, help="checkpoint overriding the model's weights")
     ap.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom model")
@@ -135,39 +157,64 @@ def main() -> None:
     from fdalign.heads import PrototypeHead
     from fdalign.prompts import load_templates
     from fdalign.prototypes import build_prototypes
-    from fdalign.spc import SPCConfig
     from fdalign.selection import EvalSplit
+    from fdalign.spc import SPCConfig
     from fdalign.train.trainer import train
     from fdalign.world.generator import CLASSES
 
     if set(a.seeds) & set(D.DemoConfig().seed_list):
         raise SystemExit(f"dev seeds {a.seeds} overlap the demo's reported seeds {D.DemoConfig().seed_list}")
     torch.set_num_threads(a.threads)
-    base = D.DemoConfig(id_style=a.id_style, model=a.model, pretrained=a.pretrained, model_config=a.model_config, shots=a.shots,
-                        device="cpu", progress=False)
+    base = D.DemoConfig(
+        id_style=a.id_style,
+        model=a.model,
+        pretrained=a.pretrained,
+        model_config=a.model_config,
+        shots=a.shots,
+        device="cpu",
+        progress=False,
+    )
     be = load_clip(base.model, pretrained=base.pretrained, model_config=base.model_config, device="cpu")
     spec, enc = be.image_spec, be.image_encoder
     zs = {k: v.detach().clone() for k, v in enc.state_dict().items()}
     templates = load_templates(base.templates)
-    protos = build_prototypes(be, list(CLASSES), templates,
-                              spc=SPCConfig(keep=min(base.spc_keep, len(templates)), k=base.spc_k))
+    protos = build_prototypes(
+        be, list(CLASSES), templates, spc=SPCConfig(keep=min(base.spc_keep, len(templates)), k=base.spc_k)
+    )
     ood = tuple(a.ood_styles or D.DEFAULT_OOD_STYLES)
-    sets = {s: EvalSet(s, _world_set(a.test_per_class, derive_seed("dev-test", 1, s), s, spec.size, spec),
-                       role="test" if s == base.id_style else "ood") for s in (base.id_style, *ood)}
+    sets = {
+        s: EvalSet(
+            s,
+            _world_set(a.test_per_class, derive_seed("dev-test", 1, s), s, spec.size, spec),
+            role="test" if s == base.id_style else "ood",
+        )
+        for s in (base.id_style, *ood)
+    }
     head = PrototypeHead(protos.class_prototypes, float(be.logit_scale))
     if not a.no_zero_shot:
         r = _evaluate("zero-shot", enc, head, sets, base.id_style, ood, "cpu")
-        print(json.dumps({"method": "zero-shot", "id": round(r["id"], 1), "ood": round(r["ood_mean"], 1),
-                          "styles": {s: round(v, 1) for s, v in r["styles"].items()},
-                          "logit_scale": round(float(be.logit_scale), 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "method": "zero-shot",
+                    "id": round(r["id"], 1),
+                    "ood": round(r["ood_mean"], 1),
+                    "styles": {s: round(v, 1) for s, v in r["styles"].items()},
+                    "logit_scale": round(float(be.logit_scale), 2),
+                }
+            ),
+            flush=True,
+        )
 
     rows = []
     for seed in a.seeds:
         n_val = min(a.shots, 4)  # as the demo
-        tr = _world_set(a.shots, derive_seed("train", seed, base.id_style), base.id_style, spec.size, spec,
-                          augment=True)
-        val = EvalSplit(_world_set(n_val, derive_seed("val", seed, base.id_style), base.id_style, spec.size,
-                                     spec), "val")
+        tr = _world_set(
+            a.shots, derive_seed("train", seed, base.id_style), base.id_style, spec.size, spec, augment=True
+        )
+        val = EvalSplit(
+            _world_set(n_val, derive_seed("val", seed, base.id_style), base.id_style, spec.size, spec), "val"
+        )
         for lr, ep, sel, spc, beta in itertools.product(a.lrs, a.epochs, a.selections, a.spc, a.betas):
             if beta == 0 and spc != a.spc[0]:
                 continue  # SPC only changes the KL term
@@ -178,9 +225,20 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 out = train(be, tr, val, protos, tcfg, tmp, progress=False)
             r = _evaluate("m", enc, out.head, sets, base.id_style, ood, "cpu")
-            row = dict(seed=seed, lr=lr, epochs=ep, selection=sel, spc=spc, beta=beta, best_epoch=out.best_epoch,
-                       val=[round(v, 1) for v in out.val_top1], id=round(r["id"], 1), ood=round(r["ood_mean"], 1),
-                       styles={s: round(v, 1) for s, v in r["styles"].items()}, sec=round(time.time() - t))
+            row = dict(
+                seed=seed,
+                lr=lr,
+                epochs=ep,
+                selection=sel,
+                spc=spc,
+                beta=beta,
+                best_epoch=out.best_epoch,
+                val=[round(v, 1) for v in out.val_top1],
+                id=round(r["id"], 1),
+                ood=round(r["ood_mean"], 1),
+                styles={s: round(v, 1) for s, v in r["styles"].items()},
+                sec=round(time.time() - t),
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -198,9 +256,11 @@ def main() -> None:
         ref = {r["seed"]: r for r in groups.get((lr, ep, sel, a.spc[0], 0.0), [])}
         d_ood = [r["ood"] - ref[r["seed"]]["ood"] for r in rs if r["seed"] in ref] if beta else []
         d_id = [r["id"] - ref[r["seed"]]["id"] for r in rs if r["seed"] in ref] if beta else []
-        print(f"| {lr:g} | {ep} | {sel} | {spc if beta else '-'} | {beta:g} | "
-              f"{statistics.fmean(r['id'] for r in rs):.1f} | {statistics.fmean(r['ood'] for r in rs):.1f} | "
-              + (f"{statistics.fmean(d_ood):+.1f} | {statistics.fmean(d_id):+.1f} |" if d_ood else "- | - |"))
+        print(
+            f"| {lr:g} | {ep} | {sel} | {spc if beta else '-'} | {beta:g} | "
+            f"{statistics.fmean(r['id'] for r in rs):.1f} | {statistics.fmean(r['ood'] for r in rs):.1f} | "
+            + (f"{statistics.fmean(d_ood):+.1f} | {statistics.fmean(d_id):+.1f} |" if d_ood else "- | - |")
+        )
 
 
 if __name__ == "__main__":

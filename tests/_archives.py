@@ -88,8 +88,16 @@ def devkit(path: Path, val_wnids: list[str]) -> Path:
     import numpy as np
     import scipy.io
 
-    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O"),
-              ("children", "O"), ("wordnet_height", "O"), ("num_train_images", "O")]
+    fields = [
+        ("ILSVRC2012_ID", "O"),
+        ("WNID", "O"),
+        ("words", "O"),
+        ("gloss", "O"),
+        ("num_children", "O"),
+        ("children", "O"),
+        ("wordnet_height", "O"),
+        ("num_train_images", "O"),
+    ]
     syn = np.zeros((len(WNIDS) + 1, 1), dtype=fields)
     for i, w in enumerate(WNIDS):
         syn[i, 0] = (i + 1, w, f"class {w}", "gloss", 0, np.zeros((0,)), 0, 4)
@@ -97,19 +105,28 @@ def devkit(path: Path, val_wnids: list[str]) -> Path:
     mat = io.BytesIO()
     scipy.io.savemat(mat, {"synsets": syn})
     gt = "".join(f"{WNIDS.index(w) + 1}\n" for w in val_wnids)
-    return write_tar(path, {"ILSVRC2012_devkit_t12/data/meta.mat": mat.getvalue(),
-                            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": gt.encode()})
+    return write_tar(
+        path,
+        {
+            "ILSVRC2012_devkit_t12/data/meta.mat": mat.getvalue(),
+            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": gt.encode(),
+        },
+    )
 
 
 def imagenet(root: Path, per_class: int = 4, val_per_class: int = 2, labels: str = "devkit") -> dict:
     """ILSVRC2012_img_train.tar (a tar of per-class tars), a flat ILSVRC2012_img_val.tar and the devkit
     (or LOC_val_solution.csv)."""
-    inner = {f"{w}.tar": tar_bytes({f"{w}_{100 + i}.JPEG": jpeg(c * 10 + i) for i in range(per_class)})
-             for c, w in enumerate(WNIDS)}
+    inner = {
+        f"{w}.tar": tar_bytes({f"{w}_{100 + i}.JPEG": jpeg(c * 10 + i) for i in range(per_class)})
+        for c, w in enumerate(WNIDS)
+    }
     train = write_tar(root / "ILSVRC2012_img_train.tar", inner)
     val_wnids = [WNIDS[i % len(WNIDS)] for i in range(val_per_class * len(WNIDS))]
-    val = write_tar(root / "ILSVRC2012_img_val.tar",
-                    {f"ILSVRC2012_val_{i:08d}.JPEG": jpeg(100 + i) for i in range(1, len(val_wnids) + 1)})
+    val = write_tar(
+        root / "ILSVRC2012_img_val.tar",
+        {f"ILSVRC2012_val_{i:08d}.JPEG": jpeg(100 + i) for i in range(1, len(val_wnids) + 1)},
+    )
     if labels == "devkit":
         lab = devkit(root / "ILSVRC2012_devkit_t12.tar.gz", val_wnids)
     else:
@@ -117,8 +134,11 @@ def imagenet(root: Path, per_class: int = 4, val_per_class: int = 2, labels: str
         lab = root / "LOC_val_solution.csv"
         lab.write_text("ImageId,PredictionString\n" + rows)
     n = len(WNIDS)
-    return {"from": [train, val, lab], "counts": {"train": (per_class * n, n), "val": (val_per_class * n, n)},
-            "val_wnids": val_wnids}
+    return {
+        "from": [train, val, lab],
+        "counts": {"train": (per_class * n, n), "val": (val_per_class * n, n)},
+        "val_wnids": val_wnids,
+    }
 
 
 def variant_archives(root: Path, per_class: int = 2) -> dict:
@@ -126,15 +146,28 @@ def variant_archives(root: Path, per_class: int = 2) -> dict:
     from fdalign.data.imagenet import imagenet_wnids
 
     order = list(imagenet_wnids())
-    v2 = write_tar(root / "imagenetv2-matched-frequency.tar.gz", {
-        f"imagenetv2-matched-frequency-format-val/{order.index(w)}/{c}{i:03d}abc.jpeg": jpeg(c * 7 + i)
-        for c, w in enumerate(WNIDS) for i in range(per_class)})
-    sk = write_zip(root / "ImageNet-Sketch.zip", {f"sketch/{w}/sketch_{i}.JPEG": jpeg(c + i) for c, w in enumerate(WNIDS)
-                                                  for i in range(per_class)})
-    a = write_tar(root / "imagenet-a.tar", {f"imagenet-a/{w}/0.{c}{i}_a.jpg": jpeg(c * 3 + i) for c, w in enumerate(WNIDS[1:])
-                                            for i in range(per_class)} | {"imagenet-a/README.txt": b"ImageNet-A"})
-    r = write_tar(root / "imagenet-r.tar", {f"imagenet-r/{w}/art_{c}{i}.jpg": jpeg(c * 5 + i) for c, w in enumerate(WNIDS[1:])
-                                            for i in range(per_class)} | {"imagenet-r/README.txt": b"ImageNet-R"})
+    v2 = write_tar(
+        root / "imagenetv2-matched-frequency.tar.gz",
+        {
+            f"imagenetv2-matched-frequency-format-val/{order.index(w)}/{c}{i:03d}abc.jpeg": jpeg(c * 7 + i)
+            for c, w in enumerate(WNIDS)
+            for i in range(per_class)
+        },
+    )
+    sk = write_zip(
+        root / "ImageNet-Sketch.zip",
+        {f"sketch/{w}/sketch_{i}.JPEG": jpeg(c + i) for c, w in enumerate(WNIDS) for i in range(per_class)},
+    )
+    a = write_tar(
+        root / "imagenet-a.tar",
+        {f"imagenet-a/{w}/0.{c}{i}_a.jpg": jpeg(c * 3 + i) for c, w in enumerate(WNIDS[1:]) for i in range(per_class)}
+        | {"imagenet-a/README.txt": b"ImageNet-A"},
+    )
+    r = write_tar(
+        root / "imagenet-r.tar",
+        {f"imagenet-r/{w}/art_{c}{i}.jpg": jpeg(c * 5 + i) for c, w in enumerate(WNIDS[1:]) for i in range(per_class)}
+        | {"imagenet-r/README.txt": b"ImageNet-R"},
+    )
     n = len(WNIDS)
     return {
         "imagenetv2": ([v2], {"test": (per_class * n, n)}),
@@ -151,8 +184,15 @@ def variant_archives(root: Path, per_class: int = 2) -> dict:
 
 def _pack_caltech(root: Path, files: dict, listed: list) -> list[Path]:
     inner = tar_bytes(files, mode="w:gz")
-    return [write_zip(root / "caltech-101.zip", {"caltech-101/101_ObjectCategories.tar.gz": inner,
-                                                 "caltech-101/Annotations.tar": tar_bytes({"Annotations/x.mat": b"x"})})]
+    return [
+        write_zip(
+            root / "caltech-101.zip",
+            {
+                "caltech-101/101_ObjectCategories.tar.gz": inner,
+                "caltech-101/Annotations.tar": tar_bytes({"Annotations/x.mat": b"x"}),
+            },
+        )
+    ]
 
 
 def _halves(listed: list, parts: int = 2) -> list[list]:
@@ -162,9 +202,17 @@ def _halves(listed: list, parts: int = 2) -> list[list]:
 def _pack_pets(root: Path, files: dict, listed: list) -> list[Path]:
     """images.tar.gz and annotations.tar.gz ('<image> <class id> <species> <breed id>' lines)."""
     trainval, test = ("".join(f"{Path(n).stem} 1 1 1\n" for n in half).encode() for half in _halves(listed))
-    return [write_tar(root / "images.tar.gz", files),
-            write_tar(root / "annotations.tar.gz", {"annotations/trainval.txt": trainval, "annotations/test.txt": test,
-                                                    "annotations/list.txt": trainval + test})]
+    return [
+        write_tar(root / "images.tar.gz", files),
+        write_tar(
+            root / "annotations.tar.gz",
+            {
+                "annotations/trainval.txt": trainval,
+                "annotations/test.txt": test,
+                "annotations/list.txt": trainval + test,
+            },
+        ),
+    ]
 
 
 def _pack_flowers(root: Path, files: dict, listed: list) -> list[Path]:
@@ -183,8 +231,10 @@ def _pack_flowers(root: Path, files: dict, listed: list) -> list[Path]:
 
 def _pack_dtd(root: Path, files: dict, listed: list) -> list[Path]:
     """dtd-r1.0.1.tar.gz with dtd/images/<class>/... and the partition lists dtd/labels/{train,val,test}1.txt."""
-    labels = {f"dtd/labels/{s}1.txt": "".join(n.split("dtd/images/")[1] + "\n" for n in part).encode()
-              for s, part in zip(("train", "val", "test"), _halves(listed, 3))}
+    labels = {
+        f"dtd/labels/{s}1.txt": "".join(n.split("dtd/images/")[1] + "\n" for n in part).encode()
+        for s, part in zip(("train", "val", "test"), _halves(listed, 3))
+    }
     return [write_tar(root / "dtd-r1.0.1.tar.gz", files | labels)]
 
 
@@ -201,29 +251,71 @@ def _pack_food(root: Path, files: dict, listed: list) -> list[Path]:
 
 
 def _pack_cars(root: Path, files: dict, listed: list) -> list[Path]:
-    return [write_tar(root / f"cars_{s}.tgz", {k: v for k, v in files.items() if k.startswith(f"cars_{s}/")})
-            for s in ("train", "test")]
+    return [
+        write_tar(root / f"cars_{s}.tgz", {k: v for k, v in files.items() if k.startswith(f"cars_{s}/")})
+        for s in ("train", "test")
+    ]
 
 
 COOP_MINI = {
     # name: (split_zhou name, classes, member(c, k, n), rel(c, k, n), pack)
-    "caltech101": ("Caltech101", ["accordion", "airplanes", "anchor"], "101_ObjectCategories/{c}/image_{k:04d}.jpg",
-                   "{c}/image_{k:04d}.jpg", _pack_caltech),
+    "caltech101": (
+        "Caltech101",
+        ["accordion", "airplanes", "anchor"],
+        "101_ObjectCategories/{c}/image_{k:04d}.jpg",
+        "{c}/image_{k:04d}.jpg",
+        _pack_caltech,
+    ),
     "oxford_pets": ("OxfordPets", ["Abyssinian", "Bengal", "beagle"], "images/{c}_{k}.jpg", "{c}_{k}.jpg", _pack_pets),
-    "stanford_cars": ("StanfordCars", ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"],
-                      "cars_{s}/{n:05d}.jpg", "cars_{s}/{n:05d}.jpg", _pack_cars),
-    "oxford_flowers": ("OxfordFlowers", ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
-                       "jpg/image_{n:05d}.jpg", "image_{n:05d}.jpg", _pack_flowers),
-    "food101": ("Food101", ["apple_pie", "baby_back_ribs", "baklava"], "food-101/images/{c}/{n}.jpg", "{c}/{n}.jpg",
-                _pack_food),
-    "sun397": ("SUN397", ["a/abbey", "b/bakery/shop", "c/canyon"], "SUN397/{c}/sun_a{n:04d}.jpg", "{c}/sun_a{n:04d}.jpg",
-               lambda root, f, listed: [write_tar(root / "SUN397.tar.gz", f | {"SUN397/ClassName.txt": b"/a/abbey\n"})]),
-    "dtd": ("DescribableTextures", ["banded", "blotchy", "braided"], "dtd/images/{c}/{c}_{k:04d}.jpg", "{c}/{c}_{k:04d}.jpg",
-            _pack_dtd),
-    "eurosat": ("EuroSAT", ["AnnualCrop", "Forest", "River"], "2750/{c}/{c}_{k}.jpg", "{c}/{c}_{k}.jpg",
-                lambda root, f, listed: [write_zip(root / "EuroSAT.zip", f)]),
-    "ucf101": ("UCF101", ["Apply_Eye_Makeup", "Archery", "Basketball"], "UCF-101-midframes/{c}/v_{c}_g{k:02d}_c01.jpg",
-               "{c}/v_{c}_g{k:02d}_c01.jpg", lambda root, f, listed: [write_zip(root / "UCF-101-midframes.zip", f)]),
+    "stanford_cars": (
+        "StanfordCars",
+        ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"],
+        "cars_{s}/{n:05d}.jpg",
+        "cars_{s}/{n:05d}.jpg",
+        _pack_cars,
+    ),
+    "oxford_flowers": (
+        "OxfordFlowers",
+        ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
+        "jpg/image_{n:05d}.jpg",
+        "image_{n:05d}.jpg",
+        _pack_flowers,
+    ),
+    "food101": (
+        "Food101",
+        ["apple_pie", "baby_back_ribs", "baklava"],
+        "food-101/images/{c}/{n}.jpg",
+        "{c}/{n}.jpg",
+        _pack_food,
+    ),
+    "sun397": (
+        "SUN397",
+        ["a/abbey", "b/bakery/shop", "c/canyon"],
+        "SUN397/{c}/sun_a{n:04d}.jpg",
+        "{c}/sun_a{n:04d}.jpg",
+        lambda root, f, listed: [write_tar(root / "SUN397.tar.gz", f | {"SUN397/ClassName.txt": b"/a/abbey\n"})],
+    ),
+    "dtd": (
+        "DescribableTextures",
+        ["banded", "blotchy", "braided"],
+        "dtd/images/{c}/{c}_{k:04d}.jpg",
+        "{c}/{c}_{k:04d}.jpg",
+        _pack_dtd,
+    ),
+    "eurosat": (
+        "EuroSAT",
+        ["AnnualCrop", "Forest", "River"],
+        "2750/{c}/{c}_{k}.jpg",
+        "{c}/{c}_{k}.jpg",
+        lambda root, f, listed: [write_zip(root / "EuroSAT.zip", f)],
+    ),
+    "ucf101": (
+        "UCF101",
+        ["Apply_Eye_Makeup", "Archery", "Basketball"],
+        "UCF-101-midframes/{c}/v_{c}_g{k:02d}_c01.jpg",
+        "{c}/v_{c}_g{k:02d}_c01.jpg",
+        lambda root, f, listed: [write_zip(root / "UCF-101-midframes.zip", f)],
+    ),
 }
 ROLES = ["train", "train", "val", "test", None]  # None: in the archive, not in the split
 
@@ -254,8 +346,12 @@ def coop(name: str, root: Path, drop: int = 0, drop_extra: int = 0) -> dict:
     sf = root / f"split_zhou_{split_name}.json"
     sf.write_text(json.dumps(split))
     nc = len(classes)
-    return {"from": paths, "split": sf, "dropped": dropped,
-            "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)}}
+    return {
+        "from": paths,
+        "split": sf,
+        "dropped": dropped,
+        "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)},
+    }
 
 
 def aircraft(root: Path, drop: int = 0) -> dict:
@@ -273,8 +369,11 @@ def aircraft(root: Path, drop: int = 0) -> dict:
     for role, lines in lists.items():
         files[f"fgvc-aircraft-2013b/data/images_variant_{role}.txt"] = "".join(lines).encode()
     nc = len(variants)
-    return {"from": [write_tar(root / "fgvc-aircraft-2013b.tar.gz", files)], "dropped": dropped,
-            "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)}}
+    return {
+        "from": [write_tar(root / "fgvc-aircraft-2013b.tar.gz", files)],
+        "dropped": dropped,
+        "counts": {"train": (2 * nc, nc), "val": (nc, nc), "test": (nc, nc)},
+    }
 
 
 def cub(root: Path, drop: int = 0, per_class: int = 3) -> dict:
@@ -290,13 +389,15 @@ def miniimagenet(root: Path, per_class: int = 3, drop: int = 0) -> dict:
     """Ravi & Larochelle's CSVs over ImageNet train images: 2 classes per role (WNIDS + 3 more);
     ``drop``: the first class's last files are not in the train tar."""
     wnids = WNIDS + ["n01491361", "n01494475", "n01496331"]
-    inner = {f"{w}.tar": tar_bytes({f"{w}_{10 * (i + 1)}.JPEG": jpeg(i) for i in range(per_class - (drop if c == 0 else 0))})
-             for c, w in enumerate(wnids)}
+    inner = {
+        f"{w}.tar": tar_bytes({f"{w}_{10 * (i + 1)}.JPEG": jpeg(i) for i in range(per_class - (drop if c == 0 else 0))})
+        for c, w in enumerate(wnids)
+    }
     train = write_tar(root / "ILSVRC2012_img_train.tar", inner)
     csvs = root / "csv"
     csvs.mkdir(parents=True, exist_ok=True)
     for r, role in enumerate(["train", "val", "test"]):
-        rows = [f"{w}{i:08d}.jpg,{w}\n" for w in wnids[2 * r: 2 * r + 2] for i in range(1, per_class + 1)]
+        rows = [f"{w}{i:08d}.jpg,{w}\n" for w in wnids[2 * r : 2 * r + 2] for i in range(1, per_class + 1)]
         (csvs / f"{role}.csv").write_text("filename,label\n" + "".join(rows))
     return {"from": [train, csvs], "counts": {r: (2 * per_class, 2) for r in ("train", "val", "test")}, "wnids": wnids}
 
@@ -326,10 +427,16 @@ def cars_target(root: Path, per_class: int = 3, drop: int = 0) -> dict:
             files[f"cars_train/{fname}"] = jpeg(k)
     annos = io.BytesIO()
     scipy.io.savemat(annos, {"annotations": ann})
-    return {"from": [write_tar(root / "cars_train.tgz", files),
-                     write_tar(root / "car_devkit.tgz", {"devkit/cars_meta.mat": meta.getvalue(),
-                                                         "devkit/cars_train_annos.mat": annos.getvalue()})],
-            "counts": {"test": (n, len(classes))}}
+    return {
+        "from": [
+            write_tar(root / "cars_train.tgz", files),
+            write_tar(
+                root / "car_devkit.tgz",
+                {"devkit/cars_meta.mat": meta.getvalue(), "devkit/cars_train_annos.mat": annos.getvalue()},
+            ),
+        ],
+        "counts": {"test": (n, len(classes))},
+    }
 
 
 def places(root: Path, per_class: int = 3, keep: int = 2) -> dict:
@@ -337,8 +444,10 @@ def places(root: Path, per_class: int = 3, keep: int = 2) -> dict:
     classes = ["airfield", "apartment_building-outdoor"]
     files = {f"places365_standard/train/{c}/{i:08d}.jpg": jpeg(i) for c in classes for i in range(1, per_class + 1)}
     files |= {f"places365_standard/val/{c}/Places365_val_{i:08d}.jpg": jpeg(i) for c in classes for i in range(2)}
-    return {"from": [write_tar(root / "places365standard_easyformat.tar", files)],
-            "counts": {"test": (keep * len(classes), len(classes))}}
+    return {
+        "from": [write_tar(root / "places365standard_easyformat.tar", files)],
+        "counts": {"test": (keep * len(classes), len(classes))},
+    }
 
 
 def plantae(root: Path, sizes=(4, 3, 1)) -> dict:

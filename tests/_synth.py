@@ -153,9 +153,20 @@ def tiny_train_config(tiny: dict, data, templates, out, **overrides):
     short epoch of 2-shot data; ``overrides`` set any other field."""
     import fdalign
 
-    d = dict(model_config=str(tiny["config"]), pretrained=str(tiny["checkpoint"]), data=str(data), shots=2,
-             epochs=1, batch_size=3, num_workers=0, templates=str(templates), device="cpu", lr=1e-3,
-             progress=False, out=str(out))
+    d = dict(
+        model_config=str(tiny["config"]),
+        pretrained=str(tiny["checkpoint"]),
+        data=str(data),
+        shots=2,
+        epochs=1,
+        batch_size=3,
+        num_workers=0,
+        templates=str(templates),
+        device="cpu",
+        lr=1e-3,
+        progress=False,
+        out=str(out),
+    )
     return fdalign.TrainConfig(**{**d, **overrides})
 
 

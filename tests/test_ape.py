@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from fdalign.heads.ape import (
-    APEConfig, APEHead, APETHead, cache_text_divergence, channel_criterion, fit_ape, fit_ape_t, search_ape_t,
+    APEConfig,
+    APEHead,
+    APETHead,
+    cache_text_divergence,
+    channel_criterion,
+    fit_ape,
+    fit_ape_t,
+    search_ape_t,
     select_channels,
 )
 from fdalign.heads.cache import FitConfig, feature_split, grid_values
@@ -44,8 +51,9 @@ def _criterion_by_loops(protos, keys, labels, w_sim, w_var):
         for i in range(c):
             for j in range(c):
                 if i != j:
-                    pair_means.append(sum(a[ch] * b[ch] for a in feats[i] for b in feats[j])
-                                      / (len(feats[i]) * len(feats[j])))
+                    pair_means.append(
+                        sum(a[ch] * b[ch] for a in feats[i] for b in feats[j]) / (len(feats[i]) * len(feats[j]))
+                    )
         sim = sum(pair_means) / len(pair_means)
         mu = sum(w[i][ch] for i in range(c)) / c
         var = sum((w[i][ch] - mu) ** 2 for i in range(c)) / (c - 1)
@@ -81,7 +89,9 @@ def test_cache_text_weight_is_exp_gamma_kl_in_bits_by_hand():
     for (x, y), lab in zip(keys.tolist(), labels.tolist()):
         z = [x, y]  # the cosines to the two unit text vectors, unscaled
         p = [math.exp(v) / (math.exp(z[0]) + math.exp(z[1])) for v in z]
-        want.append(sum(l * math.log2((l + 1e-6) / (pc + 1e-6)) for l, pc in zip([1.0 * (c == lab) for c in (0, 1)], p)))
+        want.append(
+            sum(l * math.log2((l + 1e-6) / (pc + 1e-6)) for l, pc in zip([1.0 * (c == lab) for c in (0, 1)], p))
+        )
     assert got.tolist() == pytest.approx(want, rel=1e-5)
     assert want[1] > 1.0 > want[0] > 0  # the misclassified key diverges more
     head = APEHead(text, 100.0, keys, labels, torch.tensor([0, 1]), alpha=1.0, beta=1.0, gamma=0.3)
@@ -210,10 +220,14 @@ def test_ape_t_residual_and_value_weights_receive_gradients_and_adamw_decays_0_1
 
     monkeypatch.setattr(torch.optim, "AdamW", spy)
     val = feature_split(vf, vy, "val", "val")
-    cfg = APEConfig(alpha="1,2", beta="1,3", t_channels=5, fit=FitConfig(epochs=3, batch_size=4, lr=1e-2,
-                                                                           eps=1e-3, weight_decay=0.1))
+    cfg = APEConfig(
+        alpha="1,2",
+        beta="1,3",
+        t_channels=5,
+        fit=FitConfig(epochs=3, batch_size=4, lr=1e-2, eps=1e-3, weight_decay=0.1),
+    )
     trained = fit_ape_t(protos, 100.0, kf, ky, kf, val, cfg)
-    (ids, kw), = made
+    ((ids, kw),) = made
     assert ids == {id(trained.residual), id(trained.values)} and kw["weight_decay"] == 0.1
     assert trained.residual.abs().max() > 0 and not torch.allclose(trained.values, torch.ones_like(trained.values))
     assert trained.channels.tolist() == select_channels(protos, kf, ky, 5, (0.2, 0.8)).tolist()  # APE-T's weights

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder, tiny_train_config, write_templates
 
 import fdalign
+from _synth import make_imagefolder, tiny_train_config, write_templates
 from fdalign.data.classsplit import base_class_indices, first_half, restrict_classes
 from fdalign.data.opener import open_dataset
 from fdalign.errors import FDAlignError
@@ -28,13 +28,27 @@ def mini(tmp_path_factory):
     root = make_imagefolder(d / "data", CLASSES, n_train=3, n_val=2, n_test=4, seed=0)
     tfile = write_templates(d / "templates.txt", TEMPLATES)
     by_label = sorted(c.replace(" ", "_") for c in CLASSES)  # label order: sorted folders
-    return {"data": root, "templates": tfile, "base": [f.replace("_", " ") for f in by_label[:3]],
-            "novel": [f.replace("_", " ") for f in by_label[3:]]}
+    return {
+        "data": root,
+        "templates": tfile,
+        "base": [f.replace("_", " ") for f in by_label[:3]],
+        "novel": [f.replace("_", " ") for f in by_label[3:]],
+    }
 
 
 def _config(tiny, mini, out, **kw):
-    return tiny_train_config(tiny, mini["data"], mini["templates"], out, spc_keep=3, spc_k=2, beta=1.0,
-                             wiseft_alphas=[0.0, 0.5, 1.0], base_classes="first-half", **kw)
+    return tiny_train_config(
+        tiny,
+        mini["data"],
+        mini["templates"],
+        out,
+        spc_keep=3,
+        spc_k=2,
+        beta=1.0,
+        wiseft_alphas=[0.0, 0.5, 1.0],
+        base_classes="first-half",
+        **kw,
+    )
 
 
 def test_first_half_is_ceil_in_label_order():
@@ -107,7 +121,9 @@ def _protos(tiny, classes):
     from fdalign.backends import load_clip
 
     b = load_clip(None, pretrained=str(tiny["checkpoint"]), model_config=str(tiny["config"]), device="cpu")
-    text = b.encode_text([t.replace("{}", c) for c in classes for t in TEMPLATES]).view(len(classes), len(TEMPLATES), -1)
+    text = b.encode_text([t.replace("{}", c) for c in classes for t in TEMPLATES]).view(
+        len(classes), len(TEMPLATES), -1
+    )
     return b, F.normalize(F.normalize(text, dim=-1).mean(1), dim=-1)
 
 
@@ -141,7 +157,7 @@ def test_no_novel_class_reaches_training_or_selection(tiny_openclip, mini, tmp_p
     out = tmp_path / "run"
     run = fdalign.finetune(_config(tiny_openclip, mini, out))
     cut = events.index(("selected", None))
-    before, after = events[:cut], events[cut + 1:]
+    before, after = events[:cut], events[cut + 1 :]
     novel_folders = {c.replace(" ", "_") for c in mini["novel"]}
     base_folders = {c.replace(" ", "_") for c in mini["base"]}
 
@@ -207,8 +223,9 @@ def test_harmonic_mean_from_run_files(tiny_openclip, mini, tmp_path):
     name = {0.0: "zero-shot", 1.0: "fine-tuned"}
     novel_w = [d["metrics"]["novel"][name.get(a, f"wiseft-{a:g}")]["top1"] for d, a in zip(docs, sel)]
     assert rows["wise-ft of fd-align"]["novel"]["mean"] == pytest.approx(sum(novel_w) / 2)
-    md = "\n".join(str(x) for _, items in [s for s in rep.sections if s[0] == "Base-to-novel generalisation"]
-                   for x in items)
+    md = "\n".join(
+        str(x) for _, items in [s for s in rep.sections if s[0] == "Base-to-novel generalisation"] for x in items
+    )
     assert "HM" in md and not math.isnan(rows["fd-align"]["hm"])
 
 
@@ -216,10 +233,39 @@ def test_cli_base_classes_flag(tiny_openclip, mini, tmp_path, capsys):
     from fdalign.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--model-config", str(tiny_openclip["config"]), "--pretrained", str(tiny_openclip["checkpoint"]),
-            "--data", str(mini["data"]), "--shots", "2", "--epochs", "1", "--batch-size", "3", "--num-workers", "0",
-            "--templates", str(mini["templates"]), "--spc-keep", "3", "--spc-k", "2", "--wiseft-alphas", "0", "1",
-            "--device", "cpu", "--no-progress", "--base-classes", "first-half", "--out", str(out)]
+    argv = [
+        "train",
+        "--model-config",
+        str(tiny_openclip["config"]),
+        "--pretrained",
+        str(tiny_openclip["checkpoint"]),
+        "--data",
+        str(mini["data"]),
+        "--shots",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--templates",
+        str(mini["templates"]),
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--wiseft-alphas",
+        "0",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--base-classes",
+        "first-half",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())["metrics"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from _synth import make_imagefolder
 
+from _synth import make_imagefolder
 from fdalign.cli import build_parser, main
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
@@ -30,8 +30,20 @@ def folders(tmp_path_factory):
 
 
 def _zeroshot_args(tiny, folders, *extra):
-    return ["zeroshot", "--model", "tiny", "--model-config", str(tiny["config"]), "--pretrained",
-            str(tiny["checkpoint"]), "--data", str(folders["id"]), "--templates", "tip7", *extra]
+    return [
+        "zeroshot",
+        "--model",
+        "tiny",
+        "--model-config",
+        str(tiny["config"]),
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--data",
+        str(folders["id"]),
+        "--templates",
+        "tip7",
+        *extra,
+    ]
 
 
 def test_help_documents_every_option_with_default(capsys):
@@ -47,8 +59,11 @@ def test_help_documents_every_option_with_default(capsys):
 
 def test_zeroshot_end_to_end_matches_direct_computation(tiny_openclip, folders, tmp_path, capsys):
     out = tmp_path / "zs"
-    rc = main(_zeroshot_args(tiny_openclip, folders, "--ood", f"shifted={folders['ood']}", "--out", str(out),
-                             "--batch-size", "5"))
+    rc = main(
+        _zeroshot_args(
+            tiny_openclip, folders, "--ood", f"shifted={folders['ood']}", "--out", str(out), "--batch-size", "5"
+        )
+    )
     assert rc == 0
     doc = json.loads((out / "metrics.json").read_text())
     m = doc["metrics"]
@@ -76,8 +91,9 @@ def test_zeroshot_end_to_end_matches_direct_computation(tiny_openclip, folders, 
     model.eval()
     from fdalign.backends import load_clip
 
-    tf = load_clip("tiny", pretrained=str(tiny_openclip["checkpoint"]),
-                   model_config=str(tiny_openclip["config"])).preprocess_eval()
+    tf = load_clip(
+        "tiny", pretrained=str(tiny_openclip["checkpoint"]), model_config=str(tiny_openclip["config"])
+    ).preprocess_eval()
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
     with torch.no_grad():
         protos = []
@@ -113,9 +129,22 @@ def test_ood_class_not_in_id_set_exits_2(tiny_openclip, folders, tmp_path, capsy
 
 def test_eval_with_model_name_is_zeroshot(tiny_openclip, folders, tmp_path):
     out = tmp_path / "e"
-    rc = main(["eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
-               str(tiny_openclip["checkpoint"]), "--data", str(folders["id"]), "--templates", "tip7",
-               "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "tiny",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--pretrained",
+            str(tiny_openclip["checkpoint"]),
+            "--data",
+            str(folders["id"]),
+            "--templates",
+            "tip7",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     zs = tmp_path / "zs"
     main(_zeroshot_args(tiny_openclip, folders, "--out", str(zs)))
@@ -153,12 +182,24 @@ def _make_run(tiny, folders, run_dir, mode="fdalign", wiseft_alpha=None):
         with torch.no_grad():  # "fine-tuning": a visible change of the encoder's weights
             for p in enc.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    cfg = TrainConfig(model="tiny", pretrained=str(tiny["checkpoint"]), model_config=str(tiny["config"]),
-                      data=str(folders["id"]), templates="tip7", mode=mode, out=str(run_dir),
-                      ood=[f"shifted={folders['ood']}"])
+    cfg = TrainConfig(
+        model="tiny",
+        pretrained=str(tiny["checkpoint"]),
+        model_config=str(tiny["config"]),
+        data=str(folders["id"]),
+        templates="tip7",
+        mode=mode,
+        out=str(run_dir),
+        ood=[f"shifted={folders['ood']}"],
+    )
     cfg.to_yaml(run_dir / "config.yaml")
-    save_model(run_dir / "model" / "best.safetensors", enc, head, zs_head,
-               metadata={"classnames": CLASSES, "base_fingerprint": backend.fingerprint})
+    save_model(
+        run_dir / "model" / "best.safetensors",
+        enc,
+        head,
+        zs_head,
+        metadata={"classnames": CLASSES, "base_fingerprint": backend.fingerprint},
+    )
     selection = {"epoch": {"chosen": 3, "on": "val (2-shot of val/, 6 images)", "metric": "top1", "score": 50.0}}
     if wiseft_alpha is not None:
         selection["wiseft_alpha"] = {"chosen": wiseft_alpha, "on": "val", "metric": "top1", "score": 60.0}
@@ -169,12 +210,11 @@ def _make_run(tiny, folders, run_dir, mode="fdalign", wiseft_alpha=None):
 
 def _direct_top1(encoder, head, root, subset=None):
     """Accuracy by hand: per image, transform, encode, head, argmax over the subset."""
+    import open_clip
     from PIL import Image
 
     from fdalign.backends import ImageSpec
     from fdalign.backends.image import eval_transform
-
-    import open_clip
 
     tf = eval_transform(ImageSpec(32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD))
     subset = subset or list(range(len(CLASSES)))

@@ -12,8 +12,20 @@ from fdalign.cli import main
 
 
 def _args(tiny, classes, out, *extra):
-    return ["prototypes", "--model", "tiny", "--pretrained", str(tiny["checkpoint"]),
-            "--model-config", str(tiny["config"]), "--classes", str(classes), "--out", str(out), *extra]
+    return [
+        "prototypes",
+        "--model",
+        "tiny",
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--model-config",
+        str(tiny["config"]),
+        "--classes",
+        str(classes),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -52,8 +64,17 @@ def test_no_spc_and_template_file(tiny_openclip, classes_file, tmp_path):
 
 
 def test_missing_classes_file_exits_2(tmp_path, capsys):
-    code = main(["prototypes", "--model", "tiny", "--classes", str(tmp_path / "nope.txt"),
-                 "--out", str(tmp_path / "p.safetensors")])
+    code = main(
+        [
+            "prototypes",
+            "--model",
+            "tiny",
+            "--classes",
+            str(tmp_path / "nope.txt"),
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "nope.txt" in err and err.startswith("fdalign prototypes: error:")
@@ -63,8 +84,19 @@ def test_missing_classes_file_exits_2(tmp_path, capsys):
 def test_bad_template_file_exits_2(tmp_path, classes_file, capsys):
     tpl = tmp_path / "t.txt"
     tpl.write_text("a photo of a {}.\nno placeholder here\n")
-    code = main(["prototypes", "--model", "tiny", "--classes", str(classes_file), "--templates", str(tpl),
-                 "--out", str(tmp_path / "p.safetensors")])
+    code = main(
+        [
+            "prototypes",
+            "--model",
+            "tiny",
+            "--classes",
+            str(classes_file),
+            "--templates",
+            str(tpl),
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"{tpl}:2" in err and "no placeholder here" in err and err.count("\n") == 1
 
@@ -74,6 +106,19 @@ def test_help_lists_options(capsys):
         main(["prototypes", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--model", "--pretrained", "--model-config", "--classes", "--templates", "--spc-keep", "--spc-k",
-                "--spc-seed", "--no-spc", "--batch-size", "--device", "--no-cache", "--out"):
+    for opt in (
+        "--model",
+        "--pretrained",
+        "--model-config",
+        "--classes",
+        "--templates",
+        "--spc-keep",
+        "--spc-k",
+        "--spc-seed",
+        "--no-spc",
+        "--batch-size",
+        "--device",
+        "--no-cache",
+        "--out",
+    ):
         assert opt in text

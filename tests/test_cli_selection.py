@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from _synth import make_imagefolder
 
 import fdalign.eval
 import fdalign.selection as selection_mod
+from _synth import make_imagefolder
 from fdalign.cli import main
 from fdalign.data import load_split
 from fdalign.data.hashing import file_sha256
-from fdalign.train import trainer as trainer_mod
 from fdalign.selection import EvalSplit, check_disjoint
+from fdalign.train import trainer as trainer_mod
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
 
@@ -25,10 +25,41 @@ pytestmark = pytest.mark.usefixtures("cli_env")
 def _args(tiny, data, out, *extra):
     tfile = Path(out).parent / "templates.txt"
     tfile.write_text("a photo of a {}.\na drawing of a {}.\nart of the {}.\na {} toy.\n")
-    return ["train", "--model-config", str(tiny["config"]), "--pretrained", str(tiny["checkpoint"]),
-            "--data", str(data), "--shots", "2", "--epochs", "2", "--batch-size", "3", "--num-workers", "0",
-            "--templates", str(tfile), "--spc-keep", "3", "--spc-k", "2", "--wiseft-alphas", "0", "0.5", "1",
-            "--device", "cpu", "--lr", "1e-2", "--no-progress", "--out", str(out), *extra]
+    return [
+        "train",
+        "--model-config",
+        str(tiny["config"]),
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--data",
+        str(data),
+        "--shots",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--templates",
+        str(tfile),
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--wiseft-alphas",
+        "0",
+        "0.5",
+        "1",
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-2",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _files(split):
@@ -120,9 +151,22 @@ def test_check_disjoint_hashes_only_files_of_a_val_size(tmp_path):
 
 def test_zeroshot_with_model_config_and_no_model_name(tiny_openclip, tmp_path, capsys):
     data = make_imagefolder(tmp_path / "d", CLASSES, n_train=0, n_test=2, seed=0)
-    rc = main(["zeroshot", "--model-config", str(tiny_openclip["config"]), "--pretrained",
-               str(tiny_openclip["checkpoint"]), "--data", str(data), "--device", "cpu", "--no-progress",
-               "--templates", "tip7"])
+    rc = main(
+        [
+            "zeroshot",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--pretrained",
+            str(tiny_openclip["checkpoint"]),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--templates",
+            "tip7",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "zero-shot" in captured.out

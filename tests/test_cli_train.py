@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 import yaml
-from _synth import make_imagefolder, write_templates
 
+from _synth import make_imagefolder, write_templates
 from fdalign.cli import main
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
@@ -28,11 +28,39 @@ def folders(tmp_path_factory):
 
 def _args(tiny, folders, out, *extra):
     return [
-        "train", "--model-config", str(tiny["config"]), "--pretrained", str(tiny["checkpoint"]),
-        "--data", str(folders["id"]), "--shots", "2", "--epochs", "1", "--batch-size", "3",
-        "--num-workers", "0", "--templates", str(folders["templates"]), "--spc-keep", "3", "--spc-k", "2",
-        "--wiseft-alphas", "0", "0.5", "1", "--device", "cpu", "--lr", "1e-3", "--no-progress",
-        "--out", str(out), *extra,
+        "train",
+        "--model-config",
+        str(tiny["config"]),
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--data",
+        str(folders["id"]),
+        "--shots",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--templates",
+        str(folders["templates"]),
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--wiseft-alphas",
+        "0",
+        "0.5",
+        "1",
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
@@ -58,8 +86,16 @@ def test_train_end_to_end_writes_run_directory(tiny_openclip, folders, tmp_path,
     assert set(sel) == {"epoch", "wiseft_alpha"}
     assert sel["epoch"]["chosen"] == 1 and sel["epoch"]["on"].startswith("val")
     assert sel["wiseft_alpha"]["chosen"] in (0.0, 0.5, 1.0) and sel["wiseft_alpha"]["on"].startswith("val")
-    for name in ("config.yaml", "hashes.json", "log.csv", "model/best.safetensors", "splits/train.json",
-                 "splits/val.json", "checkpoint/last.safetensors", "checkpoint/last.json"):
+    for name in (
+        "config.yaml",
+        "hashes.json",
+        "log.csv",
+        "model/best.safetensors",
+        "splits/train.json",
+        "splits/val.json",
+        "checkpoint/last.safetensors",
+        "checkpoint/last.json",
+    ):
         assert (out / name).is_file(), name
 
     from fdalign.data import load_split

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder, tiny_train_config, write_templates
 
 import fdalign
+from _synth import make_imagefolder, tiny_train_config, write_templates
 from fdalign.data import ImageDataset
 from fdalign.data.opener import open_dataset
 from fdalign.errors import FDAlignError
@@ -28,13 +28,22 @@ def sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("cross")
     src = make_imagefolder(d / "src", SOURCE, n_train=3, n_val=2, n_test=2, seed=0)
     tgt = make_imagefolder(d / "tgt", TARGET, n_train=0, n_test=3, seed=5) / "test"  # a folder of class folders
-    return {"src": src, "tgt": tgt, "templates": write_templates(d / "t.txt", TEMPLATES),
-            "target_templates": write_templates(d / "tt.txt", TARGET_TEMPLATES)}
+    return {
+        "src": src,
+        "tgt": tgt,
+        "templates": write_templates(d / "t.txt", TEMPLATES),
+        "target_templates": write_templates(d / "tt.txt", TARGET_TEMPLATES),
+    }
 
 
 def _config(tiny, sets, out, **kw):
-    d = dict(spc_keep=2, spc_k=1, wiseft_alphas=[0.0, 1.0], target=[f"other={sets['tgt']}"],
-             target_templates=[f"other={sets['target_templates']}"])
+    d = dict(
+        spc_keep=2,
+        spc_k=1,
+        wiseft_alphas=[0.0, 1.0],
+        target=[f"other={sets['tgt']}"],
+        target_templates=[f"other={sets['target_templates']}"],
+    )
     return tiny_train_config(tiny, sets["src"], sets["templates"], out, **{**d, **kw})
 
 
@@ -85,13 +94,16 @@ def test_target_scored_with_its_own_classes_and_templates(tiny_openclip, sets, t
         encoder = run.models[row][0]
         assert doc["metrics"]["other"][row]["n"] == 6
         assert doc["metrics"]["other"][row]["top1"] == pytest.approx(
-            _top1(backend, encoder, split.classnames, TARGET_TEMPLATES, split)), row
+            _top1(backend, encoder, split.classnames, TARGET_TEMPLATES, split)
+        ), row
 
 
 def test_target_errors(tiny_openclip, sets, tmp_path):
-    for kw, match in ((dict(target=[f"test={sets['tgt']}"], target_templates=[]), "taken"),
-                      (dict(target_templates=["nope=openai80"]), "not a --target"),
-                      (dict(target=[f"other={sets['src'] / 'train' / 'red_apple'}"], target_templates=[]), "test split|class")):
+    for kw, match in (
+        (dict(target=[f"test={sets['tgt']}"], target_templates=[]), "taken"),
+        (dict(target_templates=["nope=openai80"]), "not a --target"),
+        (dict(target=[f"other={sets['src'] / 'train' / 'red_apple'}"], target_templates=[]), "test split|class"),
+    ):
         with pytest.raises(FDAlignError, match=match):
             fdalign.finetune(_config(tiny_openclip, sets, tmp_path / "x", **kw))
     with pytest.raises(FDAlignError, match="NAME=PATH"):
@@ -99,8 +111,15 @@ def test_target_errors(tiny_openclip, sets, tmp_path):
 
 
 def _sweep(protocol, **ds):
-    return {"name": "t", "protocol": protocol, "shots": [2], "seeds": [1], "methods": {"fd-align": {"beta": 1.0}},
-            "train": {"model": "fdalign-world"}, "datasets": [{"name": "src", "data": "{data_root}/src", **ds}]}
+    return {
+        "name": "t",
+        "protocol": protocol,
+        "shots": [2],
+        "seeds": [1],
+        "methods": {"fd-align": {"beta": 1.0}},
+        "train": {"model": "fdalign-world"},
+        "datasets": [{"name": "src", "data": "{data_root}/src", **ds}],
+    }
 
 
 def test_sweep_protocols_plan_cells(tmp_path):

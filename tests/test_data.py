@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _synth import make_coop_split, make_csv, make_imagefolder
 
+from _synth import make_coop_split, make_csv, make_imagefolder
 from fdalign.data import (
     ImageDataset,
     LabeledSplit,

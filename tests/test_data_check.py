@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from _synth import make_coop_split, make_imagefolder, truncate_file
 from PIL import Image, ImageFile
 
+from _synth import make_coop_split, make_imagefolder, truncate_file
 from fdalign.cli import main
 from fdalign.data import find_benchmark, load_split, open_dataset, verify_images
 from fdalign.errors import FDAlignError

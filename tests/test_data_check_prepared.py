@@ -10,9 +10,26 @@ import _archives as A
 from fdalign.cli import main
 from fdalign.data.check import claimed_benchmark
 
-RENDER = ["world", "render", "--id-styles", "photo", "--ood-styles", "sketch", "--train-per-class", "2",
-          "--val-per-class", "1", "--test-per-class", "2", "--image-size", "16", "--classes", "circle", "star",
-          "--no-progress"]
+RENDER = [
+    "world",
+    "render",
+    "--id-styles",
+    "photo",
+    "--ood-styles",
+    "sketch",
+    "--train-per-class",
+    "2",
+    "--val-per-class",
+    "1",
+    "--test-per-class",
+    "2",
+    "--image-size",
+    "16",
+    "--classes",
+    "circle",
+    "star",
+    "--no-progress",
+]
 
 
 def test_world_sketch_alias_is_not_imagenet_sketch(tmp_path, capsys):
@@ -28,11 +45,20 @@ def test_world_sketch_alias_is_not_imagenet_sketch(tmp_path, capsys):
     assert "4 images but ImageNet-Sketch has 50889" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name,size,claimed", [
-    ("sketch", 288, None), ("sketch", 50000, "ImageNet-Sketch"), ("imagenet-sketch", 288, "ImageNet-Sketch"),
-    ("a", 7400, "ImageNet-A"), ("a", 12, None), ("r", 30000, "ImageNet-R"), ("v2", 500, None),
-    ("imagenet_v2", 500, "ImageNet-V2"), ("painting", 50889, None),
-])
+@pytest.mark.parametrize(
+    "name,size,claimed",
+    [
+        ("sketch", 288, None),
+        ("sketch", 50000, "ImageNet-Sketch"),
+        ("imagenet-sketch", 288, "ImageNet-Sketch"),
+        ("a", 7400, "ImageNet-A"),
+        ("a", 12, None),
+        ("r", 30000, "ImageNet-R"),
+        ("v2", 500, None),
+        ("imagenet_v2", 500, "ImageNet-V2"),
+        ("painting", 50889, None),
+    ],
+)
 def test_a_short_alias_claims_a_benchmark_only_near_its_size(name, size, claimed):
     b = claimed_benchmark(name, size)
     assert (b.name if b else None) == claimed
@@ -66,13 +92,30 @@ def test_prepared_folder_changed_since_prepare(tmp_path, capsys):
     m = A.coop("eurosat", tmp_path / "dl")
     exp = A.expect(tmp_path / "e.json", m["counts"])
     out = tmp_path / "data"
-    assert main(["data", "prepare", "eurosat", "--from", *map(str, m["from"]), "--split-file", str(m["split"]),
-                 "--out", str(out), "--expect-counts", str(exp), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "eurosat",
+                "--from",
+                *map(str, m["from"]),
+                "--split-file",
+                str(m["split"]),
+                "--out",
+                str(out),
+                "--expect-counts",
+                str(exp),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     split = out / "eurosat" / "split_zhou_EuroSAT.json"
     capsys.readouterr()
     assert main(["data", "check", str(split), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert f"prepared: EuroSAT by fdalign" in text and f"--expect-counts {exp} (NOT the published counts)" in text
+    assert "prepared: EuroSAT by fdalign" in text and f"--expect-counts {exp} (NOT the published counts)" in text
     # the published-size check of the file name (EuroSAT: 8100) gives way to what prepare recorded
     assert "8100" not in text
     # a test image deleted after preparing: data check says what prepare recorded
@@ -86,8 +129,23 @@ def test_prepared_class_folders_compared_with_what_prepare_recorded(tmp_path, ca
     m = A.cub(tmp_path / "dl")
     exp = A.expect(tmp_path / "e.json", m["counts"])
     out = tmp_path / "data"
-    assert main(["data", "prepare", "cub", "--from", *map(str, m["from"]), "--out", str(out), "--expect-counts",
-                 str(exp), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "cub",
+                "--from",
+                *map(str, m["from"]),
+                "--out",
+                str(out),
+                "--expect-counts",
+                str(exp),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     images = out / "CUB_200_2011" / "images"
     next(next(images.iterdir()).iterdir()).unlink()
     capsys.readouterr()

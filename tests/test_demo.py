@@ -20,8 +20,24 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny_args(tiny, out, *extra):
-    return ["demo", "--quick", "--out", str(out), "--model", "tiny", "--pretrained", str(tiny["checkpoint"]),
-            "--model-config", str(tiny["config"]), "--device", "cpu", "--threads", "1", "--no-progress", *extra]
+    return [
+        "demo",
+        "--quick",
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--model-config",
+        str(tiny["config"]),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +99,11 @@ def test_per_seed_numbers_are_the_runs_metrics(quick_run):
             for row, model in ((method, "fine-tuned"), (f"wise-ft of {method}", wise), ("zero-shot", "zero-shot")):
                 r = doc["per_seed"][str(s)][row]
                 assert r["id"] == m["test"][model]["top1"]
-                assert r["styles"] == {"jpeg corrupted": m["test"][model]["top1"], "sketch": m["sketch"][model]["top1"],
-                                       "blurry": m["blurry"][model]["top1"]}
+                assert r["styles"] == {
+                    "jpeg corrupted": m["test"][model]["top1"],
+                    "sketch": m["sketch"][model]["top1"],
+                    "blurry": m["blurry"][model]["top1"],
+                }
                 assert r["ood_mean"] == pytest.approx((m["sketch"][model]["top1"] + m["blurry"][model]["top1"]) / 2)
     rows = _table_rows(report)
     for row in METHODS:
@@ -124,9 +143,20 @@ def test_demo_defaults_are_the_shipped_sweep_preset():
 def test_wiseft_alpha_one_is_the_fine_tuned_model(tiny_openclip, tmp_path, monkeypatch, cache_dir):
     """Only alpha 1 allowed: WiSE-FT must score exactly as the fine-tuned model, which differs from zero-shot."""
     monkeypatch.setenv("FDALIGN_CACHE", str(cache_dir))
-    cfg = DemoConfig(out=str(tmp_path / "a1"), quick=True, seeds=1, model="tiny",
-                     pretrained=str(tiny_openclip["checkpoint"]), model_config=str(tiny_openclip["config"]),
-                     device="cpu", wiseft_alphas=(1.0,), ood_styles=("sketch",), lr=1e-3, progress=False, threads=1)
+    cfg = DemoConfig(
+        out=str(tmp_path / "a1"),
+        quick=True,
+        seeds=1,
+        model="tiny",
+        pretrained=str(tiny_openclip["checkpoint"]),
+        model_config=str(tiny_openclip["config"]),
+        device="cpu",
+        wiseft_alphas=(1.0,),
+        ood_styles=("sketch",),
+        lr=1e-3,
+        progress=False,
+        threads=1,
+    )
     res = run_demo(cfg)
     r = res.per_seed[1]
     assert r["fine-tune"] != r["zero-shot"]  # else the next line could not tell the two apart
@@ -215,8 +245,15 @@ def test_verdict_calls_float_noise_a_tie_not_a_win():
         return {"id": i, "ood_mean": o, "styles": {}}
 
     noise = 1.5e-6
-    per_seed = {s: {"zero-shot": r(40, 60), "fine-tune": r(50, 50), "wise-ft of fine-tune": r(52, 61),
-                    "fd-align": r(52 + noise, 50 + noise)} for s in (1, 2)}
+    per_seed = {
+        s: {
+            "zero-shot": r(40, 60),
+            "fine-tune": r(50, 50),
+            "wise-ft of fine-tune": r(52, 61),
+            "fd-align": r(52 + noise, 50 + noise),
+        }
+        for s in (1, 2)
+    }
     lines = verdict(per_seed, {})
     assert not any("FD-Align had the higher ID" in x for x in lines)
     assert any("WiSE-FT of the plain fine-tuned model was at least as good as FD-Align on both" in x for x in lines)
@@ -234,8 +271,14 @@ def test_one_seed_summary_prints_no_spread():
 
     one = {"mean": 37.5, "std": 0.0, "values": [37.5]}
     two = {"mean": 36.0, "std": 2.1213, "values": [34.5, 37.5]}
-    table = summary_table({"zero-shot": {"id": one, "ood_mean": one, "sketch": one},
-                           "fine-tune": {"id": two, "ood_mean": two, "sketch": two}}, "photo", ["sketch"])
+    table = summary_table(
+        {
+            "zero-shot": {"id": one, "ood_mean": one, "sketch": one},
+            "fine-tune": {"id": two, "ood_mean": two, "sketch": two},
+        },
+        "photo",
+        ["sketch"],
+    )
     assert "| zero-shot | 37.5 | 37.5 | 37.5 |" in table and "| fine-tune | 36.0 ± 2.1 |" in table
 
 

@@ -6,13 +6,27 @@ import csv
 import pytest
 import torch
 import torch.multiprocessing as mp
-from _ddp_worker import run_training, worker
 
+from _ddp_worker import run_training, worker
 from fdalign.train.distributed import GlobalBatchSampler
 
-CFG = dict(shots=4, epochs=2, batch_size=5, num_workers=0, device="cpu", progress=False, tensorboard=False,
-           optimizer="sgd", lr=0.05, beta=2.0, head="trainable", spc_keep=4, spc_k=2, selection="last",
-           wd_skip_norm_bias=False)
+CFG = dict(
+    shots=4,
+    epochs=2,
+    batch_size=5,
+    num_workers=0,
+    device="cpu",
+    progress=False,
+    tensorboard=False,
+    optimizer="sgd",
+    lr=0.05,
+    beta=2.0,
+    head="trainable",
+    spc_keep=4,
+    spc_k=2,
+    selection="last",
+    wd_skip_norm_bias=False,
+)
 
 
 def test_global_batch_sampler_shares_and_weights():
@@ -27,8 +41,12 @@ def test_global_batch_sampler_shares_and_weights():
 
 def _spawn(tiny, tmp_path, name, kill_after=None):
     out = str(tmp_path / name)
-    mp.spawn(worker, args=(2, str(tmp_path / f"{name}.init"), tiny, str(tmp_path / name), CFG, out, kill_after),
-             nprocs=2, join=True)
+    mp.spawn(
+        worker,
+        args=(2, str(tmp_path / f"{name}.init"), tiny, str(tmp_path / name), CFG, out, kill_after),
+        nprocs=2,
+        join=True,
+    )
     return out
 
 

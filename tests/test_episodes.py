@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import class_colour, make_image
 
+from _synth import class_colour, make_image
 from fdalign.data.datasets import LabeledSplit, Sample
 from fdalign.data.episodes import (
-    EpisodeDataset, EpisodeSpec, class_pool, load_class_splits, load_target, sample_episode,
+    EpisodeDataset,
+    EpisodeSpec,
+    class_pool,
+    load_class_splits,
+    load_target,
+    sample_episode,
     sample_episodes,
 )
 from fdalign.errors import FDAlignError
@@ -156,7 +161,9 @@ def test_minimagenet_csv_splits(tmp_path):
 def test_split_file_naming_missing_images_lists_first_few_and_total(tmp_path):
     roles = {"base": ["n01000001"], "novel": ["n03000001", "n03000002"]}
     root = write_mini_csv(tmp_path / "mini", roles, per_class=10, missing=8)
-    with pytest.raises(FDAlignError, match=r"16 of 20 images listed in .*test.csv are missing.*first: n0300000100000000.jpg"):
+    with pytest.raises(
+        FDAlignError, match=r"16 of 20 images listed in .*test.csv are missing.*first: n0300000100000000.jpg"
+    ):
         load_class_splits(root)
 
 
@@ -205,8 +212,12 @@ def test_text_and_combined_heads():
     p = torch.randn(2, 3, 3)
     comb = combined_log_probs(p, t, 0.25)
     assert torch.allclose(comb, 0.75 * p.log_softmax(-1) + 0.25 * t.log_softmax(-1))
-    assert torch.equal(episode_logits("text", torch.randn(2, 3, 6), query, 3, class_prototypes=protos,
-                                      classes=classes, text_scale=50.0), t)
+    assert torch.equal(
+        episode_logits(
+            "text", torch.randn(2, 3, 6), query, 3, class_prototypes=protos, classes=classes, text_scale=50.0
+        ),
+        t,
+    )
 
 
 def test_episode_accuracy_against_naive_loop_and_repeatable():
@@ -219,8 +230,9 @@ def test_episode_accuracy_against_naive_loop_and_repeatable():
     acc = episode_accuracy(feats, eps, spec, "proto", chunk=7)
     ql = np.array([n for n in range(5) for _ in range(3)])  # queries are way-major: way 0's three first
     for e in range(40):
-        protos = torch.stack([F.normalize(F.normalize(feats[eps.support[e, n]], dim=-1).mean(0), dim=0)
-                              for n in range(5)])
+        protos = torch.stack(
+            [F.normalize(F.normalize(feats[eps.support[e, n]], dim=-1).mean(0), dim=0) for n in range(5)]
+        )
         q = F.normalize(feats[eps.query[e].ravel()], dim=-1)
         right = ((q @ protos.t()).argmax(1).numpy() == ql).mean() * 100
         assert acc[e].item() == pytest.approx(right)
@@ -276,12 +288,12 @@ def test_data_check_knows_minimagenet_sizes(tmp_path, capsys):
 def test_evaluate_episodes_reuses_features_and_each_models_scale(tmp_path):
     """Encoding only the used images (re-indexed) gives the accuracies of scoring on the whole split's
     features; a model's ProtoNet scale reaches the combined head (tiny -> text decides, huge -> proto)."""
-    from _synth import make_imagefolder
     from torchvision import transforms as T
 
+    from _synth import make_imagefolder
+    from fdalign.data.datasets import ImageDataset
     from fdalign.eval.episodes import EpisodeEvalSettings, EpisodeTarget, evaluate_episodes, plan_episodes, used_samples
     from fdalign.eval.features import extract_features
-    from fdalign.data.datasets import ImageDataset
 
     split = load_target(make_imagefolder(tmp_path / "t", [f"k{i}" for i in range(6)], 0, 12, size=8), name="t")
     torch.manual_seed(0)
@@ -290,8 +302,12 @@ def test_evaluate_episodes_reuses_features_and_each_models_scale(tmp_path):
     spec = EpisodeSpec(3, 1, 2)
     settings = EpisodeEvalSettings(specs=[spec], episodes=8, seed=4, heads=("proto", "text", "combined"))
     assert len(used_samples(plan_episodes(split, settings))) < len(split)  # only some images get encoded
-    metrics, skipped = evaluate_episodes({"small": (enc, 1e-6), "large": (enc, 1e6)}, [EpisodeTarget("t", split, protos)],
-                                         settings, transform=T.ToTensor())
+    metrics, skipped = evaluate_episodes(
+        {"small": (enc, 1e-6), "large": (enc, 1e6)},
+        [EpisodeTarget("t", split, protos)],
+        settings,
+        transform=T.ToTensor(),
+    )
     m = metrics["t"]["3-way 1-shot"]
     feats, _ = extract_features(enc, ImageDataset(split, T.ToTensor()), progress=False)
     eps = sample_episodes(class_pool(split, spec), spec, 4, range(8))

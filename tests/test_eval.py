@@ -211,8 +211,14 @@ def test_run_evaluation_encodes_each_set_once_per_encoder():
 
 def _metrics():
     return {
-        "test": {"zero-shot": {"top1": 60.0, "top5": 85.0, "n": 100}, "fdalign": {"top1": 70.0, "top5": 90.0, "n": 100}},
-        "sketch": {"zero-shot": {"top1": 40.0, "top5": 60.0, "n": 50}, "fdalign": {"top1": 42.0, "top5": 61.0, "n": 50}},
+        "test": {
+            "zero-shot": {"top1": 60.0, "top5": 85.0, "n": 100},
+            "fdalign": {"top1": 70.0, "top5": 90.0, "n": 100},
+        },
+        "sketch": {
+            "zero-shot": {"top1": 40.0, "top5": 60.0, "n": 50},
+            "fdalign": {"top1": 42.0, "top5": 61.0, "n": 50},
+        },
         "adv": {"zero-shot": {"top1": 30.0, "top5": 50.0, "n": 20}, "fdalign": {"top1": 35.0, "top5": 55.0, "n": 20}},
     }
 
@@ -227,9 +233,12 @@ def test_write_metrics_and_report(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
 
     write_report(
-        tmp_path, m, roles=roles,
+        tmp_path,
+        m,
+        roles=roles,
         selection={"epoch": "best val top-1 (epoch 3 of 5)", "val set": "4 per class"},
-        config={"model": "ViT-B-32"}, hashes={"test": "list:abc", "sketch": "list:def"},
+        config={"model": "ViT-B-32"},
+        hashes={"test": "list:abc", "sketch": "list:def"},
     )
     text = (tmp_path / "report.md").read_text()
     assert "| model | test top-1 | test top-5 | sketch top-1 | adv top-1 | OOD avg top-1 |" in text

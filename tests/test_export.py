@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder, write_templates
 
+from _synth import make_imagefolder, write_templates
 from fdalign.cli import main
 from fdalign.errors import FDAlignError
 
@@ -35,18 +35,53 @@ def env(tmp_path_factory):
 
 
 def _train(env, out, *model_args):
-    rc = main(["train", *model_args, "--data", str(env["data"]), "--shots", "2", "--epochs", "1",
-               "--batch-size", "3", "--num-workers", "0", "--templates", str(env["templates"]), "--spc-keep", "3",
-               "--spc-k", "2", "--wiseft-alphas", "0", "0.5", "1", "--device", "cpu", "--lr", "1e-2",
-               "--no-progress", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            *model_args,
+            "--data",
+            str(env["data"]),
+            "--shots",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--num-workers",
+            "0",
+            "--templates",
+            str(env["templates"]),
+            "--spc-keep",
+            "3",
+            "--spc-k",
+            "2",
+            "--wiseft-alphas",
+            "0",
+            "0.5",
+            "1",
+            "--device",
+            "cpu",
+            "--lr",
+            "1e-2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def oc_run(env, tiny_openclip):
-    return _train(env, env["dir"] / "oc_run", "--model-config", str(tiny_openclip["config"]),
-                  "--pretrained", str(tiny_openclip["checkpoint"]))
+    return _train(
+        env,
+        env["dir"] / "oc_run",
+        "--model-config",
+        str(tiny_openclip["config"]),
+        "--pretrained",
+        str(tiny_openclip["checkpoint"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +92,16 @@ def hf_run(env, tiny_hf):
 def _saved_encoder(run):
     from safetensors.torch import load_file
 
-    return {k[len("encoder."):]: v for k, v in load_file(run / "model" / "best.safetensors").items()
-            if k.startswith("encoder.")}
+    return {
+        k[len("encoder.") :]: v
+        for k, v in load_file(run / "model" / "best.safetensors").items()
+        if k.startswith("encoder.")
+    }
 
 
 def _test_images(env, spec):
-    from fdalign.data import ImageDataset, open_dataset
     from fdalign.backends.image import eval_transform
+    from fdalign.data import ImageDataset, open_dataset
 
     test = open_dataset(env["data"])["test"]
     return torch.stack([x for x, _ in ImageDataset(test, eval_transform(spec))]), test
@@ -96,8 +134,9 @@ def test_open_clip_round_trip_with_plain_open_clip(env, oc_run, tiny_openclip, t
         m1, _, pre = open_clip.create_model_and_transforms(f"local-dir:{out}")
         # 2) by name + pretrained file, after registering the run's own config JSON
         open_clip.add_model_config(tiny_openclip["config"])
-        m2, _, _ = open_clip.create_model_and_transforms(tiny_openclip["config"].stem,
-                                                         pretrained=str(out / "open_clip_model.safetensors"))
+        m2, _, _ = open_clip.create_model_and_transforms(
+            tiny_openclip["config"].stem, pretrained=str(out / "open_clip_model.safetensors")
+        )
         # 3) load_checkpoint into the same architecture
         m3 = open_clip.CLIP(**TINY_OPENCLIP_CFG)
         assert not open_clip.load_checkpoint(m3, str(out / "open_clip_model.safetensors")).missing_keys
@@ -150,10 +189,28 @@ def test_hf_round_trip_with_plain_transformers_wiseft(env, hf_run, tiny_hf, tmp_
     assert manifest["wiseft_alpha"] == alpha and manifest["classnames"] == sorted(CLASSES)
 
     # predict reads the HF export exactly as it reads the run with the same mix
-    for target, extra, csv_path in ((out, [], tmp_path / "a.csv"),
-                                    (hf_run, ["--wiseft-alpha", str(alpha)], tmp_path / "b.csv")):
-        assert main(["predict", str(target), str(env["data"] / "test"), "--out", str(csv_path), "--topk", "3",
-                     "--device", "cpu", "--no-progress", *extra]) == 0
+    for target, extra, csv_path in (
+        (out, [], tmp_path / "a.csv"),
+        (hf_run, ["--wiseft-alpha", str(alpha)], tmp_path / "b.csv"),
+    ):
+        assert (
+            main(
+                [
+                    "predict",
+                    str(target),
+                    str(env["data"] / "test"),
+                    "--out",
+                    str(csv_path),
+                    "--topk",
+                    "3",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     a, b = _read_csv(tmp_path / "a.csv"), _read_csv(tmp_path / "b.csv")
     assert len(a) == 6 and [r["path"] for r in a] == [r["path"] for r in b]
     for ra, rb in zip(a, b):
@@ -213,8 +270,9 @@ def _expected_probs(env, oc_run):
 
     run = load_run(oc_run)
     test = open_dataset(env["data"])["test"]
-    feats, _ = extract_features(run.backend.image_encoder, ImageDataset(test, run.backend.preprocess_eval()),
-                                progress=False)
+    feats, _ = extract_features(
+        run.backend.image_encoder, ImageDataset(test, run.backend.preprocess_eval()), progress=False
+    )
     probs = torch.softmax(apply_head(run.head, feats), dim=1)
     return {test.resolve(s): p for s, p in zip(test.samples, probs)}, run.classnames, test
 
@@ -227,8 +285,25 @@ def test_predict_agrees_with_eval_logits(env, oc_run, tmp_path, source):
         assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(target)]) == 0
     want, classnames, test = _expected_probs(env, oc_run)
     out = tmp_path / "preds.csv"
-    assert main(["predict", str(target), str(env["data"] / "test"), "--out", str(out), "--topk", "2",
-                 "--batch-size", "4", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(target),
+                str(env["data"] / "test"),
+                "--out",
+                str(out),
+                "--topk",
+                "2",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = _read_csv(out)
     assert [r["path"] for r in rows] == sorted(want)  # every test image once, folders walked in order
     for r in rows:
@@ -254,8 +329,23 @@ def test_predict_lists_unreadable_files_and_keeps_going(env, oc_run, tmp_path, c
     (images / "notes.txt").write_text("skipped: not an image extension")
     missing = tmp_path / "missing.jpg"
     out = tmp_path / "preds.csv"
-    rc = main(["predict", str(oc_run), str(images), str(missing), "--out", str(out), "--topk", "9",
-               "--device", "cpu", "--no-progress", "--batch-size", "2"])
+    rc = main(
+        [
+            "predict",
+            str(oc_run),
+            str(images),
+            str(missing),
+            "--out",
+            str(out),
+            "--topk",
+            "9",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert rc == 0
     captured = capsys.readouterr()
     assert "2 unreadable" in captured.out
@@ -303,8 +393,10 @@ def test_format_errors(oc_run, tmp_path, capsys):
     assert e.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
     assert main(["export", str(oc_run), "--format", "hf", "--out", str(tmp_path / "e")]) == 2
     assert "--format open_clip" in _one_line(capsys, "export")
-    assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(tmp_path / "e"),
-                 "--wiseft-alpha", "1.5"]) == 2
+    assert (
+        main(["export", str(oc_run), "--format", "open_clip", "--out", str(tmp_path / "e"), "--wiseft-alpha", "1.5"])
+        == 2
+    )
     assert "outside [0, 1]" in _one_line(capsys, "export")
 
 

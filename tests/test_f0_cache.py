@@ -6,7 +6,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from _synth import NoisyTensors as Augmented
-
 from fdalign.backends import load_clip
 from fdalign.data.views import SeededViews, view_seed
 from fdalign.prototypes import build_prototypes
@@ -57,8 +56,21 @@ def _protos(backend, templates=TEMPLATES, k=2):
 
 
 def _run(tiny, tmp_path, name, cache=None, data_key="data-A", templates=TEMPLATES, k=2, perturb=0.0, **kw):
-    opts = dict(shots=4, epochs=EPOCHS, batch_size=4, num_workers=0, device="cpu", progress=False, tensorboard=False,
-                lr=1e-2, beta=2.0, spc_keep=4, spc_k=k, selection="last", f0_cache=cache)
+    opts = dict(
+        shots=4,
+        epochs=EPOCHS,
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        lr=1e-2,
+        beta=2.0,
+        spc_keep=4,
+        spc_k=k,
+        selection="last",
+        f0_cache=cache,
+    )
     opts.update(kw)
     b = _backend(tiny, perturb)
     val = torch.utils.data.TensorDataset(torch.randn(3, 3, 32, 32), torch.arange(3))
@@ -88,10 +100,16 @@ def test_a_second_run_reads_f0_from_the_cache_and_ends_bitwise_equal(tiny_opencl
     assert other.f0_cache_epochs_read == EPOCHS
 
 
-@pytest.mark.parametrize("change", [
-    dict(seed=2), dict(templates=TEMPLATES[:4] + ["a sketch of a {}."]), dict(k=3), dict(perturb=1e-3),
-    dict(data_key="data-B (another shots sample)"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(seed=2),
+        dict(templates=TEMPLATES[:4] + ["a sketch of a {}."]),
+        dict(k=3),
+        dict(perturb=1e-3),
+        dict(data_key="data-B (another shots sample)"),
+    ],
+)
 def test_changing_any_ingredient_recomputes(tiny_openclip, tmp_path, change):
     _run(tiny_openclip, tmp_path, "base", cache=str(tmp_path / "c"))
     changed = _run(tiny_openclip, tmp_path, "changed", cache=str(tmp_path / "c"), **change)

@@ -9,11 +9,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli_train import folders  # noqa: F401 (the generated ID / OOD folders and templates)
 
 import fdalign
 from fdalign.losses import FDAlignLoss
 from fdalign.spc import SPCConfig
+from test_cli_train import folders  # noqa: F401 (the generated ID / OOD folders and templates)
 
 
 def _hand_loss(feat_t, feat_0, labels, class_protos, spurious, scale, alpha, beta, direction):
@@ -35,8 +35,9 @@ def test_features_path_equals_the_formula(direction):
     feat_t, feat_0 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     class_protos, spurious = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
     labels = torch.tensor([0, 1, 2, 2, 1, 0])
-    loss_fn = FDAlignLoss(spurious, class_prototypes=class_protos, alpha=0.7, beta=2.5, scale=10.0,
-                          kl_direction=direction)
+    loss_fn = FDAlignLoss(
+        spurious, class_prototypes=class_protos, alpha=0.7, beta=2.5, scale=10.0, kl_direction=direction
+    )
     loss, parts = loss_fn(feat_t, labels, f0_features=feat_0)
     want, ce, kl = _hand_loss(feat_t, feat_0, labels, class_protos, spurious, 10.0, 0.7, 2.5, direction)
     assert kl.item() > 1e-3  # a KL that can tell the directions apart
@@ -51,8 +52,14 @@ def test_features_path_equals_the_formula(direction):
 def test_gradients_reach_ft_only_and_f0_keeps_its_mode():
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(12, 8))
-    loss_fn = FDAlignLoss(torch.randn(4, 8), class_prototypes=torch.randn(3, 8), encoder=encoder,
-                          f0=fdalign.losses.frozen_copy(encoder), beta=1.0, scale=10.0)
+    loss_fn = FDAlignLoss(
+        torch.randn(4, 8),
+        class_prototypes=torch.randn(3, 8),
+        encoder=encoder,
+        f0=fdalign.losses.frozen_copy(encoder),
+        beta=1.0,
+        scale=10.0,
+    )
     loss_fn.train()
     assert not loss_fn.f0.training  # f0_mode "eval": dropout off in f0 whatever train() says
     assert not list(loss_fn.parameters()) or all(not p.requires_grad for p in loss_fn.parameters())
@@ -76,10 +83,24 @@ def test_a_user_loop_gives_the_trainers_loss_on_its_batch(tiny_openclip, folders
     monkeypatch.setattr(trainer_mod, "fdalign_forward", spy)
     monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
     cfg = fdalign.TrainConfig(
-        model_config=str(tiny_openclip["config"]), pretrained=str(tiny_openclip["checkpoint"]),
-        data=str(folders["id"]), shots=2, epochs=1, batch_size=3, num_workers=0, templates=str(folders["templates"]),
-        spc_keep=3, spc_k=2, beta=2.0, lr=5e-2, wiseft_alphas=[1.0], device="cpu", progress=False, out=str(tmp_path / "run"),
-        tensorboard=False)
+        model_config=str(tiny_openclip["config"]),
+        pretrained=str(tiny_openclip["checkpoint"]),
+        data=str(folders["id"]),
+        shots=2,
+        epochs=1,
+        batch_size=3,
+        num_workers=0,
+        templates=str(folders["templates"]),
+        spc_keep=3,
+        spc_k=2,
+        beta=2.0,
+        lr=5e-2,
+        wiseft_alphas=[1.0],
+        device="cpu",
+        progress=False,
+        out=str(tmp_path / "run"),
+        tensorboard=False,
+    )
     torch.manual_seed(0)
     fdalign.finetune(cfg)
     state, images, labels, trainer_loss, trainer_kl = seen[1]
@@ -90,7 +111,9 @@ def test_a_user_loop_gives_the_trainers_loss_on_its_batch(tiny_openclip, folders
 
     backend = fdalign.load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=tiny_openclip["config"])
     classnames = open_dataset(str(folders["id"]))["train"].classnames
-    loss_fn = FDAlignLoss.from_clip(backend, classnames, str(folders["templates"]), spc=SPCConfig(keep=3, k=2), beta=2.0)
+    loss_fn = FDAlignLoss.from_clip(
+        backend, classnames, str(folders["templates"]), spc=SPCConfig(keep=3, k=2), beta=2.0
+    )
     backend.image_encoder.load_state_dict(state)
     opt = torch.optim.SGD(backend.image_encoder.parameters(), lr=1e-2)
     losses = []
@@ -109,8 +132,9 @@ def test_from_text_encoder_equals_from_clip(tiny_openclip, tmp_path, monkeypatch
     backend = fdalign.load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=tiny_openclip["config"])
     names, templates = ["cat", "dog", "bird"], ["a photo of a {}.", "a {} drawing.", "art of a {}."]
     a = FDAlignLoss.from_clip(backend, names, templates, spc=False, beta=1.0)
-    b = FDAlignLoss.from_text_encoder(backend.encode_text, backend.image_encoder, names, templates,
-                                      scale=backend.logit_scale, spc=False, beta=1.0)
+    b = FDAlignLoss.from_text_encoder(
+        backend.encode_text, backend.image_encoder, names, templates, scale=backend.logit_scale, spc=False, beta=1.0
+    )
     torch.testing.assert_close(a.spurious, b.spurious)
     torch.testing.assert_close(a.class_prototypes, b.class_prototypes)
     feats, labels = torch.randn(4, a.spurious.shape[1]), torch.tensor([0, 1, 2, 0])

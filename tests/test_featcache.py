@@ -70,14 +70,20 @@ def test_the_key_follows_weights_images_and_preprocessing(data, tmp_path):
     enc = featcache.frozen(Counting(0))
     base = featcache.cache_key(enc, data, "fp32", "cpu")[0]
     assert featcache.cache_key(featcache.frozen(Counting(1)), data, "fp32", "cpu")[0] != base
-    other_tf = ImageDataset(data.split, transforms.Compose([transforms.Resize(8), transforms.ToTensor(),
-                                                            transforms.Normalize([0.5] * 3, [0.5] * 3)]))
+    other_tf = ImageDataset(
+        data.split,
+        transforms.Compose([transforms.Resize(8), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]),
+    )
     assert featcache.cache_key(enc, other_tf, "fp32", "cpu")[0] != base
     assert featcache.cache_key(enc, data, "bf16", "cpu")[0] != base
     changed = ImageDataset(make_split(tmp_path / "other", shift=1), TF)  # same names and labels, other pixels
     assert featcache.cache_key(enc, changed, "fp32", "cpu")[0] != base
-    relabelled = ImageDataset(LabeledSplit(["a", "b"], [Sample(s.path, 1 - s.label) for s in data.split.samples],
-                                           data.split.root, name="test"), TF)
+    relabelled = ImageDataset(
+        LabeledSplit(
+            ["a", "b"], [Sample(s.path, 1 - s.label) for s in data.split.samples], data.split.root, name="test"
+        ),
+        TF,
+    )
     assert featcache.cache_key(enc, relabelled, "fp32", "cpu")[0] != base
     assert featcache.cache_key(featcache.frozen(Counting(0)), data, "fp32", "cpu")[0] == base
 
@@ -86,7 +92,9 @@ def test_a_transform_with_a_lambda_is_never_cached(data, tmp_path):
     """A lambda's repr says nothing of what it does: two different ones must not share an entry."""
     enc = featcache.frozen(Counting())
     twice = ImageDataset(data.split, transforms.Compose([transforms.Resize(8), transforms.ToTensor(), lambda x: 2 * x]))
-    thrice = ImageDataset(data.split, transforms.Compose([transforms.Resize(8), transforms.ToTensor(), lambda x: 3 * x]))
+    thrice = ImageDataset(
+        data.split, transforms.Compose([transforms.Resize(8), transforms.ToTensor(), lambda x: 3 * x])
+    )
     with featcache.enabled(tmp_path / "c") as cache:
         f2, _ = extract(enc, twice)
         f3, _ = extract(enc, thrice)

@@ -15,7 +15,6 @@ from fdalign.heads.cache import FitConfig, affinity, class_sums, feature_split, 
 from fdalign.heads.tip import TipAdapter, TipConfig, fit_tip, fit_tip_f
 from fdalign.selection import SelectionLeakError, SelectionLog
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -40,8 +39,13 @@ def _dense_tip(f, protos, scale, keys, labels, alpha, beta):
 
 
 SMALL_TIP = TipConfig(alpha="0.5:3:6", beta="0.5:6:5", fit=FitConfig(epochs=3, batch_size=4))
-SMALL_APE = APEConfig(channels="0.5,1.0", alpha="0.5:3:4", beta="1,5", gamma="0,1",
-                      fit=FitConfig(epochs=3, batch_size=4, weight_decay=0.1))
+SMALL_APE = APEConfig(
+    channels="0.5,1.0",
+    alpha="0.5:3:4",
+    beta="1,5",
+    gamma="0,1",
+    fit=FitConfig(epochs=3, batch_size=4, weight_decay=0.1),
+)
 
 
 def test_affinity_is_exp_of_minus_beta_one_minus_cos_by_hand():
@@ -49,8 +53,14 @@ def test_affinity_is_exp_of_minus_beta_one_minus_cos_by_hand():
     keys = torch.tensor([[3 * math.cos(t), 3 * math.sin(t)] for t in theta])  # |k| = 3: normalised inside
     f = torch.tensor([[2.0, 0.0]])
     beta = 2.5
-    head = TipAdapter(torch.zeros(2, 2) + torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 1.0, keys,
-                      torch.tensor([0, 1, 1, 0]), alpha=1.0, beta=beta)
+    head = TipAdapter(
+        torch.zeros(2, 2) + torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        1.0,
+        keys,
+        torch.tensor([0, 1, 1, 0]),
+        alpha=1.0,
+        beta=beta,
+    )
     want_a = [math.exp(-beta * (1 - math.cos(t))) for t in theta]
     got_a = affinity(F.normalize(f, dim=-1), F.normalize(keys, dim=-1), beta)[0]
     assert got_a.tolist() == pytest.approx(want_a, rel=1e-6)
@@ -151,8 +161,9 @@ def test_tip_f_training_lowers_the_training_loss():
     cfg = TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=FitConfig(epochs=10, batch_size=8, lr=1e-2))
     head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, tip.alpha, tip.beta, trainable=True)
     before = F.cross_entropy(head(kf), ky).item()
-    cache_mod.fit_and_select_epoch("e", head, [head.keys], kf, ky, val, FitConfig(epochs=10, batch_size=8, lr=1e-2),
-                                   None)
+    cache_mod.fit_and_select_epoch(
+        "e", head, [head.keys], kf, ky, val, FitConfig(epochs=10, batch_size=8, lr=1e-2), None
+    )
     after = F.cross_entropy(head(kf), ky).item()
     assert after < before
     assert cfg.fit.epochs == 10
@@ -218,6 +229,7 @@ def test_tip_f_trains_from_the_configured_start_point(monkeypatch):
 
     monkeypatch.setattr("fdalign.heads.tip.fit_and_select_epoch", spy)
     fit_tip_f(tip, kf, ky, val, SMALL_TIP)  # default: from Tip's searched point
-    fit_tip_f(tip, kf, ky, val, TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=SMALL_TIP.fit, init_alpha=1.17,
-                                          init_beta=1.0))  # the authors': (beta 1, their init alpha)
+    fit_tip_f(
+        tip, kf, ky, val, TipConfig(SMALL_TIP.alpha, SMALL_TIP.beta, fit=SMALL_TIP.fit, init_alpha=1.17, init_beta=1.0)
+    )  # the authors': (beta 1, their init alpha)
     assert starts == [(tip.beta, tip.alpha), (1.0, 1.17)] and (tip.beta, tip.alpha) != (1.0, 1.17)

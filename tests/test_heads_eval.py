@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import class_colour, make_image, make_imagefolder
 
+from _synth import class_colour, make_image, make_imagefolder
 from fdalign.cli import build_parser, main
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
@@ -43,11 +43,41 @@ def trained(tiny_openclip, tmp_path_factory):
     ood = _noisy_folder(d / "ood", noise=160.0, n=4, seed=3)
     (d / "heads.yaml").write_text(HEADS_YAML)
     run = d / "run"
-    rc = main(["train", "--model-config", str(tiny_openclip["config"]),
-               "--pretrained", str(tiny_openclip["checkpoint"]),
-               "--data", str(idf), "--shots", "2", "--epochs", "1", "--batch-size", "3", "--templates", "tip7",
-               "--spc-keep", "5", "--spc-k", "2", "--wiseft-alphas", "0", "1", "--device", "cpu", "--lr", "1e-3",
-               "--no-progress", "--ood", f"shifted={ood}", "--out", str(run)])
+    rc = main(
+        [
+            "train",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--pretrained",
+            str(tiny_openclip["checkpoint"]),
+            "--data",
+            str(idf),
+            "--shots",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--templates",
+            "tip7",
+            "--spc-keep",
+            "5",
+            "--spc-k",
+            "2",
+            "--wiseft-alphas",
+            "0",
+            "1",
+            "--device",
+            "cpu",
+            "--lr",
+            "1e-3",
+            "--no-progress",
+            "--ood",
+            f"shifted={ood}",
+            "--out",
+            str(run),
+        ]
+    )
     assert rc == 0
     return {"id": idf, "ood": ood, "run": run, "yaml": d / "heads.yaml"}
 
@@ -56,6 +86,7 @@ def _dense_tip_top1(encoder, prototypes, scale, cache_ds, test_ds, alpha, beta):
     """Tip-Adapter top-1 computed whole: encode image by image, the paper's formula with one-hot L."""
     encoder.eval()
     with torch.no_grad():
+
         def enc(ds):
             xs, ys = zip(*(ds[i] for i in range(len(ds))))
             return F.normalize(encoder(torch.stack(xs)).double(), dim=-1), torch.tensor(ys)
@@ -72,8 +103,8 @@ def _parse(chosen: str) -> dict:
 
 
 def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, capsys, monkeypatch):
-    import fdalign.eval.heads as heads_mod
     import fdalign.eval.features as features  # the cache-aware paths end here
+    import fdalign.eval.heads as heads_mod
 
     calls = []
     for mod in (heads_mod, features):
@@ -85,13 +116,35 @@ def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, ca
 
         monkeypatch.setattr(mod, "extract_features", counting)
     run = trained["run"]
-    rc = main(["eval", str(run), "--heads", "zeroshot,tip,tip-f,ape,ape-t", "--heads-config", str(trained["yaml"]),
-               "--device", "cpu", "--batch-size", "4"])
+    rc = main(
+        [
+            "eval",
+            str(run),
+            "--heads",
+            "zeroshot,tip,tip-f,ape,ape-t",
+            "--heads-config",
+            str(trained["yaml"]),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     print(printed)
-    rows = ["Zero-shot", "Zero-shot + FD-Align", "Tip", "Tip + FD-Align", "Tip-F", "Tip-F + FD-Align", "APE",
-            "APE + FD-Align", "APE-T", "APE-T + FD-Align"]
+    rows = [
+        "Zero-shot",
+        "Zero-shot + FD-Align",
+        "Tip",
+        "Tip + FD-Align",
+        "Tip-F",
+        "Tip-F + FD-Align",
+        "APE",
+        "APE + FD-Align",
+        "APE-T",
+        "APE-T + FD-Align",
+    ]
     for r in rows:
         assert f"| {r} |" in printed
     doc = json.loads((run / "eval-heads" / "metrics.json").read_text())
@@ -101,8 +154,14 @@ def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, ca
 
     sel = doc["selection"]
     val_desc = f"val (6 images of {run}/splits/val.json)"
-    for what in ("Tip: beta, alpha", "Tip + FD-Align: beta, alpha", "Tip-F + FD-Align: epoch",
-                 "APE: Q, beta, gamma, alpha", "APE-T + FD-Align: epoch", "APE-T + FD-Align: beta, alpha"):
+    for what in (
+        "Tip: beta, alpha",
+        "Tip + FD-Align: beta, alpha",
+        "Tip-F + FD-Align: epoch",
+        "APE: Q, beta, gamma, alpha",
+        "APE-T + FD-Align: epoch",
+        "APE-T + FD-Align: beta, alpha",
+    ):
         assert sel[what]["on"] == val_desc
     assert sel["Tip: beta, alpha"]["candidates"] == 4 * 3
     report = (run / "eval-heads" / "report.md").read_text()
@@ -136,10 +195,32 @@ def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, ca
 
 def test_eval_model_with_heads_samples_the_cache_from_train(tiny_openclip, trained, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
-               str(tiny_openclip["checkpoint"]), "--data", str(trained["id"]), "--shots", "2", "--seed", "2",
-               "--heads", "tip,ape", "--heads-config", str(trained["yaml"]), "--templates", "tip7",
-               "--device", "cpu", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "tiny",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--pretrained",
+            str(tiny_openclip["checkpoint"]),
+            "--data",
+            str(trained["id"]),
+            "--shots",
+            "2",
+            "--seed",
+            "2",
+            "--heads",
+            "tip,ape",
+            "--heads-config",
+            str(trained["yaml"]),
+            "--templates",
+            "tip7",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "metrics.json").read_text())
     assert list(doc["metrics"]["test"]) == ["Tip", "APE"]
@@ -193,8 +274,9 @@ def test_each_encoder_fits_its_heads_on_its_own_features(monkeypatch):
     monkeypatch.setattr(heads_mod, "fit_heads", spy)
     cfg = heads_mod.HeadsConfig(tip=TipConfig("1,2", "1,3", FitConfig(epochs=1)))
     sets = {"test": EvalSet("test", TensorDataset(images[9:], labels[9:]))}
-    metrics, sel = heads_mod.evaluate_heads({"": enc_zs, "FT": enc_ft}, ["tip", "tip-f"], torch.randn(c, d), 10.0,
-                                            data, sets, cfg)
+    metrics, sel = heads_mod.evaluate_heads(
+        {"": enc_zs, "FT": enc_ft}, ["tip", "tip-f"], torch.randn(c, d), 10.0, data, sets, cfg
+    )
     with torch.no_grad():
         for label, enc in (("", enc_zs), ("FT", enc_ft)):
             tf, vf, role = seen[label]
@@ -207,11 +289,18 @@ def test_heads_config_errors_name_the_field():
     from fdalign.errors import FDAlignError
     from fdalign.eval.heads import HeadsConfig
 
-    for d, field in (({"tip": {"fit": {"epochs": -1}}}, "tip.fit.epochs"), ({"ape": {"lam": 2}}, "ape.lam"),
-                     ({"chunk": 0}, "chunk"), ({"ape": {"gamma": "a,b"}}, "ape.gamma"),
-                     ({"ape": {"channels": "0,0.5"}}, "ape.channels"), ({"tip": 3}, "tip"),
-                     ({"ape": {"weights": [0.5]}}, "ape.weights"), ({"logit_scale": 0}, "logit_scale"),
-                     ({"tip": {"init_alpha": "x"}}, "tip.init_alpha"), ({"ape": {"t_channels": 0}}, "ape.t_channels")):
+    for d, field in (
+        ({"tip": {"fit": {"epochs": -1}}}, "tip.fit.epochs"),
+        ({"ape": {"lam": 2}}, "ape.lam"),
+        ({"chunk": 0}, "chunk"),
+        ({"ape": {"gamma": "a,b"}}, "ape.gamma"),
+        ({"ape": {"channels": "0,0.5"}}, "ape.channels"),
+        ({"tip": 3}, "tip"),
+        ({"ape": {"weights": [0.5]}}, "ape.weights"),
+        ({"logit_scale": 0}, "logit_scale"),
+        ({"tip": {"init_alpha": "x"}}, "tip.init_alpha"),
+        ({"ape": {"t_channels": 0}}, "ape.t_channels"),
+    ):
         with pytest.raises(FDAlignError, match=f"'{field}'"):
             HeadsConfig.from_dict(d, "h.yaml")
     cfg = HeadsConfig.from_dict({"tip": {"beta": "1,2", "fit": {"epochs": 3}}})
@@ -260,8 +349,16 @@ def test_augmented_cache_views_are_averaged_seeded_and_read_one_per_epoch():
     head = TipAdapter(torch.randn(3, 5), 10.0, keys, labels, 1.0, 2.0, trainable=True)
     inputs = []
     head.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
-    cache_mod.fit_and_select_epoch("e", head, [head.keys], views, labels, feature_split(keys, labels, "val", "v"),
-                                   FitConfig(epochs=4, batch_size=6), None)
+    cache_mod.fit_and_select_epoch(
+        "e",
+        head,
+        [head.keys],
+        views,
+        labels,
+        feature_split(keys, labels, "val", "v"),
+        FitConfig(epochs=4, batch_size=6),
+        None,
+    )
     train_inputs = inputs[0::2]  # one batch per epoch, then the val scoring of that epoch
     for epoch, view in ((1, 0), (2, 1), (3, 2), (4, 0)):
         got = sorted(map(tuple, train_inputs[epoch - 1].tolist()))
@@ -342,21 +439,23 @@ def test_logit_scale_setting_replaces_the_cache_heads_scale():
 def test_zeroshot_alone_encodes_no_cache(monkeypatch):
     from torch.utils.data import TensorDataset
 
-    import fdalign.eval.heads as heads_mod
     import fdalign.eval.features as features  # the cache-aware paths end here
+    import fdalign.eval.heads as heads_mod
     from fdalign.eval import EvalSet
     from fdalign.heads import PrototypeHead
 
     calls = []
     for mod in (heads_mod, features):
         real = mod.extract_features
-        monkeypatch.setattr(mod, "extract_features",
-                            lambda e, ds, real=real, **kw: (calls.append(len(ds)), real(e, ds, **kw))[1])
+        monkeypatch.setattr(
+            mod, "extract_features", lambda e, ds, real=real, **kw: (calls.append(len(ds)), real(e, ds, **kw))[1]
+        )
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     enc, protos = torch.nn.Linear(4, 6), torch.randn(3, 6)
     data = heads_mod.CacheData(TensorDataset(x[:3], y[:3]), TensorDataset(x[:3], y[:3]), "v")
-    m, _ = heads_mod.evaluate_heads({"": enc}, ["zeroshot"], protos, 7.0, data,
-                                    {"t": EvalSet("t", TensorDataset(x, y))})
+    m, _ = heads_mod.evaluate_heads(
+        {"": enc}, ["zeroshot"], protos, 7.0, data, {"t": EvalSet("t", TensorDataset(x, y))}
+    )
     assert calls == [5]
     with torch.no_grad():
         want = (PrototypeHead(protos, 7.0)(enc(x)).argmax(1) == y).double().mean().item() * 100
@@ -373,9 +472,30 @@ def test_heads_refuse_a_val_image_that_is_also_a_test_image(tiny_openclip, train
     victim = sorted((data / "val" / "blue_sky").glob("*.png"))[0]
     victim.unlink()
     shutil.copyfile(leaked, data / "val" / "blue_sky" / "copied.png")
-    rc = main(["eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
-               str(tiny_openclip["checkpoint"]), "--data", str(data), "--shots", "2", "--seed", "2",
-               "--heads", "tip", "--heads-config", str(trained["yaml"]), "--templates", "tip7", "--device", "cpu"])
+    rc = main(
+        [
+            "eval",
+            "tiny",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--pretrained",
+            str(tiny_openclip["checkpoint"]),
+            "--data",
+            str(data),
+            "--shots",
+            "2",
+            "--seed",
+            "2",
+            "--heads",
+            "tip",
+            "--heads-config",
+            str(trained["yaml"]),
+            "--templates",
+            "tip7",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "copied.png" in err and leaked.name in err and "validation split" in err
 

@@ -15,8 +15,7 @@ from fdalign.errors import FDAlignError
 
 
 def test_hf_offline_env_fails_fast_with_the_download_command(monkeypatch):
-    from fdalign.backends import load_clip
-    from fdalign.backends import hf
+    from fdalign.backends import hf, load_clip
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf, "_hub_reachable", lambda timeout=3.0: pytest.fail("no probe when offline is set"))
@@ -28,18 +27,21 @@ def test_hf_offline_env_fails_fast_with_the_download_command(monkeypatch):
         "hf:fdalign-test/not-a-cached-model is not in the local Hugging Face cache and the Hub cannot be reached "
         "(HF_HUB_OFFLINE is set). Pre-download it on a machine with network: `hf download "
         "fdalign-test/not-a-cached-model` (then copy its cache, ~/.cache/huggingface or $HF_HOME, here), or save "
-        "CLIPModel, tokenizer and image processor with save_pretrained(dir) and pass hf:/path/to/dir")
+        "CLIPModel, tokenizer and image processor with save_pretrained(dir) and pass hf:/path/to/dir"
+    )
 
 
 def test_hf_no_network_is_detected_without_hub_retries(monkeypatch):
-    from fdalign.backends import load_clip
-    from fdalign.backends import hf
+    from fdalign.backends import hf, load_clip
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hf, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(FDAlignError, match=r"cannot be reached \(no network connection to huggingface.co\)\. "
-                                           r"Pre-download it .*`hf download fdalign-test/x`"):
+    with pytest.raises(
+        FDAlignError,
+        match=r"cannot be reached \(no network connection to huggingface.co\)\. "
+        r"Pre-download it .*`hf download fdalign-test/x`",
+    ):
         load_clip("hf:fdalign-test/x")
 
 
@@ -60,10 +62,13 @@ def _processor_variant(tiny_hf, tmp_path, **kw):
     return d, proc
 
 
-@pytest.mark.parametrize("kw", [
-    dict(size={"shortest_edge": 48}, crop_size={"height": 32, "width": 32}),
-    dict(size={"height": 32, "width": 32}, do_center_crop=False),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(size={"shortest_edge": 48}, crop_size={"height": 32, "width": 32}),
+        dict(size={"height": 32, "width": 32}, do_center_crop=False),
+    ],
+)
 def test_hf_eval_transform_matches_the_saved_processor(tiny_hf, tmp_path, kw):
     from fdalign.backends import load_clip
 
@@ -83,10 +88,14 @@ def test_processor_spec_errors_and_warnings():
     from fdalign.backends.hf import _image_spec
 
     base = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3, do_resize=True)
-    odd = SimpleNamespace(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 24}, do_center_crop=True, **base)
+    odd = SimpleNamespace(
+        size={"shortest_edge": 40}, crop_size={"height": 32, "width": 24}, do_center_crop=True, **base
+    )
     with pytest.raises(FDAlignError, match="crop_size 32x24 is not square; CLIP needs square images"):
         _image_spec(odd, 32)
-    big = SimpleNamespace(size={"shortest_edge": 64}, crop_size={"height": 48, "width": 48}, do_center_crop=True, **base)
+    big = SimpleNamespace(
+        size={"shortest_edge": 64}, crop_size={"height": 48, "width": 48}, do_center_crop=True, **base
+    )
     with pytest.warns(UserWarning, match="the image processor gives 48px images but the model was built for 32px"):
         spec = _image_spec(big, 32)
     assert (spec.size, spec.resize, spec.center_crop) == (48, 64, True)

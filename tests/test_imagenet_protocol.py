@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _synth import class_colour, make_image, write_templates
 
+from _synth import class_colour, make_image, write_templates
 from fdalign.cli import main
 
 WNIDS = ["n01440764", "n01443537", "n01498041", "n01531178"]  # sorted = label order
@@ -99,10 +99,38 @@ def test_shipped_lists_agree_with_hand_written_facts():
 def test_train_reports_imagenet_and_variants_with_selection_disjoint_by_content(tiny_openclip, mini, tmp_path, capsys):
     out = tmp_path / "run"
     ood = [f"{k}={v}" for k, v in mini["sets"].items()]
-    rc = main(["train", *_model(tiny_openclip), "--data", str(mini["root"]), "--classnames", "imagenet",
-               "--shots", "2", "--epochs", "1", "--batch-size", "4", "--templates", str(mini["templates"]),
-               "--spc-keep", "3", "--spc-k", "2", "--wiseft-alphas", "0", "1", "--device", "cpu",
-               "--no-progress", "--out", str(out), "--ood", *ood])
+    rc = main(
+        [
+            "train",
+            *_model(tiny_openclip),
+            "--data",
+            str(mini["root"]),
+            "--classnames",
+            "imagenet",
+            "--shots",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--templates",
+            str(mini["templates"]),
+            "--spc-keep",
+            "3",
+            "--spc-k",
+            "2",
+            "--wiseft-alphas",
+            "0",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--ood",
+            *ood,
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "val/ is the test split" in cap.err and "warning" not in cap.err  # a and r are known subsets
@@ -115,8 +143,14 @@ def test_train_reports_imagenet_and_variants_with_selection_disjoint_by_content(
     for model in ("zero-shot", "fine-tuned"):  # byte-identical copies: the mapping must give the same score
         assert m["v2"][model]["top1"] == m["test"][model]["top1"] == m["sketch"][model]["top1"]
     c = doc["classes"]
-    assert c["test"] == {"classes": 4, "of": 4, "restricted": False, "declared_subset": False, "missing": [],
-                         "num_missing": 0}
+    assert c["test"] == {
+        "classes": 4,
+        "of": 4,
+        "restricted": False,
+        "declared_subset": False,
+        "missing": [],
+        "num_missing": 0,
+    }
     assert (c["a"]["classes"], c["a"]["restricted"], c["a"]["declared_subset"]) == (2, True, True)
     assert c["a"]["missing"] == ["n01440764 (tench)", "n01443537 (goldfish)"]
     assert (c["r"]["classes"], c["v2"]["restricted"], c["sketch"]["restricted"]) == (3, False, False)
@@ -164,24 +198,51 @@ def test_train_reports_imagenet_and_variants_with_selection_disjoint_by_content(
 
 
 def _zeroshot(tiny, mini, out, *extra):
-    return main(["zeroshot", "--model", "tiny", *_model(tiny), "--data", str(mini["root"]), "--templates", str(mini["templates"]),
-                 "--device", "cpu", "--no-progress", "--no-cache", "--out", str(out), *extra])
+    return main(
+        [
+            "zeroshot",
+            "--model",
+            "tiny",
+            *_model(tiny),
+            "--data",
+            str(mini["root"]),
+            "--templates",
+            str(mini["templates"]),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--no-cache",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_undeclared_subset_warns_naming_missing_classes_and_is_recorded(tiny_openclip, mini, tmp_path, capsys):
     sketch = _copy_classes(mini["sets"]["sketch"], tmp_path / "sketch", WNIDS[1:])  # tench deleted
     assert _zeroshot(tiny_openclip, mini, tmp_path / "zs", "--classnames", "imagenet", "--ood", f"sk={sketch}") == 0
     err = capsys.readouterr().err
-    assert ("warning: OOD set 'sk' lacks 1 of the 4 ID classes (n01440764 (tench)); its logits are restricted to "
-            "the 3 classes it has") in err
+    assert (
+        "warning: OOD set 'sk' lacks 1 of the 4 ID classes (n01440764 (tench)); its logits are restricted to "
+        "the 3 classes it has"
+    ) in err
     assert "--ood sk=PATH:subset" in err
     doc = json.loads((tmp_path / "zs" / "metrics.json").read_text())
-    assert doc["classes"]["sk"] == {"classes": 3, "of": 4, "restricted": True, "declared_subset": False,
-                                    "missing": ["n01440764 (tench)"], "num_missing": 1}
+    assert doc["classes"]["sk"] == {
+        "classes": 3,
+        "of": 4,
+        "restricted": True,
+        "declared_subset": False,
+        "missing": ["n01440764 (tench)"],
+        "num_missing": 1,
+    }
     assert "| sk | 3 of 4 | yes | no (warned) | n01440764 (tench) |" in (tmp_path / "zs" / "report.md").read_text()
 
-    assert _zeroshot(tiny_openclip, mini, tmp_path / "zs2", "--classnames", "imagenet",
-                     "--ood", f"sk={sketch}:subset") == 0
+    assert (
+        _zeroshot(tiny_openclip, mini, tmp_path / "zs2", "--classnames", "imagenet", "--ood", f"sk={sketch}:subset")
+        == 0
+    )
     assert "lacks" not in capsys.readouterr().err
     assert json.loads((tmp_path / "zs2" / "metrics.json").read_text())["classes"]["sk"]["declared_subset"] is True
 
@@ -288,22 +349,28 @@ def test_val_split_of_imagenet_layout_points_to_test(mini):
     splits = open_dataset(mini["root"])
     assert set(splits) == {"train", "test"} and splits["test"].source == "val"
     assert all("/val/" in splits["test"].resolve(s) for s in splits["test"].samples)
-    with pytest.raises(FDAlignError, match=r"its val/ folder is the test split \(there is no test/ folder\): "
-                                           r"pass --split test"):
+    with pytest.raises(
+        FDAlignError,
+        match=r"its val/ folder is the test split \(there is no test/ folder\): "
+        r"pass --split test",
+    ):
         pick_split(splits, "val")
 
 
 def test_eval_refuses_a_set_holding_the_runs_selection_images(mini, tmp_path):
-    from fdalign.workflows.evaluation import _refuse_selection_images
     from fdalign.data import fewshot_val, open_dataset, save_split
     from fdalign.errors import FDAlignError
+    from fdalign.workflows.evaluation import _refuse_selection_images
 
     splits = open_dataset(mini["root"])
     val = fewshot_val(splits, 2, 1)
     save_split(val, tmp_path / "run" / "splits" / "val.json")
     _refuse_selection_images(tmp_path / "run", splits["test"], [])  # val/ shares nothing: fine
-    with pytest.raises(FDAlignError, match=r"set 'train' holds 8 of the run's 8 validation images .* evaluate on "
-                                           r"the test split"):
+    with pytest.raises(
+        FDAlignError,
+        match=r"set 'train' holds 8 of the run's 8 validation images .* evaluate on "
+        r"the test split",
+    ):
         _refuse_selection_images(tmp_path / "run", splits["train"], [])
 
 
@@ -315,8 +382,22 @@ def test_data_check_reports_the_mapping_of_each_ood_set(mini, tmp_path, capsys):
     sketch = _copy_classes(mini["sets"]["sketch"], tmp_path / "sketch", WNIDS[1:])
     (sketch / "n09999999").mkdir()
     shutil.copy(next((sketch / WNIDS[1]).iterdir()), sketch / "n09999999" / "x.png")
-    rc = main(["data", "check", str(mini["root"]), "--classnames", "imagenet", "--no-progress",
-               "--ood", f"v2={mini['sets']['v2']}", "--ood", f"sketch={sketch}", "--ood", f"r={mini['sets']['r']}"])
+    rc = main(
+        [
+            "data",
+            "check",
+            str(mini["root"]),
+            "--classnames",
+            "imagenet",
+            "--no-progress",
+            "--ood",
+            f"v2={mini['sets']['v2']}",
+            "--ood",
+            f"sketch={sketch}",
+            "--ood",
+            f"r={mini['sets']['r']}",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 1
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:3] in ("v2 ", "ske", "r  ")}
@@ -334,7 +415,12 @@ def test_benchmark_short_aliases():
     from fdalign.data import find_benchmark
 
     assert [find_benchmark(n).name for n in ("v2", "sketch", "a", "r", "imagenet-r")] == [
-        "ImageNet-V2", "ImageNet-Sketch", "ImageNet-A", "ImageNet-R", "ImageNet-R"]
+        "ImageNet-V2",
+        "ImageNet-Sketch",
+        "ImageNet-A",
+        "ImageNet-R",
+        "ImageNet-R",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,9 +432,17 @@ def _imagenet_index_file(mini, path: Path) -> Path:
     from fdalign.data import open_dataset
 
     train = open_dataset(mini["root"])["train"]
-    part = lambda idx: {"data": [{"impath": f"/home/author/data/imagenet/images/train/{train.samples[i].path}",
-                                  "label": train.samples[i].label, "classname": NAMES[train.samples[i].label]}
-                                 for i in idx], "indices": list(idx)}
+    part = lambda idx: {
+        "data": [
+            {
+                "impath": f"/home/author/data/imagenet/images/train/{train.samples[i].path}",
+                "label": train.samples[i].label,
+                "classname": NAMES[train.samples[i].label],
+            }
+            for i in idx
+        ],
+        "indices": list(idx),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"train": part([0, 1, 5, 6, 10, 11, 15, 16]), "val": part([2, 7, 12, 17])}))
     return path
@@ -377,9 +471,9 @@ def test_thousand_coop_names_get_the_imagenet_wnids_by_label():
 
 
 def test_eval_refusal_follows_symlinks(mini, tmp_path):
-    from fdalign.workflows.evaluation import _refuse_selection_images
     from fdalign.data import fewshot_val, open_dataset, save_split
     from fdalign.errors import FDAlignError
+    from fdalign.workflows.evaluation import _refuse_selection_images
 
     (tmp_path / "link").symlink_to(mini["root"], target_is_directory=True)  # CoOp's setup suggests symlinks
     val = fewshot_val(open_dataset(mini["root"]), 2, 1)
@@ -395,19 +489,24 @@ def test_missing_timm_list_names_the_fix(monkeypatch):
     from fdalign.errors import FDAlignError
 
     monkeypatch.setattr(pkgutil, "get_data", lambda *a: None)
-    with pytest.raises(FDAlignError, match=r"imagenet_r_synsets.txt comes from the timm package .* "
-                                           r"`pip install -U timm`"):
+    with pytest.raises(
+        FDAlignError,
+        match=r"imagenet_r_synsets.txt comes from the timm package .* "
+        r"`pip install -U timm`",
+    ):
         imagenet._timm_list("imagenet_r_synsets.txt")
 
 
 def test_builtin_names_on_non_imagenet_folders_say_so(tmp_path):
     from _synth import make_imagefolder
-
     from fdalign.data import open_dataset
     from fdalign.errors import FDAlignError
 
     make_imagefolder(tmp_path, ["red apple", "blue sky"], n_train=1, n_test=1, size=4)
-    with pytest.raises(FDAlignError, match=r"--classnames imagenet names ImageNet's 1000 wnid folders \(n01440764, "
-                                           r"\.\.\.\), but split 'train' has class\(es\) blue_sky, red_apple; pass a "
-                                           r"class-names file instead"):
+    with pytest.raises(
+        FDAlignError,
+        match=r"--classnames imagenet names ImageNet's 1000 wnid folders \(n01440764, "
+        r"\.\.\.\), but split 'train' has class\(es\) blue_sky, red_apple; pass a "
+        r"class-names file instead",
+    ):
         open_dataset(tmp_path, classnames="imagenet")

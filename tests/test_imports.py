@@ -16,8 +16,17 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 # fixed on another branch (the report <-> plots helper); the lead removes this at merge
 KNOWN_CIRCLES: list[set[str]] = []  # none: keep it that way
-LOWER = ("fdalign.heads", "fdalign.eval", "fdalign.data", "fdalign.backends", "fdalign.losses", "fdalign.prototypes",
-         "fdalign.spc", "fdalign.prompts", "fdalign.selection")
+LOWER = (
+    "fdalign.heads",
+    "fdalign.eval",
+    "fdalign.data",
+    "fdalign.backends",
+    "fdalign.losses",
+    "fdalign.prototypes",
+    "fdalign.spc",
+    "fdalign.prompts",
+    "fdalign.selection",
+)
 HIGHER = ("fdalign.train", "fdalign.experiments", "fdalign.cli", "fdalign.workflows")
 
 
@@ -77,37 +86,54 @@ def test_no_import_circle():
         pytest.fail(f"import circle: {' -> '.join(e.args[1])}")
 
 
-@pytest.mark.parametrize("lower, forbidden", [
-    (LOWER, HIGHER),
-    (("fdalign.experiments",), ("fdalign.train", "fdalign.eval", "fdalign.cli")),  # through workflows only
-    (("fdalign.workflows",), ("fdalign.experiments", "fdalign.cli")),
-    (("fdalign.train", "fdalign.eval"), ("fdalign.workflows", "fdalign.experiments", "fdalign.cli")),
-])
+@pytest.mark.parametrize(
+    "lower, forbidden",
+    [
+        (LOWER, HIGHER),
+        (("fdalign.experiments",), ("fdalign.train", "fdalign.eval", "fdalign.cli")),  # through workflows only
+        (("fdalign.workflows",), ("fdalign.experiments", "fdalign.cli")),
+        (("fdalign.train", "fdalign.eval"), ("fdalign.workflows", "fdalign.experiments", "fdalign.cli")),
+    ],
+)
 def test_no_arrow_upward(lower, forbidden):
     g = _graph()
-    bad = sorted(f"{a} -> {b}" for a, b in _edges(g) if _under(a, lower) and _under(b, forbidden)
-                 and not (_under(a, ("fdalign.workflows",)) and _under(b, ("fdalign.workflows",))))
+    bad = sorted(
+        f"{a} -> {b}"
+        for a, b in _edges(g)
+        if _under(a, lower)
+        and _under(b, forbidden)
+        and not (_under(a, ("fdalign.workflows",)) and _under(b, ("fdalign.workflows",)))
+    )
     assert not bad, "arrows upward:\n" + "\n".join(bad)
 
 
 def _runs_clean(code: str) -> None:
     """``code`` passes in a fresh interpreter (nothing imported yet) on this checkout's sources."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert done.returncode == 0, done.stderr
 
 
 def test_import_fdalign_is_light_and_its_names_resolve():
-    code = ("import sys, fdalign; assert 'torch' not in sys.modules, 'import fdalign loaded torch'; "
-            "assert callable(fdalign.finetune) and callable(fdalign.FDAlignLoss) and callable(fdalign.evaluate); "
-            "assert set(fdalign.__all__) <= set(dir(fdalign))")
+    code = (
+        "import sys, fdalign; assert 'torch' not in sys.modules, 'import fdalign loaded torch'; "
+        "assert callable(fdalign.finetune) and callable(fdalign.FDAlignLoss) and callable(fdalign.evaluate); "
+        "assert set(fdalign.__all__) <= set(dir(fdalign))"
+    )
     _runs_clean(code)
 
 
 def test_the_command_line_builds_its_help_without_torch():
     """`fdalign --help` and every option list come from torch-free modules (configs, episode spec, io):
     loading torch would make each help or typo cost a second."""
-    code = ("import sys; from fdalign.cli import build_parser; p = build_parser(); p.format_help(); "
-            "mods = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
-            "assert not mods, 'building the parser loaded ' + ', '.join(mods[:3])")
+    code = (
+        "import sys; from fdalign.cli import build_parser; p = build_parser(); p.format_help(); "
+        "mods = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
+        "assert not mods, 'building the parser loaded ' + ', '.join(mods[:3])"
+    )
     _runs_clean(code)

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from fdalign.cli import main
 from fdalign.errors import FDAlignError
-
 from test_cli_train import CLASSES, TEMPLATES, folders  # noqa: F401 (the generated folders and templates)
 
 pytestmark = pytest.mark.usefixtures("cli_env")
@@ -23,10 +22,38 @@ pytestmark = pytest.mark.usefixtures("cli_env")
 
 def _args(tiny, folders, out, *extra):
     return [
-        "train", "--model-config", str(tiny["config"]), "--pretrained", str(tiny["checkpoint"]),
-        "--data", str(folders["id"]), "--shots", "2", "--epochs", "1", "--batch-size", "3",
-        "--num-workers", "0", "--templates", str(folders["templates"]), "--spc-keep", "3", "--spc-k", "2",
-        "--wiseft-alphas", "0", "1", "--device", "cpu", "--lr", "1e-3", "--no-progress", "--out", str(out), *extra,
+        "train",
+        "--model-config",
+        str(tiny["config"]),
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--data",
+        str(folders["id"]),
+        "--shots",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--templates",
+        str(folders["templates"]),
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--wiseft-alphas",
+        "0",
+        "1",
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
@@ -138,8 +165,9 @@ def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path):
     t = {"b": torch.arange(4.0), "a": torch.ones(2, 2)}
     keys = [f"k{i}" for i in range(12)]
     one = atomic_save_safetensors(tmp_path / "1.st", t, {k: k.upper() for k in keys}).read_bytes()
-    two = atomic_save_safetensors(tmp_path / "2.st", dict(reversed(t.items())),
-                                  {k: k.upper() for k in reversed(keys)}).read_bytes()
+    two = atomic_save_safetensors(
+        tmp_path / "2.st", dict(reversed(t.items())), {k: k.upper() for k in reversed(keys)}
+    ).read_bytes()
     assert one == two
 
 
@@ -246,8 +274,13 @@ def test_checkpoint_is_one_file_a_kill_between_writes_keeps_a_consistent_epoch(t
 def test_damaged_checkpoint_is_an_error_naming_the_file(tmp_path):
     from fdalign.train.checkpoint import load_checkpoint, save_checkpoint
 
-    save_checkpoint(tmp_path, encoder=torch.nn.Linear(64, 64), head=torch.nn.Linear(64, 2), optimizer=None,
-                    meta={"epoch": 1, "step": 1})
+    save_checkpoint(
+        tmp_path,
+        encoder=torch.nn.Linear(64, 64),
+        head=torch.nn.Linear(64, 2),
+        optimizer=None,
+        meta={"epoch": 1, "step": 1},
+    )
     _flip_byte(tmp_path / "last.safetensors", where=0.7)
     with pytest.raises(FDAlignError, match=r"checkpoint file .*last\.safetensors fails its content hash"):
         load_checkpoint(tmp_path)
@@ -327,6 +360,7 @@ def test_a_lock_on_a_file_its_holder_just_unlinked_is_taken_again(tmp_path, monk
                 raced.append(path)
                 os.unlink(path)
             return got
+
         lock.acquire = acquire_then_lose_the_name
         return lock
 
@@ -367,8 +401,9 @@ def test_ctrl_c_swallowed_after_a_checkpoint_still_stops_the_run(tiny_openclip, 
         except KeyboardInterrupt:
             pass
 
-    cfg = TrainConfig(shots=2, epochs=3, batch_size=3, num_workers=0, device="cpu", progress=False,
-                      tensorboard=False, lr=1e-3)
+    cfg = TrainConfig(
+        shots=2, epochs=3, batch_size=3, num_workers=0, device="cpu", progress=False, tensorboard=False, lr=1e-3
+    )
     with pytest.raises(KeyboardInterrupt):
         train(b, ds, ds, protos, cfg, tmp_path / "run", on_epoch_end=ctrl_c_swallowed)
     assert seen == [1]
@@ -480,8 +515,9 @@ def test_damaged_checkpoint_stops_resume_with_the_file_named(tiny_openclip, fold
 # ---- F5, F8, item 16, item 22 through `fdalign train` -------------------------------------------
 
 
-def test_kill_between_checkpoint_writes_resumes_bitwise_and_leaves_no_tmp(tiny_openclip, folders, tmp_path,
-                                                                             monkeypatch):
+def test_kill_between_checkpoint_writes_resumes_bitwise_and_leaves_no_tmp(
+    tiny_openclip, folders, tmp_path, monkeypatch
+):
     from fdalign.train import checkpoint as ck_mod
 
     full = tmp_path / "full"
@@ -549,8 +585,19 @@ def test_temperature_reaches_the_trainer(tiny_openclip, tmp_path):
     assert b.logit_scale != 7.0
     protos = build_prototypes(b, CLASSES, TEMPLATES, cache_dir=False)
     ds = torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(3).repeat(2))
-    cfg = TrainConfig(shots=2, epochs=1, batch_size=6, num_workers=0, device="cpu", progress=False,
-                      tensorboard=False, lr=0.0, warmup_steps=0, beta=0.0, temperature=7.0)
+    cfg = TrainConfig(
+        shots=2,
+        epochs=1,
+        batch_size=6,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        lr=0.0,
+        warmup_steps=0,
+        beta=0.0,
+        temperature=7.0,
+    )
     res = train(b, ds, ds, protos, cfg, tmp_path / "run")
     assert res.head.scale == 7.0
     # lr 0: the logged CE is the zero-shot CE at temperature 7, computed by hand
@@ -600,7 +647,10 @@ def test_tip_f_starts_from_tips_searched_alpha_and_beta(monkeypatch):
     from fdalign.heads import tip as tip_mod
 
     g = torch.Generator().manual_seed(0)
-    protos, keys = F.normalize(torch.randn(3, 8, generator=g), dim=-1), F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    protos, keys = (
+        F.normalize(torch.randn(3, 8, generator=g), dim=-1),
+        F.normalize(torch.randn(6, 8, generator=g), dim=-1),
+    )
     tip = tip_mod.TipAdapter(protos, 10.0, keys, torch.arange(3).repeat(2), alpha=0.3, beta=5.5)
     started = {}
 
@@ -642,8 +692,20 @@ def test_linear_probe_trains_at_lp_lr(tiny_openclip, tmp_path):
     b = load_clip(None, pretrained=str(tiny_openclip["checkpoint"]), model_config=tiny_openclip["config"])
     protos = build_prototypes(b, CLASSES, TEMPLATES, cache_dir=False)
     ds = torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(3).repeat(2))
-    cfg = TrainConfig(mode="linear-probe", head="trainable", shots=2, epochs=1, batch_size=6, num_workers=0,
-                      device="cpu", progress=False, tensorboard=False, lr=0.5, lp_lr=0.02, warmup_steps=0)
+    cfg = TrainConfig(
+        mode="linear-probe",
+        head="trainable",
+        shots=2,
+        epochs=1,
+        batch_size=6,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        lr=0.5,
+        lp_lr=0.02,
+        warmup_steps=0,
+    )
     train(b, ds, ds, protos, cfg, tmp_path / "run")
     with open(tmp_path / "run" / "log.csv") as fh:
         assert float(next(csv.DictReader(fh))["lr"]) == pytest.approx(0.02)
@@ -661,8 +723,9 @@ def test_export_removes_a_killed_exports_temp_folder(finished_run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
 
 
-def test_a_refused_train_leaves_no_folder_and_a_finished_one_no_lock_files(tiny_openclip, folders, finished_run,
-                                                                           tmp_path, capsys):
+def test_a_refused_train_leaves_no_folder_and_a_finished_one_no_lock_files(
+    tiny_openclip, folders, finished_run, tmp_path, capsys
+):
     out = tmp_path / "new"
     rc = main(_args(tiny_openclip, folders, out, "--data", str(tmp_path / "missing")))
     assert rc == 2 and not out.exists(), capsys.readouterr().err

@@ -6,6 +6,7 @@ import torch
 
 from fdalign.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
 
+
 def test_atomic_write_has_plain_open_permissions(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")

@@ -14,29 +14,74 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli_train import folders  # noqa: F401 (the generated ID / OOD folders and templates)
 
 import fdalign
 from fdalign.cli import build_parser, main
 from fdalign.train.run import load_model
+from test_cli_train import folders  # noqa: F401 (the generated ID / OOD folders and templates)
 
 pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _config(tiny, data, out) -> "fdalign.TrainConfig":
     return fdalign.TrainConfig(
-        model_config=str(tiny["config"]), pretrained=str(tiny["checkpoint"]), data=str(data["id"]), shots=2,
-        epochs=2, batch_size=3, num_workers=0, templates=str(data["templates"]), spc_keep=3, spc_k=2,
-        wiseft_alphas=[0.0, 0.5, 1.0], device="cpu", lr=1e-3, progress=False, ood=[f"shifted={data['ood']}"],
-        out=str(out))
+        model_config=str(tiny["config"]),
+        pretrained=str(tiny["checkpoint"]),
+        data=str(data["id"]),
+        shots=2,
+        epochs=2,
+        batch_size=3,
+        num_workers=0,
+        templates=str(data["templates"]),
+        spc_keep=3,
+        spc_k=2,
+        wiseft_alphas=[0.0, 0.5, 1.0],
+        device="cpu",
+        lr=1e-3,
+        progress=False,
+        ood=[f"shifted={data['ood']}"],
+        out=str(out),
+    )
 
 
 def _argv(cfg) -> list[str]:
     """The same config as `fdalign train` flags."""
-    return ["train", "--model-config", cfg.model_config, "--pretrained", cfg.pretrained, "--data", cfg.data,
-            "--shots", "2", "--epochs", "2", "--batch-size", "3", "--num-workers", "0", "--templates", cfg.templates,
-            "--spc-keep", "3", "--spc-k", "2", "--wiseft-alphas", "0", "0.5", "1", "--device", "cpu", "--lr", "1e-3",
-            "--no-progress", "--ood", cfg.ood[0], "--out", cfg.out]
+    return [
+        "train",
+        "--model-config",
+        cfg.model_config,
+        "--pretrained",
+        cfg.pretrained,
+        "--data",
+        cfg.data,
+        "--shots",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--templates",
+        cfg.templates,
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--wiseft-alphas",
+        "0",
+        "0.5",
+        "1",
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--ood",
+        cfg.ood[0],
+        "--out",
+        cfg.out,
+    ]
 
 
 def test_finetune_equals_fdalign_train(tiny_openclip, folders, tmp_path, capsys):  # noqa: F811
@@ -79,13 +124,18 @@ def test_finetune_equals_fdalign_train(tiny_openclip, folders, tmp_path, capsys)
     # fdalign.predict(run) == fdalign predict RUN; fdalign.export(run) == fdalign export RUN
     images = sorted(str(p) for p in (Path(folders["id"]) / "test").rglob("*.png"))[:4]
     fdalign.predict(run, images, out=str(tmp_path / "lib.csv"), device="cpu")
-    assert main(["predict", str(cli), *images, "--out", str(tmp_path / "cli.csv"), "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(["predict", str(cli), *images, "--out", str(tmp_path / "cli.csv"), "--device", "cpu", "--no-progress"])
+        == 0
+    )
     assert (tmp_path / "lib.csv").read_text() == (tmp_path / "cli.csv").read_text()
     fdalign.export(run, "open_clip", tmp_path / "lib-export", verify=False)
-    assert main(["export", str(cli), "--format", "open_clip", "--out", str(tmp_path / "cli-export"), "--no-verify"]) == 0
+    assert (
+        main(["export", str(cli), "--format", "open_clip", "--out", str(tmp_path / "cli-export"), "--no-verify"]) == 0
+    )
     assert sorted(p.name for p in (tmp_path / "lib-export").iterdir()) == sorted(
-        p.name for p in (tmp_path / "cli-export").iterdir())
+        p.name for p in (tmp_path / "cli-export").iterdir()
+    )
 
 
 def _defaults(parser: argparse.ArgumentParser) -> dict:
@@ -97,8 +147,9 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     return sub.choices[name]
 
 
-@pytest.mark.parametrize("command, cls, positional", [
-    ("eval", "EvalConfig", "target"), ("meta-eval", "MetaEvalConfig", "target_model")])
+@pytest.mark.parametrize(
+    "command, cls, positional", [("eval", "EvalConfig", "target"), ("meta-eval", "MetaEvalConfig", "target_model")]
+)
 def test_library_configs_carry_the_commands_defaults(command, cls, positional):
     config_cls = getattr(importlib.import_module("fdalign.workflows"), cls)
     defaults = _defaults(_subparser(command))

@@ -138,8 +138,16 @@ def test_unknown_direction():
     with pytest.raises(FDAlignError, match="paper, released"):
         spurious_kl(ft, f0, p, 1.0, "reverse")
     with pytest.raises(FDAlignError):
-        fdalign_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), None, None, None, beta=0, scale=1.0,
-                     direction="reverse")
+        fdalign_loss(
+            torch.randn(4, 3),
+            torch.zeros(4, dtype=torch.long),
+            None,
+            None,
+            None,
+            beta=0,
+            scale=1.0,
+            direction="reverse",
+        )
 
 
 def test_released_beta_times_k_is_paper_beta_with_the_distributions_swapped():

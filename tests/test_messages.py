@@ -12,8 +12,8 @@ import re
 import time
 
 import pytest
-from _synth import make_imagefolder
 
+from _synth import make_imagefolder
 from fdalign.cli import build_parser, main
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
@@ -26,9 +26,33 @@ def _model(tiny):
 
 
 def _train(tiny, data, out, *extra):
-    return ["train", *_model(tiny), "--data", str(data), "--shots", "2", "--epochs", "1", "--batch-size", "3",
-            "--num-workers", "0", "--templates", "tip7", "--spc-keep", "3", "--spc-k", "2", "--device", "cpu",
-            "--no-progress", "--no-tensorboard", "--out", str(out), *extra]
+    return [
+        "train",
+        *_model(tiny),
+        "--data",
+        str(data),
+        "--shots",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--templates",
+        "tip7",
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def train_run(tiny, data, out, *extra) -> str:
@@ -86,8 +110,10 @@ def test_eval_heads_never_wipes_an_earlier_table(trained, capsys):
 
 def test_eval_split_train_warns_that_it_scores_training_images(trained, tmp_path, capsys):
     run = trained["run"]
-    assert main(["eval", str(run), "--split", "train", "--device", "cpu", "--no-progress",
-                 "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(["eval", str(run), "--split", "train", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "e")])
+        == 0
+    )
     err = capsys.readouterr().err
     n = len(json.loads((run / "splits" / "train.json").read_text())["samples"])
     assert f"set 'train' holds {n} of the run's {n} training images" in err and "not a test result" in err
@@ -124,15 +150,55 @@ def test_missing_run_path_says_no_such_run(tmp_path, capsys):
 def test_meta_train_names_its_own_flags(tiny_openclip, tmp_path, capsys):
     from test_episodes import write_class_splits
 
-    write_class_splits(tmp_path / "mini", {"base": ["red", "green", "blue"], "val": ["cyan", "pink", "grey"]},
-                       per_class=4)
-    assert main(["meta-train", *_model(tiny_openclip), "--data", str(tmp_path / "mini"), "--n-way", "5",
-                 "--k-shot", "1", "--q-query", "1", "--device", "cpu", "--out", str(tmp_path / "m")]) == 2
+    write_class_splits(
+        tmp_path / "mini", {"base": ["red", "green", "blue"], "val": ["cyan", "pink", "grey"]}, per_class=4
+    )
+    assert (
+        main(
+            [
+                "meta-train",
+                *_model(tiny_openclip),
+                "--data",
+                str(tmp_path / "mini"),
+                "--n-way",
+                "5",
+                "--k-shot",
+                "1",
+                "--q-query",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     err = _error(capsys, "meta-train")
     assert "lower --n-way" in err and "--ways" not in err
-    assert main(["meta-train", *_model(tiny_openclip), "--data", str(tmp_path / "mini"), "--n-way", "3",
-                 "--k-shot", "2", "--q-query", "3", "--on-small", "skip", "--device", "cpu",
-                 "--out", str(tmp_path / "m")]) == 2  # 4 images per class < K + Q = 5
+    assert (
+        main(
+            [
+                "meta-train",
+                *_model(tiny_openclip),
+                "--data",
+                str(tmp_path / "mini"),
+                "--n-way",
+                "3",
+                "--k-shot",
+                "2",
+                "--q-query",
+                "3",
+                "--on-small",
+                "skip",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )  # 4 images per class < K + Q = 5
     err = _error(capsys, "meta-train")
     assert "--n-way, --k-shot or --q-query" in err and "--queries" not in err
 
@@ -154,8 +220,9 @@ def test_unreadable_training_image_advice_exists(tiny_openclip, tmp_path, capsys
     err = _error(capsys, "train")
     assert "green_leaf" in err and "skip bad images" not in err and "fdalign data check" in err
     flags = re.findall(r"--[a-z-]+", err)
-    known = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
-             for o in a.option_strings}
+    known = {
+        o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions for o in a.option_strings
+    }
     assert set(flags) <= known, flags  # every flag it advises exists
 
 
@@ -190,8 +257,11 @@ def _offline_open_clip(monkeypatch, tmp_path):
     import open_clip.pretrained
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    monkeypatch.setattr(open_clip.pretrained, "download_pretrained",
-                        lambda *a, **k: pytest.fail("a download was tried while offline (it retries ~54 s)"))
+    monkeypatch.setattr(
+        open_clip.pretrained,
+        "download_pretrained",
+        lambda *a, **k: pytest.fail("a download was tried while offline (it retries ~54 s)"),
+    )
 
 
 def test_openai_tag_without_network_fails_fast(monkeypatch, tmp_path):
@@ -211,8 +281,11 @@ def test_openai_tag_without_network_fails_fast(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     t = time.monotonic()
-    with pytest.raises(FDAlignError, match=r"could not download the weights for ViT-B-32 \(pretrained=openai\) .*"
-                                           r"no network connection to https://huggingface.co\. .*--pretrained"):
+    with pytest.raises(
+        FDAlignError,
+        match=r"could not download the weights for ViT-B-32 \(pretrained=openai\) .*"
+        r"no network connection to https://huggingface.co\. .*--pretrained",
+    ):
         load_clip("ViT-B-32", pretrained="openai")
     assert time.monotonic() - t < 10 and probed == [("huggingface.co", 443)]
 
@@ -266,9 +339,12 @@ def test_starting_point_notes_by_hand():
 
     flat_epochs = {"epoch": {"chosen": 1, "on": "val", "score": 25.0, "scores": {"1": 25.0, "2": 25.0}}}
     assert starting_point_notes(flat_epochs) == [
-        "every epoch scored the same on val (25.00): epoch 1 won a tie, so val could not tell the epochs apart"]
-    moved = {"epoch": {"chosen": 2, "on": "val", "score": 50.0, "scores": {"1": 25.0, "2": 50.0}},
-             "wiseft_alpha": {"chosen": 0.5, "scores": {"0.0": 25.0, "0.5": 50.0}}}
+        "every epoch scored the same on val (25.00): epoch 1 won a tie, so val could not tell the epochs apart"
+    ]
+    moved = {
+        "epoch": {"chosen": 2, "on": "val", "score": 50.0, "scores": {"1": 25.0, "2": 50.0}},
+        "wiseft_alpha": {"chosen": 0.5, "scores": {"0.0": 25.0, "0.5": 50.0}},
+    }
     assert starting_point_notes(moved) == []
     zero = {"wiseft_alpha": {"chosen": 0.0, "scores": {"0.0": 50.0, "1.0": 25.0}}}
     (note,) = starting_point_notes(zero)

@@ -5,15 +5,18 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from _synth import make_imagefolder, write_templates
-from test_episodes import write_class_splits
 
+from _synth import make_imagefolder, write_templates
 from fdalign.cli import main
 from fdalign.data.episodes import EpisodeSpec
 from fdalign.heads.episodes import ProtoNetHead
+from test_episodes import write_class_splits
 
-ROLES = {"base": ["red", "green", "blue", "yellow"], "val": ["cyan", "pink", "grey"],
-         "novel": ["black", "white", "orange", "purple"]}
+ROLES = {
+    "base": ["red", "green", "blue", "yellow"],
+    "val": ["cyan", "pink", "grey"],
+    "novel": ["black", "white", "orange", "purple"],
+}
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "art of the {}.", "a {} toy."]
 
 
@@ -34,20 +37,66 @@ def data(tmp_path_factory):
 
 
 def _train_args(tiny, data, out, *extra):
-    return ["meta-train", "--model-config", str(tiny["config"]), "--pretrained", str(tiny["checkpoint"]),
-            "--data", str(data["mini"]), "--templates", str(data["templates"]), "--n-way", "3", "--k-shot", "1",
-            "--q-query", "2", "--episodes-per-step", "2", "--episodes-per-epoch", "4", "--epochs", "2",
-            "--val-episodes", "3", "--spc-keep", "3", "--spc-k", "2", "--num-workers", "0", "--device", "cpu",
-            "--lr", "1e-2", "--no-progress", "--no-tensorboard", "--out", str(out), *extra]
+    return [
+        "meta-train",
+        "--model-config",
+        str(tiny["config"]),
+        "--pretrained",
+        str(tiny["checkpoint"]),
+        "--data",
+        str(data["mini"]),
+        "--templates",
+        str(data["templates"]),
+        "--n-way",
+        "3",
+        "--k-shot",
+        "1",
+        "--q-query",
+        "2",
+        "--episodes-per-step",
+        "2",
+        "--episodes-per-epoch",
+        "4",
+        "--epochs",
+        "2",
+        "--val-episodes",
+        "3",
+        "--spc-keep",
+        "3",
+        "--spc-k",
+        "2",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-2",
+        "--no-progress",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path, capsys):
     tiny, out = tiny_openclip, tmp_path / "run"
-    rc = main(_train_args(tiny_openclip, data, out, "--test-episodes", "6", "--test-shots", "1", "2",
-                          "--target", f"t1={data['t1']}"))
+    rc = main(
+        _train_args(
+            tiny_openclip, data, out, "--test-episodes", "6", "--test-shots", "1", "2", "--target", f"t1={data['t1']}"
+        )
+    )
     assert rc == 0, capsys.readouterr().err
-    for name in ("config.yaml", "hashes.json", "log.csv", "selection.json", "model/best.safetensors",
-                 "checkpoint/last.json", "metrics.json", "report.md"):
+    for name in (
+        "config.yaml",
+        "hashes.json",
+        "log.csv",
+        "selection.json",
+        "model/best.safetensors",
+        "checkpoint/last.json",
+        "metrics.json",
+        "report.md",
+    ):
         assert (out / name).is_file(), name
     sel = json.loads((out / "selection.json").read_text())
     assert sel["epoch"]["on"].startswith("val classes") and "over 3 classes" in sel["epoch"]["on"]  # not novel's 4
@@ -61,21 +110,46 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
     assert set(doc["metrics"]) == {"novel", "t1"} and set(doc["hashes"]) == {"novel", "t1"}
 
     # meta-eval's two encoders: the selected fine-tuned weights and the untouched pretrained ones
-    from fdalign.workflows.meta import _load_run_models
     from fdalign.train.run import load_model
+    from fdalign.workflows.meta import _load_run_models
 
     _, models, _, _ = _load_run_models(out, no_zeroshot=False)
-    base = {k[len("visual."):]: v for k, v in torch.load(tiny["checkpoint"], weights_only=True)["state_dict"].items()
-            if k.startswith("visual.")}
+    base = {
+        k[len("visual.") :]: v
+        for k, v in torch.load(tiny["checkpoint"], weights_only=True)["state_dict"].items()
+        if k.startswith("visual.")
+    }
     saved = load_model(out / "model" / "best.safetensors").encoder
     ft, zs = models["fine-tuned"][0].state_dict(), models["zero-shot"][0].state_dict()
     assert all(torch.equal(zs[k], base[k]) for k in base) and all(torch.equal(ft[k], saved[k]) for k in saved)
     assert any(not torch.equal(ft[k], base[k]) for k in base)
 
-    rc = main(["meta-eval", str(out), "--target", f"t1={data['t1']}", "--target", f"t2={data['t2']}",
-               "--target", f"t3={data['t3']}",
-               "--episodes", "25", "--ways", "3", "--shots", "1", "2", "--queries", "2", "--runs", "2",
-               "--templates", str(data["templates"]), "--no-progress"])
+    rc = main(
+        [
+            "meta-eval",
+            str(out),
+            "--target",
+            f"t1={data['t1']}",
+            "--target",
+            f"t2={data['t2']}",
+            "--target",
+            f"t3={data['t3']}",
+            "--episodes",
+            "25",
+            "--ways",
+            "3",
+            "--shots",
+            "1",
+            "2",
+            "--queries",
+            "2",
+            "--runs",
+            "2",
+            "--templates",
+            str(data["templates"]),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "episodes" / "metrics.json").read_text())
     m = doc["metrics"]
@@ -97,9 +171,9 @@ def test_meta_train_then_meta_eval_on_two_targets(tiny_openclip, data, tmp_path,
 
 
 def test_meta_train_resume_matches_uninterrupted(tiny_openclip, data, tmp_path):
-    from fdalign.cli.meta import _config
     from fdalign.backends import load_clip
     from fdalign.cli import build_parser
+    from fdalign.cli.meta import _config
     from fdalign.data.episodes import load_class_splits
     from fdalign.prototypes import build_prototypes
     from fdalign.spc import SPCConfig
@@ -120,8 +194,17 @@ def test_meta_train_resume_matches_uninterrupted(tiny_openclip, data, tmp_path):
                 raise KeyboardInterrupt
 
         try:
-            return meta_train(backend, splits["base"], splits["val"], protos.loss_prototypes, cfg, out,
-                              protos.class_prototypes, progress=False, on_epoch_end=kill)
+            return meta_train(
+                backend,
+                splits["base"],
+                splits["val"],
+                protos.loss_prototypes,
+                cfg,
+                out,
+                protos.class_prototypes,
+                progress=False,
+                on_epoch_end=kill,
+            )
         except KeyboardInterrupt:
             return None
 
@@ -131,7 +214,7 @@ def test_meta_train_resume_matches_uninterrupted(tiny_openclip, data, tmp_path):
     assert resumed.val_acc == full.val_acc and resumed.steps == full.steps == 4
     a, b = full.encoder.state_dict(), resumed.encoder.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "a" / "log.csv").read_text() .count("\n") == (tmp_path / "b" / "log.csv").read_text().count("\n")
+    assert (tmp_path / "a" / "log.csv").read_text().count("\n") == (tmp_path / "b" / "log.csv").read_text().count("\n")
 
 
 def test_episode_head_and_loss_see_every_episode_image(monkeypatch):
@@ -146,7 +229,7 @@ def test_episode_head_and_loss_see_every_episode_image(monkeypatch):
     logits = head(feats)
     assert logits.shape == (2 * 3 * 2, 3) and labels.tolist() == [0, 0, 1, 1, 2, 2] * 2
     ep1 = feats[12:]  # second episode: 6 support (way-major) then 6 queries
-    p = F.normalize(torch.stack([F.normalize(ep1[2 * n:2 * n + 2], dim=-1).mean(0) for n in range(3)]), dim=-1)
+    p = F.normalize(torch.stack([F.normalize(ep1[2 * n : 2 * n + 2], dim=-1).mean(0) for n in range(3)]), dim=-1)
     assert torch.allclose(logits[6:], 5.0 * F.normalize(ep1[6:], dim=-1) @ p.t(), atol=1e-5)
 
 
@@ -196,13 +279,67 @@ def test_meta_eval_of_a_kshot_train_run(tiny_openclip, data, tmp_path, capsys):
 
     idf = make_imagefolder(tmp_path / "id", CLASSES, n_train=4, n_test=1, seed=3)
     run = tmp_path / "kshot"
-    assert main(["train", "--model-config", str(tiny_openclip["config"]), "--pretrained", str(tiny_openclip["checkpoint"]),
-                 "--data", str(idf), "--shots", "2", "--epochs", "1", "--batch-size", "3", "--num-workers", "0",
-                 "--templates", str(data["templates"]), "--spc-keep", "3", "--spc-k", "2", "--wiseft-alphas", "1",
-                 "--device", "cpu", "--no-progress", "--no-tensorboard", "--out", str(run)]) == 0
-    rc = main(["meta-eval", str(run), "--data", "none", "--target", f"t2={data['t2']}", "--episodes", "5",
-               "--ways", "2", "--shots", "1", "--queries", "2", "--heads", "proto", "--templates", str(data["templates"]),
-               "--out", str(tmp_path / "ep"), "--no-progress"])
+    assert (
+        main(
+            [
+                "train",
+                "--model-config",
+                str(tiny_openclip["config"]),
+                "--pretrained",
+                str(tiny_openclip["checkpoint"]),
+                "--data",
+                str(idf),
+                "--shots",
+                "2",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "3",
+                "--num-workers",
+                "0",
+                "--templates",
+                str(data["templates"]),
+                "--spc-keep",
+                "3",
+                "--spc-k",
+                "2",
+                "--wiseft-alphas",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--no-tensorboard",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    rc = main(
+        [
+            "meta-eval",
+            str(run),
+            "--data",
+            "none",
+            "--target",
+            f"t2={data['t2']}",
+            "--episodes",
+            "5",
+            "--ways",
+            "2",
+            "--shots",
+            "1",
+            "--queries",
+            "2",
+            "--heads",
+            "proto",
+            "--templates",
+            str(data["templates"]),
+            "--out",
+            str(tmp_path / "ep"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "ep" / "metrics.json").read_text())["metrics"]
     assert set(m["t2"]["2-way 1-shot"]) == {"fine-tuned", "zero-shot"}
@@ -210,16 +347,54 @@ def test_meta_eval_of_a_kshot_train_run(tiny_openclip, data, tmp_path, capsys):
 
 
 def test_meta_eval_of_a_model_name_is_zero_shot_only(tiny_openclip, data, tmp_path, capsys):
-    rc = main(["meta-eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
-               str(tiny_openclip["checkpoint"]), "--data", str(data["mini"]), "--episodes", "5", "--ways", "3",
-               "--shots", "1", "--queries", "2", "--heads", "proto", "text", "--templates", str(data["templates"]),
-               "--device", "cpu", "--out", str(tmp_path / "zs"), "--no-progress"])
+    rc = main(
+        [
+            "meta-eval",
+            "tiny",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--pretrained",
+            str(tiny_openclip["checkpoint"]),
+            "--data",
+            str(data["mini"]),
+            "--episodes",
+            "5",
+            "--ways",
+            "3",
+            "--shots",
+            "1",
+            "--queries",
+            "2",
+            "--heads",
+            "proto",
+            "text",
+            "--templates",
+            str(data["templates"]),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "zs"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "zs" / "metrics.json").read_text())["metrics"]
     assert list(m) == ["novel"] and list(m["novel"]["3-way 1-shot"]) == ["zero-shot"]
     assert set(m["novel"]["3-way 1-shot"]["zero-shot"]) == {"proto", "text"}
-    rc = main(["meta-eval", "tiny", "--model-config", str(tiny_openclip["config"]), "--data", str(data["mini"]),
-               "--ways", "9", "--templates", str(data["templates"])])
+    rc = main(
+        [
+            "meta-eval",
+            "tiny",
+            "--model-config",
+            str(tiny_openclip["config"]),
+            "--data",
+            str(data["mini"]),
+            "--ways",
+            "9",
+            "--templates",
+            str(data["templates"]),
+        ]
+    )
     assert rc == 2 and "9-way episodes need 9 classes but 'novel' has 4;" in capsys.readouterr().err
 
 
@@ -236,8 +411,23 @@ def test_a_second_meta_train_on_one_run_directory_is_refused(tiny_openclip, data
 def test_a_diverged_meta_train_stops_with_one_line_and_writes_no_scores(tiny_openclip, data, tmp_path, capsys):
     out = tmp_path / "r"
     # one step: its loss is finite, the weights after it are not (the loss check alone would not see it)
-    rc = main(_train_args(tiny_openclip, data, out, "--lr", "inf", "--test-episodes", "2", "--test-shots", "1",
-                          "--episodes-per-epoch", "2", "--epochs", "1"))
+    rc = main(
+        _train_args(
+            tiny_openclip,
+            data,
+            out,
+            "--lr",
+            "inf",
+            "--test-episodes",
+            "2",
+            "--test-shots",
+            "1",
+            "--episodes-per-epoch",
+            "2",
+            "--epochs",
+            "1",
+        )
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "diverged" in err.strip().splitlines()[-1] and "Traceback" not in err, err
     assert not (out / "metrics.json").exists()  # no episode accuracy for a NaN encoder

@@ -15,11 +15,11 @@ import struct
 import zlib
 
 import pytest
-from _synth import make_imagefolder
-from test_messages import _error as _one_line_error, _model, _train, train_run  # the shared command lines
-from test_messages import data, trained  # noqa: F401 (fixtures: a plain data set and a run trained on it)
 
+from _synth import make_imagefolder
 from fdalign.cli import main
+from test_messages import _error as _one_line_error  # the shared command lines
+from test_messages import _model, _train, data, train_run, trained  # noqa: F401 (fixtures: a plain data set and a run trained on it)
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
 ODD = b"caf\xe9.png"  # Latin-1 bytes: not valid UTF-8, as on an old camera card or a Windows share
@@ -59,8 +59,24 @@ def test_non_utf8_names_train_with_the_image_in_the_shots(odd_run, odd_data):
 
 
 def test_non_utf8_names_zeroshot_and_eval(tiny_openclip, odd_data, odd_run, tmp_path, capsys):
-    assert main(["zeroshot", *_model(tiny_openclip), "--data", str(odd_data), "--templates", "tip7",
-                 "--device", "cpu", "--no-progress", "--out", str(tmp_path / "zs")]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                *_model(tiny_openclip),
+                "--data",
+                str(odd_data),
+                "--templates",
+                "tip7",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "zs"),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "zs" / "metrics.json").read_text())
     assert doc["metrics"]["test"]["zero-shot"]["n"] == 6  # the odd test image is scored, not dropped
     assert main(["eval", str(odd_run), "--device", "cpu", "--no-progress", "--out", str(tmp_path / "ev")]) == 0
@@ -69,8 +85,10 @@ def test_non_utf8_names_zeroshot_and_eval(tiny_openclip, odd_data, odd_run, tmp_
 
 def test_non_utf8_names_predict_writes_its_row(odd_run, odd_data, tmp_path, capsys):
     out = tmp_path / "p.csv"
-    assert main(["predict", str(odd_run), str(odd_data / "test"), "--out", str(out), "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(["predict", str(odd_run), str(odd_data / "test"), "--out", str(out), "--device", "cpu", "--no-progress"])
+        == 0
+    )
     rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
     assert len(rows) == 6 and all(r["top1"] and not r["error"] for r in rows)
     assert any(r["path"].endswith("caf\\udce9.png") for r in rows)  # the byte shown as an escape
@@ -114,15 +132,24 @@ def _damage(kind: str, path):
         path.write_text("".join(lines[:cut]))
 
 
-@pytest.mark.parametrize("kind,said", [("non-utf8", "is not UTF-8 text"), ("list", "must be a mapping"),
-                                       ("empty", "is empty"), ("cut", "lacks ood, out")])
+@pytest.mark.parametrize(
+    "kind,said",
+    [
+        ("non-utf8", "is not UTF-8 text"),
+        ("list", "must be a mapping"),
+        ("empty", "is empty"),
+        ("cut", "lacks ood, out"),
+    ],
+)
 def test_damaged_run_config_is_named(trained, data, tmp_path, capsys, kind, said):
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
     _damage(kind, run / "config.yaml")
-    for command in (["eval", str(run), "--device", "cpu", "--no-progress"],
-                    ["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "e")],
-                    ["predict", str(run), str(data / "test"), "--out", str(tmp_path / "p.csv")]):
+    for command in (
+        ["eval", str(run), "--device", "cpu", "--no-progress"],
+        ["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "e")],
+        ["predict", str(run), str(data / "test"), "--out", str(tmp_path / "p.csv")],
+    ):
         assert main(command) == 2, command
         err = _one_line_error(capsys, command[0])
         assert f"{run / 'config.yaml'}" in err and said in err, err
@@ -148,11 +175,16 @@ def test_nan_options_are_refused_by_name(tiny_openclip, tmp_path, capsys):
 
 def _bomb_png() -> bytes:
     """A PNG whose header claims 20000 x 20000 pixels (PIL refuses it as a decompression bomb on open)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_huge_image_without_verification_is_one_line(tiny_openclip, tmp_path, capsys):
@@ -167,8 +199,24 @@ def test_huge_image_without_verification_is_one_line(tiny_openclip, tmp_path, ca
 @pytest.mark.parametrize("content", [b"[1, 2]\n", b"\xff\xfe{}"])
 def test_damaged_world_manifest_is_named(tmp_path, capsys, content):
     out = tmp_path / "w"
-    args = ["world", "render", "--out", str(out), "--train-per-class", "1", "--val-per-class", "1",
-            "--test-per-class", "1", "--classes", "circle", "square", "--ood-styles", "sketch", "--no-progress"]
+    args = [
+        "world",
+        "render",
+        "--out",
+        str(out),
+        "--train-per-class",
+        "1",
+        "--val-per-class",
+        "1",
+        "--test-per-class",
+        "1",
+        "--classes",
+        "circle",
+        "square",
+        "--ood-styles",
+        "sketch",
+        "--no-progress",
+    ]
     assert main(args) == 0
     (out / "world.json").write_bytes(content)
     assert main(args) == 2
@@ -183,8 +231,24 @@ def test_world_render_again_checks_and_repairs_recorded_hashes(tmp_path, capsys)
     import hashlib
 
     out = tmp_path / "w"
-    args = ["world", "render", "--out", str(out), "--train-per-class", "2", "--val-per-class", "1",
-            "--test-per-class", "1", "--classes", "circle", "square", "--ood-styles", "sketch", "--no-progress"]
+    args = [
+        "world",
+        "render",
+        "--out",
+        str(out),
+        "--train-per-class",
+        "2",
+        "--val-per-class",
+        "1",
+        "--test-per-class",
+        "1",
+        "--classes",
+        "circle",
+        "square",
+        "--ood-styles",
+        "sketch",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "wrote 10 images" in capsys.readouterr().out
     recorded = json.loads((out / "world.json").read_text())["files"]

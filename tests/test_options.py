@@ -20,7 +20,9 @@ def test_yaml_errors_name_the_file_and_the_field(cls, command, tmp_path):
     msg = str(e.value)
     assert str(bad) in msg and "lr = 'fast' is not a valid float" in msg and "\n" not in msg
     bad.write_text("betta: 2\n")
-    with pytest.raises(FDAlignError, match=rf"unknown option 'betta' \(did you mean 'beta'\?\); see `{command} --help`"):
+    with pytest.raises(
+        FDAlignError, match=rf"unknown option 'betta' \(did you mean 'beta'\?\); see `{command} --help`"
+    ):
         cls.from_yaml(bad)
 
 

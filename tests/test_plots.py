@@ -52,26 +52,30 @@ def test_learning_rate_labels_stay_out_of_the_kl_panel(figures, tmp_path):
 def _group(rows: dict[str, tuple[float, float]], curves=None):
     """A report group of one seed: ``rows[row] = (id, ood mean)`` with one OOD set."""
     pts = {row: {1: {"id": i, "ood_mean": o, "sets": {"test": i, "sketch": o}}} for row, (i, o) in rows.items()}
-    return SimpleNamespace(points=pts, curves=curves or {}, ood_sets=["sketch"], id_set="test", title="w, 2-shot",
-                           dataset="w", shots=2)
+    return SimpleNamespace(
+        points=pts, curves=curves or {}, ood_sets=["sketch"], id_set="test", title="w, 2-shot", dataset="w", shots=2
+    )
 
 
 def test_alpha_labels_do_not_overlap_on_the_id_ood_plane(figures, tmp_path):
     alphas = [i / 10 for i in range(11)]
 
     def curve(shift):  # two WiSE-FT curves from the same zero-shot point (alpha 0), bunched near it
-        return {a: {1: {"id": 50 + 5 * a**3 + shift * a, "ood_mean": 60 - 5 * a**3 + shift * a, "sets": {}}}
-                for a in alphas}
+        return {
+            a: {1: {"id": 50 + 5 * a**3 + shift * a, "ood_mean": 60 - 5 * a**3 + shift * a, "sets": {}}} for a in alphas
+        }
 
-    g = _group({"zero-shot": (50, 60), "fine-tune": (51, 59), "fd-align": (51, 59.05)},
-               curves={"fine-tune": curve(0), "fd-align": curve(0.3)})
+    g = _group(
+        {"zero-shot": (50, 60), "fine-tune": (51, 59), "fd-align": (51, 59.05)},
+        curves={"fine-tune": curve(0), "fd-align": curve(0.3)},
+    )
     P.id_ood_plane(g, tmp_path)
     (fig,) = figures
     texts = [t for t in fig.axes[0].texts if t.get_text() in {f"{a:g}" for a in alphas}]
     assert {"0", "1"} <= {t.get_text() for t in texts}  # the curve's ends are labelled
     boxes = _boxes(fig, texts)
     for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert not a.overlaps(b)
 
 
@@ -86,8 +90,9 @@ def test_a_method_keeps_its_colour_in_every_report(figures, tmp_path):
         ax = fig.axes[0]
         from matplotlib.container import BarContainer
 
-        return {c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in ax.containers
-                if isinstance(c, BarContainer)}
+        return {
+            c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in ax.containers if isinstance(c, BarContainer)
+        }
 
     a, b = map(colours, figures)
     assert a["fd-align"] == b["fd-align"] and a["zero-shot"] == b["zero-shot"]
@@ -100,8 +105,12 @@ def test_tsne_has_a_class_legend(figures, tmp_path):
 
     classes = ["circle", "square", "star"]
     labels = [0, 1, 2] * 4
-    data = {"feats": {"zero-shot": torch.randn(12, 8, generator=torch.Generator().manual_seed(0))},
-            "labels": labels, "domains": ["test"] * 6 + ["sketch"] * 6, "classnames": classes}
+    data = {
+        "feats": {"zero-shot": torch.randn(12, 8, generator=torch.Generator().manual_seed(0))},
+        "labels": labels,
+        "domains": ["test"] * 6 + ["sketch"] * 6,
+        "classnames": classes,
+    }
     P.tsne_plot(SimpleNamespace(title="w, 2-shot", dataset="w", shots=2), data, tmp_path)
     (fig,) = figures
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)

@@ -27,8 +27,20 @@ def run(*argv) -> int:
 def prep(name, m, out, tmp_path, *extra) -> int:
     exp = A.expect(tmp_path / f"expect-{name}.json", m["counts"])
     split = ["--split-file", m["split"]] if m.get("split") else []
-    return run("data", "prepare", name, "--from", *m["from"], "--out", out, "--expect-counts", exp, *split,
-               "--no-progress", *extra)
+    return run(
+        "data",
+        "prepare",
+        name,
+        "--from",
+        *m["from"],
+        "--out",
+        out,
+        "--expect-counts",
+        exp,
+        *split,
+        "--no-progress",
+        *extra,
+    )
 
 
 @pytest.fixture
@@ -37,23 +49,49 @@ def devkit_md5(monkeypatch):
     from torchvision.datasets import imagenet as tv
 
     def use(path):
-        monkeypatch.setitem(tv.ARCHIVE_META, "devkit",
-                            ("ILSVRC2012_devkit_t12.tar.gz", hashlib.md5(Path(path).read_bytes()).hexdigest()))
+        monkeypatch.setitem(
+            tv.ARCHIVE_META,
+            "devkit",
+            ("ILSVRC2012_devkit_t12.tar.gz", hashlib.md5(Path(path).read_bytes()).hexdigest()),
+        )
 
     return use
 
 
 def tiny_cell(tiny, **more) -> list[str]:
     """The override a user can use too: a preset's cell with another (here a tiny) model, one epoch."""
-    sets = {"model": "tiny", "model_config": tiny["config"], "pretrained": tiny["checkpoint"], "epochs": 1,
-            "precision": "fp32", "device": "cpu", "templates": "tip7", "spc": False, "num_workers": 0,
-            "eval_batch_size": 64, **more}
+    sets = {
+        "model": "tiny",
+        "model_config": tiny["config"],
+        "pretrained": tiny["checkpoint"],
+        "epochs": 1,
+        "precision": "fp32",
+        "device": "cpu",
+        "templates": "tip7",
+        "spc": False,
+        "num_workers": 0,
+        "eval_batch_size": 64,
+        **more,
+    }
     return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
 
 
 def cell(preset, data_root, out, key, tiny) -> dict:
-    assert run("sweep", preset, "--data-root", data_root, "--out", out, "--only", key, "--no-progress",
-               *tiny_cell(tiny, batch_size=8)) == 0
+    assert (
+        run(
+            "sweep",
+            preset,
+            "--data-root",
+            data_root,
+            "--out",
+            out,
+            "--only",
+            key,
+            "--no-progress",
+            *tiny_cell(tiny, batch_size=8),
+        )
+        == 0
+    )
     metrics = json.loads((Path(out) / "runs" / key / "metrics.json").read_text())
     return metrics
 
@@ -62,8 +100,9 @@ def cell(preset, data_root, out, key, tiny) -> dict:
 # ImageNet and its variants
 
 
-def test_imagenet_tar_of_tars_flat_val_devkit_then_check_then_preset_cell(tmp_path, devkit_md5, tiny_openclip,
-                                                                         cli_env, capsys):
+def test_imagenet_tar_of_tars_flat_val_devkit_then_check_then_preset_cell(
+    tmp_path, devkit_md5, tiny_openclip, cli_env, capsys
+):
     m = A.imagenet(tmp_path / "dl", per_class=20)
     devkit_md5(m["from"][2])
     data = tmp_path / "data"
@@ -81,9 +120,25 @@ def test_imagenet_tar_of_tars_flat_val_devkit_then_check_then_preset_cell(tmp_pa
     for name, (paths, counts) in A.variant_archives(tmp_path / "dl").items():
         assert prep(name, {"from": paths, "counts": counts}, data, tmp_path) == 0
     capsys.readouterr()
-    assert run("data", "check", root, "--classnames", "imagenet", "--no-progress", "--ood", f"v2={data}/imagenetv2",
-               "--ood", f"sketch={data}/imagenet-sketch", "--ood", f"a={data}/imagenet-a",
-               "--ood", f"r={data}/imagenet-r") == 0
+    assert (
+        run(
+            "data",
+            "check",
+            root,
+            "--classnames",
+            "imagenet",
+            "--no-progress",
+            "--ood",
+            f"v2={data}/imagenetv2",
+            "--ood",
+            f"sketch={data}/imagenet-sketch",
+            "--ood",
+            f"a={data}/imagenet-a",
+            "--ood",
+            f"r={data}/imagenet-r",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "prepared: ImageNet" in out and "NOT the published counts" in out and "OK: no problems found" in out
     metrics = cell("imagenet", data, tmp_path / "sw", "imagenet/k16/s1/fine-tune", tiny_openclip)
@@ -133,8 +188,12 @@ def test_imagenet_published_counts_and_one_missing_val_file(tmp_path, devkit_md5
 def test_variant_counts_published_and_one_file_removed(name, tmp_path, capsys):
     paths, counts = A.variant_archives(tmp_path / "dl")[name]
     assert run("data", "prepare", name, "--from", *paths, "--out", tmp_path / "d") == 2
-    published = {"imagenetv2": "10000 in 1000", "imagenet-sketch": "50889 in 1000", "imagenet-a": "7500 in 200",
-                 "imagenet-r": "30000 in 200"}[name]
+    published = {
+        "imagenetv2": "10000 in 1000",
+        "imagenet-sketch": "50889 in 1000",
+        "imagenet-a": "7500 in 200",
+        "imagenet-r": "30000 in 200",
+    }[name]
     assert f"has {published}" in capsys.readouterr().err
     n, c = counts["test"]
     assert prep(name, {"from": paths, "counts": counts}, tmp_path / "ok", tmp_path) == 0
@@ -230,9 +289,17 @@ def test_too_little_disk_space_is_refused_up_front(tmp_path, devkit_md5, monkeyp
 # The CoOp sets
 
 
-COOP_KEYS = {"caltech101": "caltech101", "oxford_pets": "oxford_pets", "stanford_cars": "stanford_cars",
-             "oxford_flowers": "oxford_flowers", "food101": "food101", "sun397": "sun397", "dtd": "dtd",
-             "eurosat": "eurosat", "ucf101": "ucf101"}
+COOP_KEYS = {
+    "caltech101": "caltech101",
+    "oxford_pets": "oxford_pets",
+    "stanford_cars": "stanford_cars",
+    "oxford_flowers": "oxford_flowers",
+    "food101": "food101",
+    "sun397": "sun397",
+    "dtd": "dtd",
+    "eurosat": "eurosat",
+    "ucf101": "ucf101",
+}
 
 
 @pytest.fixture
@@ -241,8 +308,10 @@ def flowers_md5(monkeypatch):
     from torchvision.datasets import Flowers102
 
     def use(root):
-        d = {k: (f, hashlib.md5((Path(root) / f).read_bytes()).hexdigest() if f.endswith(".mat") else md5)
-             for k, (f, md5) in Flowers102._file_dict.items()}
+        d = {
+            k: (f, hashlib.md5((Path(root) / f).read_bytes()).hexdigest() if f.endswith(".mat") else md5)
+            for k, (f, md5) in Flowers102._file_dict.items()
+        }
         monkeypatch.setattr(Flowers102, "_file_dict", d)
 
     return use
@@ -260,7 +329,7 @@ def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, c
     # the published numbers are what is checked unless a miniature declares its own
     assert run("data", "prepare", name, "--from", *m["from"], "--split-file", m["split"], "--out", data) == 2
     err = capsys.readouterr().err
-    assert f"in 3 classes, but the published" in err and "nothing was written" in err
+    assert "in 3 classes, but the published" in err and "nothing was written" in err
     assert prep(name, m, data, tmp_path) == 0
     folder = next(p for p in data.iterdir() if not p.name.startswith("."))
     split = folder / m["split"].name
@@ -289,7 +358,9 @@ def test_coop_set_prepare_check_counts_and_cell(name, tmp_path, tiny_openclip, c
             flowers_md5(tmp_path / "dl3")
         assert prep(name, m3, tmp_path / "data3", tmp_path) == 2
         err = capsys.readouterr().err
-        assert f"1 of 15 images named by {OFFICIAL_LISTS[name]}'s official annotations are not in the --from files" in err
+        assert (
+            f"1 of 15 images named by {OFFICIAL_LISTS[name]}'s official annotations are not in the --from files" in err
+        )
         assert Path(m3["dropped"][0]).name in err and not (tmp_path / "data3").exists()
 
 
@@ -310,8 +381,10 @@ def test_split_with_unresolvable_entries_lists_first_five_and_count(tmp_path, ca
     assert prep("dtd", m, tmp_path / "data", tmp_path) == 2
     err = capsys.readouterr().err
     assert "7 of 19 entries" in err
-    assert "zigzag/zigzag_0000.jpg, zigzag/zigzag_0001.jpg, zigzag/zigzag_0002.jpg, zigzag/zigzag_0003.jpg, " \
-           "zigzag/zigzag_0004.jpg (and 2 more)" in err
+    assert (
+        "zigzag/zigzag_0000.jpg, zigzag/zigzag_0001.jpg, zigzag/zigzag_0002.jpg, zigzag/zigzag_0003.jpg, "
+        "zigzag/zigzag_0004.jpg (and 2 more)" in err
+    )
 
 
 def test_pets_images_without_annotations_is_the_wrong_archive(tmp_path, capsys):
@@ -331,7 +404,9 @@ def _kaggle_cars(m: dict, root: Path, rename) -> list[Path]:
         with tarfile.open(p) as tf:
             for i in tf.getmembers():
                 s, num = i.name.split("/")
-                files[f"car_data/car_data/{s[5:]}/{cls.get(i.name, 'Other Car')}/{rename(num)}"] = tf.extractfile(i).read()
+                files[f"car_data/car_data/{s[5:]}/{cls.get(i.name, 'Other Car')}/{rename(num)}"] = tf.extractfile(
+                    i
+                ).read()
     return [A.write_zip(root / "stanford-car-dataset-by-classes-folder.zip", files)]
 
 
@@ -388,8 +463,10 @@ def test_miniimagenet_from_csvs_and_imagenet_train(tmp_path, capsys):
     assert run("data", "check", root, "--no-progress") == 0
     assert "prepared: miniImageNet" in capsys.readouterr().out
     assert run("data", "prepare", "miniimagenet", "--from", *m["from"], "--out", tmp_path / "d0") == 2
-    assert "miniImageNet train: 6 images in 2 classes, but the published miniImageNet has 38400 in 64" \
+    assert (
+        "miniImageNet train: 6 images in 2 classes, but the published miniImageNet has 38400 in 64"
         in capsys.readouterr().err
+    )
     m2 = A.miniimagenet(tmp_path / "dl2", drop=1)
     assert prep("miniimagenet", m2, tmp_path / "data2", tmp_path) == 2
     err = capsys.readouterr().err
@@ -415,8 +492,20 @@ def test_authors_index_files_resolve_against_the_prepared_folder(tmp_path):
     folder = tmp_path / "data" / "dtd"
     split = json.loads((folder / "split_zhou_DescribableTextures.json").read_text())
     pick = {"train": [1, 4], "val": [2]}
-    index = {s: {"data": [{"impath": f"/their/machine/dtd/images/{split[s][i][0]}", "label": split[s][i][1],
-                           "classname": split[s][i][2]} for i in idx], "indices": idx} for s, idx in pick.items()}
+    index = {
+        s: {
+            "data": [
+                {
+                    "impath": f"/their/machine/dtd/images/{split[s][i][0]}",
+                    "label": split[s][i][1],
+                    "classname": split[s][i][2],
+                }
+                for i in idx
+            ],
+            "indices": idx,
+        }
+        for s, idx in pick.items()
+    }
     path = tmp_path / "indices" / "dtd" / "shot_1-seed_1.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(index))
@@ -452,7 +541,11 @@ def test_cars_target_from_the_devkit_annotations(tmp_path, capsys):
     assert prep("cars-target", m, tmp_path / "data", tmp_path) == 0
     root = tmp_path / "data" / "StanfordCars"
     # annotation k has class k % 2 + 1 (1-based): files 1, 3, 5 are the Hummer's
-    assert sorted(p.name for p in (root / "AM General Hummer SUV 2000").iterdir()) == ["00001.jpg", "00003.jpg", "00005.jpg"]
+    assert sorted(p.name for p in (root / "AM General Hummer SUV 2000").iterdir()) == [
+        "00001.jpg",
+        "00003.jpg",
+        "00005.jpg",
+    ]
     assert (root / "Ram C-V Cargo Van Minivan 2012" / "00002.jpg").is_file()
     m2 = A.cars_target(tmp_path / "dl2", drop=1)
     assert prep("cars-target", m2, tmp_path / "data2", tmp_path) == 2
@@ -465,9 +558,12 @@ def test_places_and_plantae_keep_the_first_files_of_the_largest_classes(tmp_path
 
     pl = A.places(tmp_path / "dl", per_class=3)
     plan = _first_per_class(Sources(pl["from"]), r"places365_standard/train/([^/]+)/([^/]+\.jpg)", 2)
-    assert sorted(d for _, d in plan.files) == ["airfield/00000001.jpg", "airfield/00000002.jpg",
-                                                "apartment_building-outdoor/00000001.jpg",
-                                                "apartment_building-outdoor/00000002.jpg"]  # no val/ images
+    assert sorted(d for _, d in plan.files) == [
+        "airfield/00000001.jpg",
+        "airfield/00000002.jpg",
+        "apartment_building-outdoor/00000001.jpg",
+        "apartment_building-outdoor/00000002.jpg",
+    ]  # no val/ images
     pt = A.plantae(tmp_path / "dl", sizes=(2, 4, 3))
     plan = _first_per_class(Sources(pt["from"]), r"Plantae/([^/]+)/([^/]+\.jpe?g)", 2, top=2)
     assert plan.counts == {"test": {"Species_1": 2, "Species_2": 2}}  # the two largest classes, 2 files each
@@ -484,20 +580,51 @@ def test_miniimagenet_preset_cell_with_its_four_targets(tmp_path, tiny_openclip,
     data = tmp_path / "data"
     mini = A.miniimagenet(tmp_path / "mini", per_class=6)
     assert prep("miniimagenet", mini, data, tmp_path) == 0
-    for name, m in [("cub", A.cub(tmp_path / "cub", per_class=6)), ("cars-target", A.cars_target(tmp_path / "cars", 6)),
-                    ("places", A.places(tmp_path / "places", per_class=6, keep=6))]:
+    for name, m in [
+        ("cub", A.cub(tmp_path / "cub", per_class=6)),
+        ("cars-target", A.cars_target(tmp_path / "cars", 6)),
+        ("places", A.places(tmp_path / "places", per_class=6, keep=6)),
+    ]:
         assert prep(name, m, data, tmp_path) == 0
     pt = A.plantae(tmp_path / "plantae", sizes=(6, 6))
     assert prep("plantae", {"from": pt["from"], "counts": {"test": (12, 2)}}, data, tmp_path) == 0
     for target in ("CUB_200_2011/images", "StanfordCars", "Places", "Plantae"):
         assert run("data", "check", data / target, "--no-progress") == 0
     A.drop_member(tmp_path / "places" / "places365standard_easyformat.tar")
-    assert prep("places", A.places(tmp_path / "places2", per_class=6, keep=6) | {"from": [
-        tmp_path / "places" / "places365standard_easyformat.tar"]}, tmp_path / "data2", tmp_path) == 2
+    assert (
+        prep(
+            "places",
+            A.places(tmp_path / "places2", per_class=6, keep=6)
+            | {"from": [tmp_path / "places" / "places365standard_easyformat.tar"]},
+            tmp_path / "data2",
+            tmp_path,
+        )
+        == 2
+    )
     key = "miniimagenet/k5/s1/fine-tune"
-    assert run("sweep", "miniimagenet", "--data-root", data, "--out", tmp_path / "sw", "--only", key, "--no-progress",
-               *tiny_cell(tiny_openclip, n_way=2, q_query=1, episodes_per_step=1, episodes_per_epoch=2, val_episodes=2,
-                          test_episodes=2)) == 0
+    assert (
+        run(
+            "sweep",
+            "miniimagenet",
+            "--data-root",
+            data,
+            "--out",
+            tmp_path / "sw",
+            "--only",
+            key,
+            "--no-progress",
+            *tiny_cell(
+                tiny_openclip,
+                n_way=2,
+                q_query=1,
+                episodes_per_step=1,
+                episodes_per_epoch=2,
+                val_episodes=2,
+                test_episodes=2,
+            ),
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "sw" / "runs" / key / "metrics.json").read_text())
     assert {"cub", "cars", "places", "plantae"} <= set(json.dumps(metrics).split('"'))
 

@@ -78,8 +78,21 @@ def pets(server, tmp_path, monkeypatch):
 
 def prepare(m, tmp_path) -> int:
     exp = A.expect(tmp_path / "expect.json", m["counts"])
-    return main(["data", "prepare", "oxford_pets", "--download", "--split-file", str(m["split"]), "--out",
-                 str(tmp_path / "data"), "--expect-counts", str(exp), "--no-progress"])
+    return main(
+        [
+            "data",
+            "prepare",
+            "oxford_pets",
+            "--download",
+            "--split-file",
+            str(m["split"]),
+            "--out",
+            str(tmp_path / "data"),
+            "--expect-counts",
+            str(exp),
+            "--no-progress",
+        ]
+    )
 
 
 def test_download_verified_then_prepared(pets, tmp_path):

@@ -10,16 +10,39 @@ from fdalign.experiments import sweep as sw
 
 
 def test_only_and_limit_select_cells(tmp_path, capsys):
-    assert main(["sweep", "coop", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"), "--dry-run",
-                 "--only", "oxford_pets/k1/*", "dtd/k16/s3/fd-align"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "coop",
+                "--data-root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--dry-run",
+                "--only",
+                "oxford_pets/k1/*",
+                "dtd/k16/s3/fd-align",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     keys = [ln.split()[-1] for ln in lines[:-1]]
-    assert keys == ["oxford_pets/k1/s1/fine-tune", "oxford_pets/k1/s1/fd-align", "oxford_pets/k1/s2/fine-tune",
-                    "oxford_pets/k1/s2/fd-align", "oxford_pets/k1/s3/fine-tune", "oxford_pets/k1/s3/fd-align",
-                    "dtd/k16/s3/fd-align"]
+    assert keys == [
+        "oxford_pets/k1/s1/fine-tune",
+        "oxford_pets/k1/s1/fd-align",
+        "oxford_pets/k1/s2/fine-tune",
+        "oxford_pets/k1/s2/fd-align",
+        "oxford_pets/k1/s3/fine-tune",
+        "oxford_pets/k1/s3/fd-align",
+        "dtd/k16/s3/fd-align",
+    ]
     assert lines[-1] == "7 runs"
-    assert main(["sweep", "coop", "--out", str(tmp_path / "o"), "--dry-run", "--only", "oxford_pets/*",
-                 "--limit", "2"]) == 0
+    assert (
+        main(["sweep", "coop", "--out", str(tmp_path / "o"), "--dry-run", "--only", "oxford_pets/*", "--limit", "2"])
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[-1] == "2 runs"
 
 

@@ -180,7 +180,10 @@ def test_build_save_load_roundtrip(tmp_path):
     out = save_prototypes(tmp_path / "sub" / "p.safetensors", protos)
     raw = load_file(str(out))
     assert {k: tuple(v.shape) for k, v in raw.items()} == {
-        "class_prototypes": (6, 8), "spurious_prototypes": (80, 8), "corrected_prototypes": (20, 8)}
+        "class_prototypes": (6, 8),
+        "spurious_prototypes": (80, 8),
+        "corrected_prototypes": (20, 8),
+    }
     assert all(v.dtype == torch.float32 for v in raw.values())
     back = load_prototypes(out)
     for name in ("class_prototypes", "spurious_prototypes", "corrected_prototypes"):

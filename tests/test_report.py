@@ -36,14 +36,32 @@ def sweep_out(tiny_openclip, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     d = {
         "name": "r",
-        "world": {"id_styles": ["photo"], "ood_styles": ["sketch", "dark"], "train_per_class": 3, "val_per_class": 2,
-                  "test_per_class": 2, "image_size": 32, "classes": ["circle", "square", "star"]},
+        "world": {
+            "id_styles": ["photo"],
+            "ood_styles": ["sketch", "dark"],
+            "train_per_class": 3,
+            "val_per_class": 2,
+            "test_per_class": 2,
+            "image_size": 32,
+            "classes": ["circle", "square", "star"],
+        },
         "datasets": [{"name": "w", "data": "{data_root}", "ood": "world"}],
-        "shots": [1, 2], "seeds": [1, 2],
-        "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
-                  "model_config": str(tiny_openclip["config"]), "epochs": 1, "batch_size": 4, "num_workers": 0,
-                  "templates": "tip7", "spc": False, "device": "cpu", "tensorboard": False, "lr": 3e-3,
-                  "wiseft_alphas": [0.0, 0.5, 1.0]},
+        "shots": [1, 2],
+        "seeds": [1, 2],
+        "train": {
+            "model": "tiny",
+            "pretrained": str(tiny_openclip["checkpoint"]),
+            "model_config": str(tiny_openclip["config"]),
+            "epochs": 1,
+            "batch_size": 4,
+            "num_workers": 0,
+            "templates": "tip7",
+            "spc": False,
+            "device": "cpu",
+            "tensorboard": False,
+            "lr": 3e-3,
+            "wiseft_alphas": [0.0, 0.5, 1.0],
+        },
         "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
     }
     out = _sweep_and_report(d, root, "md,csv,html")
@@ -59,11 +77,17 @@ def _expected(out):
         chosen = json.loads((status.parent / "selection.json").read_text())["wiseft_alpha"]["chosen"]
         wise = {0.0: "zero-shot", 1.0: "fine-tuned"}.get(chosen, f"wiseft-{chosen:g}")
         m = doc["metrics"]
-        for row, model in ((run["method"], "fine-tuned"), (f"wise-ft of {run['method']}", wise),
-                           (f"zero-shot via {run['method']}", "zero-shot")):
+        for row, model in (
+            (run["method"], "fine-tuned"),
+            (f"wise-ft of {run['method']}", wise),
+            (f"zero-shot via {run['method']}", "zero-shot"),
+        ):
             sets = {s: m[s][model]["top1"] for s in m}
             exp.setdefault((run["shots"], row), {})[run["seed"]] = (
-                sets["test"], (sets["sketch"] + sets["dark"]) / 2, sets)
+                sets["test"],
+                (sets["sketch"] + sets["dark"]) / 2,
+                sets,
+            )
     return exp
 
 
@@ -86,8 +110,12 @@ def test_table_is_mean_and_std_over_seeds_of_the_runs_metrics(sweep_out):
         for row in rows:
             src = exp[(k, "zero-shot via fine-tune" if row == "zero-shot" else row)]
             seeds = sorted(src)
-            cols = [[src[s][0] for s in seeds], [src[s][1] for s in seeds], [src[s][2]["sketch"] for s in seeds],
-                    [src[s][2]["dark"] for s in seeds]]
+            cols = [
+                [src[s][0] for s in seeds],
+                [src[s][1] for s in seeds],
+                [src[s][2]["sketch"] for s in seeds],
+                [src[s][2]["dark"] for s in seeds],
+            ]
             want = [str(len(seeds))] + [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" for v in cols]
             assert rows[row] == want, (k, row)
 
@@ -121,13 +149,21 @@ def test_formats_and_plots(sweep_out):
     rows = list(csv.DictReader((sweep_out / "report.csv").open()))
     exp = _expected(sweep_out)
     r = next(r for r in rows if r["shots"] == "2" and r["method"] == "fd-align" and r["metric"] == "dark")
-    assert float(r["mean"]) == pytest.approx(statistics.fmean(exp[(2, "fd-align")][s][2]["dark"] for s in (1, 2)),
-                                             abs=1e-3)
+    assert float(r["mean"]) == pytest.approx(
+        statistics.fmean(exp[(2, "fd-align")][s][2]["dark"] for s in (1, 2)), abs=1e-3
+    )
     html = (sweep_out / "report.html").read_text()
     assert "<table>" in html and "wise-ft of fd-align" in html
     report = (sweep_out / "report.md").read_text()
-    for name in ("accuracy_vs_shots.png", "id_ood_w_k1.png", "id_ood_w_k2.png", "training_w_k2.png",
-                 "accuracy_by_set_w_k1.png", "tsne_w_k1.png", "spurious_w_k2.png"):
+    for name in (
+        "accuracy_vs_shots.png",
+        "id_ood_w_k1.png",
+        "id_ood_w_k2.png",
+        "training_w_k2.png",
+        "accuracy_by_set_w_k1.png",
+        "tsne_w_k1.png",
+        "spurious_w_k2.png",
+    ):
         assert (sweep_out / name).read_bytes()[:8] == PNG and f"]({name})" in report and f"src='{name}'" in html
     assert "## Environment" in report and "torch:" in report and "## Split hashes" in report
     hashes = json.loads((sweep_out / "runs/w/k2/s1/fd-align/metrics.json").read_text())["hashes"]
@@ -143,11 +179,24 @@ def fake_run(root, dataset, shots, seed, method, top1, model="ViT-B-32", pretrai
     d.mkdir(parents=True)
     sets = {"test": top1} | (ood or {})
     metrics = {s: {"zero-shot": {"top1": v - 5, "n": 10}, "fine-tuned": {"top1": v, "n": 10}} for s, v in sets.items()}
-    doc = {"format": "fdalign-metrics/1", "metrics": metrics,
-           "roles": {"test": "test"} | {s: "ood" for s in ood or {}},
-           "config": {"model": model, "pretrained": pretrained, "dataset_name": dataset, "shots": shots, "seed": seed,
-                      "beta": 0.0 if method == "fine-tune" else 20.0, "mode": "fdalign", "device": "cuda", **config},
-           "selection": {"wiseft_alpha": {"chosen": 1.0}}, "hashes": {"train": f"content:{seed}{shots}"}}
+    doc = {
+        "format": "fdalign-metrics/1",
+        "metrics": metrics,
+        "roles": {"test": "test"} | {s: "ood" for s in ood or {}},
+        "config": {
+            "model": model,
+            "pretrained": pretrained,
+            "dataset_name": dataset,
+            "shots": shots,
+            "seed": seed,
+            "beta": 0.0 if method == "fine-tune" else 20.0,
+            "mode": "fdalign",
+            "device": "cuda",
+            **config,
+        },
+        "selection": {"wiseft_alpha": {"chosen": 1.0}},
+        "hashes": {"train": f"content:{seed}{shots}"},
+    }
     (d / "metrics.json").write_text(json.dumps(doc))
     (d / "config.yaml").write_text(yaml.safe_dump(doc["config"]))
     return d
@@ -170,8 +219,19 @@ def test_published_column_for_imagenet_16_shot(tmp_path, capsys):
 
 
 def test_mean_over_the_11_coop_data_sets_against_the_spc_ablation(tmp_path):
-    names = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft",
-             "sun397", "dtd", "eurosat", "ucf101"]
+    names = [
+        "imagenet",
+        "caltech101",
+        "oxford_pets",
+        "stanford_cars",
+        "flowers102",
+        "food101",
+        "fgvc_aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    ]
     for i, ds in enumerate(names):
         for seed in (1, 2):
             fake_run(tmp_path, ds, 4, seed, "fine-tune", 60.0 + i + seed)
@@ -197,8 +257,7 @@ def test_paired_differences_by_hand(tmp_path):
     assert main(["report", str(tmp_path), "--no-plots", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text().split("## Paired")[1]
     row = _md_rows(report, "w, 4-shot")["fd-align"]
-    assert row == ["2", f"-0.5 ± {statistics.stdev([-2, 1]):.1f}", f"+3.5 ± {statistics.stdev([8, -1]):.1f}",
-                   "1 of 2"]
+    assert row == ["2", f"-0.5 ± {statistics.stdev([-2, 1]):.1f}", f"+3.5 ± {statistics.stdev([8, -1]):.1f}", "1 of 2"]
     table = _md_rows((tmp_path / "report.md").read_text(), "w, 4-shot")
     assert table["fine-tune"][2] == f"36.0 ± {statistics.stdev([35, 37]):.1f}"  # OOD mean column
 
@@ -217,14 +276,34 @@ def test_cache_heads_in_a_sweep_give_the_papers_rows(tiny_openclip, tmp_path):
 
     d = {
         "name": "h",
-        "world": {"id_styles": ["photo"], "ood_styles": ["sketch"], "train_per_class": 3, "val_per_class": 2,
-                  "test_per_class": 2, "image_size": 32, "classes": ["circle", "square", "star"]},
+        "world": {
+            "id_styles": ["photo"],
+            "ood_styles": ["sketch"],
+            "train_per_class": 3,
+            "val_per_class": 2,
+            "test_per_class": 2,
+            "image_size": 32,
+            "classes": ["circle", "square", "star"],
+        },
         "datasets": [{"name": "w", "data": "{data_root}", "ood": "world"}],
-        "shots": [2], "seeds": [1, 2], "heads": ["tip"], "heads_preset": "authors",
-        "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
-                  "model_config": str(tiny_openclip["config"]), "epochs": 1, "batch_size": 4, "num_workers": 0,
-                  "templates": "tip7", "spc": False, "device": "cpu", "tensorboard": False, "lr": 3e-3,
-                  "wiseft_alphas": [0.0, 1.0]},
+        "shots": [2],
+        "seeds": [1, 2],
+        "heads": ["tip"],
+        "heads_preset": "authors",
+        "train": {
+            "model": "tiny",
+            "pretrained": str(tiny_openclip["checkpoint"]),
+            "model_config": str(tiny_openclip["config"]),
+            "epochs": 1,
+            "batch_size": 4,
+            "num_workers": 0,
+            "templates": "tip7",
+            "spc": False,
+            "device": "cpu",
+            "tensorboard": False,
+            "lr": 3e-3,
+            "wiseft_alphas": [0.0, 1.0],
+        },
         "methods": {"fd-align": {"beta": 1.0}},
     }
     out = _sweep_and_report(d, tmp_path, "md")
@@ -254,30 +333,61 @@ def test_an_episodes_sweep_runs_meta_train_and_reports_every_target(tiny_opencli
     from _synth import make_imagefolder
     from test_episodes import write_class_splits
 
-    write_class_splits(tmp_path / "mini", {"base": ["red", "green", "blue", "yellow"], "val": ["cyan", "pink", "grey"],
-                                           "novel": ["black", "white", "orange"]}, per_class=4)
+    write_class_splits(
+        tmp_path / "mini",
+        {
+            "base": ["red", "green", "blue", "yellow"],
+            "val": ["cyan", "pink", "grey"],
+            "novel": ["black", "white", "orange"],
+        },
+        per_class=4,
+    )
     t1 = make_imagefolder(tmp_path / "t1", ["oak", "pine", "elm"], n_train=0, n_test=4, seed=1) / "test"
     d = {
-        "name": "e", "protocol": "episodes",
+        "name": "e",
+        "protocol": "episodes",
         "datasets": [{"name": "mini", "data": str(tmp_path / "mini"), "ood": [f"trees={t1}"]}],
-        "shots": [1], "seeds": [1, 2],
-        "train": {"model": "tiny", "pretrained": str(tiny_openclip["checkpoint"]),
-                  "model_config": str(tiny_openclip["config"]), "templates": "tip7", "n_way": 3, "q_query": 2,
-                  "episodes_per_step": 2, "episodes_per_epoch": 4, "epochs": 1, "val_episodes": 3, "spc_keep": 5,
-                  "spc_k": 2, "num_workers": 0, "device": "cpu", "lr": 1e-2, "tensorboard": False,
-                  "test_episodes": 20, "test_shots": [1], "eval_batch_size": 64},
+        "shots": [1],
+        "seeds": [1, 2],
+        "train": {
+            "model": "tiny",
+            "pretrained": str(tiny_openclip["checkpoint"]),
+            "model_config": str(tiny_openclip["config"]),
+            "templates": "tip7",
+            "n_way": 3,
+            "q_query": 2,
+            "episodes_per_step": 2,
+            "episodes_per_epoch": 4,
+            "epochs": 1,
+            "val_episodes": 3,
+            "spc_keep": 5,
+            "spc_k": 2,
+            "num_workers": 0,
+            "device": "cpu",
+            "lr": 1e-2,
+            "tensorboard": False,
+            "test_episodes": 20,
+            "test_shots": [1],
+            "eval_batch_size": 64,
+        },
         "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
     }
     out = _sweep_and_report(d, tmp_path, "md")
-    runs = {(m, s): json.loads((out / "runs/mini/k1" / f"s{s}" / m / "metrics.json").read_text())["metrics"]
-            for m in ("fine-tune", "fd-align") for s in (1, 2)}
+    runs = {
+        (m, s): json.loads((out / "runs/mini/k1" / f"s{s}" / m / "metrics.json").read_text())["metrics"]
+        for m in ("fine-tune", "fd-align")
+        for s in (1, 2)
+    }
     report = (out / "report.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header[:2] == ["method", "head"] and "trees 3-way 1-shot" in header and "novel 3-way 1-shot" in header
     rows = {(c[0], c[1]): c[2:] for c in ([x.strip() for x in line.strip("|").split("|")] for line in table[1:])}
-    for label, method, model in (("zero-shot", "fine-tune", "zero-shot"), ("fine-tune", "fine-tune", "fine-tuned"),
-                                 ("fd-align", "fd-align", "fine-tuned")):
+    for label, method, model in (
+        ("zero-shot", "fine-tune", "zero-shot"),
+        ("fine-tune", "fine-tune", "fine-tuned"),
+        ("fd-align", "fd-align", "fine-tuned"),
+    ):
         for h in ("proto", "text", "combined"):
             for col, name in enumerate(header[2:]):
                 target, setting = name.split(" ", 1)

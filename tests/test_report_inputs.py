@@ -8,9 +8,9 @@ import json
 import statistics
 
 import pytest
-from test_report import _md_rows, fake_run
 
 from fdalign.cli import main
+from test_report import _md_rows, fake_run
 
 
 def _report(*dirs, out, capsys=None) -> str:
@@ -60,8 +60,14 @@ def test_the_same_run_read_twice_is_used_once_and_listed(tmp_path):
     report = _report(a, copy, out=tmp_path / "rep")
     assert _md_rows(report, "w, 4-shot")["fine-tune"][:2] == ["2", f"51.0 ± {statistics.stdev([50, 52]):.1f}"]
     unused = _table(report, "Failed, missing and unused runs")
-    assert unused == [[str(copy / "runs/w/k4/s2/fine-tune"), "w/k4/s2/fine-tune", "duplicate",
-                       f"same key and settings as {a / 'runs/w/k4/s2/fine-tune'}, which is used"]]
+    assert unused == [
+        [
+            str(copy / "runs/w/k4/s2/fine-tune"),
+            "w/k4/s2/fine-tune",
+            "duplicate",
+            f"same key and settings as {a / 'runs/w/k4/s2/fine-tune'}, which is used",
+        ]
+    ]
     assert "Not in the tables: 1 duplicate" in report
 
 
@@ -106,7 +112,7 @@ def test_failed_and_missing_sweep_cells_are_listed(tmp_path, capsys):
     assert len(_table(report, "Runs read")) == 1
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage", b"[1, 2]", b"{\"state\": "])
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage", b"[1, 2]", b'{"state": '])
 def test_one_damaged_status_json_does_not_block_the_report(tmp_path, capsys, damage):
     sweep = tmp_path / "sweep"
     _cell(sweep, "a", 1, "fine-tune", 50.0)
@@ -154,13 +160,60 @@ def evaluated_run(tiny_openclip, tmp_path_factory):
     other = make_imagefolder(root / "other", ["green leaf", "blue sky"], n_train=0, n_test=2, seed=2) / "test"
     run = root / "run"
     with cli_session(root):
-        assert main(["train", "--model", "tiny", "--model-config", str(tiny_openclip["config"]), "--pretrained",
-                     str(tiny_openclip["checkpoint"]), "--data", str(data), "--ood", f"shifted={ood}", "--shots", "2",
-                     "--epochs", "1", "--batch-size", "3", "--num-workers", "0", "--templates", "tip7", "--no-spc",
-                     "--wiseft-alphas", "0", "1", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    "tiny",
+                    "--model-config",
+                    str(tiny_openclip["config"]),
+                    "--pretrained",
+                    str(tiny_openclip["checkpoint"]),
+                    "--data",
+                    str(data),
+                    "--ood",
+                    f"shifted={ood}",
+                    "--shots",
+                    "2",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "3",
+                    "--num-workers",
+                    "0",
+                    "--templates",
+                    "tip7",
+                    "--no-spc",
+                    "--wiseft-alphas",
+                    "0",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                    "--out",
+                    str(run),
+                ]
+            )
+            == 0
+        )
         assert main(["eval", str(run), "--ood", f"other={other}", "--device", "cpu", "--no-progress"]) == 0
-        assert main(["eval", str(run), "--heads", "tip", "--out", str(run / "eval-heads"), "--device", "cpu",
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(run),
+                    "--heads",
+                    "tip",
+                    "--out",
+                    str(run / "eval-heads"),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     assert (run / "eval" / "metrics.json").is_file() and (run / "eval-heads" / "metrics.json").is_file()
     return run
 
@@ -176,8 +229,10 @@ def test_a_runs_eval_folders_are_not_runs(evaluated_run, tmp_path):
     assert [r[0] for r in _table(report, "Runs read")] == [str(evaluated_run)]
     train = json.loads((evaluated_run / "metrics.json").read_text())["metrics"]
     rows = _md_rows(report.split("## Paired")[0], "id, 2-shot")
-    assert rows["fd-align"][1:3] == [f"{train['test']['fine-tuned']['top1']:.1f}",
-                                     f"{train['shifted']['fine-tuned']['top1']:.1f}"]
+    assert rows["fd-align"][1:3] == [
+        f"{train['test']['fine-tuned']['top1']:.1f}",
+        f"{train['shifted']['fine-tuned']['top1']:.1f}",
+    ]
     assert "other" not in report.split("## Runs read")[0]  # the later evaluation's set is no training run's
     # named as an input itself, an evaluation folder is still no run
     report = _report(evaluated_run / "eval", evaluated_run / "eval-heads", evaluated_run, out=tmp_path / "rep2")
@@ -201,10 +256,18 @@ def test_a_meta_train_run_is_not_written_into_either(tmp_path, capsys):
     """`fdalign report META_RUN` replaced the meta-train run's own report.md too."""
     run = tmp_path / "meta"
     run.mkdir()
-    metrics = {"novel": {"5-way 1-shot": {m: {"proto": {"mean": v, "ci95": 1.0}} for m, v in
-                                          (("zero-shot", 40.0), ("fine-tuned", 45.0))}}}
-    (run / "metrics.json").write_text(json.dumps({"kind": "episodes", "metrics": metrics,
-                                                  "config": {"data": "mini", "seed": 1, "k_shot": 1, "beta": 1.0}}))
+    metrics = {
+        "novel": {
+            "5-way 1-shot": {
+                m: {"proto": {"mean": v, "ci95": 1.0}} for m, v in (("zero-shot", 40.0), ("fine-tuned", 45.0))
+            }
+        }
+    }
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {"kind": "episodes", "metrics": metrics, "config": {"data": "mini", "seed": 1, "k_shot": 1, "beta": 1.0}}
+        )
+    )
     (run / "config.yaml").write_text("data: mini\nseed: 1\n")
     (run / "report.md").write_text("the meta-train run's own report\n")
     before = _files(run)

@@ -34,8 +34,10 @@ def test_centres_are_cluster_means():
     # three well-separated groups of sizes 4, 5, 6: KMeans(k=3) must find them exactly, and an
     # unrenormalised centre is the plain mean of its group
     d = 8
-    groups = [torch.eye(d)[i] + 0.01 * torch.randn(n, d, generator=torch.Generator().manual_seed(i))
-              for i, n in enumerate([4, 5, 6])]
+    groups = [
+        torch.eye(d)[i] + 0.01 * torch.randn(n, d, generator=torch.Generator().manual_seed(i))
+        for i, n in enumerate([4, 5, 6])
+    ]
     x = torch.cat(groups)
     raw = correct_spurious_prototypes(x, SPCConfig(keep=100, k=3, renormalize=False)).prototypes
     expected = torch.stack([g.mean(0) for g in groups])

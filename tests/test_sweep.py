@@ -24,13 +24,33 @@ class Killed(BaseException):
 def sweep_dict(tiny, **kw) -> dict:
     d = {
         "name": "tiny",
-        "world": {"id_styles": ["photo"], "ood_styles": ["sketch"], "train_per_class": 3, "val_per_class": 2,
-                  "test_per_class": 2, "image_size": 32, "classes": CLASSES},
+        "world": {
+            "id_styles": ["photo"],
+            "ood_styles": ["sketch"],
+            "train_per_class": 3,
+            "val_per_class": 2,
+            "test_per_class": 2,
+            "image_size": 32,
+            "classes": CLASSES,
+        },
         "datasets": [{"name": "w", "data": "{data_root}", "ood": "world"}],
-        "shots": [1, 2], "seeds": [1, 2],
-        "train": {"model": "tiny", "pretrained": str(tiny["checkpoint"]), "model_config": str(tiny["config"]),
-                  "epochs": 2, "batch_size": 4, "num_workers": 0, "templates": "tip7", "spc": False, "device": "cpu",
-                  "tensorboard": False, "lr": 1e-3, "wiseft_alphas": [0.0, 0.5, 1.0], "eval_batch_size": 64},
+        "shots": [1, 2],
+        "seeds": [1, 2],
+        "train": {
+            "model": "tiny",
+            "pretrained": str(tiny["checkpoint"]),
+            "model_config": str(tiny["config"]),
+            "epochs": 2,
+            "batch_size": 4,
+            "num_workers": 0,
+            "templates": "tip7",
+            "spc": False,
+            "device": "cpu",
+            "tensorboard": False,
+            "lr": 1e-3,
+            "wiseft_alphas": [0.0, 0.5, 1.0],
+            "eval_batch_size": 64,
+        },
         "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 1.0}},
     }
     d.update(kw)
@@ -79,8 +99,15 @@ def killed_and_resumed(tiny_openclip, tmp_path_factory):
         assert main(["sweep", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     finally:
         mp.undo()
-    return {"out": out, "runs": runs, "first": first, "second": list(calls), "states_after_kill": states,
-            "mtimes": mtimes, "config": cfg_path}
+    return {
+        "out": out,
+        "runs": runs,
+        "first": first,
+        "second": list(calls),
+        "states_after_kill": states,
+        "mtimes": mtimes,
+        "config": cfg_path,
+    }
 
 
 def test_kill_during_third_run_then_resume_redoes_nothing(killed_and_resumed):
@@ -129,8 +156,10 @@ def test_run_request_is_a_plain_train_config(killed_and_resumed):
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tiny_openclip, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
     d = sweep_dict(tiny_openclip, shots=[1], seeds=[1], methods={"fine-tune": {"beta": 0.0}})
-    d["datasets"] = [{"name": "missing", "data": str(tmp_path / "nowhere")},
-                     {"name": "w", "data": "{data_root}", "ood": "world"}]
+    d["datasets"] = [
+        {"name": "missing", "data": str(tmp_path / "nowhere")},
+        {"name": "w", "data": "{data_root}", "ood": "world"},
+    ]
     d["train"]["epochs"] = 1
     cfg = write_config(tmp_path / "g.yaml", d)
     assert main(["sweep", str(cfg), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
@@ -142,10 +171,15 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tiny_openclip, tmp_path,
 
 def test_settings_precedence_released_preset(tmp_path):
     """released LR table < train block < data set block < method; the grid sets shots/seed/data."""
-    d = {"name": "p", "preset": "released", "datasets": [{"name": "eurosat", "data": "{data_root}/eurosat",
-                                                            "train": {"epochs": 7, "beta": 5.0}}],
-         "shots": [4], "seeds": [3], "train": {"epochs": 5, "beta": 2.0},
-         "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {}, "lp": {"mode": "linear-probe"}}}
+    d = {
+        "name": "p",
+        "preset": "released",
+        "datasets": [{"name": "eurosat", "data": "{data_root}/eurosat", "train": {"epochs": 7, "beta": 5.0}}],
+        "shots": [4],
+        "seeds": [3],
+        "train": {"epochs": 5, "beta": 2.0},
+        "methods": {"fine-tune": {"beta": 0.0}, "fd-align": {}, "lp": {"mode": "linear-probe"}},
+    }
     cfg = sw.SweepConfig.from_dict(d)
     runs = sw.plan_runs(cfg)
     c = {r.method: sw.run_config(cfg, r, tmp_path / "o", data_root="/data") for r in runs}
@@ -158,17 +192,25 @@ def test_settings_precedence_released_preset(tmp_path):
     assert c["fd-align"].data == "/data/eurosat" and c["fd-align"].out.endswith("runs/eurosat/k4/s3/fd-align")
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(methods={"fd-align": {"shots": 4}}), ["methods.fd-align", "shots", "grid"]),
-    (dict(methods={"fd-align": {"betta": 1}}), ["unknown option 'betta'", "beta"]),
-    (dict(shots="many"), ["shots", "integers"]),
-    (dict(wiseft=["lp"]), ["wiseft", "lp"]),
-    (dict(colour="red"), ["unknown key 'colour'"]),
-    (dict(datasets=[{"name": "a/b", "data": "x"}]), ["a/b", "run folder"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(methods={"fd-align": {"shots": 4}}), ["methods.fd-align", "shots", "grid"]),
+        (dict(methods={"fd-align": {"betta": 1}}), ["unknown option 'betta'", "beta"]),
+        (dict(shots="many"), ["shots", "integers"]),
+        (dict(wiseft=["lp"]), ["wiseft", "lp"]),
+        (dict(colour="red"), ["unknown key 'colour'"]),
+        (dict(datasets=[{"name": "a/b", "data": "x"}]), ["a/b", "run folder"]),
+    ],
+)
 def test_bad_configs_are_user_errors(change, words, tmp_path):
-    d = {"name": "b", "datasets": [{"name": "d", "data": str(tmp_path)}], "shots": [1], "seeds": [1],
-         "methods": {"fd-align": {"beta": 1.0}}}
+    d = {
+        "name": "b",
+        "datasets": [{"name": "d", "data": str(tmp_path)}],
+        "shots": [1],
+        "seeds": [1],
+        "methods": {"fd-align": {"beta": 1.0}},
+    }
     d.update(change)
     with pytest.raises(FDAlignError) as e:
         cfg = sw.SweepConfig.from_dict(d)
@@ -192,8 +234,12 @@ def test_shipped_presets_parse_and_plan():
     runs = {r.key: r for r in sw.plan_runs(coop)}
     assert len(runs) == 11 * 5 * 3 * 2
     # the authors' per-data-set LRs (REFERENCE.md), per 256 images
-    for key, lr in (("sun397/k2/s1/fd-align", 8e-5), ("caltech101/k16/s3/fine-tune", 5e-4),
-                    ("eurosat/k4/s2/fd-align", 3e-4), ("imagenet/k1/s1/fd-align", 5e-5)):
+    for key, lr in (
+        ("sun397/k2/s1/fd-align", 8e-5),
+        ("caltech101/k16/s3/fine-tune", 5e-4),
+        ("eurosat/k4/s2/fd-align", 3e-4),
+        ("imagenet/k1/s1/fd-align", 5e-5),
+    ):
         c = sw.run_config(coop, runs[key], "/tmp/o", data_root="/data")
         assert c.lr == pytest.approx(lr) and c.lr_per_256, key
     assert runs["sun397/k2/s1/fd-align"].dir("/o").as_posix() == "/o/runs/sun397/k2/s1/fd-align"
@@ -218,8 +264,12 @@ def test_real_sigkill_during_third_run_then_resume(tiny_openclip, tmp_path):
     cfg_path = write_config(tmp_path / "g.yaml", d)
     out = tmp_path / "out"
     runs = sw.plan_runs(sw.SweepConfig.from_dict(d))
-    env = dict(os.environ, FDALIGN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(Path(sw.__file__).parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        FDALIGN_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(Path(sw.__file__).parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     third = runs[2].dir(out) / sw.STATUS_FILE

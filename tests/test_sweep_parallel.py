@@ -30,8 +30,19 @@ def world(tmp_path_factory):
     from fdalign.world.render import RenderConfig, render_world
 
     root = tmp_path_factory.mktemp("world") / "w"
-    render_world(RenderConfig(id_styles=("photo",), ood_styles=("sketch",), train_per_class=3, val_per_class=2,
-                              test_per_class=2, image_size=32, classes=tuple(CLASSES), progress=False), root)
+    render_world(
+        RenderConfig(
+            id_styles=("photo",),
+            ood_styles=("sketch",),
+            train_per_class=3,
+            val_per_class=2,
+            test_per_class=2,
+            image_size=32,
+            classes=tuple(CLASSES),
+            progress=False,
+        ),
+        root,
+    )
     return root
 
 
@@ -44,8 +55,12 @@ def grid(tiny, world, **kw) -> dict:
 
 
 def env(tmp_path) -> dict:
-    return dict(os.environ, FDALIGN_CACHE=str(tmp_path / "pcache"), OMP_NUM_THREADS="1",
-                PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        FDALIGN_CACHE=str(tmp_path / "pcache"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def results(out: Path, runs) -> dict:
@@ -93,8 +108,7 @@ def one_worker(tiny_openclip, world, tmp_path_factory):
 def test_two_workers_give_the_same_metrics_as_one(one_worker, tmp_path):
     cfg, runs = one_worker["cfg"], one_worker["runs"]
     assert one_worker["res"].failed == 0
-    res = sw.run_sweep(cfg, tmp_path / "out", progress=False, log=lambda m: None,
-                       launcher=LocalWorkers(2, threads=1))
+    res = sw.run_sweep(cfg, tmp_path / "out", progress=False, log=lambda m: None, launcher=LocalWorkers(2, threads=1))
     assert res.failed == 0 and [r["state"] for r in res.runs] == ["done"] * 4
     assert results(tmp_path / "out", runs) == results(one_worker["out"], runs)
     workers = {json.loads((r.dir(tmp_path / "out") / "status.json").read_text())["worker"] for r in runs}
@@ -117,9 +131,17 @@ def test_zero_shot_rows_equal_a_fresh_evaluation_and_the_encoder_ran_once_per_se
     # the test set and every OOD set went through the pretrained encoder once in the whole sweep (4 runs)
     assert {k: one_worker["passes"].get(k) for k in ["test", *ood_names]} == {"test": 1, **{n: 1 for n in ood_names}}
     with featcache.enabled(None):  # a fresh zero-shot evaluation, no cache
-        fresh = evaluate(rc.model, data=rc.data, pretrained=rc.pretrained, model_config=rc.model_config,
-                         ood=rc.ood, templates=rc.templates, device="cpu", no_progress=True,
-                         out=str(tmp_path / "zs")).metrics
+        fresh = evaluate(
+            rc.model,
+            data=rc.data,
+            pretrained=rc.pretrained,
+            model_config=rc.model_config,
+            ood=rc.ood,
+            templates=rc.templates,
+            device="cpu",
+            no_progress=True,
+            out=str(tmp_path / "zs"),
+        ).metrics
     for r in runs:
         m = json.loads((r.dir(out) / "metrics.json").read_text())["metrics"]
         for s in ["test", *ood_names]:
@@ -133,8 +155,10 @@ def test_two_sweep_processes_on_one_folder_run_each_cell_once(tiny_openclip, wor
     cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1, 2, 3])))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress"]
-    procs = [subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
@@ -148,8 +172,9 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tiny_openclip, world, tmp_pat
     run_dir.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (run_dir / ".fdalign.lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid,
-                                                            "started": time.time() - 60}))
+    (run_dir / ".fdalign.lock.json").write_text(
+        json.dumps({"host": os.uname().nodename, "pid": dead.pid, "started": time.time() - 60})
+    )
     said: list[str] = []
     res = sw.run_sweep(cfg, tmp_path, progress=False, log=said.append, feature_cache=False)
     assert res.runs[0]["state"] == "done"
@@ -160,13 +185,22 @@ def test_ctrl_c_stops_both_workers_and_the_next_call_redoes_no_finished_run(tiny
     cfg_path = tmp_path / "g.yaml"
     cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1, 2, 3])))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress", "--workers",
-           "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fdalign",
+        "sweep",
+        str(cfg_path),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "2",
+    ]
     runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
     proc = subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and \
-            not any(sw.run_state(r.dir(out)) == "done" for r in runs):
+    while time.time() < deadline and proc.poll() is None and not any(sw.run_state(r.dir(out)) == "done" for r in runs):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep (its workers have their own process group)
     first = proc.communicate(timeout=300)[0]
@@ -194,8 +228,9 @@ def test_a_worker_interrupted_alone_stops_the_others_with_one_ctrl_c_each(monkey
     monkeypatch.setattr(L.os, "kill", lambda pid, sig: (sent.append((pid, sig)), kill(pid, sig))[1])
     ended = []
     with pytest.raises(L.Interrupted):
-        LocalWorkers(3, threads=1).run(interrupted_cells, [0, 1, 2], lambda slot, cell: None,
-                                       lambda slot, cell, status: ended.append(cell))
+        LocalWorkers(3, threads=1).run(
+            interrupted_cells, [0, 1, 2], lambda slot, cell: None, lambda slot, cell, status: ended.append(cell)
+        )
     ctrl_c = [pid for pid, sig in sent if sig == signal.SIGINT]
     assert len(ctrl_c) == 2 and len(set(ctrl_c)) == 2, sent  # workers of cells 1 and 2, once each
     assert ended == []  # none ran on: a Ctrl-C that came before its cell started in the worker was kept
@@ -206,8 +241,14 @@ def test_submitit_local_path_resubmits_only_the_failed_cell(tiny_openclip, world
     for k, v in env(tmp_path).items():
         monkeypatch.setenv(k, v)
     templates = tmp_path / "later.txt"  # missing at first: the "custom" cell fails; written, it succeeds
-    cfg = sw.SweepConfig.from_dict(grid(tiny_openclip, world, seeds=[1], methods={
-        "fine-tune": {"beta": 0.0}, "custom": {"beta": 1.0, "templates": str(templates)}}))
+    cfg = sw.SweepConfig.from_dict(
+        grid(
+            tiny_openclip,
+            world,
+            seeds=[1],
+            methods={"fine-tune": {"beta": 0.0}, "custom": {"beta": 1.0, "templates": str(templates)}},
+        )
+    )
     ok, bad = sw.plan_runs(cfg)
     launcher = Submitit(str(tmp_path / "out" / "slurm"), SlurmOptions(time=10), local=True)
     res = sw.run_sweep(cfg, tmp_path / "out", progress=False, log=lambda m: None, launcher=launcher)
@@ -229,23 +270,51 @@ def test_slurm_dry_run_prints_the_array_it_would_submit(tiny_openclip, world, tm
 
     cfg_path = tmp_path / "g.yaml"
     cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world)))
-    assert main(["sweep", str(cfg_path), "--out", str(tmp_path / "out"), "--dry-run", "--launcher", "slurm",
-                 "--partition", "gpu", "--time", "90", "--array-parallelism", "2", "--sbatch", "account=proj"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(cfg_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--dry-run",
+                "--launcher",
+                "slurm",
+                "--partition",
+                "gpu",
+                "--time",
+                "90",
+                "--array-parallelism",
+                "2",
+                "--sbatch",
+                "account=proj",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
-    for line in ["#SBATCH --array=0-3%2", "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --account=proj",
-                 "task 3: w/k1/s2/fine-tune"]:
+    for line in [
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=90",
+        "#SBATCH --account=proj",
+        "task 3: w/k1/s2/fine-tune",
+    ]:
         assert line in text, text
     assert not (tmp_path / "out" / "runs").exists()
 
 
-@pytest.mark.parametrize("flags,said", [
-    (["--workers", "2", "--devices", "0,gpu1"], "'gpu1' is not a GPU"),
-    (["--workers", "0"], "--workers 0: give 1 or more"),
-    (["--launcher", "slurm", "--time", "-5"], "--time -5: give 1 or more"),
-    (["--launcher", "slurm", "--array-parallelism", "0"], "--array-parallelism 0: give 1 or more"),
-    (["--launcher", "slurm", "--mem-gb", "0"], "--mem-gb 0: give 1 or more"),
-    (["--launcher", "slurm", "--sbatch", "=x"], "write KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "flags,said",
+    [
+        (["--workers", "2", "--devices", "0,gpu1"], "'gpu1' is not a GPU"),
+        (["--workers", "0"], "--workers 0: give 1 or more"),
+        (["--launcher", "slurm", "--time", "-5"], "--time -5: give 1 or more"),
+        (["--launcher", "slurm", "--array-parallelism", "0"], "--array-parallelism 0: give 1 or more"),
+        (["--launcher", "slurm", "--mem-gb", "0"], "--mem-gb 0: give 1 or more"),
+        (["--launcher", "slurm", "--sbatch", "=x"], "write KEY=VALUE"),
+    ],
+)
 def test_bad_launcher_options_are_one_line_before_anything_runs(tiny_openclip, world, tmp_path, capsys, flags, said):
     from fdalign.cli import main
 
@@ -265,8 +334,13 @@ def test_the_report_states_the_cost(one_worker, tmp_path):
     cost = dict(rep.sections)["Cost"]
     book = json.loads((one_worker["out"] / "sweep.json").read_text())["cost"]
     assert f"{book['cache']['hits']} hits" in cost[0] and f"{book['wall_seconds']:.0f} s wall" in cost[0]
-    assert [row[0] for row in cost[1].rows] == list(book["busy_seconds"]) == [
-        json.loads((r.dir(one_worker["out"]) / "status.json").read_text())["worker"] for r in one_worker["runs"][:1]]
+    assert (
+        [row[0] for row in cost[1].rows]
+        == list(book["busy_seconds"])
+        == [
+            json.loads((r.dir(one_worker["out"]) / "status.json").read_text())["worker"] for r in one_worker["runs"][:1]
+        ]
+    )
 
 
 def test_a_cell_trained_outside_the_sweep_from_its_request_is_done(tiny_openclip, world, tmp_path):

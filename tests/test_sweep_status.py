@@ -8,8 +8,8 @@ import json
 
 import pytest
 import yaml
-from _synth import make_imagefolder
 
+from _synth import make_imagefolder
 from fdalign.cli import main
 from fdalign.experiments import sweep as sw
 
@@ -17,10 +17,24 @@ pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _grid(tiny, data, **train) -> dict:
-    return {"name": "g", "datasets": [{"name": "w", "data": str(data)}], "shots": [1], "seeds": [1, 2],
-            "train": {"model": "tiny", "pretrained": str(tiny["checkpoint"]), "model_config": str(tiny["config"]),
-                      "epochs": 1, "num_workers": 0, "templates": "tip7", "spc": False, "device": "cpu", **train},
-            "methods": {"fine-tune": {"beta": 0.0}}}
+    return {
+        "name": "g",
+        "datasets": [{"name": "w", "data": str(data)}],
+        "shots": [1],
+        "seeds": [1, 2],
+        "train": {
+            "model": "tiny",
+            "pretrained": str(tiny["checkpoint"]),
+            "model_config": str(tiny["config"]),
+            "epochs": 1,
+            "num_workers": 0,
+            "templates": "tip7",
+            "spc": False,
+            "device": "cpu",
+            **train,
+        },
+        "methods": {"fine-tune": {"beta": 0.0}},
+    }
 
 
 def _write(path, d):
@@ -65,8 +79,15 @@ def test_dry_run_catches_a_typo_in_an_option(tiny_openclip, data, tmp_path, caps
     """A sweep that renders its world first: before, `--dry-run` listed every run as `new` and the typo
     surfaced only after the render. The runs' settings cannot be built without the world, the keys can."""
     d = _grid(tiny_openclip, "{data_root}")
-    d["world"] = {"id_styles": ["photo"], "ood_styles": ["sketch"], "train_per_class": 2, "val_per_class": 1,
-                  "test_per_class": 1, "image_size": 32, "classes": ["circle", "square"]}
+    d["world"] = {
+        "id_styles": ["photo"],
+        "ood_styles": ["sketch"],
+        "train_per_class": 2,
+        "val_per_class": 1,
+        "test_per_class": 1,
+        "image_size": 32,
+        "classes": ["circle", "square"],
+    }
     d["datasets"][0]["ood"] = "world"
     if block == "train":
         d["train"]["epohcs"] = 2
@@ -74,12 +95,15 @@ def test_dry_run_catches_a_typo_in_an_option(tiny_openclip, data, tmp_path, caps
         d["methods"]["fine-tune"]["bta"] = 0.0
     assert main(["sweep", _write(tmp_path / "typo.yaml", d), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert ("unknown option 'epohcs' (did you mean 'epochs'?)" in err and ": train:" in err) if block == "train" \
+    assert (
+        ("unknown option 'epohcs' (did you mean 'epochs'?)" in err and ": train:" in err)
+        if block == "train"
         else ("unknown option 'bta' (did you mean 'beta'?)" in err and "methods.fine-tune" in err)
+    )
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe\x00", b"[1, 2]", b"{\"state\": "])
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00", b"[1, 2]", b'{"state": '])
 def test_one_damaged_status_json_fails_only_its_run(tiny_openclip, data, tmp_path, capsys, damage):
     """Before: one bad status.json stopped the whole sweep (a traceback, or exit 2 for every run)."""
     d = _grid(tiny_openclip, data)

@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fdalign.backends import load_clip
 from fdalign.prototypes import build_prototypes
+from fdalign.selection import EvalSplit, SelectionLeakError, SelectionLog, select, select_by, val_score
 from fdalign.spc import SPCConfig
 from fdalign.train import trainer as trainer_mod
 from fdalign.train.checkpoint import flatten_optimizer_state, load_checkpoint, unflatten_optimizer_state
 from fdalign.train.config import TrainConfig
 from fdalign.train.run import load_model
-from fdalign.selection import EvalSplit, SelectionLeakError, SelectionLog, select, select_by, val_score
 from fdalign.train.trainer import cosine_lr, epoch_seed, train
 
 CLASSES = ["red apple", "green leaf", "blue sky"]
@@ -43,8 +43,18 @@ def _tensors(n_per_class=4, seed=0):
 
 
 def _cfg(**kw):
-    base = dict(shots=4, epochs=2, batch_size=4, num_workers=0, device="cpu", progress=False, spc_keep=4,
-                spc_k=2, tensorboard=False, lr=1e-3)
+    base = dict(
+        shots=4,
+        epochs=2,
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        spc_keep=4,
+        spc_k=2,
+        tensorboard=False,
+        lr=1e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -86,8 +96,17 @@ def test_logged_lr_follows_schedule(tiny_openclip, protos, tmp_path):
 def test_beta_zero_is_exactly_plain_fine_tuning(tiny_openclip, protos, tmp_path, monkeypatch):
     """A hand-written CE-only loop with the same data order and optimiser must give the same bits."""
     ds, val = _tensors(), _tensors(1, seed=1)
-    cfg = _cfg(beta=0.0, optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4,
-               wd_skip_norm_bias=False, warmup_steps=1, lr=0.05, epochs=2)
+    cfg = _cfg(
+        beta=0.0,
+        optimizer="sgd",
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        wd_skip_norm_bias=False,
+        warmup_steps=1,
+        lr=0.05,
+        epochs=2,
+    )
 
     def no_f0(_):
         raise AssertionError("beta = 0 must not build the frozen encoder")
@@ -121,8 +140,9 @@ def test_beta_zero_is_exactly_plain_fine_tuning(tiny_openclip, protos, tmp_path,
 
     # and the KL term really changes the result (so this test can fail)
     monkeypatch.undo()
-    res1 = train(_backend(tiny_openclip), ds, val, protos, dataclass_replace(cfg, beta=1.0, selection="last"),
-                 tmp_path / "b")
+    res1 = train(
+        _backend(tiny_openclip), ds, val, protos, dataclass_replace(cfg, beta=1.0, selection="last"), tmp_path / "b"
+    )
     assert any(not torch.equal(res1.encoder.state_dict()[k], v) for k, v in ref.state_dict().items())
 
 
@@ -134,17 +154,19 @@ def dataclass_replace(cfg, **kw):
 
 def test_resume_after_kill_is_bitwise_identical(tiny_openclip, protos, tmp_path):
     from _synth import make_imagefolder
-
     from fdalign.data import ImageDataset, fewshot_val, open_dataset, sample_kshot
 
-    root = make_imagefolder(tmp_path / "data", CLASSES, n_train=4, n_test=1, n_val=4, size=32)  # test/ keeps val/ as val
+    root = make_imagefolder(
+        tmp_path / "data", CLASSES, n_train=4, n_test=1, n_val=4, size=32
+    )  # test/ keeps val/ as val
     splits = open_dataset(root)
     tr, va = sample_kshot(splits["train"], 4, 1), fewshot_val(splits, 4, 1)
     cfg = _cfg(epochs=3, head="trainable", optimizer="adamw", warmup_steps=2, beta=2.0, spc=True)
 
     def datasets(backend):  # random crops + flips: the augmentation RNG must be replayed too
-        return ImageDataset(tr, backend.preprocess_train(scale=(0.3, 1.0), hflip=True)), \
-            ImageDataset(va, backend.preprocess_eval())
+        return ImageDataset(tr, backend.preprocess_train(scale=(0.3, 1.0), hflip=True)), ImageDataset(
+            va, backend.preprocess_eval()
+        )
 
     b = _backend(tiny_openclip)
     full = train(b, *datasets(b), protos, cfg, tmp_path / "full")
@@ -248,8 +270,13 @@ def test_select_records_choice_and_breaks_ties_to_first():
     assert select("epoch", {1: 50.0, 2: 75.0, 3: 75.0}, split, log) == 2
     chosen, scores = select_by("wiseft_alpha", [0.0, 0.5, 1.0], lambda a, d: {0.0: 1, 0.5: 3, 1.0: 2}[a], split, log)
     assert chosen == 0.5 and scores == {0.0: 1.0, 0.5: 3.0, 1.0: 2.0}
-    assert log.entries["epoch"] == {"chosen": 2, "on": "val (K-shot of val/, 3 images)", "metric": "top1",
-                                    "score": 75.0, "scores": {"1": 50.0, "2": 75.0, "3": 75.0}}
+    assert log.entries["epoch"] == {
+        "chosen": 2,
+        "on": "val (K-shot of val/, 3 images)",
+        "metric": "top1",
+        "score": 75.0,
+        "scores": {"1": 50.0, "2": 75.0, "3": 75.0},
+    }
 
 
 def test_optimizer_state_flatten_round_trip():
@@ -267,8 +294,9 @@ def test_optimizer_state_flatten_round_trip():
             assert torch.equal(v, opt2.state_dict()["state"][i][k])
 
 
-def test_lp_ft_starts_from_the_best_probe_head_and_selects_only_fdalign_epochs(tiny_openclip, protos, tmp_path,
-                                                                               monkeypatch):
+def test_lp_ft_starts_from_the_best_probe_head_and_selects_only_fdalign_epochs(
+    tiny_openclip, protos, tmp_path, monkeypatch
+):
     """As released: the FD-Align phase loads the probe's best-on-val head, and only its own epochs compete."""
     scripted = iter([50.0, 90.0, 60.0, 10.0, 20.0])  # probe epochs 1-3 (best: 2), FD-Align epochs 4-5 (best: 5)
     monkeypatch.setattr(trainer_mod, "_val_top1", lambda *a, **k: next(scripted))
@@ -301,10 +329,23 @@ def test_lp_ft_killed_at_the_phase_boundary_resumes_to_the_same_weights(tiny_ope
             raise Killed
 
     with pytest.raises(Killed):
-        train(_backend(tiny_openclip), _tensors(), _tensors(1, seed=1), protos, cfg, tmp_path / "r",
-              on_epoch_end=kill_after_probe)
-    res = train(_backend(tiny_openclip), _tensors(), _tensors(1, seed=1), protos, dataclass_replace(cfg, resume=True),
-                tmp_path / "r")
+        train(
+            _backend(tiny_openclip),
+            _tensors(),
+            _tensors(1, seed=1),
+            protos,
+            cfg,
+            tmp_path / "r",
+            on_epoch_end=kill_after_probe,
+        )
+    res = train(
+        _backend(tiny_openclip),
+        _tensors(),
+        _tensors(1, seed=1),
+        protos,
+        dataclass_replace(cfg, resume=True),
+        tmp_path / "r",
+    )
     assert res.best_epoch == full.best_epoch == 3
     for k, v in full.head.state_dict().items():
         assert torch.equal(v, res.head.state_dict()[k]), k

@@ -17,8 +17,18 @@ def _parser():
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = TrainConfig(model="ViT-B-32", pretrained="openai", data="/d", shots=4, beta=0.0, temperature=50.0,
-                      crop_scale=[0.08, 1.0], ood=["sketch=/s", "r=/r"], grad_clip=1.0, head="trainable")
+    cfg = TrainConfig(
+        model="ViT-B-32",
+        pretrained="openai",
+        data="/d",
+        shots=4,
+        beta=0.0,
+        temperature=50.0,
+        crop_scale=[0.08, 1.0],
+        ood=["sketch=/s", "r=/r"],
+        grad_clip=1.0,
+        head="trainable",
+    )
     path = cfg.to_yaml(tmp_path / "c.yaml")
     again = TrainConfig.from_yaml(path)
     assert again == cfg

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from _synth import NoisyTensors as Augmented
-
 from fdalign.backends import load_clip
 from fdalign.data.views import view_seed
 from fdalign.prototypes import build_prototypes
@@ -112,7 +111,7 @@ def _reference(tiny_openclip, cfg, dropout):
         order = epoch_order(cfg.seed, epoch, len(ds))
         for b in range(0, len(order), BATCH):
             items = []
-            for i in order[b:b + BATCH]:  # each view drawn from its own seed, the epoch's stream untouched
+            for i in order[b : b + BATCH]:  # each view drawn from its own seed, the epoch's stream untouched
                 state = torch.get_rng_state()
                 torch.manual_seed(view_seed(cfg.seed, epoch, i))
                 items.append(ds[i])
@@ -125,7 +124,8 @@ def _reference(tiny_openclip, cfg, dropout):
             with torch.no_grad():
                 feat_0 = f0(x)
             loss = cfg.alpha * F.cross_entropy(head(feat_t), y) + cfg.beta * _kl(
-                feat_t, feat_0, spur, scale, cfg.kl_direction, cfg.spc_renormalize)
+                feat_t, feat_0, spur, scale, cfg.kl_direction, cfg.spc_renormalize
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -137,8 +137,9 @@ CASES = {
     # the paper's setting: frozen prototype head, KL(P_t || P_0), deterministic f0
     "frozen-head": dict(head="frozen", kl_direction="paper", f0_mode="eval", spc_renormalize=True, dropout=False),
     # the released setting: trainable head, their KL, raw centres, f0 in train mode on a dropout encoder
-    "trainable-head": dict(head="trainable", kl_direction="released", f0_mode="released", spc_renormalize=False,
-                           dropout=True),
+    "trainable-head": dict(
+        head="trainable", kl_direction="released", f0_mode="released", spc_renormalize=False, dropout=True
+    ),
 }
 
 
@@ -147,14 +148,37 @@ def test_trainer_equals_independent_fdalign_loop(tiny_openclip, tmp_path, case):
     opts = dict(CASES[case])
     dropout = opts.pop("dropout")
     cfg = TrainConfig(
-        shots=N_PER_CLASS, epochs=EPOCHS, batch_size=BATCH, num_workers=0, device="cpu", progress=False,
-        tensorboard=False, optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=WD, wd_skip_norm_bias=False,
-        lr=LR, warmup_steps=0, selection="last", alpha=0.7, beta=2.5 if opts["kl_direction"] == "paper" else 40.0,
-        spc=True, spc_keep=KEEP, spc_k=K, spc_seed=SPC_SEED, **opts,
+        shots=N_PER_CLASS,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        optimizer="sgd",
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=WD,
+        wd_skip_norm_bias=False,
+        lr=LR,
+        warmup_steps=0,
+        selection="last",
+        alpha=0.7,
+        beta=2.5 if opts["kl_direction"] == "paper" else 40.0,
+        spc=True,
+        spc_keep=KEEP,
+        spc_k=K,
+        spc_seed=SPC_SEED,
+        **opts,
     )
     backend = _backend(tiny_openclip, dropout)
-    protos = build_prototypes(backend, CLASSES, TEMPLATES, cache_dir=False,
-                              spc=SPCConfig(keep=KEEP, k=K, seed=SPC_SEED, renormalize=cfg.spc_renormalize))
+    protos = build_prototypes(
+        backend,
+        CLASSES,
+        TEMPLATES,
+        cache_dir=False,
+        spc=SPCConfig(keep=KEEP, k=K, seed=SPC_SEED, renormalize=cfg.spc_renormalize),
+    )
     val = torch.utils.data.TensorDataset(torch.randn(3, 3, 32, 32), torch.arange(3))
     res = train(backend, Augmented(flip=True), val, protos, cfg, tmp_path)
 
@@ -173,8 +197,9 @@ def test_trainer_equals_independent_fdalign_loop(tiny_openclip, tmp_path, case):
 
 def test_kl_matters_to_the_reference(tiny_openclip, tmp_path):
     """Guards the guard: without the KL term the reference lands elsewhere, so the test above can fail."""
-    cfg = TrainConfig(seed=1, alpha=0.7, beta=2.5, head="frozen", kl_direction="paper", f0_mode="eval",
-                      spc_renormalize=True)
+    cfg = TrainConfig(
+        seed=1, alpha=0.7, beta=2.5, head="frozen", kl_direction="paper", f0_mode="eval", spc_renormalize=True
+    )
     with_kl, _, _ = _reference(tiny_openclip, cfg, dropout=False)
     without, _, _ = _reference(tiny_openclip, TrainConfig(seed=1, alpha=0.7, beta=0.0), dropout=False)
     diff = max((a - b).abs().max().item() for a, b in zip(with_kl.state_dict().values(), without.state_dict().values()))
@@ -196,8 +221,20 @@ def test_f0_mode_is_what_the_config_says(tiny_openclip, tmp_path, monkeypatch, m
     monkeypatch.setattr(trainer_mod, "_frozen_copy", spy)
     backend = _backend(tiny_openclip, dropout=True)
     protos = build_prototypes(backend, CLASSES, TEMPLATES, cache_dir=False, spc=SPCConfig(keep=KEEP, k=K))
-    cfg = TrainConfig(shots=N_PER_CLASS, epochs=1, batch_size=BATCH, num_workers=0, device="cpu", progress=False,
-                      tensorboard=False, beta=1.0, spc_keep=KEEP, spc_k=K, f0_mode=mode, lr=1e-3)
+    cfg = TrainConfig(
+        shots=N_PER_CLASS,
+        epochs=1,
+        batch_size=BATCH,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        beta=1.0,
+        spc_keep=KEEP,
+        spc_k=K,
+        f0_mode=mode,
+        lr=1e-3,
+    )
     val = torch.utils.data.TensorDataset(torch.randn(3, 3, 32, 32), torch.arange(3))
     train(backend, Augmented(flip=True), val, protos, cfg, tmp_path)
     assert seen and all(t == (mode == "released") for t in seen)

@@ -132,9 +132,9 @@ def test_pixelated_is_blocky_and_blurry_is_smooth():
 
 def test_cropped_object_is_cut_by_the_frame():
     for k in range(30):
-        (cx, cy, r, _), = G._geometry(np.random.default_rng([5, k]), "cropped", 64)
+        ((cx, cy, r, _),) = G._geometry(np.random.default_rng([5, k]), "cropped", 64)
         assert min(cx - r, cy - r) < 0 or max(cx + r, cy + r) > 64
-        (cx, cy, r, _), = G._geometry(np.random.default_rng([5, k]), "photo", 64)
+        ((cx, cy, r, _),) = G._geometry(np.random.default_rng([5, k]), "photo", 64)
         assert min(cx - r, cy - r) >= 0 and max(cx + r, cy + r) <= 64
 
 

@@ -18,17 +18,52 @@ CLASSES = ("circle", "digit seven", "star")
 
 
 def _cfg(**kw):
-    base = dict(id_styles=("photo",), ood_styles=("sketch", "jpeg corrupted"), train_per_class=3, val_per_class=2,
-                test_per_class=2, seed=5, image_size=16, classes=CLASSES, progress=False)
+    base = dict(
+        id_styles=("photo",),
+        ood_styles=("sketch", "jpeg corrupted"),
+        train_per_class=3,
+        val_per_class=2,
+        test_per_class=2,
+        seed=5,
+        image_size=16,
+        classes=CLASSES,
+        progress=False,
+    )
     return RenderConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world") / "w"
-    assert main(["world", "render", "--out", str(root), "--id-styles", "photo", "--ood-styles", "sketch",
-                 "jpeg corrupted", "--train-per-class", "3", "--val-per-class", "2", "--test-per-class", "2",
-                 "--seed", "5", "--image-size", "16", "--classes", *CLASSES, "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "world",
+                "render",
+                "--out",
+                str(root),
+                "--id-styles",
+                "photo",
+                "--ood-styles",
+                "sketch",
+                "jpeg corrupted",
+                "--train-per-class",
+                "3",
+                "--val-per-class",
+                "2",
+                "--test-per-class",
+                "2",
+                "--seed",
+                "5",
+                "--image-size",
+                "16",
+                "--classes",
+                *CLASSES,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -94,12 +129,15 @@ def test_other_settings_or_foreign_folder_are_refused(world, tmp_path):
         render_world(_cfg(), tmp_path / "mine")
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(id_styles=("photo",), ood_styles=("photo",)), ["--ood-styles", "held out"]),
-    (dict(id_styles=("fotograph",)), ["--id-styles", "fotograph"]),
-    (dict(classes=("circle", "blob")), ["--classes", "blob"]),
-    (dict(test_per_class=0), ["--test-per-class"]),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(id_styles=("photo",), ood_styles=("photo",)), ["--ood-styles", "held out"]),
+        (dict(id_styles=("fotograph",)), ["--id-styles", "fotograph"]),
+        (dict(classes=("circle", "blob")), ["--classes", "blob"]),
+        (dict(test_per_class=0), ["--test-per-class"]),
+    ],
+)
 def test_bad_options_are_user_errors(kw, words):
     with pytest.raises(FDAlignError) as e:
         _cfg(**kw).validate()

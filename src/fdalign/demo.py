@@ -92,7 +92,7 @@ class DemoConfig:
     quick: bool = False
     progress: bool = True
 
-    def resolved(self) -> "DemoConfig":
+    def resolved(self) -> DemoConfig:
         """Apply ``quick`` to the fields still at their defaults, then check everything."""
         c = dataclasses.replace(self, ood_styles=tuple(self.ood_styles), wiseft_alphas=tuple(self.wiseft_alphas))
         if c.quick:
@@ -102,7 +102,7 @@ class DemoConfig:
                     setattr(c, k, v)
         return c.validate()
 
-    def validate(self) -> "DemoConfig":
+    def validate(self) -> DemoConfig:
         from fdalign.world.generator import STYLES
 
         def bad(name, why):
@@ -192,14 +192,29 @@ def sweep_config(cfg: DemoConfig):
 
     d = yaml.safe_load((PRESET_DIR / f"{PRESET}.yaml").read_text(encoding="utf-8"))
     # pools large enough that seeds draw different K-shot / val samples
-    d["world"].update(id_styles=[cfg.id_style], ood_styles=list(cfg.ood_styles), test_per_class=cfg.test_per_class,
-                      seed=cfg.test_seed, train_per_class=max(4 * cfg.shots, d["world"]["train_per_class"]),
-                      val_per_class=max(2 * min(cfg.shots, 4), d["world"]["val_per_class"]))
+    d["world"].update(
+        id_styles=[cfg.id_style],
+        ood_styles=list(cfg.ood_styles),
+        test_per_class=cfg.test_per_class,
+        seed=cfg.test_seed,
+        train_per_class=max(4 * cfg.shots, d["world"]["train_per_class"]),
+        val_per_class=max(2 * min(cfg.shots, 4), d["world"]["val_per_class"]),
+    )
     d["shots"], d["seeds"] = [cfg.shots], cfg.seed_list
     d["train"].update(
-        model=cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, templates=cfg.templates,
-        spc=cfg.spc, spc_keep=cfg.spc_keep, spc_k=cfg.spc_k, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, selection=cfg.selection, device=cfg.device,
+        model=cfg.model,
+        pretrained=cfg.pretrained,
+        model_config=cfg.model_config,
+        templates=cfg.templates,
+        spc=cfg.spc,
+        spc_keep=cfg.spc_keep,
+        spc_k=cfg.spc_k,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        selection=cfg.selection,
+        device=cfg.device,
         wiseft_alphas=list(cfg.wiseft_alphas),
     )
     d["methods"]["fd-align"] = {"beta": cfg.beta}
@@ -226,8 +241,13 @@ def verdict(per_seed: dict, summary: dict) -> list[str]:
     def paired(a: str, b: str, key: str) -> tuple[float, float]:
         return mean_std(diffs(a, b, key))
 
-    pairs = [("fd-align", "fine-tune"), (wft, "fine-tune"), ("fd-align", wft), ("fine-tune", "zero-shot"),
-             ("fd-align", "zero-shot")]
+    pairs = [
+        ("fd-align", "fine-tune"),
+        (wft, "fine-tune"),
+        ("fd-align", wft),
+        ("fine-tune", "zero-shot"),
+        ("fd-align", "zero-shot"),
+    ]
     if all(wfd in per_seed[s] for s in seeds):
         pairs.insert(3, (wfd, wft))
     lines = []
@@ -236,24 +256,29 @@ def verdict(per_seed: dict, summary: dict) -> list[str]:
         wins = sum(map(ahead, diffs(m, ref, "ood_mean")))
         spread = f" ± {s_ood:.1f}" if n > 1 else ""
         spread_id = f" ± {s_id:.1f}" if n > 1 else ""
-        lines.append(f"- **{m} − {ref}**: OOD mean {d_ood:+.1f}{spread} points, ID {d_id:+.1f}{spread_id} points "
-                     f"({'mean ± std of the per-seed differences' if n > 1 else 'one seed'}); OOD higher in "
-                     f"{wins} of {n} seeds.")
+        lines.append(
+            f"- **{m} − {ref}**: OOD mean {d_ood:+.1f}{spread} points, ID {d_id:+.1f}{spread_id} points "
+            f"({'mean ± std of the per-seed differences' if n > 1 else 'one seed'}); OOD higher in "
+            f"{wins} of {n} seeds."
+        )
     d_ood, _ = paired("fd-align", "fine-tune", "ood_mean")
     wins = sum(map(ahead, diffs("fd-align", "fine-tune", "ood_mean")))
     if ahead(d_ood) and wins == n:
         lines.append("- In this run FD-Align kept more OOD accuracy than plain fine-tuning in every seed.")
     elif ahead(d_ood):
-        lines.append(f"- In this run FD-Align was ahead of plain fine-tuning OOD on average but only in {wins} of "
-                     f"{n} seeds: not a clear win.")
+        lines.append(
+            f"- In this run FD-Align was ahead of plain fine-tuning OOD on average but only in {wins} of "
+            f"{n} seeds: not a clear win."
+        )
     else:
         lines.append("- In this run FD-Align did **not** beat plain fine-tuning OOD.")
     # WiSE-FT is the cheap post-hoc way to keep OOD accuracy; say so when it did at least as well
     d_ood_w, _ = paired("fd-align", wft, "ood_mean")
     d_id_w, _ = paired("fd-align", wft, "id")
     if not ahead(d_ood_w) and not ahead(d_id_w):
-        lines.append("- WiSE-FT of the plain fine-tuned model was at least as good as FD-Align on both ID and OOD "
-                     "mean here.")
+        lines.append(
+            "- WiSE-FT of the plain fine-tuned model was at least as good as FD-Align on both ID and OOD mean here."
+        )
     elif not ahead(d_ood_w):
         lines.append("- WiSE-FT kept at least as much OOD accuracy as FD-Align here; FD-Align had the higher ID.")
     return lines
@@ -281,8 +306,12 @@ def _demo_numbers(group: dict, cfg: DemoConfig) -> tuple[dict, dict]:
             per_seed.setdefault(int(s), {})[row] = {"id": p["id"], "ood_mean": p["ood_mean"], "styles": styles}
     summary = {}
     for row, d in group["rows"].items():
-        summary[row] = {"id": d["id"], "ood_mean": d["ood_mean"], cfg.id_style: d["id"],
-                        **{st: d[folder_name(st)] for st in cfg.ood_styles}}
+        summary[row] = {
+            "id": d["id"],
+            "ood_mean": d["ood_mean"],
+            cfg.id_style: d["id"],
+            **{st: d[folder_name(st)] for st in cfg.ood_styles},
+        }
     return per_seed, summary
 
 
@@ -323,15 +352,20 @@ def _run(cfg: DemoConfig, t_start: float) -> DemoResult:
     res = run_sweep(sweep, out, progress=cfg.progress, log=log)
     failed = [r for r in res.runs if r["state"] != "done"]
     if failed:
-        raise FDAlignError(f"{len(failed)} demo run(s) failed, e.g. {failed[0]['key']}: {failed[0].get('error')} "
-                           f"(see {out / failed[0]['dir'] / 'train.log'})")
+        raise FDAlignError(
+            f"{len(failed)} demo run(s) failed, e.g. {failed[0]['key']}: {failed[0].get('error')} "
+            f"(see {out / failed[0]['dir'] / 'train.log'})"
+        )
     rep = build_report([out], out, title="fdalign demo: FD-Align on the embedded world")
     group = rep.summary["groups"][0]
     per_seed, summary = _demo_numbers(group, cfg)
     lines = verdict(per_seed, summary)
-    rep.intro += ["", f"{len(group['rows'])} rows, {cfg.shots} training images per class of the `{cfg.id_style}` "
-                  f"style (ID, the `test` column); OOD: {', '.join(f'`{s}`' for s in cfg.ood_styles)}. "
-                  f"Repeat: `{demo_command(cfg)}`"]
+    rep.intro += [
+        "",
+        f"{len(group['rows'])} rows, {cfg.shots} training images per class of the `{cfg.id_style}` "
+        f"style (ID, the `test` column); OOD: {', '.join(f'`{s}`' for s in cfg.ood_styles)}. "
+        f"Repeat: `{demo_command(cfg)}`",
+    ]
     rep.sections.insert(1, ("What happened", ["\n".join(lines)]))
     report = atomic_write_text(out / "report.md", to_markdown(rep))
     atomic_write_json(out / "summary.json", rep.summary)
@@ -341,20 +375,46 @@ def _run(cfg: DemoConfig, t_start: float) -> DemoResult:
         seed, method = int(Path(r["dir"]).parent.name[1:]), Path(r["dir"]).name
         selection.setdefault(seed, {})[method] = run
     seconds = time.time() - t_start
-    doc = {"format": DEMO_FORMAT, "config": cfg.to_dict(), "command": demo_command(cfg), "methods": list(summary),
-           "id_style": cfg.id_style, "ood_styles": list(cfg.ood_styles), "seeds": cfg.seed_list,
-           "per_seed": {str(s): v for s, v in per_seed.items()}, "summary": summary,
-           "selection": {str(s): v for s, v in selection.items()},
-           "timing": {"total_s": round(seconds, 1), "runs_executed": res.executed, "runs_skipped": res.skipped}}
+    doc = {
+        "format": DEMO_FORMAT,
+        "config": cfg.to_dict(),
+        "command": demo_command(cfg),
+        "methods": list(summary),
+        "id_style": cfg.id_style,
+        "ood_styles": list(cfg.ood_styles),
+        "seeds": cfg.seed_list,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "summary": summary,
+        "selection": {str(s): v for s, v in selection.items()},
+        "timing": {"total_s": round(seconds, 1), "runs_executed": res.executed, "runs_skipped": res.skipped},
+    }
     metrics = atomic_write_json(out / "metrics.json", doc)
     plots = sorted(out.glob("*.png"))
     if cfg.progress:
         print("\n" + summary_table(summary, cfg.id_style, cfg.ood_styles) + "\n", flush=True)
         print("\n".join(lines), flush=True)
         print(f"\nwrote {report}, {metrics} and {len(plots)} plots ({seconds:.0f} s)", file=sys.stdout, flush=True)
-    return DemoResult(out=out, report=report, metrics=metrics, plots=plots, per_seed=per_seed, summary=summary,
-                      selection=selection, seconds=seconds, config=cfg)
+    return DemoResult(
+        out=out,
+        report=report,
+        metrics=metrics,
+        plots=plots,
+        per_seed=per_seed,
+        summary=summary,
+        selection=selection,
+        seconds=seconds,
+        config=cfg,
+    )
 
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo", "sweep_config", "summary_table", "verdict", "demo_command",
-           "METHODS", "DEFAULT_OOD_STYLES"]
+__all__ = [
+    "DemoConfig",
+    "DemoResult",
+    "run_demo",
+    "sweep_config",
+    "summary_table",
+    "verdict",
+    "demo_command",
+    "METHODS",
+    "DEFAULT_OOD_STYLES",
+]

@@ -20,7 +20,7 @@ def user_message(error: FDAlignError) -> str:
     if "Original Traceback" in text:
         text = text.splitlines()[-1]
         prefix = f"{FDAlignError.__module__}.{FDAlignError.__name__}: "
-        text = text[len(prefix):] if text.startswith(prefix) else text
+        text = text[len(prefix) :] if text.startswith(prefix) else text
     return text
 
 
@@ -42,6 +42,9 @@ def as_command(command: str, fn) -> int:
 
         if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             raise
-        print(f"fdalign {command}: error: no space left on the disk of {e.filename or 'an output file'}; "
-              "free some space and run the command again", file=sys.stderr)
+        print(
+            f"fdalign {command}: error: no space left on the disk of {e.filename or 'an output file'}; "
+            "free some space and run the command again",
+            file=sys.stderr,
+        )
         return 2

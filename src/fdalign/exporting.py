@@ -41,9 +41,30 @@ HF_WEIGHTS = "model.safetensors"
 SELECTED = "selected"
 VERIFY_TOLERANCE = 1e-4  # float32 features of the same weights through the same ops differ by ~0
 # The settings that define the method and the data, shown in the model card.
-CARD_SETTINGS = ("model", "pretrained", "model_config", "data", "dataset_name", "classnames", "shots", "seed",
-                 "templates", "mode", "alpha", "beta", "kl_direction", "spc", "spc_keep", "spc_k", "head",
-                 "optimizer", "lr", "epochs", "batch_size", "selection")
+CARD_SETTINGS = (
+    "model",
+    "pretrained",
+    "model_config",
+    "data",
+    "dataset_name",
+    "classnames",
+    "shots",
+    "seed",
+    "templates",
+    "mode",
+    "alpha",
+    "beta",
+    "kl_direction",
+    "spc",
+    "spc_keep",
+    "spc_k",
+    "head",
+    "optimizer",
+    "lr",
+    "epochs",
+    "batch_size",
+    "selection",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,8 +77,9 @@ def finished_run(run_dir: str | os.PathLike) -> Path:
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        raise FDAlignError(f"{run_dir} is not an fdalign run directory (no {CONFIG_FILE}); pass the --out of "
-                           "`fdalign train`")
+        raise FDAlignError(
+            f"{run_dir} is not an fdalign run directory (no {CONFIG_FILE}); pass the --out of `fdalign train`"
+        )
     missing = [f for f in (MODEL_FILE, SELECTION_FILE) if not (run_dir / f).is_file()]
     if missing:
         raise FDAlignError(
@@ -86,8 +108,10 @@ def resolve_alpha(loaded, alpha: float | str | None) -> float | None:
         return alpha
     chosen = (loaded.selection.get("wiseft_alpha") or {}).get("chosen")
     if chosen is None:
-        raise FDAlignError(f"run {loaded.run_dir} recorded no selected WiSE-FT alpha in selection.json; "
-                           "pass a number with --wiseft-alpha")
+        raise FDAlignError(
+            f"run {loaded.run_dir} recorded no selected WiSE-FT alpha in selection.json; "
+            "pass a number with --wiseft-alpha"
+        )
     return float(chosen)
 
 
@@ -127,9 +151,13 @@ def save_head(path: str | os.PathLike, head: nn.Module, classnames: list[str], l
     t = head_tensors(head)
     if len(classnames) != t["weight"].shape[0]:
         raise FDAlignError(f"the head has {t['weight'].shape[0]} classes but the run records {len(classnames)} names")
-    meta = {"format": HEAD_FORMAT, "classnames": json.dumps(list(classnames), ensure_ascii=False),
-            "logits": "normalize(image_features) @ weight.T + bias", "trained_as": head.kind,
-            "logit_scale": repr(float(logit_scale))}
+    meta = {
+        "format": HEAD_FORMAT,
+        "classnames": json.dumps(list(classnames), ensure_ascii=False),
+        "logits": "normalize(image_features) @ weight.T + bias",
+        "trained_as": head.kind,
+        "logit_scale": repr(float(logit_scale)),
+    }
     return atomic_save_safetensors(Path(path), t, meta)
 
 
@@ -168,9 +196,13 @@ def _image_processor(backend):
 
     resample = {"nearest": 0, "bilinear": 2, "bicubic": 3}[backend.image_spec.interpolation]
     s = backend.image_spec.size
-    return CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
-                              image_mean=list(backend.image_spec.mean), image_std=list(backend.image_spec.std),
-                              resample=resample)
+    return CLIPImageProcessor(
+        size={"shortest_edge": s},
+        crop_size={"height": s, "width": s},
+        image_mean=list(backend.image_spec.mean),
+        image_std=list(backend.image_spec.std),
+        resample=resample,
+    )
 
 
 def _write_hf(backend, out: Path) -> dict:
@@ -240,12 +272,20 @@ def check_out(out: Path, force: bool) -> None:
     if not force:
         raise FDAlignError(f"output path {out} already exists; pass --force to replace it or choose another --out")
     if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file()):
-        raise FDAlignError(f"--force replaces only an earlier fdalign export or an empty folder, and {out} is "
-                           f"neither (no {MANIFEST_FILE}); choose another --out")
+        raise FDAlignError(
+            f"--force replaces only an earlier fdalign export or an empty folder, and {out} is "
+            f"neither (no {MANIFEST_FILE}); choose another --out"
+        )
 
 
-def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, wiseft_alpha: float | str | None = None,
-               force: bool = False, verify: bool = True) -> ExportResult:
+def export_run(
+    run_dir: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    wiseft_alpha: float | str | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> ExportResult:
     """Write the run's model as ``fmt`` ("open_clip" or "hf") into the folder ``out`` (see the module docstring).
 
     ``verify`` reloads the written model with plain open_clip / transformers and compares its image
@@ -270,8 +310,10 @@ def _export_run(run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool)
     loaded = load_run(run_dir, "cpu")
     have = _backend_format(loaded.backend)
     if have != fmt:
-        raise FDAlignError(f"run {run_dir} was trained on the {have} model {loaded.backend.name}; export it with "
-                           f"--format {have} (converting between open_clip and Hugging Face is not supported)")
+        raise FDAlignError(
+            f"run {run_dir} was trained on the {have} model {loaded.backend.name}; export it with "
+            f"--format {have} (converting between open_clip and Hugging Face is not supported)"
+        )
     if not loaded.classnames:
         raise FDAlignError(f"{run_dir}: the model file records no class names; re-run `fdalign train`")
     alpha = resolve_alpha(loaded, alpha)
@@ -283,8 +325,10 @@ def _export_run(run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool)
         if verify:
             diff = verify_export(fmt, tmp, loaded.backend.image_encoder, loaded.backend.image_spec.size)
             if not diff <= VERIFY_TOLERANCE:  # also catches NaN
-                raise FDAlignError(f"the exported {fmt} model does not reproduce the run's image features (max abs "
-                                   f"difference {diff:.3g} > {VERIFY_TOLERANCE:g}); nothing was written to {out}")
+                raise FDAlignError(
+                    f"the exported {fmt} model does not reproduce the run's image features (max abs "
+                    f"difference {diff:.3g} > {VERIFY_TOLERANCE:g}); nothing was written to {out}"
+                )
             manifest["verified_max_abs_diff"] = diff
         save_head(tmp / HEAD_FILE, head, loaded.classnames, loaded.backend.logit_scale)
         atomic_write_text(tmp / CARD_FILE, model_card(loaded, manifest, out))
@@ -297,11 +341,20 @@ def _manifest(loaded, fmt: str, alpha: float | None) -> dict:
 
     cfg = loaded.config
     return {
-        "format": EXPORT_FORMAT, "export_format": fmt, "fdalign_version": __version__,
-        "run": str(loaded.run_dir.resolve()), "epoch": loaded.metadata.get("epoch"),
-        "weights": "fine-tuned" if alpha is None else f"wiseft-{alpha:g}", "wiseft_alpha": alpha,
-        "base_model": {"model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config,
-                       "name": loaded.backend.name, "fingerprint": loaded.metadata.get("base_fingerprint")},
+        "format": EXPORT_FORMAT,
+        "export_format": fmt,
+        "fdalign_version": __version__,
+        "run": str(loaded.run_dir.resolve()),
+        "epoch": loaded.metadata.get("epoch"),
+        "weights": "fine-tuned" if alpha is None else f"wiseft-{alpha:g}",
+        "wiseft_alpha": alpha,
+        "base_model": {
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "model_config": cfg.model_config,
+            "name": loaded.backend.name,
+            "fingerprint": loaded.metadata.get("base_fingerprint"),
+        },
         "classnames": list(loaded.classnames),
     }
 
@@ -350,32 +403,53 @@ def model_card(loaded, manifest: dict, out: Path) -> str:
     """``README.md`` of an export: what the weights are, how to load them, and the run's report."""
     cfg = loaded.config.to_dict()
     base, alpha = manifest["base_model"], manifest["wiseft_alpha"]
-    weights = (f"the fine-tuned weights of epoch {manifest['epoch']}" if alpha is None else
-               f"WiSE-FT: (1 - {alpha:g}) x zero-shot + {alpha:g} x fine-tuned (epoch {manifest['epoch']}), "
-               "image encoder and head alike")
+    weights = (
+        f"the fine-tuned weights of epoch {manifest['epoch']}"
+        if alpha is None
+        else f"WiSE-FT: (1 - {alpha:g}) x zero-shot + {alpha:g} x fine-tuned (epoch {manifest['epoch']}), "
+        "image encoder and head alike"
+    )
     names = manifest["classnames"]
     if alpha == 0.0:  # WiSE-FT's zero end: none of the fine-tuning is in these weights
         weights = f"zero-shot CLIP: WiSE-FT alpha 0 keeps none of the fine-tuning (epoch {manifest['epoch']})"
-    title = (f"# {loaded.run_dir.name}: zero-shot CLIP (WiSE-FT alpha 0), not fine-tuned" if alpha == 0.0 else
-             f"# {loaded.run_dir.name}: CLIP fine-tuned with fdalign")
+    title = (
+        f"# {loaded.run_dir.name}: zero-shot CLIP (WiSE-FT alpha 0), not fine-tuned"
+        if alpha == 0.0
+        else f"# {loaded.run_dir.name}: CLIP fine-tuned with fdalign"
+    )
     lines = [
-        title, "",
+        title,
+        "",
         f"The image encoder of **{base['name']}** fine-tuned on {cfg.get('dataset_name') or cfg.get('data')} "
         f"({len(names)} classes, {cfg.get('shots')} shots per class, seed {cfg.get('seed')}) with "
         f"{'FD-Align' if cfg.get('mode') != 'linear-probe' else 'a linear probe'} "
         f"(alpha {cfg.get('alpha')}, beta {cfg.get('beta')}, SPC {'on' if cfg.get('spc') else 'off'}). "
         "The text tower and the logit scale are the base model's, unchanged."
-        + (" **This export is WiSE-FT alpha 0: the base model's own image encoder with the zero-shot "
-           "classifier; none of that fine-tuning is in it.**" if alpha == 0.0 else ""), "",
+        + (
+            " **This export is WiSE-FT alpha 0: the base model's own image encoder with the zero-shot "
+            "classifier; none of that fine-tuning is in it.**"
+            if alpha == 0.0
+            else ""
+        ),
+        "",
         f"- **weights**: {weights}",
-        "- **base model**: " + ", ".join(f"{k.replace('_', ' ')} `{base[k]}`" for k in
-                                         ("model", "pretrained", "model_config", "fingerprint") if base.get(k)),
+        "- **base model**: "
+        + ", ".join(
+            f"{k.replace('_', ' ')} `{base[k]}`"
+            for k in ("model", "pretrained", "model_config", "fingerprint")
+            if base.get(k)
+        ),
         f"- **run**: `{manifest['run']}`; fdalign {manifest['fdalign_version']}",
-        f"- **classes** ({len(names)}): {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}", "",
-        "## Loading", "", *_load_snippet(manifest["export_format"], out, base), "",
+        f"- **classes** ({len(names)}): {', '.join(names[:50])}{', ...' if len(names) > 50 else ''}",
+        "",
+        "## Loading",
+        "",
+        *_load_snippet(manifest["export_format"], out, base),
+        "",
         f"`{HEAD_FILE}` is the classifier: `logits = normalize(image_features) @ weight.T + bias`, "
         "class names in its metadata (`classnames`). `fdalign predict "
-        f"{out} IMAGES... --out preds.csv` classifies images with it.", "",
+        f"{out} IMAGES... --out preds.csv` classifies images with it.",
+        "",
     ]
     return "\n".join(lines + _card_report(loaded, cfg, alpha)).rstrip() + "\n"
 
@@ -402,14 +476,36 @@ def _card_report(loaded, cfg: dict, alpha: float | None) -> list[str]:
     hashes_path = loaded.run_dir / HASHES_FILE
     hashes = read_json(hashes_path, "hashes file") if hashes_path.is_file() else doc.get("hashes")
     settings = {k: cfg[k] for k in CARD_SETTINGS if k in cfg}
-    report = render_report(doc["metrics"], selection=doc.get("selection") or loaded.selection, config=settings,
-                           hashes=hashes, roles=doc.get("roles"), title="Evaluation of the run")
+    report = render_report(
+        doc["metrics"],
+        selection=doc.get("selection") or loaded.selection,
+        config=settings,
+        hashes=hashes,
+        roles=doc.get("roles"),
+        title="Evaluation of the run",
+    )
     return [
-        f"In the table below this export is the row **{row}**." if evaluated else
-        f"The run did not evaluate these weights ({row}); the table shows the rows it did.", "",
+        f"In the table below this export is the row **{row}**."
+        if evaluated
+        else f"The run did not evaluate these weights ({row}); the table shows the rows it did.",
+        "",
         re.sub(r"^(#+) ", r"#\1 ", report, flags=re.M),  # its sections nest under the card's
     ]
 
 
-__all__ = ["FORMATS", "export_run", "ExportResult", "save_head", "load_head", "head_tensors", "finished_run",
-           "parse_alpha", "resolve_alpha", "apply_weights", "model_card", "metrics_row", "MANIFEST_FILE", "HEAD_FILE"]
+__all__ = [
+    "FORMATS",
+    "export_run",
+    "ExportResult",
+    "save_head",
+    "load_head",
+    "head_tensors",
+    "finished_run",
+    "parse_alpha",
+    "resolve_alpha",
+    "apply_weights",
+    "model_card",
+    "metrics_row",
+    "MANIFEST_FILE",
+    "HEAD_FILE",
+]

@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from fdalign.errors import FDAlignError
 
@@ -66,8 +67,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in _FULL:
-            raise DiskFullError(e.errno, f"cannot write {path}: no space left on its disk ({len(data)} bytes "
-                                "needed); free some space and run the command again (training: with --resume)") from None
+            raise DiskFullError(
+                e.errno,
+                f"cannot write {path}: no space left on its disk ({len(data)} bytes "
+                "needed); free some space and run the command again (training: with --resume)",
+            ) from None
         raise
     return path
 
@@ -101,7 +105,7 @@ def _split_safetensors(data: bytes) -> tuple[dict, bytes]:
     n = int.from_bytes(data[:8], "little")
     if len(data) < 8 or n > len(data) - 8:
         raise ValueError("truncated safetensors header")
-    return json.loads(data[8:8 + n].decode("utf-8")), data[8 + n:]
+    return json.loads(data[8 : 8 + n].decode("utf-8")), data[8 + n :]
 
 
 def _header_bytes(header: dict) -> bytes:
@@ -195,12 +199,17 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     except json.JSONDecodeError as e:
         raise FDAlignError(f"{what} {path} is not valid JSON: {e}") from None
     except UnicodeDecodeError as e:
-        raise FDAlignError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
-                           "the file fdalign wrote: restore it or write it again") from None
+        raise FDAlignError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
+            "the file fdalign wrote: restore it or write it again"
+        ) from None
 
 
 def read_safetensors(
-    path: str | os.PathLike, what: str = "file", device: str = "cpu", require_hash: bool = False,
+    path: str | os.PathLike,
+    what: str = "file",
+    device: str = "cpu",
+    require_hash: bool = False,
     fix: str = "write it again",
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file, loaded without executing code.
@@ -263,8 +272,9 @@ def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise RunLockedError(f"{what} {path} is being written by another fdalign process; wait for it, or choose "
-                             "another path") from None
+        raise RunLockedError(
+            f"{what} {path} is being written by another fdalign process; wait for it, or choose another path"
+        ) from None
     try:
         name = glob.escape(path.name)
         for p in [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.old")]:
@@ -313,14 +323,20 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     owner_path = directory / (LOCK_FILE + ".json")
     lock = _acquire_current(lock_path)
     if lock is None:
-        raise RunLockedError(f"{what} {directory} is in use by another fdalign process ({_describe_owner(owner_path)}); "
-                             "wait for it to finish, or choose another folder")
+        raise RunLockedError(
+            f"{what} {directory} is in use by another fdalign process ({_describe_owner(owner_path)}); "
+            "wait for it to finish, or choose another folder"
+        )
     try:
         if owner_path.is_file():
-            warnings.warn(f"{what} {directory}: taking over the lock of a process that ended without releasing "
-                          f"it ({_describe_owner(owner_path)})", stacklevel=3)
-        atomic_write_json(owner_path, {"host": socket.gethostname(), "pid": os.getpid(),
-                                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+            warnings.warn(
+                f"{what} {directory}: taking over the lock of a process that ended without releasing "
+                f"it ({_describe_owner(owner_path)})",
+                stacklevel=3,
+            )
+        atomic_write_json(
+            owner_path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        )
         remove_stale_temps(directory)
         _held[key] = [lock, 1]
         try:

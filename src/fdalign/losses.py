@@ -213,10 +213,20 @@ class FDAlignLoss(nn.Module):
         f0_mode: ``eval`` or ``released`` (:func:`frozen_copy`); ``train()`` keeps f0 in it.
     """
 
-    def __init__(self, spurious: torch.Tensor, *, class_prototypes: torch.Tensor | None = None,
-                 f0: nn.Module | None = None, encoder: nn.Module | None = None, alpha: float = 1.0,
-                 beta: float = 1.0, scale: float = 100.0, kl_direction: str = "paper",
-                 normalize_prototypes: bool = True, f0_mode: str = "eval"):
+    def __init__(
+        self,
+        spurious: torch.Tensor,
+        *,
+        class_prototypes: torch.Tensor | None = None,
+        f0: nn.Module | None = None,
+        encoder: nn.Module | None = None,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        scale: float = 100.0,
+        kl_direction: str = "paper",
+        normalize_prototypes: bool = True,
+        f0_mode: str = "eval",
+    ):
         super().__init__()
         if kl_direction not in KL_DIRECTIONS:
             raise FDAlignError(f"unknown KL direction {kl_direction!r}; choose one of {', '.join(KL_DIRECTIONS)}")
@@ -228,9 +238,21 @@ class FDAlignLoss(nn.Module):
         self.kl_direction, self.normalize_prototypes, self.f0_mode = kl_direction, normalize_prototypes, f0_mode
 
     @classmethod
-    def from_clip(cls, backend, classnames, templates="openai80", *, spc=True, alpha: float = 1.0,
-                  beta: float = 1.0, kl_direction: str = "paper", temperature: float | None = None,
-                  f0_mode: str = "eval", f0_dtype: torch.dtype | None = None, cache_dir=None) -> "FDAlignLoss":
+    def from_clip(
+        cls,
+        backend,
+        classnames,
+        templates="openai80",
+        *,
+        spc=True,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        kl_direction: str = "paper",
+        temperature: float | None = None,
+        f0_mode: str = "eval",
+        f0_dtype: torch.dtype | None = None,
+        cache_dir=None,
+    ) -> FDAlignLoss:
         """The loss of ``fdalign train`` for ``backend`` (a :func:`fdalign.load_clip` result): prototypes
         from ``templates`` (a set name, a file or a list), SPC (True: the paper's keep 60 / k 20, False:
         none, or an :class:`~fdalign.spc.SPCConfig`), f0 a frozen copy of ``backend.image_encoder``,
@@ -243,23 +265,36 @@ class FDAlignLoss(nn.Module):
         templates = load_templates(templates) if isinstance(templates, str) else list(templates)
         protos = build_prototypes(backend, list(classnames), templates, spc=spc, cache_dir=cache_dir)
         encoder = backend.image_encoder
-        return cls(protos.loss_prototypes, class_prototypes=protos.class_prototypes,
-                   f0=frozen_copy(encoder, f0_mode, f0_dtype) if beta != 0 else None, encoder=encoder,
-                   alpha=alpha, beta=beta, scale=temperature or backend.logit_scale, kl_direction=kl_direction,
-                   normalize_prototypes=spc is None or spc.renormalize, f0_mode=f0_mode)
+        return cls(
+            protos.loss_prototypes,
+            class_prototypes=protos.class_prototypes,
+            f0=frozen_copy(encoder, f0_mode, f0_dtype) if beta != 0 else None,
+            encoder=encoder,
+            alpha=alpha,
+            beta=beta,
+            scale=temperature or backend.logit_scale,
+            kl_direction=kl_direction,
+            normalize_prototypes=spc is None or spc.renormalize,
+            f0_mode=f0_mode,
+        )
 
     @classmethod
-    def from_text_encoder(cls, encode_text, image_encoder: nn.Module, classnames, templates, *, scale: float = 100.0,
-                          **options) -> "FDAlignLoss":
+    def from_text_encoder(
+        cls, encode_text, image_encoder: nn.Module, classnames, templates, *, scale: float = 100.0, **options
+    ) -> FDAlignLoss:
         """As :meth:`from_clip` from ``encode_text(list[str]) -> [N, D]`` and the image encoder to fine-tune
         (no prompt cache: the text encoder has no fingerprint)."""
         from types import SimpleNamespace
 
-        backend = SimpleNamespace(encode_text=lambda prompts, **_: encode_text(list(prompts)), fingerprint="",
-                                  image_encoder=image_encoder, logit_scale=scale)
+        backend = SimpleNamespace(
+            encode_text=lambda prompts, **_: encode_text(list(prompts)),
+            fingerprint="",
+            image_encoder=image_encoder,
+            logit_scale=scale,
+        )
         return cls.from_clip(backend, classnames, templates, cache_dir=False, **options)
 
-    def train(self, mode: bool = True) -> "FDAlignLoss":
+    def train(self, mode: bool = True) -> FDAlignLoss:
         super().train(mode)
         if self.f0 is not None:
             set_frozen_mode(self.f0, self.f0_mode)
@@ -270,21 +305,31 @@ class FDAlignLoss(nn.Module):
         with torch.inference_mode():  # no autograd bookkeeping at all for the frozen pass
             if f0_features is None:
                 if images is None or self.f0 is None:
-                    raise ValueError("the KL term needs f0: pass f0_features= or log_p0=, or images to a loss "
-                                     "built with f0")
+                    raise ValueError(
+                        "the KL term needs f0: pass f0_features= or log_p0=, or images to a loss built with f0"
+                    )
                 f0_dtype = next(self.f0.parameters()).dtype  # bfloat16 when f0 was stored in lower precision
                 f0_features = self.f0(images.to(f0_dtype))
             log_p0 = spurious_log_probs(f0_features, self.spurious, self.scale, self.normalize_prototypes)
         return log_p0.clone()  # a normal tensor again, usable by autograd-recording ops
 
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, *, logits: torch.Tensor | None = None,
-                f0_features: torch.Tensor | None = None, log_p0: torch.Tensor | None = None):
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        logits: torch.Tensor | None = None,
+        f0_features: torch.Tensor | None = None,
+        log_p0: torch.Tensor | None = None,
+    ):
         """``inputs``: images ``[B,3,H,W]`` or fine-tuned features ``[B,D]``; ``labels`` ``[B']`` for
         ``logits`` ``[B',C]`` (default: the class-prototype head on the features)."""
         images = inputs if inputs.dim() == 4 else None
         if images is not None and self.encoder is None:
-            raise ValueError("forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
-                             "or pass its features")
+            raise ValueError(
+                "forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
+                "or pass its features"
+            )
         feats = self.encoder(images) if images is not None else inputs
         if logits is None:
             if self.class_prototypes is None:
@@ -293,9 +338,19 @@ class FDAlignLoss(nn.Module):
         if self.beta != 0 and log_p0 is None:
             log_p0 = self.f0_log_probs(images, f0_features)
         use_kl = self.beta != 0
-        loss, parts = fdalign_loss(logits, labels, feats, None, self.spurious if use_kl else None, alpha=self.alpha,
-                                   beta=self.beta, scale=self.scale, direction=self.kl_direction,
-                                   normalize_prototypes=self.normalize_prototypes, log_p0=log_p0 if use_kl else None)
+        loss, parts = fdalign_loss(
+            logits,
+            labels,
+            feats,
+            None,
+            self.spurious if use_kl else None,
+            alpha=self.alpha,
+            beta=self.beta,
+            scale=self.scale,
+            direction=self.kl_direction,
+            normalize_prototypes=self.normalize_prototypes,
+            log_p0=log_p0 if use_kl else None,
+        )
         if use_kl:
             parts["log_p0"] = log_p0.detach()
         return loss, parts

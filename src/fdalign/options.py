@@ -44,8 +44,10 @@ def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any
     except yaml.YAMLError as e:
         raise FDAlignError(f"{what} {path} is not valid YAML: {e}".replace("\n", " ")) from None
     except UnicodeDecodeError as e:
-        raise FDAlignError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
-                           "a YAML file: restore it or write it again") from None
+        raise FDAlignError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
+            "a YAML file: restore it or write it again"
+        ) from None
     except IsADirectoryError:
         raise FDAlignError(f"{what} {path} is a folder, not a file") from None
 
@@ -55,8 +57,9 @@ def check_keys(keys, known, source: str, what: str = "option", hint: str = "") -
     unknown = sorted(set(keys) - set(known))
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(known), n=1)
-        raise FDAlignError(f"{source}: unknown {what} {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                           + hint)
+        raise FDAlignError(
+            f"{source}: unknown {what} {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + hint
+        )
 
 
 def check_choices(obj, source: str) -> None:
@@ -185,7 +188,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         inner, _ = _unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
-        shown = "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
+        shown = (
+            "none" if default in (None, []) else (" ".join(map(str, default)) if isinstance(default, list) else default)
+        )
         help_text = f.metadata["help"]
         if "(default:" not in help_text:  # a help that words its own default keeps only that one
             help_text += f" (default: {shown})"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,19 +41,24 @@ def target_kind(target: str | os.PathLike, wiseft_alpha: float | str | None = No
     target = Path(target)
     if (target / MANIFEST_FILE).is_file():
         if wiseft_alpha is not None:
-            raise FDAlignError(f"{target} is an export, whose weights are fixed; --wiseft-alpha applies to a run "
-                               "directory (or export again with --wiseft-alpha)")
+            raise FDAlignError(
+                f"{target} is an export, whose weights are fixed; --wiseft-alpha applies to a run "
+                "directory (or export again with --wiseft-alpha)"
+            )
         return "export"
     if not (target / CONFIG_FILE).is_file():
-        raise FDAlignError(f"{target} is neither an fdalign run directory (no {CONFIG_FILE}) nor an export "
-                           f"(no {MANIFEST_FILE}); pass the --out of `fdalign train` or `fdalign export`")
+        raise FDAlignError(
+            f"{target} is neither an fdalign run directory (no {CONFIG_FILE}) nor an export "
+            f"(no {MANIFEST_FILE}); pass the --out of `fdalign train` or `fdalign export`"
+        )
     finished_run(target)
     parse_alpha(wiseft_alpha)
     return "run"
 
 
-def load_classifier(target: str | os.PathLike, wiseft_alpha: float | str | None = None,
-                    device: str | torch.device = "cpu") -> Classifier:
+def load_classifier(
+    target: str | os.PathLike, wiseft_alpha: float | str | None = None, device: str | torch.device = "cpu"
+) -> Classifier:
     """A finished run directory (its fine-tuned or WiSE-FT weights) or an ``fdalign export`` folder."""
     if target_kind(target, wiseft_alpha) == "export":
         return _from_export(Path(target), device)
@@ -70,8 +75,14 @@ def _from_run(run_dir: Path, wiseft_alpha, device) -> Classifier:
     head = apply_weights(loaded, alpha)
     backend = loaded.backend.to(device)
     name = f"{run_dir} ({'fine-tuned' if alpha is None else f'wiseft-{alpha:g}'})"
-    return Classifier(backend.image_encoder, head.to(device), list(loaded.classnames), backend.preprocess_eval(),
-                      backend.image_spec.size, name)
+    return Classifier(
+        backend.image_encoder,
+        head.to(device),
+        list(loaded.classnames),
+        backend.preprocess_eval(),
+        backend.image_spec.size,
+        name,
+    )
 
 
 def _from_export(out: Path, device) -> Classifier:
@@ -86,8 +97,9 @@ def _from_export(out: Path, device) -> Classifier:
     # open_clip reads its own local-dir layout; the HF backend a save_pretrained folder
     backend = load_clip(f"{'local-dir' if fmt == 'open_clip' else 'hf'}:{out.resolve()}", device=device)
     head, classnames = load_head(out / HEAD_FILE)
-    return Classifier(backend.image_encoder, head.to(device), classnames, backend.preprocess_eval(),
-                      backend.image_spec.size, str(out))
+    return Classifier(
+        backend.image_encoder, head.to(device), classnames, backend.preprocess_eval(), backend.image_spec.size, str(out)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,8 +119,10 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list
     missing = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted((p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                           key=lambda p: p.as_posix())
+            found = sorted(
+                (p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                key=lambda p: p.as_posix(),
+            )
             paths.update(dict.fromkeys(map(str, found)))
         else:
             paths[str(item)] = None
@@ -183,17 +197,32 @@ class Predictions:
         return len(self.errors)
 
 
-def predict(classifier: Classifier, paths: Sequence[str], topk: int = 5, batch_size: int = 64,
-            device: str | torch.device = "cpu", num_workers: int = 0, precision: str = "fp32",
-            progress: bool = True) -> Predictions:
+def predict(
+    classifier: Classifier,
+    paths: Sequence[str],
+    topk: int = 5,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    precision: str = "fp32",
+    progress: bool = True,
+) -> Predictions:
     """Encode ``paths`` in batches, apply the head, keep the top-``topk`` classes of each readable image."""
     from fdalign.eval import apply_head, extract_features
 
     if topk < 1:
         raise FDAlignError(f"--topk must be >= 1 (got {topk})")
     ds = ImageFiles(paths, classifier.transform, classifier.image_size)
-    feats, idx = extract_features(classifier.encoder, ds, batch_size=batch_size, device=device,
-                                  num_workers=num_workers, precision=precision, progress=progress, desc="predict")
+    feats, idx = extract_features(
+        classifier.encoder,
+        ds,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        precision=precision,
+        progress=progress,
+        desc="predict",
+    )
     good = idx >= 0
     bad = (-1 - idx[~good]).tolist()
     errors = {paths[i]: unreadable_reason(paths[i]) for i in bad}
@@ -221,13 +250,26 @@ def predictions_csv(pred: Predictions, classnames: Sequence[str]) -> str:
     for p in pred.paths:
         if p in row_of:
             r = row_of[p]
-            cells = [v for c, pr in zip(pred.indices[r].tolist(), pred.probs[r].tolist())
-                     for v in (classnames[c], f"{pr:.6g}")]
+            cells = [
+                v
+                for c, pr in zip(pred.indices[r].tolist(), pred.probs[r].tolist())
+                for v in (classnames[c], f"{pr:.6g}")
+            ]
             w.writerow([p] + cells + [""])
         else:
             w.writerow([p] + [""] * (2 * k) + [pred.errors.get(p, "unreadable")])
     return buf.getvalue()
 
 
-__all__ = ["Classifier", "target_kind", "load_classifier", "collect_images", "ImageFiles", "topk_probabilities",
-           "Predictions", "predict", "predictions_csv", "unreadable_reason"]
+__all__ = [
+    "Classifier",
+    "target_kind",
+    "load_classifier",
+    "collect_images",
+    "ImageFiles",
+    "topk_probabilities",
+    "Predictions",
+    "predict",
+    "predictions_csv",
+    "unreadable_reason",
+]

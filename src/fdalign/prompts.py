@@ -13,8 +13,8 @@ Built-in sets:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fdalign.errors import FDAlignError
 
@@ -192,9 +192,7 @@ def load_classnames(path: str | Path) -> list[str]:
     first_line: dict[str, int] = {}
     for lineno, name in enumerate(lines, start=1):
         if not name:
-            raise FDAlignError(
-                f"{path}:{lineno}: blank line between class names; remove it (line i is label i-1)"
-            )
+            raise FDAlignError(f"{path}:{lineno}: blank line between class names; remove it (line i is label i-1)")
         if name in first_line:
             raise FDAlignError(
                 f"{path}:{lineno}: class name {name!r} repeats line {first_line[name]}; class names must be unique"

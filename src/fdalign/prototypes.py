@@ -12,8 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,14 +103,19 @@ def _read_cached(path: Path, c: int, m: int) -> torch.Tensor | None:
     import warnings
 
     try:  # the content hash is required: a damaged or foreign entry is recomputed and rewritten
-        feats = read_safetensors(path, "prompt-feature cache file", require_hash=True, fix="recomputing it")[0]["features"]
+        feats = read_safetensors(path, "prompt-feature cache file", require_hash=True, fix="recomputing it")[0][
+            "features"
+        ]
     except Exception as e:
         msg = str(e) if isinstance(e, FDAlignError) else f"prompt-feature cache file {path} is unreadable ({e})"
         warnings.warn(msg if msg.endswith("recomputing it") else f"{msg}; recomputing it", stacklevel=3)
         return None
     if feats.ndim != 3 or feats.shape[:2] != (c, m) or not torch.isfinite(feats).all():
-        warnings.warn(f"ignoring prompt-feature cache file {path}: shape {tuple(feats.shape)} or values do not fit "
-                      f"[{c}, {m}, D] finite features; recomputing it", stacklevel=3)
+        warnings.warn(
+            f"ignoring prompt-feature cache file {path}: shape {tuple(feats.shape)} or values do not fit "
+            f"[{c}, {m}, D] finite features; recomputing it",
+            stacklevel=3,
+        )
         return None
     return feats.float()
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -145,7 +146,7 @@ class SelectionLog:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SelectionLog":
+    def load(cls, path: str | os.PathLike) -> SelectionLog:
         p = Path(path)
         return cls(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else cls()
 
@@ -203,6 +204,7 @@ def starting_point_notes(log: Mapping[str, Mapping[str, Any]]) -> list[str]:
     ``log``: ``selection.json``'s entries. WiSE-FT alpha 0 means the "selected" model is zero-shot
     CLIP; a val score that is the same for every candidate means the choice was a tie, which went to
     the first candidate (epoch 1, alpha 0), so val could not tell the candidates apart."""
+
     def flat(e) -> bool:
         scores = list((e.get("scores") or {}).values())
         return len(scores) > 1 and len(set(scores)) == 1
@@ -210,15 +212,28 @@ def starting_point_notes(log: Mapping[str, Mapping[str, Any]]) -> list[str]:
     notes = []
     ep = log.get("epoch") or {}
     if ep and flat(ep):
-        notes.append(f"every epoch scored the same on {ep.get('on', 'val')} ({ep['score']:.2f}): epoch "
-                     f"{ep['chosen']} won a tie, so val could not tell the epochs apart")
+        notes.append(
+            f"every epoch scored the same on {ep.get('on', 'val')} ({ep['score']:.2f}): epoch "
+            f"{ep['chosen']} won a tie, so val could not tell the epochs apart"
+        )
     wa = log.get("wiseft_alpha") or {}
     if wa and wa.get("chosen") is not None and float(wa["chosen"]) == 0.0:
         tie = " (every alpha scored the same on val: a tie, which goes to the first)" if flat(wa) else ""
-        notes.append(f"val chose WiSE-FT alpha 0{tie}: the selected model is zero-shot CLIP, the starting point, "
-                     "and keeps none of the fine-tuning; the fine-tuned row shows what training gave")
+        notes.append(
+            f"val chose WiSE-FT alpha 0{tie}: the selected model is zero-shot CLIP, the starting point, "
+            "and keeps none of the fine-tuning; the fine-tuned row shows what training gave"
+        )
     return notes
 
 
-__all__ = ["ROLES", "EvalSplit", "check_disjoint", "SelectionLeakError", "SelectionLog", "val_score", "select", "select_by",
-           "starting_point_notes"]
+__all__ = [
+    "ROLES",
+    "EvalSplit",
+    "check_disjoint",
+    "SelectionLeakError",
+    "SelectionLog",
+    "val_score",
+    "select",
+    "select_by",
+    "starting_point_notes",
+]

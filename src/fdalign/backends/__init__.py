@@ -8,14 +8,18 @@ open_clip (which itself understands ``hf-hub:`` and ``local-dir:``).
 Importing this package is cheap: the backends import open_clip / transformers only when loading.
 """
 
-from fdalign.backends.base import CLIPBackend, ImageSpec
-from fdalign.backends.registry import (  # noqa: F401 (_BACKENDS: the registry itself, for tests)
-    _BACKENDS, DEFAULT_BACKEND, PRECISIONS, list_backends, load_clip, register_backend,
-)
-
 # Registration happens on import; both modules defer their heavy imports to load time.
 from fdalign.backends import hf as _hf  # noqa: E402,F401
 from fdalign.backends import openclip as _openclip  # noqa: E402,F401
+from fdalign.backends.base import CLIPBackend, ImageSpec
+from fdalign.backends.registry import (  # noqa: F401 (_BACKENDS: the registry itself, for tests)
+    _BACKENDS,
+    DEFAULT_BACKEND,
+    PRECISIONS,
+    list_backends,
+    load_clip,
+    register_backend,
+)
 
 __all__ = [
     "CLIPBackend",

@@ -8,7 +8,7 @@ the library never sees whether the weights came from open_clip or Hugging Face.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,9 +39,7 @@ class CLIPBackend(ABC):
         """The trainable image tower: ``[B, 3, H, W] -> [B, D]`` (projected, *not* normalised)."""
 
     @abstractmethod
-    def encode_text(
-        self, texts: Sequence[str], batch_size: int = 256, progress: bool = False
-    ) -> torch.Tensor:
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
         """Encode strings with the frozen text tower, without gradients.
 
         Returns:
@@ -49,7 +47,7 @@ class CLIPBackend(ABC):
         """
 
     @abstractmethod
-    def to(self, device: torch.device | str) -> "CLIPBackend":
+    def to(self, device: torch.device | str) -> CLIPBackend:
         """Move both towers to ``device``; returns self."""
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from fdalign.backends.registry import register_backend
 from fdalign.backends.base import CLIPBackend, ImageSpec
 from fdalign.backends.openclip import _digest, _short, file_stamp
+from fdalign.backends.registry import register_backend
 from fdalign.errors import FDAlignError
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -77,15 +77,18 @@ def _image_spec(processor, image_size: int) -> ImageSpec:
     ch, cw = _get(crop, "height"), _get(crop, "width")
     final = int(ch) if center_crop and ch else int(image_size)
     if center_crop and ch and cw and int(ch) != int(cw):
-        raise FDAlignError(f"the image processor's crop_size {int(ch)}x{int(cw)} is not square; CLIP needs square images")
+        raise FDAlignError(
+            f"the image processor's crop_size {int(ch)}x{int(cw)} is not square; CLIP needs square images"
+        )
     if not center_crop and isinstance(resize, int):
         # no crop: a short-side resize would leave a non-square image, which the ViT cannot take
         resize = (resize, resize)
     if not center_crop:
         final = resize[0]
     if final != int(image_size):
-        warnings.warn(f"the image processor gives {final}px images but the model was built for {image_size}px",
-                      stacklevel=3)
+        warnings.warn(
+            f"the image processor gives {final}px images but the model was built for {image_size}px", stacklevel=3
+        )
     if center_crop and resize == final:
         resize = None  # the plain CLIP recipe: resize and crop to the same size
     return ImageSpec(
@@ -160,7 +163,7 @@ class HFCLIPBackend(CLIPBackend):
         model_config: str | Path | None = None,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
-    ) -> "HFCLIPBackend":
+    ) -> HFCLIPBackend:
         ident = (model or "").strip()
         if not ident:
             raise FDAlignError("hf: needs a repo id or a directory, e.g. hf:/path/to/saved_clip")
@@ -201,8 +204,9 @@ class HFCLIPBackend(CLIPBackend):
                 try:
                     net = CLIPModel.from_pretrained(src, **dtype)
                 except Exception as e2:
-                    raise _not_found(ident, f"{_short(e2)} (no directory of that name, and the Hub could not "
-                                            "provide it)") from None
+                    raise _not_found(
+                        ident, f"{_short(e2)} (no directory of that name, and the Hub could not provide it)"
+                    ) from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -255,7 +259,7 @@ class HFCLIPBackend(CLIPBackend):
             return torch.empty(0, self.embed_dim)
         return torch.cat(out)
 
-    def to(self, device: torch.device | str) -> "HFCLIPBackend":
+    def to(self, device: torch.device | str) -> HFCLIPBackend:
         self.model.to(device)
         return self
 

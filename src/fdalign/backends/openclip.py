@@ -17,23 +17,24 @@ A config JSON (custom or built-in) is either a plain open_clip model config (``e
 
 from __future__ import annotations
 
-import difflib
 import atexit
+import difflib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from fdalign.backends.registry import register_backend
 from fdalign.backends.base import CLIPBackend, ImageSpec
+from fdalign.backends.registry import register_backend
 from fdalign.errors import FDAlignError
 
 ASSETS_ENV = "FDALIGN_ASSETS"
@@ -195,8 +196,8 @@ def _unknown_model(model: str) -> FDAlignError:
     close = difflib.get_close_matches(model.lower(), list(lower), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(lower[c] for c in close)}?" if close else ""
     return FDAlignError(
-        f"unknown model {model!r}.{hint} See all names with: python -c \"import open_clip; "
-        "print(open_clip.list_models())\"; for a Hugging Face model use hf:<repo id or directory>; "
+        f'unknown model {model!r}.{hint} See all names with: python -c "import open_clip; '
+        'print(open_clip.list_models())"; for a Hugging Face model use hf:<repo id or directory>; '
         "for your own architecture pass --model-config /path/to/config.json"
     )
 
@@ -401,7 +402,7 @@ class OpenCLIPBackend(CLIPBackend):
         model_config: str | Path | None = None,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
-    ) -> "OpenCLIPBackend":
+    ) -> OpenCLIPBackend:
         import open_clip
 
         src = _resolve(model, pretrained, model_config)
@@ -461,7 +462,7 @@ class OpenCLIPBackend(CLIPBackend):
             return torch.empty(0, getattr(self, "embed_dim", 0))
         return torch.cat(out)
 
-    def to(self, device: torch.device | str) -> "OpenCLIPBackend":
+    def to(self, device: torch.device | str) -> OpenCLIPBackend:
         self.model.to(device)
         return self
 

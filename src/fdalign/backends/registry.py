@@ -6,8 +6,8 @@ them; this module imports none of them, so the registry sits below the backends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -40,11 +40,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model / --pretrained / --model-config: the arguments of :func:`fdalign.backends.load_clip`."""
-    parser.add_argument("--model", default=None, help="CLIP model: an open_clip name (ViT-B-32), "
-                        "'hf:<repo or dir>', a built-in model (fdalign-world); optional with --model-config "
-                        "(the name is then the JSON file's stem)")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (openai, laion2b_s34b_b79k, "
-                        "...) or checkpoint path for --model")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="CLIP model: an open_clip name (ViT-B-32), "
+        "'hf:<repo or dir>', a built-in model (fdalign-world); optional with --model-config "
+        "(the name is then the JSON file's stem)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip pretrained tag (openai, laion2b_s34b_b79k, ...) or checkpoint path for --model",
+    )
     parser.add_argument("--model-config", default=None, help="open_clip model-config JSON for a custom architecture")
 
 
@@ -52,9 +59,15 @@ def add_encoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 25
     """--batch-size / --num-workers / --device / --precision: how a command encodes images."""
     parser.add_argument("--batch-size", type=int, default=batch_size, help="images per encoder forward pass")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="autocast precision of the image encoder on CUDA (CPU always runs fp32)")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision of the image encoder on CUDA (CPU always runs fp32)",
+    )
 
 
 def add_switches(parser: argparse.ArgumentParser, cache: bool = True) -> None:

@@ -39,15 +39,28 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     c.add_argument("data", metavar="ROOT_OR_SPLIT", help=_DATA_HELP)
-    c.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to "
-                   "(if not given: the JSON's folder, or its sub-folder holding the first listed image)")
-    c.add_argument("--benchmark", default=None, help="expected benchmark, e.g. OxfordPets, ImageNet-Sketch "
-                   "(if not given: taken from a split_zhou_<Name>.json file name)")
+    c.add_argument(
+        "--image-root",
+        default=None,
+        help="folder the paths of a JSON split are relative to "
+        "(if not given: the JSON's folder, or its sub-folder holding the first listed image)",
+    )
+    c.add_argument(
+        "--benchmark",
+        default=None,
+        help="expected benchmark, e.g. OxfordPets, ImageNet-Sketch "
+        "(if not given: taken from a split_zhou_<Name>.json file name)",
+    )
     c.add_argument("--classnames", default=None, help=_CLASSNAMES_HELP)
-    c.add_argument("--ood", action="append", default=[], metavar="NAME=PATH[:subset]",
-                   help="also check how an OOD set maps onto the ID classes: classes matched, ID classes "
-                        "missing, OOD classes unknown, subset declared (':subset', or a name a / r / "
-                        "imagenet-a / imagenet-r); a known NAME (v2, sketch, a, r) also checks its size. Repeatable")
+    c.add_argument(
+        "--ood",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:subset]",
+        help="also check how an OOD set maps onto the ID classes: classes matched, ID classes "
+        "missing, OOD classes unknown, subset declared (':subset', or a name a / r / "
+        "imagenet-a / imagenet-r); a known NAME (v2, sketch, a, r) also checks its size. Repeatable",
+    )
     add_switches(c, cache=False)
     c.set_defaults(data_command="check")
 
@@ -133,13 +146,17 @@ def _refuse_unfinished(data: str) -> None:
 
     p = Path(data)
     if p.is_dir() and (p / SPEC_FILE).is_file() and not (p / MANIFEST).is_file():
-        raise FDAlignError(f"{p} is an unfinished world render ({SPEC_FILE} without {MANIFEST}): its test/ is "
-                           "incomplete; run the same `fdalign world render` command again to finish it")
+        raise FDAlignError(
+            f"{p} is an unfinished world render ({SPEC_FILE} without {MANIFEST}): its test/ is "
+            "incomplete; run the same `fdalign world render` command again to finish it"
+        )
     for q in [p, *p.parents][:3]:  # the folder, or a split file / sub-folder inside it
         partial = q.parent / f".{q.name}.partial"
         if not q.exists() and partial.is_dir():
-            raise FDAlignError(f"{q} is not there yet: `fdalign data prepare` was interrupted ({partial} holds "
-                               "what it wrote); run the same command again to finish it")
+            raise FDAlignError(
+                f"{q} is not there yet: `fdalign data prepare` was interrupted ({partial} holds "
+                "what it wrote); run the same command again to finish it"
+            )
 
 
 def _warn_wnid_names(splits) -> None:
@@ -162,27 +179,36 @@ def _is_class_split_data(args: argparse.Namespace) -> bool:
     from pathlib import Path
 
     p = Path(args.data)
-    return _names_miniimagenet(args.benchmark) or (p.is_dir() and ((p / "test.csv").is_file() or (p / "train.csv").is_file() or (p / "base").is_dir()))
+    return _names_miniimagenet(args.benchmark) or (
+        p.is_dir() and ((p / "test.csv").is_file() or (p / "train.csv").is_file() or (p / "base").is_dir())
+    )
 
 
 def _check_class_splits(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fdalign.data.check import MINIIMAGENET, check_class_splits, format_report
+    from fdalign.data.check import (
+        MINIIMAGENET,
+        check_class_splits,
+        find_manifest,
+        format_report,
+        prepared_problems,
+        prepared_summary,
+    )
     from fdalign.data.episodes import load_class_splits
-
-    from fdalign.data.check import find_manifest, prepared_problems, prepared_summary
 
     splits = load_class_splits(args.data, args.image_root, args.classnames)
     prepared = find_manifest(args.data)
-    mini = _names_miniimagenet(args.benchmark) or (args.benchmark is None and prepared is None
-                                                   and _names_miniimagenet(Path(args.data).resolve().name))
+    mini = _names_miniimagenet(args.benchmark) or (
+        args.benchmark is None and prepared is None and _names_miniimagenet(Path(args.data).resolve().name)
+    )
     report = check_class_splits(splits, MINIIMAGENET if mini else None, progress=not args.no_progress)
     if prepared is not None:  # prepared from train.csv / val.csv / test.csv
         as_csv = {"base": "train", "val": "val", "novel": "test"}
         report.notes.append(("prepared", prepared_summary(*prepared)))
-        report.problems += [("prepared", m) for m in prepared_problems({as_csv.get(k, k): v for k, v in splits.items()},
-                                                                      *prepared)]
+        report.problems += [
+            ("prepared", m) for m in prepared_problems({as_csv.get(k, k): v for k, v in splits.items()}, *prepared)
+        ]
     if mini:
         print("benchmark: miniImageNet (expected 64/16/20 base/val/novel classes, 600 images each)")
     print(format_report(report))
@@ -192,8 +218,8 @@ def _check_class_splits(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fdalign.data.opener import open_dataset
     from fdalign.data.fewshot import sample_fewshot, save_split
+    from fdalign.data.opener import open_dataset
 
     splits = open_dataset(args.data, image_root=args.image_root, classnames=args.classnames)
     shots = sample_fewshot(splits, args.shots, args.seed)
@@ -222,22 +248,43 @@ examples:
 
 
 def _register_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="lay out a downloaded data set as the presets read it (prepared.json)",
-                       description=_PREPARE_DESCRIPTION, formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        "prepare",
+        help="lay out a downloaded data set as the presets read it (prepared.json)",
+        description=_PREPARE_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("name", nargs="?", metavar="NAME", help="the data set (see --list)")
-    p.add_argument("--from", dest="sources", nargs="+", default=[], metavar="PATH",
-                   help="the downloaded archives or their extracted folders")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="the downloaded archives or their extracted folders",
+    )
     p.add_argument("--out", default=None, help="the data root: NAME goes into OUT/<folder> (see --list)")
     p.add_argument("--split-file", default=None, help="CoOp's split_zhou_<Name>.json, for the CoOp data sets")
-    p.add_argument("--link", choices=["hard", "symbolic", "copy"], default="hard",
-                   help="how images from folders are placed (archives are always extracted); hard falls back to "
-                        "a copy across file systems")
-    p.add_argument("--download", action="store_true",
-                   help="fetch the files first (where --list says so), resumably, checking their checksums")
+    p.add_argument(
+        "--link",
+        choices=["hard", "symbolic", "copy"],
+        default="hard",
+        help="how images from folders are placed (archives are always extracted); hard falls back to "
+        "a copy across file systems",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the files first (where --list says so), resumably, checking their checksums",
+    )
     p.add_argument("--download-dir", default=None, help="where --download keeps the files; None: OUT/downloads")
-    p.add_argument("--expect-counts", default=None, metavar="FILE",
-                   help='JSON {"split": [images, classes]} replacing the published counts, for a subset or a '
-                        "miniature copy (prepared.json records it; data check says so)")
+    p.add_argument(
+        "--expect-counts",
+        default=None,
+        metavar="FILE",
+        help='JSON {"split": [images, classes]} replacing the published counts, for a subset or a '
+        "miniature copy (prepared.json records it; data check says so)",
+    )
     p.add_argument("--list", action="store_true", help="list the data sets: files, disk, counts, prepared or not")
     add_switches(p, cache=False)
     p.set_defaults(data_command="prepare")
@@ -261,11 +308,20 @@ def _prepare(args: argparse.Namespace) -> int:
 
         p = get(args.name)
         if not p.downloads:
-            raise FDAlignError(f"{p.title} has no download with a known checksum; get {p.needs} and pass them with --from")
+            raise FDAlignError(
+                f"{p.title} has no download with a known checksum; get {p.needs} and pass them with --from"
+            )
         folder = Path(args.download_dir or Path(args.out) / "downloads")
         sources += [str(f) for f in fetch(p.downloads, folder, progress=not args.no_progress)]
-    res = prepare(args.name, sources, args.out, split_file=args.split_file, link=args.link,
-                  expect_counts=args.expect_counts, progress=not args.no_progress)
+    res = prepare(
+        args.name,
+        sources,
+        args.out,
+        split_file=args.split_file,
+        link=args.link,
+        expect_counts=args.expect_counts,
+        progress=not args.no_progress,
+    )
     m = res.manifest
     for note in res.notes:
         print(f"note: {note}")

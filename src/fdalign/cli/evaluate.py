@@ -26,25 +26,49 @@ _OOD_HELP = (
 
 
 def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
-    p.add_argument("--data", required=data_required, default=None, help=_DATA_HELP + (
-        "" if data_required else " (for a run directory: default the run's --data)"))
+    p.add_argument(
+        "--data",
+        required=data_required,
+        default=None,
+        help=_DATA_HELP + ("" if data_required else " (for a run directory: default the run's --data)"),
+    )
     p.add_argument("--image-root", default=None, help="folder the paths of a JSON split are relative to")
-    p.add_argument("--classnames", default=None, help="class names: a text file with one name per line in label "
-                   "order (sorted folders), 'folder<TAB>name' lines, or 'imagenet' (CLIP's / CoOp's 1000 ImageNet "
-                   "names by wnid); none = names from the data (for a run: the names it was trained with)")
-    p.add_argument("--split", default="test", help="which split of --data is the ID evaluation set "
-                   "(data with a single split uses it whatever its name; with train/ + val/ and no test/, "
-                   "as ImageNet, val/ is the test split)")
-    p.add_argument("--split-file", default=None, help="for --data indices/<ds>/shot_K-seed_S.json: the CoOp "
-                   "split_zhou_*.json whose test list is evaluated (default: found beside the index file or "
-                   "--image-root; for a run: the one it was trained with)")
+    p.add_argument(
+        "--classnames",
+        default=None,
+        help="class names: a text file with one name per line in label "
+        "order (sorted folders), 'folder<TAB>name' lines, or 'imagenet' (CLIP's / CoOp's 1000 ImageNet "
+        "names by wnid); none = names from the data (for a run: the names it was trained with)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="which split of --data is the ID evaluation set "
+        "(data with a single split uses it whatever its name; with train/ + val/ and no test/, "
+        "as ImageNet, val/ is the test split)",
+    )
+    p.add_argument(
+        "--split-file",
+        default=None,
+        help="for --data indices/<ds>/shot_K-seed_S.json: the CoOp "
+        "split_zhou_*.json whose test list is evaluated (default: found beside the index file or "
+        "--image-root; for a run: the one it was trained with)",
+    )
     p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help=_OOD_HELP)
-    p.add_argument("--templates", default="openai80", help="prompt templates of the zero-shot head: openai80, "
-                   "tip7 or a text file with one template per line containing '{}' (a run uses the zero-shot "
-                   "head it saved)")
+    p.add_argument(
+        "--templates",
+        default="openai80",
+        help="prompt templates of the zero-shot head: openai80, "
+        "tip7 or a text file with one template per line containing '{}' (a run uses the zero-shot "
+        "head it saved)",
+    )
     add_encoding_arguments(p, batch_size=256)
-    p.add_argument("--hash-content", action="store_true", help="hash every image's bytes for the report; "
-                   "without it the list of relative paths, labels and file sizes is hashed (reads no images)")
+    p.add_argument(
+        "--hash-content",
+        action="store_true",
+        help="hash every image's bytes for the report; "
+        "without it the list of relative paths, labels and file sizes is hashed (reads no images)",
+    )
     add_switches(p)
 
 
@@ -79,22 +103,48 @@ def register(subparsers) -> None:
     e.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (model name only)")
     e.add_argument("--model-config", default=None, help="open_clip model-config JSON (model name only)")
     _add_common(e, data_required=False)
-    e.add_argument("--no-zeroshot", action="store_true", help="for a run: skip the zero-shot CLIP baseline "
-                   "(saves one pass of the original encoder over every set)")
-    e.add_argument("--out", default=None, help="output folder (default: RUN/eval for a run, RUN/eval-heads with "
-                   "--heads; none for a model)")
-    e.add_argument("--heads", default=None, metavar="LIST", help="cache-model heads to fit and evaluate, comma-"
-                   "separated from zeroshot,tip,tip-f,ape,ape-t; each on zero-shot CLIP's encoder and (for a run) "
-                   "the fine-tuned one: rows 'Tip', 'Tip + FD-Align', ... Hyper-parameters are searched on the "
-                   "val split only")
-    e.add_argument("--shots", type=int, default=16, help="with --heads on a model name: cache images per class, "
-                   "sampled from --data's train split (a run uses its own K-shot split)")
+    e.add_argument(
+        "--no-zeroshot",
+        action="store_true",
+        help="for a run: skip the zero-shot CLIP baseline (saves one pass of the original encoder over every set)",
+    )
+    e.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: RUN/eval for a run, RUN/eval-heads with --heads; none for a model)",
+    )
+    e.add_argument(
+        "--heads",
+        default=None,
+        metavar="LIST",
+        help="cache-model heads to fit and evaluate, comma-"
+        "separated from zeroshot,tip,tip-f,ape,ape-t; each on zero-shot CLIP's encoder and (for a run) "
+        "the fine-tuned one: rows 'Tip', 'Tip + FD-Align', ... Hyper-parameters are searched on the "
+        "val split only",
+    )
+    e.add_argument(
+        "--shots",
+        type=int,
+        default=16,
+        help="with --heads on a model name: cache images per class, "
+        "sampled from --data's train split (a run uses its own K-shot split)",
+    )
     e.add_argument("--seed", type=int, default=1, help="with --heads on a model name: seed of the cache sample")
-    e.add_argument("--heads-config", default=None, metavar="FILE.yaml", help="search grids and training of the "
-                   "heads (keys tip, ape, chunk, views; see README); default: the papers' ranges")
-    e.add_argument("--heads-preset", default=None, metavar="NAME", help="'authors': the Tip-Adapter / APE "
-                   "authors' settings for the data set (authors:<data set> to name it): logit scale 100, 10-view "
-                   "cache, fresh views per epoch, their grids; --heads-config fields override it")
+    e.add_argument(
+        "--heads-config",
+        default=None,
+        metavar="FILE.yaml",
+        help="search grids and training of the "
+        "heads (keys tip, ape, chunk, views; see README); default: the papers' ranges",
+    )
+    e.add_argument(
+        "--heads-preset",
+        default=None,
+        metavar="NAME",
+        help="'authors': the Tip-Adapter / APE "
+        "authors' settings for the data set (authors:<data set> to name it): logit scale 100, 10-view "
+        "cache, fresh views per epoch, their grids; --heads-config fields override it",
+    )
     e.set_defaults(func=run)
 
 

@@ -46,23 +46,40 @@ def register(subparsers) -> None:
     from fdalign.train.config import add_config_arguments
     from fdalign.train.meta_config import MetaConfig
 
-    t = subparsers.add_parser("meta-train", help="FD-Align on N-way K-shot episodes of base classes, then test "
-                              "novel / cross-domain episodes", description=TRAIN_DESCRIPTION, formatter_class=HelpFormatter)
+    t = subparsers.add_parser(
+        "meta-train",
+        help="FD-Align on N-way K-shot episodes of base classes, then test novel / cross-domain episodes",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
     t.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of options; flags override it")
     add_config_arguments(t, MetaConfig)
     t.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("meta-eval", help="N-way K-shot episode accuracy with 95%% intervals (novel classes, "
-                              "cross-domain targets)", description=EVAL_DESCRIPTION, formatter_class=HelpFormatter)
+    e = subparsers.add_parser(
+        "meta-eval",
+        help="N-way K-shot episode accuracy with 95%% intervals (novel classes, cross-domain targets)",
+        description=EVAL_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
     e.add_argument("target_model", metavar="RUN_OR_MODEL", help="run directory, or CLIP model name")
     e.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (model name only)")
     e.add_argument("--model-config", default=None, help="open_clip model-config JSON (model name only)")
-    e.add_argument("--data", default=None, help="class splits whose novel split is tested (for a run: default the "
-                   "run's --data; 'none' to test only --target sets)")
+    e.add_argument(
+        "--data",
+        default=None,
+        help="class splits whose novel split is tested (for a run: default the "
+        "run's --data; 'none' to test only --target sets)",
+    )
     e.add_argument("--image-root", default=None, help="folder of the images of CSV split files")
     e.add_argument("--classnames", default=None, help="class-names file for --data ('<wnid> <name>' lines)")
-    e.add_argument("--target", action="append", default=[], metavar="NAME=PATH",
-                   help="a cross-domain data set used whole; repeat for several")
+    e.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a cross-domain data set used whole; repeat for several",
+    )
     _add_episode_options(e)
     e.add_argument("--no-zeroshot", action="store_true", help="for a run: skip zero-shot CLIP")
     e.add_argument("--out", default=None, help="output folder (default: RUN/episodes for a run, none for a model)")
@@ -78,10 +95,18 @@ def _add_episode_options(p) -> None:
     p.add_argument("--queries", type=int, default=15, help="Q: query images per class")
     p.add_argument("--seed", type=int, default=0, help="seed of the episodes")
     p.add_argument("--heads", nargs="+", default=list(EPISODE_HEADS), choices=EPISODE_HEADS, help="heads to score")
-    p.add_argument("--runs", type=int, default=1, help="repeat with new episodes; > 1 also reports the authors' "
-                   "interval 1.96·std of the run means (they used 5)")
-    p.add_argument("--on-small", default="skip", choices=ON_SMALL,
-                   help="classes with fewer than K+Q images: skip (counted in the report) or error")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat with new episodes; > 1 also reports the authors' interval 1.96·std of the run means (they used 5)",
+    )
+    p.add_argument(
+        "--on-small",
+        default="skip",
+        choices=ON_SMALL,
+        help="classes with fewer than K+Q images: skip (counted in the report) or error",
+    )
     p.add_argument("--weight", type=float, default=0.5, help="weight of the text head in the combined head")
     p.add_argument("--templates", default="openai80", help="prompt templates of the text head")
     add_encoding_arguments(p, batch_size=256)

@@ -22,16 +22,23 @@ def register(subparsers) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--classes", required=True, help="text file with one class name per line (line i = label i-1)")
-    p.add_argument("--templates", default="openai80", help="template set (openai80, tip7) or a text file with "
-                   "one template per line, each containing '{}'")
+    p.add_argument(
+        "--templates",
+        default="openai80",
+        help="template set (openai80, tip7) or a text file with one template per line, each containing '{}'",
+    )
     p.add_argument("--spc-keep", type=int, default=60, help="SPC: templates kept by the IsolationForest")
     p.add_argument("--spc-k", type=int, default=20, help="SPC: KMeans centres (corrected prototypes)")
     p.add_argument("--spc-seed", type=int, default=0, help="SPC: random_state of IsolationForest and KMeans")
     p.add_argument("--no-spc", action="store_true", help="skip SPC; save only class and spurious prototypes")
     p.add_argument("--batch-size", type=int, default=256, help="prompts per text-encoder forward pass")
     p.add_argument("--device", default="cpu", help="torch device for the text encoder, e.g. cpu or cuda")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the prompt-feature cache "
-                   "($FDALIGN_CACHE/prompt_features, default ~/.cache/fdalign/prompt_features)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not read or write the prompt-feature cache "
+        "($FDALIGN_CACHE/prompt_features, default ~/.cache/fdalign/prompt_features)",
+    )
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=run)
 
@@ -53,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
     backend = load_clip(args.model, pretrained=args.pretrained, model_config=args.model_config, device=args.device)
     protos = build_prototypes(
-        backend, classnames, templates, spc=spc, cache_dir=False if args.no_cache else None,
+        backend,
+        classnames,
+        templates,
+        spc=spc,
+        cache_dir=False if args.no_cache else None,
         batch_size=args.batch_size,
     )
     out = save_prototypes(args.out, protos)

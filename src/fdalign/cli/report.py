@@ -30,16 +30,28 @@ examples:
 def register(subparsers) -> None:
     from fdalign.cli import HelpFormatter
 
-    p = subparsers.add_parser("report", help="tables and plots across runs: mean ± std over seeds, paired "
-                              "differences, published numbers", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = subparsers.add_parser(
+        "report",
+        help="tables and plots across runs: mean ± std over seeds, paired differences, published numbers",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run folders")
-    p.add_argument("--out", default=None, help="output folder; required unless DIR is a single sweep folder, which "
-                   "is then the default (the report never writes into a folder it reads unless --out names it)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder; required unless DIR is a single sweep folder, which "
+        "is then the default (the report never writes into a folder it reads unless --out names it)",
+    )
     p.add_argument("--format", default="md", help="comma-separated: md, csv, html")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
-    p.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
-                   help="also the t-SNE and spurious-distribution figures (load the first seed's models and a few "
-                   "images per set; skipped when the data are not on this machine)")
+    p.add_argument(
+        "--features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the t-SNE and spurious-distribution figures (load the first seed's models and a few "
+        "images per set; skipped when the data are not on this machine)",
+    )
     p.set_defaults(func=run)
 
 

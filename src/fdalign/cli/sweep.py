@@ -37,44 +37,89 @@ taken over, and that is said.
 def register(subparsers) -> None:
     from fdalign.cli import HelpFormatter
 
-    p = subparsers.add_parser("sweep", help="run a grid of training runs (data sets x shots x seeds x methods), "
-                              "resumable", description=DESCRIPTION, formatter_class=HelpFormatter)
-    p.add_argument("config", metavar="CONFIG", help="sweep config YAML, or a preset name: demo, imagenet, coop, "
-                   "spc-ablation")
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a grid of training runs (data sets x shots x seeds x methods), resumable",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "config", metavar="CONFIG", help="sweep config YAML, or a preset name: demo, imagenet, coop, spc-ablation"
+    )
     p.add_argument("--out", required=True, help="sweep folder (created; an existing one is continued)")
-    p.add_argument("--data-root", default=None, help="fills {data_root} in the config's data paths; if not given: the "
-                   "config's data_root, or OUT/world when the config renders the world")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their state, checking the options and "
-                   "the runs on disk as the real run does (exit 2 where it would stop); train nothing")
-    p.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
-                   help="run only the cells whose key (data set/kSHOTS/sSEED/method) matches a shell pattern, "
-                        "e.g. 'imagenet/k16/s1/*': try the whole chain on a few cells before a long sweep")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="fills {data_root} in the config's data paths; if not given: the "
+        "config's data_root, or OUT/world when the config renders the world",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs and their state, checking the options and "
+        "the runs on disk as the real run does (exit 2 where it would stop); train nothing",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="run only the cells whose key (data set/kSHOTS/sSEED/method) matches a shell pattern, "
+        "e.g. 'imagenet/k16/s1/*': try the whole chain on a few cells before a long sweep",
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="run only the first N cells (after --only)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a train option for every cell, over the config and its methods (VALUE as YAML), e.g. "
-                        "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
-                        "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1. Repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a train option for every cell, over the config and its methods (VALUE as YAML), e.g. "
+        "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
+        "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1. Repeatable",
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
-    p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="share the frozen encoder's features (zero-shot rows, the heads' cache) across the runs, "
-                   "in OUT/cache/features (default: the config's feature_cache, on)")
+    p.add_argument(
+        "--feature-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="share the frozen encoder's features (zero-shot rows, the heads' cache) across the runs, "
+        "in OUT/cache/features (default: the config's feature_cache, on)",
+    )
     g = p.add_argument_group("where the cells run")
-    g.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
-                   help="local: this machine (--workers processes); slurm: one Slurm array task per cell, via "
-                   "submitit (pip install 'fdalign[slurm]'); submitit-local: the Slurm path on this machine")
+    g.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: this machine (--workers processes); slurm: one Slurm array task per cell, via "
+        "submitit (pip install 'fdalign[slurm]'); submitit-local: the Slurm path on this machine",
+    )
     g.add_argument("--workers", type=int, default=1, help="cells run at a time, each in its own process (local)")
-    g.add_argument("--devices", default=None, help="GPUs to pin the workers to, e.g. 0,1,2,3 (worker i gets "
-                   "CUDA_VISIBLE_DEVICES=devices[i mod n]; default: every worker sees every GPU)")
+    g.add_argument(
+        "--devices",
+        default=None,
+        help="GPUs to pin the workers to, e.g. 0,1,2,3 (worker i gets "
+        "CUDA_VISIBLE_DEVICES=devices[i mod n]; default: every worker sees every GPU)",
+    )
     g.add_argument("--partition", default=None, help="Slurm partition")
     g.add_argument("--time", type=int, default=240, help="Slurm time limit per cell, in minutes")
     g.add_argument("--gpus-per-task", type=int, default=1, help="GPUs per cell (Slurm)")
     g.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per cell (Slurm)")
     g.add_argument("--mem-gb", type=int, default=None, help="memory per cell in GB (Slurm)")
     g.add_argument("--array-parallelism", type=int, default=32, help="array tasks running at once (Slurm)")
-    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
-                   help="an extra sbatch flag, repeatable: --sbatch account=proj --sbatch qos=high")
-    g.add_argument("--no-wait", dest="wait", action="store_false",
-                   help="Slurm: submit and return (run the command again to collect and resubmit)")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra sbatch flag, repeatable: --sbatch account=proj --sbatch qos=high",
+    )
+    g.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="Slurm: submit and return (run the command again to collect and resubmit)",
+    )
     p.set_defaults(func=run)
 
 
@@ -89,12 +134,23 @@ def make_launcher(args: argparse.Namespace, cfg, out: str):
         if args.workers == 1 and not devices:
             return InProcess()
         return LocalWorkers(args.workers, devices)  # checks the numbers and the devices
-    opts = SlurmOptions(partition=args.partition, time=args.time, gpus_per_task=args.gpus_per_task,
-                        cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                        array_parallelism=args.array_parallelism, sbatch=list(args.sbatch))
+    opts = SlurmOptions(
+        partition=args.partition,
+        time=args.time,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        array_parallelism=args.array_parallelism,
+        sbatch=list(args.sbatch),
+    )
     opts.extra()  # a malformed --sbatch stops here
-    return Submitit(str(Path(out) / "slurm"), opts, local=args.launcher == "submitit-local", wait=args.wait,
-                    name=f"fdalign-{cfg.name}")
+    return Submitit(
+        str(Path(out) / "slurm"),
+        opts,
+        local=args.launcher == "submitit-local",
+        wait=args.wait,
+        name=f"fdalign-{cfg.name}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,11 +180,21 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print("nothing to submit")
         return 0
-    res = run_sweep(cfg, args.out, data_root=args.data_root, progress=args.progress, launcher=launcher,
-                    feature_cache=args.feature_cache, only=args.only, limit=args.limit)
+    res = run_sweep(
+        cfg,
+        args.out,
+        data_root=args.data_root,
+        progress=args.progress,
+        launcher=launcher,
+        feature_cache=args.feature_cache,
+        only=args.only,
+        limit=args.limit,
+    )
     cost = res.cost
     cache = cost.get("cache", {})
-    print(f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
-          f"{res.failed} failed ({res.seconds:.0f} s); feature cache: {cache.get('hits', 0)} hits, "
-          f"{cache.get('seconds_saved', 0):.0f} s saved; report: fdalign report {args.out}")
+    print(
+        f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
+        f"{res.failed} failed ({res.seconds:.0f} s); feature cache: {cache.get('hits', 0)} hits, "
+        f"{cache.get('seconds_saved', 0):.0f} s saved; report: fdalign report {args.out}"
+    )
     return 1 if res.failed else 0

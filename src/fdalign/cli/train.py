@@ -45,15 +45,24 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--config", default=None, metavar="FILE.yaml",
-                   help="YAML file of options (keys as in a run's config.yaml); flags override it")
-    p.add_argument("--preset", default=None, choices=["released"],
-                   help="start from the authors' released recipe for --dataset-name and --shots "
-                        "(SGD, 60 epochs, linear probe then FD-Align (lp-ft, their script's default; add "
-                        "--mode fdalign for the variant without the probe), beta 20 in released KL units "
-                        "= beta 1 in paper units, trainable head, their LR table)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved options as YAML and exit without training")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.yaml",
+        help="YAML file of options (keys as in a run's config.yaml); flags override it",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=["released"],
+        help="start from the authors' released recipe for --dataset-name and --shots "
+        "(SGD, 60 epochs, linear probe then FD-Align (lp-ft, their script's default; add "
+        "--mode fdalign for the variant without the probe), beta 20 in released KL units "
+        "= beta 1 in paper units, trainable head, their LR table)",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved options as YAML and exit without training"
+    )
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -84,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
         for line in base_novel_lines(run_.metrics):
             print(line)
-    print(f"best epoch {run_.best_epoch} (val top-1 {run_.best_val_top1:.2f}); "
-          f"WiSE-FT alpha on val: {run_.wiseft_alpha:g}")
+    print(
+        f"best epoch {run_.best_epoch} (val top-1 {run_.best_val_top1:.2f}); "
+        f"WiSE-FT alpha on val: {run_.wiseft_alpha:g}"
+    )
     for note in run_.notes:
         print(f"note: {note}")
     print(f"wrote {run_.paths['metrics']} and {run_.paths['report']}")
@@ -112,8 +123,9 @@ def _index_file_shots(args):
         if not isinstance(from_file, dict):
             from_file = {}
     given = getattr(args, "shots", None)
-    info = index_file_of(getattr(args, "data", None) or from_file.get("data"),
-                         from_file.get("shots") if given is None else given)
+    info = index_file_of(
+        getattr(args, "data", None) or from_file.get("data"), from_file.get("shots") if given is None else given
+    )
     if info is None:
         return None
     args.shots = info.shots

@@ -57,11 +57,26 @@ def _bkey(name: str) -> str:
 
 
 _ALIASES = {_bkey(n): n for n in BENCHMARKS} | {
-    "pets": "OxfordPets", "cars": "StanfordCars", "flowers": "Flowers102", "oxfordflowers": "Flowers102",
-    "food": "Food101", "aircraft": "FGVCAircraft", "fgvc": "FGVCAircraft", "sun": "SUN397",
-    "caltech": "Caltech101", "ucf": "UCF101", "eurosat": "EuroSAT", "imagenetval": "ImageNet",
-    "sketch": "ImageNet-Sketch", "imagenetsk": "ImageNet-Sketch", "v2": "ImageNet-V2", "imagenetv2matchedfrequency":
-    "ImageNet-V2", "a": "ImageNet-A", "r": "ImageNet-R", "rendition": "ImageNet-R", "imagenetrendition": "ImageNet-R",
+    "pets": "OxfordPets",
+    "cars": "StanfordCars",
+    "flowers": "Flowers102",
+    "oxfordflowers": "Flowers102",
+    "food": "Food101",
+    "aircraft": "FGVCAircraft",
+    "fgvc": "FGVCAircraft",
+    "sun": "SUN397",
+    "caltech": "Caltech101",
+    "ucf": "UCF101",
+    "eurosat": "EuroSAT",
+    "imagenetval": "ImageNet",
+    "sketch": "ImageNet-Sketch",
+    "imagenetsk": "ImageNet-Sketch",
+    "v2": "ImageNet-V2",
+    "imagenetv2matchedfrequency": "ImageNet-V2",
+    "a": "ImageNet-A",
+    "r": "ImageNet-R",
+    "rendition": "ImageNet-R",
+    "imagenetrendition": "ImageNet-R",
 }
 
 
@@ -135,7 +150,11 @@ def verify_images(
         return split, bad
     log.warning(
         "skipping %d unreadable image(s) of %d in split '%s': %s%s",
-        len(bad), len(paths), split.name, ", ".join(bad[:5]), " ..." if len(bad) > 5 else "",
+        len(bad),
+        len(paths),
+        split.name,
+        ", ".join(bad[:5]),
+        " ..." if len(bad) > 5 else "",
     )
     bad_set = set(bad_idx)
     return split.subset([i for i in range(len(paths)) if i not in bad_set]), bad
@@ -221,14 +240,24 @@ def _check_names(report: CheckReport, key: str, split: LabeledSplit) -> None:
     odd = [split.resolve(s) for s in split.samples if _not_utf8(s.path)]
     if odd:
         shown = ", ".join(ascii(p) for p in odd[:3])
-        report.notes.append((key, f"{len(odd)} file name(s) are not valid UTF-8 ({shown}); fdalign reads them, "
-                                  "and its reports and CSVs write them with \\udcXX escapes"))
+        report.notes.append(
+            (
+                key,
+                f"{len(odd)} file name(s) are not valid UTF-8 ({shown}); fdalign reads them, "
+                "and its reports and CSVs write them with \\udcXX escapes",
+            )
+        )
     root = Path(split.root) if split.root else None
     if root is not None and split.class_keys and (root / split.class_keys[0]).is_dir():
         hidden = hidden_image_dirs(root)
         if hidden:
-            report.problems.append((key, f"hidden folder(s) {', '.join(map(repr, hidden[:5]))} hold images but "
-                                         "are skipped (names starting with '.'); rename them to use them as classes"))
+            report.problems.append(
+                (
+                    key,
+                    f"hidden folder(s) {', '.join(map(repr, hidden[:5]))} hold images but "
+                    "are skipped (names starting with '.'); rename them to use them as classes",
+                )
+            )
 
 
 def check_splits(
@@ -260,13 +289,9 @@ def check_splits(
         if n != benchmark.test_size:
             diff = n - benchmark.test_size
             what = f"{-diff} missing" if diff < 0 else f"{diff} extra"
-            report.problems.append(
-                (target.name, f"{n} images but {benchmark.name} has {benchmark.test_size} ({what})")
-            )
+            report.problems.append((target.name, f"{n} images but {benchmark.name} has {benchmark.test_size} ({what})"))
         if c != benchmark.num_classes:
-            report.problems.append(
-                (target.name, f"{c} classes but {benchmark.name} has {benchmark.num_classes}")
-            )
+            report.problems.append((target.name, f"{c} classes but {benchmark.name} has {benchmark.num_classes}"))
     return report
 
 
@@ -276,9 +301,9 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
     from dataclasses import replace
 
     from fdalign.data.datasets import pick_split
-    from fdalign.data.opener import open_dataset
     from fdalign.data.imagenet import subset_benchmark
-    from fdalign.data.ood import imagenet_order, subset_warnings, match_classes, parse_ood_arg, split_subset_flag
+    from fdalign.data.ood import imagenet_order, match_classes, parse_ood_arg, split_subset_flag, subset_warnings
+    from fdalign.data.opener import open_dataset
 
     names, keys = id_split.classnames, id_split.class_keys
     for text in ood_args:
@@ -297,8 +322,13 @@ def check_ood(report: CheckReport, ood_args, id_split: LabeledSplit, progress: b
         unknown = m.unknown + m.beyond + [a for a, _ in m.ambiguous]
         report.ood.append(OODCheck(name, len(split), len(m.mapping), label, unknown, declared, rule))
         if m.beyond:
-            report.problems.append((name, f"{len(m.beyond)} folder(s) are class indices beyond the class count "
-                                          f"({', '.join(m.beyond[:5])}); {rule}"))
+            report.problems.append(
+                (
+                    name,
+                    f"{len(m.beyond)} folder(s) are class indices beyond the class count "
+                    f"({', '.join(m.beyond[:5])}); {rule}",
+                )
+            )
         if m.unknown:
             report.problems.append((name, f"{len(m.unknown)} class(es) match no ID class: {', '.join(m.unknown[:5])}"))
         if m.ambiguous:
@@ -372,8 +402,10 @@ def prepared_problems(splits: dict[str, LabeledSplit], manifest: dict, where: st
         if (n, c) != (rec["images"], rec["classes"]):
             gap = rec["images"] - n
             what = f"{gap} missing" if gap > 0 else f"{-gap} added"
-            out.append(f"{role}: {n} images in {c} classes, but {where} recorded {rec['images']} in "
-                       f"{rec['classes']} when it was prepared ({what}); restore the files, or prepare it again into a new --out")
+            out.append(
+                f"{role}: {n} images in {c} classes, but {where} recorded {rec['images']} in "
+                f"{rec['classes']} when it was prepared ({what}); restore the files, or prepare it again into a new --out"
+            )
     for role in sorted(set(counts) - seen):
         out.append(f"split {role} recorded in {where} is not there")
     return out
@@ -383,8 +415,10 @@ def prepared_summary(manifest: dict, where: str) -> str:
     """One line: what was prepared and what its counts were checked against."""
     against = manifest.get("expected_from", "?")
     warn = "" if not against.startswith("--expect-counts") else " (NOT the published counts)"
-    return f"prepared: {manifest.get('title', '?')} by fdalign {manifest.get('fdalign_version', '?')} ({where}); " \
-           f"counts checked against {against}{warn}"
+    return (
+        f"prepared: {manifest.get('title', '?')} by fdalign {manifest.get('fdalign_version', '?')} ({where}); "
+        f"counts checked against {against}{warn}"
+    )
 
 
 def format_report(report: CheckReport) -> str:
@@ -406,8 +440,10 @@ def format_report(report: CheckReport) -> str:
         head = f"{'set':<12}{'images':>9}{'matched':>9}{'missing':>9}{'unknown':>9}  subset declared"
         lines += [head, "-" * len(head)]
         for o in report.ood:
-            lines.append(f"{o.name:<12}{o.images:>9}{o.matched:>9}{len(o.missing):>9}{len(o.unknown):>9}  "
-                         f"{'yes' if o.declared_subset else 'no'}   ({o.rule})")
+            lines.append(
+                f"{o.name:<12}{o.images:>9}{o.matched:>9}{len(o.missing):>9}{len(o.unknown):>9}  "
+                f"{'yes' if o.declared_subset else 'no'}   ({o.rule})"
+            )
             if o.missing:
                 lines.append(f"    missing: {', '.join(o.missing[:10])}{' ...' if len(o.missing) > 10 else ''}")
             if o.unknown:

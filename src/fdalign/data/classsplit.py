@@ -12,9 +12,9 @@ are a test set of their own, scored with the prototypes of the novel classes alo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from fdalign.data.datasets import LabeledSplit, normalize_classname
 from fdalign.errors import FDAlignError
@@ -38,9 +38,13 @@ def base_class_indices(spec: str, classnames: Sequence[str], class_keys: Sequenc
         return first_half(n)
     path = Path(spec)
     if not path.is_file():
-        raise FDAlignError(f"--base-classes {spec}: no such file; give '{FIRST_HALF}' or a text file naming the "
-                           "base classes, one per line (folder name or class name)")
-    wanted = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        raise FDAlignError(
+            f"--base-classes {spec}: no such file; give '{FIRST_HALF}' or a text file naming the "
+            "base classes, one per line (folder name or class name)"
+        )
+    wanted = [
+        ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     lookup: dict[str, int] = {}
     for i, name in enumerate(classnames):
         lookup.setdefault(normalize_classname(name), i)
@@ -48,12 +52,16 @@ def base_class_indices(spec: str, classnames: Sequence[str], class_keys: Sequenc
         lookup.setdefault(normalize_classname(key), i)
     unknown = [w for w in wanted if normalize_classname(w) not in lookup]
     if unknown:
-        raise FDAlignError(f"--base-classes file {path} names class(es) the data do not have: "
-                           f"{', '.join(unknown[:5])}; use folder names or class names of --data")
+        raise FDAlignError(
+            f"--base-classes file {path} names class(es) the data do not have: "
+            f"{', '.join(unknown[:5])}; use folder names or class names of --data"
+        )
     base = sorted({lookup[normalize_classname(w)] for w in wanted})
     if not base or len(base) == n:
-        raise FDAlignError(f"--base-classes file {path} names {len(base)} of the {n} classes; name at least one "
-                           "and leave at least one novel class")
+        raise FDAlignError(
+            f"--base-classes file {path} names {len(base)} of the {n} classes; name at least one "
+            "and leave at least one novel class"
+        )
     return base
 
 
@@ -63,8 +71,9 @@ def restrict_classes(split: LabeledSplit, keep: Sequence[int], name: str | None 
     new = {old: i for i, old in enumerate(keep)}
     samples = [replace(s, label=new[s.label]) for s in split.samples if s.label in new]
     keys = [split.class_keys[i] for i in keep] if split.class_keys is not None else None
-    return replace(split, classnames=[split.classnames[i] for i in keep], samples=samples,
-                   class_keys=keys, name=name or split.name)
+    return replace(
+        split, classnames=[split.classnames[i] for i in keep], samples=samples, class_keys=keys, name=name or split.name
+    )
 
 
 def novel_of(base: Sequence[int], num_classes: int) -> list[int]:

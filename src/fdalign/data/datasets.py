@@ -18,9 +18,9 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
 
 from torch.utils.data import Dataset
 
@@ -84,7 +84,7 @@ class LabeledSplit:
             counts[s.label] += 1
         return counts
 
-    def subset(self, indices: Iterable[int], name: str | None = None) -> "LabeledSplit":
+    def subset(self, indices: Iterable[int], name: str | None = None) -> LabeledSplit:
         """The samples at ``indices`` (in that order), same classes and root."""
         return replace(self, samples=[self.samples[i] for i in indices], name=name or self.name)
 
@@ -113,7 +113,7 @@ class LabeledSplit:
                 return Path(rel).as_posix()
         return Path(p).as_posix()
 
-    def with_classnames(self, classnames: Sequence[str]) -> "LabeledSplit":
+    def with_classnames(self, classnames: Sequence[str]) -> LabeledSplit:
         """Same split with other display names (same count)."""
         if len(classnames) != len(self.classnames):
             raise FDAlignError(
@@ -218,7 +218,7 @@ def is_plain_classname_list(path: str | os.PathLike | None) -> bool:
     return path is not None and read_classnames_keyed(path)[0] is None
 
 
-def classname_table(split: "LabeledSplit") -> list[tuple[int, str, str]]:
+def classname_table(split: LabeledSplit) -> list[tuple[int, str, str]]:
     """``[(label, folder or source key, display name)]``: which name each class was given."""
     keys = split.class_keys or [None] * split.num_classes
     return [(i, k if k is not None else "–", n) for i, (k, n) in enumerate(zip(keys, split.classnames))]
@@ -322,8 +322,11 @@ def _class_dirs(d: Path) -> list[Path]:
     if hidden:  # a class folder such as '...' must not vanish without a word
         import sys
 
-        print(f"fdalign: warning: skipping hidden folder(s) holding images in {d}: {', '.join(map(repr, hidden[:5]))}"
-              " (names starting with '.'); rename them to use them as classes", file=sys.stderr)
+        print(
+            f"fdalign: warning: skipping hidden folder(s) holding images in {d}: {', '.join(map(repr, hidden[:5]))}"
+            " (names starting with '.'); rename them to use them as classes",
+            file=sys.stderr,
+        )
     return sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: c.name)
 
 
@@ -336,8 +339,7 @@ def _scan_class_dir(c: Path) -> list[str]:
     )
     if not files:
         raise FDAlignError(
-            f"class folder {c} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-            "remove it or add its images"
+            f"class folder {c} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); remove it or add its images"
         )
     return files
 
@@ -461,9 +463,7 @@ def load_csv(path: str | os.PathLike, classnames: str | None = None) -> dict[str
             for i, x in enumerate(raw_labels):
                 j = index.get(normalize_classname(x))
                 if j is None:
-                    raise FDAlignError(
-                        f"{path}, line {i + 2}: label {x!r} is not in the class-names file {classnames}"
-                    )
+                    raise FDAlignError(f"{path}, line {i + 2}: label {x!r} is not in the class-names file {classnames}")
                 labels.append(j)
 
     base = path.parent.resolve()
@@ -523,16 +523,12 @@ def load_coop_split(
         items = []
         for i, e in enumerate(data[s]):
             if not (isinstance(e, (list, tuple)) and len(e) >= 2 and isinstance(e[1], int)):
-                raise FDAlignError(
-                    f"split file {path}: {s}[{i}] is {e!r}; expected [relpath, label, classname]"
-                )
+                raise FDAlignError(f"split file {path}: {s}[{i}] is {e!r}; expected [relpath, label, classname]")
             rel, y = str(e[0]), int(e[1])
             if len(e) >= 3:
                 prev = names.setdefault(y, str(e[2]))
                 if prev != str(e[2]):
-                    raise FDAlignError(
-                        f"split file {path}: label {y} is called both {prev!r} and {e[2]!r}"
-                    )
+                    raise FDAlignError(f"split file {path}: label {y} is called both {prev!r} and {e[2]!r}")
             items.append(Sample(rel, y))
         if items:  # an empty list is a split that is not there
             parsed[s] = items
@@ -598,8 +594,9 @@ def infer_wnid_keys(split: LabeledSplit) -> LabeledSplit:
     if all(k is not None and WNID.fullmatch(k) for k in keys) and len(set(keys)) == len(keys):
         return replace(split, class_keys=keys)
     if split.num_classes == 1000:
-        same = sum(normalize_classname(a) == normalize_classname(b)
-                   for a, b in zip(split.classnames, imagenet_classnames()))
+        same = sum(
+            normalize_classname(a) == normalize_classname(b) for a, b in zip(split.classnames, imagenet_classnames())
+        )
         if same >= 990:  # a few renamed classes still mean ImageNet's order
             return replace(split, class_keys=list(imagenet_wnids()))
     return split

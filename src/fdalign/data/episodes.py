@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from fdalign.data.datasets import LabeledSplit, Sample, read_classnames_keyed
-from fdalign.data.opener import open_dataset
 from fdalign.data.episode_spec import EVAL_FLAGS, ON_SMALL, TRAIN_FLAGS, EpisodeSpec  # noqa: F401 (re-exported)
+from fdalign.data.opener import open_dataset
 from fdalign.errors import FDAlignError
 
 CLASS_ROLES = ("base", "val", "novel")
@@ -84,8 +84,10 @@ def _check_disjoint(splits: dict[str, LabeledSplit], root: Path) -> None:
     """Base, val and novel must not share a class: a shared one would leak into the test episodes."""
     roles = list(splits)
     for i, a in enumerate(roles):
-        for b in roles[i + 1:]:
-            both = sorted(set(splits[a].class_keys or splits[a].classnames) & set(splits[b].class_keys or splits[b].classnames))
+        for b in roles[i + 1 :]:
+            both = sorted(
+                set(splits[a].class_keys or splits[a].classnames) & set(splits[b].class_keys or splits[b].classnames)
+            )
             if both:
                 raise FDAlignError(
                     f"{root}: {len(both)} class(es) are in both the {a} and the {b} split ({', '.join(both[:5])}); "
@@ -125,7 +127,9 @@ def _read_split_csv(path: Path, images: Path, role: str) -> LabeledSplit:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if "filename" not in header or "label" not in header:
-            raise FDAlignError(f"split file {path} must have the header 'filename,label'; found {','.join(header) or 'nothing'}")
+            raise FDAlignError(
+                f"split file {path} must have the header 'filename,label'; found {','.join(header) or 'nothing'}"
+            )
         reader.fieldnames = header
         rows = [(r["filename"].strip(), r["label"].strip()) for r in reader]
     if not rows:
@@ -221,8 +225,9 @@ def class_pool(split: LabeledSplit, spec: EpisodeSpec, on_small: str = "skip", f
     keep = [c for c in range(split.num_classes) if counts[c] >= spec.per_class]
     present = int((counts > 0).sum())
     if present < spec.n_way:
-        raise FDAlignError(f"{spec.n_way}-way episodes need {spec.n_way} classes but '{split.name}' has {present}; "
-                           f"lower {f['ways']}")
+        raise FDAlignError(
+            f"{spec.n_way}-way episodes need {spec.n_way} classes but '{split.name}' has {present}; lower {f['ways']}"
+        )
     if len(keep) < spec.n_way:
         raise FDAlignError(
             f"{spec.n_way}-way episodes need {spec.n_way} classes with at least K+Q = {spec.per_class} images but only "
@@ -256,7 +261,9 @@ class Episodes:
         return len(self.index)
 
 
-def sample_episode(pool: ClassPool, spec: EpisodeSpec, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_episode(
+    pool: ClassPool, spec: EpisodeSpec, seed: int, index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Episode ``index`` of ``seed``: ``(classes [N], support [N, K], query [N, Q])``.
 
     Ways are the ``N`` eligible classes with the smallest random keys; within each class the
@@ -270,7 +277,7 @@ def sample_episode(pool: ClassPool, spec: EpisodeSpec, seed: int, index: int) ->
         members = pool.members[w]
         picked[n] = members[np.argsort(rng.random(len(members)), kind="stable")[: spec.per_class]]
     classes = np.asarray(pool.classes, dtype=np.int64)[ways]
-    return classes, picked[:, : spec.k_shot], picked[:, spec.k_shot:]
+    return classes, picked[:, : spec.k_shot], picked[:, spec.k_shot :]
 
 
 def sample_episodes(pool: ClassPool, spec: EpisodeSpec, seed: int, indices) -> Episodes:
@@ -319,6 +326,19 @@ class EpisodeDataset:
 
 
 __all__ = [
-    "CLASS_ROLES", "EVAL_FLAGS", "ON_SMALL", "TRAIN_FLAGS", "ClassPool", "EpisodeDataset", "EpisodeSpec", "Episodes", "class_pool",
-    "episode_labels", "episode_seed", "load_class_splits", "load_target", "sample_episode", "sample_episodes",
+    "CLASS_ROLES",
+    "EVAL_FLAGS",
+    "ON_SMALL",
+    "TRAIN_FLAGS",
+    "ClassPool",
+    "EpisodeDataset",
+    "EpisodeSpec",
+    "Episodes",
+    "class_pool",
+    "episode_labels",
+    "episode_seed",
+    "load_class_splits",
+    "load_target",
+    "sample_episode",
+    "sample_episodes",
 ]

@@ -88,7 +88,11 @@ def fewshot_val(splits: dict[str, LabeledSplit], k: int, seed: int) -> LabeledSp
     if "train" not in splits:
         raise FDAlignError(f"the data has no 'train' split to sample from (it has: {', '.join(splits)})")
     return _take(
-        splits["train"], seed, k, k + v, "val-from-train",
+        splits["train"],
+        seed,
+        k,
+        k + v,
+        "val-from-train",
         f"{k} training + {v} held-out validation shots (no val split)",
     )
 
@@ -131,7 +135,7 @@ def load_split(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     path = Path(path)
     d = read_json(path, "split file")
     if not isinstance(d, dict) or d.get("format") != SPLIT_FORMAT:
-        raise FDAlignError(f"{path} is not an fdalign split file (no \"format\": \"{SPLIT_FORMAT}\")")
+        raise FDAlignError(f'{path} is not an fdalign split file (no "format": "{SPLIT_FORMAT}")')
     try:
         samples = [Sample(str(r[0]), int(r[1]), r[2] if len(r) > 2 else None) for r in d["samples"]]
         return LabeledSplit(
@@ -258,7 +262,7 @@ def load_fewshot_indices(
     d = read_json(path, "index file")
     parts = [s for s in ("train", "val", "test") if isinstance(d, dict) and isinstance(d.get(s), dict)]
     if not parts:
-        raise FDAlignError(f"{path} is not a few-shot index file (expected {{\"train\": {{\"data\": [...]}}}})")
+        raise FDAlignError(f'{path} is not a few-shot index file (expected {{"train": {{"data": [...]}}}})')
 
     if split_file is not None and Path(split_file).is_dir():
         out = _indices_by_path(path, d, parts, image_root)
@@ -302,7 +306,7 @@ def _indices_by_path(path: Path, d: dict, parts: list[str], image_root: Path) ->
         samples = []
         for i, e in enumerate(d[s].get("data", [])):
             if not (isinstance(e, dict) and "impath" in e and "label" in e):
-                raise FDAlignError(f"{path}: {s}.data[{i}] is {e!r}; expected {{\"impath\", \"label\", \"classname\"}}")
+                raise FDAlignError(f'{path}: {s}.data[{i}] is {e!r}; expected {{"impath", "label", "classname"}}')
             y = int(e["label"])
             if "classname" in e:
                 names.setdefault(y, str(e["classname"]))
@@ -324,11 +328,12 @@ def _indices_by_path(path: Path, d: dict, parts: list[str], image_root: Path) ->
         raise FDAlignError(f"{path}: no 'classname' recorded for label(s) {unnamed[:5]}")
     classnames = [names[y] for y in range(num_classes)]
     splits = {
-        s: LabeledSplit(classnames=list(classnames), samples=v, root=str(image_root), name=s)
-        for s, v in out.items()
+        s: LabeledSplit(classnames=list(classnames), samples=v, root=str(image_root), name=s) for s, v in out.items()
     }
     # keys from the union of the parts, so train and val always agree
-    keyed = infer_wnid_keys(LabeledSplit(list(classnames), [x for v in out.values() for x in v], str(image_root), "all"))
+    keyed = infer_wnid_keys(
+        LabeledSplit(list(classnames), [x for v in out.values() for x in v], str(image_root), "all")
+    )
     return {s: dataclasses.replace(v, class_keys=keyed.class_keys) for s, v in splits.items()}
 
 

@@ -37,13 +37,13 @@ def _timm_list(name: str) -> list[str]:
     return data.decode("utf-8").split()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k wnids in label order (``n01440764`` ... ``n15075141``)."""
     return tuple(_timm_list("imagenet_synsets.txt"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_classnames() -> tuple[str, ...]:
     """CLIP's (= CoOp's) 1000 ImageNet class names, in the order of :func:`imagenet_wnids`."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
@@ -51,7 +51,7 @@ def imagenet_classnames() -> tuple[str, ...]:
     return tuple(IMAGENET_CLASSNAMES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_subset_wnids(which: str) -> tuple[str, ...]:
     """The wnids of ImageNet-A (``"a"``) or ImageNet-R (``"r"``): 200 each, sorted."""
     return tuple(_timm_list(f"imagenet_{which}_synsets.txt"))
@@ -77,4 +77,3 @@ def wnid_name_warning(classnames, where: str) -> str | None:
         f"'a photo of a {classnames[0]}.' and zero-shot accuracy collapses. Pass --classnames imagenet "
         "(CLIP's / CoOp's 1000 ImageNet names, built in) or a file of '<wnid> <name>' lines"
     )
-

@@ -6,9 +6,18 @@ import re
 from pathlib import Path
 
 DATASET_ALIASES = {
-    "fgvcaircraft": "aircraft", "fgvc": "aircraft", "describabletextures": "dtd", "oxfordflowers": "flowers102",
-    "flowers": "flowers102", "oxfordflowers102": "flowers102", "pets": "oxfordpets", "cars": "stanfordcars",
-    "caltech": "caltech101", "food": "food101", "sun": "sun397", "ucf": "ucf101",
+    "fgvcaircraft": "aircraft",
+    "fgvc": "aircraft",
+    "describabletextures": "dtd",
+    "oxfordflowers": "flowers102",
+    "flowers": "flowers102",
+    "oxfordflowers102": "flowers102",
+    "pets": "oxfordpets",
+    "cars": "stanfordcars",
+    "caltech": "caltech101",
+    "food": "food101",
+    "sun": "sun397",
+    "ucf": "ucf101",
     "standfordcars": "stanfordcars",  # the authors' spelling in their index folders and scripts
 }
 

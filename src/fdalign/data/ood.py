@@ -21,8 +21,8 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from fdalign.data.datasets import LabeledSplit, Sample, normalize_classname
 from fdalign.errors import FDAlignError
@@ -111,22 +111,28 @@ def match_classes(ood: LabeledSplit, id_classnames: list[str], id_keys: list[str
 def _index_error(ood: LabeledSplit, m: ClassMatch, id_classnames: list[str]) -> FDAlignError:
     c = len(id_classnames)
     if m.by_index == "imagenet":
-        rule = ("folder k holds class k of the ImageNet-1k order, since the ID classes are ImageNet wnids, "
-                "as for ImageNet-V2")
+        rule = (
+            "folder k holds class k of the ImageNet-1k order, since the ID classes are ImageNet wnids, "
+            "as for ImageNet-V2"
+        )
     else:
         rule = f"folder k holds ID class k, as for ImageNet-V2 (ID order: {c} classes, indices 0..{c - 1})"
     parts = []
     if m.beyond:
         n_order = 1000 if m.by_index == "imagenet" else c
-        parts.append(f"folder(s) {', '.join(m.beyond[:5])}{' ...' if len(m.beyond) > 5 else ''} "
-                     f"({len(m.beyond)} in all) are indices beyond the {n_order} classes")
+        parts.append(
+            f"folder(s) {', '.join(m.beyond[:5])}{' ...' if len(m.beyond) > 5 else ''} "
+            f"({len(m.beyond)} in all) are indices beyond the {n_order} classes"
+        )
     if m.unknown:
         from fdalign.data.imagenet import imagenet_wnids
 
         wn = imagenet_wnids()
         named = ", ".join(f"{k} = {wn[int(k)]}" for k in m.unknown[:5])
-        parts.append(f"folder(s) {named}{' ...' if len(m.unknown) > 5 else ''} ({len(m.unknown)} in all) are "
-                     f"ImageNet classes that are not among the {c} ID classes")
+        parts.append(
+            f"folder(s) {named}{' ...' if len(m.unknown) > 5 else ''} ({len(m.unknown)} in all) are "
+            f"ImageNet classes that are not among the {c} ID classes"
+        )
     return FDAlignError(
         f"OOD set '{ood.name}' names its folders by class index ({rule}); {'; '.join(parts)}. Remove those "
         "folders, or evaluate with the ID classes they belong to"
@@ -222,8 +228,9 @@ class OODSet:
         """This set's class bookkeeping for metrics.json / report.md."""
         from fdalign.eval.metrics import class_coverage
 
-        return class_coverage(self.num_id_classes, self.class_subset, declared=self.declared_subset,
-                              missing=self.missing)
+        return class_coverage(
+            self.num_id_classes, self.class_subset, declared=self.declared_subset, missing=self.missing
+        )
 
 
 def _label(i: int, names: list[str], keys: list[str] | None) -> str:
@@ -260,7 +267,10 @@ def _print_warning(text: str) -> None:
 
 
 def load_ood_sets(
-    ood_args, id_classnames: list[str], id_keys: list[str] | None = None, reserved=(),
+    ood_args,
+    id_classnames: list[str],
+    id_keys: list[str] | None = None,
+    reserved=(),
     warn: Callable[[str], None] | None = _print_warning,
 ) -> list[OODSet]:
     """Open and map every ``--ood NAME=PATH[:subset]``: a list of :class:`OODSet`.
@@ -271,8 +281,8 @@ def load_ood_sets(
     ``imagenet-a``, ``imagenet-r``).
     """
     from fdalign.data.datasets import pick_split
-    from fdalign.data.opener import open_dataset
     from fdalign.data.imagenet import subset_benchmark
+    from fdalign.data.opener import open_dataset
 
     seen = set(reserved)
     out = []
@@ -289,6 +299,15 @@ def load_ood_sets(
         for w in notes if warn else ():
             warn(w)
         full = len(present) == len(id_classnames)
-        out.append(OODSet(name, mapped, None if full else present, len(id_classnames), declared,
-                          [_label(i, id_classnames, id_keys) for i in m.missing], notes))
+        out.append(
+            OODSet(
+                name,
+                mapped,
+                None if full else present,
+                len(id_classnames),
+                declared,
+                [_label(i, id_classnames, id_keys) for i in m.missing],
+                notes,
+            )
+        )
     return out

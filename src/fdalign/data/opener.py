@@ -11,7 +11,13 @@ from pathlib import Path
 
 from fdalign.data import fewshot
 from fdalign.data.datasets import (
-    SPLIT_NAMES, LabeledSplit, _apply_classnames, load_coop_split, load_csv, load_imagefolder, val_as_test,
+    SPLIT_NAMES,
+    LabeledSplit,
+    _apply_classnames,
+    load_coop_split,
+    load_csv,
+    load_imagefolder,
+    val_as_test,
 )
 from fdalign.errors import FDAlignError
 
@@ -55,6 +61,5 @@ def open_dataset(
             return _apply_classnames(fewshot.load_fewshot_indices(p, image_root, split_file), classnames)
         return val_as_test(load_coop_split(p, image_root, classnames, check_files=check_files))
     raise FDAlignError(
-        f"don't know how to read {p}: pass a folder (ImageFolder layout), a .csv manifest or a "
-        "CoOp split_zhou_*.json"
+        f"don't know how to read {p}: pass a folder (ImageFolder layout), a .csv manifest or a CoOp split_zhou_*.json"
     )

@@ -13,8 +13,8 @@ test 5 times), labelled ``released_ci95``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -67,14 +67,20 @@ def episode_accuracy(
     protos = None if class_prototypes is None else F.normalize(class_prototypes.to(dev).float(), dim=-1)
     out = []
     for a in range(0, len(episodes), chunk):
-        sup = torch.as_tensor(episodes.support[a:a + chunk], device=dev)
-        qry = torch.as_tensor(episodes.query[a:a + chunk], device=dev)
+        sup = torch.as_tensor(episodes.support[a : a + chunk], device=dev)
+        qry = torch.as_tensor(episodes.query[a : a + chunk], device=dev)
         e, d = sup.shape[0], feats.shape[1]
         logits = episode_logits(
-            head, feats.index_select(0, sup.reshape(-1)).reshape(e, -1, d),
-            feats.index_select(0, qry.reshape(-1)).reshape(e, -1, d), spec.n_way, proto_scale=proto_scale,
-            class_prototypes=protos, classes=torch.as_tensor(episodes.classes[a:a + chunk], device=dev),
-            text_scale=text_scale, weight=weight, unit=True,
+            head,
+            feats.index_select(0, sup.reshape(-1)).reshape(e, -1, d),
+            feats.index_select(0, qry.reshape(-1)).reshape(e, -1, d),
+            spec.n_way,
+            proto_scale=proto_scale,
+            class_prototypes=protos,
+            classes=torch.as_tensor(episodes.classes[a : a + chunk], device=dev),
+            text_scale=text_scale,
+            weight=weight,
+            unit=True,
         )
         right = (logits.argmax(-1) == labels) & torch.isfinite(logits).all(-1)  # a NaN row's argmax is no answer
         out.append(right.float().mean(-1) * 100.0)
@@ -170,17 +176,35 @@ def evaluate_episodes(
         heads = [h for h in settings.heads if h == "proto" or target.class_prototypes is not None]
         per_spec: dict = {name: {} for name in plans}
         for model, (encoder, proto_scale) in models.items():
-            feats, _ = extract_features(encoder, ds, batch_size=batch_size, device=device, num_workers=num_workers,
-                                        precision=precision, progress=progress, desc=f"{target.name} ({model})")
+            feats, _ = extract_features(
+                encoder,
+                ds,
+                batch_size=batch_size,
+                device=device,
+                num_workers=num_workers,
+                precision=precision,
+                progress=progress,
+                desc=f"{target.name} ({model})",
+            )
             feats = feats.to(device)
             for name, (pool, eps) in plans.items():
                 remapped = reindex(eps, used, len(target.split))
                 spec = next(s for s in settings.specs if s.name == name)
                 per_spec[name][model] = {
-                    h: summarize(episode_accuracy(
-                        feats, remapped, spec, h, proto_scale=proto_scale, class_prototypes=target.class_prototypes,
-                        text_scale=settings.text_scale, weight=settings.weight, chunk=settings.chunk,
-                    ), settings.runs)
+                    h: summarize(
+                        episode_accuracy(
+                            feats,
+                            remapped,
+                            spec,
+                            h,
+                            proto_scale=proto_scale,
+                            class_prototypes=target.class_prototypes,
+                            text_scale=settings.text_scale,
+                            weight=settings.weight,
+                            chunk=settings.chunk,
+                        ),
+                        settings.runs,
+                    )
                     for h in heads
                 }
         metrics[target.name] = per_spec
@@ -213,18 +237,35 @@ HEAD_DESCRIPTIONS = {
 }
 
 
-def render_episode_report(metrics: dict, *, title: str, settings: dict, selection: dict | None = None,
-                          hashes: dict | None = None) -> str:
+def render_episode_report(
+    metrics: dict, *, title: str, settings: dict, selection: dict | None = None, hashes: dict | None = None
+) -> str:
     """The text of an episode ``report.md``: the table, what each head is, what was selected, settings."""
-    lines = [f"# {title}", "", "Mean query accuracy (%) over episodes ± 95% interval (1.96·std/√episodes).", "",
-             episodes_table(metrics), "", "## Heads", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Mean query accuracy (%) over episodes ± 95% interval (1.96·std/√episodes).",
+        "",
+        episodes_table(metrics),
+        "",
+        "## Heads",
+        "",
+    ]
     lines += [f"- **{h}**: {d}" for h, d in HEAD_DESCRIPTIONS.items()]
-    released = [(t, s, m, h, r) for t, per in metrics.items() for s, pm in per.items() for m, ph in pm.items()
-                for h, r in ph.items() if "released_ci95" in r]
+    released = [
+        (t, s, m, h, r)
+        for t, per in metrics.items()
+        for s, pm in per.items()
+        for m, ph in pm.items()
+        for h, r in ph.items()
+        if "released_ci95" in r
+    ]
     if released:
         lines += ["", "## The authors' interval (1.96·std of the run means)", ""]
-        lines += [f"- {t} {s} {m} / {h}: {r['mean']:.2f} ± {r['released_ci95']:.2f} over {r['runs']} runs"
-                  for t, s, m, h, r in released]
+        lines += [
+            f"- {t} {s} {m} / {h}: {r['mean']:.2f} ± {r['released_ci95']:.2f} over {r['runs']} runs"
+            for t, s, m, h, r in released
+        ]
     lines += ["", "## What was selected on what", ""]
     lines += [f"- **{k}**: {v}" for k, v in (selection or {"nothing": "no selection on data"}).items()]
     if hashes:
@@ -233,22 +274,54 @@ def render_episode_report(metrics: dict, *, title: str, settings: dict, selectio
     return "\n".join(lines) + "\n"
 
 
-def write_episode_results(out, metrics: dict, *, title: str, settings: dict, selection: dict | None = None,
-                          hashes: dict | None = None, extra: dict | None = None) -> None:
+def write_episode_results(
+    out,
+    metrics: dict,
+    *,
+    title: str,
+    settings: dict,
+    selection: dict | None = None,
+    hashes: dict | None = None,
+    extra: dict | None = None,
+) -> None:
     """``out/metrics.json`` (through :func:`fdalign.eval.write_metrics`) and ``out/report.md``."""
     from pathlib import Path
 
     from fdalign.eval.report import write_metrics
     from fdalign.io import atomic_write_text
 
-    write_metrics(out, metrics, {"kind": "episodes", "settings": settings, "selection": selection or {},
-                                 "hashes": hashes or {}, "heads": HEAD_DESCRIPTIONS, **(extra or {})})
-    atomic_write_text(Path(out) / "report.md", render_episode_report(
-        metrics, title=title, settings=settings, selection=selection, hashes=hashes))
+    write_metrics(
+        out,
+        metrics,
+        {
+            "kind": "episodes",
+            "settings": settings,
+            "selection": selection or {},
+            "hashes": hashes or {},
+            "heads": HEAD_DESCRIPTIONS,
+            **(extra or {}),
+        },
+    )
+    atomic_write_text(
+        Path(out) / "report.md",
+        render_episode_report(metrics, title=title, settings=settings, selection=selection, hashes=hashes),
+    )
 
 
 __all__ = [
-    "EpisodeEvalSettings", "EpisodeTarget", "HEAD_DESCRIPTIONS", "Z95", "episode_accuracy", "episodes_table",
-    "evaluate_episodes", "mean_ci", "plan_episodes", "reindex", "released_interval", "render_episode_report", "summarize",
-    "used_samples", "write_episode_results",
+    "EpisodeEvalSettings",
+    "EpisodeTarget",
+    "HEAD_DESCRIPTIONS",
+    "Z95",
+    "episode_accuracy",
+    "episodes_table",
+    "evaluate_episodes",
+    "mean_ci",
+    "plan_episodes",
+    "reindex",
+    "released_interval",
+    "render_episode_report",
+    "summarize",
+    "used_samples",
+    "write_episode_results",
 ]

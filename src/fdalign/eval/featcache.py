@@ -29,9 +29,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -56,8 +56,13 @@ class CacheStats:
     passes: dict = field(default_factory=dict)  # split name -> encoder passes computed (misses), for counting
 
     def to_json(self) -> dict:
-        return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt,
-                "seconds_saved": round(self.seconds_saved, 2), "passes": dict(self.passes)}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "corrupt": self.corrupt,
+            "seconds_saved": round(self.seconds_saved, 2),
+            "passes": dict(self.passes),
+        }
 
 
 class FeatureCache:
@@ -111,8 +116,11 @@ class FeatureCache:
         from fdalign.io import atomic_save_safetensors
 
         try:
-            atomic_save_safetensors(self.path(key), {"features": features, "labels": labels},
-                                    metadata={"key": key, "seconds": f"{seconds:.3f}", "what": json.dumps(what)})
+            atomic_save_safetensors(
+                self.path(key),
+                {"features": features, "labels": labels},
+                metadata={"key": key, "seconds": f"{seconds:.3f}", "what": json.dumps(what)},
+            )
         except OSError as e:  # a full or read-only disk costs the reuse, not the run
             warnings.warn(f"feature cache {self.root}: entry not written ({e})", stacklevel=2)
 
@@ -208,8 +216,13 @@ def cache_key(encoder: nn.Module, dataset, precision: str, device) -> tuple[str,
     data = dataset_key(dataset)
     if data is None:
         return None
-    what = {"format": CACHE_FORMAT, "encoder": _frozen_fingerprint(encoder), **data, "precision": precision,
-            "device": torch.device(device).type}
+    what = {
+        "format": CACHE_FORMAT,
+        "encoder": _frozen_fingerprint(encoder),
+        **data,
+        "precision": precision,
+        "device": torch.device(device).type,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
@@ -221,14 +234,23 @@ def _stamp(path: Path) -> tuple | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def extract_features(encoder: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
-                     precision: str = "fp32", progress: bool = True, desc: str = "features"):
+def extract_features(
+    encoder: nn.Module,
+    dataset,
+    batch_size: int = 256,
+    device="cpu",
+    num_workers: int = 0,
+    precision: str = "fp32",
+    progress: bool = True,
+    desc: str = "features",
+):
     """:func:`fdalign.eval.features.extract_features` (``features [N, D]``, ``labels [N]``), read from
     the active cache when ``encoder`` is :func:`frozen` and the entry exists, else computed (and stored)."""
     from fdalign.eval import features as F
 
-    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, precision=precision,
-              progress=progress, desc=desc)
+    kw = dict(
+        batch_size=batch_size, device=device, num_workers=num_workers, precision=precision, progress=progress, desc=desc
+    )
     cache = active() if is_frozen(encoder) else None
     keyed = cache_key(encoder, dataset, precision, device) if cache is not None else None
     if keyed is None:
@@ -251,5 +273,17 @@ def extract_features(encoder: nn.Module, dataset, batch_size: int = 256, device=
     return feats, labels
 
 
-__all__ = ["CACHE_FORMAT", "ENV", "CacheStats", "FeatureCache", "active", "enabled", "frozen", "is_frozen",
-           "weights_fingerprint", "dataset_key", "cache_key", "extract_features"]
+__all__ = [
+    "CACHE_FORMAT",
+    "ENV",
+    "CacheStats",
+    "FeatureCache",
+    "active",
+    "enabled",
+    "frozen",
+    "is_frozen",
+    "weights_fingerprint",
+    "dataset_key",
+    "cache_key",
+    "extract_features",
+]

@@ -51,7 +51,7 @@ class HeadsConfig:
     preset: str = "defaults"  # where the settings come from, for the report (set by for_preset)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "heads config") -> "HeadsConfig":
+    def from_dict(cls, d: dict, source: str = "heads config") -> HeadsConfig:
         """Nested ``{"tip": {...,"fit": {...}}, "ape": {...}, "chunk": n}``; unknown keys are an error."""
         cfg = _build(cls, d or {}, source, "")
         cfg.check(source)
@@ -70,7 +70,9 @@ class HeadsConfig:
             for k in ("init_alpha", "init_beta"):
                 v = getattr(sub, k)
                 if not (v is None and name == "tip") and (not isinstance(v, (int, float)) or v < 0):
-                    bad(f"{name}.{k}", v, "a number >= 0" + (" or null (Tip's searched value)" if name == "tip" else ""))
+                    bad(
+                        f"{name}.{k}", v, "a number >= 0" + (" or null (Tip's searched value)" if name == "tip" else "")
+                    )
             f = sub.fit
             for k, lo in (("epochs", 0), ("batch_size", 1), ("seed", 0)):
                 if not isinstance(getattr(f, k), int) or getattr(f, k) < lo:
@@ -102,14 +104,16 @@ class HeadsConfig:
         """The searched grids in one line, for the report."""
         t, a = self.tip, self.ape
         scale = "the model's" if self.logit_scale is None else f"{self.logit_scale:g}"
-        return (f"{self.preset}: Tip/Tip-F: alpha {t.alpha}, beta {t.beta}; APE: Q {a.channels}, alpha {a.alpha}, "
-                f"beta {a.beta}, gamma {a.gamma} (w_sim, w_var {a.weights}); APE-T: Q {a.t_channels:g}; "
-                f"Tip-F/APE-T: {t.fit.epochs}/{a.fit.epochs} epochs, lr {t.fit.lr:g}/{a.fit.lr:g}, weight decay "
-                f"{t.fit.weight_decay:g}/{a.fit.weight_decay:g}; logit scale {scale}; cache views "
-                f"{self.views or 'none (evaluation transform)'}{', fresh views every epoch' if self.fresh_views else ''}")
+        return (
+            f"{self.preset}: Tip/Tip-F: alpha {t.alpha}, beta {t.beta}; APE: Q {a.channels}, alpha {a.alpha}, "
+            f"beta {a.beta}, gamma {a.gamma} (w_sim, w_var {a.weights}); APE-T: Q {a.t_channels:g}; "
+            f"Tip-F/APE-T: {t.fit.epochs}/{a.fit.epochs} epochs, lr {t.fit.lr:g}/{a.fit.lr:g}, weight decay "
+            f"{t.fit.weight_decay:g}/{a.fit.weight_decay:g}; logit scale {scale}; cache views "
+            f"{self.views or 'none (evaluation transform)'}{', fresh views every epoch' if self.fresh_views else ''}"
+        )
 
     @classmethod
-    def for_preset(cls, preset: str | None, dataset: str | None = None) -> "HeadsConfig":
+    def for_preset(cls, preset: str | None, dataset: str | None = None) -> HeadsConfig:
         """``None``: the defaults; ``"authors"``: the authors' settings for ``dataset``
         (:mod:`fdalign.eval.heads_presets`; an unknown set gets their common grids)."""
         from fdalign.eval import heads_presets as hp
@@ -118,18 +122,27 @@ class HeadsConfig:
             return cls()
         name, _, forced = preset.partition(":")
         if name not in hp.PRESETS:
-            raise FDAlignError(f"--heads-preset {preset!r} is not known; use authors or authors:<data set> "
-                               f"(data sets: {', '.join(sorted(hp.TIP))})")
+            raise FDAlignError(
+                f"--heads-preset {preset!r} is not known; use authors or authors:<data set> "
+                f"(data sets: {', '.join(sorted(hp.TIP))})"
+            )
         key = hp.dataset_key(forced or dataset)
         if forced and key is None:
-            raise FDAlignError(f"--heads-preset {preset!r}: no published settings for {forced!r}; known: "
-                               f"{', '.join(sorted(hp.TIP))}")
+            raise FDAlignError(
+                f"--heads-preset {preset!r}: no published settings for {forced!r}; known: {', '.join(sorted(hp.TIP))}"
+            )
         what = key or f"{dataset or 'unknown data set'}: their common settings"
-        return cls(tip=hp.authors_tip(key), ape=hp.authors_ape(key), views=hp.AUTHORS_VIEWS, fresh_views=True,
-                   logit_scale=hp.AUTHORS_LOGIT_SCALE, preset=f"authors ({what})")
+        return cls(
+            tip=hp.authors_tip(key),
+            ape=hp.authors_ape(key),
+            views=hp.AUTHORS_VIEWS,
+            fresh_views=True,
+            logit_scale=hp.AUTHORS_LOGIT_SCALE,
+            preset=f"authors ({what})",
+        )
 
     @classmethod
-    def from_yaml(cls, path) -> "HeadsConfig":
+    def from_yaml(cls, path) -> HeadsConfig:
         import yaml
 
         p = Path(path)
@@ -165,13 +178,14 @@ def parse_heads(text: str) -> list[str]:
     names = list(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
     bad = [n for n in names if n not in HEAD_NAMES]
     if bad or not names:
-        raise FDAlignError(f"--heads {text!r}: unknown head {bad[0] if bad else '(none)'}; choose from "
-                           f"{','.join(HEAD_NAMES)}")
+        raise FDAlignError(
+            f"--heads {text!r}: unknown head {bad[0] if bad else '(none)'}; choose from {','.join(HEAD_NAMES)}"
+        )
     return names
 
 
 def row_name(head: str, encoder_label: str) -> str:
-    """"Tip" for zero-shot CLIP's encoder (label ""), "Tip + FD-Align" for a fine-tuned one."""
+    """ "Tip" for zero-shot CLIP's encoder (label ""), "Tip + FD-Align" for a fine-tuned one."""
     return DISPLAY[head] + (f" + {encoder_label}" if encoder_label else "")
 
 
@@ -181,9 +195,19 @@ def text_classifier(head: PrototypeHead) -> tuple[torch.Tensor, float]:
     return torch.nn.functional.normalize(w.float(), dim=-1), head.scale
 
 
-def fit_heads(heads, prototypes, scale, train_features, train_labels, val, cfg: HeadsConfig,
-              log: SelectionLog | None = None, label: str = "", progress: bool = False,
-              views: torch.Tensor | None = None) -> dict[str, nn.Module]:
+def fit_heads(
+    heads,
+    prototypes,
+    scale,
+    train_features,
+    train_labels,
+    val,
+    cfg: HeadsConfig,
+    log: SelectionLog | None = None,
+    label: str = "",
+    progress: bool = False,
+    views: torch.Tensor | None = None,
+) -> dict[str, nn.Module]:
     """Fit the requested heads on one encoder's features: ``{head name: module [B, D] -> [B, C]}``.
 
     ``train_features`` ``[N, D]`` / ``train_labels`` ``[N]`` are the cache; ``val`` an EvalSplit of
@@ -199,16 +223,15 @@ def fit_heads(heads, prototypes, scale, train_features, train_labels, val, cfg: 
     if "zeroshot" in heads:
         out["zeroshot"] = PrototypeHead(prototypes, zs_scale).to(dev)
     if {"tip", "tip-f"} & set(heads):
-        out["tip"] = fit_tip(prototypes, scale, keys, y, val, cfg.tip, log, row_name("tip", label), cfg.chunk,
-                             progress)
+        out["tip"] = fit_tip(prototypes, scale, keys, y, val, cfg.tip, log, row_name("tip", label), cfg.chunk, progress)
     if "tip-f" in heads:
         out["tip-f"] = fit_tip_f(out["tip"], fit_x, y, val, cfg.tip, log, row_name("tip-f", label), progress)
     if "ape" in heads:
-        out["ape"] = fit_ape(prototypes, scale, keys, y, val, cfg.ape, log, row_name("ape", label), cfg.chunk,
-                             progress)
+        out["ape"] = fit_ape(prototypes, scale, keys, y, val, cfg.ape, log, row_name("ape", label), cfg.chunk, progress)
     if "ape-t" in heads:
-        out["ape-t"] = fit_ape_t(prototypes, scale, keys, y, fit_x, val, cfg.ape, log, row_name("ape-t", label),
-                                 cfg.chunk, progress)
+        out["ape-t"] = fit_ape_t(
+            prototypes, scale, keys, y, fit_x, val, cfg.ape, log, row_name("ape-t", label), cfg.chunk, progress
+        )
     return {h: out[h] for h in heads}
 
 
@@ -260,16 +283,26 @@ def evaluate_heads(
             fitted[label] = {"zeroshot": PrototypeHead(prototypes, scale).to(device)}
             continue
         if id(enc) not in features:
-            kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, precision=precision,
-                      progress=progress)
-            features[id(enc)] = (*encode_cache(enc, data, cfg, kw, _training_epochs(heads, cfg)),
-                                 featcache.extract_features(enc, data.val, desc="val", **kw))
+            kw = dict(
+                batch_size=batch_size, device=device, num_workers=num_workers, precision=precision, progress=progress
+            )
+            features[id(enc)] = (
+                *encode_cache(enc, data, cfg, kw, _training_epochs(heads, cfg)),
+                featcache.extract_features(enc, data.val, desc="val", **kw),
+            )
         (tf, ty), views, (vf, vy) = features[id(enc)]
         val = feature_split(vf, vy, "val", data.val_description)
         fitted[label] = fit_heads(heads, prototypes, scale, tf, ty, val, cfg, log, label, progress, views)
     models = {row_name(h, label): (enc, fitted[label][h]) for h in heads for label, enc in encoders.items()}
-    metrics = run_evaluation(models, eval_sets, batch_size=batch_size, device=device, precision=precision,
-                             progress=progress, num_workers=num_workers)
+    metrics = run_evaluation(
+        models,
+        eval_sets,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        progress=progress,
+        num_workers=num_workers,
+    )
     record = selection_record(log)
     record["search grids"] = cfg.grids()
     return metrics, record
@@ -339,8 +372,13 @@ def selection_record(log: SelectionLog) -> dict:
                 chosen += " (every grid point scored the same on val; the first one won the tie)"
             elif e.get("grid_edges"):
                 chosen += f" (at the grid's edge: {', '.join(e['grid_edges'])}; consider widening it)"
-        out[what] = {"chosen": chosen, "on": e["on"], "metric": e["metric"], "score": e["score"],
-                     "candidates": len(e["scores"])}
+        out[what] = {
+            "chosen": chosen,
+            "on": e["on"],
+            "metric": e["metric"],
+            "score": e["score"],
+            "candidates": len(e["scores"]),
+        }
     out["test / OOD sets"] = "only evaluated; never used to select anything"
     return out
 
@@ -359,20 +397,28 @@ def cache_data_for_run(run_dir, transform, train_transform=None) -> CacheData:
         if not p.is_file():
             raise FDAlignError(f"{p} does not exist; cache heads need the run's splits (re-run `fdalign train`)")
     train, val = (load_split(p) for p in paths)
-    return CacheData(ImageDataset(train, transform), ImageDataset(val, transform),
-                     f"val ({len(val)} images of {paths[1]})", ImageDataset(train, train_transform or transform))
+    return CacheData(
+        ImageDataset(train, transform),
+        ImageDataset(val, transform),
+        f"val ({len(val)} images of {paths[1]})",
+        ImageDataset(train, train_transform or transform),
+    )
 
 
-def cache_data_for_model(data, image_root, classnames, shots: int, seed: int, transform,
-                         train_transform=None) -> CacheData:
+def cache_data_for_model(
+    data, image_root, classnames, shots: int, seed: int, transform, train_transform=None
+) -> CacheData:
     """``shots`` images per class of ``data``'s train split (seed ``seed``) and their val split."""
     from fdalign.data import ImageDataset, open_dataset, sample_fewshot, val_shots
 
     splits = sample_fewshot(open_dataset(data, image_root, classnames), shots, seed)
     where = "val/" if splits["val"].name == "val" else "train/, held out from the cache"
-    return CacheData(ImageDataset(splits["train"], transform), ImageDataset(splits["val"], transform),
-                     f"val ({val_shots(shots)}-shot of {where}, seed {seed}, {len(splits['val'])} images)",
-                     ImageDataset(splits["train"], train_transform or transform))
+    return CacheData(
+        ImageDataset(splits["train"], transform),
+        ImageDataset(splits["val"], transform),
+        f"val ({val_shots(shots)}-shot of {where}, seed {seed}, {len(splits['val'])} images)",
+        ImageDataset(splits["train"], train_transform or transform),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,18 +446,29 @@ def _config(args, dataset: str | None = None) -> HeadsConfig:
         return own
     import yaml
 
-    return HeadsConfig.from_dict(_merge(dataclasses.asdict(base), yaml.safe_load(Path(path).read_text()) or {}),
-                                 str(path))
+    return HeadsConfig.from_dict(
+        _merge(dataclasses.asdict(base), yaml.safe_load(Path(path).read_text()) or {}), str(path)
+    )
 
 
 def _merge(base: dict, over: dict) -> dict:
-    return {**base, **{k: _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                       for k, v in over.items()}}
+    return {
+        **base,
+        **{
+            k: _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+            for k, v in over.items()
+        },
+    }
 
 
 def _run_kw(args, progress) -> dict:
-    return dict(batch_size=args.batch_size, device=args.device, precision=args.precision, progress=progress,
-                num_workers=args.num_workers)
+    return dict(
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        progress=progress,
+        num_workers=args.num_workers,
+    )
 
 
 def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bool = False) -> tuple[dict, dict]:
@@ -428,11 +485,14 @@ def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bo
     encoders[encoder_label(train_cfg)] = models["fine-tuned"][0]
     data = cache_data_for_run(loaded.run_dir, loaded.backend.preprocess_eval(), loaded.backend.preprocess_train())
     if len(data.train.split.classnames) != len(loaded.classnames):
-        raise FDAlignError(f"{loaded.run_dir}/splits/train.json has {len(data.train.split.classnames)} classes but "
-                           f"the run's model {len(loaded.classnames)}; re-run `fdalign train`")
+        raise FDAlignError(
+            f"{loaded.run_dir}/splits/train.json has {len(data.train.split.classnames)} classes but "
+            f"the run's model {len(loaded.classnames)}; re-run `fdalign train`"
+        )
     prototypes, scale = text_classifier(loaded.zeroshot_head)
-    metrics, selection = evaluate_heads(encoders, heads, prototypes, scale, data, eval_sets, cfg,
-                                        **_run_kw(args, progress))
+    metrics, selection = evaluate_heads(
+        encoders, heads, prototypes, scale, data, eval_sets, cfg, **_run_kw(args, progress)
+    )
     selection["cache"] = f"the run's K-shot split ({len(data.train)} images of {loaded.run_dir}/splits/train.json)"
     return metrics, selection
 
@@ -440,15 +500,38 @@ def evaluate_run_heads(args, loaded, models: dict, eval_sets: dict, progress: bo
 def evaluate_model_heads(args, backend, zeroshot_head, eval_sets: dict, progress: bool = False) -> tuple[dict, dict]:
     """``fdalign eval MODEL --data D --shots K --seed S --heads``: the cache is K images per class of D/train."""
     heads, cfg = parse_heads(args.heads), _config(args)
-    data = cache_data_for_model(args.data, args.image_root, args.classnames, args.shots, args.seed,
-                                backend.preprocess_eval(), backend.preprocess_train())
+    data = cache_data_for_model(
+        args.data,
+        args.image_root,
+        args.classnames,
+        args.shots,
+        args.seed,
+        backend.preprocess_eval(),
+        backend.preprocess_train(),
+    )
     prototypes, scale = text_classifier(zeroshot_head)
-    metrics, selection = evaluate_heads({"": backend.image_encoder}, heads, prototypes, scale, data, eval_sets, cfg,
-                                        **_run_kw(args, progress))
+    metrics, selection = evaluate_heads(
+        {"": backend.image_encoder}, heads, prototypes, scale, data, eval_sets, cfg, **_run_kw(args, progress)
+    )
     selection["cache"] = f"{args.shots}-shot of {args.data} train split, seed {args.seed} ({len(data.train)} images)"
     return metrics, selection
 
 
-__all__ = ["CacheData", "DISPLAY", "HEAD_NAMES", "HeadsConfig", "evaluate_heads", "fit_heads", "parse_heads",
-           "row_name", "selection_record", "text_classifier", "cache_data_for_run",
-           "cache_data_for_model", "encode_cache", "encoder_label", "evaluate_model_heads", "evaluate_run_heads"]
+__all__ = [
+    "CacheData",
+    "DISPLAY",
+    "HEAD_NAMES",
+    "HeadsConfig",
+    "evaluate_heads",
+    "fit_heads",
+    "parse_heads",
+    "row_name",
+    "selection_record",
+    "text_classifier",
+    "cache_data_for_run",
+    "cache_data_for_model",
+    "encode_cache",
+    "encoder_label",
+    "evaluate_model_heads",
+    "evaluate_run_heads",
+]

@@ -17,9 +17,17 @@ AUTHORS_VIEWS = 10  # cache keys: the mean of 10 random-crop + flip views of eve
 
 # data set -> (s_beta, s_alpha, init alpha)
 TIP: dict[str, tuple[float, float, float]] = {
-    "imagenet": (7, 3, 1.17), "caltech101": (12, 5, 3), "dtd": (13, 13, 2), "eurosat": (12, 10, 2),
-    "aircraft": (30, 30, 5), "food101": (10, 10, 1.17), "flowers102": (50, 50, 10), "oxfordpets": (7, 3, 1.17),
-    "stanfordcars": (20, 10, 3), "sun397": (12, 10, 1.17), "ucf101": (7, 3, 3),
+    "imagenet": (7, 3, 1.17),
+    "caltech101": (12, 5, 3),
+    "dtd": (13, 13, 2),
+    "eurosat": (12, 10, 2),
+    "aircraft": (30, 30, 5),
+    "food101": (10, 10, 1.17),
+    "flowers102": (50, 50, 10),
+    "oxfordpets": (7, 3, 1.17),
+    "stanfordcars": (20, 10, 3),
+    "sun397": (12, 10, 1.17),
+    "ucf101": (7, 3, 3),
 }
 # data set -> (s_beta, s_alpha, s_gamma, n_gamma, init alpha, Q free, Q trained (of 1024),
 #              (w_sim, w_var) training-free, APE-T lr, eps, epochs)
@@ -51,8 +59,13 @@ def authors_tip(key: str | None) -> TipConfig:
     from (beta 1, init alpha), 20 epochs (EuroSAT 100), AdamW lr 1e-3, eps 1e-4, batch 256."""
     s_beta, s_alpha, init_alpha = TIP.get(key, TIP["imagenet"])
     fit = FitConfig(epochs=100 if key == "eurosat" else 20, lr=1e-3, eps=1e-4, weight_decay=0.01, batch_size=256)
-    return TipConfig(alpha=f"0.1:{s_alpha}:20:open", beta=f"0.1:{s_beta}:200:open", init_alpha=float(init_alpha),
-                     init_beta=1.0, fit=fit)
+    return TipConfig(
+        alpha=f"0.1:{s_alpha}:20:open",
+        beta=f"0.1:{s_beta}:200:open",
+        init_alpha=float(init_alpha),
+        init_beta=1.0,
+        fit=fit,
+    )
 
 
 def authors_ape(key: str | None) -> APEConfig:
@@ -61,12 +74,17 @@ def authors_ape(key: str | None) -> APEConfig:
         return APEConfig()
     s_beta, s_alpha, s_gamma, n_gamma, init_alpha, q_free, q_t, w, lr, eps, epochs = APE[key]
     return APEConfig(
-        channels=str(q_free / 1024), weights=w, alpha=f"0.1:{s_alpha}:20:open", beta=f"0.1:{s_beta}:200:open",
-        gamma=f"0:{s_gamma}:{n_gamma}:open", t_channels=q_t / 1024, t_weights=(0.2, 0.8),
-        init_alpha=float(init_alpha), init_beta=1.0,
+        channels=str(q_free / 1024),
+        weights=w,
+        alpha=f"0.1:{s_alpha}:20:open",
+        beta=f"0.1:{s_beta}:200:open",
+        gamma=f"0:{s_gamma}:{n_gamma}:open",
+        t_channels=q_t / 1024,
+        t_weights=(0.2, 0.8),
+        init_alpha=float(init_alpha),
+        init_beta=1.0,
         fit=FitConfig(epochs=epochs, lr=lr, eps=eps, weight_decay=0.1, batch_size=256),
     )
 
 
-__all__ = ["APE", "AUTHORS_LOGIT_SCALE", "AUTHORS_VIEWS", "PRESETS", "TIP", "authors_ape", "authors_tip",
-           "dataset_key"]
+__all__ = ["APE", "AUTHORS_LOGIT_SCALE", "AUTHORS_VIEWS", "PRESETS", "TIP", "authors_ape", "authors_tip", "dataset_key"]

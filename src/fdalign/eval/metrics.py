@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -24,9 +24,7 @@ def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(logits).all(dim=1), rank, torch.full_like(rank, logits.shape[1]))
 
 
-def topk_accuracy(
-    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
-) -> dict[int, float]:
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
     """Top-k accuracy in percent for each ``k`` in ``ks``.
 
     Args:
@@ -41,9 +39,7 @@ def topk_accuracy(
         ``{k: accuracy}`` keyed by the *requested* k, in percent. An empty input gives ``nan``.
     """
     if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"expected logits [N,C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
+        raise ValueError(f"expected logits [N,C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
     n, c = logits.shape
     if n == 0:
         return {k: float("nan") for k in ks}
@@ -110,9 +106,14 @@ def class_coverage(
     first 20 absent ID classes, "num_missing"}``.
     """
     n = num_classes if class_subset is None else len(class_subset)
-    return {"classes": n, "of": num_classes, "restricted": class_subset is not None,
-            "declared_subset": bool(declared), "missing": list(missing)[:20],
-            "num_missing": num_classes - n}
+    return {
+        "classes": n,
+        "of": num_classes,
+        "restricted": class_subset is not None,
+        "declared_subset": bool(declared),
+        "missing": list(missing)[:20],
+        "num_missing": num_classes - n,
+    }
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

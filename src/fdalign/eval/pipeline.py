@@ -7,8 +7,8 @@ features; only the cheap heads differ. So the image features of each set are com
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -61,9 +61,7 @@ def apply_head(head: nn.Module, features: torch.Tensor, chunk: int = 8192) -> to
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def score(
-    logits: torch.Tensor, labels: torch.Tensor, class_subset: Sequence[int] | None = None, ks=(1, 5)
-) -> dict:
+def score(logits: torch.Tensor, labels: torch.Tensor, class_subset: Sequence[int] | None = None, ks=(1, 5)) -> dict:
     """``{"top1", "top5", "n"}`` for ``[N, C]`` logits and ``[N]`` ID labels (restricted to ``class_subset``)."""
     acc = topk_accuracy(restrict_logits(logits, class_subset), remap_labels(labels, class_subset), ks)
     out = {f"top{k}": acc[k] for k in ks}
@@ -100,8 +98,14 @@ def run_evaluation(
         for encoder, names in groups.values():
             # a frozen encoder's features may come from the sweep's feature cache (fdalign.eval.featcache)
             feats, labels = featcache.extract_features(
-                encoder, es.dataset, batch_size=batch_size, device=device, num_workers=num_workers,
-                precision=precision, progress=progress, desc=f"{set_name} ({', '.join(names)})",
+                encoder,
+                es.dataset,
+                batch_size=batch_size,
+                device=device,
+                num_workers=num_workers,
+                precision=precision,
+                progress=progress,
+                desc=f"{set_name} ({', '.join(names)})",
             )
             for name in names:
                 logits = apply_head(models[name][1], feats)

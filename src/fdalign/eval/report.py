@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fdalign.io import atomic_write_text
 
@@ -100,7 +100,9 @@ def _kv_lines(d: dict) -> list[str]:
                 text += f", chosen on {v['on']}"
             if v.get("metric") is not None and v.get("score") is not None:
                 score = v["score"]
-                text += f" by {v['metric']} = {score:.2f}" if isinstance(score, float) else f" by {v['metric']} = {score}"
+                text += (
+                    f" by {v['metric']} = {score:.2f}" if isinstance(score, float) else f" by {v['metric']} = {score}"
+                )
             v = text
         elif isinstance(v, (dict, list)):
             v = json.dumps(v, ensure_ascii=False)
@@ -125,9 +127,11 @@ def render_report(
     lines = [f"# {title}", ""]
     lines += [f"**{n}**" for n in notes] + ([""] if notes else [])
     if metrics:
-        lines.append(f"Accuracy in percent. In-distribution: {', '.join(id_sets) or '–'}; "
-                     f"out-of-distribution: {', '.join(ood_sets) or 'none'}"
-                     + (" (OOD avg = unweighted mean of the OOD sets' top-1)." if ood_sets else "."))
+        lines.append(
+            f"Accuracy in percent. In-distribution: {', '.join(id_sets) or '–'}; "
+            f"out-of-distribution: {', '.join(ood_sets) or 'none'}"
+            + (" (OOD avg = unweighted mean of the OOD sets' top-1)." if ood_sets else ".")
+        )
         lines += ["", metrics_table(metrics, roles), "", f"Set sizes: {_set_sizes(metrics)}.", ""]
     else:
         lines += ["No set was evaluated.", ""]
@@ -146,10 +150,15 @@ def render_report(
     if config:
         lines += ["## Settings", ""] + _kv_lines(config) + [""]
     if class_table:
-        lines += ["## Class names used", "",
-                  "Labels are the sorted class folders; the plain --classnames list was applied in that order. "
-                  "Check that every folder got its own name.", "",
-                  "| label | folder | name |", "|---:|---|---|"]
+        lines += [
+            "## Class names used",
+            "",
+            "Labels are the sorted class folders; the plain --classnames list was applied in that order. "
+            "Check that every folder got its own name.",
+            "",
+            "| label | folder | name |",
+            "|---:|---|---|",
+        ]
         lines += [f"| {i} | {k} | {n} |" for i, k, n in class_table]
         lines.append("")
     return "\n".join(lines)
@@ -157,15 +166,21 @@ def render_report(
 
 def _classes_section(classes: dict[str, dict]) -> list[str]:
     """Which sets were scored over fewer classes than the head has, and whether that was declared."""
-    lines = ["## Classes per set", "", "| set | classes scored | logits restricted | declared subset | missing |",
-             "|---|---:|---|---|---|"]
+    lines = [
+        "## Classes per set",
+        "",
+        "| set | classes scored | logits restricted | declared subset | missing |",
+        "|---|---:|---|---|---|",
+    ]
     for name, c in classes.items():
         missing = ", ".join(c.get("missing") or []) or "–"
         if c.get("num_missing", 0) > len(c.get("missing") or []):
             missing += f" ... ({c['num_missing']} in all)"
         declared = "yes" if c.get("declared_subset") else ("no (warned)" if c.get("restricted") else "–")
-        lines.append(f"| {name} | {c['classes']} of {c['of']} | {'yes' if c.get('restricted') else 'no'} | "
-                     f"{declared} | {missing} |")
+        lines.append(
+            f"| {name} | {c['classes']} of {c['of']} | {'yes' if c.get('restricted') else 'no'} | "
+            f"{declared} | {missing} |"
+        )
     return lines + [""]
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fdalign.errors import FDAlignError
 
@@ -94,8 +95,10 @@ class LocalWorkers:
             raise FDAlignError(f"--workers {self.workers}: give 1 or more")
         bad = [d for d in map(str, self.devices) if not (d.isdigit() or d.startswith(("GPU-", "MIG-")))]
         if bad:
-            raise FDAlignError(f"--devices {','.join(map(str, self.devices))}: {bad[0]!r} is not a GPU; give "
-                               "indices as nvidia-smi lists them (e.g. --devices 0,1,2,3) or GPU-/MIG- UUIDs")
+            raise FDAlignError(
+                f"--devices {','.join(map(str, self.devices))}: {bad[0]!r} is not a GPU; give "
+                "indices as nvidia-smi lists them (e.g. --devices 0,1,2,3) or GPU-/MIG- UUIDs"
+            )
 
     @property
     def slots(self) -> int:
@@ -107,8 +110,9 @@ class LocalWorkers:
 
         device = str(self.devices[i % len(self.devices)]) if self.devices else None
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
-        ex = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(device, threads))
+        ex = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(device, threads)
+        )
         return ex, ex.submit(os.getpid).result()  # the pid, to forward Ctrl-C to
 
     def run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
@@ -214,8 +218,13 @@ class SlurmOptions:
 
     def sbatch_lines(self, n: int, name: str) -> list[str]:
         """The #SBATCH header of the array (what --dry-run prints)."""
-        lines = [f"--job-name={name}", f"--array=0-{n - 1}%{self.array_parallelism}", "--ntasks-per-node=1",
-                 f"--time={self.time}", f"--cpus-per-task={self.cpus_per_task}"]
+        lines = [
+            f"--job-name={name}",
+            f"--array=0-{n - 1}%{self.array_parallelism}",
+            "--ntasks-per-node=1",
+            f"--time={self.time}",
+            f"--cpus-per-task={self.cpus_per_task}",
+        ]
         if self.gpus_per_task:
             lines.append(f"--gpus-per-node={self.gpus_per_task}")
         if self.partition:
@@ -270,9 +279,16 @@ class Submitit:
             ex.update_parameters(timeout_min=o.time, gpus_per_node=0)
             return ex
         ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
-        kw = dict(name=self.name, timeout_min=o.time, gpus_per_node=o.gpus_per_task, tasks_per_node=1, nodes=1,
-                  cpus_per_task=o.cpus_per_task, slurm_array_parallelism=o.array_parallelism,
-                  slurm_additional_parameters=o.extra())
+        kw = dict(
+            name=self.name,
+            timeout_min=o.time,
+            gpus_per_node=o.gpus_per_task,
+            tasks_per_node=1,
+            nodes=1,
+            cpus_per_task=o.cpus_per_task,
+            slurm_array_parallelism=o.array_parallelism,
+            slurm_additional_parameters=o.extra(),
+        )
         if o.partition:
             kw["slurm_partition"] = o.partition
         if o.mem_gb:

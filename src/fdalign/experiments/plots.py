@@ -38,11 +38,33 @@ def _mean(vals):
 
 # One colour per row name, the same in every report and figure (a colour cycle would hand fd-align
 # another colour as soon as a report has one row more or less).
-FIXED_COLOURS = {"zero-shot": "#000000", "fine-tune": "#1f77b4", "fd-align": "#d62728",
-                 "wise-ft of fine-tune": "#17becf", "wise-ft of fd-align": "#ff7f0e", "lp": "#2ca02c",
-                 "lp-ft": "#9467bd", "wise-ft of lp-ft": "#e377c2"}
-OTHER_COLOURS = ("#8c564b", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2",
-                 "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+FIXED_COLOURS = {
+    "zero-shot": "#000000",
+    "fine-tune": "#1f77b4",
+    "fd-align": "#d62728",
+    "wise-ft of fine-tune": "#17becf",
+    "wise-ft of fd-align": "#ff7f0e",
+    "lp": "#2ca02c",
+    "lp-ft": "#9467bd",
+    "wise-ft of lp-ft": "#e377c2",
+}
+OTHER_COLOURS = (
+    "#8c564b",
+    "#bcbd22",
+    "#7f7f7f",
+    "#aec7e8",
+    "#98df8a",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+)
 
 
 def row_colour(row: str) -> str:
@@ -72,8 +94,16 @@ def accuracy_vs_shots(groups, out: Path) -> list[Path]:
                 pts = [(k, s[row][key]) for k, s in summaries if row in s and key in s[row]]
                 if not pts:
                     continue
-                ax.errorbar([k for k, _ in pts], [d["mean"] for _, d in pts], yerr=[d["std"] for _, d in pts],
-                            marker="o", ms=4, capsize=2, color=row_colour(row), label=row)
+                ax.errorbar(
+                    [k for k, _ in pts],
+                    [d["mean"] for _, d in pts],
+                    yerr=[d["std"] for _, d in pts],
+                    marker="o",
+                    ms=4,
+                    capsize=2,
+                    color=row_colour(row),
+                    label=row,
+                )
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({g.shots for g in gs}), [str(k) for k in sorted({g.shots for g in gs})])
             ax.set_title(f"{ds}: {'ID' if key == 'id' else 'OOD mean'}", fontsize=9)
@@ -101,14 +131,29 @@ def id_ood_plane(g, out: Path) -> Path | None:
         labels += [(x, y, f"{a:g}", c) for a, x, y in zip(alphas, xs, ys)]
         chosen = g.points.get(wiseft_row(m))
         if chosen:
-            ax.scatter([_mean([p["id"] for p in chosen.values()])], [_mean([p["ood_mean"] for p in chosen.values()])],
-                       marker="*", s=160, color=c, edgecolor="k", zorder=5, label=f"{wiseft_row(m)} (val)")
+            ax.scatter(
+                [_mean([p["id"] for p in chosen.values()])],
+                [_mean([p["ood_mean"] for p in chosen.values()])],
+                marker="*",
+                s=160,
+                color=c,
+                edgecolor="k",
+                zorder=5,
+                label=f"{wiseft_row(m)} (val)",
+            )
     for row, pts in g.points.items():
         if row in g.curves or row.startswith("wise-ft of ") or not pts:
             continue
         marker = "s" if row == ZERO_SHOT else "D"
-        ax.scatter([_mean([p["id"] for p in pts.values()])], [_mean([p["ood_mean"] for p in pts.values()])],
-                   marker=marker, s=45, color=row_colour(row), label=row, zorder=4)
+        ax.scatter(
+            [_mean([p["id"] for p in pts.values()])],
+            [_mean([p["ood_mean"] for p in pts.values()])],
+            marker=marker,
+            s=45,
+            color=row_colour(row),
+            label=row,
+            zorder=4,
+        )
     _place_labels(ax, labels)
     ax.set_xlabel(f"ID top-1 (%), {g.id_set}")
     ax.set_ylabel(f"OOD mean top-1 (%), {len(g.ood_sets)} sets")
@@ -130,8 +175,15 @@ def _place_labels(ax, labels: list[tuple[float, float, str, str]], fontsize: flo
     offsets = ((3, 3), (3, -9), (-4, 3), (-4, -9))
     for x, y, text, colour in labels:
         for dx, dy in offsets:
-            t = ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
-                            ha="left" if dx > 0 else "right", color=colour)
+            t = ax.annotate(
+                text,
+                (x, y),
+                fontsize=fontsize,
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha="left" if dx > 0 else "right",
+                color=colour,
+            )
             box = t.get_window_extent(renderer).expanded(1.1, 1.1)
             if not any(box.overlaps(b) for b in placed):
                 placed.append(box)
@@ -158,8 +210,14 @@ def training_curves(g, out: Path) -> Path | None:
         if not d:
             continue
         for ax, key in zip(axes, ("ce", "kl", "lr")):
-            ax.plot(d["step"], d[key], color=row_colour(r.method), lw=0.9, alpha=0.8,
-                    label=r.method if r.seed == min(x.seed for x, _ in logs if x.method == r.method) else None)
+            ax.plot(
+                d["step"],
+                d[key],
+                color=row_colour(r.method),
+                lw=0.9,
+                alpha=0.8,
+                label=r.method if r.seed == min(x.seed for x, _ in logs if x.method == r.method) else None,
+            )
     for ax, key in zip(axes, ("cross-entropy", "spurious KL", "learning rate")):
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
@@ -186,8 +244,15 @@ def accuracy_by_set(g, out: Path) -> Path | None:
     x = np.arange(len(keys))
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(keys)), 4.2))
     for i, row in enumerate(rows):
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [s[row][k]["mean"] for k in keys], width,
-               yerr=[s[row][k]["std"] for k in keys], capsize=2, label=row, color=row_colour(row))
+        ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width,
+            [s[row][k]["mean"] for k in keys],
+            width,
+            yerr=[s[row][k]["std"] for k in keys],
+            capsize=2,
+            label=row,
+            color=row_colour(row),
+        )
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
     ax.axvline(len(keys) - 1.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(x, labels, rotation=30, ha="right")
@@ -245,8 +310,9 @@ def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu
         if test is None:
             return None
         sets = [(g.id_set, _sample(test, per_class))]
-        for name, split, _ in load_ood_sets(cfg.ood, list(test.classnames), test.class_keys,
-                                            reserved={"test", "val", "train"}):
+        for name, split, _ in load_ood_sets(
+            cfg.ood, list(test.classnames), test.class_keys, reserved={"test", "val", "train"}
+        ):
             sets.append((name, _sample(split, per_class)))
         tf = first.backend.preprocess_eval()
         encoders = {"zero-shot": first.zero_shot_encoder().to(device), methods[0]: first.backend.image_encoder}
@@ -264,11 +330,20 @@ def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu
         labels += split.labels
         domains += [name] * len(split)
     for model, enc in encoders.items():
-        parts = [extract_features(enc, ImageDataset(split, tf), batch_size=64, device=device, progress=False)[0]
-                 for _, split in sets]
+        parts = [
+            extract_features(enc, ImageDataset(split, tf), batch_size=64, device=device, progress=False)[0]
+            for _, split in sets
+        ]
         feats[model] = torch.cat(parts).float()
-    return {"feats": feats, "labels": labels, "domains": domains, "classnames": list(test.classnames),
-            "images": [test.resolve(s) for s in sets[0][1].samples], "n_id": len(sets[0][1]), "run": first}
+    return {
+        "feats": feats,
+        "labels": labels,
+        "domains": domains,
+        "classnames": list(test.classnames),
+        "images": [test.resolve(s) for s in sets[0][1].samples],
+        "n_id": len(sets[0][1]),
+        "run": first,
+    }
 
 
 def tsne_plot(g, data: dict, out: Path) -> Path:
@@ -287,13 +362,30 @@ def tsne_plot(g, data: dict, out: Path) -> Path:
         x = data["feats"][m]
         x = (x / x.norm(dim=-1, keepdim=True)).numpy()
         # exact gradients: for the few hundred points drawn here it is faster than Barnes-Hut
-        emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca", random_state=0,
-                   method="exact" if len(x) <= 1000 else "barnes_hut", max_iter=500).fit_transform(x)
+        emb = TSNE(
+            n_components=2,
+            perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)),
+            init="pca",
+            random_state=0,
+            method="exact" if len(x) <= 1000 else "barnes_hut",
+            max_iter=500,
+        ).fit_transform(x)
         for j, d in enumerate(domains):
             sel = dom == d
-            ax.scatter(emb[sel, 0], emb[sel, 1], c=labels[sel], cmap="tab20", vmin=0, vmax=max(19, labels.max()),
-                       marker=markers[j % len(markers)], s=14 if j else 22, alpha=0.8,
-                       edgecolor="k" if j == 0 else "none", linewidth=0.4, label=d)
+            ax.scatter(
+                emb[sel, 0],
+                emb[sel, 1],
+                c=labels[sel],
+                cmap="tab20",
+                vmin=0,
+                vmax=max(19, labels.max()),
+                marker=markers[j % len(markers)],
+                s=14 if j else 22,
+                alpha=0.8,
+                edgecolor="k" if j == 0 else "none",
+                linewidth=0.4,
+                label=d,
+            )
         ax.set_title(m, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -310,15 +402,22 @@ def _class_legend(fig, ax, classnames: list[str], labels, vmax: int, limit: int 
 
     shown = sorted(set(int(x) for x in labels))
     if len(shown) > limit:
-        ax.text(1.02, 0.5, f"colour = class\n({len(shown)} classes)", transform=ax.transAxes, fontsize=7,
-                va="center")
+        ax.text(1.02, 0.5, f"colour = class\n({len(shown)} classes)", transform=ax.transAxes, fontsize=7, va="center")
         return
     cmap = _plt().get_cmap("tab20")
-    handles = [Line2D([], [], ls="", marker="o", ms=5, color=cmap(c / vmax if vmax else 0), label=classnames[c])
-               for c in shown]
+    handles = [
+        Line2D([], [], ls="", marker="o", ms=5, color=cmap(c / vmax if vmax else 0), label=classnames[c]) for c in shown
+    ]
     # a figure legend: the panel's own legend (the sets' markers) stays where it is
-    fig.legend(handles=handles, fontsize=6, title="class (colour)", title_fontsize=6, loc="center left",
-               bbox_to_anchor=(ax.get_position().x1 + 0.01, 0.5), frameon=False)
+    fig.legend(
+        handles=handles,
+        fontsize=6,
+        title="class (colour)",
+        title_fontsize=6,
+        loc="center left",
+        bbox_to_anchor=(ax.get_position().x1 + 0.01, 0.5),
+        frameon=False,
+    )
 
 
 def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
@@ -332,7 +431,11 @@ def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
 
     run = data["run"]
     cfg = run.config
-    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    spc = (
+        SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize)
+        if cfg.spc
+        else None
+    )
     protos = build_prototypes(run.backend, data["classnames"], load_templates(cfg.templates), spc=spc)
     spurious = protos.loss_prototypes
     scale = float(cfg.temperature if cfg.temperature is not None else run.backend.logit_scale)
@@ -354,8 +457,13 @@ def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
         for j, (m, f) in enumerate(data["feats"].items()):
             with torch.no_grad():
                 p = torch.softmax(cosine_logits(f[i : i + 1], spurious, scale, normalize).float(), dim=-1)[0]
-            ax.bar([x + (j - (len(data["feats"]) - 1) / 2) * width for x in range(k)], p.numpy(), width, label=m,
-                   color=row_colour(m))
+            ax.bar(
+                [x + (j - (len(data["feats"]) - 1) / 2) * width for x in range(k)],
+                p.numpy(),
+                width,
+                label=m,
+                color=row_colour(m),
+            )
         ax.set_ylabel("P_spur", fontsize=8)
         ax.set_xlim(-0.6, k - 0.4)
         ax.set_xticks(range(0, k, max(1, k // 10)))

@@ -39,16 +39,21 @@ def harmonic_mean(base: float, novel: float) -> float:
 def check_protocol(cfg) -> None:
     """What a protocol asks of a sweep config (``cfg``: a SweepConfig), as errors naming the key."""
     if cfg.protocol == BASE2NOVEL and cfg.heads:
-        raise FDAlignError(f"{cfg.source}: heads are fitted and scored on a run's own classes, which protocol "
-                           "base2novel splits; drop heads (or run them with protocol kshot)")
+        raise FDAlignError(
+            f"{cfg.source}: heads are fitted and scored on a run's own classes, which protocol "
+            "base2novel splits; drop heads (or run them with protocol kshot)"
+        )
     if cfg.protocol == CROSS_DATASET:
         for d in cfg.datasets:
             if not d.targets:
-                raise FDAlignError(f"{cfg.source}: datasets.{d.name} has no targets; protocol cross-dataset "
-                                   "evaluates each source on its targets (a list of NAME=PATH, or 'world')")
+                raise FDAlignError(
+                    f"{cfg.source}: datasets.{d.name} has no targets; protocol cross-dataset "
+                    "evaluates each source on its targets (a list of NAME=PATH, or 'world')"
+                )
     elif any(d.targets for d in cfg.datasets):
-        raise FDAlignError(f"{cfg.source}: targets are read by protocol cross-dataset only; set protocol: "
-                           "cross-dataset or drop them")
+        raise FDAlignError(
+            f"{cfg.source}: targets are read by protocol cross-dataset only; set protocol: cross-dataset or drop them"
+        )
 
 
 def run_fields(cfg, ds, data: str, fill) -> dict[str, Any]:
@@ -118,9 +123,14 @@ def target_sets(g) -> list[str]:
 
 def base_novel_points(g) -> dict[str, dict[int, tuple[float, float]]]:
     """``{row: {seed: (base top-1, novel top-1)}}`` of one group."""
-    return {row: {s: (p["sets"][BASE_SET], p["sets"][NOVEL_SET]) for s, p in per_seed.items()
-                  if BASE_SET in p["sets"] and NOVEL_SET in p["sets"]}
-            for row, per_seed in g.points.items()}
+    return {
+        row: {
+            s: (p["sets"][BASE_SET], p["sets"][NOVEL_SET])
+            for s, p in per_seed.items()
+            if BASE_SET in p["sets"] and NOVEL_SET in p["sets"]
+        }
+        for row, per_seed in g.points.items()
+    }
 
 
 def summarise_base_novel(points: dict[str, dict[int, tuple[float, float]]]) -> dict[str, dict]:
@@ -131,8 +141,13 @@ def summarise_base_novel(points: dict[str, dict[int, tuple[float, float]]]) -> d
             continue
         base = stats([b for b, _ in per_seed.values()])
         novel = stats([n for _, n in per_seed.values()])
-        out[row] = {"n": len(per_seed), "seeds": list(per_seed), "base": base, "novel": novel,
-                    "hm": harmonic_mean(base["mean"], novel["mean"])}
+        out[row] = {
+            "n": len(per_seed),
+            "seeds": list(per_seed),
+            "base": base,
+            "novel": novel,
+            "hm": harmonic_mean(base["mean"], novel["mean"]),
+        }
     return out
 
 
@@ -144,8 +159,10 @@ def average_points(per_group: list[dict]) -> dict[str, dict[int, tuple[float, fl
             continue
         seeds = set.intersection(*(set(p[row]) for p in per_group))
         for s in sorted(seeds):
-            out.setdefault(row, {})[s] = (sum(p[row][s][0] for p in per_group) / len(per_group),
-                                          sum(p[row][s][1] for p in per_group) / len(per_group))
+            out.setdefault(row, {})[s] = (
+                sum(p[row][s][0] for p in per_group) / len(per_group),
+                sum(p[row][s][1] for p in per_group) / len(per_group),
+            )
     return out
 
 
@@ -164,9 +181,11 @@ def novel_paired(points: dict, meta: dict) -> dict[str, dict]:
             seeds = [s for s in points[row] if s in points[against]]
             if seeds:
                 out[f"{row} − {against}"] = {
-                    "n": len(seeds), "novel": stats([points[row][s][1] - points[against][s][1] for s in seeds]),
+                    "n": len(seeds),
+                    "novel": stats([points[row][s][1] - points[against][s][1] for s in seeds]),
                     "base": stats([points[row][s][0] - points[against][s][0] for s in seeds]),
-                    "novel_higher": sum(float(f"{points[row][s][1] - points[against][s][1]:.1f}") > 0 for s in seeds)}
+                    "novel_higher": sum(float(f"{points[row][s][1] - points[against][s][1]:.1f}") > 0 for s in seeds),
+                }
     return out
 
 
@@ -181,7 +200,8 @@ def base2novel_items(groups: list, meta: dict, pub: dict | None) -> tuple[list[A
         "Base = test images of the base classes (the first ceil(n/2) in label order, the only classes trained "
         "and selected on) scored among the base classes; novel = test images of the other classes scored "
         "among the novel classes with their text prototypes; HM = harmonic mean of the mean base and mean "
-        "novel top-1 (per data set, and for the average of the data sets' means, as CoCoOp reports it)."]
+        "novel top-1 (per data set, and for the average of the data sets' means, as CoCoOp reports it)."
+    ]
     summary: dict[str, Any] = {"groups": []}
     ref_pub = _published_average(pub, groups)
     for title, points, g in blocks:
@@ -195,21 +215,47 @@ def base2novel_items(groups: list, meta: dict, pub: dict | None) -> tuple[list[A
             cells = [row, str(d["n"]), fmt_pm(d["base"]), fmt_pm(d["novel"]), f"{d['hm']:.1f}"]
             if with_pub:
                 p = ref_pub.get(row)
-                cells += ([f"{p['base']:.2f} / {p['novel']:.2f} / {p['hm']:.2f}",
-                           f"{d['base']['mean'] - p['base']:+.1f} / {d['novel']['mean'] - p['novel']:+.1f} / "
-                           f"{d['hm'] - p['hm']:+.1f}"] if p else ["", ""])
+                cells += (
+                    [
+                        f"{p['base']:.2f} / {p['novel']:.2f} / {p['hm']:.2f}",
+                        f"{d['base']['mean'] - p['base']:+.1f} / {d['novel']['mean'] - p['novel']:+.1f} / "
+                        f"{d['hm'] - p['hm']:+.1f}",
+                    ]
+                    if p
+                    else ["", ""]
+                )
             rows.append(cells)
         items += [f"**{title}**", Table(header, rows)]
         diffs = novel_paired(points, meta)
         if diffs:
-            items.append(Table(["paired, per seed", "seeds", "novel Δ", "novel higher in", "base Δ"],
-                               [[k, str(v["n"]), fmt_pm(v["novel"], signed=True), f"{v['novel_higher']} of {v['n']}",
-                                 fmt_pm(v["base"], signed=True)] for k, v in diffs.items()]))
-        summary["groups"].append({"title": title, "rows": s, "paired": diffs,
-                                  "per_seed": {row: {str(k): list(v) for k, v in p.items()} for row, p in points.items()}})
+            items.append(
+                Table(
+                    ["paired, per seed", "seeds", "novel Δ", "novel higher in", "base Δ"],
+                    [
+                        [
+                            k,
+                            str(v["n"]),
+                            fmt_pm(v["novel"], signed=True),
+                            f"{v['novel_higher']} of {v['n']}",
+                            fmt_pm(v["base"], signed=True),
+                        ]
+                        for k, v in diffs.items()
+                    ],
+                )
+            )
+        summary["groups"].append(
+            {
+                "title": title,
+                "rows": s,
+                "paired": diffs,
+                "per_seed": {row: {str(k): list(v) for k, v in p.items()} for row, p in points.items()},
+            }
+        )
     if pub is not None:
-        items.append(f"Published: {pub['source'].strip()} Shown for the average when the runs are the 11 CoOp data "
-                     f"sets with `{pub['model']}`.")
+        items.append(
+            f"Published: {pub['source'].strip()} Shown for the average when the runs are the 11 CoOp data "
+            f"sets with `{pub['model']}`."
+        )
     return items, summary
 
 
@@ -218,7 +264,11 @@ def _published_average(pub: dict | None, groups: list) -> dict | None:
     with the published model; else None."""
     from fdalign.experiments.rows import COOP11
 
-    if not pub or {g.dataset_key for g in groups} != COOP11 or set().union(*(g.model_keys for g in groups)) != {pub["model"]}:
+    if (
+        not pub
+        or {g.dataset_key for g in groups} != COOP11
+        or set().union(*(g.model_keys for g in groups)) != {pub["model"]}
+    ):
         return None
     out = {}
     for e in pub["entries"]:
@@ -233,9 +283,14 @@ def cross_dataset_items(groups: list) -> tuple[list[Any], dict]:
 
     items: list[Any] = [
         "Each target scored with the run's encoder and the target's own class names and templates (never used "
-        "to select anything); source = the training data set's test split" + (
-            "; novel = its test images of the classes it was not trained on" if any(_has_sets(g, (NOVEL_SET,))
-                                                                                      for g in groups) else "") + "."]
+        "to select anything); source = the training data set's test split"
+        + (
+            "; novel = its test images of the classes it was not trained on"
+            if any(_has_sets(g, (NOVEL_SET,)) for g in groups)
+            else ""
+        )
+        + "."
+    ]
     summary = {"groups": []}
     for g in groups:
         targets = target_sets(g)

@@ -26,9 +26,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fdalign.errors import FDAlignError
 from fdalign.experiments.rows import COOP11, ZERO_SHOT, Table, fmt_pm, stats, summarise_group, wiseft_row
@@ -37,6 +38,7 @@ from fdalign.io import atomic_write_json, atomic_write_text
 
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 FORMATS = ("md", "csv", "html")
+
 
 def dataset_key(name: str) -> str:
     """The normaliser the released LR table uses: ``Oxford_Pets`` -> ``oxfordpets``."""
@@ -98,15 +100,31 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                         curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a), ood)
         head_rows = _head_rows(rs, order, meta.get("reference"), points, ood)
         points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
-        rows = [ZERO_SHOT] + [m for m in order if m in points] + [wiseft_row(m) for m in meta["wiseft"]
-                                                                 if wiseft_row(m) in points] + head_rows
-        groups.append(Group(ds, k, dataset_key(ds), rs[0].id_set, ood, {row: points[row] for row in rows},
-                            curves, rs, {r.model_key for r in rs}))
+        rows = (
+            [ZERO_SHOT]
+            + [m for m in order if m in points]
+            + [wiseft_row(m) for m in meta["wiseft"] if wiseft_row(m) in points]
+            + head_rows
+        )
+        groups.append(
+            Group(
+                ds,
+                k,
+                dataset_key(ds),
+                rs[0].id_set,
+                ood,
+                {row: points[row] for row in rows},
+                curves,
+                rs,
+                {r.model_key for r in rs},
+            )
+        )
     return groups
 
 
-def _head_rows(runs: list[RunRecord], order: list[str], reference: str | None, points: dict,
-               ood: list[str]) -> list[str]:
+def _head_rows(
+    runs: list[RunRecord], order: list[str], reference: str | None, points: dict, ood: list[str]
+) -> list[str]:
     """Cache-head rows, as in the paper's table: "Tip" (zero-shot CLIP's encoder, the same in every run,
     taken like the zero-shot row) and "Tip + <method>" (the run's fine-tuned encoder). Adds them to
     ``points``; returns their names in order."""
@@ -116,7 +134,7 @@ def _head_rows(runs: list[RunRecord], order: list[str], reference: str | None, p
             for model in next(iter(r.metrics.values())):
                 if not model.startswith("head:"):
                     continue
-                head, _, encoder = model[len("head:"):].partition(" + ")
+                head, _, encoder = model[len("head:") :].partition(" + ")
                 row = f"{head} + {m}" if encoder else head
                 if encoder or r.seed not in points.get(row, {}) or m == reference:
                     points.setdefault(row, {})[r.seed] = r.point(model, ood)
@@ -140,12 +158,26 @@ def mean_group(groups: list[Group]) -> list[Group]:
             for s in sorted(seeds):
                 ids = [g.points[row][s]["id"] for g in gs]
                 oods = [g.points[row][s]["ood_mean"] for g in gs]
-                points.setdefault(row, {})[s] = {"id": sum(ids) / len(ids), "sets": {},
-                                                 "ood_mean": sum(oods) / len(oods) if None not in oods else None}
+                points.setdefault(row, {})[s] = {
+                    "id": sum(ids) / len(ids),
+                    "sets": {},
+                    "ood_mean": sum(oods) / len(oods) if None not in oods else None,
+                }
         keys = {g.dataset_key for g in gs}
         name = f"mean of {len(gs)} data sets"
-        out.append(Group(name, k, "coop11-mean" if keys == COOP11 else name, "mean", [], points, {},
-                         [r for g in gs for r in g.runs], set.union(*(g.model_keys for g in gs))))
+        out.append(
+            Group(
+                name,
+                k,
+                "coop11-mean" if keys == COOP11 else name,
+                "mean",
+                [],
+                points,
+                {},
+                [r for g in gs for r in g.runs],
+                set.union(*(g.model_keys for g in gs)),
+            )
+        )
     return out
 
 
@@ -193,7 +225,6 @@ def published_value(pub: dict, g: Group, row: str) -> tuple[float, str] | None:
 
 # ----------------------------------------------------------------------------------------------
 # the document: sections of text, tables and images, rendered as markdown or HTML
-
 
 
 def _pm(d: dict | None) -> str:
@@ -270,10 +301,12 @@ def cost_section(paths) -> list[Any]:
     for p, c in _sweep_costs(paths):
         cache = c.get("cache") or {}
         busy = c.get("busy_seconds") or {}
-        items.append(f"**{p}**: {c.get('wall_seconds', 0):.0f} s wall over {len(c.get('invocations') or [])} "
-                     f"invocation(s); {sum(busy.values()):.0f} s busy on {len(busy)} worker(s); feature cache "
-                     f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, {cache.get('corrupt', 0)} corrupt "
-                     f"entries recomputed, {cache.get('seconds_saved', 0):.0f} s of encoder time saved.")
+        items.append(
+            f"**{p}**: {c.get('wall_seconds', 0):.0f} s wall over {len(c.get('invocations') or [])} "
+            f"invocation(s); {sum(busy.values()):.0f} s busy on {len(busy)} worker(s); feature cache "
+            f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, {cache.get('corrupt', 0)} corrupt "
+            f"entries recomputed, {cache.get('seconds_saved', 0):.0f} s of encoder time saved."
+        )
         if busy:
             items.append(Table(["worker (host:pid)", "busy s"], [[w, f"{b:.0f}"] for w, b in busy.items()]))
     return items
@@ -294,8 +327,16 @@ def hash_table(runs: list[RunRecord]) -> Table:
             continue
         seen.add(key)
         fixed = "; ".join(f"{k} {_short(v)}" for k, v in r.hashes.items() if k not in ("train", "val"))
-        rows.append([r.dataset, str(r.shots), str(r.seed), _short(r.hashes.get("train", "")),
-                     _short(r.hashes.get("val", "")), fixed])
+        rows.append(
+            [
+                r.dataset,
+                str(r.shots),
+                str(r.seed),
+                _short(r.hashes.get("train", "")),
+                _short(r.hashes.get("val", "")),
+                fixed,
+            ]
+        )
     return Table(["data set", "shots", "seed", "train", "val", "test / OOD"], rows)
 
 
@@ -328,9 +369,14 @@ def feature_figures(groups: list[Group], meta: dict, out: Path) -> list[Any]:
     return images
 
 
-def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plots: bool = True,
-                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
-                 features: bool = True) -> Report:
+def build_report(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    plots: bool = True,
+    extra: list[tuple[str, list[Any]]] | None = None,
+    title: str | None = None,
+    features: bool = True,
+) -> Report:
     """Read the runs under ``paths`` and compose the report; plots are written to ``out``. With
     ``features``, the t-SNE and spurious-distribution figures load the first seed's models and a few
     images of each set (skipped when the data are not on this machine)."""
@@ -346,8 +392,9 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
     out = Path(out)
     sections: list[tuple[str, list[Any]]] = []
     summary: dict[str, Any] = {"reference": ref, "groups": []}
-    csv_rows: list[list[Any]] = [["data set", "shots", "method", "metric", "seeds", "mean", "std", "published",
-                                  "ours_minus_published"]]
+    csv_rows: list[list[Any]] = [
+        ["data set", "shots", "method", "metric", "seeds", "mean", "std", "published", "ours_minus_published"]
+    ]
     results: list[Any] = []
     paired: list[Any] = []
     for g in all_groups:
@@ -356,17 +403,35 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
         results += [f"**{g.title}**", results_table(g, s, pub)]
         if diffs:
             paired += [f"**{g.title}**", paired_table(diffs, ref)]
-        summary["groups"].append({"dataset": g.dataset, "shots": g.shots, "id_set": g.id_set, "ood_sets": g.ood_sets,
-                                  "rows": s, "paired": diffs,
-                                  "per_seed": {row: {str(k): v for k, v in pts.items()} for row, pts in g.points.items()}})
+        summary["groups"].append(
+            {
+                "dataset": g.dataset,
+                "shots": g.shots,
+                "id_set": g.id_set,
+                "ood_sets": g.ood_sets,
+                "rows": s,
+                "paired": diffs,
+                "per_seed": {row: {str(k): v for k, v in pts.items()} for row, pts in g.points.items()},
+            }
+        )
         for row, d in s.items():
             p = published_value(pub, g, row)
             for metric in ["id", "ood_mean"] + g.ood_sets:
                 if metric in d:
                     pv = p[0] if (p and metric == "id") else None
-                    csv_rows.append([g.dataset, g.shots, row, g.id_set if metric == "id" else metric, d["n"],
-                                     round(d[metric]["mean"], 4), round(d[metric]["std"], 4),
-                                     "" if pv is None else pv, "" if pv is None else round(d[metric]["mean"] - pv, 4)])
+                    csv_rows.append(
+                        [
+                            g.dataset,
+                            g.shots,
+                            row,
+                            g.id_set if metric == "id" else metric,
+                            d["n"],
+                            round(d[metric]["mean"], 4),
+                            round(d[metric]["std"], 4),
+                            "" if pv is None else pv,
+                            "" if pv is None else round(d[metric]["mean"] - pv, 4),
+                        ]
+                    )
     sections.append(("Results", results))
     from fdalign.experiments.protocols import protocol_sections
 
@@ -375,9 +440,16 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
     for name, items in extra or []:
         sections.append((name, items))
     if paired:
-        sections.append((f"Paired differences against {ref}", [
-            f"Per seed, each method minus {ref} on the same K-shot images and test sets; mean ± sample std of "
-            "those differences, and in how many seeds the OOD mean was higher."] + paired))
+        sections.append(
+            (
+                f"Paired differences against {ref}",
+                [
+                    f"Per seed, each method minus {ref} on the same K-shot images and test sets; mean ± sample std of "
+                    "those differences, and in how many seeds the OOD mean was higher."
+                ]
+                + paired,
+            )
+        )
     if plots:
         from fdalign.experiments import plots as P
 
@@ -395,19 +467,35 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
                 images.append(("image", p.name, f"training curves, {g.title}"))
         if features:
             images += feature_figures(groups, meta, out)
-        sections.append(("Plots", [
-            "Accuracy vs shots per method (with 2+ shot counts); accuracy on each set; the ID–OOD plane with the WiSE-FT curves (alpha from 0 = zero-shot to "
-            "1 = fine-tuned, mean over seeds; a star marks the alpha chosen on val); training curves (CE, KL, LR "
-            "per step) of every run; for the first seed, t-SNE of the image features of zero-shot CLIP and the "
-            "fine-tuned encoders (2 images per class of every set; colour = class, marker = set) and the "
-            "spurious distribution P_spur of a few ID images before and after fine-tuning."] + images))
-    sources = [f"Published numbers: {pub['source'].strip()} Shown only where data set, shots, method and model "
-               f"(`{pub['model']}`) match."]
-    sections.append(("Where the numbers come from", sources + [
-        f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set; OOD mean = "
-        "unweighted mean of the OOD sets. zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
-        "wise-ft of X = X's WiSE-FT interpolation with the mixing weight chosen on the few-shot val split. "
-        "Nothing was selected on a test or OOD set."]))
+        sections.append(
+            (
+                "Plots",
+                [
+                    "Accuracy vs shots per method (with 2+ shot counts); accuracy on each set; the ID–OOD plane with the WiSE-FT curves (alpha from 0 = zero-shot to "
+                    "1 = fine-tuned, mean over seeds; a star marks the alpha chosen on val); training curves (CE, KL, LR "
+                    "per step) of every run; for the first seed, t-SNE of the image features of zero-shot CLIP and the "
+                    "fine-tuned encoders (2 images per class of every set; colour = class, marker = set) and the "
+                    "spurious distribution P_spur of a few ID images before and after fine-tuning."
+                ]
+                + images,
+            )
+        )
+    sources = [
+        f"Published numbers: {pub['source'].strip()} Shown only where data set, shots, method and model "
+        f"(`{pub['model']}`) match."
+    ]
+    sections.append(
+        (
+            "Where the numbers come from",
+            sources
+            + [
+                f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set; OOD mean = "
+                "unweighted mean of the OOD sets. zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
+                "wise-ft of X = X's WiSE-FT interpolation with the mixing weight chosen on the few-shot val split. "
+                "Nothing was selected on a test or OOD set."
+            ],
+        )
+    )
     sections.append(("Runs read", runs_read(runs, meta)))
     sections.append(("Environment", ["\n".join(environment_lines(runs))]))
     cost = cost_section(paths)
@@ -416,9 +504,11 @@ def build_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, plo
         summary["cost"] = {str(p): c for p, c in _sweep_costs(paths)}
     sections.append(("Split hashes", [hash_table(runs)]))
     names = ", ".join(n for n in meta["names"] if n) or "runs"
-    intro = [f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
-             f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
-             "(listed under Runs read)."] + not_used_intro(meta)
+    intro = [
+        f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
+        f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
+        "(listed under Runs read)."
+    ] + not_used_intro(meta)
     if meta["skipped"]:
         sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary["environment"] = environment_lines(runs)
@@ -434,16 +524,25 @@ def runs_read(runs: list[RunRecord], meta: dict) -> list[Any]:
     from fdalign.experiments.runs import _fmt, settings
 
     per_run = [settings(r) for r in runs]
-    fields = sorted(k for k in set().union(*per_run)
-                    if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in per_run}) > 1)
-    rows = [[str(r.dir), r.key, r.method, ", ".join(f"{k}={_fmt(s.get(k))}" for k in fields) or "–"]
-            for r, s in sorted(zip(runs, per_run), key=lambda rs: (rs[0].dataset, rs[0].shots, rs[0].seed,
-                                                                   rs[0].method))]
+    fields = sorted(
+        k
+        for k in set().union(*per_run)
+        if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in per_run}) > 1
+    )
+    rows = [
+        [str(r.dir), r.key, r.method, ", ".join(f"{k}={_fmt(s.get(k))}" for k in fields) or "–"]
+        for r, s in sorted(zip(runs, per_run), key=lambda rs: (rs[0].dataset, rs[0].shots, rs[0].seed, rs[0].method))
+    ]
     notes = [f"- {n}" for n in meta["notes"]]
-    return (["Runs with the same data set, shots, seed and method are never merged: with other settings they "
-             "are kept apart as rows of their own (named after the settings that differ), with the same "
-             "settings the first one read is used and the other is listed as a duplicate."]
-            + (["\n".join(notes)] if notes else []) + [Table(["run folder", "key", "row", "settings that differ"], rows)])
+    return (
+        [
+            "Runs with the same data set, shots, seed and method are never merged: with other settings they "
+            "are kept apart as rows of their own (named after the settings that differ), with the same "
+            "settings the first one read is used and the other is listed as a duplicate."
+        ]
+        + (["\n".join(notes)] if notes else [])
+        + [Table(["run folder", "key", "row", "settings that differ"], rows)]
+    )
 
 
 def not_used_intro(meta: dict) -> list[str]:
@@ -452,15 +551,19 @@ def not_used_intro(meta: dict) -> list[str]:
         states[x.state] = states.get(x.state, 0) + 1
     if not states:
         return []
-    return [f"**Not in the tables: {', '.join(f'{n} {s}' for s, n in states.items())}** (listed under Failed, "
-            "missing and unused runs)."]
+    return [
+        f"**Not in the tables: {', '.join(f'{n} {s}' for s, n in states.items())}** (listed under Failed, "
+        "missing and unused runs)."
+    ]
 
 
 def not_used(meta: dict) -> list[Any]:
     """Sweep cells that failed, were never run or are damaged, and duplicates: none is dropped silently."""
     rows = [[str(x.dir), x.key, x.state, x.why] for x in meta["skipped"]]
-    return ["Folders the report found and did not use, and cells of the sweeps that have no finished run.",
-            Table(["folder", "key", "state", "why"], rows)]
+    return [
+        "Folders the report found and did not use, and cells of the sweeps that have no finished run.",
+        Table(["folder", "key", "state", "why"], rows),
+    ]
 
 
 def episode_tables(records: list[EpisodeRecord], methods: list[str]) -> list[Any]:
@@ -468,8 +571,10 @@ def episode_tables(records: list[EpisodeRecord], methods: list[str]) -> list[Any
     are the mean ± sample std over seeds of each run's mean episode accuracy."""
     items: list[Any] = []
     for ds in sorted({r.dataset for r in records}):
-        rs = sorted((r for r in records if r.dataset == ds),
-                    key=lambda r: (methods.index(r.method) if r.method in methods else len(methods), r.seed))
+        rs = sorted(
+            (r for r in records if r.dataset == ds),
+            key=lambda r: (methods.index(r.method) if r.method in methods else len(methods), r.seed),
+        )
         cols = [(t, st) for t, per in rs[0].metrics.items() for st in per]
         heads = list(dict.fromkeys(h for t, st in cols for h in rs[0].metrics[t][st].get("fine-tuned", {})))
         first = rs[0].method  # zero-shot CLIP: the same in every run; read from the first method's runs
@@ -480,8 +585,11 @@ def episode_tables(records: list[EpisodeRecord], methods: list[str]) -> list[Any
             for h in heads:
                 cells = []
                 for t, st in cols:
-                    vals = [r.metrics[t][st][model][h]["mean"] for r in group
-                            if model in r.metrics.get(t, {}).get(st, {}) and h in r.metrics[t][st][model]]
+                    vals = [
+                        r.metrics[t][st][model][h]["mean"]
+                        for r in group
+                        if model in r.metrics.get(t, {}).get(st, {}) and h in r.metrics[t][st][model]
+                    ]
                     cells.append("–" if not vals else _pm(stats(vals)) + f" ({len(vals)})")
                 rows.append([label, h] + cells)
         items += [f"**{ds}**", Table(["method", "head"] + [f"{t} {st}" for t, st in cols], rows)]
@@ -490,15 +598,28 @@ def episode_tables(records: list[EpisodeRecord], methods: list[str]) -> list[Any
 
 def build_episode_report(records: list[EpisodeRecord], meta: dict, paths, title: str | None = None) -> Report:
     """The report of a sweep of meta-training runs (protocol: episodes)."""
-    sections = [("N-way K-shot episodes", [
-        "Mean episode accuracy in percent, mean ± sample std over seeds (number of seeds in brackets); each "
-        "run's own 95% interval over its episodes is in its report.md. zero-shot = CLIP before training; "
-        "heads: proto (ProtoNet on the support images), text (the classes' prompt prototypes), combined."]
-        + episode_tables(records, meta["methods"]))]
-    sections.append(("Where the numbers come from", [
-        f"{len(records)} meta-training runs from {', '.join(map(str, paths))}; the epoch of each was chosen on "
-        "episodes of the val classes only."] + [f"- {n}" for n in meta["notes"]]
-        + [Table(["run folder", "key", "row"], [[str(r.dir), r.key, r.method] for r in records])]))
+    sections = [
+        (
+            "N-way K-shot episodes",
+            [
+                "Mean episode accuracy in percent, mean ± sample std over seeds (number of seeds in brackets); each "
+                "run's own 95% interval over its episodes is in its report.md. zero-shot = CLIP before training; "
+                "heads: proto (ProtoNet on the support images), text (the classes' prompt prototypes), combined."
+            ]
+            + episode_tables(records, meta["methods"]),
+        )
+    ]
+    sections.append(
+        (
+            "Where the numbers come from",
+            [
+                f"{len(records)} meta-training runs from {', '.join(map(str, paths))}; the epoch of each was chosen on "
+                "episodes of the val classes only."
+            ]
+            + [f"- {n}" for n in meta["notes"]]
+            + [Table(["run folder", "key", "row"], [[str(r.dir), r.key, r.method] for r in records])],
+        )
+    )
     if meta["skipped"]:
         sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary = {"episodes": {r.dir.name: r.metrics for r in records}}
@@ -508,11 +629,13 @@ def build_episode_report(records: list[EpisodeRecord], meta: dict, paths, title:
 
 def _md_table(t: Table) -> list[str]:
     aligns = ["---"] + ["---:"] * (len(t.header) - 1)
+
     def cell(c: str) -> str:  # an error message or a path may hold a bar or a line break
         return " ".join(str(c).split()).replace("|", "\\|")
 
     return ["| " + " | ".join(t.header) + " |", "|" + "|".join(aligns) + "|"] + [
-        "| " + " | ".join(cell(c) for c in r) + " |" for r in t.rows]
+        "| " + " | ".join(cell(c) for c in r) + " |" for r in t.rows
+    ]
 
 
 def to_markdown(rep: Report) -> str:
@@ -536,11 +659,14 @@ def _inline(text: str) -> str:
 
 
 def to_html(rep: Report) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(rep.title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:75em;margin:2em auto}table{border-collapse:collapse;"
-             "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
-             f"<h1>{html.escape(rep.title)}</h1>"] + [f"<p>{_inline(p)}</p>" for p in rep.intro]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(rep.title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:75em;margin:2em auto}table{border-collapse:collapse;"
+        "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(rep.title)}</h1>",
+    ] + [f"<p>{_inline(p)}</p>" for p in rep.intro]
     for heading, items in rep.sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         for it in items:
@@ -571,14 +697,21 @@ def default_out(paths: Sequence[str | os.PathLike]) -> Path:
         return Path(paths[0])
     find_runs(paths)  # a missing folder or no runs at all is the error to show first
     what = "a folder it reads" if len(paths) == 1 else "one of the folders it reads"
-    raise FDAlignError(f"fdalign report {' '.join(map(str, paths))}: give --out DIR; without it the report would "
-                       f"write into {paths[0]}, {what} (its own report.md and files would be replaced)")
+    raise FDAlignError(
+        f"fdalign report {' '.join(map(str, paths))}: give --out DIR; without it the report would "
+        f"write into {paths[0]}, {what} (its own report.md and files would be replaced)"
+    )
 
 
-def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
-                 formats: Sequence[str] = ("md",), plots: bool = True,
-                 extra: list[tuple[str, list[Any]]] | None = None, title: str | None = None,
-                 features: bool = True) -> list[Path]:
+def write_report(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    formats: Sequence[str] = ("md",),
+    plots: bool = True,
+    extra: list[tuple[str, list[Any]]] | None = None,
+    title: str | None = None,
+    features: bool = True,
+) -> list[Path]:
     """Write ``report.{md,csv,html}``, ``summary.json`` and the PNGs into ``out`` (default: see
     :func:`default_out`); returns the written report files."""
     bad = [f for f in formats if f not in FORMATS]
@@ -594,5 +727,19 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | No
     return written
 
 
-__all__ = ["find_runs", "build_groups", "mean_group", "summarise_group", "paired_differences", "published_value",
-           "build_report", "write_report", "to_markdown", "to_html", "to_csv", "RunRecord", "Group", "wiseft_row"]
+__all__ = [
+    "find_runs",
+    "build_groups",
+    "mean_group",
+    "summarise_group",
+    "paired_differences",
+    "published_value",
+    "build_report",
+    "write_report",
+    "to_markdown",
+    "to_html",
+    "to_csv",
+    "RunRecord",
+    "Group",
+    "wiseft_row",
+]

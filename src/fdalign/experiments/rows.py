@@ -3,12 +3,25 @@ the protocols' tables (which is why they live here: ``plots`` and ``protocols`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 ZERO_SHOT = "zero-shot"
-COOP11 = frozenset({"imagenet", "caltech101", "oxfordpets", "stanfordcars", "flowers102", "food101", "aircraft",
-                    "sun397", "dtd", "eurosat", "ucf101"})
+COOP11 = frozenset(
+    {
+        "imagenet",
+        "caltech101",
+        "oxfordpets",
+        "stanfordcars",
+        "flowers102",
+        "food101",
+        "aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    }
+)
 
 
 @dataclass

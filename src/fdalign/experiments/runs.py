@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fdalign.errors import FDAlignError
 from fdalign.experiments.rows import ZERO_SHOT
@@ -28,9 +29,28 @@ from fdalign.experiments.rows import ZERO_SHOT
 RUN_FILES = ("config.yaml", "metrics.json")
 STATUS_FILE = "status.json"
 # Settings that never change a run's numbers, or that its key and its split hashes already say.
-NOT_SETTINGS = frozenset({"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume",
-                          "verify_images", "out", "seed", "shots", "k_shot", "data", "ood", "target", "image_root",
-                          "classnames", "split_file", "f0_cache"})
+NOT_SETTINGS = frozenset(
+    {
+        "progress",
+        "num_workers",
+        "eval_batch_size",
+        "tensorboard",
+        "device",
+        "resume",
+        "verify_images",
+        "out",
+        "seed",
+        "shots",
+        "k_shot",
+        "data",
+        "ood",
+        "target",
+        "image_root",
+        "classnames",
+        "split_file",
+        "f0_cache",
+    }
+)
 
 
 def method_label(config: dict) -> str:
@@ -104,8 +124,11 @@ class RunRecord(_Keyed):
             return None
         sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics}
         ood = self.ood_sets if ood is None else list(ood)
-        return {"id": sets[self.id_set], "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood else None,
-                "sets": sets}
+        return {
+            "id": sets[self.id_set],
+            "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood else None,
+            "sets": sets,
+        }
 
     def alphas(self) -> list[float]:
         models = next(iter(self.metrics.values()))
@@ -167,19 +190,36 @@ def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | Skipped:
         dataset = spec.get("dataset") or cfg.get("dataset_name") or Path(str(cfg.get("data"))).name
         method = spec.get("method") or method_label(cfg)
         if doc.get("kind") == "episodes":
-            return EpisodeRecord(run_dir, dataset, int(spec.get("seed", cfg.get("seed"))), method, metrics, cfg,
-                                 int(spec.get("shots", cfg.get("k_shot", 0))), doc.get("hashes", {}))
+            return EpisodeRecord(
+                run_dir,
+                dataset,
+                int(spec.get("seed", cfg.get("seed"))),
+                method,
+                metrics,
+                cfg,
+                int(spec.get("shots", cfg.get("k_shot", 0))),
+                doc.get("hashes", {}),
+            )
         sel = doc.get("selection", {}).get("wiseft_alpha") or {}
         heads_file = run_dir / "eval-heads" / "metrics.json"  # `fdalign eval RUN --heads`, run by the sweep
         if heads_file.is_file():
             heads = read_state(heads_file, "cache-head metrics")["metrics"]
-            metrics = {s: {**rows, **{f"head:{m}": v for m, v in heads.get(s, {}).items()}}
-                       for s, rows in metrics.items()}
+            metrics = {
+                s: {**rows, **{f"head:{m}": v for m, v in heads.get(s, {}).items()}} for s, rows in metrics.items()
+            }
         return RunRecord(
-            dir=run_dir, dataset=dataset, shots=int(spec.get("shots", cfg.get("shots"))),
-            seed=int(spec.get("seed", cfg.get("seed"))), method=method, metrics=metrics, roles=doc.get("roles", {}),
-            chosen_alpha=float(sel["chosen"]) if "chosen" in sel else None, hashes=doc.get("hashes", {}), config=cfg,
-            environment=status.get("environment", {}))
+            dir=run_dir,
+            dataset=dataset,
+            shots=int(spec.get("shots", cfg.get("shots"))),
+            seed=int(spec.get("seed", cfg.get("seed"))),
+            method=method,
+            metrics=metrics,
+            roles=doc.get("roles", {}),
+            chosen_alpha=float(sel["chosen"]) if "chosen" in sel else None,
+            hashes=doc.get("hashes", {}),
+            config=cfg,
+            environment=status.get("environment", {}),
+        )
     except FDAlignError as e:
         return Skipped(run_dir, "?", "damaged", str(e))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -269,8 +309,10 @@ def separate(runs: list) -> tuple[list, list[Skipped], list[str]]:
             fields = differing(base, s)
             known[sig] = r.base_method if not fields else f"{r.base_method} {suffix(fields, s)}"
             if fields:
-                notes.append(f"{r.dataset}, {r.shots}-shot, {r.base_method}: runs with other settings than the first "
-                             f"one read ({', '.join(fields)}) are kept apart as `{known[sig]}`")
+                notes.append(
+                    f"{r.dataset}, {r.shots}-shot, {r.base_method}: runs with other settings than the first "
+                    f"one read ({', '.join(fields)}) are kept apart as `{known[sig]}`"
+                )
         r.method = known[sig]
         key = (r.dataset, r.shots, r.seed, r.method)
         if key in used:
@@ -316,8 +358,15 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
     method order), with what was not used (``meta["skipped"]``) and the rows kept apart
     (``meta["notes"]``)."""
     runs: list[RunRecord] = []
-    meta: dict[str, Any] = {"wiseft": [], "reference": None, "methods": [], "names": [], "skipped": [],
-                            "notes": [], "sweeps": []}
+    meta: dict[str, Any] = {
+        "wiseft": [],
+        "reference": None,
+        "methods": [],
+        "names": [],
+        "skipped": [],
+        "notes": [],
+        "sweeps": [],
+    }
     seen: set[Path] = set()
     for p in map(Path, paths):
         if not p.exists():
@@ -358,15 +407,16 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
         return runs, meta
     if not runs:
         problems = "".join(f"; {s.dir}: {s.state}, {s.why}" for s in meta["skipped"][:3])
-        raise FDAlignError(f"no finished training runs (metrics.json from fdalign train) under "
-                           f"{', '.join(map(str, paths))}{problems}")
+        raise FDAlignError(
+            f"no finished training runs (metrics.json from fdalign train) under {', '.join(map(str, paths))}{problems}"
+        )
     if not meta["methods"]:
         meta["methods"] = list(dict.fromkeys(r.base_method for r in runs))
         meta["wiseft"] = [m for m in meta["methods"] if m != "lp"]
     for r in runs:  # rows kept apart follow their method, and share its WiSE-FT row
         if r.method not in meta["methods"]:
             base = meta["methods"].index(r.base_method) if r.base_method in meta["methods"] else len(meta["methods"])
-            later = [m for m in meta["methods"][base + 1:] if m.startswith(f"{r.base_method} [")]
+            later = [m for m in meta["methods"][base + 1 :] if m.startswith(f"{r.base_method} [")]
             meta["methods"].insert(base + 1 + len(later), r.method)
             if r.base_method in meta["wiseft"]:
                 meta["wiseft"].append(r.method)
@@ -375,5 +425,15 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
     return runs, meta
 
 
-__all__ = ["RunRecord", "EpisodeRecord", "Skipped", "find_runs", "method_label", "model_alpha", "read_state",
-           "settings", "separate", "run_dirs"]
+__all__ = [
+    "RunRecord",
+    "EpisodeRecord",
+    "Skipped",
+    "find_runs",
+    "method_label",
+    "model_alpha",
+    "read_state",
+    "settings",
+    "separate",
+    "run_dirs",
+]

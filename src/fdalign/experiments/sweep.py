@@ -30,9 +30,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fdalign.errors import FDAlignError, as_command
 from fdalign.experiments.launchers import InProcess, Interrupted
@@ -47,8 +48,9 @@ REQUEST_FILE = "request.yaml"
 PROTOCOLS = ("kshot", "episodes", "base2novel", "cross-dataset")  # the last two: experiments/protocols.py
 GRID_FIELDS = ("shots", "seed", "out", "data", "ood", "resume", "image_root", "classnames")
 # Fields that may change between a run and its continuation without changing its result.
-VOLATILE_FIELDS = frozenset({"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume",
-                             "verify_images", "out"})
+VOLATILE_FIELDS = frozenset(
+    {"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume", "verify_images", "out"}
+)
 
 
 @dataclass
@@ -96,15 +98,16 @@ class SweepConfig:
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict, source: str = "the sweep config") -> "SweepConfig":
+    def from_dict(cls, d: dict, source: str = "the sweep config") -> SweepConfig:
         if not isinstance(d, dict):
             raise FDAlignError(f"{source} must be a mapping (name, datasets, shots, seeds, methods, ...)")
         names = {f.name for f in dataclasses.fields(cls)} - {"source"}
         check_keys(d, names, source, "key", f"; known keys: {', '.join(sorted(names))}")
         missing = [k for k in ("name", "datasets", "shots", "seeds", "methods") if k not in d]
         if missing:
-            raise FDAlignError(f"{source}: missing key {missing[0]!r} (a sweep needs name, datasets, shots, seeds, "
-                               "methods)")
+            raise FDAlignError(
+                f"{source}: missing key {missing[0]!r} (a sweep needs name, datasets, shots, seeds, methods)"
+            )
         ds_fields = {f.name for f in dataclasses.fields(DatasetSpec)}
         datasets = []
         for i, ds in enumerate(d["datasets"] or []):
@@ -117,7 +120,7 @@ class SweepConfig:
         cfg.seeds = _int_list(cfg.seeds, "seeds", source)
         return cfg.validate()
 
-    def validate(self) -> "SweepConfig":
+    def validate(self) -> SweepConfig:
         src = self.source
         if not self.datasets:
             raise FDAlignError(f"{src}: datasets is empty; list at least one (name, data)")
@@ -128,22 +131,30 @@ class SweepConfig:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise FDAlignError(f"{src}: two data sets are named alike ({names}); names key the run folders")
-        for where, block in [("train", self.train)] + [(f"datasets.{d.name}.train", d.train) for d in self.datasets] \
-                + [(f"methods.{m}", o or {}) for m, o in self.methods.items()] + [("overrides", self.overrides)]:
+        for where, block in (
+            [("train", self.train)]
+            + [(f"datasets.{d.name}.train", d.train) for d in self.datasets]
+            + [(f"methods.{m}", o or {}) for m, o in self.methods.items()]
+            + [("overrides", self.overrides)]
+        ):
             if not isinstance(block, dict):
                 raise FDAlignError(f"{src}: {where} must be a mapping of train options")
             grid = sorted(set(k.replace("-", "_") for k in block) & set(GRID_FIELDS))
             if grid:
-                raise FDAlignError(f"{src}: {where} sets {grid[0]!r}, which the sweep grid decides; set it in "
-                                   "datasets / shots / seeds instead")
+                raise FDAlignError(
+                    f"{src}: {where} sets {grid[0]!r}, which the sweep grid decides; set it in "
+                    "datasets / shots / seeds instead"
+                )
         if self.protocol not in PROTOCOLS:
             raise FDAlignError(f"{src}: protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         from fdalign.experiments.protocols import check_protocol
 
         check_protocol(self)
         if self.protocol == "episodes" and (self.preset or self.heads or self.world):
-            raise FDAlignError(f"{src}: protocol episodes takes no preset, heads or world (meta-training has "
-                               "its own defaults, the authors' N-way K-shot setting)")
+            raise FDAlignError(
+                f"{src}: protocol episodes takes no preset, heads or world (meta-training has "
+                "its own defaults, the authors' N-way K-shot setting)"
+            )
         from fdalign.workflows.parts import HEAD_NAMES
 
         for h in self.heads:
@@ -160,7 +171,7 @@ class SweepConfig:
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "SweepConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> SweepConfig:
         d = read_yaml(path, "sweep config", f"; give a YAML file or a preset name ({', '.join(preset_names())})")
         return cls.from_dict(d, source=f"sweep config {Path(path)}")
 
@@ -230,8 +241,10 @@ def plan_runs(cfg: SweepConfig, only: Sequence[str] = (), limit: int | None = No
     if only:
         runs = [r for r in runs if any(fnmatch.fnmatchcase(r.key, pat) for pat in only)]
         if not runs:
-            raise FDAlignError(f"{cfg.source}: --only {' '.join(only)} matches no run; keys look like "
-                               f"{RunSpec(cfg.datasets[0].name, cfg.shots[0], cfg.seeds[0], next(iter(cfg.methods))).key}")
+            raise FDAlignError(
+                f"{cfg.source}: --only {' '.join(only)} matches no run; keys look like "
+                f"{RunSpec(cfg.datasets[0].name, cfg.shots[0], cfg.seeds[0], next(iter(cfg.methods))).key}"
+            )
     if limit is not None:
         if limit < 1:
             raise FDAlignError(f"--limit {limit}: give a positive number of runs")
@@ -301,10 +314,17 @@ def _meta_run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, dat
     for block in (cfg.train, ds.train, cfg.methods[run.method] or {}, cfg.overrides):
         d.update({str(k).replace("-", "_"): v for k, v in block.items()})
     data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
-    d.update(data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
-             classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
-             target=_ood_list(ds, data, data_root, cfg.source), k_shot=run.shots, seed=run.seed,
-             out=str(run.dir(out).absolute()), resume=False, progress=False)
+    d.update(
+        data=data,
+        image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
+        classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
+        target=_ood_list(ds, data, data_root, cfg.source),
+        k_shot=run.shots,
+        seed=run.seed,
+        out=str(run.dir(out).absolute()),
+        resume=False,
+        progress=False,
+    )
     return MetaConfig.from_dict(d, source=f"{cfg.source}, run {run.key}").validate()
 
 
@@ -322,10 +342,15 @@ def run_config(cfg: SweepConfig, run: RunSpec, out: str | os.PathLike, data_root
         d.update({str(k).replace("-", "_"): v for k, v in block.items()})
     data = _fill(ds.data, data_root, f"datasets.{ds.name}.data", cfg.source)
     d.update(
-        data=data, image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
+        data=data,
+        image_root=_fill(ds.image_root, data_root, "image_root", cfg.source),
         classnames=_fill_classnames(ds.classnames, data_root, cfg.source),
-        ood=_ood_list(ds, data, data_root, cfg.source), shots=run.shots, seed=run.seed,
-        out=str(run.dir(out).absolute()), resume=False, progress=False,
+        ood=_ood_list(ds, data, data_root, cfg.source),
+        shots=run.shots,
+        seed=run.seed,
+        out=str(run.dir(out).absolute()),
+        resume=False,
+        progress=False,
     )
     from fdalign.experiments.protocols import run_fields
 
@@ -351,8 +376,10 @@ def check_existing(run_dir: Path, request: dict) -> None:
     a, b = _semantic(old), _semantic(request)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
-        raise FDAlignError(f"{run_dir} was run with other settings ({', '.join(diff[:5])} differ from the sweep "
-                           "config); use a new --out, or delete that run folder to redo it")
+        raise FDAlignError(
+            f"{run_dir} was run with other settings ({', '.join(diff[:5])} differ from the sweep "
+            "config); use a new --out, or delete that run folder to redo it"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,9 +423,15 @@ def environment() -> dict:
 
     from fdalign import __version__
 
-    env = {"fdalign": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cuda": torch.cuda.is_available()}
+    env = {
+        "fdalign": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     from importlib.metadata import PackageNotFoundError, version
@@ -469,17 +502,26 @@ def run_cell(cell: Cell) -> dict:
             # request with other settings was refused when planning (check_existing); without one, nothing
             # says the run is this cell's, so it is neither used nor overwritten
             if not (run_dir / REQUEST_FILE).is_file():
-                return {"run": cell.run.to_json(), "state": "failed", "worker": worker, "busy": 0.0,
-                        "error": f"{run_dir} holds a run trained outside the sweep without the {REQUEST_FILE} "
-                                 "it was trained from, so it may not be this cell's; move it away (or delete "
-                                 "it) and run the sweep again"}
-            status = {"run": cell.run.to_json(), "state": "done", "outside": "trained outside the sweep",
-                      "started": t0, "environment": cell.env}
+                return {
+                    "run": cell.run.to_json(),
+                    "state": "failed",
+                    "worker": worker,
+                    "busy": 0.0,
+                    "error": f"{run_dir} holds a run trained outside the sweep without the {REQUEST_FILE} "
+                    "it was trained from, so it may not be this cell's; move it away (or delete "
+                    "it) and run the sweep again",
+                }
+            status = {
+                "run": cell.run.to_json(),
+                "state": "done",
+                "outside": "trained outside the sweep",
+                "started": t0,
+                "environment": cell.env,
+            }
             atomic_write_json(run_dir / STATUS_FILE, status)
             return {**status, "skipped": True, "worker": worker, "busy": 0.0}
         cache = stack.enter_context(featcache.enabled(cell.feature_cache))
-        status = execute_run(cell.run, cell.config, out, cell.env, cell.keep_checkpoints, cell.heads,
-                             cell.heads_preset)
+        status = execute_run(cell.run, cell.config, out, cell.env, cell.keep_checkpoints, cell.heads, cell.heads_preset)
         status = dict(status, worker=worker, busy=round(time.time() - t0, 2))
         if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the worker's pinned device(s)
             status["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
@@ -491,8 +533,15 @@ def run_cell(cell: Cell) -> dict:
     return status
 
 
-def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints: bool = True,
-                heads: Sequence[str] = (), heads_preset: str | None = None) -> dict:
+def execute_run(
+    run: RunSpec,
+    train_cfg,
+    out: Path,
+    env: dict,
+    keep_checkpoints: bool = True,
+    heads: Sequence[str] = (),
+    heads_preset: str | None = None,
+) -> dict:
     """One run through the library (:func:`fdalign.workflows.finetune`, or ``meta_train`` for a
     MetaConfig), then its cache heads (:func:`fdalign.workflows.evaluate`) when ``heads`` are asked
     for; returns the status record (also written to ``status.json``). A run is done when both are."""
@@ -501,8 +550,7 @@ def execute_run(run: RunSpec, train_cfg, out: Path, env: dict, keep_checkpoints:
     request = run_dir / REQUEST_FILE
     train_cfg.to_yaml(request)
     resume = (run_dir / "checkpoint" / "last.json").is_file()
-    status = {"run": run.to_json(), "state": "running", "resumed": resume, "started": time.time(),
-              "environment": env}
+    status = {"run": run.to_json(), "state": "running", "resumed": resume, "started": time.time(), "environment": env}
     atomic_write_json(run_dir / STATUS_FILE, status)
     t0 = time.time()
     log_path = run_dir / "train.log"
@@ -546,10 +594,24 @@ def _heads_cell(run_dir: Path, heads: Sequence[str], device: str, preset: str | 
     """The cache heads of a finished run, as ``fdalign eval RUN --heads ... --out RUN/eval-heads``."""
     from fdalign.workflows import evaluate
 
-    print(f"$ fdalign eval {run_dir} --heads {','.join(heads)} --out {run_dir / HEADS_DIR} --device {device} "
-          "--no-progress" + (f" --heads-preset {preset}" if preset else ""), flush=True)
-    return as_command("eval", lambda: _say_done(evaluate(str(run_dir), heads=list(heads), out=str(run_dir / HEADS_DIR),
-                                                          device=device, no_progress=True, heads_preset=preset)))
+    print(
+        f"$ fdalign eval {run_dir} --heads {','.join(heads)} --out {run_dir / HEADS_DIR} --device {device} "
+        "--no-progress" + (f" --heads-preset {preset}" if preset else ""),
+        flush=True,
+    )
+    return as_command(
+        "eval",
+        lambda: _say_done(
+            evaluate(
+                str(run_dir),
+                heads=list(heads),
+                out=str(run_dir / HEADS_DIR),
+                device=device,
+                no_progress=True,
+                heads_preset=preset,
+            )
+        ),
+    )
 
 
 def _say_done(result) -> None:
@@ -562,14 +624,23 @@ def check_options(cfg: SweepConfig) -> None:
     from fdalign.workflows.parts import MetaConfig, TrainConfig
 
     cls = MetaConfig if cfg.protocol == "episodes" else TrainConfig
-    blocks = [("train", cfg.train)] + [(f"datasets.{d.name}.train", d.train) for d in cfg.datasets] \
-        + [(f"methods.{m}", o or {}) for m, o in cfg.methods.items()] + [("--set", cfg.overrides)]
+    blocks = (
+        [("train", cfg.train)]
+        + [(f"datasets.{d.name}.train", d.train) for d in cfg.datasets]
+        + [(f"methods.{m}", o or {}) for m, o in cfg.methods.items()]
+        + [("--set", cfg.overrides)]
+    )
     for where, block in blocks:
         cls.from_dict(dict(block), source=f"{cfg.source}: {where}")
 
 
-def preview(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None, only: Sequence[str] = (),
-            limit: int | None = None) -> list[tuple[RunSpec, str, str]]:
+def preview(
+    cfg: SweepConfig,
+    out: str | os.PathLike,
+    data_root: str | None = None,
+    only: Sequence[str] = (),
+    limit: int | None = None,
+) -> list[tuple[RunSpec, str, str]]:
     """What ``fdalign sweep --dry-run`` shows: ``(run, state, note)`` per run, trained nothing. The
     options are checked as the real run checks them; a run on disk made with other settings is
     ``refused`` (the real run would stop on it), and a damaged status.json is ``damaged``."""
@@ -623,9 +694,17 @@ def render_world_for(cfg: SweepConfig, out: Path, progress: bool) -> Path:
     return out / "world"
 
 
-def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, launcher=None,
-              feature_cache: bool | None = None, only: Sequence[str] = (), limit: int | None = None) -> SweepResult:
+def run_sweep(
+    cfg: SweepConfig,
+    out: str | os.PathLike,
+    data_root: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    launcher=None,
+    feature_cache: bool | None = None,
+    only: Sequence[str] = (),
+    limit: int | None = None,
+) -> SweepResult:
     """Run (or continue) every run of ``cfg`` into ``out``; see the module docstring.
 
     ``launcher`` places the cells (:mod:`fdalign.experiments.launchers`; default: this process, one
@@ -664,8 +743,19 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
         say(f"{skipped} of {len(runs)} runs already done in {out}: skipped")
     use_cache = cfg.feature_cache if feature_cache is None else feature_cache
     env = environment() if todo else {}
-    cells = [Cell(r, _pinned(configs[r], launcher), str(out), env, cfg.keep_checkpoints, tuple(cfg.heads),
-                  cfg.heads_preset, str(out / FEATURE_CACHE_DIR) if use_cache else None) for r in todo]
+    cells = [
+        Cell(
+            r,
+            _pinned(configs[r], launcher),
+            str(out),
+            env,
+            cfg.keep_checkpoints,
+            tuple(cfg.heads),
+            cfg.heads_preset,
+            str(out / FEATURE_CACHE_DIR) if use_cache else None,
+        )
+        for r in todo
+    ]
     progress_line = _Progress(cfg, runs, skipped, len(todo), launcher.slots, progress, say)
 
     def on_start(slot: int, cell: Cell) -> None:
@@ -704,8 +794,15 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, data_root: str | None = 
                 records[r].update(_recorded(r.dir(out)))
     book.save()
     failed = damaged + sum(records[r]["state"] == "failed" for r in todo)
-    return SweepResult(out=out, runs=[records[r] for r in runs], executed=progress_line.executed, skipped=skipped,
-                       failed=failed, seconds=time.time() - t_start, cost=book.cost())
+    return SweepResult(
+        out=out,
+        runs=[records[r] for r in runs],
+        executed=progress_line.executed,
+        skipped=skipped,
+        failed=failed,
+        seconds=time.time() - t_start,
+        cost=book.cost(),
+    )
 
 
 RECORD_KEYS = ("state", "seconds", "error", "worker", "busy", "cache", "skipped", "takeover")
@@ -762,16 +859,31 @@ class _Book:
                 passes[name] = passes.get(name, 0) + int(n)
         cache["passes"] = passes
         cache["seconds_saved"] = round(cache["seconds_saved"], 2)
-        now = {"started": round(self.t_start, 1), "wall_seconds": round(time.time() - self.t_start, 1),
-               "launcher": self.launcher, "workers": self.slots}
+        now = {
+            "started": round(self.t_start, 1),
+            "wall_seconds": round(time.time() - self.t_start, 1),
+            "launcher": self.launcher,
+            "workers": self.slots,
+        }
         invocations = self.previous + [now]
-        return {"wall_seconds": round(sum(float(i.get("wall_seconds", 0)) for i in invocations), 1),
-                "busy_seconds": busy, "cache": cache, "invocations": invocations}
+        return {
+            "wall_seconds": round(sum(float(i.get("wall_seconds", 0)) for i in invocations), 1),
+            "busy_seconds": busy,
+            "cache": cache,
+            "invocations": invocations,
+        }
 
     def save(self) -> None:
-        atomic_write_json(self.out / "sweep.json", {
-            "format": SWEEP_FORMAT, "config": self.cfg.to_dict(), "data_root": self.data_root,
-            "runs": [self.records[r] for r in self.runs], "cost": self.cost()})
+        atomic_write_json(
+            self.out / "sweep.json",
+            {
+                "format": SWEEP_FORMAT,
+                "config": self.cfg.to_dict(),
+                "data_root": self.data_root,
+                "runs": [self.records[r] for r in self.runs],
+                "cost": self.cost(),
+            },
+        )
 
 
 class _Progress:
@@ -784,8 +896,14 @@ class _Progress:
         self.busy: dict[int, str] = {}
         self.durations: list[float] = []
         self.executed = 0
-        self.bar = tqdm(total=len(runs), initial=skipped, desc=f"sweep {cfg.name}", unit="run",
-                        disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=len(runs),
+            initial=skipped,
+            desc=f"sweep {cfg.name}",
+            unit="run",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
 
     def _left(self) -> int:
         return self.todo - self.executed
@@ -796,8 +914,11 @@ class _Progress:
         return f", ETA {_fmt_eta(sum(self.durations) / len(self.durations) * left / self.slots)}"
 
     def _postfix(self) -> None:
-        workers = " | ".join(f"w{s}: {k}" for s, k in sorted(self.busy.items())) if self.slots > 1 else \
-            next(iter(self.busy.values()), "")
+        workers = (
+            " | ".join(f"w{s}: {k}" for s, k in sorted(self.busy.items()))
+            if self.slots > 1
+            else next(iter(self.busy.values()), "")
+        )
         self.bar.set_postfix_str(f"{workers}; {self._left()} left{self._eta(self._left())}")
 
     def start(self, slot: int, run: RunSpec, was: str) -> None:
@@ -819,8 +940,10 @@ class _Progress:
         elif status.get("skipped"):
             self.say(f"    {run.key}: already done by another process: skipped")
         elif state == "failed":
-            self.say(f"    {run.key} failed after {status.get('seconds', 0):.0f} s: {status.get('error')} "
-                     f"(see {run_dir / 'train.log'})")
+            self.say(
+                f"    {run.key} failed after {status.get('seconds', 0):.0f} s: {status.get('error')} "
+                f"(see {run_dir / 'train.log'})"
+            )
         elif "seconds" in status:
             self.durations.append(status["seconds"])
             left = self._left()
@@ -832,6 +955,22 @@ class _Progress:
         self.bar.close()
 
 
-__all__ = ["SweepConfig", "DatasetSpec", "RunSpec", "SweepResult", "load_sweep_config", "plan_runs", "run_config",
-           "run_sweep", "run_state", "run_cell", "Cell", "preset_names", "environment", "preview", "check_options",
-           "damaged_status", "parse_overrides"]
+__all__ = [
+    "SweepConfig",
+    "DatasetSpec",
+    "RunSpec",
+    "SweepResult",
+    "load_sweep_config",
+    "plan_runs",
+    "run_config",
+    "run_sweep",
+    "run_state",
+    "run_cell",
+    "Cell",
+    "preset_names",
+    "environment",
+    "preview",
+    "check_options",
+    "damaged_status",
+    "parse_overrides",
+]

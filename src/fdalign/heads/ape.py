@@ -36,16 +36,27 @@ import torch
 from torch import nn
 
 from fdalign.heads.cache import (
-    DEFAULT_CHUNK, FitConfig, GridSpec, Memo, affinity, class_sums, fit_and_select_epoch, grid_values,
-    in_chunks, normalize, search, top1,
+    DEFAULT_CHUNK,
+    FitConfig,
+    GridSpec,
+    Memo,
+    affinity,
+    class_sums,
+    fit_and_select_epoch,
+    grid_values,
+    in_chunks,
+    normalize,
+    search,
+    top1,
 )
 from fdalign.selection import EvalSplit, SelectionLog
 
 Weights = tuple[float, float]  # (w_sim, w_var) of the channel criterion
 
 
-def channel_criterion(prototypes: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
-                      weights: Weights = (0.5, 0.5)) -> torch.Tensor:
+def channel_criterion(
+    prototypes: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, weights: Weights = (0.5, 0.5)
+) -> torch.Tensor:
     """``-w_sim * sim + w_var * var`` ``[D]`` from prototypes ``[C, D]``, keys ``[N, D]``, labels ``[N]``."""
     w, k = normalize(prototypes), normalize(keys)
     c = w.shape[0]
@@ -92,8 +103,18 @@ class APEHead(nn.Module):
         alpha, beta, gamma: cache weight, affinity sharpness, exponent of the cache-text weight.
     """
 
-    def __init__(self, prototypes, scale, keys, labels, channels, alpha: float, beta: float, gamma: float,
-                 chunk: int = DEFAULT_CHUNK):
+    def __init__(
+        self,
+        prototypes,
+        scale,
+        keys,
+        labels,
+        channels,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        chunk: int = DEFAULT_CHUNK,
+    ):
         super().__init__()
         self.register_buffer("prototypes", normalize(prototypes.detach()))
         self.register_buffer("labels", labels.detach().long().clone())
@@ -129,8 +150,10 @@ class APEHead(nn.Module):
         return in_chunks(logits, features, self.chunk)
 
     def extra_repr(self) -> str:
-        return (f"classes={self.num_classes}, cache={self.keys.shape[0]}, channels={len(self.channels)}, "
-                f"alpha={self.alpha:g}, beta={self.beta:g}, gamma={self.gamma:g}")
+        return (
+            f"classes={self.num_classes}, cache={self.keys.shape[0]}, channels={len(self.channels)}, "
+            f"alpha={self.alpha:g}, beta={self.beta:g}, gamma={self.gamma:g}"
+        )
 
 
 class APETHead(nn.Module):
@@ -142,8 +165,9 @@ class APETHead(nn.Module):
         alpha, beta: as Tip-Adapter's.
     """
 
-    def __init__(self, prototypes, scale, keys, labels, channels, alpha: float, beta: float,
-                 chunk: int = DEFAULT_CHUNK):
+    def __init__(
+        self, prototypes, scale, keys, labels, channels, alpha: float, beta: float, chunk: int = DEFAULT_CHUNK
+    ):
         super().__init__()
         self.register_buffer("prototypes", normalize(prototypes.detach()))
         self.register_buffer("keys", normalize(keys.detach()))
@@ -176,8 +200,10 @@ class APETHead(nn.Module):
         return in_chunks(logits, features, self.chunk)
 
     def extra_repr(self) -> str:
-        return (f"classes={self.num_classes}, cache={self.keys.shape[0]}, channels={len(self.channels)}, "
-                f"alpha={self.alpha:g}, beta={self.beta:g}")
+        return (
+            f"classes={self.num_classes}, cache={self.keys.shape[0]}, channels={len(self.channels)}, "
+            f"alpha={self.alpha:g}, beta={self.beta:g}"
+        )
 
 
 @dataclass
@@ -201,9 +227,18 @@ class APEConfig:
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=20, lr=1e-3, eps=1e-3, weight_decay=0.1))
 
 
-def fit_ape(prototypes, scale, keys, labels, val: EvalSplit, cfg: APEConfig | None = None,
-            log: SelectionLog | None = None, name: str = "APE", chunk: int = DEFAULT_CHUNK,
-            progress: bool = False) -> APEHead:
+def fit_ape(
+    prototypes,
+    scale,
+    keys,
+    labels,
+    val: EvalSplit,
+    cfg: APEConfig | None = None,
+    log: SelectionLog | None = None,
+    name: str = "APE",
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = False,
+) -> APEHead:
     """APE with (Q,) beta, gamma, alpha searched on ``val`` (an :class:`EvalSplit` of features, role val)."""
     cfg = cfg or APEConfig()
     dim = prototypes.shape[1]
@@ -222,8 +257,9 @@ def fit_ape(prototypes, scale, keys, labels, val: EvalSplit, cfg: APEConfig | No
         head = memo.get("head", q, lambda: head_for_q(q))
         zero_shot, cos = memo.get("base", q, lambda: head.zero_shot_and_cosines(feats.to(prototypes.device)))
         aff = memo.get("beta", (q, beta), lambda: torch.exp(-beta * (1 - cos)))
-        votes = memo.get("gamma", (q, beta, gamma),
-                         lambda: class_sums(aff * head.key_weights(gamma), head.labels, head.num_classes))
+        votes = memo.get(
+            "gamma", (q, beta, gamma), lambda: class_sums(aff * head.key_weights(gamma), head.labels, head.num_classes)
+        )
         return top1(zero_shot + alpha * votes, y)
 
     grid = [(q, b, g, a) for q in qs for b in betas for g in gammas for a in alphas]
@@ -233,8 +269,9 @@ def fit_ape(prototypes, scale, keys, labels, val: EvalSplit, cfg: APEConfig | No
     return head
 
 
-def search_ape_t(head: APETHead, val: EvalSplit, cfg: APEConfig, log: SelectionLog | None, what: str,
-                 progress: bool = False) -> APETHead:
+def search_ape_t(
+    head: APETHead, val: EvalSplit, cfg: APEConfig, log: SelectionLog | None, what: str, progress: bool = False
+) -> APETHead:
     """Set ``head.alpha``/``head.beta`` to the best val grid point (beta-major), residual and values fixed."""
     alphas, betas = grid_values(cfg.alpha, "ape.alpha"), grid_values(cfg.beta, "ape.beta")
     memo = Memo()
@@ -249,8 +286,9 @@ def search_ape_t(head: APETHead, val: EvalSplit, cfg: APEConfig, log: SelectionL
             return head.scale * f @ text.t(), f @ keys.t()
 
         zero_shot, cos = memo.get("base", id(feats), base)
-        votes = memo.get("beta", beta, lambda: class_sums(torch.exp(-beta * (1 - cos)) * head.values, head.labels,
-                                                          head.num_classes))
+        votes = memo.get(
+            "beta", beta, lambda: class_sums(torch.exp(-beta * (1 - cos)) * head.values, head.labels, head.num_classes)
+        )
         return top1(zero_shot + alpha * votes, y)
 
     beta, alpha = search(what, [(b, a) for b in betas for a in alphas], score, val, log, progress)
@@ -258,9 +296,19 @@ def search_ape_t(head: APETHead, val: EvalSplit, cfg: APEConfig, log: SelectionL
     return head
 
 
-def fit_ape_t(prototypes, scale, keys, labels, train_features, val: EvalSplit, cfg: APEConfig | None = None,
-              log: SelectionLog | None = None, name: str = "APE-T", chunk: int = DEFAULT_CHUNK,
-              progress: bool = False) -> APETHead:
+def fit_ape_t(
+    prototypes,
+    scale,
+    keys,
+    labels,
+    train_features,
+    val: EvalSplit,
+    cfg: APEConfig | None = None,
+    log: SelectionLog | None = None,
+    name: str = "APE-T",
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = False,
+) -> APETHead:
     """APE-T: select ``t_channels`` with ``t_weights``, train the residual and value weights from
     (``init_beta``, ``init_alpha``) with AdamW (``cfg.fit``), keep the best val epoch, then search
     (beta, alpha) on val. ``train_features``: ``[N, D]`` or ``[V, N, D]`` views, one per epoch
@@ -270,13 +318,22 @@ def fit_ape_t(prototypes, scale, keys, labels, train_features, val: EvalSplit, c
     q = num_channels(cfg.t_channels, prototypes.shape[1])
     idx = select_channels(prototypes, keys, labels, q, tuple(cfg.t_weights))
     head = APETHead(prototypes, scale, keys, labels, idx, cfg.init_alpha, cfg.init_beta, chunk).to(prototypes.device)
-    fit_and_select_epoch(f"{name}: epoch", head, [head.residual, head.values], train_features, labels, val, cfg.fit,
-                         log, progress)
+    fit_and_select_epoch(
+        f"{name}: epoch", head, [head.residual, head.values], train_features, labels, val, cfg.fit, log, progress
+    )
     head.requires_grad_(False)
     return search_ape_t(head, val, cfg, log, f"{name}: beta, alpha", progress)
 
 
 __all__ = [
-    "APEConfig", "APEHead", "APETHead", "cache_text_divergence", "channel_criterion", "fit_ape", "fit_ape_t",
-    "num_channels", "search_ape_t", "select_channels",
+    "APEConfig",
+    "APEHead",
+    "APETHead",
+    "cache_text_divergence",
+    "channel_criterion",
+    "fit_ape",
+    "fit_ape_t",
+    "num_channels",
+    "search_ape_t",
+    "select_channels",
 ]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +239,18 @@ def fit_and_select_epoch(
 
 
 __all__ = [
-    "DEFAULT_CHUNK", "FitConfig", "GridSpec", "Memo", "affinity", "class_sums", "feature_split",
-    "fit_and_select_epoch", "grid_edges", "grid_values", "in_chunks", "normalize", "search", "top1",
+    "DEFAULT_CHUNK",
+    "FitConfig",
+    "GridSpec",
+    "Memo",
+    "affinity",
+    "class_sums",
+    "feature_split",
+    "fit_and_select_epoch",
+    "grid_edges",
+    "grid_values",
+    "in_chunks",
+    "normalize",
+    "search",
+    "top1",
 ]

@@ -39,8 +39,9 @@ def support_prototypes(support: torch.Tensor, n_way: int, unit: bool = False) ->
     return F.normalize(per_way.mean(dim=2), dim=-1)
 
 
-def cosine_to(query: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float,
-              unit: bool = False) -> torch.Tensor:
+def cosine_to(
+    query: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float, unit: bool = False
+) -> torch.Tensor:
     """``scale * cos``: ``[E, M, D]`` queries, ``[E, N, D]`` prototypes -> ``[E, M, N]`` logits.
 
     ``unit=True``: both inputs are already L2-normalised.
@@ -48,14 +49,16 @@ def cosine_to(query: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor
     return scale * torch.bmm(_unit(query, unit), _unit(prototypes, unit).transpose(1, 2))
 
 
-def proto_logits(support: torch.Tensor, query: torch.Tensor, n_way: int, scale: torch.Tensor | float,
-                 unit: bool = False) -> torch.Tensor:
+def proto_logits(
+    support: torch.Tensor, query: torch.Tensor, n_way: int, scale: torch.Tensor | float, unit: bool = False
+) -> torch.Tensor:
     """ProtoNet logits ``[E, M, N]`` from support ``[E, N*K, D]`` and queries ``[E, M, D]``."""
     return cosine_to(query, support_prototypes(support, n_way, unit), scale, unit)
 
 
-def text_logits(query: torch.Tensor, class_prototypes: torch.Tensor, classes: torch.Tensor, scale: float,
-                unit: bool = False) -> torch.Tensor:
+def text_logits(
+    query: torch.Tensor, class_prototypes: torch.Tensor, classes: torch.Tensor, scale: float, unit: bool = False
+) -> torch.Tensor:
     """Zero-shot logits ``[E, M, N]``: queries ``[E, M, D]``, text prototypes ``[C, D]``, ``classes [E, N]``."""
     return cosine_to(query, class_prototypes[classes], scale, unit)
 
@@ -116,6 +119,13 @@ def episode_logits(
 
 
 __all__ = [
-    "EPISODE_HEADS", "PROTO_SCALE_INIT", "ProtoNetHead", "combined_log_probs", "cosine_to", "episode_logits",
-    "proto_logits", "support_prototypes", "text_logits",
+    "EPISODE_HEADS",
+    "PROTO_SCALE_INIT",
+    "ProtoNetHead",
+    "combined_log_probs",
+    "cosine_to",
+    "episode_logits",
+    "proto_logits",
+    "support_prototypes",
+    "text_logits",
 ]

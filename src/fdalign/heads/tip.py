@@ -23,8 +23,18 @@ import torch
 from torch import nn
 
 from fdalign.heads.cache import (
-    DEFAULT_CHUNK, FitConfig, GridSpec, Memo, affinity, class_sums, fit_and_select_epoch, grid_values,
-    in_chunks, normalize, search, top1,
+    DEFAULT_CHUNK,
+    FitConfig,
+    GridSpec,
+    Memo,
+    affinity,
+    class_sums,
+    fit_and_select_epoch,
+    grid_values,
+    in_chunks,
+    normalize,
+    search,
+    top1,
 )
 from fdalign.selection import EvalSplit, SelectionLog
 
@@ -42,8 +52,17 @@ class TipAdapter(nn.Module):
         chunk: rows of test features per step; bounds the affinity slice to ``[chunk, N]``.
     """
 
-    def __init__(self, prototypes, scale, keys, labels, alpha: float, beta: float, trainable: bool = False,
-                 chunk: int = DEFAULT_CHUNK):
+    def __init__(
+        self,
+        prototypes,
+        scale,
+        keys,
+        labels,
+        alpha: float,
+        beta: float,
+        trainable: bool = False,
+        chunk: int = DEFAULT_CHUNK,
+    ):
         super().__init__()
         self.register_buffer("prototypes", normalize(prototypes.detach()))
         self.register_buffer("labels", labels.detach().long().clone())
@@ -85,8 +104,9 @@ class TipConfig:
     init_beta: float | None = None
 
 
-def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionLog | None, what: str,
-               progress: bool = False) -> TipAdapter:
+def search_tip(
+    head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionLog | None, what: str, progress: bool = False
+) -> TipAdapter:
     """Set ``head.alpha``/``head.beta`` to the grid point with the best val top-1 (beta-major grid order).
 
     The zero-shot logits and cosines to the keys are computed once; the affinities once per beta.
@@ -112,17 +132,34 @@ def search_tip(head: TipAdapter, val: EvalSplit, cfg: TipConfig, log: SelectionL
     return head
 
 
-def fit_tip(prototypes, scale, keys, labels, val: EvalSplit, cfg: TipConfig | None = None,
-            log: SelectionLog | None = None, name: str = "Tip", chunk: int = DEFAULT_CHUNK,
-            progress: bool = False) -> TipAdapter:
+def fit_tip(
+    prototypes,
+    scale,
+    keys,
+    labels,
+    val: EvalSplit,
+    cfg: TipConfig | None = None,
+    log: SelectionLog | None = None,
+    name: str = "Tip",
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = False,
+) -> TipAdapter:
     """Tip-Adapter with ``alpha``, ``beta`` searched on ``val`` (an :class:`EvalSplit` of features, role val)."""
     cfg = cfg or TipConfig()
     head = TipAdapter(prototypes, scale, keys, labels, 1.0, 1.0, chunk=chunk).to(prototypes.device)
     return search_tip(head, val, cfg, log, f"{name}: beta, alpha", progress)
 
 
-def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg: TipConfig | None = None,
-              log: SelectionLog | None = None, name: str = "Tip-F", progress: bool = False) -> TipAdapter:
+def fit_tip_f(
+    tip: TipAdapter,
+    train_features,
+    train_labels,
+    val: EvalSplit,
+    cfg: TipConfig | None = None,
+    log: SelectionLog | None = None,
+    name: str = "Tip-F",
+    progress: bool = False,
+) -> TipAdapter:
     """Tip-Adapter-F from a fitted Tip-Adapter: train its keys, keep the best val epoch, re-search alpha/beta.
 
     ``train_features``: ``[N, D]`` or ``[V, N, D]`` augmented views (see :func:`fit_and_select_epoch`).
@@ -134,10 +171,10 @@ def fit_tip_f(tip: TipAdapter, train_features, train_labels, val: EvalSplit, cfg
     cfg = cfg or TipConfig()
     alpha = tip.alpha if cfg.init_alpha is None else cfg.init_alpha
     beta = tip.beta if cfg.init_beta is None else cfg.init_beta
-    head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, alpha, beta, trainable=True,
-                      chunk=tip.chunk).to(tip.prototypes.device)
-    fit_and_select_epoch(f"{name}: epoch", head, [head.keys], train_features, train_labels, val, cfg.fit, log,
-                         progress)
+    head = TipAdapter(tip.prototypes, tip.scale, tip.keys, tip.labels, alpha, beta, trainable=True, chunk=tip.chunk).to(
+        tip.prototypes.device
+    )
+    fit_and_select_epoch(f"{name}: epoch", head, [head.keys], train_features, train_labels, val, cfg.fit, log, progress)
     head.keys.requires_grad_(False)
     return search_tip(head, val, cfg, log, f"{name}: beta, alpha", progress)
 

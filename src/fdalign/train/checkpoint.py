@@ -154,10 +154,15 @@ def load_checkpoint(directory: str | os.PathLike, name: str = "last", device: st
     directory = Path(directory)
     st, js_path = directory / f"{name}.safetensors", directory / f"{name}.json"
     if not st.is_file():
-        raise FDAlignError(f"no checkpoint to resume from in {directory} (need {st.name}); "
-                           "drop --resume to start a new run")
-    tensors, meta = read_safetensors(st, "checkpoint file", device=str(device),
-                                     fix="delete the run's checkpoint folder and train again without --resume")
+        raise FDAlignError(
+            f"no checkpoint to resume from in {directory} (need {st.name}); drop --resume to start a new run"
+        )
+    tensors, meta = read_safetensors(
+        st,
+        "checkpoint file",
+        device=str(device),
+        fix="delete the run's checkpoint folder and train again without --resume",
+    )
     try:
         if "state" in meta:
             js = json.loads(meta["state"])
@@ -172,12 +177,17 @@ def load_checkpoint(directory: str | os.PathLike, name: str = "last", device: st
         )
 
     def part(prefix):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     opt = None
     if js.get("optimizer") is not None:
         opt = unflatten_optimizer_state(tensors, js["optimizer"])
     return Checkpoint(
-        epoch=int(js["epoch"]), step=int(js["step"]), meta=js, encoder=part("encoder."), head=part("head."),
-        optimizer=opt, rng_tensors={k: v.cpu() for k, v in tensors.items() if k.startswith("rng.")},
+        epoch=int(js["epoch"]),
+        step=int(js["step"]),
+        meta=js,
+        encoder=part("encoder."),
+        head=part("head."),
+        optimizer=opt,
+        rng_tensors={k: v.cpu() for k, v in tensors.items() if k.startswith("rng.")},
     )

@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdalign.data.names import dataset_key as _dataset_key, guess_dataset_name  # noqa: F401 (re-exported)
+from fdalign.data.names import dataset_key as _dataset_key  # noqa: F401 (re-exported)
+from fdalign.data.names import guess_dataset_name
 from fdalign.errors import FDAlignError
 from fdalign.options import ConfigFile, add_arguments, check_choices, option
 
@@ -31,9 +32,24 @@ SELECTIONS = ("best", "last")
 # Fields that change neither the maths nor the data order: they may differ between a run and its resume
 # (data paths may move; the CLI compares the K-shot images' hashes instead).
 NON_SEMANTIC_FIELDS = frozenset(
-    {"resume", "progress", "num_workers", "eval_batch_size", "tensorboard", "out", "device", "ood", "target",
-     "target_templates",
-     "wiseft_alphas", "verify_images", "data", "image_root", "dataset_name", "f0_cache"}
+    {
+        "resume",
+        "progress",
+        "num_workers",
+        "eval_batch_size",
+        "tensorboard",
+        "out",
+        "device",
+        "ood",
+        "target",
+        "target_templates",
+        "wiseft_alphas",
+        "verify_images",
+        "data",
+        "image_root",
+        "dataset_name",
+        "f0_cache",
+    }
 )
 
 
@@ -49,8 +65,9 @@ class ModelOptions(ConfigFile):
     """The CLIP model a run starts from: the first options of :class:`TrainConfig` and of
     :class:`fdalign.train.meta_config.MetaConfig`."""
 
-    model: str | None = _f(None, "CLIP model: an open_clip name (ViT-B-32), 'hf:<repo or dir>', or a name "
-                           "used with --model-config")
+    model: str | None = _f(
+        None, "CLIP model: an open_clip name (ViT-B-32), 'hf:<repo or dir>', or a name used with --model-config"
+    )
     pretrained: str | None = _f(None, "open_clip pretrained tag (e.g. openai) or a checkpoint file")
     model_config: str | None = _f(None, "open_clip model-config JSON for a custom architecture")
 
@@ -60,70 +77,113 @@ class TrainConfig(ModelOptions):
     """A training run. Field help texts double as ``fdalign train --help``."""
 
     # --- data (the model options come first, from ModelOptions) ---------------------------------
-    data: str | None = _f(None, "data: an ImageFolder root (train/ [val/] [test/]), a CSV manifest or a CoOp "
-                          "split_zhou_*.json")
+    data: str | None = _f(
+        None, "data: an ImageFolder root (train/ [val/] [test/]), a CSV manifest or a CoOp split_zhou_*.json"
+    )
     image_root: str | None = _f(None, "image folder the paths of a JSON split are relative to")
-    classnames: str | None = _f(None, "class names overriding folder names: a text file with one name per line "
-                                "in label order (sorted folders), or 'folder<TAB>name' lines, or 'imagenet' "
-                                "(CLIP's / CoOp's 1000 ImageNet names by wnid: ImageNet needs it)")
-    dataset_name: str | None = _f(None, "data set name for reports and '--preset released' LR tables "
-                                  "(default: guessed from --data)")
+    classnames: str | None = _f(
+        None,
+        "class names overriding folder names: a text file with one name per line "
+        "in label order (sorted folders), or 'folder<TAB>name' lines, or 'imagenet' "
+        "(CLIP's / CoOp's 1000 ImageNet names by wnid: ImageNet needs it)",
+    )
+    dataset_name: str | None = _f(
+        None, "data set name for reports and '--preset released' LR tables (default: guessed from --data)"
+    )
     shots: int = _f(16, "K: training images per class (sampled with --seed)")
     seed: int = _f(1, "seed of the K-shot sample, the data order and the augmentations")
-    templates: str = _f("openai80", "prompt templates: a built-in set (openai80, tip7) or a text file, one "
-                        "template with '{}' per line")
-    split_file: str | None = _f(None, "with --data indices/<ds>/shot_K-seed_S.json: the CoOp split_zhou_*.json its "
-                                "indices point into, whose test list is the ID test split (default: found beside "
-                                "the index file or --image-root); for ImageNet a folder whose val/ is the test set")
-    base_classes: str | None = _f(None, "base-to-novel: 'first-half' (the first ceil(n/2) classes in label order, "
-                                  "CoCoOp's convention) or a file naming the base classes, one per line; train and "
-                                  "select on the base classes only, report base test and novel test, each scored "
-                                  "with its own classes' prototypes")
+    templates: str = _f(
+        "openai80", "prompt templates: a built-in set (openai80, tip7) or a text file, one template with '{}' per line"
+    )
+    split_file: str | None = _f(
+        None,
+        "with --data indices/<ds>/shot_K-seed_S.json: the CoOp split_zhou_*.json its "
+        "indices point into, whose test list is the ID test split (default: found beside "
+        "the index file or --image-root); for ImageNet a folder whose val/ is the test set",
+    )
+    base_classes: str | None = _f(
+        None,
+        "base-to-novel: 'first-half' (the first ceil(n/2) classes in label order, "
+        "CoCoOp's convention) or a file naming the base classes, one per line; train and "
+        "select on the base classes only, report base test and novel test, each scored "
+        "with its own classes' prototypes",
+    )
 
     # --- the method -------------------------------------------------------------------------------
-    mode: str = _f("fdalign", "fdalign: train encoder (+head); linear-probe: encoder frozen, head only, CE; "
-                   "lp-ft: linear probe for --lp-epochs, then fdalign", choices=MODES)
+    mode: str = _f(
+        "fdalign",
+        "fdalign: train encoder (+head); linear-probe: encoder frozen, head only, CE; "
+        "lp-ft: linear probe for --lp-epochs, then fdalign",
+        choices=MODES,
+    )
     alpha: float = _f(1.0, "weight of the classification (cross-entropy) loss")
-    beta: float = _f(1.0, "weight of the spurious-feature KL loss; 0 = plain full fine-tuning (the frozen "
-                     "encoder is not even run). Units follow --kl-direction: with 'paper' beta multiplies a "
-                     "per-image KL; 'released' divides it by k, so the authors' beta 20 with k = 20 "
-                     "corrected prototypes is beta 1 in paper units (beta_paper = beta_released / k)")
-    kl_direction: str = _f("paper", "paper: KL(P_t||P_0) per image; released: the authors' KLDivLoss "
-                           "(KL(P_0||P_t)/k, averaged over the k spurious prototypes too)", choices=KL_DIRECTIONS)
-    temperature: float | None = _f(None, "logit scale of the head and of the spurious distribution "
-                                   "(default: the model's logit_scale)")
+    beta: float = _f(
+        1.0,
+        "weight of the spurious-feature KL loss; 0 = plain full fine-tuning (the frozen "
+        "encoder is not even run). Units follow --kl-direction: with 'paper' beta multiplies a "
+        "per-image KL; 'released' divides it by k, so the authors' beta 20 with k = 20 "
+        "corrected prototypes is beta 1 in paper units (beta_paper = beta_released / k)",
+    )
+    kl_direction: str = _f(
+        "paper",
+        "paper: KL(P_t||P_0) per image; released: the authors' KLDivLoss "
+        "(KL(P_0||P_t)/k, averaged over the k spurious prototypes too)",
+        choices=KL_DIRECTIONS,
+    )
+    temperature: float | None = _f(
+        None, "logit scale of the head and of the spurious distribution (default: the model's logit_scale)"
+    )
     spc: bool = _f(True, "Spurious Prototype Correction: IsolationForest + KMeans over the template prototypes")
     spc_keep: int = _f(60, "SPC: templates kept by the IsolationForest")
     spc_k: int = _f(20, "SPC: KMeans centres (corrected spurious prototypes)")
     spc_seed: int = _f(0, "SPC: random_state of IsolationForest and KMeans")
-    spc_renormalize: bool = _f(True, "SPC: L2-normalise the KMeans centres; without it the raw centres are "
-                               "used unnormalised in the KL (as released)")
-    head: str = _f("frozen", "frozen: zero-shot prototypes (paper); trainable: linear head initialised from "
-                   "them with a bias (released code); linear-probe/lp-ft always train the head",
-                   choices=HEADS)
-    f0_mode: str = _f("eval", "module mode of the frozen encoder f0: eval (deterministic: no dropout, BatchNorm "
-                      "running stats) or released (train mode, as the authors' code runs it; matters for "
-                      "dropout/BatchNorm backbones such as RN50)", choices=("eval", "released"))
+    spc_renormalize: bool = _f(
+        True,
+        "SPC: L2-normalise the KMeans centres; without it the raw centres are "
+        "used unnormalised in the KL (as released)",
+    )
+    head: str = _f(
+        "frozen",
+        "frozen: zero-shot prototypes (paper); trainable: linear head initialised from "
+        "them with a bias (released code); linear-probe/lp-ft always train the head",
+        choices=HEADS,
+    )
+    f0_mode: str = _f(
+        "eval",
+        "module mode of the frozen encoder f0: eval (deterministic: no dropout, BatchNorm "
+        "running stats) or released (train mode, as the authors' code runs it; matters for "
+        "dropout/BatchNorm backbones such as RN50)",
+        choices=("eval", "released"),
+    )
 
-    f0_precision: str = _f("auto", "precision of the frozen encoder f0 (its features only feed a softmax over "
-                           "the spurious prototypes): auto = bf16 on CUDA (untested on a GPU so far), fp32 on CPU",
-                           choices=("auto", "fp32", "bf16"))
-    view_cycle: int = _f(0, "0: fresh augmented views every epoch; V > 0: epoch e re-uses the views of epoch "
-                         "e mod V (a fixed set of V views per image, so the f0 cache holds V epochs)")
-    f0_cache: str | None = _f(None, "folder for the f0 cache: f0's spurious distributions of every augmented "
-                              "view, stored by the first run and read by every later run with the same seed, "
-                              "data, transform, f0 weights and prototypes (sweeps over alpha, beta, lr...); "
-                              "the results are bitwise the same as without it")
+    f0_precision: str = _f(
+        "auto",
+        "precision of the frozen encoder f0 (its features only feed a softmax over "
+        "the spurious prototypes): auto = bf16 on CUDA (untested on a GPU so far), fp32 on CPU",
+        choices=("auto", "fp32", "bf16"),
+    )
+    view_cycle: int = _f(
+        0,
+        "0: fresh augmented views every epoch; V > 0: epoch e re-uses the views of epoch "
+        "e mod V (a fixed set of V views per image, so the f0 cache holds V epochs)",
+    )
+    f0_cache: str | None = _f(
+        None,
+        "folder for the f0 cache: f0's spurious distributions of every augmented "
+        "view, stored by the first run and read by every later run with the same seed, "
+        "data, transform, f0 weights and prototypes (sweeps over alpha, beta, lr...); "
+        "the results are bitwise the same as without it",
+    )
 
     # --- optimisation ---------------------------------------------------------------------------
     optimizer: str = _f("adamw", "optimiser", choices=OPTIMIZERS)
     lr: float = _f(1e-5, "peak learning rate (per 256 images if --lr-per-256)")
-    lp_lr: float = _f(1e-3, "learning rate of the linear-probe phase (mode linear-probe, or the first phase "
-                      "of lp-ft)")
+    lp_lr: float = _f(1e-3, "learning rate of the linear-probe phase (mode linear-probe, or the first phase of lp-ft)")
     lr_per_256: bool = _f(False, "--lr and --lp-lr are per 256 images: multiply them by batch/256")
     weight_decay: float = _f(0.1, "weight decay (decoupled for adamw)")
-    wd_skip_norm_bias: bool = _f(True, "no weight decay on biases, norm gains and other 1-D parameters "
-                                 "(open_clip's convention)")
+    wd_skip_norm_bias: bool = _f(
+        True, "no weight decay on biases, norm gains and other 1-D parameters (open_clip's convention)"
+    )
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(True, "SGD Nesterov momentum")
     adam_betas: list[float] = _f([0.9, 0.98], "AdamW betas (CLIP's)")
@@ -137,37 +197,49 @@ class TrainConfig(ModelOptions):
     grad_clip: float | None = _f(None, "clip the gradient norm to this value (default: no clipping)")
     crop_scale: list[float] = _f([0.5, 1.0], "RandomResizedCrop area range (released: 0.08 1.0)")
     hflip: bool = _f(True, "random horizontal flips (released: off)")
-    selection: str = _f("best", "best: keep the epoch with the best val top-1; last: keep the last epoch",
-                        choices=SELECTIONS)
+    selection: str = _f(
+        "best", "best: keep the epoch with the best val top-1; last: keep the last epoch", choices=SELECTIONS
+    )
 
     # --- hardware -------------------------------------------------------------------------------
-    precision: str = _f("fp32", "autocast precision on CUDA (bf16/fp16); CPU always runs fp32",
-                        choices=PRECISIONS)
+    precision: str = _f("fp32", "autocast precision on CUDA (bf16/fp16); CPU always runs fp32", choices=PRECISIONS)
     grad_checkpointing: bool = _f(False, "gradient checkpointing in the image tower (less memory, slower)")
     device: str = _f("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    num_workers: int = _f(min(4, os.cpu_count() or 1), "DataLoader worker processes (default: up to 4, at most the CPU count)")
+    num_workers: int = _f(
+        min(4, os.cpu_count() or 1), "DataLoader worker processes (default: up to 4, at most the CPU count)"
+    )
 
     # --- evaluation and output ------------------------------------------------------------------
-    wiseft_alphas: list[float] = _f([0.0, 0.25, 0.5, 0.75, 1.0], "WiSE-FT mixing weights to evaluate "
-                                    "(0 = zero-shot, 1 = fine-tuned); the best on val is recorded")
-    ood: list[str] = _f([], "out-of-distribution sets NAME=PATH[:subset] (repeatable), mapped to the ID classes by "
-                        "wnid / name (V2: folder k = class k); a set lacking ID classes warns unless ':subset' or "
-                        "named a, r, imagenet-a, imagenet-r")
-    target: list[str] = _f([], "cross-data-set targets NAME=PATH (repeatable): data sets evaluated with the "
-                           "fine-tuned encoder and their OWN class names (their test split, or the folder's "
-                           "classes), never used to select anything")
-    target_templates: list[str] = _f([], "NAME=TEMPLATES: prompt templates of a --target (a built-in set or a "
-                                     "file); a target not named here uses --templates")
+    wiseft_alphas: list[float] = _f(
+        [0.0, 0.25, 0.5, 0.75, 1.0],
+        "WiSE-FT mixing weights to evaluate (0 = zero-shot, 1 = fine-tuned); the best on val is recorded",
+    )
+    ood: list[str] = _f(
+        [],
+        "out-of-distribution sets NAME=PATH[:subset] (repeatable), mapped to the ID classes by "
+        "wnid / name (V2: folder k = class k); a set lacking ID classes warns unless ':subset' or "
+        "named a, r, imagenet-a, imagenet-r",
+    )
+    target: list[str] = _f(
+        [],
+        "cross-data-set targets NAME=PATH (repeatable): data sets evaluated with the "
+        "fine-tuned encoder and their OWN class names (their test split, or the folder's "
+        "classes), never used to select anything",
+    )
+    target_templates: list[str] = _f(
+        [],
+        "NAME=TEMPLATES: prompt templates of a --target (a built-in set or a "
+        "file); a target not named here uses --templates",
+    )
     eval_batch_size: int = _f(256, "batch size for feature extraction")
     verify_images: bool = _f(True, "open every few-shot image before training and fail on unreadable ones")
-    out: str | None = _f(None, "run directory (created); holds config.yaml, splits/, model/, metrics.json, "
-                         "report.md")
+    out: str | None = _f(None, "run directory (created); holds config.yaml, splits/, model/, metrics.json, report.md")
     resume: bool = _f(False, "continue from <out>/checkpoint/last.* (same config) instead of starting over")
     progress: bool = _f(True, "show progress bars")
     tensorboard: bool = _f(True, "also log to <out>/tensorboard when the tensorboard package is installed")
 
     # ------------------------------------------------------------------------------------------
-    def validate(self, source: str = "the config") -> "TrainConfig":
+    def validate(self, source: str = "the config") -> TrainConfig:
         """Check ranges and choices; raises :class:`FDAlignError` naming the field. Returns self."""
 
         def bad(name, why):
@@ -186,8 +258,18 @@ class TrainConfig(ModelOptions):
                 bad(name, "must be >= 0")
         if self.eval_batch_size < 1:
             bad("eval_batch_size", "must be >= 1")
-        for name in ("lr", "lp_lr", "weight_decay", "momentum", "min_lr", "alpha", "beta", "warmup_epochs",
-                     "temperature", "grad_clip"):
+        for name in (
+            "lr",
+            "lp_lr",
+            "weight_decay",
+            "momentum",
+            "min_lr",
+            "alpha",
+            "beta",
+            "warmup_epochs",
+            "temperature",
+            "grad_clip",
+        ):
             v = getattr(self, name)
             if v is not None and math.isnan(v):  # nan passes every range test below (inf is a legal, if wild, value)
                 bad(name, "is not a number; give a number")
@@ -224,13 +306,19 @@ class TrainConfig(ModelOptions):
     def total_epochs(self) -> int:
         return self.lp_epochs + self.epochs if self.mode == "lp-ft" else self.epochs
 
-    def resolved(self, num_train: int) -> "TrainConfig":
+    def resolved(self, num_train: int) -> TrainConfig:
         """Turn data-dependent settings into numbers: ``batch_size=0`` and ``lr_per_256``."""
         if num_train < 1:
             raise FDAlignError("the training set is empty")
-        c = dataclasses.replace(self, adam_betas=list(self.adam_betas), crop_scale=list(self.crop_scale),
-                                wiseft_alphas=list(self.wiseft_alphas), ood=list(self.ood),
-                                target=list(self.target), target_templates=list(self.target_templates))
+        c = dataclasses.replace(
+            self,
+            adam_betas=list(self.adam_betas),
+            crop_scale=list(self.crop_scale),
+            wiseft_alphas=list(self.wiseft_alphas),
+            ood=list(self.ood),
+            target=list(self.target),
+            target_templates=list(self.target_templates),
+        )
         if c.batch_size == 0:
             c.batch_size = min(num_train, 256)
         if c.lr_per_256:
@@ -241,7 +329,7 @@ class TrainConfig(ModelOptions):
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_run_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+    def from_run_yaml(cls, path: str | os.PathLike) -> TrainConfig:
         """A run's own ``config.yaml``, which ``fdalign train`` writes whole: an empty file, or one cut short
         (lacking keys every run writes, such as ``ood``, which would drop OOD sets without a word), is an
         error naming the file rather than a config filled in with defaults."""
@@ -256,12 +344,14 @@ class TrainConfig(ModelOptions):
             raise FDAlignError(f"run config {path} must be a mapping of option: value, got {type(d).__name__}; {fix}")
         lost = [k for k in RUN_CONFIG_KEYS if k not in d]
         if lost:
-            raise FDAlignError(f"run config {path} lacks {', '.join(lost)}, which every run's config.yaml holds: "
-                               f"the file is cut short or not a run's; {fix}")
+            raise FDAlignError(
+                f"run config {path} lacks {', '.join(lost)}, which every run's config.yaml holds: "
+                f"the file is cut short or not a run's; {fix}"
+            )
         return cls.from_yaml(path)
 
     @classmethod
-    def released(cls, dataset: str, shots: int, **overrides) -> "TrainConfig":
+    def released(cls, dataset: str, shots: int, **overrides) -> TrainConfig:
         """The authors' released K-shot recipe for ``dataset`` (see REFERENCE.md).
 
         SGD (Nesterov, momentum 0.9, wd 5e-4 on everything), 60 epochs, cosine without warm-up,
@@ -288,12 +378,37 @@ class TrainConfig(ModelOptions):
         i = RELEASED_SHOTS.index(shots)
         lp, ft = RELEASED_LRS[key]
         values = dict(
-            shots=shots, dataset_name=dataset, templates="openai80", mode="lp-ft", alpha=1.0, beta=20.0,
-            kl_direction="released", temperature=None, spc=True, spc_keep=60, spc_k=20, spc_renormalize=False,
-            head="trainable", optimizer="sgd", lr=ft[i], lp_lr=lp[i], lr_per_256=True, weight_decay=5e-4,
-            wd_skip_norm_bias=False, momentum=0.9, nesterov=True, epochs=60, lp_epochs=60, batch_size=0,
-            warmup_epochs=0.0, warmup_steps=0, min_lr=0.0, grad_clip=None, crop_scale=[0.08, 1.0],
-            hflip=False, selection="best",
+            shots=shots,
+            dataset_name=dataset,
+            templates="openai80",
+            mode="lp-ft",
+            alpha=1.0,
+            beta=20.0,
+            kl_direction="released",
+            temperature=None,
+            spc=True,
+            spc_keep=60,
+            spc_k=20,
+            spc_renormalize=False,
+            head="trainable",
+            optimizer="sgd",
+            lr=ft[i],
+            lp_lr=lp[i],
+            lr_per_256=True,
+            weight_decay=5e-4,
+            wd_skip_norm_bias=False,
+            momentum=0.9,
+            nesterov=True,
+            epochs=60,
+            lp_epochs=60,
+            batch_size=0,
+            warmup_epochs=0.0,
+            warmup_steps=0,
+            min_lr=0.0,
+            grad_clip=None,
+            crop_scale=[0.08, 1.0],
+            hflip=False,
+            selection="best",
         )
         values.update(overrides)
         return cls(**values)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -80,9 +80,9 @@ class GlobalBatchSampler:
         self.batches: list[list[int]] = []
         self.weights: list[float] = []
         for start in range(0, len(order), batch_size):
-            chunk = list(order[start:start + batch_size])
+            chunk = list(order[start : start + batch_size])
             per = math.ceil(len(chunk) / world)
-            mine = chunk[rank * per:(rank + 1) * per]
+            mine = chunk[rank * per : (rank + 1) * per]
             self.weights.append(world * len(mine) / len(chunk))
             self.batches.append(mine or chunk[:1])
 
@@ -114,7 +114,7 @@ def average_gradients(params: Sequence[nn.Parameter], info: DistInfo) -> None:
     flat /= info.world
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -143,5 +143,15 @@ def barrier(info: DistInfo) -> None:
         torch_dist.barrier()
 
 
-__all__ = ["DistInfo", "current", "init_from_env", "rank_device", "GlobalBatchSampler", "wrap_for_training",
-           "average_gradients", "global_means", "merge_rows", "barrier"]
+__all__ = [
+    "DistInfo",
+    "current",
+    "init_from_env",
+    "rank_device",
+    "GlobalBatchSampler",
+    "wrap_for_training",
+    "average_gradients",
+    "global_means",
+    "merge_rows",
+    "barrier",
+]

@@ -36,14 +36,28 @@ def state_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def f0_cache_key(*, f0_fingerprint: str, spurious: torch.Tensor, scale: float, normalize_prototypes: bool,
-                 seed: int, data_key: str, precision: str) -> tuple[str, dict]:
+def f0_cache_key(
+    *,
+    f0_fingerprint: str,
+    spurious: torch.Tensor,
+    scale: float,
+    normalize_prototypes: bool,
+    seed: int,
+    data_key: str,
+    precision: str,
+) -> tuple[str, dict]:
     """``(key, ingredients)``: the key is the sha256 of the ingredients, which are kept for humans."""
     proto = spurious.detach().to("cpu", torch.float32).contiguous()
     ingredients = {
-        "format": CACHE_FORMAT, "f0": f0_fingerprint, "seed": int(seed), "data": data_key,
-        "spurious": hashlib.sha256(proto.numpy().tobytes()).hexdigest(), "spurious_shape": list(proto.shape),
-        "scale": repr(float(scale)), "normalize_prototypes": bool(normalize_prototypes), "precision": precision,
+        "format": CACHE_FORMAT,
+        "f0": f0_fingerprint,
+        "seed": int(seed),
+        "data": data_key,
+        "spurious": hashlib.sha256(proto.numpy().tobytes()).hexdigest(),
+        "spurious_shape": list(proto.shape),
+        "scale": repr(float(scale)),
+        "normalize_prototypes": bool(normalize_prototypes),
+        "precision": precision,
     }
     return hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()[:32], ingredients
 
@@ -102,12 +116,17 @@ class F0Cache:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not (self.dir / "key.json").is_file():
                 atomic_write_json(self.dir / "key.json", self.ingredients)
-            atomic_save_safetensors(self._path(epoch), {"log_p0": log_p0.detach().to("cpu", torch.float32).contiguous()},
-                                    {"format": CACHE_FORMAT})
+            atomic_save_safetensors(
+                self._path(epoch),
+                {"log_p0": log_p0.detach().to("cpu", torch.float32).contiguous()},
+                {"format": CACHE_FORMAT},
+            )
         except OSError as e:
             self.writable = False
-            warnings.warn(f"could not write the f0 cache in {self.dir} ({e}); training goes on without storing "
-                          "f0's answers", stacklevel=2)
+            warnings.warn(
+                f"could not write the f0 cache in {self.dir} ({e}); training goes on without storing f0's answers",
+                stacklevel=2,
+            )
             return
         self.writes += 1
 
@@ -120,8 +139,10 @@ class F0Cache:
             verdict = "miss"
         else:
             verdict = "partial hit"
-        return (f"f0 cache {verdict}: {self.hits} of {used} epochs read from {self.dir}, {self.misses} computed by f0, "
-                f"{self.writes} stored")
+        return (
+            f"f0 cache {verdict}: {self.hits} of {used} epochs read from {self.dir}, {self.misses} computed by f0, "
+            f"{self.writes} stored"
+        )
 
 
 __all__ = ["CACHE_FORMAT", "state_fingerprint", "f0_cache_key", "F0Cache"]

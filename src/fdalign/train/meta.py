@@ -70,9 +70,13 @@ def _val_episodes(val_split, cfg: MetaConfig, transform):
     pool = class_pool(val_split, cfg.spec, cfg.on_small, TRAIN_FLAGS)
     eps = sample_episodes(pool, cfg.spec, cfg.seed, range(cfg.val_episodes))
     used = used_samples({"val": (pool, eps)})
-    desc = (f"val classes: {cfg.val_episodes} {cfg.spec.name} episodes over {len(pool.classes)} classes "
-            f"({len(used)} images)")
-    return EvalSplit(ImageDataset(val_split.subset(used.tolist()), transform), "val", desc), reindex(eps, used, len(val_split))
+    desc = (
+        f"val classes: {cfg.val_episodes} {cfg.spec.name} episodes over {len(pool.classes)} classes "
+        f"({len(used)} images)"
+    )
+    return EvalSplit(ImageDataset(val_split.subset(used.tolist()), transform), "val", desc), reindex(
+        eps, used, len(val_split)
+    )
 
 
 def _val_accuracy(encoder, proto: ProtoNetHead, split: EvalSplit, eps, cfg: MetaConfig, device) -> float:
@@ -80,8 +84,15 @@ def _val_accuracy(encoder, proto: ProtoNetHead, split: EvalSplit, eps, cfg: Meta
     from fdalign.eval.features import extract_features
 
     def score(ds) -> float:
-        feats, _ = extract_features(encoder, ds, batch_size=cfg.eval_batch_size, device=device, progress=False,
-                                    precision=cfg.precision if device.type == "cuda" else "fp32", desc="val")
+        feats, _ = extract_features(
+            encoder,
+            ds,
+            batch_size=cfg.eval_batch_size,
+            device=device,
+            progress=False,
+            precision=cfg.precision if device.type == "cuda" else "fp32",
+            desc="val",
+        )
         return float(episode_accuracy(feats, eps, cfg.spec, "proto", proto_scale=proto.scale).mean())
 
     return val_score(split, score)
@@ -98,8 +109,14 @@ class _Progress:
     best_epoch: int = 0
 
     def to_meta(self, chash: str) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "config_hash": chash, "val_acc": self.val,
-                "best_val": self.best, "best_epoch": self.best_epoch}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "config_hash": chash,
+            "val_acc": self.val,
+            "best_val": self.best,
+            "best_epoch": self.best_epoch,
+        }
 
 
 def _resume(cfg: MetaConfig, run_dir: Path, chash: str, encoder, proto, optimizer) -> _Progress:
@@ -113,8 +130,10 @@ def _resume(cfg: MetaConfig, run_dir: Path, chash: str, encoder, proto, optimize
         raise FDAlignError(f"{run_dir} already holds a training checkpoint; pass --resume or choose a new --out")
     ckpt = load_checkpoint(ckpt_dir)
     if ckpt.meta.get("config_hash") != chash:
-        raise FDAlignError(f"cannot resume {run_dir}: its checkpoint was made with different settings "
-                           f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use a new --out")
+        raise FDAlignError(
+            f"cannot resume {run_dir}: its checkpoint was made with different settings "
+            f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use a new --out"
+        )
     encoder.load_state_dict(ckpt.encoder)
     proto.load_state_dict(ckpt.head)
     optimizer.load_state_dict(ckpt.optimizer)
@@ -123,8 +142,20 @@ def _resume(cfg: MetaConfig, run_dir: Path, chash: str, encoder, proto, optimize
     return _Progress(ckpt.epoch, ckpt.step, list(m["val_acc"]), float(m["best_val"]), int(m["best_epoch"]))
 
 
-def _train_epoch(loader, encoder, frozen, proto, optimizer, spurious, settings: LossSettings, cfg: MetaConfig,
-                 state: _Progress, total_steps: int, device, log_row) -> None:
+def _train_epoch(
+    loader,
+    encoder,
+    frozen,
+    proto,
+    optimizer,
+    spurious,
+    settings: LossSettings,
+    cfg: MetaConfig,
+    state: _Progress,
+    total_steps: int,
+    device,
+    log_row,
+) -> None:
     """One epoch of optimiser steps; each step's loss is :func:`fdalign_forward` on its episodes' images."""
     from fdalign.eval.features import autocast_context
     from fdalign.train.trainer import cosine_lr
@@ -138,8 +169,9 @@ def _train_epoch(loader, encoder, frozen, proto, optimizer, spurious, settings: 
             grp["lr"] = lr
         head, labels = episode_head(proto, cfg.spec, images.shape[0])
         with autocast_context(device, precision):
-            loss, parts = fdalign_forward(encoder, frozen, head, images.flatten(0, 1).to(device), labels.to(device),
-                                          spurious, settings)
+            loss, parts = fdalign_forward(
+                encoder, frozen, head, images.flatten(0, 1).to(device), labels.to(device), spurious, settings
+            )
         if not torch.isfinite(loss):
             raise FDAlignError(f"the loss became {loss.item()} at step {state.step + 1}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -151,12 +183,30 @@ def _train_epoch(loader, encoder, frozen, proto, optimizer, spurious, settings: 
         now = time.perf_counter()
         ips = images.shape[0] * images.shape[1] / max(now - t_prev, 1e-9)
         t_prev = now
-        log_row({"step": state.step, "epoch": state.epoch + 1, "lr": lr, "ce": parts["ce"].item(),
-                 "kl": parts["kl"].item(), "loss": loss.item(), "images_per_s": round(ips, 2)})
+        log_row(
+            {
+                "step": state.step,
+                "epoch": state.epoch + 1,
+                "lr": lr,
+                "ce": parts["ce"].item(),
+                "kl": parts["kl"].item(),
+                "loss": loss.item(),
+                "images_per_s": round(ips, 2),
+            }
+        )
 
 
-def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: MetaConfig, run_dir,
-               base_prototypes: torch.Tensor, progress: bool = True, on_epoch_end=None) -> MetaResult:
+def meta_train(
+    backend,
+    base_split,
+    val_split,
+    spurious: torch.Tensor,
+    cfg: MetaConfig,
+    run_dir,
+    base_prototypes: torch.Tensor,
+    progress: bool = True,
+    on_epoch_end=None,
+) -> MetaResult:
     """Meta-train ``backend.image_encoder`` in place on ``base_split`` episodes; choose the epoch on ``val_split``.
 
     Args:
@@ -168,9 +218,15 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
 
     from fdalign.heads import PrototypeHead
     from fdalign.train.checkpoint import save_checkpoint
-    from fdalign.train.trainer import check_finite_weights
     from fdalign.train.run import MODEL_FILE, SELECTION_FILE, save_model
-    from fdalign.train.trainer import _CSVLog, _tensorboard, build_optimizer, param_groups, resolve_device
+    from fdalign.train.trainer import (
+        _CSVLog,
+        _tensorboard,
+        build_optimizer,
+        check_finite_weights,
+        param_groups,
+        resolve_device,
+    )
 
     cfg.validate()
     run_dir, spec, device = Path(run_dir), cfg.spec, resolve_device(cfg.device)
@@ -179,9 +235,13 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
     zeroshot_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     frozen = frozen_copy(encoder, cfg.f0_mode) if cfg.beta != 0 else None  # the pretrained weights, before resume
     proto = ProtoNetHead(cfg.proto_scale, cfg.learn_scale).to(device)
-    settings = LossSettings(alpha=cfg.alpha, beta=cfg.beta, direction=cfg.kl_direction,
-                            scale=float(cfg.temperature or backend.logit_scale),
-                            normalize_prototypes=not (cfg.spc and not cfg.spc_renormalize))
+    settings = LossSettings(
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        direction=cfg.kl_direction,
+        scale=float(cfg.temperature or backend.logit_scale),
+        normalize_prototypes=not (cfg.spc and not cfg.spc_renormalize),
+    )
     pool = class_pool(base_split, spec, cfg.on_small, TRAIN_FLAGS)
     train_tf = backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip)
     val_set, val_eps = _val_episodes(val_split, cfg, backend.preprocess_eval())
@@ -195,8 +255,14 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
     csv_log = _CSVLog(run_dir / "log.csv", keep_until_step=state.step if state.epoch else None)
     tb = _tensorboard(run_dir, cfg.tensorboard)
     show = progress and cfg.progress
-    model_meta = {"classnames": list(base_split.classnames), "base_fingerprint": str(getattr(backend, "fingerprint", "")),
-                  "model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config, "mode": "meta"}
+    model_meta = {
+        "classnames": list(base_split.classnames),
+        "base_fingerprint": str(getattr(backend, "fingerprint", "")),
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "model_config": cfg.model_config,
+        "mode": "meta",
+    }
 
     def log_row(row):
         csv_log.write(row)
@@ -207,16 +273,34 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
     t0 = time.time()
     try:
         for epoch in range(state.epoch, cfg.epochs):
-            episodes = EpisodeDataset(pool, spec, cfg.seed, train_tf, cfg.episodes_per_epoch, epoch * cfg.episodes_per_epoch)
-            loader = DataLoader(episodes, batch_size=cfg.episodes_per_step, num_workers=cfg.num_workers,
-                                pin_memory=device.type == "cuda")
+            episodes = EpisodeDataset(
+                pool, spec, cfg.seed, train_tf, cfg.episodes_per_epoch, epoch * cfg.episodes_per_epoch
+            )
+            loader = DataLoader(
+                episodes,
+                batch_size=cfg.episodes_per_step,
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+            )
             encoder.train()
             proto.train()
             if frozen is not None:
                 set_frozen_mode(frozen, cfg.f0_mode)
             bar = tqdm(loader, desc=f"meta epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-            _train_epoch(bar, encoder, frozen, proto, optimizer, spurious.to(device), settings, cfg, state,
-                         total_steps, device, log_row)
+            _train_epoch(
+                bar,
+                encoder,
+                frozen,
+                proto,
+                optimizer,
+                spurious.to(device),
+                settings,
+                cfg,
+                state,
+                total_steps,
+                device,
+                log_row,
+            )
             bar.close()
             check_finite_weights(encoder, proto, epoch + 1, cfg.lr)  # a NaN encoder scores every episode "right"
             # ---- end of epoch: validate on val-class episodes, keep the best, checkpoint ------------
@@ -226,15 +310,23 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
             if improved:
                 state.best, state.best_epoch = acc, epoch + 1
             if improved or cfg.selection == "last":
-                save_model(run_dir / MODEL_FILE, encoder, zs_head, zs_head,
-                           dict(model_meta, epoch=epoch + 1, val_acc=acc, proto_scale=proto.scale))
+                save_model(
+                    run_dir / MODEL_FILE,
+                    encoder,
+                    zs_head,
+                    zs_head,
+                    dict(model_meta, epoch=epoch + 1, val_acc=acc, proto_scale=proto.scale),
+                )
             csv_log.flush()
             if tb is not None:
                 tb.add_scalar("val/episode_acc", acc, epoch + 1)
-            save_checkpoint(run_dir / "checkpoint", encoder=encoder, head=proto, optimizer=optimizer,
-                            meta=state.to_meta(chash))
+            save_checkpoint(
+                run_dir / "checkpoint", encoder=encoder, head=proto, optimizer=optimizer, meta=state.to_meta(chash)
+            )
             if show:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: val {spec.name} {acc:.2f}%" + ("  (best)" if improved else ""))
+                tqdm.write(
+                    f"epoch {epoch + 1}/{cfg.epochs}: val {spec.name} {acc:.2f}%" + ("  (best)" if improved else "")
+                )
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, acc)
     finally:
@@ -242,8 +334,17 @@ def meta_train(backend, base_split, val_split, spurious: torch.Tensor, cfg: Meta
         if tb is not None:
             tb.close()
     chosen, selection = _select_epoch(state, val_set, cfg, run_dir / SELECTION_FILE)
-    return MetaResult(encoder, _load_selected(run_dir / MODEL_FILE, encoder, chosen), zeroshot_state, chosen,
-                      state.val[chosen - 1], state.val, state.step, time.time() - t0, selection)
+    return MetaResult(
+        encoder,
+        _load_selected(run_dir / MODEL_FILE, encoder, chosen),
+        zeroshot_state,
+        chosen,
+        state.val[chosen - 1],
+        state.val,
+        state.step,
+        time.time() - t0,
+        selection,
+    )
 
 
 def _select_epoch(state: _Progress, val_set: EvalSplit, cfg: MetaConfig, path: Path) -> tuple[int, SelectionLog]:
@@ -254,8 +355,13 @@ def _select_epoch(state: _Progress, val_set: EvalSplit, cfg: MetaConfig, path: P
         chosen = select("epoch", scores, val_set, selection, metric=f"val {cfg.spec.name} accuracy")
     else:
         chosen = len(state.val)
-        selection.entries["epoch"] = {"chosen": chosen, "on": "rule: the last epoch (no data used)", "metric": "-",
-                                      "score": state.val[-1], "scores": {str(k): v for k, v in scores.items()}}
+        selection.entries["epoch"] = {
+            "chosen": chosen,
+            "on": "rule: the last epoch (no data used)",
+            "metric": "-",
+            "score": state.val[-1],
+            "scores": {str(k): v for k, v in scores.items()},
+        }
     selection.save(path)
     return int(chosen), selection
 
@@ -279,5 +385,12 @@ def zeroshot_copy(encoder: torch.nn.Module, state: dict) -> torch.nn.Module:
     return enc
 
 
-__all__ = ["META_NON_SEMANTIC", "MetaConfig", "MetaResult", "episode_head", "meta_config_hash", "meta_train",
-           "zeroshot_copy"]
+__all__ = [
+    "META_NON_SEMANTIC",
+    "MetaConfig",
+    "MetaResult",
+    "episode_head",
+    "meta_config_hash",
+    "meta_train",
+    "zeroshot_copy",
+]

@@ -16,8 +16,20 @@ from fdalign.options import check_choices, option
 from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS, ModelOptions
 
 # settings that change neither the training maths nor the episodes (resume may change them)
-META_NON_SEMANTIC = ("data", "image_root", "out", "device", "num_workers", "eval_batch_size", "resume", "progress",
-                     "tensorboard", "test_episodes", "test_shots", "target")
+META_NON_SEMANTIC = (
+    "data",
+    "image_root",
+    "out",
+    "device",
+    "num_workers",
+    "eval_batch_size",
+    "resume",
+    "progress",
+    "tensorboard",
+    "test_episodes",
+    "test_shots",
+    "target",
+)
 _f = option  # every field below is an option: a default, its --help text, its choices
 
 
@@ -28,11 +40,17 @@ class MetaConfig(ModelOptions):
     COMMAND = "fdalign meta-train"
     TITLE = "fdalign meta-training config"
 
-    data: str | None = _f(None, "class splits: a miniImageNet folder (train.csv val.csv test.csv + images/) "
-                          "or a folder with base/ val/ novel/ class folders")
+    data: str | None = _f(
+        None,
+        "class splits: a miniImageNet folder (train.csv val.csv test.csv + images/) "
+        "or a folder with base/ val/ novel/ class folders",
+    )
     image_root: str | None = _f(None, "folder the images of the CSV split files are in (default DATA/images)")
-    classnames: str | None = _f(None, "class-names file: '<wnid or folder> <name>' per line (miniImageNet "
-                                "labels are WordNet ids, which prompts cannot use)")
+    classnames: str | None = _f(
+        None,
+        "class-names file: '<wnid or folder> <name>' per line (miniImageNet "
+        "labels are WordNet ids, which prompts cannot use)",
+    )
     seed: int = _f(1, "seed of the episodes (training and validation) and their augmentations")
     templates: str = _f("openai80", "prompt templates: openai80, tip7 or a text file (one template with '{}' per line)")
     n_way: int = _f(5, "N: classes per training episode")
@@ -44,8 +62,9 @@ class MetaConfig(ModelOptions):
     on_small: str = _f("skip", "classes with fewer than K+Q images: skip (counted) or error", choices=ON_SMALL)
     alpha: float = _f(1.0, "weight of the query cross-entropy")
     beta: float = _f(20.0, "weight of the spurious KL on every episode image (0 = plain fine-tuning)")
-    kl_direction: str = _f("released", "paper: KL(P_t||P_0); released: the authors' KLDivLoss units",
-                           choices=KL_DIRECTIONS)
+    kl_direction: str = _f(
+        "released", "paper: KL(P_t||P_0); released: the authors' KLDivLoss units", choices=KL_DIRECTIONS
+    )
     temperature: float | None = _f(None, "scale of the spurious softmax (default: the model's logit_scale)")
     spc: bool = _f(True, "Spurious Prototype Correction of the base-class template prototypes")
     spc_keep: int = _f(60, "SPC: templates kept by the IsolationForest")
@@ -69,8 +88,9 @@ class MetaConfig(ModelOptions):
     grad_clip: float | None = _f(None, "clip the gradient norm to this value (default: no clipping)")
     crop_scale: list[float] = _f([0.08, 1.0], "RandomResizedCrop area range")
     hflip: bool = _f(False, "random horizontal flips")
-    selection: str = _f("best", "best: the epoch with the best val-episode accuracy; last: the last epoch",
-                        choices=SELECTIONS)
+    selection: str = _f(
+        "best", "best: the epoch with the best val-episode accuracy; last: the last epoch", choices=SELECTIONS
+    )
     precision: str = _f("fp32", "autocast precision on CUDA (bf16/fp16); CPU always runs fp32", choices=PRECISIONS)
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     num_workers: int = _f(min(4, os.cpu_count() or 1), "DataLoader worker processes")
@@ -87,7 +107,7 @@ class MetaConfig(ModelOptions):
     def spec(self) -> EpisodeSpec:
         return EpisodeSpec(self.n_way, self.k_shot, self.q_query)
 
-    def validate(self) -> "MetaConfig":
+    def validate(self) -> MetaConfig:
         self.spec  # noqa: B018  (EpisodeSpec checks N, K, Q)
         check_choices(self, "the meta-training config")
         for name in ("episodes_per_step", "episodes_per_epoch", "val_episodes", "epochs"):

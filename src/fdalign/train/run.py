@@ -85,8 +85,10 @@ def check_model_hash(run_dir: str | os.PathLike) -> None:
         return
     want = rec.read_text(encoding="utf-8", errors="replace").split()[:1]
     if want != [file_sha256(Path(run_dir) / MODEL_FILE)]:
-        raise FDAlignError(f"model file {Path(run_dir) / MODEL_FILE} is not the one its run finished training with "
-                           f"(sha256 differs from {rec}); train the run again or restore the file")
+        raise FDAlignError(
+            f"model file {Path(run_dir) / MODEL_FILE} is not the one its run finished training with "
+            f"(sha256 differs from {rec}); train the run again or restore the file"
+        )
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -106,14 +108,17 @@ def load_model(path: str | os.PathLike) -> SavedModel:
 
     path = Path(path)
     if not path.is_file():
-        raise FDAlignError(f"model file {path} does not exist; is this an fdalign run directory that finished training?")
-    tensors, raw = read_safetensors(path, "model file",
-                                    fix="train the run again (or restore the file from a copy); its results cannot be trusted")
+        raise FDAlignError(
+            f"model file {path} does not exist; is this an fdalign run directory that finished training?"
+        )
+    tensors, raw = read_safetensors(
+        path, "model file", fix="train the run again (or restore the file from a copy); its results cannot be trusted"
+    )
     if raw.get("format") != MODEL_FORMAT:
         raise FDAlignError(f"{path} is not an fdalign model file (format {raw.get('format')!r})")
 
     def part(prefix):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     head = head_from_state_dict(part("head."), raw["head_kind"], float(raw["head_scale"]))
     zs = None
@@ -172,7 +177,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
-        raise FDAlignError(f"{run_dir} is not an fdalign run directory (no {CONFIG_FILE}); pass the --out of `fdalign train`")
+        raise FDAlignError(
+            f"{run_dir} is not an fdalign run directory (no {CONFIG_FILE}); pass the --out of `fdalign train`"
+        )
     config = TrainConfig.from_run_yaml(cfg_path)
     saved = load_model(run_dir / MODEL_FILE)
     backend = load_clip(config.model, pretrained=config.pretrained, model_config=config.model_config, device="cpu")
@@ -214,4 +221,15 @@ def _cast_like(state: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> 
     return {k: v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v for k, v in state.items()}
 
 
-__all__ = ["record_model_hash", "check_model_hash", "MODEL_HASH_FILE", "save_model", "load_model", "SavedModel", "LoadedRun", "load_run", "MODEL_FILE", "CONFIG_FILE"]
+__all__ = [
+    "record_model_hash",
+    "check_model_hash",
+    "MODEL_HASH_FILE",
+    "save_model",
+    "load_model",
+    "SavedModel",
+    "LoadedRun",
+    "load_run",
+    "MODEL_FILE",
+    "CONFIG_FILE",
+]

@@ -10,8 +10,8 @@ the fine-tuned features into logits (prototype head, linear head, episode protot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -66,8 +66,15 @@ def fdalign_forward(
         :func:`fdalign.losses.fdalign_loss`, and ``"log_p0"`` ``[B,K]`` (float32, for the cache)
         whenever the KL term was computed.
     """
-    loss_fn = FDAlignLoss(spurious, f0=f0, alpha=s.alpha, beta=s.beta, scale=s.scale, kl_direction=s.direction,
-                          normalize_prototypes=s.normalize_prototypes)
+    loss_fn = FDAlignLoss(
+        spurious,
+        f0=f0,
+        alpha=s.alpha,
+        beta=s.beta,
+        scale=s.scale,
+        kl_direction=s.direction,
+        normalize_prototypes=s.normalize_prototypes,
+    )
     if s.train_encoder:
         feat_t = ft(images)
     else:

@@ -34,21 +34,21 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fdalign.data.views import SeededViews
 from fdalign.errors import FDAlignError
 from fdalign.heads import PrototypeHead
+from fdalign.selection import EvalSplit, SelectionLog, select, val_score
+from fdalign.train import distributed
 from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
-from fdalign.selection import EvalSplit, SelectionLog, select, val_score
-from fdalign.data.views import SeededViews
-from fdalign.train import distributed
 from fdalign.train.f0cache import F0Cache, f0_cache_key, state_fingerprint
 from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
 
@@ -186,8 +186,13 @@ def _select_epoch(what: str, scores: dict[int, float], cfg: TrainConfig, val_set
     if cfg.selection == "best":
         return select(what, scores, val_set, log)
     last = max(scores)
-    log.entries[what] = {"chosen": last, "on": "rule: the last epoch (no data used)", "metric": "top1",
-                         "score": scores[last], "scores": {str(k): v for k, v in scores.items()}}
+    log.entries[what] = {
+        "chosen": last,
+        "on": "rule: the last epoch (no data used)",
+        "metric": "top1",
+        "score": scores[last],
+        "scores": {str(k): v for k, v in scores.items()},
+    }
     return last
 
 
@@ -256,8 +261,14 @@ def _val_top1(encoder, head, split: EvalSplit, cfg: TrainConfig, device) -> floa
 
     def score(ds: Dataset) -> float:
         feats, labels = extract_features(
-            encoder, ds, batch_size=cfg.eval_batch_size, device=device, num_workers=0,
-            precision=cfg.precision if device.type == "cuda" else "fp32", progress=False, desc="val",
+            encoder,
+            ds,
+            batch_size=cfg.eval_batch_size,
+            device=device,
+            num_workers=0,
+            precision=cfg.precision if device.type == "cuda" else "fp32",
+            progress=False,
+            desc="val",
         )
         return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
 
@@ -289,8 +300,15 @@ class _Loop:
     interrupts: _Interrupts | None = None
 
 
-def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: int,
-               cached: torch.Tensor | None, fill: torch.Tensor | None) -> tuple[int, int]:
+def _run_epoch(
+    L: _Loop,
+    views: SeededViews,
+    epoch: int,
+    step: int,
+    phase_step: int,
+    cached: torch.Tensor | None,
+    fill: torch.Tensor | None,
+) -> tuple[int, int]:
     """One pass over this rank's share of the epoch; returns the new ``(step, phase_step)``.
 
     ``cached`` ``[N, k]``: f0's log-probabilities read from the f0 cache (f0 is then not run);
@@ -303,13 +321,20 @@ def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: 
     cfg = L.cfg
     views.set_epoch(view_epoch(cfg, epoch))
     torch.manual_seed(augmentation_seed(cfg.seed, epoch))  # dropout in the main process
-    sampler = distributed.GlobalBatchSampler(epoch_order(cfg.seed, epoch, len(views)), cfg.batch_size,
-                                             L.dist.rank, L.dist.world)
+    sampler = distributed.GlobalBatchSampler(
+        epoch_order(cfg.seed, epoch, len(views)), cfg.batch_size, L.dist.rank, L.dist.world
+    )
     workers = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x5EED)
-    loader = DataLoader(views, batch_sampler=sampler, generator=workers, num_workers=cfg.num_workers,
-                        pin_memory=L.device.type == "cuda")
-    bar = tqdm(loader, desc=f"{L.phase.name} epoch {epoch + 1}/{L.total_epochs}", disable=not L.progress,
-               leave=False, dynamic_ncols=True)
+    loader = DataLoader(
+        views, batch_sampler=sampler, generator=workers, num_workers=cfg.num_workers, pin_memory=L.device.type == "cuda"
+    )
+    bar = tqdm(
+        loader,
+        desc=f"{L.phase.name} epoch {epoch + 1}/{L.total_epochs}",
+        disable=not L.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     t_prev = time.perf_counter()
     for b, (images, labels, idx) in enumerate(bar):
         lr = cosine_lr(phase_step, L.total_steps, L.warmup, L.phase.lr, cfg.min_lr)
@@ -321,8 +346,10 @@ def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: 
         with autocast_context(L.device, L.precision):
             loss, parts = fdalign_forward(L.ft, L.frozen, L.head, images, labels, L.spurious, L.settings, log_p0)
         if not torch.isfinite(loss):
-            raise FDAlignError(f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "
-                               "(or use --precision bf16 / fp32 instead of fp16)")
+            raise FDAlignError(
+                f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "
+                "(or use --precision bf16 / fp32 instead of fp16)"
+            )
         if fill is not None:
             fill[idx] = parts["log_p0"].float().cpu()
         L.optimizer.zero_grad(set_to_none=True)
@@ -337,8 +364,9 @@ def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: 
         now = time.perf_counter()
         ips = images.shape[0] * L.dist.world / max(now - t_prev, 1e-9)
         t_prev = now
-        means = distributed.global_means({"ce": parts["ce"].item(), "kl": parts["kl"].item(), "loss": loss.item()},
-                                         sampler.weights[b], L.dist)
+        means = distributed.global_means(
+            {"ce": parts["ce"].item(), "kl": parts["kl"].item(), "loss": loss.item()}, sampler.weights[b], L.dist
+        )
         L.log_rows({"step": step, "epoch": epoch + 1, "lr": lr, **means, "images_per_s": round(ips, 2)})
         bar.set_postfix(ce=f"{means['ce']:.3f}", kl=f"{means['kl']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
         if L.interrupts is not None:
@@ -347,8 +375,16 @@ def _run_epoch(L: _Loop, views: SeededViews, epoch: int, step: int, phase_step: 
     return step, phase_step
 
 
-def _f0_cache(cfg: TrainConfig, encoder: nn.Module, spurious, scale: float, normalize: bool, data_key: str | None,
-              n: int, precision: str) -> F0Cache | None:
+def _f0_cache(
+    cfg: TrainConfig,
+    encoder: nn.Module,
+    spurious,
+    scale: float,
+    normalize: bool,
+    data_key: str | None,
+    n: int,
+    precision: str,
+) -> F0Cache | None:
     """The f0 cache of this run, or None (off, or f0 not deterministic, or no data key)."""
     if not cfg.f0_cache or cfg.beta == 0 or spurious is None:
         return None
@@ -356,12 +392,20 @@ def _f0_cache(cfg: TrainConfig, encoder: nn.Module, spurious, scale: float, norm
         warnings.warn("the f0 cache needs a deterministic f0 (--f0-mode eval); training without it", stacklevel=3)
         return None
     if data_key is None:
-        warnings.warn("the f0 cache needs a data_key naming the training images and their transform; "
-                      "training without it", stacklevel=3)
+        warnings.warn(
+            "the f0 cache needs a data_key naming the training images and their transform; training without it",
+            stacklevel=3,
+        )
         return None
-    key, ingredients = f0_cache_key(f0_fingerprint=state_fingerprint(encoder), spurious=spurious, scale=scale,
-                                    normalize_prototypes=normalize, seed=cfg.seed, data_key=data_key,
-                                    precision=precision)
+    key, ingredients = f0_cache_key(
+        f0_fingerprint=state_fingerprint(encoder),
+        spurious=spurious,
+        scale=scale,
+        normalize_prototypes=normalize,
+        seed=cfg.seed,
+        data_key=data_key,
+        precision=precision,
+    )
     return F0Cache(cfg.f0_cache, key, ingredients, n, spurious.shape[0])
 
 
@@ -401,8 +445,13 @@ def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, hea
     head.load_state_dict(ckpt.head)
     restore_rng(ckpt.rng_tensors, ckpt.meta.get("rng", {}))
     log.info("resuming %s after epoch %d (step %d)", run_dir, ckpt.epoch, ckpt.step)
-    return _Progress(ckpt.epoch, ckpt.step, list(ckpt.meta["val_top1"]), float(ckpt.meta["best_val_top1"]),
-                     int(ckpt.meta["best_epoch"])), ckpt
+    return _Progress(
+        ckpt.epoch,
+        ckpt.step,
+        list(ckpt.meta["val_top1"]),
+        float(ckpt.meta["best_val_top1"]),
+        int(ckpt.meta["best_epoch"]),
+    ), ckpt
 
 
 def _phase_optimizer(cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: nn.Module):
@@ -412,7 +461,9 @@ def _phase_optimizer(cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: n
     if phase.train_encoder:
         named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named
     if not named:
-        raise FDAlignError(f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters")
+        raise FDAlignError(
+            f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters"
+        )
     return named, build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), phase.lr)
 
 
@@ -435,8 +486,15 @@ class _RunWriter:
     """What a run writes as it trains (rank 0 alone under torchrun): ``log.csv``, TensorBoard, the
     selected model file and the resumable checkpoint."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, dist: distributed.DistInfo, keep_until_step: int | None,
-                 model_meta: dict, zeroshot_head: PrototypeHead):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: TrainConfig,
+        dist: distributed.DistInfo,
+        keep_until_step: int | None,
+        model_meta: dict,
+        zeroshot_head: PrototypeHead,
+    ):
         self.run_dir, self.model_meta, self.zeroshot_head = run_dir, model_meta, zeroshot_head
         self.main = dist.is_main
         self.csv = _CSVLog(run_dir / "log.csv", keep_until_step) if self.main else None
@@ -456,8 +514,13 @@ class _RunWriter:
         if not self.main:
             return
         if keep:
-            save_model(self.run_dir / MODEL_FILE, encoder, head, self.zeroshot_head,
-                       dict(self.model_meta, epoch=epoch, val_top1=top1))
+            save_model(
+                self.run_dir / MODEL_FILE,
+                encoder,
+                head,
+                self.zeroshot_head,
+                dict(self.model_meta, epoch=epoch, val_top1=top1),
+            )
         self.csv.flush()
         if self.tb is not None:
             self.tb.add_scalar("val/top1", top1, epoch)
@@ -484,8 +547,10 @@ class _Interrupts:
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self.previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
@@ -510,8 +575,10 @@ def check_finite_weights(encoder: nn.Module, head: nn.Module, epoch: int, lr: fl
     for what, module in (("encoder", encoder), ("head", head)):
         for name, p in module.named_parameters():
             if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-                raise FDAlignError(f"training diverged: the {what} weight {name} holds NaN or inf after epoch {epoch} "
-                                   f"(peak lr {lr:g}); lower --lr, set a finite --grad-clip, or use --precision fp32")
+                raise FDAlignError(
+                    f"training diverged: the {what} weight {name} holds NaN or inf after epoch {epoch} "
+                    f"(peak lr {lr:g}); lower --lr, set a finite --grad-clip, or use --precision fp32"
+                )
 
 
 def train(
@@ -547,14 +614,25 @@ def train(
     from fdalign.io import run_lock
 
     with run_lock(run_dir), _Interrupts() as interrupts:  # one process per run directory
-        result = _train(backend, train_set, val_set, prototypes, config, Path(run_dir), progress, on_epoch_end,
-                        data_key, interrupts)
+        result = _train(
+            backend, train_set, val_set, prototypes, config, Path(run_dir), progress, on_epoch_end, data_key, interrupts
+        )
         interrupts.check()  # a Ctrl-C lost during the last epoch's validation still stops the caller
         return result
 
 
-def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir: Path, progress: bool,
-           on_epoch_end, data_key, interrupts: _Interrupts) -> TrainResult:
+def _train(
+    backend,
+    train_set,
+    val_set,
+    prototypes,
+    config: TrainConfig,
+    run_dir: Path,
+    progress: bool,
+    on_epoch_end,
+    data_key,
+    interrupts: _Interrupts,
+) -> TrainResult:
     from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, record_model_hash
 
     cfg = config.resolved(len(train_set)).validate()
@@ -575,7 +653,9 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
     scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
     spurious = prototypes.corrected_prototypes if cfg.spc else prototypes.spurious_prototypes
     if cfg.spc and spurious is None:
-        raise FDAlignError("config asks for SPC but the prototypes have no corrected_prototypes; build them with spc=SPCConfig(...)")
+        raise FDAlignError(
+            "config asks for SPC but the prototypes have no corrected_prototypes; build them with spc=SPCConfig(...)"
+        )
     normalize_spurious = not (cfg.spc and not cfg.spc_renormalize)
     plan = phases(cfg)
     total_epochs = plan[-1].stop
@@ -588,24 +668,41 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
     # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded
     dtype_0 = f0_dtype(cfg, device)
     frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if any(p.use_kl for p in plan) else None
-    f0cache = _f0_cache(cfg, encoder, spurious, scale, normalize_spurious, data_key, len(train_set),
-                        f"{precision}, f0 {dtype_0 or 'as the encoder'}")
+    f0cache = _f0_cache(
+        cfg,
+        encoder,
+        spurious,
+        scale,
+        normalize_spurious,
+        data_key,
+        len(train_set),
+        f"{precision}, f0 {dtype_0 or 'as the encoder'}",
+    )
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
-        warnings.warn(f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; "
-                      "training without it", stacklevel=2)
+        warnings.warn(
+            f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; training without it",
+            stacklevel=2,
+        )
     spurious_dev = spurious.to(device) if spurious is not None else None
 
     # ---- resume -----------------------------------------------------------------------------
     chash = config_hash(cfg)
     state, ckpt = _resume(cfg, run_dir, chash, encoder, head)
-    start_epoch, step, val_hist, best_val, best_epoch = (state.epoch, state.step, state.val_hist, state.best_val,
-                                                         state.best_epoch)
+    start_epoch, step, val_hist, best_val, best_epoch = (
+        state.epoch,
+        state.step,
+        state.val_hist,
+        state.best_val,
+        state.best_epoch,
+    )
     distributed.barrier(dist)  # every rank has read the checkpoint before rank 0 writes a new one
 
     model_meta = {
         "classnames": list(getattr(prototypes, "classnames", []) or []),
         "base_fingerprint": str(getattr(backend, "fingerprint", "")),
-        "model": cfg.model, "pretrained": cfg.pretrained, "model_config": cfg.model_config,
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "model_config": cfg.model_config,
         "mode": cfg.mode,
     }
     writer = _RunWriter(run_dir, cfg, dist, step if ckpt is not None else None, model_meta, zeroshot_head)
@@ -629,22 +726,42 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
                 # callback's file), not its last epoch, and only FD-Align epochs compete for selection
                 head.load_state_dict(load_model(run_dir / MODEL_FILE).head.state_dict())
                 best_val, best_epoch = -1.0, 0
-            if ckpt is not None and ckpt.meta.get("phase") == phase.name and ckpt.optimizer is not None \
-                    and start_epoch > phase.start:
+            if (
+                ckpt is not None
+                and ckpt.meta.get("phase") == phase.name
+                and ckpt.optimizer is not None
+                and start_epoch > phase.start
+            ):
                 optimizer.load_state_dict(ckpt.optimizer)
                 if ckpt.meta.get("scaler"):
                     scaler.load_state_dict(ckpt.meta["scaler"])
             loop = _Loop(
-                cfg=cfg, phase=phase, frozen=frozen, head=head, optimizer=optimizer, scaler=scaler,
+                cfg=cfg,
+                phase=phase,
+                frozen=frozen,
+                head=head,
+                optimizer=optimizer,
+                scaler=scaler,
                 ft=distributed.wrap_for_training(encoder, dist) if phase.train_encoder else encoder,
-                params=[p for _, p in named], spurious=spurious_dev, device=device, precision=precision, dist=dist,
+                params=[p for _, p in named],
+                spurious=spurious_dev,
+                device=device,
+                precision=precision,
+                dist=dist,
                 settings=LossSettings(
-                    alpha=cfg.alpha if phase.name == "fdalign" else 1.0, beta=cfg.beta if phase.use_kl else 0.0,
-                    scale=scale, direction=cfg.kl_direction, normalize_prototypes=normalize_spurious,
+                    alpha=cfg.alpha if phase.name == "fdalign" else 1.0,
+                    beta=cfg.beta if phase.use_kl else 0.0,
+                    scale=scale,
+                    direction=cfg.kl_direction,
+                    normalize_prototypes=normalize_spurious,
                     train_encoder=phase.train_encoder,
                 ),
-                total_steps=total_steps, warmup=min(warmup, total_steps), log_rows=writer.row, progress=progress,
-                total_epochs=total_epochs, interrupts=interrupts,
+                total_steps=total_steps,
+                warmup=min(warmup, total_steps),
+                log_rows=writer.row,
+                progress=progress,
+                total_epochs=total_epochs,
+                interrupts=interrupts,
             )
 
             for epoch in range(max(start_epoch, phase.start), phase.stop):
@@ -654,9 +771,12 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
                 head.train()
                 cache_on = f0cache is not None and phase.use_kl
                 cached = f0cache.load(view_epoch(cfg, epoch)) if cache_on else None
-                fill = torch.full((len(views), spurious.shape[0]), float("nan")) if cache_on and cached is None else None
-                step, phase_step = _run_epoch(loop, views, epoch, step, (epoch - phase.start) * steps_per_epoch,
-                                              cached, fill)
+                fill = (
+                    torch.full((len(views), spurious.shape[0]), float("nan")) if cache_on and cached is None else None
+                )
+                step, phase_step = _run_epoch(
+                    loop, views, epoch, step, (epoch - phase.start) * steps_per_epoch, cached, fill
+                )
                 if fill is not None:
                     fill, done = distributed.merge_rows(fill, ~torch.isnan(fill[:, 0]), dist)
                     if dist.is_main and bool(done.all()):
@@ -670,13 +790,28 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
                 if improved:
                     best_val, best_epoch = top1, epoch + 1
                 writer.end_epoch(
-                    epoch + 1, top1, (improved and cfg.selection == "best") or cfg.selection == "last",
-                    encoder, head, optimizer,
+                    epoch + 1,
+                    top1,
+                    (improved and cfg.selection == "best") or cfg.selection == "last",
+                    encoder,
+                    head,
+                    optimizer,
                     meta={
-                        "epoch": epoch + 1, "step": step, "phase": phase.name, "config_hash": chash,
-                        "val_top1": val_hist, "best_val_top1": best_val, "best_epoch": best_epoch,
-                        "scheduler": {"phase": phase.name, "phase_step": phase_step, "total_steps": total_steps,
-                                      "warmup_steps": loop.warmup, "base_lr": phase.lr, "min_lr": cfg.min_lr},
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "phase": phase.name,
+                        "config_hash": chash,
+                        "val_top1": val_hist,
+                        "best_val_top1": best_val,
+                        "best_epoch": best_epoch,
+                        "scheduler": {
+                            "phase": phase.name,
+                            "phase_step": phase_step,
+                            "total_steps": total_steps,
+                            "warmup_steps": loop.warmup,
+                            "base_lr": phase.lr,
+                            "min_lr": cfg.min_lr,
+                        },
                         "scaler": scaler.state_dict() if use_scaler else None,
                     },
                 )
@@ -684,8 +819,9 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
                 if progress:
                     from tqdm.auto import tqdm
 
-                    tqdm.write(f"epoch {epoch + 1}/{total_epochs}: val top-1 {top1:.2f}%"
-                               + ("  (best)" if improved else ""))
+                    tqdm.write(
+                        f"epoch {epoch + 1}/{total_epochs}: val top-1 {top1:.2f}%" + ("  (best)" if improved else "")
+                    )
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, top1)
                 interrupts.check()
@@ -710,11 +846,31 @@ def _train(backend, train_set, val_set, prototypes, config: TrainConfig, run_dir
             print(f0cache.report(), file=sys.stderr)
             log.info(f0cache.report())
     return TrainResult(
-        encoder=encoder, head=head, zeroshot_head=zeroshot_head, zeroshot_encoder_state=zeroshot_encoder_state,
-        best_epoch=int(chosen), best_val_top1=float(scores[chosen]), val_top1=val_hist, steps=step,
-        seconds=time.time() - t_start, selection=selection, config=cfg,
-        f0_cache_epochs_read=f0cache.hits if f0cache else 0, f0_cache_epochs_written=f0cache.writes if f0cache else 0,
+        encoder=encoder,
+        head=head,
+        zeroshot_head=zeroshot_head,
+        zeroshot_encoder_state=zeroshot_encoder_state,
+        best_epoch=int(chosen),
+        best_val_top1=float(scores[chosen]),
+        val_top1=val_hist,
+        steps=step,
+        seconds=time.time() - t_start,
+        selection=selection,
+        config=cfg,
+        f0_cache_epochs_read=f0cache.hits if f0cache else 0,
+        f0_cache_epochs_written=f0cache.writes if f0cache else 0,
     )
 
 
-__all__ = ["train", "TrainResult", "cosine_lr", "epoch_seed", "augmentation_seed", "epoch_order", "phases", "Phase", "resolve_device", "config_hash"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "cosine_lr",
+    "epoch_seed",
+    "augmentation_seed",
+    "epoch_order",
+    "phases",
+    "Phase",
+    "resolve_device",
+    "config_hash",
+]

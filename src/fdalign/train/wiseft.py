@@ -9,7 +9,7 @@ zero-shot CLIP, alpha = 1 the fine-tuned model; the mixing weight is chosen on v
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

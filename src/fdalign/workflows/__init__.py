@@ -9,8 +9,29 @@ stays cheap.
 from fdalign.workflows.deploy import export_run, predict_images
 from fdalign.workflows.evaluation import EvalConfig, Evaluation, evaluate, evaluate_config
 from fdalign.workflows.kshot import Run, check_run_request, finetune
-from fdalign.workflows.meta import EpisodeEvaluation, MetaEvalConfig, MetaRun, meta_evaluate, meta_evaluate_config, meta_train
+from fdalign.workflows.meta import (
+    EpisodeEvaluation,
+    MetaEvalConfig,
+    MetaRun,
+    meta_evaluate,
+    meta_evaluate_config,
+    meta_train,
+)
 
-__all__ = ["EpisodeEvaluation", "EvalConfig", "Evaluation", "MetaEvalConfig", "MetaRun", "Run", "check_run_request",
-           "evaluate", "evaluate_config", "export_run", "finetune", "meta_evaluate", "meta_evaluate_config",
-           "meta_train", "predict_images"]
+__all__ = [
+    "EpisodeEvaluation",
+    "EvalConfig",
+    "Evaluation",
+    "MetaEvalConfig",
+    "MetaRun",
+    "Run",
+    "check_run_request",
+    "evaluate",
+    "evaluate_config",
+    "export_run",
+    "finetune",
+    "meta_evaluate",
+    "meta_evaluate_config",
+    "meta_train",
+    "predict_images",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from fdalign.errors import FDAlignError
 
@@ -20,9 +20,19 @@ def export_run(run, format: str, out, *, wiseft_alpha=None, force: bool = False,
     return _export(_run_dir(run), format, out, wiseft_alpha=wiseft_alpha, force=force, verify=verify)
 
 
-def predict_images(target, images: Sequence[str | os.PathLike], *, out=None, topk: int = 5, wiseft_alpha=None,
-                   batch_size: int = 64, num_workers: int = 0, device: str = "auto", precision: str = "fp32",
-                   progress: bool = False):
+def predict_images(
+    target,
+    images: Sequence[str | os.PathLike],
+    *,
+    out=None,
+    topk: int = 5,
+    wiseft_alpha=None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    progress: bool = False,
+):
     """``fdalign predict TARGET IMAGES...``: ``(predictions, classifier)``; the CSV is written to ``out`` if given.
 
     ``target``: a run directory, a :class:`~fdalign.workflows.kshot.Run` or an export folder;
@@ -43,12 +53,22 @@ def predict_images(target, images: Sequence[str | os.PathLike], *, out=None, top
     images = [str(i) for i in images]
     paths, missing = collect_images(images)
     if len(paths) == len(missing):
-        raise FDAlignError(f"no image files found in {' '.join(images)}"
-                           + (f" ({len(missing)} path(s) do not exist)" if missing else ""))
+        raise FDAlignError(
+            f"no image files found in {' '.join(images)}"
+            + (f" ({len(missing)} path(s) do not exist)" if missing else "")
+        )
     dev = resolve_device(device)
     clf = load_classifier(target, wiseft_alpha, dev)
-    pred = predict(clf, paths, topk=topk, batch_size=batch_size, device=dev, num_workers=num_workers,
-                   precision=precision, progress=progress and sys.stderr.isatty())
+    pred = predict(
+        clf,
+        paths,
+        topk=topk,
+        batch_size=batch_size,
+        device=dev,
+        num_workers=num_workers,
+        precision=precision,
+        progress=progress and sys.stderr.isatty(),
+    )
     if out is not None:
         atomic_write_text(out, predictions_csv(pred, clf.classnames))
     return pred, clf
@@ -59,7 +79,9 @@ def _check_csv_out(out) -> None:
 
     out = Path(out)
     if out.is_dir():
-        raise FDAlignError(f"--out {out} is a directory; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+        raise FDAlignError(
+            f"--out {out} is a directory; give the CSV file to write, e.g. --out {out / 'predictions.csv'}"
+        )
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

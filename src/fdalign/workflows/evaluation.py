@@ -19,8 +19,23 @@ from fdalign.errors import FDAlignError
 
 ZEROSHOT_NAME = "zero-shot"
 FINETUNED_NAME = "fine-tuned"
-REPORT_TRAIN_KEYS = ("model", "pretrained", "mode", "shots", "seed", "templates", "alpha", "beta", "spc", "head",
-                     "optimizer", "lr", "epochs", "batch_size", "selection")
+REPORT_TRAIN_KEYS = (
+    "model",
+    "pretrained",
+    "mode",
+    "shots",
+    "seed",
+    "templates",
+    "alpha",
+    "beta",
+    "spc",
+    "head",
+    "optimizer",
+    "lr",
+    "epochs",
+    "batch_size",
+    "selection",
+)
 
 
 @dataclass
@@ -100,8 +115,10 @@ def evaluate_config(config: EvalConfig) -> Evaluation:
                 "pass a run directory or a CLIP model name"
             )
         if _looks_like_path(args.target) and not args.model_config:
-            raise FDAlignError(f"no such run directory: {args.target}; pass the --out of `fdalign train`, or a CLIP "
-                               "model name with --data")
+            raise FDAlignError(
+                f"no such run directory: {args.target}; pass the --out of `fdalign train`, or a CLIP "
+                "model name with --data"
+            )
         args.model = args.target
     if args.data is None:
         where = f"; {args.target} is no run directory (no such folder)" if args.command == "eval" else ""
@@ -180,8 +197,8 @@ def _align_to_run_classes(split, run_classnames: list[str], data):
             f"{', ...' if len(extra) > 3 else ''}); the run knows {len(want)} classes: "
             f"{', '.join(map(repr, run_classnames[:5]))}{', ...' if len(want) > 5 else ''}. Evaluate on the run's "
             "data set, or pass --classnames with the names the run used"
-            if extra else
-            f"--data {data} has {len(have)} classes but the run was trained on {len(want)}; evaluate on the "
+            if extra
+            else f"--data {data} has {len(have)} classes but the run was trained on {len(want)}; evaluate on the "
             "run's data set"
         )
     mapped, _ = map_ood_to_id(split, list(run_classnames))
@@ -212,7 +229,11 @@ def _zeroshot_head(backend, classnames, templates, args):
     from fdalign.prototypes import build_prototypes
 
     protos = build_prototypes(
-        backend, classnames, templates, spc=None, cache_dir=False if args.no_cache else None,
+        backend,
+        classnames,
+        templates,
+        spc=None,
+        cache_dir=False if args.no_cache else None,
         progress=_progress(args) or None,
     )
     return PrototypeHead(protos.class_prototypes, scale=backend.logit_scale).to(args.device)
@@ -231,20 +252,36 @@ def _class_table(args, id_split):
     return classname_table(id_split) if is_plain_classname_list(args.classnames) else None
 
 
-def _finish(args, metrics, out, *, config, hashes, selection, roles, title, extra=None, classes=None,
-            class_table=None) -> "Evaluation":
+def _finish(
+    args, metrics, out, *, config, hashes, selection, roles, title, extra=None, classes=None, class_table=None
+) -> Evaluation:
     from fdalign.eval import write_metrics, write_report
 
     if out is not None:
-        doc = {"roles": roles, "classes": classes, "hashes": hashes, "config": config, "selection": selection,
-               **(extra or {})}
+        doc = {
+            "roles": roles,
+            "classes": classes,
+            "hashes": hashes,
+            "config": config,
+            "selection": selection,
+            **(extra or {}),
+        }
         write_metrics(out, metrics, doc)
-        write_report(out, metrics, selection=selection, config=config, hashes=hashes, roles=roles, title=title,
-                     classes=classes, class_table=class_table)
+        write_report(
+            out,
+            metrics,
+            selection=selection,
+            config=config,
+            hashes=hashes,
+            roles=roles,
+            title=title,
+            classes=classes,
+            class_table=class_table,
+        )
     return Evaluation(metrics, roles, selection, Path(out) if out is not None else None)
 
 
-def _zeroshot(args) -> "Evaluation":
+def _zeroshot(args) -> Evaluation:
     from fdalign.backends import load_clip
     from fdalign.eval import run_evaluation
     from fdalign.prompts import load_templates
@@ -264,24 +301,49 @@ def _zeroshot(args) -> "Evaluation":
 
         metrics, heads_selection = evaluate_model_heads(args, backend, head, sets, _progress(args))
     else:
-        metrics, heads_selection = run_evaluation(
-            {ZEROSHOT_NAME: (backend.image_encoder, head)}, sets, batch_size=args.batch_size, device=args.device,
-            precision=args.precision, progress=_progress(args), num_workers=args.num_workers,
-        ), None
+        metrics, heads_selection = (
+            run_evaluation(
+                {ZEROSHOT_NAME: (backend.image_encoder, head)},
+                sets,
+                batch_size=args.batch_size,
+                device=args.device,
+                precision=args.precision,
+                progress=_progress(args),
+                num_workers=args.num_workers,
+            ),
+            None,
+        )
     config = {
-        "model": backend.name, "pretrained": args.pretrained, "model_config": args.model_config,
-        "fingerprint": backend.fingerprint, "templates": args.templates, "num_templates": len(templates),
-        "data": str(args.data), "split": id_split.name, "ood": list(args.ood), "precision": args.precision,
+        "model": backend.name,
+        "pretrained": args.pretrained,
+        "model_config": args.model_config,
+        "fingerprint": backend.fingerprint,
+        "templates": args.templates,
+        "num_templates": len(templates),
+        "data": str(args.data),
+        "split": id_split.name,
+        "ood": list(args.ood),
+        "precision": args.precision,
     }
     selection = heads_selection or {
-        "zero-shot": "nothing selected: fixed templates and CLIP weights, no training or validation data"}
+        "zero-shot": "nothing selected: fixed templates and CLIP weights, no training or validation data"
+    }
     roles = {s.name: s.role for s in sets.values()}
-    return _finish(args, metrics, args.out, config=config, hashes=hashes, selection=selection, roles=roles,
-                   title=f"Zero-shot {backend.name}", classes=_coverage(id_name, id_split, ood),
-                   class_table=_class_table(args, id_split))
+    return _finish(
+        args,
+        metrics,
+        args.out,
+        config=config,
+        hashes=hashes,
+        selection=selection,
+        roles=roles,
+        title=f"Zero-shot {backend.name}",
+        classes=_coverage(id_name, id_split, ood),
+        class_table=_class_table(args, id_split),
+    )
 
 
-def _eval_run(args) -> "Evaluation":
+def _eval_run(args) -> Evaluation:
     from fdalign.eval import run_evaluation
     from fdalign.train.run import load_run
 
@@ -331,31 +393,66 @@ def _eval_run(args) -> "Evaluation":
         metrics, selection = evaluate_run_heads(args, loaded, models, sets, _progress(args))
     else:
         metrics = run_evaluation(
-            models, sets, batch_size=args.batch_size, device=args.device, precision=args.precision,
-            progress=_progress(args), num_workers=args.num_workers,
+            models,
+            sets,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+            progress=_progress(args),
+            num_workers=args.num_workers,
         )
         selection = _selection_from_run(loaded.selection, cfg)
     roles = {s.name: s.role for s in sets.values()}
     inputs = _eval_inputs(args)
-    out = _eval_out(Path(args.out), inputs, True) if args.out else \
-        _eval_out(run_dir / ("eval-heads" if args.heads else "eval"), inputs, False)
-    config = {"run": str(run_dir), "data": str(args.data), "split": id_split.name, "ood": list(args.ood),
-              "precision": args.precision}
+    out = (
+        _eval_out(Path(args.out), inputs, True)
+        if args.out
+        else _eval_out(run_dir / ("eval-heads" if args.heads else "eval"), inputs, False)
+    )
+    config = {
+        "run": str(run_dir),
+        "data": str(args.data),
+        "split": id_split.name,
+        "ood": list(args.ood),
+        "precision": args.precision,
+    }
     # the report lists the settings that define the method; metrics.json keeps the whole config
     config.update({k: cfg[k] for k in REPORT_TRAIN_KEYS if k in cfg})
-    return _finish(args, metrics, out, config=config, hashes=hashes, selection=selection, roles=roles,
-                   title=f"Evaluation of run {run_dir.name}", extra={"train_config": cfg, "inputs": inputs},
-                   classes=_coverage(id_name, id_split, ood), class_table=_class_table(args, id_split))
+    return _finish(
+        args,
+        metrics,
+        out,
+        config=config,
+        hashes=hashes,
+        selection=selection,
+        roles=roles,
+        title=f"Evaluation of run {run_dir.name}",
+        extra={"train_config": cfg, "inputs": inputs},
+        classes=_coverage(id_name, id_split, ood),
+        class_table=_class_table(args, id_split),
+    )
 
 
-EVAL_INPUTS = ("data", "image_root", "split", "split_file", "ood", "classnames", "templates", "heads", "heads_preset",
-               "heads_config", "shots", "seed", "no_zeroshot")
+EVAL_INPUTS = (
+    "data",
+    "image_root",
+    "split",
+    "split_file",
+    "ood",
+    "classnames",
+    "templates",
+    "heads",
+    "heads_preset",
+    "heads_config",
+    "shots",
+    "seed",
+    "no_zeroshot",
+)
 
 
 def _eval_inputs(args) -> dict:
     """What makes one evaluation of a run differ from another (its folder is only replaced by the same)."""
-    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k in EVAL_INPUTS
-            for v in [getattr(args, k, None)]}
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k in EVAL_INPUTS for v in [getattr(args, k, None)]}
 
 
 def _recorded_inputs(folder: Path):
@@ -372,6 +469,7 @@ def _eval_out(base: Path, inputs: dict, chosen: bool) -> Path:
     """The folder an evaluation of a run goes to. An earlier evaluation with other inputs (e.g. five heads,
     now ``--heads tip``) is never replaced without a word: under the default folder the next free
     ``NAME-2``, ``NAME-3``, ... is used; an ``--out`` the user chose is replaced with a warning."""
+
     def differs(folder: Path) -> list[str] | None:
         if not (folder / "metrics.json").is_file():
             return None
@@ -384,15 +482,20 @@ def _eval_out(base: Path, inputs: dict, chosen: bool) -> Path:
     if diff is None:
         return base
     if chosen:
-        print(f"fdalign eval: warning: replacing the earlier evaluation in {base} (other inputs: {', '.join(diff)})",
-              file=sys.stderr)
+        print(
+            f"fdalign eval: warning: replacing the earlier evaluation in {base} (other inputs: {', '.join(diff)})",
+            file=sys.stderr,
+        )
         return base
     n = 2
     while True:
         cand = base.with_name(f"{base.name}-{n}")
         if differs(cand) is None:
-            print(f"fdalign eval: note: {base} holds an earlier evaluation with other inputs ({', '.join(diff)}); "
-                  f"writing {cand} instead (pass --out to choose the folder)", file=sys.stderr)
+            print(
+                f"fdalign eval: note: {base} holds an earlier evaluation with other inputs ({', '.join(diff)}); "
+                f"writing {cand} instead (pass --out to choose the folder)",
+                file=sys.stderr,
+            )
             return cand
         n += 1
 
@@ -459,9 +562,11 @@ def _warn_training_images(run_dir: Path, id_split, ood) -> None:
     """A set holding the run's training images (``--split train``) is scored, but never as a test result."""
     listed, found = _shared_with(run_dir, "train", [id_split] + [o.split for o in ood])
     for split, shared in found:
-        print(f"fdalign eval: warning: set '{split.name}' holds {len(shared)} of the run's {len(listed)} training "
-              f"images (first: {shared[0]}); its accuracy measures fit to the training data, not a test result",
-              file=sys.stderr)
+        print(
+            f"fdalign eval: warning: set '{split.name}' holds {len(shared)} of the run's {len(listed)} training "
+            f"images (first: {shared[0]}); its accuracy measures fit to the training data, not a test result",
+            file=sys.stderr,
+        )
 
 
 def _refuse_selection_images(run_dir: Path, id_split, ood) -> None:

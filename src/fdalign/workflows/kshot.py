@@ -15,9 +15,11 @@ from typing import Any
 
 from fdalign.errors import FDAlignError
 
-NO_TEST = ("no test accuracy exists: {data} has no test split, and the val split chose the epoch and the WiSE-FT "
-           "weight, so it is not reported as one. Give data with a test split (for the authors' index files: "
-           "--split-file split_zhou_<Name>.json)")
+NO_TEST = (
+    "no test accuracy exists: {data} has no test split, and the val split chose the epoch and the WiSE-FT "
+    "weight, so it is not reported as one. Give data with a test split (for the authors' index files: "
+    "--split-file split_zhou_<Name>.json)"
+)
 
 
 @dataclass
@@ -44,8 +46,15 @@ class Run:
 
     @property
     def paths(self) -> dict[str, Path]:
-        names = {"config": "config.yaml", "metrics": "metrics.json", "report": "report.md", "log": "log.csv",
-                 "model": "model/best.safetensors", "selection": "selection.json", "hashes": "hashes.json"}
+        names = {
+            "config": "config.yaml",
+            "metrics": "metrics.json",
+            "report": "report.md",
+            "log": "log.csv",
+            "model": "model/best.safetensors",
+            "selection": "selection.json",
+            "hashes": "hashes.json",
+        }
         return {k: self.out / v for k, v in names.items()}
 
 
@@ -58,7 +67,9 @@ def check_run_request(cfg) -> None:
     if not cfg.model and not cfg.model_config:
         raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
     if (Path(cfg.out) / "checkpoint" / "last.json").is_file() and not cfg.resume:
-        raise FDAlignError(f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out")
+        raise FDAlignError(
+            f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out"
+        )
 
 
 def index_file_of(data, shots=None):
@@ -69,7 +80,8 @@ def index_file_of(data, shots=None):
     if info is not None and shots is not None and int(shots) != info.shots:
         raise FDAlignError(
             f"--shots {shots} disagrees with the index file {data}, which holds {info.shots} images per class; "
-            f"K is taken from the file: drop --shots, or pass the shot_{shots}-seed_S.json file")
+            f"K is taken from the file: drop --shots, or pass the shot_{shots}-seed_S.json file"
+        )
     return info
 
 
@@ -117,14 +129,17 @@ def _open_data(cfg, index_info) -> _Data:
     templates = load_templates(cfg.templates)
     splits = open_dataset(cfg.data, cfg.image_root, cfg.classnames, split_file=cfg.split_file)
     if "train" not in splits:
-        raise FDAlignError(f"--data {cfg.data} has no 'train' split (it has: {', '.join(splits)}); "
-                           "lay it out as ROOT/train/<class>/<image> (+ ROOT/test/...)")
+        raise FDAlignError(
+            f"--data {cfg.data} has no 'train' split (it has: {', '.join(splits)}); "
+            "lay it out as ROOT/train/<class>/<image> (+ ROOT/test/...)"
+        )
     own_classes, class_split = [], None
     if cfg.base_classes:  # from here on, the novel classes exist only as the 'novel' test set
         splits, novel, class_split = _split_base_novel(cfg, splits)
         own_classes.append(("novel", novel, templates, "novel"))
-    own_classes += _open_targets(cfg, templates, taken={"train", "val", "test", "novel"} | {
-        o.split("=", 1)[0] for o in cfg.ood})
+    own_classes += _open_targets(
+        cfg, templates, taken={"train", "val", "test", "novel"} | {o.split("=", 1)[0] for o in cfg.ood}
+    )
     if index_info is not None:  # the authors' shots and validation images, exactly
         if "val" not in splits:
             raise FDAlignError(f"index file {cfg.data} has no 'val' part to select the epoch on")
@@ -155,8 +170,10 @@ def _split_base_novel(cfg, splits: dict) -> tuple[dict, Any, dict]:
     from fdalign.data.classsplit import base_class_indices, novel_of, restrict_classes
 
     if "test" not in splits:
-        raise FDAlignError(f"--base-classes needs a test split to score the novel classes on; --data {cfg.data} "
-                           f"has only {', '.join(splits)}")
+        raise FDAlignError(
+            f"--base-classes needs a test split to score the novel classes on; --data {cfg.data} "
+            f"has only {', '.join(splits)}"
+        )
     ref = splits["train"]
     base = base_class_indices(cfg.base_classes, ref.classnames, ref.class_keys)
     novel = novel_of(base, ref.num_classes)
@@ -175,7 +192,9 @@ def _open_targets(cfg, templates: list, taken: set) -> list:
     names = [spec.split("=", 1)[0] for spec in cfg.target]
     for name in own:
         if name not in names:
-            raise FDAlignError(f"--target-templates names {name!r}, which is not a --target ({', '.join(names) or 'none'})")
+            raise FDAlignError(
+                f"--target-templates names {name!r}, which is not a --target ({', '.join(names) or 'none'})"
+            )
     out = []
     for spec in cfg.target:
         name, path = spec.split("=", 1)
@@ -184,8 +203,10 @@ def _open_targets(cfg, templates: list, taken: set) -> list:
         taken = taken | {name}
         splits = open_dataset(path)
         if "test" not in splits:
-            raise FDAlignError(f"--target {spec}: {path} has no test split (it has: {', '.join(splits)}); give a "
-                               "folder with test/<class>/ or a folder of class folders")
+            raise FDAlignError(
+                f"--target {spec}: {path} has no test split (it has: {', '.join(splits)}); give a "
+                "folder with test/<class>/ or a folder of class folders"
+            )
         out.append((name, splits["test"], load_templates(own[name]) if name in own else templates, "target"))
     return out
 
@@ -198,8 +219,10 @@ def _check_resume_hashes(cfg, hashes: dict) -> None:
         old = json.loads((out / "hashes.json").read_text(encoding="utf-8"))
         for k in ("train", "val"):
             if old.get(k) not in (None, hashes[k]):
-                raise FDAlignError(f"cannot resume {out}: its {k} images differ from the ones sampled now "
-                                   f"(data changed?); start a new --out")
+                raise FDAlignError(
+                    f"cannot resume {out}: its {k} images differ from the ones sampled now "
+                    f"(data changed?); start a new --out"
+                )
 
 
 def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
@@ -221,28 +244,45 @@ def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
     device = resolve_device(cfg.device)
     progress = cfg.progress and sys.stderr.isatty()
     backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
-    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    spc = (
+        SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize)
+        if cfg.spc
+        else None
+    )
     protos = build_prototypes(backend, d.classnames, d.templates, spc=spc, progress=progress or None)
     resolved = cfg.resolved(len(d.train))
     if dist.is_main:
         resolved.to_yaml(out / "config.yaml")
     train_ds = ImageDataset(d.train, backend.preprocess_train(scale=tuple(cfg.crop_scale), hflip=cfg.hflip))
     eval_tf = backend.preprocess_eval()
-    val_eval = EvalSplit(ImageDataset(d.val, eval_tf), "val", _val_description(cfg, d.val, index_info),
-                         files=[str(d.val.resolve(s)) for s in d.val.samples])
+    val_eval = EvalSplit(
+        ImageDataset(d.val, eval_tf),
+        "val",
+        _val_description(cfg, d.val, index_info),
+        files=[str(d.val.resolve(s)) for s in d.val.samples],
+    )
     reported = {o.name: o.split for o in d.ood}
     if d.test is not None:
         reported["test"] = d.test
     reported.update({name: split for name, split, _, _ in d.own_classes})
     check_disjoint(val_eval, {n: [sp.resolve(s) for s in sp.samples] for n, sp in reported.items()})
     if dist.is_main:
-        print(f"training {backend.name} on {len(d.train)} images ({len(d.classnames)} classes x {cfg.shots} shots), "
-              f"validating on {len(d.val)}; run directory {out}", file=sys.stderr)
+        print(
+            f"training {backend.name} on {len(d.train)} images ({len(d.classnames)} classes x {cfg.shots} shots), "
+            f"validating on {len(d.val)}; run directory {out}",
+            file=sys.stderr,
+        )
     # names the training images and their augmentation: with --f0-cache, it keys f0's cached answers
     data_key = f"{d.hashes['train']}|crop {list(cfg.crop_scale)}|hflip {cfg.hflip}|{backend.image_spec}"
     result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress, data_key=data_key)
-    run = Run(out=out, config=resolved, best_epoch=result.best_epoch, best_val_top1=result.best_val_top1,
-              encoder=result.encoder, head=result.head)
+    run = Run(
+        out=out,
+        config=resolved,
+        best_epoch=result.best_epoch,
+        best_val_top1=result.best_val_top1,
+        encoder=result.encoder,
+        head=result.head,
+    )
     if not dist.is_main:
         return run  # evaluation and reports are rank 0's
     run.models, run.wiseft_alpha = _wiseft_rows(result, resolved, val_eval, device)
@@ -268,11 +308,20 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
         sets[name] = EvalSet(name, ImageDataset(split, eval_tf), subset, role="ood")
     metrics = {}
     if sets:
-        metrics = run_evaluation(run.models, sets, batch_size=resolved.eval_batch_size, device=device,
-                                 precision=precision, progress=progress, num_workers=resolved.num_workers)
+        metrics = run_evaluation(
+            run.models,
+            sets,
+            batch_size=resolved.eval_batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+            num_workers=resolved.num_workers,
+        )
     roles = {s.name: s.role for s in sets.values()}
     for name, split, templates, role in d.own_classes:
-        metrics.update(_evaluate_own_classes(run, backend, name, split, templates, eval_tf, device, precision, progress))
+        metrics.update(
+            _evaluate_own_classes(run, backend, name, split, templates, eval_tf, device, precision, progress)
+        )
         roles[name] = role
     classes = _class_coverage(len(d.classnames), d.test, d.ood)
     from fdalign.selection import starting_point_notes
@@ -280,30 +329,74 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
     notes += starting_point_notes(result.selection.to_json())  # said in report.md and on stdout
     selection = dict(result.selection.to_json())
     selection["test / OOD sets"] = "only evaluated, never used to select anything"
-    train_info = {"best_epoch": result.best_epoch, "val_top1_per_epoch": result.val_top1, "steps": result.steps,
-                  "seconds": round(result.seconds, 1), "wiseft_alpha_chosen": run.wiseft_alpha,
-                  "fine-tuned": "the selected epoch's encoder + head", "zero-shot": "CLIP with the prompt prototypes"}
-    extra = {"roles": roles, "classes": classes, "hashes": d.hashes, "model": backend.name,
-             "config": resolved.to_dict(), "selection": selection, "train": train_info}
+    train_info = {
+        "best_epoch": result.best_epoch,
+        "val_top1_per_epoch": result.val_top1,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "wiseft_alpha_chosen": run.wiseft_alpha,
+        "fine-tuned": "the selected epoch's encoder + head",
+        "zero-shot": "CLIP with the prompt prototypes",
+    }
+    extra = {
+        "roles": roles,
+        "classes": classes,
+        "hashes": d.hashes,
+        "model": backend.name,
+        "config": resolved.to_dict(),
+        "selection": selection,
+        "train": train_info,
+    }
     if index_info is not None:
         extra["index_file"] = {"path": index_info.path, "shots": index_info.shots, "seed": index_info.seed}
     if d.class_split is not None:
         extra["class_split"] = d.class_split
     if any(role == "target" for *_, role in d.own_classes):
-        extra["targets"] = {name: {"classes": split.classnames, "templates": len(t)}
-                            for name, split, t, role in d.own_classes if role == "target"}
+        extra["targets"] = {
+            name: {"classes": split.classnames, "templates": len(t)}
+            for name, split, t, role in d.own_classes
+            if role == "target"
+        }
     if d.test is None:
         extra["test"] = notes[0]
     write_metrics(out, metrics, extra)
-    summary = {k: getattr(resolved, k) for k in ("model", "pretrained", "dataset_name", "mode", "shots", "seed",
-                                                 "templates", "alpha", "beta", "kl_direction", "spc", "head",
-                                                 "optimizer", "lr", "weight_decay", "epochs", "batch_size")}
+    summary = {
+        k: getattr(resolved, k)
+        for k in (
+            "model",
+            "pretrained",
+            "dataset_name",
+            "mode",
+            "shots",
+            "seed",
+            "templates",
+            "alpha",
+            "beta",
+            "kl_direction",
+            "spc",
+            "head",
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "epochs",
+            "batch_size",
+        )
+    }
     if index_info is not None:
         summary["index file"] = f"{index_info.path} (K = {index_info.shots}, its seed {index_info.seed})"
     table = classname_table(d.train) if is_plain_classname_list(cfg.classnames) else None
-    write_report(out, metrics, selection=selection, config=summary, hashes=d.hashes, roles=roles,
-                 title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot",
-                 classes=classes, class_table=table, notes=notes)
+    write_report(
+        out,
+        metrics,
+        selection=selection,
+        config=summary,
+        hashes=d.hashes,
+        roles=roles,
+        title=f"FD-Align: {backend.name} on {resolved.dataset_name or cfg.data}, {cfg.shots}-shot",
+        classes=classes,
+        class_table=table,
+        notes=notes,
+    )
     run.metrics, run.roles, run.selection = metrics, roles, selection
     run.notes = notes
 
@@ -321,9 +414,15 @@ def _evaluate_own_classes(run: Run, backend, name: str, split, templates, eval_t
     scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
     head = PrototypeHead(protos.class_prototypes, scale).to(device)
     models = {row: (encoder, head) for row, (encoder, _) in run.models.items()}
-    return run_evaluation(models, {name: EvalSet(name, ImageDataset(split, eval_tf), None, role="test")},
-                          batch_size=cfg.eval_batch_size, device=device, precision=precision, progress=progress,
-                          num_workers=cfg.num_workers)
+    return run_evaluation(
+        models,
+        {name: EvalSet(name, ImageDataset(split, eval_tf), None, role="test")},
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        precision=precision,
+        progress=progress,
+        num_workers=cfg.num_workers,
+    )
 
 
 def _wiseft_rows(result, resolved, val_eval, device):
@@ -356,8 +455,9 @@ def _wiseft_rows(result, resolved, val_eval, device):
 
     def val_top1(alpha, ds):
         enc, head = by_alpha[alpha]
-        feats, labels = extract_features(enc, ds, batch_size=resolved.eval_batch_size, device=device,
-                                         precision=precision, progress=False)
+        feats, labels = extract_features(
+            enc, ds, batch_size=resolved.eval_batch_size, device=device, precision=precision, progress=False
+        )
         return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
 
     for enc, head in models.values():
@@ -379,8 +479,11 @@ def _data_warnings(cfg, train_split, test_split) -> None:
     from fdalign.data.imagenet import wnid_name_warning
 
     if test_split is not None and test_split.source == "val":
-        print(f"fdalign train: note: {cfg.data} has train/ and val/ but no test/: val/ is the test split "
-              "(ImageNet's protocol) and the validation images are held out from train/", file=sys.stderr)
+        print(
+            f"fdalign train: note: {cfg.data} has train/ and val/ but no test/: val/ is the test split "
+            "(ImageNet's protocol) and the validation images are held out from train/",
+            file=sys.stderr,
+        )
     if test_split is None:
         print(f"fdalign train: warning: {NO_TEST.format(data=cfg.data)}", file=sys.stderr)
     w = wnid_name_warning(train_split.classnames, f"--data {cfg.data}")

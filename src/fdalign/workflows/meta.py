@@ -29,7 +29,7 @@ class MetaRun:
     best_val: float
     encoder: Any = None
     proto_scale: float = 10.0
-    episodes: "EpisodeEvaluation | None" = None
+    episodes: EpisodeEvaluation | None = None
 
 
 @dataclass
@@ -61,9 +61,8 @@ class MetaEvalConfig(ModelOptions):
 
 def meta_train(config) -> MetaRun:
     """Run ``fdalign meta-train`` with ``config`` (a :class:`~fdalign.train.meta.MetaConfig`)."""
-    from fdalign.workflows.kshot import check_run_request
-
     from fdalign.io import run_lock
+    from fdalign.workflows.kshot import check_run_request
 
     cfg = config.validate()
     check_run_request(cfg)
@@ -81,12 +80,20 @@ def _meta_train_locked(cfg) -> MetaRun:
     splits = load_class_splits(cfg.data, cfg.image_root, cfg.classnames)
     for role in ("base", "val"):
         if role not in splits:
-            raise FDAlignError(f"--data {cfg.data} has no {role} classes (found: {', '.join(splits)}); meta-training "
-                               "needs train.csv + val.csv or base/ + val/")
+            raise FDAlignError(
+                f"--data {cfg.data} has no {role} classes (found: {', '.join(splits)}); meta-training "
+                "needs train.csv + val.csv or base/ + val/"
+            )
     for role in ("base", "val"):
-        class_pool(splits[role], cfg.spec, cfg.on_small, TRAIN_FLAGS)  # too few classes or images: fail before loading a model
-    settings = episode_settings(episodes=max(cfg.test_episodes, 1), ways=cfg.n_way, shots=cfg.test_shots,
-                                queries=cfg.q_query, on_small=cfg.on_small)
+        # too few classes or images: fail before loading a model
+        class_pool(splits[role], cfg.spec, cfg.on_small, TRAIN_FLAGS)
+    settings = episode_settings(
+        episodes=max(cfg.test_episodes, 1),
+        ways=cfg.n_way,
+        shots=cfg.test_shots,
+        queries=cfg.q_query,
+        on_small=cfg.on_small,
+    )
     test_flags = dict(TRAIN_FLAGS, shots="--test-shots")
     tests = _test_splits(splits, _parse_targets(cfg.target), settings, test_flags) if cfg.test_episodes else []
     hashes = {role: split_hash(s, content=False) for role, s in splits.items()}
@@ -99,34 +106,77 @@ def _meta_train_and_test(cfg, splits, templates, tests, settings, hashes) -> Met
     from fdalign.io import atomic_write_json
     from fdalign.prototypes import build_prototypes
     from fdalign.spc import SPCConfig
-    from fdalign.train.meta import meta_train as train_on_episodes, zeroshot_copy
+    from fdalign.train.meta import meta_train as train_on_episodes
+    from fdalign.train.meta import zeroshot_copy
 
     out = Path(cfg.out)
     progress = cfg.progress and sys.stderr.isatty()
     backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
-    spc = SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize) if cfg.spc else None
+    spc = (
+        SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize)
+        if cfg.spc
+        else None
+    )
     protos = build_prototypes(backend, splits["base"].classnames, templates, spc=spc, progress=progress or None)
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
     atomic_write_json(out / "hashes.json", hashes)
-    print(f"meta-training {backend.name} on {cfg.spec.name} episodes of {splits['base'].num_classes} base classes "
-          f"({cfg.epochs} x {cfg.episodes_per_epoch} episodes); run directory {out}", file=sys.stderr)
-    result = train_on_episodes(backend, splits["base"], splits["val"], protos.loss_prototypes, cfg, out,
-                               protos.class_prototypes, progress=progress)
-    run = MetaRun(out=out, config=cfg, best_epoch=result.best_epoch, best_val=result.best_val,
-                  encoder=result.encoder, proto_scale=result.proto_scale)
+    print(
+        f"meta-training {backend.name} on {cfg.spec.name} episodes of {splits['base'].num_classes} base classes "
+        f"({cfg.epochs} x {cfg.episodes_per_epoch} episodes); run directory {out}",
+        file=sys.stderr,
+    )
+    result = train_on_episodes(
+        backend,
+        splits["base"],
+        splits["val"],
+        protos.loss_prototypes,
+        cfg,
+        out,
+        protos.class_prototypes,
+        progress=progress,
+    )
+    run = MetaRun(
+        out=out,
+        config=cfg,
+        best_epoch=result.best_epoch,
+        best_val=result.best_val,
+        encoder=result.encoder,
+        proto_scale=result.proto_scale,
+    )
     if not tests:
         return run
     tests = _with_prototypes(backend, tests, templates, no_cache=False, progress=progress)
     zs = zeroshot_copy(result.encoder, result.zeroshot_encoder_state)
     models = {"fine-tuned": (result.encoder, result.proto_scale), "zero-shot": (zs, 10.0)}
-    selection = {"epoch": _selection_line(result.selection.to_json().get("epoch", {})),
-                 "test sets": "only evaluated, never used to select anything"}
+    selection = {
+        "epoch": _selection_line(result.selection.to_json().get("epoch", {})),
+        "test sets": "only evaluated, never used to select anything",
+    }
     run.episodes = _evaluate_and_write(
-        models, tests, settings, backend, cfg.eval_batch_size, cfg.num_workers, cfg.device, cfg.precision, progress,
-        out, selection, title=f"FD-Align meta-training: {backend.name} on {Path(cfg.data).name}",
-        extra={"config": cfg.to_dict(), "train": {"best_epoch": result.best_epoch, "val_acc_per_epoch": result.val_acc,
-               "steps": result.steps, "seconds": round(result.seconds, 1), "proto_scale": result.proto_scale}})
+        models,
+        tests,
+        settings,
+        backend,
+        cfg.eval_batch_size,
+        cfg.num_workers,
+        cfg.device,
+        cfg.precision,
+        progress,
+        out,
+        selection,
+        title=f"FD-Align meta-training: {backend.name} on {Path(cfg.data).name}",
+        extra={
+            "config": cfg.to_dict(),
+            "train": {
+                "best_epoch": result.best_epoch,
+                "val_acc_per_epoch": result.val_acc,
+                "steps": result.steps,
+                "seconds": round(result.seconds, 1),
+                "proto_scale": result.proto_scale,
+            },
+        },
+    )
     return run
 
 
@@ -139,9 +189,17 @@ def meta_evaluate_config(cfg: MetaEvalConfig) -> EpisodeEvaluation:
     from fdalign.data.episodes import load_class_splits
     from fdalign.prompts import load_templates
 
-    settings = episode_settings(episodes=cfg.episodes, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
-                                seed=cfg.seed, heads=cfg.heads, runs=cfg.runs, on_small=cfg.on_small,
-                                weight=cfg.weight)
+    settings = episode_settings(
+        episodes=cfg.episodes,
+        ways=cfg.ways,
+        shots=cfg.shots,
+        queries=cfg.queries,
+        seed=cfg.seed,
+        heads=cfg.heads,
+        runs=cfg.runs,
+        on_small=cfg.on_small,
+        weight=cfg.weight,
+    )
     templates = load_templates(cfg.templates)
     targets = _parse_targets(cfg.target)
     progress = not cfg.no_progress and sys.stderr.isatty()
@@ -158,7 +216,9 @@ def meta_evaluate_config(cfg: MetaEvalConfig) -> EpisodeEvaluation:
     if data and data != "none":
         splits = load_class_splits(data, image_root, classnames)
     if "novel" not in splits and not targets:
-        raise FDAlignError("nothing to test: pass --data with a novel split (test.csv or novel/) and/or --target NAME=PATH")
+        raise FDAlignError(
+            "nothing to test: pass --data with a novel split (test.csv or novel/) and/or --target NAME=PATH"
+        )
     named = _test_splits(splits, targets, settings)
     if run_dir.is_dir():
         backend, models, run_cfg, selection = _load_run_models(run_dir, cfg.no_zeroshot)
@@ -168,12 +228,30 @@ def meta_evaluate_config(cfg: MetaEvalConfig) -> EpisodeEvaluation:
         from fdalign.backends import load_clip
 
         backend = load_clip(cfg.target_model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
-        models, run_cfg, out, title = {"zero-shot": (backend.image_encoder, 10.0)}, {}, cfg.out, f"Zero-shot {backend.name}"
+        models, run_cfg, out, title = (
+            {"zero-shot": (backend.image_encoder, 10.0)},
+            {},
+            cfg.out,
+            f"Zero-shot {backend.name}",
+        )
         selection = {"zero-shot": "nothing selected: CLIP weights, no training or validation data"}
     tests = _with_prototypes(backend, named, templates, cfg.no_cache, progress)
     selection = dict(selection, **{"test sets": "only evaluated, never used to select anything"})
-    return _evaluate_and_write(models, tests, settings, backend, cfg.batch_size, cfg.num_workers, cfg.device,
-                               cfg.precision, progress, out, selection, title, extra={"run_config": run_cfg})
+    return _evaluate_and_write(
+        models,
+        tests,
+        settings,
+        backend,
+        cfg.batch_size,
+        cfg.num_workers,
+        cfg.device,
+        cfg.precision,
+        progress,
+        out,
+        selection,
+        title,
+        extra={"run_config": run_cfg},
+    )
 
 
 def episode_settings(*, episodes, ways, shots, queries, seed=0, heads=None, runs=1, on_small="skip", weight=0.5):
@@ -184,33 +262,53 @@ def episode_settings(*, episodes, ways, shots, queries, seed=0, heads=None, runs
         raise FDAlignError("--episodes and --runs must be >= 1")
     if not 0 <= weight <= 1:
         raise FDAlignError(f"--weight must be in [0, 1] (got {weight})")
-    s = EpisodeEvalSettings(specs=[EpisodeSpec(ways, k, queries) for k in shots], episodes=episodes, seed=seed,
-                            runs=runs, on_small=on_small, weight=weight)
+    s = EpisodeEvalSettings(
+        specs=[EpisodeSpec(ways, k, queries) for k in shots],
+        episodes=episodes,
+        seed=seed,
+        runs=runs,
+        on_small=on_small,
+        weight=weight,
+    )
     if heads:
         s.heads = tuple(heads)
     return s
 
 
-def _evaluate_and_write(models, tests, settings, backend, batch_size, num_workers, device, precision, progress, out,
-                        selection, title, extra) -> EpisodeEvaluation:
+def _evaluate_and_write(
+    models, tests, settings, backend, batch_size, num_workers, device, precision, progress, out, selection, title, extra
+) -> EpisodeEvaluation:
     from fdalign.eval.episodes import evaluate_episodes, write_episode_results
     from fdalign.train.trainer import resolve_device
 
     dev = resolve_device(device)
     for enc, _ in models.values():
         enc.to(dev)
-    metrics, skipped = evaluate_episodes(models, tests, settings, transform=backend.preprocess_eval(),
-                                         batch_size=batch_size, device=dev,
-                                         precision=precision if dev.type == "cuda" else "fp32",
-                                         num_workers=num_workers, progress=progress)
+    metrics, skipped = evaluate_episodes(
+        models,
+        tests,
+        settings,
+        transform=backend.preprocess_eval(),
+        batch_size=batch_size,
+        device=dev,
+        precision=precision if dev.type == "cuda" else "fp32",
+        num_workers=num_workers,
+        progress=progress,
+    )
     if out is not None:
-        settings_doc = {"episodes": settings.episodes, "runs": settings.runs, "seed": settings.seed,
-                        "settings": [s.name + f" {s.q_query} queries" for s in settings.specs],
-                        "heads": list(settings.heads), "combined weight": settings.weight,
-                        "targets": {t.name: f"{len(t.split)} images, {t.split.num_classes} classes" for t in tests},
-                        "skipped classes (fewer than K+Q images)": skipped}
-        write_episode_results(out, metrics, title=title, settings=settings_doc, selection=selection,
-                              hashes=_hashes(tests), extra=extra)
+        settings_doc = {
+            "episodes": settings.episodes,
+            "runs": settings.runs,
+            "seed": settings.seed,
+            "settings": [s.name + f" {s.q_query} queries" for s in settings.specs],
+            "heads": list(settings.heads),
+            "combined weight": settings.weight,
+            "targets": {t.name: f"{len(t.split)} images, {t.split.num_classes} classes" for t in tests},
+            "skipped classes (fewer than K+Q images)": skipped,
+        }
+        write_episode_results(
+            out, metrics, title=title, settings=settings_doc, selection=selection, hashes=_hashes(tests), extra=extra
+        )
     return EpisodeEvaluation(metrics, skipped, Path(out) if out is not None else None)
 
 
@@ -231,7 +329,7 @@ def _test_splits(splits: dict, targets: list[tuple[str, str]], settings, flags=N
     (``flags``: the options the caller's errors name, meta-eval's by default)."""
     from fdalign.data.episodes import class_pool, load_target
 
-    named = ([("novel", splits["novel"])] if "novel" in splits else [])
+    named = [("novel", splits["novel"])] if "novel" in splits else []
     named += [(name, load_target(path, name=name)) for name, path in targets]
     for _, split in named:
         for spec in settings.specs:
@@ -246,8 +344,14 @@ def _with_prototypes(backend, named, templates, no_cache: bool, progress: bool):
 
     out = []
     for name, split in named:
-        protos = build_prototypes(backend, split.classnames, templates, spc=None,
-                                  cache_dir=False if no_cache else None, progress=progress or None)
+        protos = build_prototypes(
+            backend,
+            split.classnames,
+            templates,
+            spc=None,
+            cache_dir=False if no_cache else None,
+            progress=progress or None,
+        )
         out.append(EpisodeTarget(name, split, protos.class_prototypes))
     return out
 
@@ -261,7 +365,6 @@ def _hashes(targets) -> dict:
 def _check_resume_hashes(out: Path, hashes: dict, resume: bool) -> None:
     import json
 
-
     if resume and (out / "hashes.json").is_file():
         old = json.loads((out / "hashes.json").read_text(encoding="utf-8"))
         for k in ("base", "val"):
@@ -272,7 +375,9 @@ def _check_resume_hashes(out: Path, hashes: dict, resume: bool) -> None:
 def _selection_line(entry: dict) -> str:
     if not entry:
         return "nothing selected"
-    return f"epoch {entry.get('chosen')}, chosen on {entry.get('on')} by {entry.get('metric')} = {entry.get('score'):.2f}"
+    return (
+        f"epoch {entry.get('chosen')}, chosen on {entry.get('on')} by {entry.get('metric')} = {entry.get('score'):.2f}"
+    )
 
 
 def _read_run_config(run_dir: Path) -> dict:
@@ -282,12 +387,16 @@ def _read_run_config(run_dir: Path) -> dict:
 
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
-        raise FDAlignError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a run of `fdalign meta-train` "
-                           "or `fdalign train`, or a CLIP model name")
+        raise FDAlignError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a run of `fdalign meta-train` "
+            "or `fdalign train`, or a CLIP model name"
+        )
     d = read_yaml(cfg_path, "run config")  # a damaged file is named, not a traceback
     if not isinstance(d, dict):
-        raise FDAlignError(f"run config {cfg_path} is {'empty' if d is None else 'not a mapping of option: value'}; "
-                           "restore it from a copy, or train the run again")
+        raise FDAlignError(
+            f"run config {cfg_path} is {'empty' if d is None else 'not a mapping of option: value'}; "
+            "restore it from a copy, or train the run again"
+        )
     return d
 
 
@@ -306,7 +415,12 @@ def _load_run_models(run_dir: Path, no_zeroshot: bool):
         models = {"fine-tuned": (loaded.backend.image_encoder, 10.0)}
         if not no_zeroshot:
             models["zero-shot"] = (loaded.zero_shot_encoder(), 10.0)
-        return loaded.backend, models, {"kshot_run": str(run_dir)}, {"epoch": _selection_line(loaded.selection.get("epoch", {}))}
+        return (
+            loaded.backend,
+            models,
+            {"kshot_run": str(run_dir)},
+            {"epoch": _selection_line(loaded.selection.get("epoch", {}))},
+        )
     from fdalign.train.meta_config import MetaConfig
 
     cfg = MetaConfig.from_yaml(run_dir / CONFIG_FILE)

@@ -5,15 +5,26 @@ for running, and this module for what a run is made of (config classes, run file
 statistics). Imports torch: import it inside functions.
 """
 
+from fdalign.data.names import dataset_key
 from fdalign.eval import featcache  # the sweep's shared feature cache of frozen encoders
 from fdalign.eval.features import extract_features
 from fdalign.eval.heads import HEAD_NAMES
 from fdalign.eval.metrics import mean_std
 from fdalign.train.config import TrainConfig
-from fdalign.data.names import dataset_key
 from fdalign.train.meta_config import MetaConfig
 from fdalign.train.run import MODEL_FILE, load_model, load_run
 from fdalign.train.wiseft import alpha_name
 
-__all__ = ["HEAD_NAMES", "MODEL_FILE", "MetaConfig", "TrainConfig", "alpha_name", "dataset_key", "extract_features",
-           "featcache", "load_model", "load_run", "mean_std"]
+__all__ = [
+    "HEAD_NAMES",
+    "MODEL_FILE",
+    "MetaConfig",
+    "TrainConfig",
+    "alpha_name",
+    "dataset_key",
+    "extract_features",
+    "featcache",
+    "load_model",
+    "load_run",
+    "mean_std",
+]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -121,7 +121,7 @@ class WorldBatch:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx) -> "WorldBatch":
+    def subset(self, idx) -> WorldBatch:
         idx = np.asarray(idx)
         return WorldBatch(
             self.images[idx], self.labels[idx], self.styles[idx],
@@ -163,15 +163,17 @@ _SHAPE_OPS: dict[str, list[tuple[list[tuple[float, float]], int]]] = {
     "triangle": [([(x, y + 0.2) for x, y in _regular(3, 1.15)], 255)],
     "star": [(_star(), 255)],
     "heart": [(_heart(), 255)],
-    "arrow": [([(-1, -0.25), (0.15, -0.25), (0.15, -0.65), (1, 0), (0.15, 0.65), (0.15, 0.25),
-                (-1, 0.25)], 255)],  # fmt: skip
+    "arrow": [
+        ([(-1, -0.25), (0.15, -0.25), (0.15, -0.65), (1, 0), (0.15, 0.65), (0.15, 0.25), (-1, 0.25)], 255)
+    ],  # fmt: skip
     "moon": [(_CIRCLE, 255), ([(x * 0.85 + 0.5, y * 0.85 - 0.15) for x, y in _CIRCLE], 0)],
     "cross": [(_plus(), 255)],
     "hexagon": [(_regular(6, 1.0, 0), 255)],
     "diamond": [([(0, -1), (0.62, 0), (0, 1), (-0.62, 0)], 255)],
     "ring": [(_CIRCLE, 255), ([(x * 0.55, y * 0.55) for x, y in _CIRCLE], 0)],
-    "lightning bolt": [([(0.15, -1), (-0.55, 0.15), (-0.05, 0.15), (-0.3, 1), (0.55, -0.2),
-                         (0.05, -0.2), (0.45, -1)], 255)],  # fmt: skip
+    "lightning bolt": [
+        ([(0.15, -1), (-0.55, 0.15), (-0.05, 0.15), (-0.3, 1), (0.55, -0.2), (0.05, -0.2), (0.45, -1)], 255)
+    ],  # fmt: skip
     "house": [([(-0.8, 1), (-0.8, -0.1), (0, -0.95), (0.8, -0.1), (0.8, 1)], 255)],
     "hourglass": [([(-0.7, -1), (0.7, -1), (0.1, 0), (0.7, 1), (-0.7, 1), (-0.1, 0)], 255)],
 }
@@ -198,9 +200,7 @@ def _object_mask(cls: int, size: int, cx: float, cy: float, r: float, angle: flo
         digit = str(DIGIT_WORDS.index(name.split()[-1]))
         font_size = max(6, int(round(2.6 * r * _SS)))  # digit height ~0.72 em ~ 2r
         ImageDraw.Draw(canvas).text((s2 / 2, s2 / 2), digit, fill=255, font=_font(font_size), anchor="mm")
-        canvas = canvas.rotate(
-            -angle, resample=Image.BILINEAR, translate=(cx * _SS - s2 / 2, cy * _SS - s2 / 2)
-        )
+        canvas = canvas.rotate(-angle, resample=Image.BILINEAR, translate=(cx * _SS - s2 / 2, cy * _SS - s2 / 2))
     canvas = canvas.resize((size, size), Image.BOX)
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
@@ -309,7 +309,9 @@ def _stylise(rng: np.random.Generator, style: str, size: int, mask: np.ndarray, 
     if style == "pixelated":
         return _resample(_photo(rng, size, mask, rgb), int(rng.integers(9, 14)) * size // 64, Image.BOX, Image.NEAREST)
     if style == "low resolution":
-        return _resample(_photo(rng, size, mask, rgb), int(rng.integers(12, 18)) * size // 64, Image.BILINEAR, Image.BILINEAR)
+        return _resample(
+            _photo(rng, size, mask, rgb), int(rng.integers(12, 18)) * size // 64, Image.BILINEAR, Image.BILINEAR
+        )
     if style == "dark":
         return _photo(rng, size, mask, rgb) * rng.uniform(0.15, 0.3)
     if style == "bright":
@@ -334,10 +336,15 @@ def _stylise(rng: np.random.Generator, style: str, size: int, mask: np.ndarray, 
         bg = _contrasting_colour(rng, rgb) + (_lowfreq(rng, size, 3) - 0.5) * 80
         img = _compose(np.broadcast_to(bg, (size, size, 3)), np.broadcast_to(rgb, (size, size, 3)), mask)
         # Brush strokes: noise stretched along one axis.
-        strokes = np.asarray(
-            Image.fromarray((rng.random((size // 8, size, 3)) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
-            dtype=np.float32,
-        ) - 127.5
+        strokes = (
+            np.asarray(
+                Image.fromarray((rng.random((size // 8, size, 3)) * 255).astype(np.uint8)).resize(
+                    (size, size), Image.BILINEAR
+                ),
+                dtype=np.float32,
+            )
+            - 127.5
+        )
         if rng.random() < 0.5:
             strokes = strokes.transpose(1, 0, 2)
         return _pil_filter(img + strokes * rng.uniform(0.3, 0.45), ImageFilter.SMOOTH)
@@ -350,7 +357,10 @@ def _stylise(rng: np.random.Generator, style: str, size: int, mask: np.ndarray, 
         shadow = np.roll(mask, (2, 2), axis=(0, 1)) * 0.5
         img = bg * (1 - shadow[..., None])
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        blur_mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float32) / 255
+        blur_mask = (
+            np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)), np.float32)
+            / 255
+        )
         shade = 0.55 + 0.6 * blur_mask  # rounded, glossy body: bright inside, darker towards the rim
         hx, hy = rng.uniform(0.3, 0.45) * size, rng.uniform(0.3, 0.45) * size
         spec = np.exp(-((xx - hx) ** 2 + (yy - hy) ** 2) / (2 * (0.08 * size) ** 2)) * 120
@@ -378,7 +388,9 @@ def _stylise(rng: np.random.Generator, style: str, size: int, mask: np.ndarray, 
         img = _compose(wall, np.broadcast_to(rgb, (size, size, 3)), spray.astype(np.float32))
         return _compose(img, np.broadcast_to(255 - rgb, (size, size, 3)), outline)
     if style == "embroidered":
-        fabric = rng.uniform(150, 230, 3) * (0.9 + 0.1 * ((np.add.outer(np.arange(size), np.arange(size)) % 2)[..., None]))
+        fabric = rng.uniform(150, 230, 3) * (
+            0.9 + 0.1 * ((np.add.outer(np.arange(size), np.arange(size)) % 2)[..., None])
+        )
         stripes = (np.add.outer(np.arange(size), -np.arange(size)) % 3 != 0).astype(np.float32)
         thread = rgb * (0.8 + 0.25 * stripes[..., None])
         img = _compose(fabric, thread, mask * (0.6 + 0.4 * stripes))
@@ -415,7 +427,9 @@ def _resolve(names: Sequence[str] | None, universe: tuple[str, ...], what: str) 
     return np.array([universe.index(n) for n in names])
 
 
-def render_items(labels: Sequence[int], styles: Sequence[int], seed: int, image_size: int = 64, start: int = 0) -> WorldBatch:
+def render_items(
+    labels: Sequence[int], styles: Sequence[int], seed: int, image_size: int = 64, start: int = 0
+) -> WorldBatch:
     """Render given (label, style) pairs; sample ``k`` uses ``rng = default_rng([seed, start + k])``."""
     labels = np.asarray(labels, dtype=np.int64)
     styles = np.asarray(styles, dtype=np.int64)

@@ -350,7 +350,10 @@ def write_card(metrics: dict, path: Path) -> None:
         "",
         "| style | share of corpus | templates |",
         "|---|---|---|",
-        *[f"| {s} | {weights[s] / total:.1%} | {'; '.join(f'`{x}`' for x in G.STYLE_TEMPLATES[s])} |" for s in G.STYLES],
+        *[
+            f"| {s} | {weights[s] / total:.1%} | {'; '.join(f'`{x}`' for x in G.STYLE_TEMPLATES[s])} |"
+            for s in G.STYLES
+        ],
         "",
         f"- The in-distribution (ID) style is `{G.ID_STYLE}` (filled object on a textured background).",
         f"- Captions: template with the class name; {G.COLOUR_CAPTION_PROB:.0%} of captions in styles "
@@ -358,8 +361,7 @@ def write_card(metrics: dict, path: Path) -> None:
         f"- Corpus (last stage): {c['n_train']:,} images of {c['image_size']}x{c['image_size']} px rendered with "
         f"seed {c['seed']}, classes uniform, {metrics['distinct_captions']:,} distinct captions.",
         "",
-        "## Architecture (open_clip `CLIP`, config in "
-        f"`{c['name']}.json`)",
+        f"## Architecture (open_clip `CLIP`, config in `{c['name']}.json`)",
         f"- Vision: ViT, {v['image_size']} px images, patch {v['patch_size']}, width {v['width']}, "
         f"{v['layers']} layers, head width {v['head_width']}.",
         f"- Text: standard open_clip BPE tokenizer (vocab {t['vocab_size']}), context {t['context_length']}, "

@@ -50,7 +50,7 @@ class RenderConfig:
     classes: tuple[str, ...] | None = None  # None: every world class
     progress: bool = field(default=True, compare=False)
 
-    def validate(self) -> "RenderConfig":
+    def validate(self) -> RenderConfig:
         from fdalign.world.generator import CLASSES, STYLES
 
         def bad(name, why):
@@ -73,7 +73,10 @@ class RenderConfig:
         if self.classes is not None:
             unknown = [c for c in self.classes if c not in CLASSES]
             if unknown or len(self.classes) < 2:
-                bad("classes", f"must name two or more world classes (unknown: {unknown}); choose from {', '.join(CLASSES)}")
+                bad(
+                    "classes",
+                    f"must name two or more world classes (unknown: {unknown}); choose from {', '.join(CLASSES)}",
+                )
         return self
 
     def spec(self) -> dict:
@@ -129,11 +132,14 @@ def _png(image) -> bytes:
 def _read_settings(p: Path) -> dict:
     """The settings in ``world.json`` or the in-progress spec file; a damaged or foreign file is named."""
     doc = read_json(p, "world render settings")
-    ok = isinstance(doc, dict) and (p.name != MANIFEST or (isinstance(doc.get("spec"), dict)
-                                                            and isinstance(doc.get("files"), dict)))
+    ok = isinstance(doc, dict) and (
+        p.name != MANIFEST or (isinstance(doc.get("spec"), dict) and isinstance(doc.get("files"), dict))
+    )
     if not ok:
-        raise FDAlignError(f"{p} is not the file `fdalign world render` writes (a JSON {type(doc).__name__} without "
-                           "its settings); delete it and render again")
+        raise FDAlignError(
+            f"{p} is not the file `fdalign world render` writes (a JSON {type(doc).__name__} without "
+            "its settings); delete it and render again"
+        )
     return doc.get("spec", doc) if p.name == MANIFEST else doc
 
 
@@ -145,8 +151,10 @@ def _check_existing(root: Path, spec: dict) -> bool:
             old = _read_settings(p)
             if old != spec:
                 diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
-                raise FDAlignError(f"{root} holds a world rendered with other settings ({', '.join(diff)} differ); "
-                                   "render into a new --out or delete that folder")
+                raise FDAlignError(
+                    f"{root} holds a world rendered with other settings ({', '.join(diff)} differ); "
+                    "render into a new --out or delete that folder"
+                )
             if name == MANIFEST:
                 return True
     if root.is_dir() and any(root.iterdir()) and not (root / SPEC_FILE).is_file():
@@ -172,24 +180,35 @@ def _repair(cfg: RenderConfig, root: Path, outcome: dict) -> Path:
         got = _sha256(root / rel)
         if got != want:
             bad[rel] = "missing" if got is None else "changed"
-    outcome.update(checked=len(recorded), missing=sorted(r for r, w in bad.items() if w == "missing"),
-                   changed=sorted(r for r, w in bad.items() if w == "changed"), written=0)
+    outcome.update(
+        checked=len(recorded),
+        missing=sorted(r for r, w in bad.items() if w == "missing"),
+        changed=sorted(r for r, w in bad.items() if w == "changed"),
+        written=0,
+    )
     classes = cfg.spec()["classes"]
     for b in plan_blocks(cfg):
         paths = [b.path(root, c, i) for c in classes for i in range(b.per_class)]
         todo = [p for p in paths if p.relative_to(root).as_posix() in bad]
         if not todo:
             continue
-        batch = render_grid(b.per_class, block_seed(cfg.seed, b.split, b.style), classes=classes,
-                            styles=[b.style], image_size=cfg.image_size)
+        batch = render_grid(
+            b.per_class,
+            block_seed(cfg.seed, b.split, b.style),
+            classes=classes,
+            styles=[b.style],
+            image_size=cfg.image_size,
+        )
         for p, image in zip(paths, batch.images):
             rel = p.relative_to(root).as_posix()
             if rel not in bad:
                 continue
             data = _png(image)
             if hashlib.sha256(data).hexdigest() != recorded[rel]:
-                raise FDAlignError(f"{p} is {bad[rel]} and rendering it again does not give the bytes {root / MANIFEST} "
-                                   "records (another fdalign or Pillow version?); render into a new --out")
+                raise FDAlignError(
+                    f"{p} is {bad[rel]} and rendering it again does not give the bytes {root / MANIFEST} "
+                    "records (another fdalign or Pillow version?); render into a new --out"
+                )
             atomic_write_bytes(p, data)
             outcome["written"] += 1
     return root / MANIFEST
@@ -219,8 +238,14 @@ def render_world(cfg: RenderConfig, out: str | os.PathLike, outcome: dict | None
     classes = spec["classes"]
     files: dict[str, str] = {}
     blocks = plan_blocks(cfg)
-    bar = tqdm(total=sum(b.per_class * len(classes) for b in blocks), desc="rendering world", unit="img",
-               disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(b.per_class * len(classes) for b in blocks),
+        desc="rendering world",
+        unit="img",
+        disable=not cfg.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     for b in blocks:
         paths = [b.path(root, c, i) for c in classes for i in range(b.per_class)]
         if all(p.is_file() for p in paths):  # finished before an interruption: written atomically
@@ -229,8 +254,13 @@ def render_world(cfg: RenderConfig, out: str | os.PathLike, outcome: dict | None
             bar.update(len(paths))
             continue
         # render_grid orders its images class-major, then index: the order of `paths`
-        batch = render_grid(b.per_class, block_seed(cfg.seed, b.split, b.style), classes=classes,
-                            styles=[b.style], image_size=cfg.image_size)
+        batch = render_grid(
+            b.per_class,
+            block_seed(cfg.seed, b.split, b.style),
+            classes=classes,
+            styles=[b.style],
+            image_size=cfg.image_size,
+        )
         for p, image in zip(paths, batch.images):
             data = _png(image)
             if not p.is_file():

@@ -25,8 +25,9 @@ def get(name: str) -> Preparer:
     for p in REGISTRY.values():
         if key in (p.name, p.folder.lower().replace("_", "-")):
             return p
-    raise FDAlignError(f"no data set {name!r} to prepare; `fdalign data prepare --list` names them: "
-                       f"{', '.join(sorted(REGISTRY))}")
+    raise FDAlignError(
+        f"no data set {name!r} to prepare; `fdalign data prepare --list` names them: {', '.join(sorted(REGISTRY))}"
+    )
 
 
 @dataclass
@@ -37,8 +38,15 @@ class Result:
     already: bool = False
 
 
-def prepare(name: str, sources: list[str | Path], out: str | Path, split_file: str | Path | None = None,
-            link: str = "hard", expect_counts: str | Path | None = None, progress: bool = False) -> Result:
+def prepare(
+    name: str,
+    sources: list[str | Path],
+    out: str | Path,
+    split_file: str | Path | None = None,
+    link: str = "hard",
+    expect_counts: str | Path | None = None,
+    progress: bool = False,
+) -> Result:
     """Prepare data set ``name`` from the ``sources`` into ``out/<folder>``; see the module docstring."""
     from fdalign.data.prepare.place import LINK_MODES, already_prepared, write
     from fdalign.data.prepare.sources import Sources

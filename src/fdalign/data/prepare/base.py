@@ -8,9 +8,9 @@ Counts and split-file entries are checked on the plan, before a single file is w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from fdalign.data.prepare.sources import Member, Sources
 from fdalign.errors import FDAlignError
@@ -94,8 +94,10 @@ def check_counts(p: Preparer, plan: Plan, expected: dict[str, tuple[int, int]], 
         if (n if want_n is None else want_n, c) == (n, want_c):
             continue
         if want_n is None:  # no published image count: the classes alone
-            raise FDAlignError(f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_c} classes; "
-                               f"nothing was written: give the complete files ({p.needs})")
+            raise FDAlignError(
+                f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_c} classes; "
+                f"nothing was written: give the complete files ({p.needs})"
+            )
         gap = want_n - n
         what = f"{gap} missing" if gap > 0 else f"{-gap} more than expected"
         miss = plan.missing.get(split, [])
@@ -112,13 +114,26 @@ def read_expect_counts(path: str | Path) -> dict[str, tuple[int, int]]:
     from fdalign.io import read_json
 
     d = read_json(path, "expected-counts file")
-    ok = isinstance(d, dict) and d and all(
-        isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in d.values())
+    ok = (
+        isinstance(d, dict)
+        and d
+        and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in d.values())
+    )
     if not ok:
-        raise FDAlignError(f"expected-counts file {path} must map each split to [images, classes], "
-                           'e.g. {"test": [3669, 37]}')
+        raise FDAlignError(
+            f'expected-counts file {path} must map each split to [images, classes], e.g. {{"test": [3669, 37]}}'
+        )
     return {k: (v[0], v[1]) for k, v in d.items()}
 
 
-__all__ = ["Options", "Plan", "Download", "Preparer", "REGISTRY", "register", "check_counts",
-           "read_expect_counts", "first"]
+__all__ = [
+    "Options",
+    "Plan",
+    "Download",
+    "Preparer",
+    "REGISTRY",
+    "register",
+    "check_counts",
+    "read_expect_counts",
+    "first",
+]

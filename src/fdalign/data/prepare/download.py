@@ -35,8 +35,16 @@ class ResumingDownloader:
                 r.raise_for_status()
                 mode = "ab" if have and r.status_code == 206 else "wb"
                 total = int(r.headers.get("content-length", 0)) or None
-                with open(self.part, mode) as fh, tqdm(total=total, unit="B", unit_scale=True, desc=self.part.name,
-                                                       disable=None if self.progress else True) as bar:
+                with (
+                    open(self.part, mode) as fh,
+                    tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        desc=self.part.name,
+                        disable=None if self.progress else True,
+                    ) as bar,
+                ):
                     for chunk in r.iter_content(1 << 20):
                         fh.write(chunk)
                         bar.update(len(chunk))
@@ -54,17 +62,30 @@ def fetch(downloads: tuple[Download, ...], folder: str | os.PathLike, progress: 
     for d in downloads:
         part = folder / f"{d.filename}.part"
         try:
-            got.append(Path(pooch.retrieve(d.url, d.known_hash, fname=d.filename, path=folder,
-                                           downloader=ResumingDownloader(part, progress))))
+            got.append(
+                Path(
+                    pooch.retrieve(
+                        d.url,
+                        d.known_hash,
+                        fname=d.filename,
+                        path=folder,
+                        downloader=ResumingDownloader(part, progress),
+                    )
+                )
+            )
         except ValueError as e:
             part.unlink(missing_ok=True)
-            raise FDAlignError(f"{d.url}: the download's checksum does not match ({d.known_hash}); it was discarded "
-                               f"({' '.join(str(e).split())[:200]}): run again, or download it by hand into {folder} "
-                               "and pass it with --from") from None
+            raise FDAlignError(
+                f"{d.url}: the download's checksum does not match ({d.known_hash}); it was discarded "
+                f"({' '.join(str(e).split())[:200]}): run again, or download it by hand into {folder} "
+                "and pass it with --from"
+            ) from None
         except requests.RequestException as e:
-            raise FDAlignError(f"cannot download {d.url} ({type(e).__name__}: {e}); the bytes received are kept in "
-                               f"{part} and the same command continues them; or download it by hand and pass it "
-                               "with --from") from None
+            raise FDAlignError(
+                f"cannot download {d.url} ({type(e).__name__}: {e}); the bytes received are kept in "
+                f"{part} and the same command continues them; or download it by hand and pass it "
+                "with --from"
+            ) from None
     return got
 
 

@@ -51,8 +51,10 @@ def _devkit_labels(src: Sources) -> list[str] | None:
             tv.parse_devkit_archive(tmp)
         except (RuntimeError, OSError, KeyError, ValueError) as e:
             why = "its MD5 is not the devkit's" if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
-            raise FDAlignError(f"{m.path or m.name} is not ImageNet's ILSVRC2012 devkit ({why}); download "
-                               "ILSVRC2012_devkit_t12.tar.gz again from image-net.org") from None
+            raise FDAlignError(
+                f"{m.path or m.name} is not ImageNet's ILSVRC2012 devkit ({why}); download "
+                "ILSVRC2012_devkit_t12.tar.gz again from image-net.org"
+            ) from None
         _, val_wnids = torch.load(os.path.join(tmp, tv.META_FILE), weights_only=True)
     return list(val_wnids)
 
@@ -67,8 +69,9 @@ def _solution_labels(src: Sources) -> dict[str, str] | None:
     try:
         return {r["ImageId"]: r["PredictionString"].split()[0] for r in rows}
     except (KeyError, IndexError):
-        raise FDAlignError(f"{m.path or m.name} is not Kaggle's LOC_val_solution.csv (ImageId,PredictionString); "
-                           "download it again") from None
+        raise FDAlignError(
+            f"{m.path or m.name} is not Kaggle's LOC_val_solution.csv (ImageId,PredictionString); download it again"
+        ) from None
 
 
 def plan_imagenet(src: Sources, opts: Options) -> Plan:
@@ -95,7 +98,8 @@ def _sort_flat_val(src: Sources, flat, plan: Plan) -> None:
     if solution is None and devkit is None:
         raise FDAlignError(
             f"ImageNet's val images are flat ({flat[0][0].name}, ...): their classes are in the devkit; add "
-            "--from ILSVRC2012_devkit_t12.tar.gz (image-net.org) or Kaggle's LOC_val_solution.csv")
+            "--from ILSVRC2012_devkit_t12.tar.gz (image-net.org) or Kaggle's LOC_val_solution.csv"
+        )
     if devkit is not None:
         solution = {f"ILSVRC2012_val_{i:08d}": w for i, w in enumerate(devkit, 1)}
     have = set()
@@ -103,8 +107,9 @@ def _sort_flat_val(src: Sources, flat, plan: Plan) -> None:
         stem = fname.rsplit(".", 1)[0]
         wnid = solution.get(stem)
         if wnid is None:
-            raise FDAlignError(f"val image {m.name} has no label in the devkit / LOC_val_solution.csv; "
-                               "are both from ILSVRC2012?")
+            raise FDAlignError(
+                f"val image {m.name} has no label in the devkit / LOC_val_solution.csv; are both from ILSVRC2012?"
+            )
         plan.add(m, f"val/{wnid}/{fname}", "val", wnid)
         have.add(stem)
     plan.missing["val"] = sorted(f"{s}.JPEG" for s in set(solution) - have)
@@ -123,38 +128,77 @@ def plan_class_folders(pattern: str, dest: str, split: str = "test"):
 
 
 IMAGENET_README = "image-net.org (ILSVRC2012), or Kaggle's imagenet-object-localization-challenge"
-register(Preparer(
-    "imagenet", "ImageNet", "imagenet",
-    needs="ILSVRC2012_img_train.tar (or its extracted train/ tree), ILSVRC2012_img_val.tar (or a val/ folder) and "
-          f"ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv; from {IMAGENET_README}",
-    disk_gb=147, expected={"train": (1281167, 1000), "val": (50000, 1000)}, plan=plan_imagenet,
-    reads="imagenet (train/ and val/ as the test split; classnames.txt)"))
+register(
+    Preparer(
+        "imagenet",
+        "ImageNet",
+        "imagenet",
+        needs="ILSVRC2012_img_train.tar (or its extracted train/ tree), ILSVRC2012_img_val.tar (or a val/ folder) and "
+        f"ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv; from {IMAGENET_README}",
+        disk_gb=147,
+        expected={"train": (1281167, 1000), "val": (50000, 1000)},
+        plan=plan_imagenet,
+        reads="imagenet (train/ and val/ as the test split; classnames.txt)",
+    )
+)
 
 _V2 = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main"
-for _variant, _folder in [("matched-frequency", "imagenetv2"), ("threshold0.7", "imagenetv2-threshold0.7"),
-                          ("top-images", "imagenetv2-top-images")]:
-    register(Preparer(
-        _folder, f"ImageNet-V2 ({_variant})", _folder,
-        needs=f"imagenetv2-{_variant}.tar.gz from {_V2}/imagenetv2-{_variant}.tar.gz",
-        disk_gb=1.3, expected={"test": (10000, 1000)},
-        plan=plan_class_folders(rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)", "{cls}/{file}"),
-        reads=f"{_folder} (folder k = ImageNet class k)"))
+for _variant, _folder in [
+    ("matched-frequency", "imagenetv2"),
+    ("threshold0.7", "imagenetv2-threshold0.7"),
+    ("top-images", "imagenetv2-top-images"),
+]:
+    register(
+        Preparer(
+            _folder,
+            f"ImageNet-V2 ({_variant})",
+            _folder,
+            needs=f"imagenetv2-{_variant}.tar.gz from {_V2}/imagenetv2-{_variant}.tar.gz",
+            disk_gb=1.3,
+            expected={"test": (10000, 1000)},
+            plan=plan_class_folders(
+                rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)", "{cls}/{file}"
+            ),
+            reads=f"{_folder} (folder k = ImageNet class k)",
+        )
+    )
 
-register(Preparer(
-    "imagenet-sketch", "ImageNet-Sketch", "imagenet-sketch",
-    needs="ImageNet-Sketch.zip (github.com/HaohanWang/ImageNet-Sketch; also on the Hugging Face hub)",
-    disk_gb=8.4, expected={"test": (50889, 1000)},
-    plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)", "{cls}/{file}"), reads="imagenet-sketch"))
-register(Preparer(
-    "imagenet-a", "ImageNet-A", "imagenet-a",
-    needs="imagenet-a.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
-    disk_gb=0.7, expected={"test": (7500, 200)},
-    plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)", "{cls}/{file}"), reads="imagenet-a"))
-register(Preparer(
-    "imagenet-r", "ImageNet-R", "imagenet-r",
-    needs="imagenet-r.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
-    disk_gb=2.2, expected={"test": (30000, 200)},
-    plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)", "{cls}/{file}"), reads="imagenet-r"))
+register(
+    Preparer(
+        "imagenet-sketch",
+        "ImageNet-Sketch",
+        "imagenet-sketch",
+        needs="ImageNet-Sketch.zip (github.com/HaohanWang/ImageNet-Sketch; also on the Hugging Face hub)",
+        disk_gb=8.4,
+        expected={"test": (50889, 1000)},
+        plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)", "{cls}/{file}"),
+        reads="imagenet-sketch",
+    )
+)
+register(
+    Preparer(
+        "imagenet-a",
+        "ImageNet-A",
+        "imagenet-a",
+        needs="imagenet-a.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
+        disk_gb=0.7,
+        expected={"test": (7500, 200)},
+        plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)", "{cls}/{file}"),
+        reads="imagenet-a",
+    )
+)
+register(
+    Preparer(
+        "imagenet-r",
+        "ImageNet-R",
+        "imagenet-r",
+        needs="imagenet-r.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
+        disk_gb=2.2,
+        expected={"test": (30000, 200)},
+        plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)", "{cls}/{file}"),
+        reads="imagenet-r",
+    )
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,8 +218,11 @@ def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
         v.sort(key=lambda t: t[0])
     wnids = set()
     for role in MINI_ROLES:
-        m = src.one(rf"({role}\.csv)", f"miniImageNet's {role}.csv",
-                    "pass the folder holding Ravi & Larochelle's train.csv, val.csv and test.csv with --from")
+        m = src.one(
+            rf"({role}\.csv)",
+            f"miniImageNet's {role}.csv",
+            "pass the folder holding Ravi & Larochelle's train.csv, val.csv and test.csv with --from",
+        )
         text = src.read(m).decode("utf-8")
         plan.extra[f"{role}.csv"] = text.encode()
         missing = plan.missing.setdefault(role, [])
@@ -183,8 +230,9 @@ def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
             name, wnid = row.get("filename", ""), row.get("label", "")
             rank = re.fullmatch(rf"{WNID}(\d{{8}})\.jpg", name)
             if rank is None or not re.fullmatch(WNID, wnid):
-                raise FDAlignError(f"{m.name}: row {row} is not 'filename,label' of miniImageNet "
-                                   "(n0153282900000005.jpg,n01532829)")
+                raise FDAlignError(
+                    f"{m.name}: row {row} is not 'filename,label' of miniImageNet (n0153282900000005.jpg,n01532829)"
+                )
             files = by_class.get(wnid, [])
             i = int(rank.group(1)) - 1
             if i >= len(files):
@@ -193,17 +241,25 @@ def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
             plan.add(files[i][1], f"images/{name}", role, wnid)
             wnids.add(wnid)
     if not by_class:
-        raise FDAlignError("miniImageNet is built from ImageNet's train images: add --from "
-                           "ILSVRC2012_img_train.tar (or its extracted train/ folder)")
+        raise FDAlignError(
+            "miniImageNet is built from ImageNet's train images: add --from "
+            "ILSVRC2012_img_train.tar (or its extracted train/ folder)"
+        )
     plan.extra["classnames.txt"] = _classnames_txt(wnids)
     plan.notes.append("images are ImageNet's train files, linked or copied as they are (not resized to 84x84)")
     return plan
 
 
-register(Preparer(
-    "miniimagenet", "miniImageNet", "miniImageNet",
-    needs="Ravi & Larochelle's train.csv, val.csv, test.csv (github.com/twitter/meta-learning-lstm, data/miniImagenet) "
-          "and ImageNet's train images (ILSVRC2012_img_train.tar or its extracted folder)",
-    disk_gb=7.0, expected=MINI_ROLES, plan=plan_miniimagenet,
-    reads="miniImageNet ({train,val,test}.csv, images/, classnames.txt)"))
-
+register(
+    Preparer(
+        "miniimagenet",
+        "miniImageNet",
+        "miniImageNet",
+        needs="Ravi & Larochelle's train.csv, val.csv, test.csv (github.com/twitter/meta-learning-lstm, data/miniImagenet) "
+        "and ImageNet's train images (ILSVRC2012_img_train.tar or its extracted folder)",
+        disk_gb=7.0,
+        expected=MINI_ROLES,
+        plan=plan_miniimagenet,
+        reads="miniImageNet ({train,val,test}.csv, images/, classnames.txt)",
+    )
+)

@@ -11,8 +11,8 @@ None when the annotation files were not given.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fdalign.data.prepare.sources import Sources
 from fdalign.errors import FDAlignError
@@ -43,12 +43,20 @@ def pets(src: Sources) -> list[str] | None:
 
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        if not _stage(src, tmp, {r"annotations/(trainval\.txt)": "oxford-iiit-pet/annotations/trainval.txt",
-                                 r"annotations/(test\.txt)": "oxford-iiit-pet/annotations/test.txt"},
-                      ("oxford-iiit-pet/images",)):
+        if not _stage(
+            src,
+            tmp,
+            {
+                r"annotations/(trainval\.txt)": "oxford-iiit-pet/annotations/trainval.txt",
+                r"annotations/(test\.txt)": "oxford-iiit-pet/annotations/test.txt",
+            },
+            ("oxford-iiit-pet/images",),
+        ):
             return None
-        return _parse("the Pets annotations (annotations.tar.gz)", lambda: [
-            Path(f).name for split in ("trainval", "test") for f in OxfordIIITPet(t, split=split)._images])
+        return _parse(
+            "the Pets annotations (annotations.tar.gz)",
+            lambda: [Path(f).name for split in ("trainval", "test") for f in OxfordIIITPet(t, split=split)._images],
+        )
 
 
 def flowers(src: Sources) -> list[str] | None:
@@ -56,12 +64,20 @@ def flowers(src: Sources) -> list[str] | None:
 
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        if not _stage(src, tmp, {r"(imagelabels\.mat)": "flowers-102/imagelabels.mat",
-                                 r"(setid\.mat)": "flowers-102/setid.mat"}, ("flowers-102/jpg",)):
+        if not _stage(
+            src,
+            tmp,
+            {r"(imagelabels\.mat)": "flowers-102/imagelabels.mat", r"(setid\.mat)": "flowers-102/setid.mat"},
+            ("flowers-102/jpg",),
+        ):
             return None
         # torchvision also checks both files' MD5 against the official ones
-        return _parse("Flowers102's imagelabels.mat / setid.mat", lambda: [
-            Path(f).name for split in ("train", "val", "test") for f in Flowers102(t, split=split)._image_files])
+        return _parse(
+            "Flowers102's imagelabels.mat / setid.mat",
+            lambda: [
+                Path(f).name for split in ("train", "val", "test") for f in Flowers102(t, split=split)._image_files
+            ],
+        )
 
 
 def dtd(src: Sources) -> list[str] | None:
@@ -72,8 +88,14 @@ def dtd(src: Sources) -> list[str] | None:
         files = {rf"dtd/labels/({s}1\.txt)": f"dtd/dtd/labels/{s}1.txt" for s in ("train", "val", "test")}
         if not _stage(src, tmp, files, ("dtd/dtd/images",)):
             return None
-        return _parse("DTD's labels/*1.txt", lambda: [
-            "/".join(Path(f).parts[-2:]) for split in ("train", "val", "test") for f in DTD(t, split=split)._image_files])
+        return _parse(
+            "DTD's labels/*1.txt",
+            lambda: [
+                "/".join(Path(f).parts[-2:])
+                for split in ("train", "val", "test")
+                for f in DTD(t, split=split)._image_files
+            ],
+        )
 
 
 def food101(src: Sources) -> list[str] | None:
@@ -84,8 +106,14 @@ def food101(src: Sources) -> list[str] | None:
         files = {rf"food-101/meta/({s}\.json)": f"food-101/meta/{s}.json" for s in ("train", "test")}
         if not _stage(src, tmp, files, ("food-101/images",)):
             return None
-        return _parse("Food-101's meta/train.json / test.json", lambda: [
-            "/".join(Path(f).parts[-2:]) for split in ("train", "test") for f in Food101(t, split=split)._image_files])
+        return _parse(
+            "Food-101's meta/train.json / test.json",
+            lambda: [
+                "/".join(Path(f).parts[-2:])
+                for split in ("train", "test")
+                for f in Food101(t, split=split)._image_files
+            ],
+        )
 
 
 __all__ = ["pets", "flowers", "dtd", "food101"]

@@ -45,9 +45,11 @@ def check_space(plan: Plan, out: Path, mode: str) -> int:
     need += sum(len(b) for b in plan.extra.values())
     free = shutil.disk_usage(base).free
     if need > free:
-        raise FDAlignError(f"{out} needs {need / 1e9:.2f} GB for the copied files but {base} has {free / 1e9:.2f} GB "
-                           "free; free some space, choose another --out, or --link hard/symbolic from an extracted folder "
-                           "on the same disk")
+        raise FDAlignError(
+            f"{out} needs {need / 1e9:.2f} GB for the copied files but {base} has {free / 1e9:.2f} GB "
+            "free; free some space, choose another --out, or --link hard/symbolic from an extracted folder "
+            "on the same disk"
+        )
     return need
 
 
@@ -94,8 +96,14 @@ def manifest(p: Preparer, plan: Plan, sources: Sources, expected: dict, against:
         "sources": sources.fingerprint(),
         "split_file": plan.split_file,
         "split_file_sha256": plan.split_sha256,
-        "counts": {s: {"images": sum(v.values()), "classes": sum(1 for n in v.values() if n), "per_class": dict(sorted(v.items()))}
-                   for s, v in plan.counts.items()},
+        "counts": {
+            s: {
+                "images": sum(v.values()),
+                "classes": sum(1 for n in v.values() if n),
+                "per_class": dict(sorted(v.items())),
+            }
+            for s, v in plan.counts.items()
+        },
         "expected": {s: {"images": n, "classes": c} for s, (n, c) in expected.items()},
         "expected_from": against,
         "files": len(plan.files) + len(plan.extra),
@@ -106,32 +114,45 @@ def manifest(p: Preparer, plan: Plan, sources: Sources, expected: dict, against:
     }
 
 
-def write(p: Preparer, plan: Plan, sources: Sources, out: Path, mode: str, expected: dict, against: str,
-          progress: bool = False) -> Path:
+def write(
+    p: Preparer,
+    plan: Plan,
+    sources: Sources,
+    out: Path,
+    mode: str,
+    expected: dict,
+    against: str,
+    progress: bool = False,
+) -> Path:
     """Write ``plan`` into ``out/<folder>`` (continuing a staging folder left by an interruption); one
     process at a time per folder (a lock file beside it)."""
     from filelock import FileLock, Timeout
 
     final = out / p.folder
     if final.exists():
-        raise FDAlignError(f"{final} exists but holds no {MANIFEST} (it was not written by fdalign data prepare); "
-                           "move it away or choose another --out")
+        raise FDAlignError(
+            f"{final} exists but holds no {MANIFEST} (it was not written by fdalign data prepare); "
+            "move it away or choose another --out"
+        )
     check_space(plan, out, mode)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / f".{p.folder}.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise FDAlignError(f"another `fdalign data prepare` is writing {final} (lock {lock.lock_file}); wait for it "
-                           "to finish, then run this command again") from None
+        raise FDAlignError(
+            f"another `fdalign data prepare` is writing {final} (lock {lock.lock_file}); wait for it "
+            "to finish, then run this command again"
+        ) from None
     try:
         return _write_locked(p, plan, sources, out, mode, expected, against, progress)
     finally:
         lock.release()
 
 
-def _write_locked(p: Preparer, plan: Plan, sources: Sources, out: Path, mode: str, expected: dict, against: str,
-                  progress: bool) -> Path:
+def _write_locked(
+    p: Preparer, plan: Plan, sources: Sources, out: Path, mode: str, expected: dict, against: str, progress: bool
+) -> Path:
     from tqdm.auto import tqdm
 
     final = out / p.folder

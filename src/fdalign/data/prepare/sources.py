@@ -19,9 +19,10 @@ import re
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from fdalign.errors import FDAlignError
 
@@ -47,12 +48,12 @@ class Member:
     name: str  # POSIX, relative to the --from path
     size: int
     path: str | None = None  # a plain file on disk (linkable); None inside an archive
-    archive: "Archive | None" = None
+    archive: Archive | None = None
     inner: str | None = None  # its name inside ``archive``
     seq: int = 0  # position in listing order (archive order): files are placed in one forward pass
 
 
-_REOPENED: list["Archive"] = []  # the one released archive reopened for reading (see Archive.release)
+_REOPENED: list[Archive] = []  # the one released archive reopened for reading (see Archive.release)
 
 
 class Archive:
@@ -124,7 +125,9 @@ class Source:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FDAlignError(f"--from {self.path} does not exist; give the downloaded archive or its extracted folder")
+            raise FDAlignError(
+                f"--from {self.path} does not exist; give the downloaded archive or its extracted folder"
+            )
         self.members: dict[str, Member] = {}
         if self.path.is_dir():
             for root, dirs, files in os.walk(self.path, followlinks=False):
@@ -198,8 +201,13 @@ class Sources:
                 out.append({"path": str(s.path.resolve()), "sha256": h.hexdigest(), "bytes": s.path.stat().st_size})
             else:
                 listing = "\n".join(f"{n}\t{m.size}" for n, m in sorted(s.members.items()))
-                out.append({"path": str(s.path.resolve()), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest(),
-                            "files": len(s.members)})
+                out.append(
+                    {
+                        "path": str(s.path.resolve()),
+                        "listing_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+                        "files": len(s.members),
+                    }
+                )
         return out
 
 

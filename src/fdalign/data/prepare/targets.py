@@ -52,7 +52,9 @@ def _plan_cars(src: Sources, opts: Options) -> Plan:
         try:
             ds = StanfordCars(tmp, split="train", download=False)
         except (RuntimeError, ValueError, KeyError, IndexError) as e:
-            raise FDAlignError(f"the Stanford Cars devkit cannot be read ({e}); download car_devkit.tgz again") from None
+            raise FDAlignError(
+                f"the Stanford Cars devkit cannot be read ({e}); download car_devkit.tgz again"
+            ) from None
         for f, y in ds._samples:
             name = os.path.basename(f)
             m = images.get(name)
@@ -78,25 +80,53 @@ def _first_per_class(src: Sources, pattern: str, per_class: int, top: int | None
     return p
 
 
-register(Preparer(
-    "cub", "CUB-200-2011", "CUB_200_2011",
-    needs="CUB_200_2011.tgz (data.caltech.edu/records/65de6-vp158)", disk_gb=1.2,
-    expected={"test": (11788, 200)}, plan=_plan_cub, reads="CUB_200_2011/images (a cross-domain target)",
-    data_dir="images"))
-register(Preparer(
-    "cars-target", "Stanford Cars (cross-domain target)", "StanfordCars",
-    needs="cars_train.tgz and car_devkit.tgz (the original site is gone: a mirror)", disk_gb=1.0,
-    expected={"test": (8144, 196)}, plan=_plan_cars, reads="StanfordCars (a cross-domain target)"))
-register(Preparer(
-    "places", "Places (cross-domain target)", "Places",
-    needs="places365standard_easyformat.tar (data.csail.mit.edu/places/places365/)", disk_gb=1.8,
-    expected={"test": (73000, 365)},
-    plan=lambda src, opts: _first_per_class(src, r"places365_standard/train/([^/]+)/([^/]+\.jpg)", 200),
-    reads="Places (a cross-domain target)"))
-register(Preparer(
-    "plantae", "Plantae (cross-domain target)", "Plantae",
-    needs="iNaturalist 2017's train_val_images.tar.gz (its Plantae/ folder) or the plantae.tar.gz of the "
-          "cross-domain few-shot code (github.com/hytseng0509/CrossDomainFewShot)", disk_gb=10.0,
-    expected={"test": (None, 200)},
-    plan=lambda src, opts: _first_per_class(src, r"Plantae/([^/]+)/([^/]+\.jpe?g)", 600, top=200),
-    reads="Plantae (a cross-domain target)"))
+register(
+    Preparer(
+        "cub",
+        "CUB-200-2011",
+        "CUB_200_2011",
+        needs="CUB_200_2011.tgz (data.caltech.edu/records/65de6-vp158)",
+        disk_gb=1.2,
+        expected={"test": (11788, 200)},
+        plan=_plan_cub,
+        reads="CUB_200_2011/images (a cross-domain target)",
+        data_dir="images",
+    )
+)
+register(
+    Preparer(
+        "cars-target",
+        "Stanford Cars (cross-domain target)",
+        "StanfordCars",
+        needs="cars_train.tgz and car_devkit.tgz (the original site is gone: a mirror)",
+        disk_gb=1.0,
+        expected={"test": (8144, 196)},
+        plan=_plan_cars,
+        reads="StanfordCars (a cross-domain target)",
+    )
+)
+register(
+    Preparer(
+        "places",
+        "Places (cross-domain target)",
+        "Places",
+        needs="places365standard_easyformat.tar (data.csail.mit.edu/places/places365/)",
+        disk_gb=1.8,
+        expected={"test": (73000, 365)},
+        plan=lambda src, opts: _first_per_class(src, r"places365_standard/train/([^/]+)/([^/]+\.jpg)", 200),
+        reads="Places (a cross-domain target)",
+    )
+)
+register(
+    Preparer(
+        "plantae",
+        "Plantae (cross-domain target)",
+        "Plantae",
+        needs="iNaturalist 2017's train_val_images.tar.gz (its Plantae/ folder) or the plantae.tar.gz of the "
+        "cross-domain few-shot code (github.com/hytseng0509/CrossDomainFewShot)",
+        disk_gb=10.0,
+        expected={"test": (None, 200)},
+        plan=lambda src, opts: _first_per_class(src, r"Plantae/([^/]+)/([^/]+\.jpe?g)", 600, top=200),
+        reads="Plantae (a cross-domain target)",
+    )
+)
