@@ -107,7 +107,7 @@ def _peft_free(code: str, tmp_path) -> torch.Tensor:
     return torch.load(out, weights_only=True)
 
 
-def test_cli_lora_run_records_its_settings_and_evaluates(oc_run):
+def test_cli_lora_run_records_its_settings_evaluates_and_predicts(env, oc_run, tmp_path):
     cfg = (oc_run / "config.yaml").read_text()
     assert "trainable: lora" in cfg and "lora_rank: 2" in cfg
     metrics = json.loads((oc_run / "metrics.json").read_text())["metrics"]["test"]
@@ -119,6 +119,10 @@ def test_cli_lora_run_records_its_settings_and_evaluates(oc_run):
     zs = loaded.zero_shot_encoder_state
     moved = [k for k, v in loaded.backend.image_encoder.state_dict().items() if not torch.equal(v, zs[k])]
     assert moved and all(".attn." in k for k in moved)
+    out = tmp_path / "preds.csv"
+    args = ["predict", str(oc_run), str(env["data"] / "test"), "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert len(out.read_text().strip().splitlines()) == 1 + 2 * len(CLASSES)
 
 
 def test_open_clip_export_loads_without_peft(oc_run, tmp_path):

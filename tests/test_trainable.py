@@ -107,7 +107,6 @@ def test_spec_parsing_and_one_line_errors():
         TrainConfig(trainable="lora", lora_dropout=1.0).validate()
     with pytest.raises(FDAlignError, match="lora_alpha"):
         TrainConfig(trainable="lora", lora_alpha=0).validate()
-    TrainConfig(trainable="lora", lora_rank=0).validate() if False else None
     TrainConfig(trainable="full", lora_rank=0).validate()  # LoRA settings are not read without LoRA
 
 
