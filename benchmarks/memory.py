@@ -66,6 +66,8 @@ def child(args) -> dict:
     apply_trainable(visual, spec, seed=0)
     if beta and spec.kind == "lora":
         f0 = trainer._frozen_copy(visual, "eval")  # the same module, adapters off
+    if args.grad_checkpointing:
+        visual.set_grad_checkpointing(True)
     visual.train()
     trainable, total = count_parameters(visual)
     g = torch.Generator().manual_seed(0)
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast on CUDA")
     p.add_argument("--device", default="auto")
+    p.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in every configuration")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS))
     p.add_argument("--child", nargs=2, metavar=("KIND", "BETA"), help=argparse.SUPPRESS)
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, str(beta)]
             cmd += ["--model", args.model, "--batch", str(args.batch), "--steps", str(args.steps)]
             cmd += ["--lora-rank", str(args.lora_rank), "--precision", args.precision, "--device", args.device]
-            cmd += ["--threads", str(args.threads)]
+            cmd += ["--threads", str(args.threads)] + (["--grad-checkpointing"] if args.grad_checkpointing else [])
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr, file=sys.stderr)
@@ -146,6 +149,7 @@ def main(argv=None) -> int:
     print(
         f"{args.model} (random weights), batch {args.batch}, {args.device}, {args.precision}, LoRA rank "
         f"{args.lora_rank}, peak = {'max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS'}"
+        + (", gradient checkpointing" if args.grad_checkpointing else "")
     )
     head = f"{'method':10s} {'trainable':14s} {'params':>12s} {'optim MB':>9s} {'peak MB':>9s} {'train MB':>9s}"
     head += f" {'step ms':>8s} {'params/full':>11s} {'optim/full':>10s} {'peak/full':>9s} {'train/full':>10s}"

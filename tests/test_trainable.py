@@ -380,3 +380,29 @@ def test_wiseft_of_a_partial_run_keeps_frozen_parts_bitwise(tiny_openclip, proto
 def test_frozen_view_refuses_a_plain_encoder(tiny_openclip):
     with pytest.raises(ValueError):
         frozen_view(_openclip(tiny_openclip).image_encoder)
+
+
+def test_lora_with_gradient_checkpointing_gives_the_same_gradients_and_keeps_the_base(tiny_openclip):
+    """open_clip recomputes each block in backward: peft's merge runs twice per block and must still leave the
+    base weights bit for bit and give the gradients of the plain backward."""
+    plain = _openclip(tiny_openclip).image_encoder
+    base = {k: v.clone() for k, v in plain.state_dict().items()}
+    ckpt = copy.deepcopy(plain)
+    for m in (plain, ckpt):
+        apply_trainable(m, _lora(lora_rank=2), seed=0)
+        _randomise_adapters(m)
+        m.train()
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    plain(x).square().sum().backward()
+    ckpt(x).square().sum().backward()
+    grads = {n: p.grad for n, p in ckpt.named_parameters() if p.grad is not None}
+    assert grads and set(grads) == {n for n, p in plain.named_parameters() if p.grad is not None}
+    for n, p in plain.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)
+    merged = merge_adapters(ckpt)
+    scale_adapters(ckpt, 0.0)
+    for k, v in merge_adapters(ckpt).state_dict().items():
+        assert torch.equal(v, base[k]), k  # the update scaled to 0: the base weights, untouched
+    assert any(not torch.equal(v, base[k]) for k, v in merged.state_dict().items())
