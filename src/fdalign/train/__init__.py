@@ -1,4 +1,4 @@
-"""Training: the config, the loop, checkpoints and resume, model selection, WiSE-FT, run directories.
+"""Training: the config, what learns (``--trainable``: LoRA, partial), the loop, checkpoints and resume, model selection, WiSE-FT, run directories.
 
 Heavy modules (torch) load on first use of a name, so ``fdalign --help`` stays fast.
 """
@@ -21,6 +21,13 @@ _EXPORTS = {
     "LoadedRun": "fdalign.train.run",
     "save_model": "fdalign.train.run",
     "load_model": "fdalign.train.run",
+    "TrainableSpec": "fdalign.train.trainable",
+    "apply_trainable": "fdalign.train.trainable",
+    "frozen_view": "fdalign.train.trainable",
+    "adapters_disabled": "fdalign.train.trainable",
+    "merge_adapters": "fdalign.train.trainable",
+    "scale_adapters": "fdalign.train.trainable",
+    "lora_target_names": "fdalign.train.trainable",
 }
 
 __all__ = sorted(_EXPORTS)

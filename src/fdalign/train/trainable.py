@@ -24,7 +24,7 @@ import copy
 import functools
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from fdalign.errors import FDAlignError
@@ -71,7 +71,6 @@ class TrainableSpec:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "attn"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(
@@ -124,9 +123,7 @@ class TrainableSpec:
         )
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
+        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------
