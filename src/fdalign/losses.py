@@ -114,6 +114,8 @@ def spurious_kl(
         raise FDAlignError(f"unknown KL direction {direction!r}; choose one of {', '.join(KL_DIRECTIONS)}")
     log_p_t = spurious_log_probs(feat_t, spurious, scale, normalize_prototypes)
     if log_p0 is None:
+        if feat_0 is None:
+            raise ValueError("spurious_kl needs feat_0 or log_p0")
         with torch.no_grad():
             log_p0 = spurious_log_probs(feat_0.detach(), spurious, scale, normalize_prototypes)
     log_p_0 = log_p0.to(device=log_p_t.device, dtype=log_p_t.dtype)
@@ -212,6 +214,12 @@ class FDAlignLoss(nn.Module):
         alpha, beta, scale, kl_direction, normalize_prototypes: see :func:`fdalign_loss`.
         f0_mode: ``eval`` or ``released`` (:func:`frozen_copy`); ``train()`` keeps f0 in it.
     """
+
+    # buffers and modules, declared for type checkers (nn.Module's __getattr__ would say Tensor | Module)
+    spurious: torch.Tensor
+    class_prototypes: torch.Tensor | None
+    f0: nn.Module | None
+    encoder: nn.Module | None
 
     def __init__(
         self,
@@ -325,12 +333,14 @@ class FDAlignLoss(nn.Module):
         """``inputs``: images ``[B,3,H,W]`` or fine-tuned features ``[B,D]``; ``labels`` ``[B']`` for
         ``logits`` ``[B',C]`` (default: the class-prototype head on the features)."""
         images = inputs if inputs.dim() == 4 else None
-        if images is not None and self.encoder is None:
-            raise ValueError(
-                "forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
-                "or pass its features"
-            )
-        feats = self.encoder(images) if images is not None else inputs
+        feats = inputs
+        if images is not None:
+            if self.encoder is None:
+                raise ValueError(
+                    "forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
+                    "or pass its features"
+                )
+            feats = self.encoder(images)
         if logits is None:
             if self.class_prototypes is None:
                 raise ValueError("no head: build the loss with class_prototypes=, or pass logits=")
@@ -351,6 +361,6 @@ class FDAlignLoss(nn.Module):
             normalize_prototypes=self.normalize_prototypes,
             log_p0=log_p0 if use_kl else None,
         )
-        if use_kl:
+        if use_kl and log_p0 is not None:  # always set when use_kl (f0_log_probs above)
             parts["log_p0"] = log_p0.detach()
         return loss, parts
