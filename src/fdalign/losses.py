@@ -141,14 +141,19 @@ def fdalign_loss(
     """The FD-Align objective ``alpha * CE + beta * KL``.
 
     Args:
-        logits: ``[B, C]`` classification logits of the fine-tuned model; labels: ``[B]``.
-        feat_t, feat_0: ``[B, D]`` raw image features of the trained / frozen encoder.
+        logits: ``[B, C]`` classification logits of the fine-tuned model.
+        labels: ``[B]`` class indices.
+        feat_t: ``[B, D]`` raw image features of the trained encoder.
+        feat_0: ``[B, D]`` raw image features of the frozen encoder (may be None with ``log_p0``).
         spurious: ``[K, D]`` spurious prototypes.
-        alpha, beta: weights of the two terms. With ``beta == 0`` the KL term is not computed at
-            all (``feat_t``, ``feat_0`` and ``spurious`` may then be None), so training is exactly
+        alpha: weight of the cross-entropy term.
+        beta: weight of the KL term. With ``beta == 0`` the KL term is not computed at all
+            (``feat_t``, ``feat_0`` and ``spurious`` may then be None), so training is exactly
             plain fine-tuning and the frozen encoder need not be run.
-        scale, direction, normalize_prototypes, log_p0: see :func:`spurious_kl` (with ``log_p0``,
-            ``feat_0`` may be None).
+        scale: see `spurious_kl`.
+        direction: see `spurious_kl`.
+        normalize_prototypes: see `spurious_kl`.
+        log_p0: see `spurious_kl`.
 
     Returns:
         ``(total, {"ce": ce, "kl": kl})``, scalar tensors; ``kl`` is a detached zero when ``beta == 0``.
@@ -210,8 +215,13 @@ class FDAlignLoss(nn.Module):
         spurious: ``[K, D]`` spurious prototypes (SPC-corrected or one per template).
         class_prototypes: ``[C, D]`` for the default head ``scale * cos(f, mu_class)``; give
             ``logits=`` to ``forward`` instead for another head.
-        f0, encoder: the frozen and the fine-tuned image encoders (either may be None).
-        alpha, beta, scale, kl_direction, normalize_prototypes: see :func:`fdalign_loss`.
+        f0: the frozen image encoder (may be None: then give ``f0_features`` or ``log_p0``).
+        encoder: the fine-tuned image encoder (may be None: then give its features).
+        alpha: weight of the cross-entropy term (`fdalign_loss`).
+        beta: weight of the KL term (`fdalign_loss`).
+        scale: temperature of the softmaxes (`fdalign_loss`).
+        kl_direction: ``paper`` or ``released`` (`spurious_kl`).
+        normalize_prototypes: see `spurious_kl`.
         f0_mode: ``eval`` or ``released`` (:func:`frozen_copy`); ``train()`` keeps f0 in it.
     """
 

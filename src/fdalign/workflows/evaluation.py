@@ -69,8 +69,8 @@ class EvalConfig(ModelOptions):
     """
 
     target: str | None = None
-    command: str = "eval"  # which command's words the warnings use: eval or zeroshot
-    model: str | None = None
+    command: str = field(default="eval", metadata={"help": "which command's words the messages use: eval or zeroshot"})
+    model: str | None = field(default=None, metadata={"help": "the CLIP model of `fdalign zeroshot` (eval: target)"})
     split: str = "test"
     split_file: str | None = None
     ood: list[str] = field(default_factory=list)
