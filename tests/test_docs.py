@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import fdalign
+
 ROOT = Path(__file__).resolve().parents[1]
+SRC = Path(fdalign.__file__).resolve().parents[1]  # the sources under test (tools/plant_bugs.py: a scratch copy)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LANGUAGES = {"bash", "python", "yaml", "bibtex", "text"}
 MAX_SKIPPED = 16  # grows only with a reason on the block: GPU, network, real data sets or hours
@@ -80,7 +83,7 @@ def _shims(tmp: Path) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": str(SRC),
         "FDALIGN_CACHE": str(tmp / ".cache"),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
@@ -187,9 +190,7 @@ def test_stub_names_the_lazy_exports():
     """``__init__.pyi`` gives type checkers the names ``__init__.py`` loads lazily: the same set."""
     import ast
 
-    import fdalign
-
-    stub = ast.parse((ROOT / "src" / "fdalign" / "__init__.pyi").read_text())
+    stub = ast.parse((SRC / "fdalign" / "__init__.pyi").read_text())
     names = {a.asname or a.name for node in stub.body if isinstance(node, ast.ImportFrom) for a in node.names}
     assert names | {"__version__"} == set(fdalign.__all__)
 
@@ -220,9 +221,30 @@ def test_mypy_fails_on_a_wrong_argument_type_in_the_readme_example(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+        env={**os.environ, "MYPYPATH": str(SRC)},
     )
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert not [e for e in errors if "as_written.py" in e], done.stdout
     assert any("shots_str.py" in e and '"shots"' in e for e in errors), done.stdout
     assert any("finetune_path.py" in e and '"finetune"' in e for e in errors), done.stdout
+
+
+def test_every_config_field_on_the_api_page_has_its_help():
+    """The API page's tables (tools/mkdocs_options.py, run by `mkdocs build`) stop on a field without help."""
+    pytest.importorskip("mkdocs")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mkdocs_options", ROOT / "tools" / "mkdocs_options.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = (ROOT / "docs" / "api.md").read_text()
+    markers = list(hook.MARKER.finditer(page))
+    assert len(markers) >= 5
+    for m in markers:
+        table = hook.options_table(m["cls"], m["command"])
+        module, name = m["cls"].rsplit(".", 1)
+        import dataclasses
+        import importlib
+
+        fields = dataclasses.fields(getattr(importlib.import_module(module), name))
+        assert len(table.splitlines()) == 2 + len(fields)  # a row per field, each with its help
