@@ -523,8 +523,8 @@ def test_readme_commands_name_registered_sets_and_real_options():
     from fdalign.data.prepare import REGISTRY, load_all
 
     load_all()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Getting the data", 1)[1].split("\n## ", 1)[0]
+    pages = sorted((Path(__file__).resolve().parents[1] / "docs" / "getting-data").glob("*.md"))
+    section = "\n".join(p.read_text() for p in pages)  # the docs' "Getting the data" pages
     names = re.findall(r"fdalign data prepare ([a-z0-9][a-z0-9_.-]*) ", section)
     assert len(names) >= 17 and set(names) <= set(REGISTRY)
     assert set(REGISTRY) - set(names) <= {"imagenetv2-threshold0.7", "imagenetv2-top-images"}

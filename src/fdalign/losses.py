@@ -114,6 +114,8 @@ def spurious_kl(
         raise FDAlignError(f"unknown KL direction {direction!r}; choose one of {', '.join(KL_DIRECTIONS)}")
     log_p_t = spurious_log_probs(feat_t, spurious, scale, normalize_prototypes)
     if log_p0 is None:
+        if feat_0 is None:
+            raise ValueError("spurious_kl needs feat_0 or log_p0")
         with torch.no_grad():
             log_p0 = spurious_log_probs(feat_0.detach(), spurious, scale, normalize_prototypes)
     log_p_0 = log_p0.to(device=log_p_t.device, dtype=log_p_t.dtype)
@@ -139,14 +141,19 @@ def fdalign_loss(
     """The FD-Align objective ``alpha * CE + beta * KL``.
 
     Args:
-        logits: ``[B, C]`` classification logits of the fine-tuned model; labels: ``[B]``.
-        feat_t, feat_0: ``[B, D]`` raw image features of the trained / frozen encoder.
+        logits: ``[B, C]`` classification logits of the fine-tuned model.
+        labels: ``[B]`` class indices.
+        feat_t: ``[B, D]`` raw image features of the trained encoder.
+        feat_0: ``[B, D]`` raw image features of the frozen encoder (may be None with ``log_p0``).
         spurious: ``[K, D]`` spurious prototypes.
-        alpha, beta: weights of the two terms. With ``beta == 0`` the KL term is not computed at
-            all (``feat_t``, ``feat_0`` and ``spurious`` may then be None), so training is exactly
+        alpha: weight of the cross-entropy term.
+        beta: weight of the KL term. With ``beta == 0`` the KL term is not computed at all
+            (``feat_t``, ``feat_0`` and ``spurious`` may then be None), so training is exactly
             plain fine-tuning and the frozen encoder need not be run.
-        scale, direction, normalize_prototypes, log_p0: see :func:`spurious_kl` (with ``log_p0``,
-            ``feat_0`` may be None).
+        scale: see `spurious_kl`.
+        direction: see `spurious_kl`.
+        normalize_prototypes: see `spurious_kl`.
+        log_p0: see `spurious_kl`.
 
     Returns:
         ``(total, {"ce": ce, "kl": kl})``, scalar tensors; ``kl`` is a detached zero when ``beta == 0``.
@@ -208,10 +215,21 @@ class FDAlignLoss(nn.Module):
         spurious: ``[K, D]`` spurious prototypes (SPC-corrected or one per template).
         class_prototypes: ``[C, D]`` for the default head ``scale * cos(f, mu_class)``; give
             ``logits=`` to ``forward`` instead for another head.
-        f0, encoder: the frozen and the fine-tuned image encoders (either may be None).
-        alpha, beta, scale, kl_direction, normalize_prototypes: see :func:`fdalign_loss`.
+        f0: the frozen image encoder (may be None: then give ``f0_features`` or ``log_p0``).
+        encoder: the fine-tuned image encoder (may be None: then give its features).
+        alpha: weight of the cross-entropy term (`fdalign_loss`).
+        beta: weight of the KL term (`fdalign_loss`).
+        scale: temperature of the softmaxes (`fdalign_loss`).
+        kl_direction: ``paper`` or ``released`` (`spurious_kl`).
+        normalize_prototypes: see `spurious_kl`.
         f0_mode: ``eval`` or ``released`` (:func:`frozen_copy`); ``train()`` keeps f0 in it.
     """
+
+    # buffers and modules, declared for type checkers (nn.Module's __getattr__ would say Tensor | Module)
+    spurious: torch.Tensor
+    class_prototypes: torch.Tensor | None
+    f0: nn.Module | None
+    encoder: nn.Module | None
 
     def __init__(
         self,
@@ -325,12 +343,14 @@ class FDAlignLoss(nn.Module):
         """``inputs``: images ``[B,3,H,W]`` or fine-tuned features ``[B,D]``; ``labels`` ``[B']`` for
         ``logits`` ``[B',C]`` (default: the class-prototype head on the features)."""
         images = inputs if inputs.dim() == 4 else None
-        if images is not None and self.encoder is None:
-            raise ValueError(
-                "forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
-                "or pass its features"
-            )
-        feats = self.encoder(images) if images is not None else inputs
+        feats = inputs
+        if images is not None:
+            if self.encoder is None:
+                raise ValueError(
+                    "forward(images, labels) needs the fine-tuned encoder: build the loss with encoder=, "
+                    "or pass its features"
+                )
+            feats = self.encoder(images)
         if logits is None:
             if self.class_prototypes is None:
                 raise ValueError("no head: build the loss with class_prototypes=, or pass logits=")
@@ -351,6 +371,6 @@ class FDAlignLoss(nn.Module):
             normalize_prototypes=self.normalize_prototypes,
             log_p0=log_p0 if use_kl else None,
         )
-        if use_kl:
+        if use_kl and log_p0 is not None:  # always set when use_kl (f0_log_probs above)
             parts["log_p0"] = log_p0.detach()
         return loss, parts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import typing
 from dataclasses import field
@@ -22,13 +23,13 @@ from fdalign.errors import FDAlignError
 
 def option(default, help: str, *, choices: tuple | None = None, flag: str | None = None, **kw):
     """A dataclass field carrying its CLI help (and choices) in the metadata."""
-    meta = {"help": help}
+    meta: dict[str, Any] = {"help": help}
     if choices:
         meta["choices"] = choices
     if flag:
         meta["flag"] = flag
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+        return field(default_factory=functools.partial(type(default), default), metadata=meta, **kw)  # a copy each
     return field(default=default, metadata=meta, **kw)
 
 
@@ -77,14 +78,14 @@ class ConfigFile:
     TITLE: ClassVar[str] = "fdalign training config"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # a mixin of dataclasses
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "the config"):
         """Build from a mapping; an unknown key is an error naming it and ``source``."""
         if not isinstance(d, dict):
             raise FDAlignError(f"{source} must be a mapping of option: value, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         d = {str(k).replace("-", "_"): v for k, v in d.items()}  # the CLI spelling (lp-epochs) too
         check_keys(d, names, source, hint=f"; see `{cls.COMMAND} --help` for the options")
         hints = typing.get_type_hints(cls)
@@ -112,7 +113,8 @@ class ConfigFile:
     @classmethod
     def from_args(cls, args: argparse.Namespace, base=None):
         """``base`` (default: the defaults, or ``--config FILE`` over them) < the flags given explicitly."""
-        explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # a mixin of dataclasses
+        explicit = {f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}
         config_file = getattr(args, "config", None)
         cfg = cls.from_yaml(config_file, base=base) if config_file else (base or cls())
         d = cfg.to_dict()

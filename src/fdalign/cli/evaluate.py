@@ -135,7 +135,7 @@ def register(subparsers) -> None:
         default=None,
         metavar="FILE.yaml",
         help="search grids and training of the "
-        "heads (keys tip, ape, chunk, views; see README); default: the papers' ranges",
+        "heads (keys tip, ape, chunk, views; see docs/methods-overview.md); default: the papers' ranges",
     )
     e.add_argument(
         "--heads-preset",

@@ -7,7 +7,7 @@ features; only the cheap heads differ. So the image features of each set are com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +70,7 @@ def score(logits: torch.Tensor, labels: torch.Tensor, class_subset: Sequence[int
 
 
 def run_evaluation(
-    models: dict[str, tuple[nn.Module, nn.Module]],
+    models: Mapping[str, tuple[nn.Module, nn.Module]],
     eval_sets: dict[str, EvalSet],
     batch_size: int = 256,
     device: torch.device | str = "cpu",

@@ -17,6 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fdalign.data.names import dataset_key as _dataset_key  # noqa: F401 (re-exported)
 from fdalign.data.names import guess_dataset_name
@@ -397,7 +398,7 @@ class TrainConfig(ModelOptions):
             )
         i = RELEASED_SHOTS.index(shots)
         lp, ft = RELEASED_LRS[key]
-        values = dict(
+        values: dict[str, Any] = dict(
             shots=shots,
             dataset_name=dataset,
             templates="openai80",
@@ -455,7 +456,7 @@ RELEASED_LRS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 # flags
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type | None = None) -> None:
     """One flag per field of ``cls`` (default :class:`TrainConfig`): :func:`fdalign.options.add_arguments`."""
     add_arguments(parser, cls or TrainConfig)
 

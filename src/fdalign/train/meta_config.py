@@ -131,7 +131,8 @@ def meta_config_hash(cfg: MetaConfig) -> str:
     from fdalign.train.trainer import config_hash
 
     blank = MetaConfig()
-    return config_hash(dataclasses.replace(cfg, **{k: getattr(blank, k) for k in META_NON_SEMANTIC}))
+    semantic = dataclasses.replace(cfg, **{k: getattr(blank, k) for k in META_NON_SEMANTIC})
+    return config_hash(semantic)  # type: ignore[arg-type]  # any config dataclass hashes alike
 
 
 __all__ = ["META_NON_SEMANTIC", "MetaConfig", "meta_config_hash"]

@@ -25,6 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ from fdalign.errors import FDAlignError
 from fdalign.heads import PrototypeHead, head_from_state_dict
 from fdalign.io import atomic_save_safetensors, read_safetensors
 from fdalign.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from fdalign.backends.base import CLIPBackend
 
 MODEL_FORMAT = "fdalign-model/1"
 CONFIG_FILE = "config.yaml"
@@ -144,7 +148,7 @@ class LoadedRun:
         selection: ``selection.json``; metadata: the model file's metadata.
     """
 
-    backend: object
+    backend: CLIPBackend
     head: PrototypeHead
     zeroshot_head: PrototypeHead
     zero_shot_encoder_state: dict[str, torch.Tensor] = field(repr=False)

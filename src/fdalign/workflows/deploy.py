@@ -6,12 +6,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fdalign.errors import FDAlignError
 
+if TYPE_CHECKING:
+    from fdalign.workflows.kshot import Run
+
 
 def export_run(
-    run, format: str, out, *, wiseft_alpha=None, force: bool = False, verify: bool = True, adapter_only: bool = False
+    run: str | os.PathLike[str] | Run,
+    format: str,
+    out: str | os.PathLike[str],
+    *,
+    wiseft_alpha: float | str | None = None,
+    force: bool = False,
+    verify: bool = True,
+    adapter_only: bool = False,
 ):
     """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.exporting.ExportResult`.
 
@@ -26,12 +37,12 @@ def export_run(
 
 
 def predict_images(
-    target,
-    images: Sequence[str | os.PathLike],
+    target: str | os.PathLike[str] | Run,
+    images: Sequence[str | os.PathLike[str]],
     *,
-    out=None,
+    out: str | os.PathLike[str] | None = None,
     topk: int = 5,
-    wiseft_alpha=None,
+    wiseft_alpha: float | str | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     device: str = "auto",
@@ -55,11 +66,11 @@ def predict_images(
     target_kind(target, wiseft_alpha)  # a wrong target fails before any folder is walked
     if out is not None:
         _check_csv_out(out)  # before inference, not after it
-    images = [str(i) for i in images]
-    paths, missing = collect_images(images)
+    names = [str(i) for i in images]
+    paths, missing = collect_images(names)
     if len(paths) == len(missing):
         raise FDAlignError(
-            f"no image files found in {' '.join(images)}"
+            f"no image files found in {' '.join(names)}"
             + (f" ({len(missing)} path(s) do not exist)" if missing else "")
         )
     dev = resolve_device(device)

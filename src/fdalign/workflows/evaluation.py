@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fdalign.errors import FDAlignError
 
@@ -68,8 +69,8 @@ class EvalConfig(ModelOptions):
     """
 
     target: str | None = None
-    command: str = "eval"  # which command's words the warnings use: eval or zeroshot
-    model: str | None = None
+    command: str = field(default="eval", metadata={"help": "which command's words the messages use: eval or zeroshot"})
+    model: str | None = field(default=None, metadata={"help": "the CLIP model of `fdalign zeroshot` (eval: target)"})
     split: str = "test"
     split_file: str | None = None
     ood: list[str] = field(default_factory=list)
@@ -83,7 +84,7 @@ class EvalConfig(ModelOptions):
 
 @dataclass
 class Evaluation:
-    """``metrics`` ``{row: {set: {"top1", "top5", ...}}}``, each set's role (test / ood), what was
+    """``metrics`` ``{set: {row: {"top1", "top5", ...}}}``, each set's role (test / ood), what was
     selected on which data, and the folder of metrics.json + report.md (None: not written)."""
 
     metrics: dict
@@ -92,7 +93,9 @@ class Evaluation:
     out: Path | None
 
 
-def evaluate(run_or_model: str, data: str | None = None, *, ood=(), heads=None, **options) -> Evaluation:
+def evaluate(
+    run_or_model: str | os.PathLike[str], data: str | None = None, *, ood=(), heads=None, **options
+) -> Evaluation:
     """``fdalign eval RUN_OR_MODEL``: a run as trained, or zero-shot CLIP; ``heads`` a list or comma
     string of cache heads; ``options`` are :class:`EvalConfig` fields."""
     if heads is not None and not isinstance(heads, str):
@@ -106,9 +109,11 @@ def evaluate_config(config: EvalConfig) -> Evaluation:
     if args.batch_size < 1:
         raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
     args.device = _resolve_device(args.device)
-    if args.command == "eval" and _is_run_dir(args.target):
-        return _eval_run(args)
     if args.command == "eval":
+        if not args.target:
+            raise FDAlignError("fdalign eval needs RUN_OR_MODEL: a run directory or a CLIP model name")
+        if _is_run_dir(args.target):
+            return _eval_run(args)
         if Path(args.target).exists() and not args.model_config:
             raise FDAlignError(
                 f"{args.target} is not a run directory written by `fdalign train` (no run config found); "
@@ -373,7 +378,7 @@ def _eval_run(args) -> Evaluation:
 
     # row names as in the training report: zero-shot, fine-tuned, wiseft-<alpha>
     encoder = loaded.backend.image_encoder
-    models = {}
+    models: dict[str, tuple[Any, Any]] = {}  # row -> (image encoder, head)
     if not args.no_zeroshot and loaded.zeroshot_head is not None:
         # a linear probe never trains the encoder, so zero-shot reads the same features
         base_encoder = encoder if cfg.get("mode") == "linear-probe" else loaded.zero_shot_encoder().to(args.device)
@@ -505,7 +510,7 @@ def _as_dict(config) -> dict:
 
     if config is None:
         return {}
-    if dataclasses.is_dataclass(config):
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     return dict(config)
 

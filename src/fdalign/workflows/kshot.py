@@ -11,9 +11,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fdalign.errors import FDAlignError
+
+if TYPE_CHECKING:
+    from fdalign.train.config import TrainConfig
 
 NO_TEST = (
     "no test accuracy exists: {data} has no test split, and the val split chose the epoch and the WiSE-FT "
@@ -26,7 +29,7 @@ NO_TEST = (
 class Run:
     """A finished K-shot run: what ``fdalign train`` wrote to ``out``, and the models in memory.
 
-    ``metrics`` is ``{row: {set: {"top1", "top5", ...}}}`` with rows zero-shot, fine-tuned and
+    ``metrics`` is ``{set: {row: {"top1", "top5", ...}}}`` with rows zero-shot, fine-tuned and
     wiseft-<alpha>; ``encoder`` / ``head`` are the selected epoch's fine-tuned image encoder and
     classifier (``head(encoder(images))`` gives logits ``[B, C]``).
     """
@@ -85,7 +88,7 @@ def index_file_of(data, shots=None):
     return info
 
 
-def finetune(config) -> Run:
+def finetune(config: TrainConfig) -> Run:
     """Run ``fdalign train`` with ``config`` (a :class:`~fdalign.train.config.TrainConfig`) and return the Run."""
     import dataclasses
 
@@ -97,6 +100,7 @@ def finetune(config) -> Run:
         cfg.dataset_name = guess_dataset_name(cfg.data)
     if not cfg.out:
         check_run_request(cfg)  # says --out is required
+    assert cfg.out  # check_run_request raised otherwise
     from fdalign.io import run_lock
 
     with run_lock(cfg.out, "run directory"):  # one process per run directory, before anything is written

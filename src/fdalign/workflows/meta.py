@@ -7,13 +7,17 @@ or a CLIP model on episodes. Both write the same files as ``fdalign meta-train``
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fdalign.errors import FDAlignError
 from fdalign.workflows.evaluation import ModelOptions
+
+if TYPE_CHECKING:
+    from fdalign.train.meta_config import MetaConfig
 
 
 @dataclass
@@ -59,13 +63,14 @@ class MetaEvalConfig(ModelOptions):
     weight: float = 0.5
 
 
-def meta_train(config) -> MetaRun:
+def meta_train(config: MetaConfig) -> MetaRun:
     """Run ``fdalign meta-train`` with ``config`` (a :class:`~fdalign.train.meta.MetaConfig`)."""
     from fdalign.io import run_lock
     from fdalign.workflows.kshot import check_run_request
 
     cfg = config.validate()
     check_run_request(cfg)
+    assert cfg.out  # check_run_request raised otherwise
     with run_lock(cfg.out, "run directory"):  # one process per run directory, as fdalign.finetune
         return _meta_train_locked(cfg)
 
@@ -180,7 +185,7 @@ def _meta_train_and_test(cfg, splits, templates, tests, settings, hashes) -> Met
     return run
 
 
-def meta_evaluate(run_or_model: str, **options) -> EpisodeEvaluation:
+def meta_evaluate(run_or_model: str | os.PathLike[str], **options) -> EpisodeEvaluation:
     """``fdalign meta-eval RUN_OR_MODEL``; ``options`` are :class:`MetaEvalConfig` fields."""
     return meta_evaluate_config(MetaEvalConfig(target_model=str(run_or_model), **options))
 
@@ -222,7 +227,7 @@ def meta_evaluate_config(cfg: MetaEvalConfig) -> EpisodeEvaluation:
     named = _test_splits(splits, targets, settings)
     if run_dir.is_dir():
         backend, models, run_cfg, selection = _load_run_models(run_dir, cfg.no_zeroshot)
-        out = Path(cfg.out) if cfg.out else run_dir / "episodes"
+        out: Path | str | None = Path(cfg.out) if cfg.out else run_dir / "episodes"
         title = f"N-way K-shot evaluation of run {run_dir.name}"
     else:
         from fdalign.backends import load_clip
@@ -315,7 +320,7 @@ def _evaluate_and_write(
 def _parse_targets(specs: list[str]) -> list[tuple[str, str]]:
     from fdalign.data.ood import parse_ood_arg
 
-    out = []
+    out: list[tuple[str, str]] = []
     for s in specs:
         name, path = parse_ood_arg(s)
         if name in {n for n, _ in out} or name == "novel":
