@@ -273,6 +273,12 @@ def _register_prepare(sub) -> None:
         "a copy across file systems",
     )
     p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read the files symbolic links inside a --from folder point to (by default links are "
+        "ignored and counted: a link may point anywhere on the disk)",
+    )
+    p.add_argument(
         "--download",
         action="store_true",
         help="fetch the files first (where --list says so), resumably, checking their checksums",
@@ -321,6 +327,7 @@ def _prepare(args: argparse.Namespace) -> int:
         link=args.link,
         expect_counts=args.expect_counts,
         progress=not args.no_progress,
+        follow_symlinks=args.follow_symlinks,
     )
     m = res.manifest
     for note in res.notes:

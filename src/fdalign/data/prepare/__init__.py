@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdalign.data.prepare.base import REGISTRY, Download, Options, Preparer, check_counts, read_expect_counts
+from fdalign.data.prepare.base import (
+    REGISTRY,
+    Download,
+    Options,
+    Plan,
+    Preparer,
+    check_counts,
+    first,
+    read_expect_counts,
+)
 from fdalign.errors import FDAlignError
 
 
@@ -46,6 +55,7 @@ def prepare(
     link: str = "hard",
     expect_counts: str | Path | None = None,
     progress: bool = False,
+    follow_symlinks: bool = False,
 ) -> Result:
     """Prepare data set ``name`` from the ``sources`` into ``out/<folder>``; see the module docstring."""
     from fdalign.data.prepare.place import LINK_MODES, already_prepared, write
@@ -61,15 +71,37 @@ def prepare(
         return Result(out / p.folder, done, [], already=True)
     if not sources:
         raise FDAlignError(f"give the files of {p.title} with --from PATH ... ({p.needs}), or --download where offered")
-    if expect_counts is not None:
-        expected, against = read_expect_counts(expect_counts), f"--expect-counts {expect_counts}"
+    if expect_counts is not None:  # recorded absolute: prepared.json is read from anywhere
+        expected, against = read_expect_counts(expect_counts), f"--expect-counts {Path(expect_counts).resolve()}"
     else:
         expected, against = p.expected, f"the published {p.title}"
-    src = Sources(sources)
+    src = Sources(sources, follow_symlinks=follow_symlinks)
     plan = p.plan(src, Options(split_file=Path(split_file) if split_file else None))
+    plan.notes += dropped_notes(src.dropped(), follow_symlinks) + duplicate_notes(plan)
     check_counts(p, plan, expected, against)
     folder = write(p, plan, src, out, link, expected, against, progress=progress)
     return Result(folder, read_json(folder / "prepared.json", "prepare manifest"), plan.notes)
+
+
+def dropped_notes(dropped: dict[str, list[str]], follow_symlinks: bool = False) -> list[str]:
+    """One line per reason members were dropped while listing the sources."""
+    from fdalign.data.prepare.sources import DROP_REASONS
+
+    notes = []
+    for why, names in sorted(dropped.items()):
+        hint = " (--follow-symlinks reads the files they point to)" if why == "link" and not follow_symlinks else ""
+        notes.append(f"ignored {len(names)} {DROP_REASONS[why]}{hint}: {first(names, 3)}")
+    return notes
+
+
+def duplicate_notes(plan: Plan) -> list[str]:
+    if not plan.duplicates:
+        return []
+    used, not_used = plan.duplicates[0]
+    return [
+        f"{len(plan.duplicates)} images were found twice in the --from files and are counted once: used "
+        f"{used}, not {not_used}{' (and so on)' if len(plan.duplicates) > 1 else ''}"
+    ]
 
 
 def listing(out: str | Path | None = None) -> str:
@@ -99,4 +131,4 @@ def listing(out: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["prepare", "listing", "load_all", "Result", "Preparer", "Download", "REGISTRY", "get"]
+__all__ = ["dropped_notes", "duplicate_notes", "prepare", "listing", "load_all", "Result", "Preparer", "Download", "REGISTRY", "get"]

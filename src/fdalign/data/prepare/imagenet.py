@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from fdalign.data.prepare.base import Options, Plan, Preparer, register
+from fdalign.data.prepare.paths import join
 from fdalign.data.prepare.sources import Sources
 from fdalign.errors import FDAlignError
 
@@ -77,12 +78,12 @@ def _solution_labels(src: Sources) -> dict[str, str] | None:
 def plan_imagenet(src: Sources, opts: Options) -> Plan:
     plan = Plan()
     for m, hit in src.find(TRAIN_IMAGE):
-        plan.add(m, f"train/{hit.group(1)}/{hit.group(2)}", "train", hit.group(1))
+        plan.add(m, join("train", hit.group(1), hit.group(2)), "train", hit.group(1))
     flat = []
     for m, hit in src.find(VAL_IMAGE):
         parent = m.name.rsplit("/", 2)[-2] if "/" in m.name else ""
         if re.fullmatch(WNID, parent):  # val/ already sorted into class folders
-            plan.add(m, f"val/{parent}/{hit.group(1)}", "val", parent)
+            plan.add(m, join("val", parent, hit.group(1)), "val", parent)
         else:
             flat.append((m, hit.group(1)))
     if flat:
@@ -110,18 +111,18 @@ def _sort_flat_val(src: Sources, flat, plan: Plan) -> None:
             raise FDAlignError(
                 f"val image {m.name} has no label in the devkit / LOC_val_solution.csv; are both from ILSVRC2012?"
             )
-        plan.add(m, f"val/{wnid}/{fname}", "val", wnid)
+        plan.add(m, join("val", wnid, fname, what=f"the class of {stem} in the devkit / LOC_val_solution.csv"), "val", wnid)
         have.add(stem)
     plan.missing["val"] = sorted(f"{s}.JPEG" for s in set(solution) - have)
 
 
-def plan_class_folders(pattern: str, dest: str, split: str = "test"):
-    """A set shipped as class folders: ``pattern`` has groups (class, file); ``dest`` formats them."""
+def plan_class_folders(pattern: str, split: str = "test"):
+    """A set shipped as class folders: ``pattern`` has groups (class, file), placed as ``class/file``."""
 
     def plan(src: Sources, opts: Options) -> Plan:
         p = Plan()
         for m, hit in src.find(pattern):
-            p.add(m, dest.format(cls=hit.group(1), file=hit.group(2)), split, hit.group(1))
+            p.add(m, join(hit.group(1), hit.group(2)), split, hit.group(1))
         return p
 
     return plan
@@ -157,7 +158,7 @@ for _variant, _folder in [
             disk_gb=1.3,
             expected={"test": (10000, 1000)},
             plan=plan_class_folders(
-                rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)", "{cls}/{file}"
+                rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)"
             ),
             reads=f"{_folder} (folder k = ImageNet class k)",
         )
@@ -171,7 +172,7 @@ register(
         needs="ImageNet-Sketch.zip (github.com/HaohanWang/ImageNet-Sketch; also on the Hugging Face hub)",
         disk_gb=8.4,
         expected={"test": (50889, 1000)},
-        plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)", "{cls}/{file}"),
+        plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)"),
         reads="imagenet-sketch",
     )
 )
@@ -183,7 +184,7 @@ register(
         needs="imagenet-a.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
         disk_gb=0.7,
         expected={"test": (7500, 200)},
-        plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)", "{cls}/{file}"),
+        plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)"),
         reads="imagenet-a",
     )
 )
@@ -195,7 +196,7 @@ register(
         needs="imagenet-r.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
         disk_gb=2.2,
         expected={"test": (30000, 200)},
-        plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)", "{cls}/{file}"),
+        plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)"),
         reads="imagenet-r",
     )
 )
@@ -238,7 +239,7 @@ def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
             if i >= len(files):
                 missing.append(name)
                 continue
-            plan.add(files[i][1], f"images/{name}", role, wnid)
+            plan.add(files[i][1], join("images", name), role, wnid)
             wnids.add(wnid)
     if not by_class:
         raise FDAlignError(
