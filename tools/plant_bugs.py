@@ -528,6 +528,60 @@ BUGS += [
         '    if "<lambda>" in text or "<locals>" in text:',
         "    if False:",
     ),
+    (
+        "prepare: '..' accepted as a name part",
+        "src/fdalign/data/prepare/paths.py",
+        '    if part in (".", ".."):',
+        '    if part == ".":',
+    ),
+    (
+        "prepare: symbolic links in --from folders followed by default",
+        "src/fdalign/data/prepare/sources.py",
+        "self.list = [Source(p, follow_symlinks) for p in paths]",
+        "self.list = [Source(p, True) for p in paths]",
+    ),
+    (
+        "prepare: a staged file reused on its size alone",
+        "src/fdalign/data/prepare/place.py",
+        '    return "copy" if _file_sha256(dest) == sources.sha256(m) else None',
+        '    return "copy"',
+    ),
+    (
+        "prepare: space check counts the staged files again",
+        "src/fdalign/data/prepare/place.py",
+        "        if _links(m, mode, device) or (stage is not None and _staged_size(stage / rel) == m.size):",
+        "        if _links(m, mode, device):",
+    ),
+    (
+        "prepare: foreign files in .partial carried into the prepared set",
+        "src/fdalign/data/prepare/place.py",
+        "    foreign = _sweep_foreign(stage, {rel for _, rel in plan.files} | set(plan.extra) | {MANIFEST})",
+        "    foreign = []",
+    ),
+    (
+        "prepare: inside() follows a link on the way",
+        "src/fdalign/data/prepare/paths.py",
+        "        if not stat.S_ISDIR(st.st_mode):",
+        "        if not stat.S_ISDIR(os.stat(here).st_mode):",
+    ),
+    (
+        "prepare: lock file left in --out",
+        "src/fdalign/data/prepare/place.py",
+        "        Path(lock.lock_file).unlink(missing_ok=True)",
+        "        pass",
+    ),
+    (
+        "prepare: dropped members not said",
+        "src/fdalign/data/prepare/__init__.py",
+        "    plan.notes += dropped_notes(src.dropped(), follow_symlinks) + duplicate_notes(plan)",
+        "    plan.notes += duplicate_notes(plan)",
+    ),
+    (
+        "prepare: a zip's symbolic link read as a file",
+        "src/fdalign/data/prepare/sources.py",
+        "                if kind and not stat.S_ISREG(kind):",
+        "                if False:",
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")

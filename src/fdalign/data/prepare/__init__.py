@@ -131,4 +131,15 @@ def listing(out: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["dropped_notes", "duplicate_notes", "prepare", "listing", "load_all", "Result", "Preparer", "Download", "REGISTRY", "get"]
+__all__ = [
+    "dropped_notes",
+    "duplicate_notes",
+    "prepare",
+    "listing",
+    "load_all",
+    "Result",
+    "Preparer",
+    "Download",
+    "REGISTRY",
+    "get",
+]

@@ -111,7 +111,9 @@ def _sort_flat_val(src: Sources, flat, plan: Plan) -> None:
             raise FDAlignError(
                 f"val image {m.name} has no label in the devkit / LOC_val_solution.csv; are both from ILSVRC2012?"
             )
-        plan.add(m, join("val", wnid, fname, what=f"the class of {stem} in the devkit / LOC_val_solution.csv"), "val", wnid)
+        plan.add(
+            m, join("val", wnid, fname, what=f"the class of {stem} in the devkit / LOC_val_solution.csv"), "val", wnid
+        )
         have.add(stem)
     plan.missing["val"] = sorted(f"{s}.JPEG" for s in set(solution) - have)
 
@@ -157,9 +159,7 @@ for _variant, _folder in [
             needs=f"imagenetv2-{_variant}.tar.gz from {_V2}/imagenetv2-{_variant}.tar.gz",
             disk_gb=1.3,
             expected={"test": (10000, 1000)},
-            plan=plan_class_folders(
-                rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)"
-            ),
+            plan=plan_class_folders(rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)"),
             reads=f"{_folder} (folder k = ImageNet class k)",
         )
     )
@@ -212,9 +212,13 @@ MINI_ROLES = {"train": (38400, 64), "val": (9600, 16), "test": (12000, 20)}
 
 def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
     plan = Plan()
-    by_class: dict[str, list] = {}
+    found: dict = {}  # one file per name: a tar beside its extracted folder must not shift the ranks
     for m, hit in src.find(TRAIN_IMAGE):
-        by_class.setdefault(hit.group(1), []).append((int(hit.group(2).rsplit("_", 1)[1].split(".")[0]), m))
+        plan.pick(found, hit.group(2), m)
+    by_class: dict[str, list] = {}
+    for fname, m in found.items():
+        wnid, number = fname.split(".")[0].rsplit("_", 1)
+        by_class.setdefault(wnid, []).append((int(number), m))
     for v in by_class.values():
         v.sort(key=lambda t: t[0])
     wnids = set()
