@@ -309,3 +309,72 @@ def test_patterns_accept_every_published_class_name():
     assert "Ram C/V Cargo Van Minivan 2012" in published.CLASSES["stanford_cars"]
     assert {"F-16A/B", "F/A-18"} <= set(published.CLASSES["fgvc_aircraft"])
     assert "polka-dotted" in published.CLASSES["dtd"] and "/b/bakery/shop" in published.CLASSES["sun397"]
+
+
+# ----------------------------------------------------------------------------------------------
+# miniImageNet's ranks and --link copy
+
+
+def test_miniimagenet_ranks_a_class_files_by_number_not_string(tmp_path, capsys):
+    """'<wnid>00000004.jpg' is the 4th file by NUMBER: _1 _2 _9 _10 _100, not _1 _10 _100 _2 _9."""
+    wnids = A.WNIDS + ["n01491361", "n01494475", "n01496331"]
+    numbers = [100, 9, 1, 10, 2]  # unequal widths, listed out of order
+    inner = {
+        f"{w}.tar": A.tar_bytes({f"{w}_{k}.JPEG": A.jpeg(c * 1000 + k) for k in numbers}) for c, w in enumerate(wnids)
+    }
+    train = A.write_tar(tmp_path / "dl" / "ILSVRC2012_img_train.tar", inner)
+    csvs = tmp_path / "dl" / "csv"
+    csvs.mkdir()
+    for r, role in enumerate(["train", "val", "test"]):
+        rows = [f"{w}{i:08d}.jpg,{w}\n" for w in wnids[2 * r : 2 * r + 2] for i in range(1, 6)]
+        (csvs / f"{role}.csv").write_text("filename,label\n" + "".join(rows))
+    m = {"from": [train, csvs], "counts": {r: (10, 2) for r in ("train", "val", "test")}}
+    code, said = prepare("miniimagenet", m, m["from"], tmp_path / "out", tmp_path, capsys)
+    assert code == 0, said
+    images = tmp_path / "out" / "miniImageNet" / "images"
+    with tarfile.open(train) as tf:
+        for w in wnids:
+            sub = tarfile.open(fileobj=tf.extractfile(f"{w}.tar"))
+            for rank, k in enumerate(sorted(numbers), 1):  # 1, 2, 9, 10, 100
+                assert (images / f"{w}{rank:08d}.jpg").read_bytes() == sub.extractfile(f"{w}_{k}.JPEG").read(), (w, k)
+
+
+def test_link_copy_gives_each_file_its_own_inode_and_says_how_each_was_placed(tmp_path, capsys):
+    paths, counts = A.variant_archives(tmp_path / "dl")["imagenet-r"]
+    folder = A.extract(paths, tmp_path / "x")[0]
+    src = sorted(p for p in folder.rglob("*.jpg"))
+    for mode, expect_same in (("copy", False), ("hard", True)):
+        exp = A.expect(tmp_path / "e.json", counts)
+        out = tmp_path / f"out-{mode}"
+        assert run("data", "prepare", "imagenet-r", "--from", folder, "--out", out, "--expect-counts", exp,
+                   "--link", mode, "--no-progress") == 0  # fmt: skip
+        for s in src:
+            d = out / "imagenet-r" / s.parent.name / s.name
+            assert d.read_bytes() == s.read_bytes()
+            assert (os.stat(d).st_ino == os.stat(s).st_ino) is expect_same, (mode, d)
+        man = json.loads((out / "imagenet-r" / "prepared.json").read_text())
+        assert man["placed"][mode] == len(src) and sum(v for k, v in man["placed"].items() if k != mode) == 0
+    # a staging folder left by a hard-link run is not kept by a --link copy rerun: each file gets its own inode
+    from fdalign.data.prepare import place
+
+    out = tmp_path / "out-resume"
+    real, calls = place._place, []
+
+    def dies(*a):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(a)
+        return real(*a)
+
+    place._place = dies
+    try:
+        assert run("data", "prepare", "imagenet-r", "--from", folder, "--out", out, "--expect-counts", exp,
+                   "--link", "hard", "--no-progress") == 130  # fmt: skip
+    finally:
+        place._place = real
+    assert run("data", "prepare", "imagenet-r", "--from", folder, "--out", out, "--expect-counts", exp,
+               "--link", "copy", "--no-progress") == 0  # fmt: skip
+    for s in src:
+        assert os.stat(out / "imagenet-r" / s.parent.name / s.name).st_ino != os.stat(s).st_ino
+    man = json.loads((out / "imagenet-r" / "prepared.json").read_text())
+    assert man["placed"]["copy"] == len(src) and man["placed"]["kept"] == 0

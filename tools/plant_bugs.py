@@ -582,6 +582,54 @@ BUGS += [
         "                if kind and not stat.S_ISREG(kind):",
         "                if False:",
     ),
+    (
+        "prepare: DTD's member pattern without a hyphen (polka-dotted)",
+        "src/fdalign/data/prepare/coop.py",
+        r'r"images/(?P<rel>[a-z-]+/[a-z-]+_\d+\.jpg)"',
+        r'r"images/(?P<rel>[a-z]+/[a-z]+_\d+\.jpg)"',
+    ),
+    (
+        "prepare: EuroSAT_RGB.zip not recognised",
+        "src/fdalign/data/prepare/coop.py",
+        'r"(?:2750|EuroSAT_RGB)/',
+        'r"(?:2750)/',
+    ),
+    (
+        "prepare: miniImageNet ranks a class's files by string",
+        "src/fdalign/data/prepare/imagenet.py",
+        "by_class.setdefault(wnid, []).append((int(number), m))",
+        "by_class.setdefault(wnid, []).append((number, m))",
+    ),
+    (
+        "prepare: --link copy hard-links",
+        "src/fdalign/data/prepare/place.py",
+        'if m.path is not None and mode == "hard":',
+        'if m.path is not None and mode in ("hard", "copy"):',
+    ),
+    (
+        "prepare: --link copy keeps a hard link staged by an earlier run",
+        "src/fdalign/data/prepare/place.py",
+        'return "hard" if mode == "hard" else None',
+        'return "hard"',
+    ),
+    (
+        "prepare: an image found twice counted twice",
+        "src/fdalign/data/prepare/base.py",
+        "        i = self._at.get(dest)\n",
+        "        i = None\n",
+    ),
+    (
+        "prepare: macOS metadata read as data",
+        "src/fdalign/data/prepare/sources.py",
+        '    if "__MACOSX" in parts or parts[-1].startswith("._") or parts[-1] in SYSTEM_FILES:',
+        "    if False:",
+    ),
+    (
+        "prepare: a folder's members not listed under its own name",
+        "src/fdalign/data/prepare/sources.py",
+        "        top = os.path.basename(os.path.abspath(self.path))",
+        '        top = "."',
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
