@@ -78,9 +78,34 @@ def prepare(
     src = Sources(sources, follow_symlinks=follow_symlinks)
     plan = p.plan(src, Options(split_file=Path(split_file) if split_file else None))
     plan.notes += dropped_notes(src.dropped(), follow_symlinks) + duplicate_notes(plan)
-    check_counts(p, plan, expected, against)
+    try:
+        check_counts(p, plan, expected, against)
+    except FDAlignError as e:
+        found = what_was_found(p, src)
+        raise FDAlignError(f"{e}{found}") from None
     folder = write(p, plan, src, out, link, expected, against, progress=progress)
     return Result(folder, read_json(folder / "prepared.json", "prepare manifest"), plan.notes)
+
+
+def what_was_found(p: Preparer, src) -> str:
+    """`` — expected ...; found ...`` for a preparer that says its layout: which other data set's
+    files were given instead ("this looks like ImageNet-R: ..."), or what the files are named."""
+    if not p.layout:
+        return ""
+    load_all()
+    names = [n for s in src.list for n in s.members]
+    for q in REGISTRY.values():
+        if q is p or not q.signature:
+            continue
+        hits = [n for m, _ in src.find(q.signature) for n in [m.name]]
+        mine = len(src.find(p.signature)) if p.signature else 0
+        if len(hits) > mine:
+            return (
+                f" — expected {p.layout}; found {len(hits)} files like {hits[0]}: this looks like {q.looks}; "
+                f"prepare it with `fdalign data prepare {q.name}`"
+            )
+    shown = first(sorted(names), 3) if names else "no files"
+    return f" — expected {p.layout}; found {len(names)} files: {shown}"
 
 
 def dropped_notes(dropped: dict[str, list[str]], follow_symlinks: bool = False) -> list[str]:
@@ -125,6 +150,8 @@ def listing(out: str | Path | None = None) -> str:
             lines.append(f"    split:   --split-file {p.split_help}")
         if p.downloads:
             lines.append(f"    --download: {', '.join(d.filename for d in p.downloads)} (checksums known)")
+        if p.split_drive_id:
+            lines.append(f"    --download: {p.split_file} from CoOp's Google Drive (id {p.split_drive_id}) with gdown")
         lines.append(f"    disk:    about {p.disk_gb:g} GB copied (links: almost none)")
         lines.append(f"    counts:  {counts} (images/classes per split; ?: not published)")
         lines.append(f"    preset reads: {{data_root}}/{p.reads}")

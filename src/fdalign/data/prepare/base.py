@@ -107,6 +107,11 @@ class Preparer:
     downloads: tuple[Download, ...] = ()
     split_help: str | None = None  # where the split file comes from, for sets that need one
     data_dir: str = ""  # the sub-folder the presets read (CUB: images), where data check looks for prepared.json
+    split_file: str | None = None  # CoOp's split_zhou_<Name>.json, for the sets that need one
+    split_drive_id: str | None = None  # its id on CoOp's Google Drive (fetched with gdown by --download)
+    layout: str = ""  # the member names it looks for, said when the counts are wrong
+    signature: str = ""  # a pattern only its files match (recognises them when given to another preparer)
+    looks: str = ""  # how a user would recognise it, said when its files are given to another preparer
 
 
 REGISTRY: dict[str, Preparer] = {}

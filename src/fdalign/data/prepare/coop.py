@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fdalign.data.prepare import official
@@ -54,6 +54,7 @@ class CoopSet:
     renames: tuple[Rename, ...] = ()
     downloads: tuple[Download, ...] = ()
     official: Callable[[Sources], list[str] | None] | None = None  # the official lists (.official)
+    drive_id: str | None = None  # split_zhou_<split_name>.json on CoOp's Google Drive (its DATASETS.md)
 
 
 def _check_official(src: Sources, s: CoopSet, images: dict, plan: Plan) -> None:
@@ -337,6 +338,19 @@ COOP_SETS = [
     ),
 ]
 
+DRIVE_IDS = {  # CoOp's DATASETS.md links each split file as drive.google.com/file/d/<id>
+    "caltech101": "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
+    "oxford_pets": "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
+    "stanford_cars": "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
+    "oxford_flowers": "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
+    "food101": "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
+    "sun397": "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq",
+    "dtd": "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
+    "eurosat": "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o",
+    "ucf101": "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
+}
+COOP_SETS = [replace(s, drive_id=DRIVE_IDS[s.name]) for s in COOP_SETS]
+
 for _s in COOP_SETS:
     train, val, test, classes = _s.counts
     register(
@@ -351,6 +365,8 @@ for _s in COOP_SETS:
             reads=f"{_s.folder}/split_zhou_{_s.split_name}.json",
             downloads=_s.downloads,
             split_help=f"split_zhou_{_s.split_name}.json from {COOP_SPLITS}",
+            split_file=f"split_zhou_{_s.split_name}.json",
+            split_drive_id=_s.drive_id,
         )
     )
 
@@ -386,7 +402,7 @@ def plan_aircraft(src: Sources, opts: Options) -> Plan:
             except (KeyError, ValueError, RuntimeError) as e:
                 raise FDAlignError(
                     f"FGVC-Aircraft's data/images_variant_{split}.txt names a variant not in "
-                    f"variants.txt ({e}); download {need} again"
+                    f"variants.txt ({official.torchvision_said(e)}); download {need} again"
                 ) from None
             for f, y in zip(ds._image_files, ds._labels):
                 base = os.path.basename(f)

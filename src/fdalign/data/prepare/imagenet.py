@@ -142,6 +142,9 @@ register(
         expected={"train": (1281167, 1000), "val": (50000, 1000)},
         plan=plan_imagenet,
         reads="imagenet (train/ and val/ as the test split; classnames.txt)",
+        layout="<wnid>.tar/<wnid>_N.JPEG or train/<wnid>/<wnid>_N.JPEG, and ILSVRC2012_val_NNNNNNNN.JPEG",
+        signature=rf"(?:{TRAIN_IMAGE}|{VAL_IMAGE})",
+        looks="ImageNet (ILSVRC2012): 1000 classes of photos",
     )
 )
 
@@ -161,6 +164,9 @@ for _variant, _folder in [
             expected={"test": (10000, 1000)},
             plan=plan_class_folders(rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)"),
             reads=f"{_folder} (folder k = ImageNet class k)",
+            layout=f"imagenetv2-{_variant}-format-val/<0..999>/<file>.jpeg",
+            signature=rf"imagenetv2-{re.escape(_variant)}-format-val/\d+/[^/]+\.jpe?g",
+            looks=f"ImageNet-V2 {_variant}: 1000 class folders named 0..999",
         )
     )
 
@@ -174,6 +180,9 @@ register(
         expected={"test": (50889, 1000)},
         plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)"),
         reads="imagenet-sketch",
+        layout="sketch/<wnid>/<file>",
+        signature=rf"sketch/{WNID}/[^/]+",
+        looks="ImageNet-Sketch: 1000 classes of sketches",
     )
 )
 register(
@@ -186,6 +195,9 @@ register(
         expected={"test": (7500, 200)},
         plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)"),
         reads="imagenet-a",
+        layout="imagenet-a/<wnid>/<file>.jpg",
+        signature=rf"imagenet-a/{WNID}/[^/]+\.jpg",
+        looks="ImageNet-A: 200 classes of natural adversarial examples",
     )
 )
 register(
@@ -198,6 +210,9 @@ register(
         expected={"test": (30000, 200)},
         plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)"),
         reads="imagenet-r",
+        layout="imagenet-r/<wnid>/<file>.jpg",
+        signature=rf"imagenet-r/{WNID}/[^/]+\.jpg",
+        looks="ImageNet-R: 200 classes of renditions",
     )
 )
 

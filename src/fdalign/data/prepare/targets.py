@@ -55,8 +55,10 @@ def _plan_cars(src: Sources, opts: Options) -> Plan:
         try:
             ds = StanfordCars(tmp, split="train", download=False)
         except (RuntimeError, ValueError, KeyError, IndexError) as e:
+            from fdalign.data.prepare.official import torchvision_said
+
             raise FDAlignError(
-                f"the Stanford Cars devkit cannot be read ({e}); download car_devkit.tgz again"
+                f"the Stanford Cars devkit cannot be read ({torchvision_said(e)}); download car_devkit.tgz again"
             ) from None
         for f, y in ds._samples:
             name = os.path.basename(f)
