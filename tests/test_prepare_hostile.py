@@ -455,7 +455,7 @@ def test_path_function_on_generated_names(tmp_path):
         st.text(alphabet, min_size=250, max_size=300),
     )
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(part, min_size=1, max_size=4))
     def prop(parts):
         try:
@@ -497,7 +497,7 @@ def test_member_names_kept_by_the_lister_always_build_safe_paths():
 
     seg = st.one_of(st.sampled_from(["..", ".", "", "__MACOSX", "._x.jpg", "a", "b c", "\x00", "Thumbs.db"]), st.text())
 
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=200, deadline=None)
     @given(st.lists(seg, min_size=1, max_size=6), st.booleans())
     def prop(parts, absolute):
         name = _clean(("/" if absolute else "") + "/".join(parts))

@@ -300,6 +300,9 @@ def test_patterns_accept_every_published_class_name():
             hit = rx.search(make(c))
             assert hit, (name, c)
             join(*hit.group("rel").split("/"))
+    caltech = re.compile(r"(?:^|/)" + sets["caltech101"].image + "$")
+    for extra in ("Faces_easy", "BACKGROUND_Google"):  # in the archive, not among CoOp's 100
+        assert caltech.search(f"101_ObjectCategories/{extra}/image_0001.jpg")
     for c in published.CLASSES["stanford_cars"]:  # class names become folders through _folder / the path function
         from fdalign.data.prepare.targets import _folder
 

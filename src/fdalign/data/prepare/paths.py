@@ -72,15 +72,19 @@ def split_rel(rel: str, what: str = "a name from the --from files") -> list[str]
     return parts
 
 
-def inside(stage: Path, rel: str, mkdir: bool = True) -> Path:
+def inside(stage: Path, rel: str, mkdir: bool = True, seen: set | None = None) -> Path:
     """``stage/rel``, its folders made one by one; raises unless every folder on the way is a real
     folder inside ``stage`` (a symbolic link planted there, even to a folder inside, is refused) and the
-    file itself is not a folder. Call before opening anything for writing."""
+    file itself is not a folder. Call before opening anything for writing. ``seen``: folders already
+    checked in this run (ImageNet's 1.3 million files share 2,000 folders); the final check of the
+    resolved parent still runs for every file."""
     parts = split_rel(rel, what=f"the output path {rel!r}")
     base = stage.resolve(strict=True)
     here = base
     for part in parts[:-1]:
         here = here / part
+        if seen is not None and here in seen:
+            continue
         try:
             st = os.lstat(here)
         except FileNotFoundError:
@@ -90,6 +94,8 @@ def inside(stage: Path, rel: str, mkdir: bool = True) -> Path:
             st = os.lstat(here)
         if not stat.S_ISDIR(st.st_mode):
             raise _planted(stage, here, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file")
+        if seen is not None:
+            seen.add(here)
     dest = here / parts[-1]
     if os.path.isdir(dest) and not os.path.islink(dest):
         raise _planted(stage, dest, "a folder")

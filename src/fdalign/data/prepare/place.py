@@ -271,8 +271,9 @@ def _write_locked(
     modes = {"hard": 0, "symbolic": 0, "copy": 0, "kept": 0}
     kept = {"hard": 0, "symbolic": 0, "copy": 0}
     order = sorted(plan.files, key=lambda f: f[0].seq)  # archive order: one forward pass through each archive
+    seen: set = set()  # folders checked once by inside()
     for m, rel in tqdm(order, desc=f"preparing {p.name}", unit="file", disable=None if progress else True):
-        dest = inside(stage, rel)
+        dest = inside(stage, rel, seen=seen)
         how = _reusable(sources, m, dest, mode)
         if how is not None:
             modes["kept"] += 1
