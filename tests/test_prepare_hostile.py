@@ -526,3 +526,13 @@ def test_inside_refuses_links_and_files_on_the_way(tmp_path):
         inside(stage, "file/x.jpg")
     assert inside(stage, "new/deeper/x.jpg") == stage.resolve() / "new" / "deeper" / "x.jpg"
     assert (stage / "new" / "deeper").is_dir() and list(outside.iterdir()) == []
+
+
+def test_a_link_named_with_from_is_followed(tmp_path, capsys):
+    """Only links found inside a --from folder are dropped; one the user names is theirs to follow."""
+    m = A.imagenet(tmp_path / "dl", labels="csv")
+    link = tmp_path / "LOC_val_solution.csv"
+    os.symlink(m["from"][2], link)
+    exp = A.expect(tmp_path / "e.json", m["counts"])
+    assert run("data", "prepare", "imagenet", "--from", m["from"][0], m["from"][1], link, "--out", tmp_path / "o",
+               "--expect-counts", exp, "--no-progress") == 0, capsys.readouterr().err  # fmt: skip

@@ -696,6 +696,12 @@ BUGS += [
         "    if not ok:\n        part.unlink()",
         "    if False:\n        part.unlink()",
     ),
+    (
+        "prepare: a link named with --from refused (O_NOFOLLOW on the user's own link)",
+        "src/fdalign/data/prepare/sources.py",
+        "self.path.stat().st_size, path=os.path.realpath(self.path)))",
+        "self.path.stat().st_size, path=str(self.path)))",
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")

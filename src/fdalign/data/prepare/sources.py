@@ -197,7 +197,8 @@ class Source:
         if self.path.is_dir():
             self._walk()
         else:  # an archive is itself a member (the devkit is read whole) and lists its own members
-            self._add(Member(self.path.name, self.path.stat().st_size, path=str(self.path)))
+            # a link named on the command line is the user's choice: read what it points to
+            self._add(Member(self.path.name, self.path.stat().st_size, path=os.path.realpath(self.path)))
 
     def _walk(self) -> None:
         """List the folder as ``<its name>/<path>``: ``--from imagenet-a`` and ``--from`` its parent
