@@ -454,3 +454,67 @@ def plantae(root: Path, sizes=(4, 3, 1)) -> dict:
     """plantae.tar.gz: Plantae/<species>/<hash>.jpg."""
     files = {f"Plantae/Species_{k}/{i:032x}.jpg": jpeg(i) for k, n in enumerate(sizes) for i in range(n)}
     return {"from": [write_tar(root / "plantae.tar.gz", files)], "sizes": sizes}
+
+
+# ----------------------------------------------------------------------------------------------
+# The forms users have: the archive, its extracted folder, the parent holding both, a Mac re-zip
+
+KEEP_PACKED = ("ILSVRC2012_devkit_t12.tar.gz",)  # torchvision reads the devkit as the archive itself
+
+
+def _top_level(path: Path) -> set[str]:
+    if path.name.endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            return {n.split("/")[0] for n in zf.namelist()}
+    with tarfile.open(path) as tf:
+        return {n.split("/")[0] for n in tf.getnames()}
+
+
+def extract(paths: list[Path], into: Path) -> list[Path]:
+    """What a user gets with `tar xf` / `unzip` (one level: archives inside stay packed): the
+    top-level folder of each archive, or a folder named after an archive with loose files at its top."""
+    out = []
+    into.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        if p.is_dir() or p.name in KEEP_PACKED or not p.name.endswith((".tar", ".tar.gz", ".tgz", ".zip")):
+            out.append(p)
+            continue
+        tops = _top_level(p)
+        stem = p.name.split(".")[0]
+        dest = into if len(tops) == 1 else into / stem
+        if p.name.endswith(".zip"):
+            with zipfile.ZipFile(p) as zf:
+                zf.extractall(dest)
+        else:
+            with tarfile.open(p) as tf:
+                tf.extractall(dest, filter="data")
+        out += [into / t for t in sorted(tops)] if len(tops) == 1 else [dest]
+    return list(dict.fromkeys(out))
+
+
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(50)
+
+
+def mac_rezip(folders: list[Path], into: Path) -> list[Path]:
+    """Each extracted folder zipped by macOS's Compress: __MACOSX/.../._<name> beside every file,
+    .DS_Store in every folder, and ._<name> files a copy to an exFAT drive leaves next to each file."""
+    out = []
+    into.mkdir(parents=True, exist_ok=True)
+    for f in folders:
+        if not f.is_dir():
+            out.append(f)
+            continue
+        files: dict[str, bytes] = {}
+        for p in sorted(f.rglob("*")):
+            rel = f"{f.name}/{p.relative_to(f).as_posix()}"
+            if p.is_dir():
+                files[f"{rel}/.DS_Store"] = b"Bud1" + bytes(20)
+                continue
+            files[rel] = p.read_bytes()
+            head, _, name = rel.rpartition("/")
+            files[f"__MACOSX/{head}/._{name}"] = APPLEDOUBLE
+            files[f"{head}/._{name}"] = APPLEDOUBLE
+        files[f"{f.name}/.DS_Store"] = b"Bud1" + bytes(20)
+        files[f"{f.name}/Thumbs.db"] = b"\xd0\xcf\x11\xe0"
+        out.append(write_zip(into / f"{f.name}.zip", files))
+    return out

@@ -109,7 +109,11 @@ def test_checksum_mismatch_discards_the_file(pets, tmp_path, capsys):
     point({"images.tar.gz": "md5:" + "0" * 32})
     assert prepare(m, tmp_path) == 2
     err = capsys.readouterr().err
-    assert "images.tar.gz: the download's checksum does not match (md5:000" in err and "it was discarded" in err
+    assert (
+        "images.tar.gz: the download's checksum does not match (expected md5:000" in err and "it was discarded" in err
+    )
+    got = hashlib.md5((m["from"][0]).read_bytes()).hexdigest()
+    assert f", got {got})" in err and err.rstrip().endswith("pass it with --from")  # whole, not cut mid-word
     dl = tmp_path / "data" / "downloads"
     assert not (dl / "images.tar.gz").exists() and not (dl / "images.tar.gz.part").exists()
     assert not (tmp_path / "data" / "oxford_pets").exists()

@@ -247,6 +247,28 @@ examples:
 """
 
 
+def _download(args: argparse.Namespace) -> list[str]:
+    """--download: the files with known checksums, and CoOp's split file (by its Drive id) unless
+    --split-file is given; from --mirror (or $FDALIGN_MIRROR) when set."""
+    import os
+    from pathlib import Path
+
+    from fdalign.data.prepare import get
+    from fdalign.data.prepare.download import MIRROR_ENV, fetch, fetch_split
+    from fdalign.errors import FDAlignError
+
+    p = get(args.name)
+    folder = Path(args.download_dir or Path(args.out) / "downloads")
+    mirror = args.mirror or os.environ.get(MIRROR_ENV) or None
+    wants_split = p.split_drive_id is not None and not args.split_file
+    if not p.downloads and not wants_split:
+        raise FDAlignError(f"{p.title} has no download with a known checksum; get {p.needs} and pass them with --from")
+    if wants_split:
+        args.split_file = str(fetch_split(p.split_file, p.split_drive_id, folder, not args.no_progress, mirror))
+        print(f"note: {p.split_file} from {mirror or 'CoOp' + chr(39) + 's Google Drive'} -> {args.split_file}")
+    return [str(f) for f in fetch(p.downloads, folder, progress=not args.no_progress, mirror=mirror)]
+
+
 def _register_prepare(sub) -> None:
     p = sub.add_parser(
         "prepare",
@@ -273,11 +295,25 @@ def _register_prepare(sub) -> None:
         "a copy across file systems",
     )
     p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read the files symbolic links inside a --from folder point to (by default links are "
+        "ignored and counted: a link may point anywhere on the disk)",
+    )
+    p.add_argument(
         "--download",
         action="store_true",
-        help="fetch the files first (where --list says so), resumably, checking their checksums",
+        help="fetch the files first (where --list says so), resumably, checking their checksums; for a CoOp "
+        "set without --split-file, also its split file from CoOp's Google Drive (gdown)",
     )
     p.add_argument("--download-dir", default=None, help="where --download keeps the files; None: OUT/downloads")
+    p.add_argument(
+        "--mirror",
+        default=None,
+        metavar="URL",
+        help="with --download: fetch each file as URL/<file name> instead of from its publisher (checksums "
+        "still checked); also the environment variable FDALIGN_MIRROR",
+    )
     p.add_argument(
         "--expect-counts",
         default=None,
@@ -292,9 +328,8 @@ def _register_prepare(sub) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
-    from fdalign.data.prepare import get, listing, prepare
+    from fdalign.data.prepare import listing, prepare
     from fdalign.errors import FDAlignError
 
     if args.list:
@@ -304,15 +339,7 @@ def _prepare(args: argparse.Namespace) -> int:
         raise FDAlignError("fdalign data prepare needs NAME and --out (or --list to see the names)")
     sources = list(args.sources)
     if args.download:
-        from fdalign.data.prepare.download import fetch
-
-        p = get(args.name)
-        if not p.downloads:
-            raise FDAlignError(
-                f"{p.title} has no download with a known checksum; get {p.needs} and pass them with --from"
-            )
-        folder = Path(args.download_dir or Path(args.out) / "downloads")
-        sources += [str(f) for f in fetch(p.downloads, folder, progress=not args.no_progress)]
+        sources += _download(args)
     res = prepare(
         args.name,
         sources,
@@ -321,6 +348,7 @@ def _prepare(args: argparse.Namespace) -> int:
         link=args.link,
         expect_counts=args.expect_counts,
         progress=not args.no_progress,
+        follow_symlinks=args.follow_symlinks,
     )
     m = res.manifest
     for note in res.notes:

@@ -65,6 +65,7 @@ _ALIASES = {_bkey(n): n for n in BENCHMARKS} | {
     "aircraft": "FGVCAircraft",
     "fgvc": "FGVCAircraft",
     "sun": "SUN397",
+    "describabletextures": "DTD",  # CoOp's split_zhou_DescribableTextures.json
     "caltech": "Caltech101",
     "ucf": "UCF101",
     "eurosat": "EuroSAT",
@@ -416,7 +417,7 @@ def prepared_summary(manifest: dict, where: str) -> str:
     against = manifest.get("expected_from", "?")
     warn = "" if not against.startswith("--expect-counts") else " (NOT the published counts)"
     return (
-        f"prepared: {manifest.get('title', '?')} by fdalign {manifest.get('fdalign_version', '?')} ({where}); "
+        f"{manifest.get('title', '?')} by fdalign {manifest.get('fdalign_version', '?')} ({where}); "
         f"counts checked against {against}{warn}"
     )
 
@@ -437,11 +438,12 @@ def format_report(report: CheckReport) -> str:
     lines.append("")
     if report.ood:
         lines.append(f"OOD class mapping onto the {report.stats[0].num_classes if report.stats else '?'} ID classes:")
-        head = f"{'set':<12}{'images':>9}{'matched':>9}{'missing':>9}{'unknown':>9}  subset declared"
+        w = max([12] + [len(o.name) + 2 for o in report.ood])  # long names must not push the columns
+        head = f"{'set':<{w}}{'images':>9}{'matched':>9}{'missing':>9}{'unknown':>9}  subset declared"
         lines += [head, "-" * len(head)]
         for o in report.ood:
             lines.append(
-                f"{o.name:<12}{o.images:>9}{o.matched:>9}{len(o.missing):>9}{len(o.unknown):>9}  "
+                f"{o.name:<{w}}{o.images:>9}{o.matched:>9}{len(o.missing):>9}{len(o.unknown):>9}  "
                 f"{'yes' if o.declared_subset else 'no'}   ({o.rule})"
             )
             if o.missing:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fdalign.data.prepare.paths import split_rel
 from fdalign.data.prepare.sources import Member, Sources
 from fdalign.errors import FDAlignError
 
@@ -32,14 +33,50 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # said to the user and kept in prepared.json
     split_file: str | None = None  # its path in the folder, when the layout is images + a split file
     split_sha256: str | None = None
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (copy used, copy not used)
+    _at: dict[str, int] = field(default_factory=dict, repr=False)  # dest -> index in files
+
+    def put(self, member: Member, dest: str) -> bool:
+        """Plan ``member`` at ``dest`` (validated by :func:`paths.split_rel`); False when an image of
+        that name is already planned: the same file reached twice (an extracted folder beside its
+        archive, or a folder and its parent). A file on disk (linkable) is preferred to an archive's
+        member; either way the copy used and the one not used are recorded."""
+        split_rel(dest, what=f"{where(member)} (placed as {dest!r})")
+        i = self._at.get(dest)
+        if i is None:
+            self._at[dest] = len(self.files)
+            self.files.append((member, dest))
+            return True
+        old = self.files[i][0]
+        if old.path is None and member.path is not None:
+            self.files[i] = (member, dest)
+            old, member = member, old
+        self.duplicates.append((where(old), where(member)))
+        return False
+
+    def pick(self, found: dict, key: str, member: Member) -> None:
+        """``found[key] = member`` unless ``key`` is found already: then the copy on disk is kept and
+        the one not used recorded (see :meth:`put`)."""
+        old = found.get(key)
+        if old is None:
+            found[key] = member
+            return
+        if old.path is None and member.path is not None:
+            found[key], old, member = member, member, old
+        self.duplicates.append((where(old), where(member)))
 
     def add(self, member: Member, dest: str, split: str, cls: str) -> None:
-        self.files.append((member, dest))
-        self.count(split, cls)
+        if self.put(member, dest):
+            self.count(split, cls)
 
     def count(self, split: str, cls: str) -> None:
         per = self.counts.setdefault(split, {})
         per[cls] = per.get(cls, 0) + 1
+
+
+def where(m: Member) -> str:
+    """A member as a user finds it: its file, or ``<archive>/<name inside>``."""
+    return m.path if m.path is not None else f"{m.archive.label}/{m.inner}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +107,11 @@ class Preparer:
     downloads: tuple[Download, ...] = ()
     split_help: str | None = None  # where the split file comes from, for sets that need one
     data_dir: str = ""  # the sub-folder the presets read (CUB: images), where data check looks for prepared.json
+    split_file: str | None = None  # CoOp's split_zhou_<Name>.json, for the sets that need one
+    split_drive_id: str | None = None  # its id on CoOp's Google Drive (fetched with gdown by --download)
+    layout: str = ""  # the member names it looks for, said when the counts are wrong
+    signature: str = ""  # a pattern only its files match (recognises them when given to another preparer)
+    looks: str = ""  # how a user would recognise it, said when its files are given to another preparer
 
 
 REGISTRY: dict[str, Preparer] = {}
@@ -87,7 +129,9 @@ def first(items: list[str], n: int = 5) -> str:
 
 
 def check_counts(p: Preparer, plan: Plan, expected: dict[str, tuple[int, int]], against: str) -> None:
-    """Raise naming the split, the numbers and the missing images when the plan's counts differ."""
+    """Raise naming the split, the numbers and the missing images when the plan's counts differ
+    (and what was dropped while listing, which may be why)."""
+    said = "".join(f"; {n}" for n in plan.notes if n.startswith("ignored "))
     for split, (want_n, want_c) in expected.items():
         per = plan.counts.get(split, {})
         n, c = sum(per.values()), sum(1 for v in per.values() if v)
@@ -95,7 +139,7 @@ def check_counts(p: Preparer, plan: Plan, expected: dict[str, tuple[int, int]], 
             continue
         if want_n is None:  # no published image count: the classes alone
             raise FDAlignError(
-                f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_c} classes; "
+                f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_c} classes{said}; "
                 f"nothing was written: give the complete files ({p.needs})"
             )
         gap = want_n - n
@@ -103,7 +147,7 @@ def check_counts(p: Preparer, plan: Plan, expected: dict[str, tuple[int, int]], 
         miss = plan.missing.get(split, [])
         named = f"; not found: {first(miss)}" if miss else ""
         raise FDAlignError(
-            f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_n} in {want_c} ({what}){named}; "
+            f"{p.title} {split}: {n} images in {c} classes, but {against} has {want_n} in {want_c} ({what}){named}{said}; "
             f"nothing was written: give the complete files ({p.needs})"
         )
 
@@ -136,4 +180,5 @@ __all__ = [
     "check_counts",
     "read_expect_counts",
     "first",
+    "where",
 ]

@@ -18,11 +18,12 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fdalign.data.prepare import official
 from fdalign.data.prepare.base import Download, Options, Plan, Preparer, first, register
+from fdalign.data.prepare.paths import join
 from fdalign.data.prepare.sources import Sources
 from fdalign.errors import FDAlignError
 
@@ -53,6 +54,7 @@ class CoopSet:
     renames: tuple[Rename, ...] = ()
     downloads: tuple[Download, ...] = ()
     official: Callable[[Sources], list[str] | None] | None = None  # the official lists (.official)
+    drive_id: str | None = None  # split_zhou_<split_name>.json on CoOp's Google Drive (its DATASETS.md)
 
 
 def _check_official(src: Sources, s: CoopSet, images: dict, plan: Plan) -> None:
@@ -77,12 +79,14 @@ def _check_official(src: Sources, s: CoopSet, images: dict, plan: Plan) -> None:
 
 def _images(src: Sources, s: CoopSet, plan: Plan) -> dict[str, object]:
     """Path under image_dir -> member, official names first, then a known mirror's renames."""
-    found = {hit.group("rel"): m for m, hit in src.find(s.image)}
+    found: dict = {}
+    for m, hit in src.find(s.image):
+        plan.pick(found, hit.group("rel"), m)
     if found or not s.renames:
         return found
     for r in s.renames:
         for m, hit in src.find(r.pattern):
-            found.setdefault(r.template.format(**hit.groupdict()), m)
+            plan.pick(found, r.template.format(**hit.groupdict()), m)
         if found:
             plan.notes.append(f"{s.title}: {len(found)} files of a mirror mapped to the official names: {r.doc}")
             return found
@@ -138,9 +142,9 @@ def plan_coop(s: CoopSet):
                 f"(from {COOP_SPLITS})"
             )
         split, raw = _read_split(opts.split_file, s)
-        prefix = f"{s.image_dir}/" if s.image_dir else ""
+        top = [s.image_dir] if s.image_dir else []
         for rel, m in images.items():
-            p.files.append((m, prefix + rel))
+            p.put(m, join(*top, *rel.split("/")))
         unresolved = []
         for role in ("train", "val", "test"):
             for e in split[role]:
@@ -273,7 +277,7 @@ COOP_SETS = [
         "SUN397",
         "sun397",
         "SUN397",
-        r"SUN397/(?P<rel>[a-z]/.+/sun_\w+\.jpg)",
+        r"SUN397/(?P<rel>[a-z]/[a-z0-9_-]+(?:/[a-z0-9_-]+)*/sun_\w+\.jpg)",
         (15880, 3970, 19850, 397),
         "SUN397.tar.gz (vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz)",
         37.0,
@@ -291,7 +295,7 @@ COOP_SETS = [
         "DescribableTextures",
         "dtd",
         "images",
-        r"images/(?P<rel>[a-z]+/[a-z]+_\d+\.jpg)",
+        r"images/(?P<rel>[a-z-]+/[a-z-]+_\d+\.jpg)",
         (2820, 1128, 1692, 47),
         f"dtd-r1.0.1.tar.gz ({VGG}/dtd/)",
         0.6,
@@ -308,7 +312,7 @@ COOP_SETS = [
         "EuroSAT",
         "eurosat",
         "2750",
-        r"2750/(?P<rel>[A-Za-z]+/[A-Za-z]+_\d+\.jpg)",
+        r"(?:2750|EuroSAT_RGB)/(?P<rel>[A-Za-z]+/[A-Za-z]+_\d+\.jpg)",
         (13500, 5400, 8100, 10),
         "EuroSAT.zip (the RGB version; torchvision's mirror on huggingface.co/datasets/torchgeo/eurosat)",
         0.1,
@@ -334,6 +338,19 @@ COOP_SETS = [
     ),
 ]
 
+DRIVE_IDS = {  # CoOp's DATASETS.md links each split file as drive.google.com/file/d/<id>
+    "caltech101": "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
+    "oxford_pets": "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
+    "stanford_cars": "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
+    "oxford_flowers": "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
+    "food101": "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
+    "sun397": "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq",
+    "dtd": "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
+    "eurosat": "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o",
+    "ucf101": "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
+}
+COOP_SETS = [replace(s, drive_id=DRIVE_IDS[s.name]) for s in COOP_SETS]
+
 for _s in COOP_SETS:
     train, val, test, classes = _s.counts
     register(
@@ -348,6 +365,8 @@ for _s in COOP_SETS:
             reads=f"{_s.folder}/split_zhou_{_s.split_name}.json",
             downloads=_s.downloads,
             split_help=f"split_zhou_{_s.split_name}.json from {COOP_SPLITS}",
+            split_file=f"split_zhou_{_s.split_name}.json",
+            split_drive_id=_s.drive_id,
         )
     )
 
@@ -366,7 +385,9 @@ def plan_aircraft(src: Sources, opts: Options) -> Plan:
 
     p = Plan()
     need = "fgvc-aircraft-2013b.tar.gz (www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/)"
-    images = {hit.group(1): m for m, hit in src.find(r"fgvc-aircraft-2013b/data/images/(\d+\.jpg)")}
+    images: dict = {}
+    for m, hit in src.find(r"fgvc-aircraft-2013b/data/images/(\d+\.jpg)"):
+        p.pick(images, hit.group(1), m)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp, "fgvc-aircraft-2013b", "data")
         data.mkdir(parents=True)
@@ -381,7 +402,7 @@ def plan_aircraft(src: Sources, opts: Options) -> Plan:
             except (KeyError, ValueError, RuntimeError) as e:
                 raise FDAlignError(
                     f"FGVC-Aircraft's data/images_variant_{split}.txt names a variant not in "
-                    f"variants.txt ({e}); download {need} again"
+                    f"variants.txt ({official.torchvision_said(e)}); download {need} again"
                 ) from None
             for f, y in zip(ds._image_files, ds._labels):
                 base = os.path.basename(f)
@@ -390,7 +411,7 @@ def plan_aircraft(src: Sources, opts: Options) -> Plan:
                     p.missing.setdefault(split, []).append(f"data/images/{base}")
                     continue
                 cls = ds.classes[y]
-                p.add(m, f"{split}/{_variant_folder(cls)}/{base}", split, cls)
+                p.add(m, join(split, _variant_folder(cls), base, what="a variant of variants.txt"), split, cls)
     if any("/" in c for v in p.counts.values() for c in v):
         p.notes.append("variants with '/' (e.g. F-16A/B) are folders with '-' (F-16A-B)")
     return p

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from fdalign.data.prepare.base import Options, Plan, Preparer, register
+from fdalign.data.prepare.paths import join
 from fdalign.data.prepare.sources import Sources
 from fdalign.errors import FDAlignError
 
@@ -77,12 +78,12 @@ def _solution_labels(src: Sources) -> dict[str, str] | None:
 def plan_imagenet(src: Sources, opts: Options) -> Plan:
     plan = Plan()
     for m, hit in src.find(TRAIN_IMAGE):
-        plan.add(m, f"train/{hit.group(1)}/{hit.group(2)}", "train", hit.group(1))
+        plan.add(m, join("train", hit.group(1), hit.group(2)), "train", hit.group(1))
     flat = []
     for m, hit in src.find(VAL_IMAGE):
         parent = m.name.rsplit("/", 2)[-2] if "/" in m.name else ""
         if re.fullmatch(WNID, parent):  # val/ already sorted into class folders
-            plan.add(m, f"val/{parent}/{hit.group(1)}", "val", parent)
+            plan.add(m, join("val", parent, hit.group(1)), "val", parent)
         else:
             flat.append((m, hit.group(1)))
     if flat:
@@ -110,18 +111,20 @@ def _sort_flat_val(src: Sources, flat, plan: Plan) -> None:
             raise FDAlignError(
                 f"val image {m.name} has no label in the devkit / LOC_val_solution.csv; are both from ILSVRC2012?"
             )
-        plan.add(m, f"val/{wnid}/{fname}", "val", wnid)
+        plan.add(
+            m, join("val", wnid, fname, what=f"the class of {stem} in the devkit / LOC_val_solution.csv"), "val", wnid
+        )
         have.add(stem)
     plan.missing["val"] = sorted(f"{s}.JPEG" for s in set(solution) - have)
 
 
-def plan_class_folders(pattern: str, dest: str, split: str = "test"):
-    """A set shipped as class folders: ``pattern`` has groups (class, file); ``dest`` formats them."""
+def plan_class_folders(pattern: str, split: str = "test"):
+    """A set shipped as class folders: ``pattern`` has groups (class, file), placed as ``class/file``."""
 
     def plan(src: Sources, opts: Options) -> Plan:
         p = Plan()
         for m, hit in src.find(pattern):
-            p.add(m, dest.format(cls=hit.group(1), file=hit.group(2)), split, hit.group(1))
+            p.add(m, join(hit.group(1), hit.group(2)), split, hit.group(1))
         return p
 
     return plan
@@ -139,6 +142,9 @@ register(
         expected={"train": (1281167, 1000), "val": (50000, 1000)},
         plan=plan_imagenet,
         reads="imagenet (train/ and val/ as the test split; classnames.txt)",
+        layout="<wnid>.tar/<wnid>_N.JPEG or train/<wnid>/<wnid>_N.JPEG, and ILSVRC2012_val_NNNNNNNN.JPEG",
+        signature=rf"(?:{TRAIN_IMAGE}|{VAL_IMAGE})",
+        looks="ImageNet (ILSVRC2012): 1000 classes of photos",
     )
 )
 
@@ -156,10 +162,11 @@ for _variant, _folder in [
             needs=f"imagenetv2-{_variant}.tar.gz from {_V2}/imagenetv2-{_variant}.tar.gz",
             disk_gb=1.3,
             expected={"test": (10000, 1000)},
-            plan=plan_class_folders(
-                rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)", "{cls}/{file}"
-            ),
+            plan=plan_class_folders(rf"imagenetv2-{re.escape(_variant)}-format-val/(\d+)/([^/]+\.jpe?g)"),
             reads=f"{_folder} (folder k = ImageNet class k)",
+            layout=f"imagenetv2-{_variant}-format-val/<0..999>/<file>.jpeg",
+            signature=rf"imagenetv2-{re.escape(_variant)}-format-val/\d+/[^/]+\.jpe?g",
+            looks=f"ImageNet-V2 {_variant}: 1000 class folders named 0..999",
         )
     )
 
@@ -171,8 +178,11 @@ register(
         needs="ImageNet-Sketch.zip (github.com/HaohanWang/ImageNet-Sketch; also on the Hugging Face hub)",
         disk_gb=8.4,
         expected={"test": (50889, 1000)},
-        plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)", "{cls}/{file}"),
+        plan=plan_class_folders(rf"sketch/({WNID})/([^/]+)"),
         reads="imagenet-sketch",
+        layout="sketch/<wnid>/<file>",
+        signature=rf"sketch/{WNID}/[^/]+",
+        looks="ImageNet-Sketch: 1000 classes of sketches",
     )
 )
 register(
@@ -183,8 +193,11 @@ register(
         needs="imagenet-a.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
         disk_gb=0.7,
         expected={"test": (7500, 200)},
-        plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)", "{cls}/{file}"),
+        plan=plan_class_folders(rf"imagenet-a/({WNID})/([^/]+\.jpg)"),
         reads="imagenet-a",
+        layout="imagenet-a/<wnid>/<file>.jpg",
+        signature=rf"imagenet-a/{WNID}/[^/]+\.jpg",
+        looks="ImageNet-A: 200 classes of natural adversarial examples",
     )
 )
 register(
@@ -195,8 +208,11 @@ register(
         needs="imagenet-r.tar from people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
         disk_gb=2.2,
         expected={"test": (30000, 200)},
-        plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)", "{cls}/{file}"),
+        plan=plan_class_folders(rf"imagenet-r/({WNID})/([^/]+\.jpg)"),
         reads="imagenet-r",
+        layout="imagenet-r/<wnid>/<file>.jpg",
+        signature=rf"imagenet-r/{WNID}/[^/]+\.jpg",
+        looks="ImageNet-R: 200 classes of renditions",
     )
 )
 
@@ -211,9 +227,13 @@ MINI_ROLES = {"train": (38400, 64), "val": (9600, 16), "test": (12000, 20)}
 
 def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
     plan = Plan()
-    by_class: dict[str, list] = {}
+    found: dict = {}  # one file per name: a tar beside its extracted folder must not shift the ranks
     for m, hit in src.find(TRAIN_IMAGE):
-        by_class.setdefault(hit.group(1), []).append((int(hit.group(2).rsplit("_", 1)[1].split(".")[0]), m))
+        plan.pick(found, hit.group(2), m)
+    by_class: dict[str, list] = {}
+    for fname, m in found.items():
+        wnid, number = fname.split(".")[0].rsplit("_", 1)
+        by_class.setdefault(wnid, []).append((int(number), m))
     for v in by_class.values():
         v.sort(key=lambda t: t[0])
     wnids = set()
@@ -238,7 +258,7 @@ def plan_miniimagenet(src: Sources, opts: Options) -> Plan:
             if i >= len(files):
                 missing.append(name)
                 continue
-            plan.add(files[i][1], f"images/{name}", role, wnid)
+            plan.add(files[i][1], join("images", name), role, wnid)
             wnids.add(wnid)
     if not by_class:
         raise FDAlignError(

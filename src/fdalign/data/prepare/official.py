@@ -31,11 +31,22 @@ def _stage(src: Sources, tmp: Path, files: dict[str, str], dirs: tuple[str, ...]
     return True
 
 
+def torchvision_said(e: BaseException) -> str:
+    """torchvision's error in our words: its 'You can use download=True' advice is for its own
+    downloader, not for prepare (a failed integrity check is what 'not found or corrupted' means)."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and "download=True" in text:
+        if "corrupted" in text:
+            return "torchvision's check of the file's MD5 failed: it is not the official file or is damaged"
+        return "torchvision did not find the files it reads"
+    return f"{type(e).__name__}: {text}"
+
+
 def _parse(what: str, make: Callable[[], list[str]]) -> list[str]:
     try:
         return make()
     except (RuntimeError, ValueError, KeyError, IndexError, OSError) as e:
-        raise FDAlignError(f"{what} cannot be read ({type(e).__name__}: {e}); download it again") from None
+        raise FDAlignError(f"{what} cannot be read ({torchvision_said(e)}); download it again") from None
 
 
 def pets(src: Sources) -> list[str] | None:
@@ -116,4 +127,4 @@ def food101(src: Sources) -> list[str] | None:
         )
 
 
-__all__ = ["pets", "flowers", "dtd", "food101"]
+__all__ = ["pets", "flowers", "dtd", "food101", "torchvision_said"]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from fdalign.data.prepare.base import Options, Plan, Preparer, register
+from fdalign.data.prepare.paths import join
 from fdalign.data.prepare.sources import Sources
 from fdalign.errors import FDAlignError
 
@@ -32,7 +33,7 @@ def _folder(name: str) -> str:
 def _plan_cub(src: Sources, opts: Options) -> Plan:
     p = Plan()
     for m, hit in src.find(r"CUB_200_2011/images/(\d{3}\.[^/]+)/([^/]+\.jpg)"):
-        p.add(m, f"images/{hit.group(1)}/{hit.group(2)}", "test", hit.group(1))
+        p.add(m, join("images", hit.group(1), hit.group(2)), "test", hit.group(1))
     return p
 
 
@@ -40,8 +41,10 @@ def _plan_cars(src: Sources, opts: Options) -> Plan:
     from torchvision.datasets import StanfordCars
 
     need = "cars_train.tgz and car_devkit.tgz (from a Stanford Cars mirror)"
-    images = {hit.group(1): m for m, hit in src.find(r"cars_train/(\d{5}\.jpg)")}
     p = Plan()
+    images: dict = {}
+    for m, hit in src.find(r"cars_train/(\d{5}\.jpg)"):
+        p.pick(images, hit.group(1), m)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp, "stanford_cars")
         (base / "devkit").mkdir(parents=True)
@@ -52,8 +55,10 @@ def _plan_cars(src: Sources, opts: Options) -> Plan:
         try:
             ds = StanfordCars(tmp, split="train", download=False)
         except (RuntimeError, ValueError, KeyError, IndexError) as e:
+            from fdalign.data.prepare.official import torchvision_said
+
             raise FDAlignError(
-                f"the Stanford Cars devkit cannot be read ({e}); download car_devkit.tgz again"
+                f"the Stanford Cars devkit cannot be read ({torchvision_said(e)}); download car_devkit.tgz again"
             ) from None
         for f, y in ds._samples:
             name = os.path.basename(f)
@@ -62,21 +67,25 @@ def _plan_cars(src: Sources, opts: Options) -> Plan:
                 p.missing.setdefault("test", []).append(f"cars_train/{name}")
                 continue
             cls = ds.classes[y]
-            p.add(m, f"{_folder(cls)}/{name}", "test", cls)
+            p.add(m, join(_folder(cls), name, what="a class name of the devkit's cars_meta.mat"), "test", cls)
     return p
 
 
 def _first_per_class(src: Sources, pattern: str, per_class: int, top: int | None = None) -> Plan:
-    by_class: dict[str, list] = {}
+    p = Plan()
+    found: dict = {}
     for m, hit in src.find(pattern):
-        by_class.setdefault(hit.group(1), []).append((hit.group(2), m))
+        p.pick(found, f"{hit.group(1)}/{hit.group(2)}", m)
+    by_class: dict[str, list] = {}
+    for key, m in found.items():
+        c, name = key.split("/")
+        by_class.setdefault(c, []).append((name, m))
     classes = sorted(by_class)
     if top is not None:  # the classes with the most images; ties by name
         classes = sorted(sorted(classes, key=lambda c: (-len(by_class[c]), c))[:top])
-    p = Plan()
     for c in classes:
         for name, m in sorted(by_class[c], key=lambda t: t[0])[:per_class]:
-            p.add(m, f"{c}/{name}", "test", c)
+            p.add(m, join(c, name), "test", c)
     return p
 
 
