@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import typing
 from dataclasses import field
@@ -30,6 +31,22 @@ def option(default, help: str, *, choices: tuple | None = None, flag: str | None
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
+
+
+def document_fields(cls: type) -> type:
+    """Append every field's type, default and help text to ``cls.__doc__``, so ``help(TrainConfig)`` and
+    IDEs show what ``--help`` shows (one source: the field metadata)."""
+    hints = typing.get_type_hints(cls)
+    lines = [(cls.__doc__ or "").rstrip(), "", "Fields (the command's flags; ``--help`` says the same):", ""]
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        lines.append(f"    {f.name} ({tp}, default {getattr(defaults, f.name)!r}):")
+        lines.append(f"        {f.metadata.get('help', '')}")
+        if f.metadata.get("choices"):
+            lines.append(f"        One of: {', '.join(f.metadata['choices'])}.")
+    cls.__doc__ = "\n".join(lines) + "\n"
+    return cls
 
 
 def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
@@ -76,6 +93,18 @@ class ConfigFile:
     COMMAND: ClassVar[str] = "fdalign train"  # named in errors and in the YAML file's first line
     TITLE: ClassVar[str] = "fdalign training config"
 
+    def __post_init__(self) -> None:
+        """Check and coerce every field at construction, as a YAML file is (``shots="8"`` -> 8,
+        ``epochs=1.5`` -> an error naming ``epochs``), so a config built in Python fails here and
+        not minutes into training."""
+        hints = _hints(type(self))
+        source = type(self).__name__
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(value, hints[f.name], f.name, source)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -87,7 +116,7 @@ class ConfigFile:
         names = {f.name for f in dataclasses.fields(cls)}
         d = {str(k).replace("-", "_"): v for k, v in d.items()}  # the CLI spelling (lp-epochs) too
         check_keys(d, names, source, hint=f"; see `{cls.COMMAND} --help` for the options")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         return cls(**{k: _coerce(v, hints[k], k, source) for k, v in d.items()})
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
@@ -122,6 +151,12 @@ class ConfigFile:
 
 # ----------------------------------------------------------------------------------------------
 # typing
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config class, once (it runs at every construction)."""
+    return typing.get_type_hints(cls)
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:

@@ -6,14 +6,29 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from fdalign.errors import FDAlignError
 
+if TYPE_CHECKING:
+    from fdalign.exporting import ExportResult
+    from fdalign.prediction import Predictions
 
-def export_run(run, format: str, out, *, wiseft_alpha=None, force: bool = False, verify: bool = True):
+
+def export_run(
+    run: str | os.PathLike | Any,
+    format: str,
+    out: str | os.PathLike,
+    *,
+    wiseft_alpha: float | str | None = "selected",
+    force: bool = False,
+    verify: bool = True,
+) -> ExportResult:
     """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.exporting.ExportResult`.
 
-    ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf.
+    ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf;
+    ``wiseft_alpha``: ``"selected"`` (the model val chose, as ``run.encoder``), ``"fine-tuned"`` / None
+    (the fine-tuned weights) or a number in [0, 1].
     """
     from fdalign.exporting import export_run as _export
 
@@ -21,22 +36,24 @@ def export_run(run, format: str, out, *, wiseft_alpha=None, force: bool = False,
 
 
 def predict_images(
-    target,
-    images: Sequence[str | os.PathLike],
+    target: str | os.PathLike | Any,
+    images: str | os.PathLike | Sequence[str | os.PathLike],
     *,
-    out=None,
+    out: str | os.PathLike | None = None,
     topk: int = 5,
-    wiseft_alpha=None,
+    wiseft_alpha: float | str | None = "selected",
     batch_size: int = 64,
     num_workers: int = 0,
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = False,
-):
-    """``fdalign predict TARGET IMAGES...``: ``(predictions, classifier)``; the CSV is written to ``out`` if given.
+) -> Predictions:
+    """``fdalign predict TARGET IMAGES...``: the :class:`~fdalign.prediction.Predictions` (with
+    ``classnames`` and ``classifier``); the CSV is written to ``out`` if given.
 
     ``target``: a run directory, a :class:`~fdalign.workflows.kshot.Run` or an export folder;
-    ``images``: files and folders (searched recursively).
+    ``images``: one path or a list of paths; a folder is walked (recursively) only when a folder is given;
+    ``wiseft_alpha`` (a run): ``"selected"`` (the model val chose), ``"fine-tuned"`` or a number in [0, 1].
     """
     from fdalign.io import atomic_write_text
     from fdalign.prediction import collect_images, load_classifier, predict, predictions_csv, target_kind
@@ -50,6 +67,8 @@ def predict_images(
     target_kind(target, wiseft_alpha)  # a wrong target fails before any folder is walked
     if out is not None:
         _check_csv_out(out)  # before inference, not after it
+    if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
+        images = [images]
     images = [str(i) for i in images]
     paths, missing = collect_images(images)
     if len(paths) == len(missing):
@@ -69,9 +88,10 @@ def predict_images(
         precision=precision,
         progress=progress and sys.stderr.isatty(),
     )
+    pred.classnames, pred.classifier = list(clf.classnames), clf
     if out is not None:
         atomic_write_text(out, predictions_csv(pred, clf.classnames))
-    return pred, clf
+    return pred
 
 
 def _check_csv_out(out) -> None:
