@@ -36,7 +36,7 @@ class CallbackList:
     """Calls each hook on every callback that defines it, in order; ``close()`` closes those with one."""
 
     def __init__(self, callbacks: Iterable[Any] = ()):
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks.callbacks if isinstance(callbacks, CallbackList) else callbacks)
         for cb in self.callbacks:
             if not any(callable(getattr(cb, h, None)) for h in HOOKS):
                 from fdalign.errors import FDAlignError

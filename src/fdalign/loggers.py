@@ -3,7 +3,7 @@
 ``--logger tensorboard`` (``pip install 'fdalign[tensorboard]'``) writes ``<out>/tensorboard``;
 ``--logger wandb`` (``fdalign[wandb]``) logs to Weights & Biases (``WANDB_MODE=offline`` keeps it
 on disk, under ``<out>/wandb``); ``--logger mlflow`` (``fdalign[mlflow]``) logs to MLflow at
-``MLFLOW_TRACKING_URI``, or to the file store ``<out>/mlruns`` when that is unset. A logger whose
+``MLFLOW_TRACKING_URI``, or to the local store ``<out>/mlflow.db`` (SQLite) when that is unset. A logger whose
 library is missing is an error before training, never a silent no-op.
 
 Each logs the training rows (``train/ce``, ``train/kl``, ``train/loss``, ``train/lr``,
@@ -115,7 +115,8 @@ class MLflowLogger:
         except ImportError:
             raise _missing("mlflow", "mlflow") from None
         out = Path(out)
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
+        # MLflow 3 keeps its ./mlruns file store for reading only: a local run goes to a SQLite file
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "fdalign")
         exp = self.client.get_experiment_by_name(name)

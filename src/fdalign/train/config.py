@@ -243,7 +243,7 @@ class TrainConfig(ModelOptions):
     logger: list[str] = _f(
         [],
         "experiment trackers, any of tensorboard (<out>/tensorboard), wandb (WANDB_MODE=offline keeps it local), "
-        "mlflow (MLFLOW_TRACKING_URI, else <out>/mlruns); each needs its extra: pip install 'fdalign[wandb]'",
+        "mlflow (MLFLOW_TRACKING_URI, else <out>/mlflow.db); each needs its extra: pip install 'fdalign[wandb]'",
     )
     tensorboard: bool = _f(
         False,
