@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fdalign.callbacks import CallbackList
 from fdalign.data.views import SeededViews
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, option
 from fdalign.heads import PrototypeHead
 from fdalign.selection import EvalSplit, SelectionLog, select, val_score
 from fdalign.train import distributed
@@ -440,13 +440,14 @@ def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, hea
         return _Progress(), None
     if not cfg.resume:
         raise FDAlignError(
-            f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose a new --out"
+            f"{run_dir} already holds a training checkpoint; pass {option('resume', 'True')} to continue it or "
+            f"choose a new {option('out')}"
         )
     ckpt = load_checkpoint(ckpt_dir)
     if ckpt.meta.get("config_hash") != chash:
         raise FDAlignError(
             f"cannot resume {run_dir}: its checkpoint was made with different settings "
-            f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new --out"
+            f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new {option('out')}"
         )
     encoder.load_state_dict(ckpt.encoder)
     head.load_state_dict(ckpt.head)
