@@ -153,11 +153,16 @@ def test_own_model_trains_and_comes_back_with_load_run(own_run, folders):  # noq
     assert len(pred.ok) == 3 and set(pred.labels.values()) <= set(run.classnames)
 
 
-def test_own_model_zero_shot_evaluation(own_run, folders, tmp_path, monkeypatch):  # noqa: F811
+def test_own_model_zero_shot_evaluation_and_its_run(own_run, folders, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
+    run = own_run["run"]
     ev = fdalign.evaluate(own_run["model"], str(folders["id"]), device="cpu", progress=False, out=str(tmp_path / "e"))
-    by_hand = own_run["run"].metrics["test"]["zero-shot"]["top1"]  # the run's zero-shot row: the same weights
+    by_hand = run.metrics["test"]["zero-shot"]["top1"]  # the run's zero-shot row: the same weights
     assert ev.metrics["test"]["zero-shot"]["top1"] == pytest.approx(by_hand)
+    # the run itself, given its base model again: as trained
+    ev = fdalign.evaluate(run.out, model=own_run["model"], device="cpu", progress=False, out=str(tmp_path / "r"))
+    for row in ("zero-shot", "fine-tuned"):
+        assert ev.metrics["test"][row]["top1"] == pytest.approx(run.metrics["test"][row]["top1"]), row
 
 
 def test_as_backend_open_clip_and_hf_equal_their_loaders(tiny_openclip, tiny_hf):
@@ -331,12 +336,24 @@ def test_6_run_encoder_export_predict_and_load_run_are_the_selected_model(oc_run
     assert fine.classifier.wiseft_alpha is None
 
 
-def test_7_evaluate_progress_and_ood_string(oc_run, tmp_path, monkeypatch):
+def test_7_evaluate_progress_and_ood_string(oc_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FDALIGN_CACHE", str(tmp_path / "cache"))
     run = oc_run["run"]
     shifted = run.config.ood[0]
-    ev = fdalign.evaluate(run, ood=shifted, device="cpu", progress=False, out=str(tmp_path / "e"))
+    ev = fdalign.evaluate(run, ood=shifted, device="cpu", progress=True, out=str(tmp_path / "e"))
     assert ev.metrics["shifted"]["fine-tuned"]["top1"] == pytest.approx(run.metrics["shifted"]["fine-tuned"]["top1"])
+    err = capsys.readouterr().err  # not a terminal: one line per evaluated set
+    assert [line.split(" (")[0] for line in err.splitlines() if " evaluated " in line] == [
+        "fdalign eval: evaluated test",
+        "fdalign eval: evaluated shifted",
+    ], err
+    fdalign.evaluate(run, device="cpu", progress=False, out=str(tmp_path / "f"))
+    assert " evaluated " not in capsys.readouterr().err
+
+
+def test_logger_flag_is_checked(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--logger", "neptune"]) == 2
+    assert "logger = ['neptune'] has 'neptune'; choose from tensorboard, wandb, mlflow" in capsys.readouterr().err
 
 
 def test_7_a_model_typo_is_a_typo():
