@@ -118,7 +118,8 @@ def finetune(config: TrainConfig | Mapping[str, Any], *, model: Any = None, call
         model: a CLIP you built already, used instead of ``config.model``: an open_clip
             ``(model, tokenizer, preprocess)``, a Hugging Face ``(CLIPModel, processor)``, or any
             object with ``encode_image``, ``encode_text``, ``tokenize``, ``logit_scale`` and
-            ``preprocess`` (:class:`fdalign.backends.custom.CLIPLike`). Its image tower is trained in place.
+            ``preprocess`` (:class:`fdalign.backends.custom.CLIPLike`). A copy is trained (``run.encoder``);
+            the object passed in is left as it was.
         callbacks: objects with ``on_step(metrics)``, ``on_epoch_end(metrics)`` and ``on_end(run)``
             (:mod:`fdalign.callbacks`), called besides the loggers of ``config.logger``.
     """
@@ -163,7 +164,7 @@ def as_train_config(config) -> TrainConfig:
     raise FDAlignError(f"finetune() takes a fdalign.TrainConfig or a dict of its fields, not {type(config).__name__}")
 
 
-def _logger_names(cfg) -> list[str]:
+def _logger_names(cfg, warn: bool = True) -> list[str]:
     """The loggers to run: ``logger`` plus ``tensorboard: true`` (older configs), the latter only with its
     package installed (a warning otherwise: it was the default, and is in many config files)."""
     import importlib.util
@@ -174,6 +175,8 @@ def _logger_names(cfg) -> list[str]:
     names = list(cfg.logger)
     if cfg.tensorboard and "tensorboard" not in names:
         if importlib.util.find_spec("tensorboard") is None:
+            if not warn:  # said once, before the data was read
+                return names
             import warnings
 
             warnings.warn(
@@ -377,7 +380,7 @@ def _train_and_evaluate(cfg, index_info, d: _Data, backend=None, callbacks: list
     from fdalign.loggers import make_loggers
 
     hooks = CallbackList(
-        (make_loggers(_logger_names(cfg), out, resolved.to_dict()) if dist.is_main else [])
+        (make_loggers(_logger_names(cfg, warn=False), out, resolved.to_dict()) if dist.is_main else [])
         + ([ProgressLines()] if lines else [])
         + list(callbacks or [])
     )
