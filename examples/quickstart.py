@@ -12,4 +12,4 @@ run = fdalign.finetune(config)  # = fdalign train: writes runs/quick/ (metrics.j
 print(run.metrics["test"]["fine-tuned"]["top1"], run.selection["epoch"]["chosen"])
 evaluation = fdalign.evaluate(run.out, "world", ood=["sketch=world/ood/sketch"])  # = fdalign eval
 print(evaluation.metrics["sketch"]["fine-tuned"]["top1"])
-predictions, classifier = fdalign.predict(run.out, ["world/test"], out="predictions.csv", topk=2)  # = fdalign predict
+predictions = fdalign.predict(run.out, ["world/test"], out="predictions.csv", topk=2)  # = fdalign predict

@@ -118,7 +118,10 @@ def test_open_clip_round_trip_with_plain_open_clip(env, oc_run, tiny_openclip, t
     from fdalign.backends.openclip import image_spec_from_visual
 
     out = tmp_path / "exp"
-    assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(out)]) == 0
+    # the fine-tuned weights (the default is the model val selected, which may be a WiSE-FT mix)
+    assert (
+        main(["export", str(oc_run), "--format", "open_clip", "--out", str(out), "--wiseft-alpha", "fine-tuned"]) == 0
+    )
     assert "open_clip_model.safetensors" in capsys.readouterr().out
 
     # expected: the base checkpoint with the run's saved image tower, built without fdalign
@@ -282,7 +285,10 @@ def test_predict_agrees_with_eval_logits(env, oc_run, tmp_path, source):
     target = oc_run
     if source == "export":
         target = tmp_path / "exp"
-        assert main(["export", str(oc_run), "--format", "open_clip", "--out", str(target)]) == 0
+        assert (
+            main(["export", str(oc_run), "--format", "open_clip", "--out", str(target), "--wiseft-alpha", "fine-tuned"])
+            == 0
+        )
     want, classnames, test = _expected_probs(env, oc_run)
     out = tmp_path / "preds.csv"
     assert (
@@ -291,6 +297,7 @@ def test_predict_agrees_with_eval_logits(env, oc_run, tmp_path, source):
                 "predict",
                 str(target),
                 str(env["data"] / "test"),
+                *(["--wiseft-alpha", "fine-tuned"] if source == "run" else []),  # an export holds its weights
                 "--out",
                 str(out),
                 "--topk",
@@ -335,6 +342,8 @@ def test_predict_lists_unreadable_files_and_keeps_going(env, oc_run, tmp_path, c
             str(oc_run),
             str(images),
             str(missing),
+            "--wiseft-alpha",
+            "fine-tuned",
             "--out",
             str(out),
             "--topk",

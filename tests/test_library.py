@@ -109,7 +109,7 @@ def test_finetune_equals_fdalign_train(tiny_openclip, folders, tmp_path, capsys)
     assert run.selection["epoch"] == json.loads((lib / "selection.json").read_text())["epoch"]
     assert run.wiseft_alpha == json.loads((lib / "selection.json").read_text())["wiseft_alpha"]["chosen"]
     assert all(p.is_file() for p in run.paths.values()), run.paths
-    state = {k: v.float() for k, v in run.encoder.state_dict().items()}
+    state = {k: v.float() for k, v in run.fine_tuned_encoder.state_dict().items()}
     assert state.keys() == a.encoder.keys() and all(torch.equal(state[k], a.encoder[k]) for k in state)
     # the config passed in is not changed by the call
     assert cfg.dataset_name is None and cfg.out == str(lib)

@@ -133,7 +133,12 @@ def test_export_of_selected_alpha_zero_says_zero_shot(trained, tmp_path, capsys)
     assert "zero-shot CLIP" in title and "fine-tuned with" not in title
     assert "none of that fine-tuning is in it" in card
     # the fine-tuned weights keep their title
-    assert main(["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "ft")]) == 0
+    assert (
+        main(
+            ["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "ft"), "--wiseft-alpha", "fine-tuned"]
+        )
+        == 0
+    )
     assert "CLIP fine-tuned with fdalign" in (tmp_path / "ft" / "README.md").read_text().splitlines()[0]
 
 

@@ -788,6 +788,91 @@ BUGS += [
         "self.path.stat().st_size, path=os.path.realpath(self.path)))",
         "self.path.stat().st_size, path=str(self.path)))",
     ),
+    # issue 26, the Python API: run with tests/test_python_api.py
+    (
+        "predict iterates a string's characters",
+        "src/fdalign/workflows/deploy.py",
+        "    if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters\n        images = [images]\n",
+        "",
+    ),
+    (
+        "eval scores an unfinished run's best-so-far weights",
+        "src/fdalign/workflows/evaluation.py",
+        'run_dir = finished_run(args.target, "eval")',
+        "run_dir = Path(args.target)",
+    ),
+    (
+        "TrainConfig not coerced at construction",
+        "src/fdalign/options.py",
+        "            if coerced is not value:",
+        "            if False:",
+    ),
+    (
+        "from_text_encoder defaults its scale",
+        "src/fdalign/losses.py",
+        "        if scale is None:\n",
+        "        if scale is None and False:\n",
+    ),
+    (
+        "run.encoder is the fine-tuned one whatever val chose",
+        "src/fdalign/workflows/kshot.py",
+        "    run.encoder, run.head = run.models[selected_row(run.wiseft_alpha)]",
+        "    pass",
+    ),
+    (
+        "resume compares settings only after loading the model",
+        "src/fdalign/workflows/kshot.py",
+        "    changed = changed_settings(old, cfg.resolved(num_train))",
+        "    changed = {}",
+    ),
+    (
+        "on_epoch_end never called",
+        "src/fdalign/train/trainer.py",
+        "writer.callbacks.on_epoch_end(",
+        "(lambda m: None)(",
+    ),
+    (
+        "no progress lines off a terminal",
+        "src/fdalign/workflows/kshot.py",
+        "lines = cfg.progress and not progress and dist.is_main",
+        "lines = False",
+    ),
+    (
+        "the user's model trained in place",
+        "src/fdalign/workflows/kshot.py",
+        "backend = copy.deepcopy(as_backend(model))",
+        "backend = as_backend(model)",
+    ),
+    (
+        "Python errors speak of flags",
+        "src/fdalign/errors.py",
+        "    if _ON_COMMAND_LINE.get():",
+        "    if True:",
+    ),
+    (
+        "sweep --set shots refused",
+        "src/fdalign/experiments/sweep.py",
+        "if key in GRID_FIELDS and key not in GRID_OVERRIDES:",
+        "if key in GRID_FIELDS:",
+    ),
+    (
+        "tensorboard: true silently off without its package",
+        "src/fdalign/workflows/kshot.py",
+        '        if importlib.util.find_spec("tensorboard") is None:',
+        "        if False:",
+    ),
+    (
+        "a built-in typo says reinstall",
+        "src/fdalign/backends/openclip.py",
+        "        if close:  # a typo",
+        "        if False:  # a typo",
+    ),
+    (
+        "the loggers never see a step",
+        "src/fdalign/train/trainer.py",
+        "        self.callbacks.on_step(row)",
+        "        pass",
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")

@@ -5,6 +5,7 @@ stay fast::
 
     import fdalign
     run = fdalign.finetune(fdalign.TrainConfig(model=..., data=..., shots=16, out="runs/x"))
+    model = fdalign.load_run("runs/x")  # the selected model: .predict(paths), .encode_image(x)
 """
 
 __version__ = "0.1.0"
@@ -30,6 +31,11 @@ _EXPORTS = {
     "predict": "fdalign.workflows.deploy",
     "predict_images": "fdalign.workflows.deploy",
     "load_clip": "fdalign.backends",
+    "load_run": "fdalign.workflows.loaded",
+    "list_models": "fdalign.workflows.loaded",
+    "FineTunedModel": "fdalign.workflows.loaded",
+    "Predictions": "fdalign.prediction",
+    "as_backend": "fdalign.backends.custom",
     "FDAlignLoss": "fdalign.losses",
 }
 

@@ -5,9 +5,24 @@ Anything a user can fix (a wrong path, an unknown model, a malformed file) raise
 showing a stack trace; library users can catch it like any other exception.
 """
 
+import contextvars
+
+# True while a command runs (``as_command``): errors then name options as flags (--out), else as
+# the Python keywords a library user passes (out=).
+_ON_COMMAND_LINE = contextvars.ContextVar("fdalign_on_command_line", default=False)
+
 
 class FDAlignError(Exception):
     """An error caused by user input; the message says what is wrong and what to do."""
+
+
+def option(name: str, python_value: str | None = None) -> str:
+    """How the user sets option ``name`` where the error is raised: ``--force`` in a command, ``force=True``
+    (``python_value`` given) or ``out`` (not given) from Python."""
+    if _ON_COMMAND_LINE.get():
+        return "--" + name.replace("_", "-")
+    name = name.replace("-", "_")
+    return name if python_value is None else f"{name}={python_value}"
 
 
 def user_message(error: FDAlignError) -> str:
@@ -29,6 +44,7 @@ def as_command(command: str, fn) -> int:
     line on stderr, no traceback) or 130 for Ctrl-C. The CLI and the sweep's cells both run this way."""
     import sys
 
+    token = _ON_COMMAND_LINE.set(True)
     try:
         return int(fn() or 0)
     except FDAlignError as e:
@@ -48,3 +64,5 @@ def as_command(command: str, fn) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        _ON_COMMAND_LINE.reset(token)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, option
 
 FORMATS = ("open_clip", "hf")
 EXPORT_FORMAT = "fdalign-export/1"
@@ -45,6 +45,7 @@ OPENCLIP_CONFIG = "open_clip_config.json"
 HF_WEIGHTS = "model.safetensors"
 SELECTED = "selected"
 ADAPTER_DIR = "adapter"
+FINE_TUNED = "fine-tuned"
 VERIFY_TOLERANCE = 1e-4  # float32 features of the same weights through the same ops differ by ~0
 # The settings that define the method and the data, shown in the model card.
 CARD_SETTINGS = (
@@ -77,8 +78,12 @@ CARD_SETTINGS = (
 # The run's weights
 
 
-def finished_run(run_dir: str | os.PathLike) -> Path:
-    """``run_dir`` as a Path if training finished there; else an :class:`FDAlignError` saying what to do."""
+def finished_run(run_dir: str | os.PathLike, command: str = "export") -> Path:
+    """``run_dir`` as a Path if training finished there; else an :class:`FDAlignError` saying what to do.
+
+    The one rule of ``eval``, ``export``, ``predict`` and ``load_run``: a run still training, or
+    interrupted, has only a best-so-far model, which none of them reads (``command`` names the caller).
+    """
     from fdalign.train.run import CONFIG_FILE, MODEL_FILE, SELECTION_FILE
 
     run_dir = Path(run_dir)
@@ -89,16 +94,19 @@ def finished_run(run_dir: str | os.PathLike) -> Path:
     missing = [f for f in (MODEL_FILE, SELECTION_FILE) if not (run_dir / f).is_file()]
     if missing:
         raise FDAlignError(
-            f"run {run_dir} has not finished training (no {' or '.join(missing)}); finish it with "
-            f"`fdalign train --config {run_dir / CONFIG_FILE} --resume`, then export"
+            f"run {run_dir} has not finished training (no {' or '.join(missing)}: it is still training or was "
+            f"interrupted), and {command} reads only finished runs, never a best-so-far model; finish it with "
+            f"`fdalign train --config {run_dir / CONFIG_FILE} --resume`, then {command} it"
         )
     return run_dir
 
 
 def parse_alpha(value: str | float | None) -> float | str | None:
-    """``--wiseft-alpha``: None (the fine-tuned weights), ``"selected"``, or a number in [0, 1]."""
+    """``--wiseft-alpha``: None or ``"fine-tuned"`` (the fine-tuned weights), ``"selected"``, or a number in [0, 1]."""
     if value is None or value == SELECTED:
         return value
+    if value == FINE_TUNED:
+        return None
     try:
         alpha = float(value)
     except (TypeError, ValueError):
@@ -116,9 +124,9 @@ def resolve_alpha(loaded, alpha: float | str | None) -> float | None:
     if chosen is None:
         raise FDAlignError(
             f"run {loaded.run_dir} recorded no selected WiSE-FT alpha in selection.json; "
-            "pass a number with --wiseft-alpha"
+            f"pass a number with {option('wiseft_alpha')}"
         )
-    return float(chosen)
+    return None if float(chosen) == 1.0 else float(chosen)  # 1 is the fine-tuned model itself
 
 
 def apply_weights(loaded, alpha: float | None) -> nn.Module:
@@ -276,7 +284,10 @@ def check_out(out: Path, force: bool) -> None:
     if not out.exists() and not out.is_symlink():
         return
     if not force:
-        raise FDAlignError(f"output path {out} already exists; pass --force to replace it or choose another --out")
+        raise FDAlignError(
+            f"output path {out} already exists; pass {option('force', 'True')} to replace it or choose another "
+            f"{option('out')}"
+        )
     if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file()):
         raise FDAlignError(
             f"--force replaces only an earlier fdalign export or an empty folder, and {out} is "

@@ -298,11 +298,26 @@ class FDAlignLoss(nn.Module):
 
     @classmethod
     def from_text_encoder(
-        cls, encode_text, image_encoder: nn.Module, classnames, templates, *, scale: float = 100.0, **options
+        cls,
+        encode_text,
+        image_encoder: nn.Module,
+        classnames,
+        templates,
+        *,
+        scale: float | None = None,
+        **options,
     ) -> FDAlignLoss:
         """As :meth:`from_clip` from ``encode_text(list[str]) -> [N, D]`` and the image encoder to fine-tune
-        (no prompt cache: the text encoder has no fingerprint)."""
+        (no prompt cache: the text encoder has no fingerprint). ``scale`` is the model's logit scale,
+        exponentiated (``model.logit_scale.exp().item()`` for open_clip), which :meth:`from_clip` reads off
+        the model: there is no default to differ from it."""
         from types import SimpleNamespace
+
+        if scale is None:
+            raise FDAlignError(
+                "FDAlignLoss.from_text_encoder needs scale=, the CLIP model's logit scale (exponentiated, e.g. "
+                "model.logit_scale.exp().item()), as from_clip takes it from the model"
+            )
 
         backend = SimpleNamespace(
             encode_text=lambda prompts, **_: encode_text(list(prompts)),

@@ -33,6 +33,22 @@ def option(default, help: str, *, choices: tuple | None = None, flag: str | None
     return field(default=default, metadata=meta, **kw)
 
 
+def document_fields(cls: type) -> type:
+    """Append every field's type, default and help text to ``cls.__doc__``, so ``help(TrainConfig)`` and
+    IDEs show what ``--help`` shows (one source: the field metadata)."""
+    hints = typing.get_type_hints(cls)
+    lines = [(cls.__doc__ or "").rstrip(), "", "Fields (the command's flags; ``--help`` says the same):", ""]
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        lines.append(f"    {f.name} ({tp}, default {getattr(defaults, f.name)!r}):")
+        lines.append(f"        {f.metadata.get('help', '')}")
+        if f.metadata.get("choices"):
+            lines.append(f"        One of: {', '.join(f.metadata['choices'])}.")
+    cls.__doc__ = "\n".join(lines) + "\n"
+    return cls
+
+
 def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
     """The YAML document in ``path``; a missing or malformed file is an error naming it (``what``: "config file")."""
     import yaml
@@ -77,6 +93,18 @@ class ConfigFile:
     COMMAND: ClassVar[str] = "fdalign train"  # named in errors and in the YAML file's first line
     TITLE: ClassVar[str] = "fdalign training config"
 
+    def __post_init__(self) -> None:
+        """Check and coerce every field at construction, as a YAML file is (``shots="8"`` -> 8,
+        ``epochs=1.5`` -> an error naming ``epochs``), so a config built in Python fails here and
+        not minutes into training."""
+        hints = _hints(type(self))  # type: ignore[arg-type]  # a mixin of dataclasses
+        source = type(self).__name__
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            coerced = _coerce(value, hints[f.name], f.name, source)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]  # a mixin of dataclasses
 
@@ -88,7 +116,7 @@ class ConfigFile:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         d = {str(k).replace("-", "_"): v for k, v in d.items()}  # the CLI spelling (lp-epochs) too
         check_keys(d, names, source, hint=f"; see `{cls.COMMAND} --help` for the options")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)  # type: ignore[arg-type]
         return cls(**{k: _coerce(v, hints[k], k, source) for k, v in d.items()})
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
@@ -124,6 +152,12 @@ class ConfigFile:
 
 # ----------------------------------------------------------------------------------------------
 # typing
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config class, once (it runs at every construction)."""
+    return typing.get_type_hints(cls)
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:

@@ -31,16 +31,17 @@ class Classifier:
     transform: Callable
     image_size: int
     name: str
+    wiseft_alpha: float | None = None  # a run's WiSE-FT weight on the fine-tuned side (None: fine-tuned)
 
 
-def target_kind(target: str | os.PathLike, wiseft_alpha: float | str | None = None) -> str:
+def target_kind(target: str | os.PathLike, wiseft_alpha: float | str | None = None, command: str = "predict") -> str:
     """``"export"`` or ``"run"`` (a finished one), checked without loading anything heavy."""
-    from fdalign.exporting import MANIFEST_FILE, finished_run, parse_alpha
+    from fdalign.exporting import MANIFEST_FILE, SELECTED, finished_run, parse_alpha
     from fdalign.train.run import CONFIG_FILE
 
     target = Path(target)
     if (target / MANIFEST_FILE).is_file():
-        if wiseft_alpha is not None:
+        if wiseft_alpha not in (None, SELECTED):  # an export holds the weights it was made with
             raise FDAlignError(
                 f"{target} is an export, whose weights are fixed; --wiseft-alpha applies to a run "
                 "directory (or export again with --wiseft-alpha)"
@@ -51,26 +52,31 @@ def target_kind(target: str | os.PathLike, wiseft_alpha: float | str | None = No
             f"{target} is neither an fdalign run directory (no {CONFIG_FILE}) nor an export "
             f"(no {MANIFEST_FILE}); pass the --out of `fdalign train` or `fdalign export`"
         )
-    finished_run(target)
+    finished_run(target, command)
     parse_alpha(wiseft_alpha)
     return "run"
 
 
 def load_classifier(
-    target: str | os.PathLike, wiseft_alpha: float | str | None = None, device: str | torch.device = "cpu"
+    target: str | os.PathLike,
+    wiseft_alpha: float | str | None = None,
+    device: str | torch.device = "cpu",
+    backend=None,
+    command: str = "predict",
 ) -> Classifier:
-    """A finished run directory (its fine-tuned or WiSE-FT weights) or an ``fdalign export`` folder."""
-    if target_kind(target, wiseft_alpha) == "export":
+    """A finished run directory (its fine-tuned or WiSE-FT weights) or an ``fdalign export`` folder;
+    ``backend``: the base CLIP of a run trained from a model given in Python."""
+    if target_kind(target, wiseft_alpha, command) == "export":
         return _from_export(Path(target), device)
-    return _from_run(Path(target), wiseft_alpha, device)
+    return _from_run(Path(target), wiseft_alpha, device, backend)
 
 
-def _from_run(run_dir: Path, wiseft_alpha, device) -> Classifier:
+def _from_run(run_dir: Path, wiseft_alpha, device, backend=None) -> Classifier:
     from fdalign.exporting import apply_weights, parse_alpha, resolve_alpha
     from fdalign.train.run import load_run
 
     alpha = parse_alpha(wiseft_alpha)
-    loaded = load_run(run_dir, "cpu")
+    loaded = load_run(run_dir, "cpu", backend=backend)
     alpha = resolve_alpha(loaded, alpha)
     head = apply_weights(loaded, alpha)
     backend = loaded.backend.to(device)
@@ -82,6 +88,7 @@ def _from_run(run_dir: Path, wiseft_alpha, device) -> Classifier:
         backend.preprocess_eval(),
         backend.image_spec.size,
         name,
+        alpha,
     )
 
 
@@ -184,17 +191,34 @@ def topk_probabilities(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 
 @dataclass
 class Predictions:
-    """Per-image results; ``probs`` / ``indices`` ``[N, k]`` are rows for ``paths[ok[i]]``."""
+    """Per-image results; ``probs`` / ``indices`` ``[N, k]`` are rows for ``paths[ok[i]]``, ``indices``
+    into ``classnames``. ``errors`` ``{path: why}`` lists the images that could not be classified;
+    ``classifier`` is the model that made them."""
 
     paths: list[str]
     ok: list[int]
     probs: torch.Tensor
     indices: torch.Tensor
     errors: dict[str, str] = field(default_factory=dict)
+    classnames: list[str] = field(default_factory=list)
+    classifier: Classifier | None = field(default=None, repr=False)
 
     @property
     def num_unreadable(self) -> int:
         return len(self.errors)
+
+    @property
+    def labels(self) -> dict[str, str | None]:
+        """``{path: its top-1 class name}`` in input order; None for an image that could not be classified."""
+        top = {self.paths[j]: self.classnames[int(self.indices[r, 0])] for r, j in enumerate(self.ok)}
+        return {p: top.get(p) for p in self.paths}
+
+    def topk(self, path: str) -> list[tuple[str, float]]:
+        """``[(class name, probability)]`` of ``path``, most probable first (empty if it was not classified)."""
+        for r, j in enumerate(self.ok):
+            if self.paths[j] == path:
+                return [(self.classnames[int(c)], float(p)) for c, p in zip(self.indices[r], self.probs[r])]
+        return []
 
 
 def predict(
@@ -237,7 +261,7 @@ def predict(
     else:
         ok = idx[good]
         probs, top = torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
-    return Predictions(list(paths), ok.tolist(), probs, top, errors)
+    return Predictions(list(paths), ok.tolist(), probs, top, errors, list(classifier.classnames), classifier)
 
 
 def predictions_csv(pred: Predictions, classnames: Sequence[str]) -> str:

@@ -305,6 +305,11 @@ def _resolve(model: str | None, pretrained: str | None, model_config: str | Path
         stamp = ["builtin", model, model_cfg, preprocess, wstamp]
         return _Source(_register_config(model, model_cfg), model, weights, kind, preprocess, stamp, label)
     if model.startswith(BUILTIN_PREFIX):
+        close = difflib.get_close_matches(model, list(builtins), n=1, cutoff=0.6)
+        if close:  # a typo of an installed built-in, not a missing install
+            raise FDAlignError(
+                f"unknown model {model!r}; did you mean {close[0]!r}? (built-in models: {', '.join(builtins)})"
+            )
         d = assets_dir()
         raise FDAlignError(
             f"built-in model {model!r} is not installed: expected {d / (model + '.json')} and "

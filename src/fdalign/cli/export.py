@@ -41,10 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (created; must not exist unless --force)")
     p.add_argument(
         "--wiseft-alpha",
-        default=None,
+        default="selected",
         metavar="A",
         help="export the WiSE-FT mix (1 - A) * zero-shot + A * fine-tuned (encoder and head), A in "
-        "[0, 1], or 'selected' for the alpha the run chose on val; none = the fine-tuned weights",
+        "[0, 1]; 'selected': the alpha the run chose on val (its selected model); 'fine-tuned': the "
+        "fine-tuned weights (default: selected)",
     )
     p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier export")
     p.add_argument(

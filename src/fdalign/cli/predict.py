@@ -6,7 +6,7 @@ import argparse
 import sys
 
 DESCRIPTION = """\
-Classify images with a finished run (its fine-tuned weights, or --wiseft-alpha) or a folder written
+Classify images with a finished run (its selected model, or --wiseft-alpha) or a folder written
 by `fdalign export`. IMAGES are files or folders (walked recursively for image files). The CSV has
 one row per image: path, top1, top1_prob, ..., topK, topK_prob, error. Files that cannot be read
 are listed and counted, with the reason in the error column; they never stop the run.
@@ -37,10 +37,10 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--wiseft-alpha",
-        default=None,
+        default="selected",
         metavar="A",
-        help="for a run: use the WiSE-FT mix with weight "
-        "A in [0, 1] or 'selected' (the alpha chosen on val); none = the fine-tuned weights",
+        help="for a run: 'selected' (the WiSE-FT mix chosen on val, the run's selected model), 'fine-tuned', "
+        "or the WiSE-FT mix with weight A in [0, 1] (default: selected)",
     )
     add_encoding_arguments(p, batch_size=64)
     add_switches(p, cache=False)
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fdalign.workflows import predict_images
 
-    pred, clf = predict_images(
+    pred = predict_images(
         args.target,
         args.images,
         out=args.out,
@@ -69,5 +69,7 @@ def run(args: argparse.Namespace) -> int:
             f"fdalign predict: ... and {pred.num_unreadable - MAX_LISTED} more (see the error column of {args.out})",
             file=sys.stderr,
         )
-    print(f"classified {len(pred.ok)} image(s) with {clf.name}; {pred.num_unreadable} unreadable; wrote {args.out}")
+    print(
+        f"classified {len(pred.ok)} image(s) with {pred.classifier.name}; {pred.num_unreadable} unreadable; wrote {args.out}"
+    )
     return 0

@@ -43,9 +43,7 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "config", metavar="CONFIG", help="sweep config YAML, or a preset name: demo, imagenet, coop, spc-ablation"
-    )
+    p.add_argument("config", metavar="CONFIG", help="sweep config YAML, or a preset name: " + ", ".join(_presets()))
     p.add_argument("--out", required=True, help="sweep folder (created; an existing one is continued)")
     p.add_argument(
         "--data-root",
@@ -76,7 +74,21 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="a train option for every cell, over the config and its methods (VALUE as YAML), e.g. "
         "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
-        "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1. Repeatable",
+        "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1; also the grid (--set shots=[1,4], "
+        "--set seeds=[1]) and a rendered world's size (--set world.train_per_class=8). Repeatable",
+    )
+    p.add_argument(
+        "--shots", type=int, nargs="+", default=None, metavar="K", help="the grid's shots (default: the config's)"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, metavar="S", help="the grid's seeds (default: the config's)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training epochs of every run, as --set epochs=N (default: the config's)",
     )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar over runs")
     p.add_argument(
@@ -118,9 +130,26 @@ def register(subparsers) -> None:
         "--no-wait",
         dest="wait",
         action="store_false",
-        help="Slurm: submit and return (run the command again to collect and resubmit)",
+        help="Slurm: submit and return (run the command again to collect and resubmit) (default: wait for the "
+        "cells to finish)",
     )
     p.set_defaults(func=run)
+
+
+def _presets() -> list[str]:
+    """The shipped presets, read off the folder (the help lists every one, and loads no torch)."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments" / "presets").glob("*.yaml"))
+
+
+def sweep_config(args: argparse.Namespace):
+    """The config with the command line's changes: ``--set`` first, then ``--shots`` / ``--seeds`` / ``--epochs``."""
+    from fdalign.experiments.sweep import apply_overrides, load_sweep_config, parse_overrides
+
+    cfg = apply_overrides(load_sweep_config(args.config), parse_overrides(args.overrides))
+    flags = {"shots": args.shots, "seeds": args.seeds, "epochs": args.epochs}
+    return apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "the command line")
 
 
 def make_launcher(args: argparse.Namespace, cfg, out: str):
@@ -155,10 +184,9 @@ def make_launcher(args: argparse.Namespace, cfg, out: str):
 
 def run(args: argparse.Namespace) -> int:
     from fdalign.errors import FDAlignError
-    from fdalign.experiments.sweep import load_sweep_config, parse_overrides, preview, run_sweep
+    from fdalign.experiments.sweep import preview, run_sweep
 
-    cfg = load_sweep_config(args.config)
-    cfg.overrides = {**cfg.overrides, **parse_overrides(args.overrides)}
+    cfg = sweep_config(args)
     launcher = make_launcher(args, cfg, args.out)
     if args.dry_run:
         rows = preview(cfg, args.out, data_root=args.data_root, only=args.only, limit=args.limit)

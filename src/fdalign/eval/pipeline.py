@@ -7,7 +7,7 @@ features; only the cheap heads differ. So the image features of each set are com
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +77,7 @@ def run_evaluation(
     precision: str = "fp32",
     progress: bool = True,
     num_workers: int = 0,
+    on_set: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Top-1/top-5 of every model on every set.
 
@@ -84,6 +85,7 @@ def run_evaluation(
         models: ``{name: (encoder, head)}``; encoder ``[B,3,H,W] -> [B,D]`` unnormalised, head
             ``[B,D] -> [B,C]``. Models passing the *same* encoder object share its features.
         eval_sets: ``{name: EvalSet}``.
+        on_set: called as ``on_set(set name, {model: scores})`` once a set is scored (progress lines).
 
     Returns:
         ``{set_name: {model_name: {"top1": %, "top5": %, "n": N}}}``.
@@ -110,5 +112,7 @@ def run_evaluation(
             for name in names:
                 logits = apply_head(models[name][1], feats)
                 results[set_name][name] = score(logits, labels, es.class_subset)
+        if on_set is not None:
+            on_set(set_name, {m: results[set_name][m] for m in models})
     # models in the caller's order, not grouped by encoder
     return {s: {m: r[m] for m in models} for s, r in results.items()}

@@ -35,6 +35,7 @@ NOT_SETTINGS = frozenset(
         "num_workers",
         "eval_batch_size",
         "tensorboard",
+        "logger",
         "device",
         "resume",
         "verify_images",

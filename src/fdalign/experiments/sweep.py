@@ -49,7 +49,7 @@ PROTOCOLS = ("kshot", "episodes", "base2novel", "cross-dataset")  # the last two
 GRID_FIELDS = ("shots", "seed", "out", "data", "ood", "resume", "image_root", "classnames")
 # Fields that may change between a run and its continuation without changing its result.
 VOLATILE_FIELDS = frozenset(
-    {"progress", "num_workers", "eval_batch_size", "tensorboard", "device", "resume", "verify_images", "out"}
+    {"progress", "num_workers", "eval_batch_size", "tensorboard", "logger", "device", "resume", "verify_images", "out"}
 )
 
 
@@ -252,23 +252,47 @@ def plan_runs(cfg: SweepConfig, only: Sequence[str] = (), limit: int | None = No
     return runs
 
 
+# --set keys that change the grid itself rather than every run's options (see apply_overrides)
+GRID_OVERRIDES = ("shots", "seeds")
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` (VALUE read as YAML: ``epochs=1``, ``model_config=null``) -> settings."""
+    """``--set KEY=VALUE`` (VALUE read as YAML: ``epochs=1``, ``model_config=null``, ``shots=[1,4]``,
+    ``world.test_per_class=4``) -> settings; :func:`apply_overrides` puts them in a config."""
     import yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key == "seed":
+            key = "seeds"
         if not sep or not key:
             raise FDAlignError(f"--set {item!r}: write KEY=VALUE, e.g. --set model=ViT-B-16 or --set epochs=1")
-        if key in GRID_FIELDS:
+        if key in GRID_FIELDS and key not in GRID_OVERRIDES:
             raise FDAlignError(f"--set {key}: the sweep grid decides {key!r}; change the config instead")
         try:
             out[key] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
             out[key] = value
     return out
+
+
+def apply_overrides(cfg: SweepConfig, overrides: dict[str, Any], source: str = "--set") -> SweepConfig:
+    """``overrides`` into ``cfg``: ``shots`` / ``seeds`` replace the grid's lists, ``world.KEY`` a key of the
+    world a preset renders (a smaller world for a quick try), anything else is a train option for every run."""
+    rest = {}
+    for key, value in overrides.items():
+        if key in GRID_OVERRIDES:
+            setattr(cfg, key, _int_list(value, key, source))
+        elif key.startswith("world."):
+            if cfg.world is None:
+                raise FDAlignError(f"{source} {key}: {cfg.source} renders no world")
+            cfg.world = {**cfg.world, key.split(".", 1)[1]: value}
+        else:
+            rest[key] = value
+    cfg.overrides = {**cfg.overrides, **rest}
+    return cfg
 
 
 def _fill(value: str | None, data_root: str | None, what: str, source: str) -> str | None:
@@ -973,4 +997,5 @@ __all__ = [
     "check_options",
     "damaged_status",
     "parse_overrides",
+    "apply_overrides",
 ]

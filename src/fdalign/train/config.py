@@ -22,7 +22,7 @@ from typing import Any
 from fdalign.data.names import dataset_key as _dataset_key  # noqa: F401 (re-exported)
 from fdalign.data.names import guess_dataset_name
 from fdalign.errors import FDAlignError
-from fdalign.options import ConfigFile, add_arguments, check_choices, option
+from fdalign.options import ConfigFile, add_arguments, check_choices, document_fields, option
 
 MODES = ("fdalign", "linear-probe", "lp-ft")
 HEADS = ("frozen", "trainable")
@@ -30,6 +30,7 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 KL_DIRECTIONS = ("paper", "released")
 SELECTIONS = ("best", "last")
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # fdalign.loggers (which imports the libraries)
 # Fields that change neither the maths nor the data order: they may differ between a run and its resume
 # (data paths may move; the CLI compares the K-shot images' hashes instead).
 NON_SEMANTIC_FIELDS = frozenset(
@@ -39,6 +40,7 @@ NON_SEMANTIC_FIELDS = frozenset(
         "num_workers",
         "eval_batch_size",
         "tensorboard",
+        "logger",
         "out",
         "device",
         "ood",
@@ -253,8 +255,18 @@ class TrainConfig(ModelOptions):
     verify_images: bool = _f(True, "open every few-shot image before training and fail on unreadable ones")
     out: str | None = _f(None, "run directory (created); holds config.yaml, splits/, model/, metrics.json, report.md")
     resume: bool = _f(False, "continue from <out>/checkpoint/last.* (same config) instead of starting over")
-    progress: bool = _f(True, "show progress bars")
-    tensorboard: bool = _f(True, "also log to <out>/tensorboard when the tensorboard package is installed")
+    progress: bool = _f(
+        True, "show progress: bars on a terminal, else one line per epoch and per evaluated set (log files, Slurm)"
+    )
+    logger: list[str] = _f(
+        [],
+        "experiment trackers, any of tensorboard (<out>/tensorboard), wandb (WANDB_MODE=offline keeps it local), "
+        "mlflow (MLFLOW_TRACKING_URI, else <out>/mlflow.db); each needs its extra: pip install 'fdalign[wandb]'",
+    )
+    tensorboard: bool = _f(
+        False,
+        "same as --logger tensorboard (kept for older configs); without the tensorboard package it warns",
+    )
 
     # ------------------------------------------------------------------------------------------
     def validate(self, source: str = "the config") -> TrainConfig:
@@ -309,6 +321,9 @@ class TrainConfig(ModelOptions):
         from fdalign.train.trainable import TrainableSpec
 
         TrainableSpec.from_config(self, source)  # one-line errors naming the field
+        for name in self.logger:
+            if name not in LOGGERS:
+                bad("logger", f"has {name!r}; choose from {', '.join(LOGGERS)}")
         for spec in self.ood:
             if "=" not in spec or not spec.split("=", 1)[0] or not spec.split("=", 1)[1]:
                 bad("ood", f"has {spec!r}; write each OOD set as NAME=PATH")
@@ -339,6 +354,7 @@ class TrainConfig(ModelOptions):
             ood=list(self.ood),
             target=list(self.target),
             target_templates=list(self.target_templates),
+            logger=list(self.logger),
         )
         if c.batch_size == 0:
             c.batch_size = min(num_train, 256)
@@ -433,6 +449,15 @@ class TrainConfig(ModelOptions):
         )
         values.update(overrides)
         return cls(**values)
+
+
+document_fields(TrainConfig)
+
+
+def changed_settings(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
+    """``{field: (old, new)}`` of the settings that change a run's result (not NON_SEMANTIC_FIELDS)."""
+    a, b = old.to_dict(), new.to_dict()
+    return {k: (a[k], b[k]) for k in a if k not in NON_SEMANTIC_FIELDS and a[k] != b[k]}
 
 
 RELEASED_SHOTS = (1, 2, 4, 8, 16)

@@ -101,7 +101,9 @@ class MetaConfig(ModelOptions):
     out: str | None = _f(None, "run directory (config.yaml, log.csv, checkpoint/, model/, metrics.json, report.md)")
     resume: bool = _f(False, "continue from <out>/checkpoint/last.* (same settings)")
     progress: bool = _f(True, "show progress bars")
-    tensorboard: bool = _f(True, "also log to <out>/tensorboard when tensorboard is installed")
+    tensorboard: bool = _f(
+        False, "also log to <out>/tensorboard (needs the tensorboard package: pip install 'fdalign[tensorboard]')"
+    )
 
     @property
     def spec(self) -> EpisodeSpec:

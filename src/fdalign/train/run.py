@@ -177,8 +177,12 @@ class LoadedRun:
         return wiseft_model(self.zero_shot_encoder(), self.backend.image_encoder, self.zeroshot_head, self.head, alpha)
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load ``<run>/config.yaml`` + ``<run>/model/best.safetensors`` onto the base model."""
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend=None) -> LoadedRun:
+    """Load ``<run>/config.yaml`` + ``<run>/model/best.safetensors`` onto the base model: the one the
+    config names, or ``backend`` (a :class:`~fdalign.backends.base.CLIPBackend` the run was trained
+    from in Python; a copy is loaded, the caller's model is left as it is)."""
+    import copy
+
     from fdalign.backends import load_clip
 
     run_dir = Path(run_dir)
@@ -189,12 +193,21 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         )
     config = TrainConfig.from_run_yaml(cfg_path)
     saved = load_model(run_dir / MODEL_FILE)
-    backend = load_clip(config.model, pretrained=config.pretrained, model_config=config.model_config, device="cpu")
+    if backend is not None:
+        backend = copy.deepcopy(backend).to("cpu")
+    elif not config.model and not config.model_config:
+        raise FDAlignError(
+            f"run {run_dir} was trained from a model given in Python (finetune(config, model=...)), which its "
+            "config.yaml cannot name; pass the same model again: fdalign.load_run(run, model=...)"
+        )
+    else:
+        backend = load_clip(config.model, pretrained=config.pretrained, model_config=config.model_config)
     want = saved.metadata.get("base_fingerprint")
     if want and getattr(backend, "fingerprint", want) != want:
         raise FDAlignError(
-            f"{run_dir}: the run was trained from base model {want} but {config.model} / {config.pretrained} now "
-            f"loads {backend.fingerprint}; point config.yaml at the original weights"
+            f"{run_dir}: the run was trained from base model {want} but {config.model or backend.name} / "
+            f"{config.pretrained} now loads {backend.fingerprint}; point config.yaml at the original weights "
+            "(or pass the model the run was trained from)"
         )
     enc = backend.image_encoder
     zs_state = {k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}

@@ -34,16 +34,18 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fdalign.callbacks import CallbackList
 from fdalign.data.views import SeededViews
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, option
 from fdalign.heads import PrototypeHead
 from fdalign.selection import EvalSplit, SelectionLog, select, val_score
 from fdalign.train import distributed
@@ -267,7 +269,12 @@ def _tensorboard(run_dir: Path, enabled: bool):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
+    except ImportError:  # tensorboard is optional, but asked for: say it is not used
+        warnings.warn(
+            "tensorboard is on but the tensorboard package is not installed, so nothing is logged to "
+            f"{run_dir / 'tensorboard'}; pip install 'fdalign[tensorboard]' or turn tensorboard off",
+            stacklevel=3,
+        )
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -451,13 +458,14 @@ def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, hea
         return _Progress(), None
     if not cfg.resume:
         raise FDAlignError(
-            f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose a new --out"
+            f"{run_dir} already holds a training checkpoint; pass {option('resume', 'True')} to continue it or "
+            f"choose a new {option('out')}"
         )
     ckpt = load_checkpoint(ckpt_dir)
     if ckpt.meta.get("config_hash") != chash:
         raise FDAlignError(
             f"cannot resume {run_dir}: its checkpoint was made with different settings "
-            f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new --out"
+            f"(config hash {ckpt.meta.get('config_hash')} vs {chash}); use the run's config.yaml or a new {option('out')}"
         )
     encoder.load_state_dict(ckpt.encoder)
     head.load_state_dict(ckpt.head)
@@ -502,8 +510,8 @@ def _load_selected(path: Path, chosen: int, encoder: nn.Module, head: nn.Module)
 
 
 class _RunWriter:
-    """What a run writes as it trains (rank 0 alone under torchrun): ``log.csv``, TensorBoard, the
-    selected model file and the resumable checkpoint."""
+    """What a run writes as it trains (rank 0 alone under torchrun): ``log.csv``, the selected model file,
+    the resumable checkpoint, and the callbacks (:mod:`fdalign.callbacks`: the loggers and the user's)."""
 
     def __init__(
         self,
@@ -513,18 +521,17 @@ class _RunWriter:
         keep_until_step: int | None,
         model_meta: dict,
         zeroshot_head: PrototypeHead,
+        callbacks: CallbackList,
     ):
         self.run_dir, self.model_meta, self.zeroshot_head = run_dir, model_meta, zeroshot_head
         self.main = dist.is_main
         self.csv = _CSVLog(run_dir / "log.csv", keep_until_step) if self.main else None
-        self.tb = _tensorboard(run_dir, cfg.tensorboard) if self.main else None
+        self.callbacks = callbacks if self.main else CallbackList()
 
     def row(self, row: dict) -> None:
         if self.csv is not None:
             self.csv.write(row)
-        if self.tb is not None:
-            for k in ("lr", "ce", "kl", "loss", "images_per_s"):
-                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+        self.callbacks.on_step(row)
 
     def end_epoch(self, epoch: int, top1: float, keep: bool, encoder, head, optimizer, meta: dict) -> None:
         """``keep``: this epoch's weights become ``model/best.safetensors`` (the selection's candidate)."""
@@ -545,15 +552,11 @@ class _RunWriter:
                 adapter=adapter_state_dict(encoder) if lora else None,
             )
         self.csv.flush()
-        if self.tb is not None:
-            self.tb.add_scalar("val/top1", top1, epoch)
         save_checkpoint(self.run_dir / "checkpoint", encoder=encoder, head=head, optimizer=optimizer, meta=meta)
 
     def close(self) -> None:
         if self.csv is not None:
             self.csv.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 class _Interrupts:
@@ -614,6 +617,7 @@ def train(
     progress: bool = True,
     on_epoch_end: Callable[[int, float], None] | None = None,
     data_key: str | None = None,
+    callbacks: Sequence[Any] | CallbackList = (),
 ) -> TrainResult:
     """Fine-tune ``backend.image_encoder`` (in place) and return the selected weights.
 
@@ -633,12 +637,24 @@ def train(
             checkpoint is written (tests use it to simulate a kill).
         data_key: names the training images and their transform (e.g. the split's content hash
             and the augmentation settings); with ``config.f0_cache`` it keys the f0 cache.
+        callbacks: objects with ``on_step(metrics)`` / ``on_epoch_end(metrics)`` (:mod:`fdalign.callbacks`);
+            rank 0 calls them. ``on_end`` is the workflow's to call, with the evaluated run.
     """
     from fdalign.io import run_lock
 
     with run_lock(run_dir), _Interrupts() as interrupts:  # one process per run directory
         result = _train(
-            backend, train_set, val_set, prototypes, config, Path(run_dir), progress, on_epoch_end, data_key, interrupts
+            backend,
+            train_set,
+            val_set,
+            prototypes,
+            config,
+            Path(run_dir),
+            progress,
+            on_epoch_end,
+            data_key,
+            interrupts,
+            CallbackList(callbacks),
         )
         interrupts.check()  # a Ctrl-C lost during the last epoch's validation still stops the caller
         return result
@@ -655,6 +671,7 @@ def _train(
     on_epoch_end,
     data_key,
     interrupts: _Interrupts,
+    callbacks: CallbackList,
 ) -> TrainResult:
     from fdalign.train.run import MODEL_FILE, SELECTION_FILE, load_model, record_model_hash
 
@@ -735,7 +752,7 @@ def _train(
     }
     if spec.kind != "full":
         model_meta["trainable"] = spec.to_dict()
-    writer = _RunWriter(run_dir, cfg, dist, step if ckpt is not None else None, model_meta, zeroshot_head)
+    writer = _RunWriter(run_dir, cfg, dist, step if ckpt is not None else None, model_meta, zeroshot_head, callbacks)
     selection = SelectionLog()
     t_start = time.time()
     use_scaler = precision == "fp16"
@@ -846,6 +863,17 @@ def _train(
                     },
                 )
                 distributed.barrier(dist)
+                writer.callbacks.on_epoch_end(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": total_epochs,
+                        "phase": phase.name,
+                        "val_top1": top1,
+                        "best_val_top1": best_val,
+                        "best_epoch": best_epoch,
+                        "step": step,
+                    }
+                )
                 if progress:
                     from tqdm.auto import tqdm
 

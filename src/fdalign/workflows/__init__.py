@@ -9,6 +9,7 @@ stays cheap.
 from fdalign.workflows.deploy import export_run, predict_images
 from fdalign.workflows.evaluation import EvalConfig, Evaluation, evaluate, evaluate_config
 from fdalign.workflows.kshot import Run, check_run_request, finetune
+from fdalign.workflows.loaded import FineTunedModel, list_models, load_run
 from fdalign.workflows.meta import (
     EpisodeEvaluation,
     MetaEvalConfig,
@@ -21,6 +22,7 @@ from fdalign.workflows.meta import (
 __all__ = [
     "EpisodeEvaluation",
     "EvalConfig",
+    "FineTunedModel",
     "Evaluation",
     "MetaEvalConfig",
     "MetaRun",
@@ -30,6 +32,8 @@ __all__ = [
     "evaluate_config",
     "export_run",
     "finetune",
+    "list_models",
+    "load_run",
     "meta_evaluate",
     "meta_evaluate_config",
     "meta_train",

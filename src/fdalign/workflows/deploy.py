@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from fdalign.errors import FDAlignError
 
 if TYPE_CHECKING:
+    from fdalign.exporting import ExportResult
+    from fdalign.prediction import Predictions
     from fdalign.workflows.kshot import Run
 
 
@@ -19,15 +21,17 @@ def export_run(
     format: str,
     out: str | os.PathLike[str],
     *,
-    wiseft_alpha: float | str | None = None,
+    wiseft_alpha: float | str | None = "selected",
     force: bool = False,
     verify: bool = True,
     adapter_only: bool = False,
-):
+) -> ExportResult:
     """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.exporting.ExportResult`.
 
     ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf;
-    ``adapter_only``: also write a LoRA run's adapter in peft's format (``OUT/adapter``).
+    ``wiseft_alpha``: ``"selected"`` (the model val chose, as ``run.encoder``), ``"fine-tuned"`` / None
+    (the fine-tuned weights) or a number in [0, 1]; ``adapter_only``: also write a LoRA run's adapter in
+    peft's format (``OUT/adapter``).
     """
     from fdalign.exporting import export_run as _export
 
@@ -38,21 +42,23 @@ def export_run(
 
 def predict_images(
     target: str | os.PathLike[str] | Run,
-    images: Sequence[str | os.PathLike[str]],
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     out: str | os.PathLike[str] | None = None,
     topk: int = 5,
-    wiseft_alpha: float | str | None = None,
+    wiseft_alpha: float | str | None = "selected",
     batch_size: int = 64,
     num_workers: int = 0,
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = False,
-):
-    """``fdalign predict TARGET IMAGES...``: ``(predictions, classifier)``; the CSV is written to ``out`` if given.
+) -> Predictions:
+    """``fdalign predict TARGET IMAGES...``: the :class:`~fdalign.prediction.Predictions` (with
+    ``classnames`` and ``classifier``); the CSV is written to ``out`` if given.
 
     ``target``: a run directory, a :class:`~fdalign.workflows.kshot.Run` or an export folder;
-    ``images``: files and folders (searched recursively).
+    ``images``: one path or a list of paths; a folder is walked (recursively) only when a folder is given;
+    ``wiseft_alpha`` (a run): ``"selected"`` (the model val chose), ``"fine-tuned"`` or a number in [0, 1].
     """
     from fdalign.io import atomic_write_text
     from fdalign.prediction import collect_images, load_classifier, predict, predictions_csv, target_kind
@@ -66,6 +72,8 @@ def predict_images(
     target_kind(target, wiseft_alpha)  # a wrong target fails before any folder is walked
     if out is not None:
         _check_csv_out(out)  # before inference, not after it
+    if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
+        images = [images]
     names = [str(i) for i in images]
     paths, missing = collect_images(names)
     if len(paths) == len(missing):
@@ -85,9 +93,10 @@ def predict_images(
         precision=precision,
         progress=progress and sys.stderr.isatty(),
     )
+    pred.classnames, pred.classifier = list(clf.classnames), clf
     if out is not None:
         atomic_write_text(out, predictions_csv(pred, clf.classnames))
-    return pred, clf
+    return pred
 
 
 def _check_csv_out(out) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fdalign.errors import FDAlignError
+from fdalign.errors import FDAlignError, option
 
 ZEROSHOT_NAME = "zero-shot"
 FINETUNED_NAME = "fine-tuned"
@@ -84,7 +85,7 @@ class EvalConfig(ModelOptions):
 
 @dataclass
 class Evaluation:
-    """``metrics`` ``{set: {row: {"top1", "top5", ...}}}``, each set's role (test / ood), what was
+    """``metrics`` ``{set: {row: {"top1", "top5", "n"}}}``, each set's role (test / ood), what was
     selected on which data, and the folder of metrics.json + report.md (None: not written)."""
 
     metrics: dict
@@ -94,21 +95,70 @@ class Evaluation:
 
 
 def evaluate(
-    run_or_model: str | os.PathLike[str], data: str | None = None, *, ood=(), heads=None, **options
+    run_or_model: str | os.PathLike | Any = None,
+    data: str | os.PathLike | None = None,
+    *,
+    ood: str | Sequence[str] = (),
+    heads: str | Sequence[str] | None = None,
+    model: Any = None,
+    progress: bool | None = None,
+    **options: Any,
 ) -> Evaluation:
-    """``fdalign eval RUN_OR_MODEL``: a run as trained, or zero-shot CLIP; ``heads`` a list or comma
-    string of cache heads; ``options`` are :class:`EvalConfig` fields."""
+    """``fdalign eval RUN_OR_MODEL``: a run as trained, or zero-shot CLIP.
+
+    Args:
+        run_or_model: a run directory (or :class:`~fdalign.workflows.kshot.Run`), a CLIP model name, or
+            a CLIP you built (as ``model``).
+        data: the data to evaluate on (a run's own data when omitted).
+        ood: OOD sets ``NAME=PATH`` (one string or a list).
+        heads: cache heads, a list or a comma string (zeroshot, tip, tip-f, ape, ape-t).
+        model: a CLIP built in Python (see :func:`fdalign.finetune`): zero-shot it, or, with a run
+            directory, the base model a run trained from it was made from.
+        progress: show progress (bars on a terminal, else one line per set); ``no_progress`` also works.
+        options: :class:`EvalConfig` fields (``device``, ``batch_size``, ``out``...).
+    """
     if heads is not None and not isinstance(heads, str):
         heads = ",".join(heads)
-    return evaluate_config(EvalConfig(target=str(run_or_model), data=data, ood=list(ood), heads=heads, **options))
+    if isinstance(ood, (str, os.PathLike)):
+        ood = [ood]
+    if progress is not None:
+        options["no_progress"] = not progress
+    if (
+        run_or_model is not None
+        and not isinstance(run_or_model, (str, os.PathLike))
+        and not hasattr(run_or_model, "out")
+    ):
+        run_or_model, model = None, run_or_model  # a model object given first
+    backend = None
+    if model is not None:
+        from fdalign.backends.custom import as_backend
+
+        backend = as_backend(model)
+    target = getattr(run_or_model, "out", run_or_model)
+    if target is None and backend is None:
+        raise FDAlignError("evaluate() needs a run directory, a CLIP model name, or model=<your CLIP>")
+    if target is None:
+        assert backend is not None  # refused above otherwise
+        target = backend.name
+    target = str(target)
+    config = EvalConfig(target=target, data=None if data is None else str(data), ood=list(ood), heads=heads, **options)
+    return evaluate_config(config, backend=backend, backend_is_target=run_or_model is None)
 
 
-def evaluate_config(config: EvalConfig) -> Evaluation:
-    """Run ``fdalign eval`` (or ``zeroshot``, with ``command="zeroshot"`` and ``model``) as configured."""
+def evaluate_config(config: EvalConfig, backend=None, backend_is_target: bool = False) -> Evaluation:
+    """Run ``fdalign eval`` (or ``zeroshot``, with ``command="zeroshot"`` and ``model``) as configured;
+    ``backend``: a CLIP built in Python, zero-shot (``backend_is_target``) or a run's base model."""
     args = dataclasses.replace(config, ood=list(config.ood))
     if args.batch_size < 1:
         raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
     args.device = _resolve_device(args.device)
+    if backend is not None and backend_is_target:
+        if args.data is None:
+            raise FDAlignError(f"{option('data')} is required when evaluating a model (not a run directory)")
+        args.model = backend.name
+        return _zeroshot(args, backend)
+    if args.command == "eval" and args.target is not None and _is_run_dir(args.target):
+        return _eval_run(args, backend)
     if args.command == "eval":
         if not args.target:
             raise FDAlignError("fdalign eval needs RUN_OR_MODEL: a run directory or a CLIP model name")
@@ -150,6 +200,13 @@ def _is_run_dir(target: str) -> bool:
 
 def _progress(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
+
+
+def _set_lines(args):
+    """One line per evaluated set when progress is on but stderr is no terminal (bars would not show)."""
+    from fdalign.callbacks import set_line
+
+    return set_line(f"fdalign {args.command}") if not args.no_progress and not sys.stderr.isatty() else None
 
 
 def _open_sets(args, id_classnames: list[str] | None = None):
@@ -286,7 +343,7 @@ def _finish(
     return Evaluation(metrics, roles, selection, Path(out) if out is not None else None)
 
 
-def _zeroshot(args) -> Evaluation:
+def _zeroshot(args, backend=None) -> Evaluation:
     from fdalign.backends import load_clip
     from fdalign.eval import run_evaluation
     from fdalign.prompts import load_templates
@@ -295,7 +352,10 @@ def _zeroshot(args) -> Evaluation:
     id_name, id_split, ood = _open_sets(args)
     hashes = _hashes(args, id_name, id_split, ood)
 
-    backend = load_clip(args.model, pretrained=args.pretrained, model_config=args.model_config, device=args.device)
+    if backend is None:
+        backend = load_clip(args.model, pretrained=args.pretrained, model_config=args.model_config, device=args.device)
+    else:
+        backend.to(args.device)
     head = _zeroshot_head(backend, id_split.classnames, templates, args)
     from fdalign.eval.featcache import frozen
 
@@ -315,6 +375,7 @@ def _zeroshot(args) -> Evaluation:
                 precision=args.precision,
                 progress=_progress(args),
                 num_workers=args.num_workers,
+                on_set=_set_lines(args),
             ),
             None,
         )
@@ -348,12 +409,13 @@ def _zeroshot(args) -> Evaluation:
     )
 
 
-def _eval_run(args) -> Evaluation:
+def _eval_run(args, backend=None) -> Evaluation:
     from fdalign.eval import run_evaluation
+    from fdalign.exporting import finished_run
     from fdalign.train.run import load_run
 
-    run_dir = Path(args.target)
-    loaded = load_run(run_dir, args.device)
+    run_dir = finished_run(args.target, "eval")  # not a best-so-far model of a run still training
+    loaded = load_run(run_dir, args.device, backend=backend)
     cfg = _as_dict(loaded.config)
     if args.classnames is None:
         args.classnames = cfg.get("classnames")  # the display names the heads were built from
@@ -405,6 +467,7 @@ def _eval_run(args) -> Evaluation:
             precision=args.precision,
             progress=_progress(args),
             num_workers=args.num_workers,
+            on_set=_set_lines(args),
         )
         selection = _selection_from_run(loaded.selection, cfg)
     roles = {s.name: s.role for s in sets.values()}

@@ -9,11 +9,15 @@ what this returns; a sweep cell builds the config itself.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fdalign.errors import FDAlignError
+from fdalign.errors import _ON_COMMAND_LINE, FDAlignError, option
+
+if TYPE_CHECKING:
+    from fdalign.train.config import TrainConfig
 
 if TYPE_CHECKING:
     from fdalign.train.config import TrainConfig
@@ -25,13 +29,25 @@ NO_TEST = (
 )
 
 
+def selected_row(alpha: float | None) -> str:
+    """The row name of the WiSE-FT weight val chose: zero-shot (0), fine-tuned (1 or none), wiseft-<alpha>."""
+    from fdalign.train.wiseft import alpha_name
+
+    if alpha is None or float(alpha) == 1.0:
+        return "fine-tuned"
+    return "zero-shot" if float(alpha) == 0.0 else alpha_name(float(alpha))
+
+
 @dataclass
 class Run:
     """A finished K-shot run: what ``fdalign train`` wrote to ``out``, and the models in memory.
 
-    ``metrics`` is ``{set: {row: {"top1", "top5", ...}}}`` with rows zero-shot, fine-tuned and
-    wiseft-<alpha>; ``encoder`` / ``head`` are the selected epoch's fine-tuned image encoder and
-    classifier (``head(encoder(images))`` gives logits ``[B, C]``).
+    ``metrics`` is ``{set: {row: {"top1", "top5", "n"}}}`` (sets: test, the OOD sets, ...; rows:
+    zero-shot, fine-tuned and wiseft-<alpha>). ``encoder`` / ``head`` are *the selected model*: the
+    WiSE-FT mix chosen on val (``wiseft_alpha``; alpha 0 is the zero-shot CLIP, 1 the fine-tuned
+    one), as ``export`` and ``predict`` give it by default; ``head(encoder(images))`` gives logits
+    ``[B, C]`` over ``classnames``. ``fine_tuned_encoder`` / ``fine_tuned_head`` are the selected
+    epoch's fine-tuned weights whatever the mix. ``preprocess`` turns a PIL image into the encoder's input.
     """
 
     out: Path
@@ -44,6 +60,10 @@ class Run:
     wiseft_alpha: float | None = None
     encoder: Any = None
     head: Any = None
+    fine_tuned_encoder: Any = None
+    fine_tuned_head: Any = None
+    classnames: list = field(default_factory=list)
+    preprocess: Any = None
     models: dict = field(default_factory=dict)  # {row name: (encoder, head)}, every evaluated row
     notes: list = field(default_factory=list)  # what report.md says beside the tables (e.g. alpha 0 = zero-shot)
 
@@ -61,17 +81,22 @@ class Run:
         return {k: self.out / v for k, v in names.items()}
 
 
-def check_run_request(cfg) -> None:
+def check_run_request(cfg, has_model: bool = False) -> None:
     """What every training workflow needs before it reads data: data, out, a model, and an out that
     is not already a run unless resume is set (``cfg``: a TrainConfig or MetaConfig)."""
+    where = "on the command line or in the --config file" if _ON_COMMAND_LINE.get() else "in the config"
     for name in ("data", "out"):
         if not getattr(cfg, name):
-            raise FDAlignError(f"--{name} is required (on the command line or in the --config file)")
-    if not cfg.model and not cfg.model_config:
-        raise FDAlignError("--model is required (an open_clip name, 'hf:<repo or dir>', or with --model-config)")
+            raise FDAlignError(f"{option(name)} is required ({where})")
+    if not cfg.model and not cfg.model_config and not has_model:
+        raise FDAlignError(
+            f"{option('model')} is required (an open_clip name, 'hf:<repo or dir>', or with "
+            f"{option('model_config')}; from Python also finetune(config, model=<your CLIP>))"
+        )
     if (Path(cfg.out) / "checkpoint" / "last.json").is_file() and not cfg.resume:
         raise FDAlignError(
-            f"{cfg.out} already holds a training run; pass --resume to continue it or choose a new --out"
+            f"{cfg.out} already holds a training run; pass {option('resume', 'True')} to continue it or choose "
+            f"a new {option('out')}"
         )
 
 
@@ -88,26 +113,101 @@ def index_file_of(data, shots=None):
     return info
 
 
-def finetune(config: TrainConfig) -> Run:
-    """Run ``fdalign train`` with ``config`` (a :class:`~fdalign.train.config.TrainConfig`) and return the Run."""
+def finetune(config: TrainConfig | Mapping[str, Any], *, model: Any = None, callbacks: Sequence[Any] = ()) -> Run:
+    """Run ``fdalign train`` with ``config`` and return the :class:`Run`.
+
+    Args:
+        config: a :class:`~fdalign.train.config.TrainConfig`, or a mapping of its fields (as in a YAML file).
+        model: a CLIP you built already, used instead of ``config.model``: an open_clip
+            ``(model, tokenizer, preprocess)``, a Hugging Face ``(CLIPModel, processor)``, or any
+            object with ``encode_image``, ``encode_text``, ``tokenize``, ``logit_scale`` and
+            ``preprocess`` (:class:`fdalign.backends.custom.CLIPLike`). A copy is trained (``run.encoder``);
+            the object passed in is left as it was.
+        callbacks: objects with ``on_step(metrics)``, ``on_epoch_end(metrics)`` and ``on_end(run)``
+            (:mod:`fdalign.callbacks`), called besides the loggers of ``config.logger``.
+    """
     import dataclasses
 
+    from fdalign.callbacks import CallbackList
     from fdalign.data.names import guess_dataset_name
 
-    cfg = dataclasses.replace(config)
+    cfg = dataclasses.replace(as_train_config(config))
     cfg.validate("the config")
+    CallbackList(callbacks)  # a callback without any hook fails now, not after the first epoch
+    _logger_names(cfg)  # a logger whose library is missing fails before any data is read
+    backend = None
+    if model is not None:
+        import copy
+
+        from fdalign.backends.custom import as_backend
+
+        backend = copy.deepcopy(as_backend(model))  # trained in place: the caller's model stays the base
     if cfg.dataset_name is None:
         cfg.dataset_name = guess_dataset_name(cfg.data)
     if not cfg.out:
-        check_run_request(cfg)  # says --out is required
+        check_run_request(cfg, backend is not None)  # says out is required
     assert cfg.out  # check_run_request raised otherwise
     from fdalign.io import run_lock
 
     with run_lock(cfg.out, "run directory"):  # one process per run directory, before anything is written
-        check_run_request(cfg)
+        check_run_request(cfg, backend is not None)
         index_info = index_file_of(cfg.data, cfg.shots)
         data = _open_data(cfg, index_info)
-        return _train_and_evaluate(cfg, index_info, data)
+        _check_resume_settings(cfg, len(data.train))
+        return _train_and_evaluate(cfg, index_info, data, backend, list(callbacks))
+
+
+def as_train_config(config) -> TrainConfig:
+    """``config`` as a TrainConfig: one already, or a mapping of its fields (checked like a YAML file)."""
+    from fdalign.train.config import TrainConfig
+
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        return TrainConfig.from_dict(dict(config), source="the config mapping")
+    raise FDAlignError(f"finetune() takes a fdalign.TrainConfig or a dict of its fields, not {type(config).__name__}")
+
+
+def _logger_names(cfg, warn: bool = True) -> list[str]:
+    """The loggers to run: ``logger`` plus ``tensorboard: true`` (older configs), the latter only with its
+    package installed (a warning otherwise: it was the default, and is in many config files)."""
+    import importlib.util
+
+    from fdalign.loggers import check_loggers
+
+    check_loggers(cfg.logger)
+    names = list(cfg.logger)
+    if cfg.tensorboard and "tensorboard" not in names:
+        if importlib.util.find_spec("tensorboard") is None:
+            if not warn:  # said once, before the data was read
+                return names
+            import warnings
+
+            warnings.warn(
+                "tensorboard: true, but the tensorboard package is not installed, so nothing is logged to "
+                "TensorBoard; pip install 'fdalign[tensorboard]' or set tensorboard: false",
+                stacklevel=3,
+            )
+        else:
+            names.append("tensorboard")
+    return names
+
+
+def _check_resume_settings(cfg, num_train: int) -> None:
+    """Resuming with other settings names the fields that differ, before a model loads."""
+    out = Path(cfg.out)
+    if not (cfg.resume and (out / "checkpoint" / "last.json").is_file() and (out / "config.yaml").is_file()):
+        return
+    from fdalign.train.config import TrainConfig, changed_settings
+
+    old = TrainConfig.from_run_yaml(out / "config.yaml")
+    changed = changed_settings(old, cfg.resolved(num_train))
+    if changed:
+        said = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise FDAlignError(
+            f"cannot resume {out}: its settings differ from the run's config.yaml ({said}); resume with the "
+            f"run's own config.yaml, or train into a new {option('out')}"
+        )
 
 
 @dataclass
@@ -229,7 +329,7 @@ def _check_resume_hashes(cfg, hashes: dict) -> None:
                 )
 
 
-def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
+def _train_and_evaluate(cfg, index_info, d: _Data, backend=None, callbacks: list | None = None) -> Run:
     from fdalign.backends import load_clip
     from fdalign.data import ImageDataset, save_split
     from fdalign.io import atomic_write_json
@@ -246,8 +346,10 @@ def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
         save_split(d.val, out / "splits" / "val.json")
         atomic_write_json(out / "hashes.json", d.hashes)
     device = resolve_device(cfg.device)
-    progress = cfg.progress and sys.stderr.isatty()
-    backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
+    progress = cfg.progress and sys.stderr.isatty()  # bars on a terminal; elsewhere one line per epoch / set
+    lines = cfg.progress and not progress and dist.is_main
+    if backend is None:
+        backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
     spc = (
         SPCConfig(keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.spc_seed, renormalize=cfg.spc_renormalize)
         if cfg.spc
@@ -278,7 +380,32 @@ def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
         )
     # names the training images and their augmentation: with --f0-cache, it keys f0's cached answers
     data_key = f"{d.hashes['train']}|crop {list(cfg.crop_scale)}|hflip {cfg.hflip}|{backend.image_spec}"
-    result = train(backend, train_ds, val_eval, protos, resolved, out, progress=progress, data_key=data_key)
+    from fdalign.callbacks import CallbackList, ProgressLines
+    from fdalign.loggers import make_loggers
+
+    hooks = CallbackList(
+        (make_loggers(_logger_names(cfg, warn=False), out, resolved.to_dict()) if dist.is_main else [])
+        + ([ProgressLines()] if lines else [])
+        + list(callbacks or [])
+    )
+    try:
+        result = train(
+            backend, train_ds, val_eval, protos, resolved, out, progress=progress, data_key=data_key, callbacks=hooks
+        )
+        run = _finish_run(cfg, index_info, d, backend, result, resolved, val_eval, eval_tf, device, progress, lines)
+        if dist.is_main:
+            hooks.on_end(run)
+    finally:
+        hooks.close()
+    return run
+
+
+def _finish_run(cfg, index_info, d, backend, result, resolved, val_eval, eval_tf, device, progress, lines) -> Run:
+    """The Run of a trained model: its WiSE-FT rows chosen on val, then (rank 0) test / OOD and the reports."""
+    from fdalign.train.distributed import current
+
+    out = Path(cfg.out)
+    dist = current()
     run = Run(
         out=out,
         config=resolved,
@@ -286,17 +413,25 @@ def _train_and_evaluate(cfg, index_info, d: _Data) -> Run:
         best_val_top1=result.best_val_top1,
         encoder=result.encoder,
         head=result.head,
+        fine_tuned_encoder=result.encoder,
+        fine_tuned_head=result.head,
+        classnames=list(d.classnames),
+        preprocess=eval_tf,
     )
     if not dist.is_main:
         return run  # evaluation and reports are rank 0's
     run.models, run.wiseft_alpha = _wiseft_rows(result, resolved, val_eval, device)
+    run.encoder, run.head = run.models[selected_row(run.wiseft_alpha)]  # what val chose, alpha 0 included
     result.selection.save(out / "selection.json")
-    _evaluate_and_report(run, cfg, index_info, d, backend, result, eval_tf, device, progress)
+    _evaluate_and_report(run, cfg, index_info, d, backend, result, eval_tf, device, progress, lines)
     return run
 
 
-def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, eval_tf, device, progress) -> None:
+def _evaluate_and_report(
+    run: Run, cfg, index_info, d: _Data, backend, result, eval_tf, device, progress, lines=False
+) -> None:
     """Test and OOD accuracy of every row (reported, never used to choose), metrics.json and report.md."""
+    from fdalign.callbacks import set_line
     from fdalign.data import ImageDataset
     from fdalign.data.datasets import classname_table, is_plain_classname_list
     from fdalign.eval import EvalSet, run_evaluation, write_metrics, write_report
@@ -320,11 +455,12 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
             precision=precision,
             progress=progress,
             num_workers=resolved.num_workers,
+            on_set=set_line("fdalign train") if lines else None,
         )
     roles = {s.name: s.role for s in sets.values()}
     for name, split, templates, role in d.own_classes:
         metrics.update(
-            _evaluate_own_classes(run, backend, name, split, templates, eval_tf, device, precision, progress)
+            _evaluate_own_classes(run, backend, name, split, templates, eval_tf, device, precision, progress, lines)
         )
         roles[name] = role
     classes = _class_coverage(len(d.classnames), d.test, d.ood)
@@ -405,7 +541,9 @@ def _evaluate_and_report(run: Run, cfg, index_info, d: _Data, backend, result, e
     run.notes = notes
 
 
-def _evaluate_own_classes(run: Run, backend, name: str, split, templates, eval_tf, device, precision, progress) -> dict:
+def _evaluate_own_classes(
+    run: Run, backend, name: str, split, templates, eval_tf, device, precision, progress, lines=False
+) -> dict:
     """``{name: {row: top-1 ...}}``: every row's encoder with a frozen head of ``split``'s own class prototypes
     (the classes the run never trained on have only text to go by, so the trained head is not used)."""
     from fdalign.data import ImageDataset
@@ -417,6 +555,8 @@ def _evaluate_own_classes(run: Run, backend, name: str, split, templates, eval_t
     protos = build_prototypes(backend, split.classnames, templates, spc=None, progress=progress or None)
     scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
     head = PrototypeHead(protos.class_prototypes, scale).to(device)
+    from fdalign.callbacks import set_line
+
     models = {row: (encoder, head) for row, (encoder, _) in run.models.items()}
     return run_evaluation(
         models,
@@ -426,6 +566,7 @@ def _evaluate_own_classes(run: Run, backend, name: str, split, templates, eval_t
         precision=precision,
         progress=progress,
         num_workers=cfg.num_workers,
+        on_set=set_line("fdalign train") if lines else None,
     )
 
 
