@@ -141,7 +141,22 @@ with torch.no_grad():
 
 def test_hf_export_loads_without_peft_and_adapter_only_loads_with_peft(hf_run, tiny_hf, tmp_path):
     out = tmp_path / "exp_hf"
-    assert main(["export", str(hf_run), "--format", "hf", "--out", str(out), "--adapter-only"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(hf_run),
+                "--format",
+                "hf",
+                "--out",
+                str(out),
+                "--adapter-only",
+                "--wiseft-alpha",
+                "fine-tuned",
+            ]
+        )
+        == 0
+    )
     torch.save(_images(), tmp_path / "x.pt")
     code = f"""
 import torch
