@@ -330,7 +330,7 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tmp_path):
             pass
     holder.kill()  # dies holding it: its owner file stays behind
     holder.wait()
-    stale = tmp_path / ".last.safetensors.abc.tmp"
+    stale = tmp_path / ".fdalign-tmp.last.safetensors.abc12345.tmp"
     stale.write_bytes(b"x" * 10)  # a killed atomic write (F8)
     with pytest.warns(UserWarning, match=f"taking over the lock.*pid {holder.pid}"):
         with run_lock(tmp_path):
@@ -527,7 +527,7 @@ def test_kill_between_checkpoint_writes_resumes_bitwise_and_leaves_no_tmp(
     def killed_in_epoch_2(path, tensors, meta):
         if json.loads(meta["state"])["epoch"] == 2:
             # what a kill -9 mid-write leaves: the new JSON, a temp file, the old tensors
-            (path.parent / f".{path.name}.dead.tmp").write_bytes(b"partial")
+            (path.parent / f".fdalign-tmp.{path.name}.dead1234.tmp").write_bytes(b"partial")
             raise SystemExit(137)
         return real(path, tensors, meta)
 
@@ -715,7 +715,7 @@ def test_export_removes_a_killed_exports_temp_folder(finished_run, tmp_path):
     from fdalign.exporting import export_run
 
     out = tmp_path / "exp"
-    dead = tmp_path / ".exp.k1ll3d.tmp"  # what atomic_directory leaves when killed mid-export
+    dead = tmp_path / ".fdalign-tmp.exp.k1ll3d00.tmp"  # what atomic_directory leaves when killed mid-export
     dead.mkdir()
     (dead / "open_clip_model.safetensors").write_bytes(b"x" * 1000)
     export_run(finished_run, "open_clip", out, verify=False)

@@ -1,0 +1,89 @@
+"""Trust, round 3 (issue 25 items 1-11): no user file deleted, every cache checked against its own key, every
+reader of a run's model checks its recorded hash, runs whose files disagree are damaged, sweep.json merged
+under a lock, and bounded YAML with one-line errors."""
+
+import json
+import os
+import socket
+
+import pytest
+
+from fdalign.cli import main
+from test_cli_train import folders  # noqa: F401 (the generated folders and templates)
+from test_integrity import _args, _copy_run, finished_run  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("cli_env")
+
+
+# ---- item 1: a killed write's temp files are removed, a user's files never ------------------------------
+
+
+def test_train_into_an_existing_folder_keeps_the_users_dot_files(tiny_openclip, folders, tmp_path):
+    out = tmp_path / "out"
+    mine = [
+        out / ".config.old" / "settings.ini",
+        out / "notes" / ".todo.txt.old",
+        out / "notes" / "deep" / ".draft.tmp",
+    ]
+    mine += [out / ".notes.tmp", out / "model" / ".keep.old"]  # even beside fdalign's own files
+    for p in mine:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("the user's")
+    stale = [
+        out / ".fdalign-tmp.metrics.json.k1ll3d00.tmp",
+        out / "model" / ".fdalign-tmp.best.safetensors.abcd_123.tmp",
+    ]
+    for p in stale:
+        p.write_bytes(b"partial")
+    with pytest.warns(UserWarning, match=r"removed 2 temporary file\(s\) left by a killed fdalign write") as rec:
+        assert main(_args(tiny_openclip, folders, out)) == 0
+    said = " ".join(str(w.message) for w in rec)
+    assert ".fdalign-tmp.metrics.json.k1ll3d00.tmp" in said and "best.safetensors.abcd_123.tmp" in said
+    assert all(p.read_text() == "the user's" for p in mine)
+    assert not any(p.exists() for p in stale)
+
+
+def test_only_fdalign_temp_names_in_fdalign_folders_are_stale(tmp_path):
+    from fdalign.io import atomic_directory, atomic_write_bytes, is_temp_name, remove_stale_temps
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):  # the names fdalign really writes are the ones it later recognises
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    import fdalign.io as io_mod
+
+    io_mod.os.replace = spy
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        with atomic_directory(tmp_path / "d") as d:
+            (d / "x").write_text("x")
+    finally:
+        io_mod.os.replace = real_replace
+    assert seen and all(is_temp_name(n) for n in seen), seen
+    assert not is_temp_name(".a.json.abcdefgh.tmp") and not is_temp_name(".fdalign-tmp.a.json.tmp")
+    deep = tmp_path / "notes" / ".fdalign-tmp.x.abcdefgh.tmp"  # not a folder fdalign writes
+    deep.parent.mkdir()
+    deep.write_text("keep")
+    assert remove_stale_temps(tmp_path) == [] and deep.exists()
+
+
+# ---- item 11: the lock take-over message -------------------------------------------------------------------
+
+
+def test_taking_over_a_lock_from_another_host_does_not_say_the_process_ended(tmp_path):
+    from fdalign.io import run_lock
+
+    owner = {"host": socket.gethostname() + "-elsewhere", "pid": os.getpid(), "since": "2026-01-01 00:00:00"}
+    (tmp_path / ".fdalign.lock.json").write_text(json.dumps(owner))
+    with pytest.warns(UserWarning) as rec:
+        with run_lock(tmp_path):
+            pass
+    said = " ".join(str(w.message) for w in rec)
+    assert "cannot see processes on host " + owner["host"] in said and "ended" not in said, said
+    (tmp_path / ".fdalign.lock.json").write_text(json.dumps(dict(owner, host=socket.gethostname())))
+    with pytest.warns(UserWarning, match="alive but does not hold the lock"):
+        with run_lock(tmp_path):
+            pass
