@@ -87,3 +87,61 @@ def test_taking_over_a_lock_from_another_host_does_not_say_the_process_ended(tmp
     with pytest.warns(UserWarning, match="alive but does not hold the lock"):
         with run_lock(tmp_path):
             pass
+
+
+# ---- items 2, 3: each cache entry carries the key (and epoch) it was written for ---------------------------
+
+
+def test_a_prompt_cache_entry_copied_over_another_is_a_miss(tmp_path):
+    import shutil
+
+    import torch
+
+    from fdalign.prototypes import encode_prompt_features, prompt_cache_key
+    from test_prototypes import CLASSES as P_CLASSES
+    from test_prototypes import TEMPLATES as P_TEMPLATES
+    from test_prototypes import FakeBackend
+
+    be = FakeBackend()
+    mine = encode_prompt_features(be, P_CLASSES, P_TEMPLATES, cache_dir=tmp_path)
+    others = ["x" + c for c in P_CLASSES]  # another class set, same shape
+    theirs = encode_prompt_features(be, others, P_TEMPLATES, cache_dir=tmp_path)
+    key = prompt_cache_key(be.fingerprint, P_CLASSES, P_TEMPLATES)
+    shutil.copy(
+        tmp_path / f"{prompt_cache_key(be.fingerprint, others, P_TEMPLATES)}.safetensors",
+        tmp_path / f"{key}.safetensors",
+    )
+    with pytest.warns(UserWarning, match=f"{key}.safetensors: it was written for key [0-9a-f]{{64}}, not"):
+        again = encode_prompt_features(be, P_CLASSES, P_TEMPLATES, cache_dir=tmp_path)
+    assert torch.equal(again, mine) and not torch.equal(again, theirs)
+    assert torch.equal(encode_prompt_features(be, P_CLASSES, P_TEMPLATES, cache_dir=tmp_path), mine)  # rewritten
+
+
+def test_an_f0_cache_entry_of_another_epoch_is_a_miss(tiny_openclip, tmp_path):
+    from test_f0_cache import EPOCHS, _run, _same
+
+    assert EPOCHS >= 2
+    plain = _run(tiny_openclip, tmp_path, "plain")
+    _run(tiny_openclip, tmp_path, "first", cache=str(tmp_path / "c"))
+    (entry,) = (tmp_path / "c").iterdir()
+    (entry / "epoch_0000.safetensors").write_bytes((entry / "epoch_0001.safetensors").read_bytes())
+    with pytest.warns(UserWarning, match="epoch_0000.safetensors: it was written for key [0-9a-f]+ epoch 1"):
+        res = _run(tiny_openclip, tmp_path, "second", cache=str(tmp_path / "c"))
+    assert (res.f0_cache_epochs_read, res.f0_cache_epochs_written) == (EPOCHS - 1, 1)
+    assert _same(plain, res)
+
+
+# ---- item 9: class folders named with non-UTF-8 bytes -------------------------------------------------------
+
+
+def test_train_reads_a_class_folder_named_with_non_utf8_bytes(tiny_openclip, tmp_path, capsys):
+    from _synth import make_imagefolder, write_templates
+    from test_cli_train import TEMPLATES
+
+    data = make_imagefolder(tmp_path / "data", ["red apple", "green leaf", "blue sky"], n_train=4, n_test=2, seed=0)
+    for split in ("train", "test"):
+        os.rename(data / split / "green_leaf", os.fsencode(data / split) + b"/gr\xfcn")
+    fake = {"id": data, "templates": write_templates(tmp_path / "t.txt", TEMPLATES)}
+    capsys.readouterr()
+    assert main(_args(tiny_openclip, fake, tmp_path / "run")) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
