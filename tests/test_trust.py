@@ -145,3 +145,57 @@ def test_train_reads_a_class_folder_named_with_non_utf8_bytes(tiny_openclip, tmp
     capsys.readouterr()
     assert main(_args(tiny_openclip, fake, tmp_path / "run")) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+
+
+# ---- item 4, 10: every reader of a run's model checks the run's recorded hash; a changed header is one line ----
+
+
+def _strip_hash_and_change(model_file):
+    """A model whose content hash was removed and one tensor changed: the file alone looks valid."""
+    from safetensors.torch import load, save
+
+    from fdalign.io import HASH_KEY, _split_safetensors
+
+    data = model_file.read_bytes()
+    meta = dict(_split_safetensors(data)[0]["__metadata__"])
+    meta.pop(HASH_KEY)
+    tensors = load(data)
+    name = next(k for k in sorted(tensors) if k.startswith("encoder.") and tensors[k].is_floating_point())
+    tensors[name] = tensors[name] + 0.5
+    model_file.write_bytes(save(tensors, metadata=meta))
+
+
+def _eval_and_predict(run, folders, tmp_path):
+    image = next((folders["id"] / "test").rglob("*.png"))
+    return [
+        main(["eval", str(run), "--data", str(folders["id"]), "--device", "cpu", "--no-progress"]),
+        main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]),
+    ]
+
+
+def test_eval_and_predict_refuse_a_changed_model_whose_hash_was_stripped(finished_run, folders, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path / "run")
+    _strip_hash_and_change(run / "model" / "best.safetensors")
+    capsys.readouterr()
+    assert _eval_and_predict(run, folders, tmp_path) == [2, 2]
+    err = capsys.readouterr().err
+    assert err.count("is not the one its run finished training with") == 2 and "Traceback" not in err, err
+
+
+def test_a_changed_byte_in_the_hash_key_name_is_one_line(finished_run, folders, tmp_path, capsys):
+    from fdalign.io import HASH_KEY
+
+    run = _copy_run(finished_run, tmp_path / "run")
+    model = run / "model" / "best.safetensors"
+    data = model.read_bytes()
+    assert data.count(HASH_KEY.encode()) == 1
+    model.write_bytes(data.replace(HASH_KEY.encode(), HASH_KEY[:-1].encode() + b"7"))
+    capsys.readouterr()
+    assert _eval_and_predict(run, folders, tmp_path) == [2, 2]
+    err = capsys.readouterr().err
+    assert err.count("is not the one its run finished training with") == 2 and "Traceback" not in err, err
+    (run / "model" / "best.sha256").unlink()  # a run from before the record: the header itself is refused
+    assert _eval_and_predict(run, folders, tmp_path) == [2, 2]
+    err = capsys.readouterr().err
+    assert err.count(f"header entry '{HASH_KEY[:-1]}7' is not one fdalign writes") == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2, err
