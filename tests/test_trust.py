@@ -199,3 +199,76 @@ def test_a_changed_byte_in_the_hash_key_name_is_one_line(finished_run, folders, 
     err = capsys.readouterr().err
     assert err.count(f"header entry '{HASH_KEY[:-1]}7' is not one fdalign writes") == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2, err
+
+
+# ---- items 7, 8: one bounded YAML reader, duplicate keys and non-UTF-8 bytes refused in one line ---------------
+
+BOMB = "\n".join(
+    ["x0: &x0 [a, a, a, a, a, a, a, a, a]"]
+    + [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 11)]
+    + ["ood: *x10"]
+)
+
+
+def _one_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_an_alias_bomb_is_refused_by_train_and_by_a_sweep_dry_run(tmp_path, capsys):
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(BOMB + "\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = _one_line(capsys)
+    assert f"{cfg} holds" in err and "aliases" in err and "more than the 200000" in err, err
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: bomb\n" + BOMB.replace("ood:", "notes:") + "\n")
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "s"), "--dry-run"]) == 2
+    assert f"{sweep} holds" in _one_line(capsys)
+
+
+def test_duplicate_keys_and_non_utf8_bytes_in_a_config_are_one_line(tmp_path, capsys):
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("epochs: 3\nlr: 0.001\nshots: 4\nlr: 0.1\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = _one_line(capsys)
+    assert "key 'lr' appears twice" in err and "line 2 and line 4" in err and str(cfg) in err, err
+    cfg.write_bytes(b"epochs: 3\nnotes: caf\xe9\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert f"{cfg} is not UTF-8 text" in _one_line(capsys)
+
+
+def test_the_bounded_reader_keeps_what_yaml_allows_and_refuses_a_self_reference():
+    from fdalign.errors import FDAlignError
+    from fdalign.options import load_yaml_text
+
+    assert load_yaml_text("base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  x: 3\n", "t") == {
+        "base": {"x": 1, "y": 2},
+        "d": {"x": 3, "y": 2},
+    }
+    assert load_yaml_text("a: &a [1, 2]\nb: [*a, *a]\n", "t") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+    assert load_yaml_text("", "t") is None
+    for text, words in [
+        ("a: &a [*a]\n", "contains itself"),
+        ("{a: 1, b: {c: 1, c: 2}}", "key 'c' appears twice"),
+        ("a: [1\n", "is not valid YAML"),
+    ]:
+        with pytest.raises(FDAlignError, match=words):
+            load_yaml_text(text, "t")
+
+
+def test_every_yaml_read_in_src_goes_through_the_bounded_reader():
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "fdalign"
+    calls = []
+    for p in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml":
+                if node.attr.startswith(("load", "safe_load", "full_load", "unsafe_load", "compose", "parse")):
+                    calls.append(f"{p.relative_to(src)}:{node.lineno} yaml.{node.attr}")
+    assert calls == [], calls

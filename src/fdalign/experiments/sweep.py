@@ -254,7 +254,7 @@ def plan_runs(cfg: SweepConfig, only: Sequence[str] = (), limit: int | None = No
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` (VALUE read as YAML: ``epochs=1``, ``model_config=null``) -> settings."""
-    import yaml
+    from fdalign.options import YAMLSyntaxError, load_yaml_text
 
     out = {}
     for item in items:
@@ -265,8 +265,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if key in GRID_FIELDS:
             raise FDAlignError(f"--set {key}: the sweep grid decides {key!r}; change the config instead")
         try:
-            out[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+            out[key] = load_yaml_text(value, f"--set {key}") if value.strip() else None
+        except YAMLSyntaxError:
             out[key] = value
     return out
 
@@ -370,9 +370,7 @@ def check_existing(run_dir: Path, request: dict) -> None:
     p = run_dir / REQUEST_FILE
     if not p.is_file():
         return
-    import yaml
-
-    old = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    old = read_yaml(p, "run request") or {}
     a, b = _semantic(old), _semantic(request)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
