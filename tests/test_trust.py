@@ -272,3 +272,40 @@ def test_every_yaml_read_in_src_goes_through_the_bounded_reader():
                 if node.attr.startswith(("load", "safe_load", "full_load", "unsafe_load", "compose", "parse")):
                     calls.append(f"{p.relative_to(src)}:{node.lineno} yaml.{node.attr}")
     assert calls == [], calls
+
+
+# ---- item 5: a run whose config.yaml, metrics.json and sweep cell disagree is damaged, not a row -------------
+
+
+def _set_metrics_config(run, **changes):
+    doc = json.loads((run / "metrics.json").read_text())
+    doc["config"].update(changes)
+    (run / "metrics.json").write_text(json.dumps(doc))
+
+
+def test_a_run_whose_metrics_contradict_its_config_is_listed_as_damaged(finished_run, tmp_path):
+    import yaml
+
+    from fdalign.experiments.runs import find_runs
+
+    good = _copy_run(finished_run, tmp_path / "runs" / "good")
+    bad = _copy_run(finished_run, tmp_path / "runs" / "bad")
+    _set_metrics_config(bad, dataset_name="eurosat", shots=16, model="ViT-B-32", seed=7)
+    runs, meta = find_runs([tmp_path / "runs"])
+    assert [r.dir.name for r in runs] == ["good"], [r.dir for r in runs]
+    (skip,) = meta["skipped"]
+    assert skip.dir == bad and skip.state == "damaged"
+    assert "config.yaml and metrics.json disagree" in skip.why and "shots 2 vs 16" in skip.why, skip.why
+    moved = _copy_run(finished_run, tmp_path / "moved" / "run")  # how it ran may differ: not a disagreement
+    _set_metrics_config(moved, out="/elsewhere", device="cuda", resume=True, num_workers=8)
+    assert [r.dir for r in find_runs([tmp_path / "moved"])[0]] == [moved]
+    # both files copied from a 16-shot run into a 2-shot sweep cell: its status.json says otherwise
+    cell = _copy_run(finished_run, tmp_path / "cell" / "c")
+    _set_metrics_config(cell, shots=16)
+    cfg = yaml.safe_load((cell / "config.yaml").read_text())
+    (cell / "config.yaml").write_text(yaml.safe_dump(dict(cfg, shots=16)))
+    run = {"dataset": "w2", "shots": 2, "seed": cfg["seed"], "method": "fd-align"}
+    (cell / "status.json").write_text(json.dumps({"run": run, "state": "done"}))
+    _copy_run(good, tmp_path / "cell" / "ok")
+    runs, meta = find_runs([tmp_path / "cell"])
+    assert [r.dir.name for r in runs] == ["ok"] and "its sweep cell (status.json) is shots 2" in meta["skipped"][0].why
