@@ -203,10 +203,10 @@ def test_a_changed_byte_in_the_hash_key_name_is_one_line(finished_run, folders, 
 
 # ---- items 7, 8: one bounded YAML reader, duplicate keys and non-UTF-8 bytes refused in one line ---------------
 
+# 10 levels of 9-way aliases inside ood: (the attack of issue 25): 9**10 values once expanded
 BOMB = "\n".join(
-    ["x0: &x0 [a, a, a, a, a, a, a, a, a]"]
-    + [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 11)]
-    + ["ood: *x10"]
+    ["ood:", "  - &x0 [a, a, a, a, a, a, a, a, a]"]
+    + [f"  - &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 11)]
 )
 
 
@@ -224,7 +224,7 @@ def test_an_alias_bomb_is_refused_by_train_and_by_a_sweep_dry_run(tmp_path, caps
     err = _one_line(capsys)
     assert f"{cfg} holds" in err and "aliases" in err and "more than the 200000" in err, err
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("name: bomb\n" + BOMB.replace("ood:", "notes:") + "\n")
+    sweep.write_text("name: bomb\n" + BOMB.replace("ood:", "datasets:") + "\n")
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "s"), "--dry-run"]) == 2
     assert f"{sweep} holds" in _one_line(capsys)
 
@@ -309,3 +309,78 @@ def test_a_run_whose_metrics_contradict_its_config_is_listed_as_damaged(finished
     _copy_run(good, tmp_path / "cell" / "ok")
     runs, meta = find_runs([tmp_path / "cell"])
     assert [r.dir.name for r in runs] == ["ok"] and "its sweep cell (status.json) is shots 2" in meta["skipped"][0].why
+
+
+# ---- item 6, 11: sweep.json merged under a lock; the sweep's last line names damaged cache entries ----------
+
+
+class _StubConfig:
+    def to_dict(self):
+        return {"name": "stub"}
+
+
+def _cell_done(out, run, worker, busy):
+    """What run_cell leaves in a cell another process ran: its status.json and metrics.json."""
+    d = run.dir(out)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text("{}")
+    status = {"run": run.to_json(), "state": "done", "seconds": busy, "worker": worker, "busy": busy}
+    (d / "status.json").write_text(json.dumps(status))
+    return status
+
+
+def test_two_sweep_processes_on_one_folder_keep_each_others_records(tmp_path):
+    from fdalign.experiments.sweep import RECORD_KEYS, RunSpec, _Book
+
+    runs = [RunSpec("w2", 2, s, "fd-align") for s in range(4)]
+
+    def book(t0):
+        records = {r: {"key": r.key, "dir": str(r.dir(tmp_path).relative_to(tmp_path)), "state": "new"} for r in runs}
+        return _Book(tmp_path, _StubConfig(), None, runs, records, t0, "InProcess", 1), records
+
+    (a, rec_a), (b, rec_b) = book(100.0), book(101.0)  # two processes started on one folder
+    a.save()
+    b.save()
+    for book_, records, mine, worker in ((a, rec_a, runs[:2], "hostA:1"), (b, rec_b, runs[2:], "hostB:2")):
+        for i, r in enumerate(mine):
+            book_.mine.add(r)
+            status = _cell_done(tmp_path, r, worker, 5.0 + i)
+            records[r].update({k: status[k] for k in RECORD_KEYS if k in status})
+            book_.save()  # each cell's end: the other process's saves come in between
+    a.save()
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    assert doc["cost"]["busy_seconds"] == {"hostA:1": 11.0, "hostB:2": 11.0}, doc["cost"]
+    assert [r["state"] for r in doc["runs"]] == ["done"] * 4
+    assert sorted(i["started"] for i in doc["cost"]["invocations"]) == [100.0, 101.0]
+
+
+def test_sweep_json_is_written_under_its_lock(tmp_path, monkeypatch):
+    import filelock
+
+    from fdalign.experiments import sweep as sweep_mod
+    from fdalign.io import RunLockedError
+
+    records = {}
+    bk = sweep_mod._Book(tmp_path, _StubConfig(), None, [], records, 100.0, "InProcess", 1)
+    monkeypatch.setattr(sweep_mod, "SWEEP_LOCK_TIMEOUT", 0.05)
+    other = filelock.FileLock(str(tmp_path / sweep_mod.SWEEP_LOCK), is_singleton=False)  # another process's hold
+    with other:
+        with pytest.raises(RunLockedError, match="sweep.json.lock was held by another fdalign process"):
+            bk.save()
+    assert not (tmp_path / "sweep.json").exists()
+    bk.save()
+    assert (tmp_path / "sweep.json").is_file()
+
+
+def test_the_sweeps_last_line_names_damaged_cache_entries():
+    from types import SimpleNamespace
+
+    from fdalign.cli.sweep import summary_line
+
+    res = SimpleNamespace(runs=[1, 2], executed=2, skipped=0, failed=0, seconds=3.0, cost={})
+    res.cost = {"cache": {"hits": 4, "corrupt": 2, "seconds_saved": 1.0}}
+    assert "4 hits, 1 s saved, 2 damaged entries recomputed; report: fdalign report out" in summary_line(
+        "s", res, "out"
+    )
+    res.cost["cache"]["corrupt"] = 0
+    assert "damaged" not in summary_line("s", res, "out")

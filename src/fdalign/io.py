@@ -306,6 +306,29 @@ def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
         lock.release()
 
 
+@contextlib.contextmanager
+def shared_file_lock(path: str | os.PathLike, what: str, timeout: float = 60.0) -> Iterator[Path]:
+    """Hold the OS lock ``path`` for a short read-modify-write that several processes share (a sweep's
+    ``sweep.json``): unlike :func:`target_lock` a second process waits its turn; one that waits ``timeout``
+    seconds gets :class:`RunLockedError` naming the lock file."""
+    import filelock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path), timeout=timeout, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RunLockedError(
+            f"{what}: its lock {path} was held by another fdalign process for {timeout:.0f} s; if none runs, "
+            "delete that file"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
 LOCK_FILE = ".fdalign.lock"
 _held: dict[str, list] = {}  # resolved lock path -> [FileLock, depth]: the lock is re-entrant in one process
 
