@@ -384,3 +384,50 @@ def test_the_sweeps_last_line_names_damaged_cache_entries():
     )
     res.cost["cache"]["corrupt"] = 0
     assert "damaged" not in summary_line("s", res, "out")
+
+
+# ---- item 10: --lr beyond float32 is one line; item 11: training time summed over resumed segments ----------
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "1e39"), ("--lr", "1e300"), ("--beta", "1e39")])
+def test_a_learning_rate_beyond_float32_is_one_line(tiny_openclip, folders, tmp_path, capsys, flag, value):
+    capsys.readouterr()
+    assert main(_args(tiny_openclip, folders, tmp_path / "run", flag, value)) == 2
+    err = _one_line(capsys)
+    assert f"{flag[2:]} = {float(value)!r} is beyond what float32 holds" in err, err
+
+
+def test_metrics_record_the_training_time_of_every_resumed_segment(tiny_openclip, folders, tmp_path, monkeypatch):
+    import time as real_time
+
+    from fdalign.train import checkpoint as ck_mod
+    from fdalign.train import trainer as trainer_mod
+
+    class SlowClock:  # segment 1 "takes" 10000 s a call: no sleeping, no race
+        calls = 0
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+        def time(self):
+            SlowClock.calls += 1
+            return 10_000.0 * SlowClock.calls
+
+    real_save = ck_mod.atomic_save_safetensors
+
+    def killed_after_epoch_1(path, tensors, meta):
+        real_save(path, tensors, meta)
+        if json.loads(meta["state"])["epoch"] == 1:
+            raise SystemExit(137)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer_mod, "time", SlowClock())
+    monkeypatch.setattr(ck_mod, "atomic_save_safetensors", killed_after_epoch_1)
+    with pytest.raises(SystemExit):
+        main(_args(tiny_openclip, folders, out, "--epochs", "2"))
+    monkeypatch.undo()
+    first = json.loads((out / "checkpoint" / "last.json").read_text())
+    assert first["epoch"] == 1 and first["train_seconds"] >= 10_000, first
+    assert main(_args(tiny_openclip, folders, out, "--epochs", "2", "--resume")) == 0
+    total = json.loads((out / "metrics.json").read_text())["train"]["seconds"]
+    assert first["train_seconds"] <= total < first["train_seconds"] + 10_000, (total, first["train_seconds"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import field
@@ -166,6 +167,15 @@ def _bounded_loader_class():
 
     _LOADER = BoundedLoader
     return _LOADER
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def beyond_float32(v: float | None) -> bool:
+    """A finite number torch cannot hold in float32 (``--lr 1e39``): the optimiser would stop with an
+    overflow error deep inside; inf stays legal (it diverges, and a diverged run is refused, in one line)."""
+    return v is not None and math.isfinite(v) and abs(v) > FLOAT32_MAX
 
 
 def check_keys(keys, known, source: str, what: str = "option", hint: str = "") -> None:
