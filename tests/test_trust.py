@@ -217,6 +217,11 @@ def _one_line(capsys):
 
 
 def test_an_alias_bomb_is_refused_by_train_and_by_a_sweep_dry_run(tmp_path, capsys):
+    from fdalign.errors import FDAlignError
+    from fdalign.options import load_yaml_text
+
+    with pytest.raises(FDAlignError):  # first on its own: an unbounded reader fails here, before any GB is used
+        load_yaml_text(BOMB, "t")
     cfg = tmp_path / "bomb.yaml"
     cfg.write_text(BOMB + "\n")
     capsys.readouterr()
