@@ -436,3 +436,17 @@ def test_metrics_record_the_training_time_of_every_resumed_segment(tiny_openclip
     assert main(_args(tiny_openclip, folders, out, "--epochs", "2", "--resume")) == 0
     total = json.loads((out / "metrics.json").read_text())["train"]["seconds"]
     assert first["train_seconds"] <= total < first["train_seconds"] + 10_000, (total, first["train_seconds"])
+
+
+def test_a_cell_another_process_held_or_finished_is_not_counted_as_run_now(tmp_path):
+    from types import SimpleNamespace
+
+    from fdalign.experiments.sweep import RunSpec, _Progress
+
+    runs = [RunSpec("w2", 2, s, "fd-align") for s in range(3)]
+    said = []
+    p = _Progress(SimpleNamespace(name="s"), runs, 0, 3, 1, False, said.append)
+    p.end(0, runs[0], {"state": "claimed", "error": "in use by another fdalign process"}, tmp_path)
+    p.end(0, runs[1], {"state": "done", "skipped": True}, tmp_path)
+    p.end(0, runs[2], {"state": "done", "seconds": 1.0}, tmp_path)
+    assert p.executed == 1 and p._left() == 0, said

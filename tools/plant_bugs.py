@@ -636,6 +636,12 @@ BUGS += [
         "        seconds=seconds_before + time.time() - t_start,",
         "        seconds=time.time() - t_start,",
     ),
+    (
+        "a cell another process held counted as run now",
+        "src/fdalign/experiments/sweep.py",
+        '        self.executed += not (status["state"] == "claimed" or status.get("skipped"))',
+        "        self.executed += 1",
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
