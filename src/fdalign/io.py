@@ -281,8 +281,9 @@ def remove_stale_temps(directory: str | os.PathLike, folders: tuple[str, ...] = 
 @contextlib.contextmanager
 def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
     """Hold a lock on the output ``path`` (``.<name>.lock`` beside it) for the block, after removing the
-    ``.fdalign-tmp.<name>.*.tmp`` / ``.fdalign-old.<name>.*.tmp`` leftovers of killed :func:`atomic_directory` / :func:`atomic_write_bytes`
-    calls for that name (35 MB per killed export). A second process gets :class:`RunLockedError`."""
+    ``.fdalign-tmp.<name>.*.tmp`` / ``.fdalign-old.<name>.*.tmp`` leftovers of killed :func:`atomic_directory`
+    / :func:`atomic_write_bytes` calls for that name (35 MB per killed export). A second process gets
+    :class:`RunLockedError`."""
     import filelock
 
     path = Path(path)
@@ -340,7 +341,8 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     The owner's host, pid and start time go to ``.fdalign.lock.json``, removed on release. A second
     process gets :class:`RunLockedError` naming the owner at once (no waiting). Finding the owner file of
     a process that died while holding the lock (its OS lock went with it), the lock is taken over and a
-    warning says so. Re-entrant within one process. Stale ``.tmp`` files of killed writes are removed.
+    warning says so. Re-entrant within one process. Stale temp files of killed writes are removed, and said
+    (:func:`remove_stale_temps`).
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

@@ -829,6 +829,8 @@ def _recorded(run_dir: Path) -> dict:
     if state in ("done", "failed"):
         st = read_json(run_dir / STATUS_FILE, "run status")
         rec.update({k: st[k] for k in RECORD_KEYS[1:] if k in st and k != "skipped"})
+    elif state == "damaged":
+        rec["error"] = damaged_status(run_dir)
     return rec
 
 
