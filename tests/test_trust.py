@@ -450,3 +450,11 @@ def test_a_cell_another_process_held_or_finished_is_not_counted_as_run_now(tmp_p
     p.end(0, runs[1], {"state": "done", "skipped": True}, tmp_path)
     p.end(0, runs[2], {"state": "done", "seconds": 1.0}, tmp_path)
     assert p.executed == 1 and p._left() == 0, said
+
+
+def test_the_sweep_json_lock_leaves_no_file_and_is_taken_on_the_current_name(tmp_path):
+    from fdalign.io import shared_file_lock
+
+    with shared_file_lock(tmp_path / ".x.lock", "x"):
+        assert (tmp_path / ".x.lock").exists()
+    assert not (tmp_path / ".x.lock").exists()

@@ -501,8 +501,8 @@ BUGS += [
     (
         "lock taken on an unlinked lock file",
         "src/fdalign/io.py",
-        "current = fd is None or os.fstat(fd).st_ino == os.stat(lock_path).st_ino",
-        "current = True",
+        "return fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino",
+        "return True",
     ),
     (
         "second Ctrl-C to a checkpointing worker",

@@ -311,23 +311,40 @@ def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
 def shared_file_lock(path: str | os.PathLike, what: str, timeout: float = 60.0) -> Iterator[Path]:
     """Hold the OS lock ``path`` for a short read-modify-write that several processes share (a sweep's
     ``sweep.json``): unlike :func:`target_lock` a second process waits its turn; one that waits ``timeout``
-    seconds gets :class:`RunLockedError` naming the lock file."""
+    seconds gets :class:`RunLockedError` naming the lock file. The file is removed on release (no stray
+    file left beside the output), so a lock taken on a name just unlinked is taken again on the new one."""
     import filelock
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path), timeout=timeout, is_singleton=False)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise RunLockedError(
-            f"{what}: its lock {path} was held by another fdalign process for {timeout:.0f} s; if none runs, "
-            "delete that file"
-        ) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        lock = filelock.FileLock(str(path), timeout=max(0.0, deadline - time.monotonic()), is_singleton=False)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise RunLockedError(
+                f"{what}: its lock {path} was held by another fdalign process for {timeout:.0f} s; if none runs, "
+                "delete that file"
+            ) from None
+        if _is_current(lock, path):
+            break
+        lock.release()
     try:
         yield path
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         lock.release()
+
+
+def _is_current(lock, path: Path) -> bool:
+    """Whether a held ``filelock`` lock is on the file now at ``path`` (not on one its holder just unlinked)."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    try:
+        return fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 LOCK_FILE = ".fdalign.lock"
@@ -411,12 +428,7 @@ def _acquire_current(lock_path: Path):
             lock.acquire()
         except filelock.Timeout:
             return None
-        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
-        try:
-            current = fd is None or os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
+        if _is_current(lock, lock_path):
             return lock
         lock.release()
     return None
