@@ -213,10 +213,13 @@ def test_f0_cache_refuses_flipped_bytes_and_non_log_probabilities(tmp_path):
     with pytest.warns(UserWarning, match="fails its content hash"):
         assert c.load(0) is None
     # a well-formed, hashed file whose rows are not log-probabilities (the logged KL went negative)
-    atomic_save_safetensors(c._path(1), {"log_p0": good + 0.5}, {"format": "x"})
+    # (written for this key and epoch: issue 25's key check passes, the values' checks are what is tested)
+    atomic_save_safetensors(c._path(1), {"log_p0": good + 0.5}, {"format": "x", "key": c.key, "epoch": "1"})
     with pytest.warns(UserWarning, match="not log-probabilities"):
         assert c.load(1) is None
-    atomic_save_safetensors(c._path(2), {"log_p0": torch.full((4, 3), float("nan"))}, {"format": "x"})
+    atomic_save_safetensors(
+        c._path(2), {"log_p0": torch.full((4, 3), float("nan"))}, {"format": "x", "key": c.key, "epoch": "2"}
+    )
     with pytest.warns(UserWarning) as w:
         assert c.load(2) is None
     assert "expected (4, 3)" not in str(w[0].message) and "NaN" in str(w[0].message)  # F8's message
