@@ -213,10 +213,13 @@ def test_f0_cache_refuses_flipped_bytes_and_non_log_probabilities(tmp_path):
     with pytest.warns(UserWarning, match="fails its content hash"):
         assert c.load(0) is None
     # a well-formed, hashed file whose rows are not log-probabilities (the logged KL went negative)
-    atomic_save_safetensors(c._path(1), {"log_p0": good + 0.5}, {"format": "x"})
+    # (written for this key and epoch: issue 25's key check passes, the values' checks are what is tested)
+    atomic_save_safetensors(c._path(1), {"log_p0": good + 0.5}, {"format": "x", "key": c.key, "epoch": "1"})
     with pytest.warns(UserWarning, match="not log-probabilities"):
         assert c.load(1) is None
-    atomic_save_safetensors(c._path(2), {"log_p0": torch.full((4, 3), float("nan"))}, {"format": "x"})
+    atomic_save_safetensors(
+        c._path(2), {"log_p0": torch.full((4, 3), float("nan"))}, {"format": "x", "key": c.key, "epoch": "2"}
+    )
     with pytest.warns(UserWarning) as w:
         assert c.load(2) is None
     assert "expected (4, 3)" not in str(w[0].message) and "NaN" in str(w[0].message)  # F8's message
@@ -330,7 +333,7 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tmp_path):
             pass
     holder.kill()  # dies holding it: its owner file stays behind
     holder.wait()
-    stale = tmp_path / ".last.safetensors.abc.tmp"
+    stale = tmp_path / ".fdalign-tmp.last.safetensors.abc12345.tmp"
     stale.write_bytes(b"x" * 10)  # a killed atomic write (F8)
     with pytest.warns(UserWarning, match=f"taking over the lock.*pid {holder.pid}"):
         with run_lock(tmp_path):
@@ -528,7 +531,7 @@ def test_kill_between_checkpoint_writes_resumes_bitwise_and_leaves_no_tmp(
     def killed_in_epoch_2(path, tensors, meta):
         if json.loads(meta["state"])["epoch"] == 2:
             # what a kill -9 mid-write leaves: the new JSON, a temp file, the old tensors
-            (path.parent / f".{path.name}.dead.tmp").write_bytes(b"partial")
+            (path.parent / f".fdalign-tmp.{path.name}.dead1234.tmp").write_bytes(b"partial")
             raise SystemExit(137)
         return real(path, tensors, meta)
 
@@ -716,7 +719,7 @@ def test_export_removes_a_killed_exports_temp_folder(finished_run, tmp_path):
     from fdalign.exporting import export_run
 
     out = tmp_path / "exp"
-    dead = tmp_path / ".exp.k1ll3d.tmp"  # what atomic_directory leaves when killed mid-export
+    dead = tmp_path / ".fdalign-tmp.exp.k1ll3d00.tmp"  # what atomic_directory leaves when killed mid-export
     dead.mkdir()
     (dead / "open_clip_model.safetensors").write_bytes(b"x" * 1000)
     export_run(finished_run, "open_clip", out, verify=False)

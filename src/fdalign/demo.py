@@ -186,11 +186,10 @@ def demo_command(cfg: DemoConfig) -> str:
 
 def sweep_config(cfg: DemoConfig):
     """The demo preset with ``cfg``'s values: a :class:`~fdalign.experiments.sweep.SweepConfig`."""
-    import yaml
-
     from fdalign.experiments.sweep import PRESET_DIR, SweepConfig
+    from fdalign.options import read_yaml
 
-    d = yaml.safe_load((PRESET_DIR / f"{PRESET}.yaml").read_text(encoding="utf-8"))
+    d = read_yaml(PRESET_DIR / f"{PRESET}.yaml", "sweep preset")
     # pools large enough that seeds draw different K-shot / val samples
     d["world"].update(
         id_styles=[cfg.id_style],

@@ -320,15 +320,14 @@ def _export_run(
     run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool, adapter_only: bool = False
 ) -> ExportResult:
     from fdalign.io import atomic_directory, atomic_write_json, atomic_write_text
-    from fdalign.train.run import check_model_hash, load_run
+    from fdalign.train.run import load_run
 
     if fmt not in FORMATS:
         raise FDAlignError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     run_dir, out = finished_run(run_dir), Path(out)
     alpha = parse_alpha(wiseft_alpha)
     check_out(out, force)
-    check_model_hash(run_dir)
-    loaded = load_run(run_dir, "cpu")
+    loaded = load_run(run_dir, "cpu")  # checks the model against the run's recorded sha256
     have = _backend_format(loaded.backend)
     if have != fmt:
         raise FDAlignError(

@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -36,6 +37,13 @@ if TYPE_CHECKING:  # torch loads on first use: the command line imports this mod
 
 # the safetensors metadata key holding the sha256 of the file's canonical header (without this key) + data
 HASH_KEY = "fdalign_sha256"
+# Every temporary name fdalign writes starts with one of these, so that clearing a killed write's leftovers
+# can never match a user's own ``.something.tmp`` or ``.config.old`` (issue 25).
+TEMP_PREFIX, OLD_PREFIX = ".fdalign-tmp.", ".fdalign-old."
+_TEMP_NAME = re.compile(r"\.fdalign-(?:tmp|old)\..+\.[a-z0-9_]{8}\.tmp")  # + mkstemp's 8 random characters
+# The sub-folders of a run directory fdalign writes into (train/run.py's layout, a sweep's eval-heads/,
+# meta-training's episodes/): a killed write's temp file is looked for only there, never in a user's folder.
+RUN_FOLDERS = ("checkpoint", "model", "splits", "eval-heads", "episodes")
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -56,7 +64,7 @@ def _umask() -> int:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -162,7 +170,7 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -171,7 +179,7 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
             return
         if not replace:
             raise FileExistsError(f"{path} exists")
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{OLD_PREFIX}{path.name}.", suffix=".tmp"))
         os.replace(path, old / "previous")  # a rename on the same file system, like the one below
         try:
             os.replace(tmp, path)
@@ -239,22 +247,33 @@ def read_safetensors(
     return tensors, meta
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files and folders that killed atomic writes left in ``directory`` and its
-    sub-folders. Call it only while holding the directory's :func:`run_lock`: then no live writer owns them."""
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of the temporary names :func:`atomic_write_bytes` / :func:`atomic_directory` write."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def remove_stale_temps(directory: str | os.PathLike, folders: tuple[str, ...] = RUN_FOLDERS) -> list[Path]:
+    """Delete the temp files and folders (:func:`is_temp_name`) that killed atomic writes left in ``directory``
+    and its sub-folders ``folders`` (not deeper: fdalign writes nowhere else); anything else, a user's own
+    ``.notes.tmp`` included, is left alone. Returns what was removed. Call it only while holding the
+    directory's :func:`run_lock`: then no live writer owns them."""
+    directory = Path(directory)
     gone = []
-    for here, dirs, files in os.walk(directory):
+    for here in [directory, *(directory / f for f in folders)]:
         # a sub-folder with its own lock (a sweep's cell) is its owner's to clean
-        dirs[:] = [d for d in dirs if not (Path(here, d) / LOCK_FILE).exists()]
-        for name in [*dirs, *files]:
-            p = Path(here, name)
-            if name.startswith(".") and name.endswith((".tmp", ".old")):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                    dirs.remove(name)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        p.unlink()
+        if here.is_symlink() or not here.is_dir() or (here != directory and (here / LOCK_FILE).exists()):
+            continue
+        for p in sorted(here.iterdir()):
+            if is_temp_name(p.name):
+                _remove(p)
                 gone.append(p)
     return gone
 
@@ -262,8 +281,9 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
 @contextlib.contextmanager
 def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
     """Hold a lock on the output ``path`` (``.<name>.lock`` beside it) for the block, after removing the
-    ``.<name>.*.tmp`` / ``.old`` leftovers of killed :func:`atomic_directory` / :func:`atomic_write_bytes`
-    calls for that name (35 MB per killed export). A second process gets :class:`RunLockedError`."""
+    ``.fdalign-tmp.<name>.*.tmp`` / ``.fdalign-old.<name>.*.tmp`` leftovers of killed :func:`atomic_directory`
+    / :func:`atomic_write_bytes` calls for that name (35 MB per killed export). A second process gets
+    :class:`RunLockedError`."""
     import filelock
 
     path = Path(path)
@@ -277,17 +297,54 @@ def target_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
         ) from None
     try:
         name = glob.escape(path.name)
-        for p in [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.old")]:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+        for p in [*path.parent.glob(f"{TEMP_PREFIX}{name}.*.tmp"), *path.parent.glob(f"{OLD_PREFIX}{name}.*.tmp")]:
+            if is_temp_name(p.name):
+                _remove(p)
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):  # unlinked while still held: no stray file beside the output
             Path(lock.lock_file).unlink()
         lock.release()
+
+
+@contextlib.contextmanager
+def shared_file_lock(path: str | os.PathLike, what: str, timeout: float = 60.0) -> Iterator[Path]:
+    """Hold the OS lock ``path`` for a short read-modify-write that several processes share (a sweep's
+    ``sweep.json``): unlike :func:`target_lock` a second process waits its turn; one that waits ``timeout``
+    seconds gets :class:`RunLockedError` naming the lock file. The file is removed on release (no stray
+    file left beside the output), so a lock taken on a name just unlinked is taken again on the new one."""
+    import filelock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        lock = filelock.FileLock(str(path), timeout=max(0.0, deadline - time.monotonic()), is_singleton=False)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise RunLockedError(
+                f"{what}: its lock {path} was held by another fdalign process for {timeout:.0f} s; if none runs, "
+                "delete that file"
+            ) from None
+        if _is_current(lock, path):
+            break
+        lock.release()
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        lock.release()
+
+
+def _is_current(lock, path: Path) -> bool:
+    """Whether a held ``filelock`` lock is on the file now at ``path`` (not on one its holder just unlinked)."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    try:
+        return fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 LOCK_FILE = ".fdalign.lock"
@@ -301,7 +358,8 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     The owner's host, pid and start time go to ``.fdalign.lock.json``, removed on release. A second
     process gets :class:`RunLockedError` naming the owner at once (no waiting). Finding the owner file of
     a process that died while holding the lock (its OS lock went with it), the lock is taken over and a
-    warning says so. Re-entrant within one process. Stale ``.tmp`` files of killed writes are removed.
+    warning says so. Re-entrant within one process. Stale temp files of killed writes are removed, and said
+    (:func:`remove_stale_temps`).
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -329,15 +387,17 @@ def run_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
         )
     try:
         if owner_path.is_file():
-            warnings.warn(
-                f"{what} {directory}: taking over the lock of a process that ended without releasing "
-                f"it ({_describe_owner(owner_path)})",
-                stacklevel=3,
-            )
+            warnings.warn(f"{what} {directory}: {_takeover_words(owner_path)}", stacklevel=3)
         atomic_write_json(
             owner_path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         )
-        remove_stale_temps(directory)
+        gone = remove_stale_temps(directory)
+        if gone:  # said, so that a user can see nothing of theirs went
+            shown = ", ".join(str(p.relative_to(directory)) for p in gone[:5]) + (" ..." if len(gone) > 5 else "")
+            warnings.warn(
+                f"{what} {directory}: removed {len(gone)} temporary file(s) left by a killed fdalign write: {shown}",
+                stacklevel=3,
+            )
         _held[key] = [lock, 1]
         try:
             yield directory
@@ -368,12 +428,7 @@ def _acquire_current(lock_path: Path):
             lock.acquire()
         except filelock.Timeout:
             return None
-        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
-        try:
-            current = fd is None or os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
+        if _is_current(lock, lock_path):
             return lock
         lock.release()
     return None
@@ -387,6 +442,35 @@ def _secondary_rank() -> bool:
         return False
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
+def _takeover_words(owner_path: Path) -> str:
+    """What taking over a lock whose owner file stayed behind means: a process on this host that is gone
+    ended without releasing it; one on another host may still run (its OS lock need not reach this host)."""
+    owner = _describe_owner(owner_path)
+    try:
+        o = json.loads(owner_path.read_text(encoding="utf-8"))
+        host, pid = str(o["host"]), int(o["pid"])
+    except Exception:
+        return f"taking over a lock whose owner is unknown ({owner})"
+    if host != socket.gethostname():
+        return (
+            f"taking over the lock of {owner}: fdalign cannot see processes on host {host}, and a file lock may "
+            "not reach across hosts; if that process still runs, stop this one now, or the two write over each other"
+        )
+    if _pid_alive(pid):
+        return f"taking over the lock of {owner}: that pid is alive but does not hold the lock (a reused pid)"
+    return f"taking over the lock of a process that ended without releasing it ({owner})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists, owned by someone else
+    return True
 
 
 def _describe_owner(owner_path: Path) -> str:

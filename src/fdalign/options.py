@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import typing
 from dataclasses import field
@@ -49,24 +50,149 @@ def document_fields(cls: type) -> type:
     return cls
 
 
-def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
-    """The YAML document in ``path``; a missing or malformed file is an error naming it (``what``: "config file")."""
-    import yaml
+# Bounds of every YAML file fdalign reads (configs, sweep configs, a run's config.yaml): far above any real
+# config (ImageNet's 1000 class names are about 20 KB and 2000 values), far below what would take minutes or
+# gigabytes. PyYAML shares an aliased value instead of copying it, but every reader afterwards walks it
+# expanded: 10 levels of 9-way aliases are 3.5e9 values, so the expanded size is what is bounded.
+YAML_MAX_BYTES = 4 << 20
+YAML_MAX_VALUES = 200_000
 
+
+class YAMLSyntaxError(FDAlignError):
+    """Text that is not YAML at all (a ``--set`` value may then be taken as a plain string)."""
+
+
+def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
+    """The YAML document in ``path``, read by :func:`load_yaml_text`; a missing, oversized, non-UTF-8 or
+    malformed file is an error naming it (``what``: "config file")."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        size = path.stat().st_size
+        if size > YAML_MAX_BYTES and path.is_file():
+            raise FDAlignError(
+                f"{what} {path} is {size / 2**20:.1f} MiB, more than the {YAML_MAX_BYTES >> 20} MiB fdalign reads "
+                "as YAML; is it the right file?"
+            )
+        text = path.read_bytes().decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         raise FDAlignError(f"{what} {path} does not exist{missing_hint}") from None
-    except yaml.YAMLError as e:
-        raise FDAlignError(f"{what} {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    except IsADirectoryError:
+        raise FDAlignError(f"{what} {path} is a folder, not a file") from None
+    except OSError as e:
+        raise FDAlignError(f"{what} {path} is not readable ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise FDAlignError(
             f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged or not "
             "a YAML file: restore it or write it again"
         ) from None
-    except IsADirectoryError:
-        raise FDAlignError(f"{what} {path} is a folder, not a file") from None
+    return load_yaml_text(text, f"{what} {path}")
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """THE YAML reader of fdalign (``yaml.safe_load`` semantics): every file and ``--set`` value goes through it.
+
+    Refused, with one line naming ``source``: invalid YAML, a key given twice in one mapping (naming the
+    key and both lines; YAML would silently keep the last), an alias that contains itself, and a document
+    of more than :data:`YAML_MAX_VALUES` values once its aliases are expanded (an alias bomb).
+    """
+    import yaml
+
+    if len(text) > YAML_MAX_BYTES:
+        raise FDAlignError(f"{source} holds {len(text)} characters, more than the {YAML_MAX_BYTES} fdalign reads")
+    loader = _bounded_loader_class()(text)
+    loader.fdalign_source = source
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node, source)
+        if n > YAML_MAX_VALUES:
+            raise FDAlignError(
+                f"{source} holds {n} values once its aliases (*name) are expanded, more than the {YAML_MAX_VALUES} "
+                "fdalign reads; write the values out instead of nesting aliases"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise YAMLSyntaxError(f"{source} is not valid YAML: {e}".replace("\n", " ")) from None
+    except RecursionError:
+        raise FDAlignError(f"{source} nests its values too deeply to be a config") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root, source: str) -> int:
+    """The number of nodes of a composed YAML document with every alias expanded (memoised: a shared node
+    is counted once per reference without walking it again, so a bomb is measured in microseconds)."""
+    import yaml
+
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node) -> int:
+        i = id(node)
+        if i in memo:
+            return memo[i]
+        if i in active:
+            raise FDAlignError(
+                f"{source}: the value at line {node.start_mark.line + 1} contains itself through an alias; "
+                "a config cannot be infinite"
+            )
+        active.add(i)
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        active.discard(i)
+        memo[i] = n
+        return n
+
+    return size(root)
+
+
+_LOADER = None
+
+
+def _bounded_loader_class():
+    """A SafeLoader that refuses a key given twice in one mapping (built on first use: yaml loads lazily)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding is the point
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: SafeLoader's own error names it
+                        continue
+                    if first is not None:
+                        raise FDAlignError(
+                            f"{self.fdalign_source}: key {key!r} appears twice in one mapping (line {first} and line "
+                            f"{line}); YAML would keep only the last: delete one"
+                        )
+                    seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    _LOADER = BoundedLoader
+    return _LOADER
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def beyond_float32(v: float | None) -> bool:
+    """A finite number torch cannot hold in float32 (``--lr 1e39``): the optimiser would stop with an
+    overflow error deep inside; inf stays legal (it diverges, and a diverged run is refused, in one line)."""
+    return v is not None and math.isfinite(v) and abs(v) > FLOAT32_MAX
 
 
 def check_keys(keys, known, source: str, what: str = "option", hint: str = "") -> None:

@@ -42,7 +42,8 @@ def prompt_cache_key(fingerprint: str, classnames: Sequence[str], templates: Seq
         {"version": CACHE_VERSION, "model": fingerprint, "templates": list(templates), "classes": list(classnames)},
         ensure_ascii=False,
     )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    # surrogatepass: a class folder named with non-UTF-8 bytes reaches here as lone surrogates (os.fsdecode)
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def encode_prompt_features(
@@ -74,8 +75,9 @@ def encode_prompt_features(
     cache_path = None
     if cache_dir is not False:
         root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir).expanduser()
-        cache_path = root / f"{prompt_cache_key(backend.fingerprint, classnames, templates)}.safetensors"
-        cached = _read_cached(cache_path, c, m)
+        key = prompt_cache_key(backend.fingerprint, classnames, templates)
+        cache_path = root / f"{key}.safetensors"
+        cached = _read_cached(cache_path, c, m, key)
         if cached is not None:
             return cached
 
@@ -89,7 +91,8 @@ def encode_prompt_features(
 
     if cache_path is not None:
         try:
-            atomic_save_safetensors(cache_path, {"features": feats}, {"format": CACHE_VERSION})
+            # the key goes inside the file (under its content hash): an entry copied over another is a miss
+            atomic_save_safetensors(cache_path, {"features": feats}, {"format": CACHE_VERSION, "key": key})
         except OSError as e:  # a read-only cache must not stop the user; they just pay the re-encode
             import warnings
 
@@ -97,18 +100,24 @@ def encode_prompt_features(
     return feats
 
 
-def _read_cached(path: Path, c: int, m: int) -> torch.Tensor | None:
+def _read_cached(path: Path, c: int, m: int, key: str) -> torch.Tensor | None:
     if not path.is_file():
         return None
     import warnings
 
     try:  # the content hash is required: a damaged or foreign entry is recomputed and rewritten
-        feats = read_safetensors(path, "prompt-feature cache file", require_hash=True, fix="recomputing it")[0][
-            "features"
-        ]
+        tensors, meta = read_safetensors(path, "prompt-feature cache file", require_hash=True, fix="recomputing it")
+        feats = tensors["features"]
     except Exception as e:
         msg = str(e) if isinstance(e, FDAlignError) else f"prompt-feature cache file {path} is unreadable ({e})"
         warnings.warn(msg if msg.endswith("recomputing it") else f"{msg}; recomputing it", stacklevel=3)
+        return None
+    if meta.get("key") != key:  # another class set's (or model's, or templates') entry under this name
+        warnings.warn(
+            f"ignoring prompt-feature cache file {path}: it was written for key {meta.get('key') or '(none)'}, "
+            "not for its own name's (another entry copied over it, or an older fdalign); recomputing it",
+            stacklevel=3,
+        )
         return None
     if feats.ndim != 3 or feats.shape[:2] != (c, m) or not torch.isfinite(feats).all():
         warnings.warn(

@@ -218,11 +218,19 @@ def run(args: argparse.Namespace) -> int:
         only=args.only,
         limit=args.limit,
     )
-    cost = res.cost
-    cache = cost.get("cache", {})
-    print(
-        f"sweep {cfg.name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
-        f"{res.failed} failed ({res.seconds:.0f} s); feature cache: {cache.get('hits', 0)} hits, "
-        f"{cache.get('seconds_saved', 0):.0f} s saved; report: fdalign report {args.out}"
-    )
+    print(summary_line(cfg.name, res, args.out))
     return 1 if res.failed else 0
+
+
+def summary_line(name: str, res, out) -> str:
+    """The sweep's last line: runs, failures, time, what the feature cache did (damaged entries included:
+    sweep.json records them, and a user should hear of them) and the report command."""
+    cache = res.cost.get("cache", {})
+    damaged = cache.get("corrupt", 0)
+    return (
+        f"sweep {name}: {len(res.runs)} runs, {res.executed} run now, {res.skipped} already done, "
+        f"{res.failed} failed ({res.seconds:.0f} s); feature cache: {cache.get('hits', 0)} hits, "
+        f"{cache.get('seconds_saved', 0):.0f} s saved"
+        + (f", {damaged} damaged entr{'y' if damaged == 1 else 'ies'} recomputed" if damaged else "")
+        + f"; report: fdalign report {out}"
+    )

@@ -108,18 +108,13 @@ def _index_file_shots(args):
 
     Called before the config is resolved, because ``--preset released`` picks its LR by K.
     """
-    import yaml
-
+    from fdalign.options import read_yaml
     from fdalign.workflows.kshot import index_file_of
 
     from_file = {}
     if getattr(args, "config", None):
-        from pathlib import Path
-
-        try:
-            from_file = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            from_file = {}  # config_from_args reports it with the file's name
+        # the bounded reader: an alias bomb or a duplicate key is refused here, in one line, before any use
+        from_file = read_yaml(args.config, "config file") or {}
         if not isinstance(from_file, dict):
             from_file = {}
     given = getattr(args, "shots", None)

@@ -143,12 +143,12 @@ class HeadsConfig:
 
     @classmethod
     def from_yaml(cls, path) -> HeadsConfig:
-        import yaml
+        from fdalign.options import read_yaml
 
         p = Path(path)
         try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
+            d = read_yaml(p, "heads config")
+        except OSError as e:
             raise FDAlignError(f"cannot read heads config {p} ({e.__class__.__name__}); pass a YAML file") from None
         if d is not None and not isinstance(d, dict):
             raise FDAlignError(f"heads config {p} must be a YAML mapping with keys tip, ape, chunk")
@@ -444,11 +444,9 @@ def _config(args, dataset: str | None = None) -> HeadsConfig:
     own = HeadsConfig.from_yaml(path)  # checks the file on its own first: its errors name its fields
     if preset in (None, "defaults"):
         return own
-    import yaml
+    from fdalign.options import read_yaml
 
-    return HeadsConfig.from_dict(
-        _merge(dataclasses.asdict(base), yaml.safe_load(Path(path).read_text()) or {}), str(path)
-    )
+    return HeadsConfig.from_dict(_merge(dataclasses.asdict(base), read_yaml(path, "heads config") or {}), str(path))
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -293,7 +293,7 @@ def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu
 
     from fdalign.data import ImageDataset, load_ood_sets, open_dataset
     from fdalign.errors import FDAlignError
-    from fdalign.workflows.parts import MODEL_FILE, extract_features, load_model, load_run
+    from fdalign.workflows.parts import extract_features, load_run, load_run_model
 
     by_seed: dict[int, dict] = {}
     for r in g.runs:
@@ -318,7 +318,7 @@ def model_features(g, methods: list[str], per_class: int = 2, device: str = "cpu
         encoders = {"zero-shot": first.zero_shot_encoder().to(device), methods[0]: first.backend.image_encoder}
         for m in methods[1:]:  # same base model: only the fine-tuned weights differ
             enc = copy.deepcopy(first.backend.image_encoder)
-            saved = load_model(runs[m].dir / MODEL_FILE).encoder
+            saved = load_run_model(runs[m].dir).encoder
             ref = enc.state_dict()
             enc.load_state_dict({k: v.to(ref[k].dtype) if v.is_floating_point() else v for k, v in saved.items()})
             encoders[m] = enc

@@ -204,9 +204,9 @@ def paired_differences(g: Group, reference: str) -> dict[str, dict]:
 
 
 def load_published(path: str | os.PathLike = PUBLISHED_FILE) -> dict:
-    import yaml
+    from fdalign.options import read_yaml
 
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return read_yaml(path, "published numbers file")
 
 
 def published_value(pub: dict, g: Group, row: str) -> tuple[float, str] | None:

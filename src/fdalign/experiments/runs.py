@@ -188,6 +188,7 @@ def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | Skipped:
         doc = read_state(run_dir / "metrics.json", "run metrics")
         cfg, metrics = doc["config"], doc["metrics"]
         spec = status.get("run") or {}
+        check_agreement(run_dir, cfg, spec)
         dataset = spec.get("dataset") or cfg.get("dataset_name") or Path(str(cfg.get("data"))).name
         method = spec.get("method") or method_label(cfg)
         if doc.get("kind") == "episodes":
@@ -225,6 +226,43 @@ def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | Skipped:
         return Skipped(run_dir, "?", "damaged", str(e))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return Skipped(run_dir, "?", "damaged", f"{run_dir / 'metrics.json'} lacks what a run records ({e!r})")
+
+
+# How a run ran, not what it is: a resume (or a moved folder) may write these differently into config.yaml
+RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "num_workers", "device", "eval_batch_size", "tensorboard"})
+
+
+_KEY_FIELDS = ("dataset_name", "data", "shots", "k_shot", "seed", "model", "pretrained", "mode", "beta")
+
+
+def _canonical(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def check_agreement(run_dir: Path, cfg: dict, spec: dict) -> None:
+    """A run's ``config.yaml``, the config its ``metrics.json`` was computed with and the sweep cell it was run
+    for (``status.json``) must agree: a metrics.json copied from another run (another data set, shots or model)
+    is never reported under this run's name. A disagreement is an FDAlignError (the run is listed as damaged)."""
+    from fdalign.options import read_yaml
+
+    own = read_yaml(run_dir / "config.yaml", "run config")
+    if not isinstance(own, dict) or not isinstance(cfg, dict):
+        raise FDAlignError(f"{run_dir}: config.yaml or the config in metrics.json is not a mapping")
+    diff = [k for k in sorted(set(own) & set(cfg) - RUN_ONLY_FIELDS) if _canonical(own[k]) != _canonical(cfg[k])]
+    if diff:
+        diff.sort(key=lambda k: (k not in _KEY_FIELDS, k))  # what the report keys a run by, first
+        shown = ", ".join(f"{k} {own[k]!r} vs {cfg[k]!r}" for k in diff[:4]) + (" ..." if len(diff) > 4 else "")
+        raise FDAlignError(
+            f"{run_dir}: config.yaml and metrics.json disagree ({shown}): the metrics are not this run's; "
+            "train the run again, or delete the folder"
+        )
+    shots = cfg.get("k_shot", cfg.get("shots"))
+    for name, want in (("seed", cfg.get("seed")), ("shots", shots)):
+        if name in spec and want is not None and _canonical(spec[name]) != _canonical(want):
+            raise FDAlignError(
+                f"{run_dir}: its sweep cell (status.json) is {name} {spec[name]!r} but its metrics.json says "
+                f"{want!r}: the metrics are not this cell's; delete the folder and run the sweep again"
+            )
 
 
 def _status_key(status: dict) -> str:

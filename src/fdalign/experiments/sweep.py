@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import sys
 import time
 import traceback
@@ -37,10 +38,12 @@ from typing import Any
 
 from fdalign.errors import FDAlignError, as_command
 from fdalign.experiments.launchers import InProcess, Interrupted
-from fdalign.io import atomic_write_json, read_json
+from fdalign.io import atomic_write_json, read_json, shared_file_lock
 from fdalign.options import check_keys, read_yaml
 
 SWEEP_FORMAT = "fdalign-sweep/1"
+SWEEP_LOCK = ".sweep.json.lock"  # held while sweep.json is read, merged and written (several sweep processes)
+SWEEP_LOCK_TIMEOUT = 60.0
 PRESET_DIR = Path(__file__).with_name("presets")
 STATUS_FILE = "status.json"
 REQUEST_FILE = "request.yaml"
@@ -259,7 +262,7 @@ GRID_OVERRIDES = ("shots", "seeds")
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` (VALUE read as YAML: ``epochs=1``, ``model_config=null``, ``shots=[1,4]``,
     ``world.test_per_class=4``) -> settings; :func:`apply_overrides` puts them in a config."""
-    import yaml
+    from fdalign.options import YAMLSyntaxError, load_yaml_text
 
     out = {}
     for item in items:
@@ -272,8 +275,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if key in GRID_FIELDS and key not in GRID_OVERRIDES:
             raise FDAlignError(f"--set {key}: the sweep grid decides {key!r}; change the config instead")
         try:
-            out[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+            out[key] = load_yaml_text(value, f"--set {key}") if value.strip() else None
+        except YAMLSyntaxError:
             out[key] = value
     return out
 
@@ -394,9 +397,7 @@ def check_existing(run_dir: Path, request: dict) -> None:
     p = run_dir / REQUEST_FILE
     if not p.is_file():
         return
-    import yaml
-
-    old = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    old = read_yaml(p, "run request") or {}
     a, b = _semantic(old), _semantic(request)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
@@ -783,6 +784,7 @@ def run_sweep(
     progress_line = _Progress(cfg, runs, skipped, len(todo), launcher.slots, progress, say)
 
     def on_start(slot: int, cell: Cell) -> None:
+        book.mine.add(cell.run)
         was = records[cell.run]["state"]
         records[cell.run]["state"] = "running"  # sweep.json tells the truth even if the process dies here
         progress_line.start(slot, cell.run, was)
@@ -790,11 +792,17 @@ def run_sweep(
 
     def on_end(slot: int, cell: Cell, status: dict) -> None:
         rec = records[cell.run]
-        for k in ("error", "skipped", "takeover"):
-            rec.pop(k, None)
-        rec.update({k: status[k] for k in RECORD_KEYS if k in status})
-        if status["state"] == "claimed":  # another live sweep process holds it: its state is what is on disk
-            rec["state"] = run_state(cell.run.dir(out))
+        if status["state"] == "claimed" or status.get("skipped"):
+            # another sweep process holds it or ran it: its record is what that process wrote, not this
+            # worker's zero busy time (which would hide the other's in sweep.json)
+            book.mine.discard(cell.run)
+            for k in RECORD_KEYS:
+                rec.pop(k, None)
+            rec.update(_recorded(cell.run.dir(out)))
+        else:
+            for k in ("error", "skipped", "takeover"):
+                rec.pop(k, None)
+            rec.update({k: status[k] for k in RECORD_KEYS if k in status})
         progress_line.end(slot, cell.run, status, cell.run.dir(out))
         book.save()
 
@@ -845,6 +853,8 @@ def _recorded(run_dir: Path) -> dict:
     if state in ("done", "failed"):
         st = read_json(run_dir / STATUS_FILE, "run status")
         rec.update({k: st[k] for k in RECORD_KEYS[1:] if k in st and k != "skipped"})
+    elif state == "damaged":
+        rec["error"] = damaged_status(run_dir)
     return rec
 
 
@@ -862,13 +872,35 @@ class _Book:
     def __init__(self, out: Path, cfg: SweepConfig, data_root, runs, records, t_start, launcher: str, slots: int):
         self.out, self.cfg, self.data_root, self.runs, self.records = out, cfg, data_root, runs, records
         self.t_start, self.launcher, self.slots = t_start, launcher, slots
-        old = {}
-        if (out / "sweep.json").is_file():
-            try:
-                old = read_json(out / "sweep.json", "sweep index")
-            except FDAlignError:
-                old = {}
-        self.previous = [i for i in (old.get("cost") or {}).get("invocations", []) if isinstance(i, dict)]
+        # this invocation, among the others that share sweep.json (two sweeps on one folder)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{t_start:.6f}"
+        self.mine: set = set()  # the runs this invocation ran: their records are its own
+        self.previous = self._invocations(self._read())
+
+    def _read(self) -> dict:
+        try:
+            doc = read_json(self.out / "sweep.json", "sweep index") if (self.out / "sweep.json").is_file() else {}
+        except FDAlignError:
+            doc = {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _invocations(self, doc: dict) -> list[dict]:
+        found = (doc.get("cost") or {}).get("invocations", []) if isinstance(doc.get("cost"), dict) else []
+        return [i for i in found if isinstance(i, dict) and i.get("id") != self.id]
+
+    def _merge(self, doc: dict) -> None:
+        """Take in what another sweep process wrote to sweep.json since this one last did: the other
+        invocations, and the state of every run this one did not run (read from the run's own status.json)."""
+        if doc.get("writer") in (None, self.id):
+            return
+        self.previous = self._invocations(doc)
+        theirs = {r.get("key"): r for r in doc.get("runs", []) if isinstance(r, dict)}
+        for r in self.runs:
+            if r not in self.mine and theirs.get(r.key, self.records[r]) != self.records[r]:
+                rec = self.records[r]
+                for k in RECORD_KEYS:
+                    rec.pop(k, None)
+                rec.update(_recorded(r.dir(self.out)))
 
     def cost(self) -> dict:
         busy: dict[str, float] = {}
@@ -884,6 +916,7 @@ class _Book:
         cache["passes"] = passes
         cache["seconds_saved"] = round(cache["seconds_saved"], 2)
         now = {
+            "id": self.id,
             "started": round(self.t_start, 1),
             "wall_seconds": round(time.time() - self.t_start, 1),
             "launcher": self.launcher,
@@ -898,16 +931,20 @@ class _Book:
         }
 
     def save(self) -> None:
-        atomic_write_json(
-            self.out / "sweep.json",
-            {
-                "format": SWEEP_FORMAT,
-                "config": self.cfg.to_dict(),
-                "data_root": self.data_root,
-                "runs": [self.records[r] for r in self.runs],
-                "cost": self.cost(),
-            },
-        )
+        """Write sweep.json under its lock, merged with what another sweep process on this folder wrote."""
+        with shared_file_lock(self.out / SWEEP_LOCK, f"sweep index {self.out / 'sweep.json'}", SWEEP_LOCK_TIMEOUT):
+            self._merge(self._read())
+            atomic_write_json(
+                self.out / "sweep.json",
+                {
+                    "format": SWEEP_FORMAT,
+                    "config": self.cfg.to_dict(),
+                    "data_root": self.data_root,
+                    "runs": [self.records[r] for r in self.runs],
+                    "cost": self.cost(),
+                    "writer": self.id,
+                },
+            )
 
 
 class _Progress:
@@ -919,7 +956,8 @@ class _Progress:
         self.n, self.done, self.todo, self.slots, self.say = len(runs), skipped, todo, max(1, slots), say
         self.busy: dict[int, str] = {}
         self.durations: list[float] = []
-        self.executed = 0
+        self.executed = 0  # cells this process ran (not those another process held or had done)
+        self.handled = 0
         self.bar = tqdm(
             total=len(runs),
             initial=skipped,
@@ -930,7 +968,7 @@ class _Progress:
         )
 
     def _left(self) -> int:
-        return self.todo - self.executed
+        return self.todo - self.handled
 
     def _eta(self, left: int) -> str:
         if not self.durations or left <= 0:
@@ -954,7 +992,8 @@ class _Progress:
 
     def end(self, slot: int, run: RunSpec, status: dict, run_dir: Path) -> None:
         self.busy.pop(slot, None)
-        self.executed += 1
+        self.handled += 1
+        self.executed += not (status["state"] == "claimed" or status.get("skipped"))  # run here, now
         self.done += 1
         if status.get("takeover"):
             self.say(f"    {status['takeover']}")

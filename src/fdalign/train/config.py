@@ -22,7 +22,15 @@ from typing import Any
 from fdalign.data.names import dataset_key as _dataset_key  # noqa: F401 (re-exported)
 from fdalign.data.names import guess_dataset_name
 from fdalign.errors import FDAlignError
-from fdalign.options import ConfigFile, add_arguments, check_choices, document_fields, option
+from fdalign.options import (
+    FLOAT32_MAX,
+    ConfigFile,
+    add_arguments,
+    beyond_float32,
+    check_choices,
+    document_fields,
+    option,
+)
 
 MODES = ("fdalign", "linear-probe", "lp-ft")
 HEADS = ("frozen", "trainable")
@@ -303,6 +311,8 @@ class TrainConfig(ModelOptions):
             v = getattr(self, name)
             if v is not None and math.isnan(v):  # nan passes every range test below (inf is a legal, if wild, value)
                 bad(name, "is not a number; give a number")
+            if beyond_float32(v):
+                bad(name, f"is beyond what float32 holds ({FLOAT32_MAX:.1e}), in which torch computes it")
         for name in ("lr", "lp_lr", "weight_decay", "momentum", "min_lr", "alpha", "beta", "warmup_epochs"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")

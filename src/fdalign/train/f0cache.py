@@ -67,6 +67,7 @@ class F0Cache:
 
     def __init__(self, root: str | os.PathLike, key: str, ingredients: dict, n: int, k: int):
         self.dir = Path(root).expanduser() / key
+        self.key = key
         self.ingredients, self.n, self.k = ingredients, int(n), int(k)
         self.hits = 0  # epochs read from the cache (reported by the trainer)
         self.misses = 0  # epochs f0 had to compute
@@ -89,14 +90,17 @@ class F0Cache:
         if not path.is_file():
             return None
         try:  # the content hash is required: a damaged entry is recomputed, never trusted
-            tensors, _ = read_safetensors(path, "f0 cache file", require_hash=True, fix="recomputing it")
+            tensors, meta = read_safetensors(path, "f0 cache file", require_hash=True, fix="recomputing it")
             t = tensors["log_p0"]
         except Exception as e:
             msg = str(e) if isinstance(e, FDAlignError) else f"f0 cache file {path} is unreadable ({e})"
             warnings.warn(msg if msg.endswith("recomputing it") else f"{msg}; recomputing it", stacklevel=3)
             return None
         problem = None
-        if tuple(t.shape) != (self.n, self.k):
+        wrote = (meta.get("key"), meta.get("epoch"))
+        if wrote != (self.key, str(epoch)):  # another epoch's (or key's) entry copied over this one
+            problem = f"it was written for key {wrote[0] or '(none)'} epoch {wrote[1] or '(none)'}"
+        elif tuple(t.shape) != (self.n, self.k):
             problem = f"shape {tuple(t.shape)}, expected ({self.n}, {self.k})"
         elif not torch.isfinite(t).all():
             problem = "it holds NaN or inf"
@@ -119,7 +123,7 @@ class F0Cache:
             atomic_save_safetensors(
                 self._path(epoch),
                 {"log_p0": log_p0.detach().to("cpu", torch.float32).contiguous()},
-                {"format": CACHE_FORMAT},
+                {"format": CACHE_FORMAT, "key": self.key, "epoch": str(epoch)},  # under the content hash
             )
         except OSError as e:
             self.writable = False

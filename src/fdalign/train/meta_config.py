@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fdalign.data.episode_spec import ON_SMALL, PROTO_SCALE_INIT, EpisodeSpec
 from fdalign.errors import FDAlignError
-from fdalign.options import check_choices, option
+from fdalign.options import FLOAT32_MAX, beyond_float32, check_choices, option
 from fdalign.train.config import KL_DIRECTIONS, OPTIMIZERS, PRECISIONS, SELECTIONS, ModelOptions
 
 # settings that change neither the training maths nor the episodes (resume may change them)
@@ -118,6 +118,12 @@ class MetaConfig(ModelOptions):
         for name in ("lr", "weight_decay", "alpha", "beta", "min_lr", "warmup_steps", "test_episodes"):
             if getattr(self, name) < 0:
                 raise FDAlignError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        for name in ("lr", "weight_decay", "alpha", "beta", "min_lr", "proto_scale", "grad_clip"):
+            if beyond_float32(getattr(self, name)):
+                raise FDAlignError(
+                    f"--{name.replace('_', '-')} = {getattr(self, name):g} is beyond what float32 holds "
+                    f"({FLOAT32_MAX:.1e}), in which torch computes it"
+                )
         if self.precision == "fp16":
             raise FDAlignError("meta-train runs fp32 or bf16 (fp16 would need loss scaling); use --precision bf16")
         if self.proto_scale <= 0:

@@ -132,8 +132,34 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     if "zeroshot_head_kind" in raw:
         zs = head_from_state_dict(part("zeroshot_head."), raw["zeroshot_head_kind"], float(raw["zeroshot_head_scale"]))
     reserved = {"format", "head_kind", "head_scale", "zeroshot_head_kind", "zeroshot_head_scale"}
-    meta = {k: json.loads(v) for k, v in raw.items() if k not in reserved}
+    meta = {}
+    for k, v in raw.items():
+        if k in reserved:
+            continue
+        try:  # fdalign writes JSON values: anything else (e.g. a renamed hash key) was changed since
+            meta[k] = json.loads(v)
+        except ValueError:
+            raise FDAlignError(
+                f"model file {path}: its header entry {k!r} is not one fdalign writes (not JSON): the file was "
+                "changed after fdalign wrote it; train the run again or restore the file from a copy"
+            ) from None
     return SavedModel(encoder=part("encoder."), head=head, zeroshot_head=zs, metadata=meta, adapter=part("adapter."))
+
+
+def load_run_model(run_dir: str | os.PathLike) -> SavedModel:
+    """A run's ``model/best.safetensors``, checked against the sha256 its run recorded when training finished
+    (:func:`check_model_hash`): every reader of a run's model (eval, predict, export, meta-eval, the report's
+    plots) goes through here, so a changed model is refused even when its own content hash was stripped."""
+    from fdalign.io import content_hash_status
+
+    path = Path(run_dir) / MODEL_FILE
+    try:
+        status = content_hash_status(path.read_bytes())
+    except OSError:
+        status = None  # load_model says what is wrong with the file
+    if status != "bad":  # a file failing its own content hash: load_model says so, more precisely
+        check_model_hash(run_dir)
+    return load_model(path)
 
 
 @dataclass
@@ -192,7 +218,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", bac
             f"{run_dir} is not an fdalign run directory (no {CONFIG_FILE}); pass the --out of `fdalign train`"
         )
     config = TrainConfig.from_run_yaml(cfg_path)
-    saved = load_model(run_dir / MODEL_FILE)
+    saved = load_run_model(run_dir)
     if backend is not None:
         backend = copy.deepcopy(backend).to("cpu")
     elif not config.model and not config.model_config:
@@ -201,7 +227,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", bac
             "config.yaml cannot name; pass the same model again: fdalign.load_run(run, model=...)"
         )
     else:
-        backend = load_clip(config.model, pretrained=config.pretrained, model_config=config.model_config)
+        backend = load_clip(config.model, pretrained=config.pretrained, model_config=config.model_config, device="cpu")
     want = saved.metadata.get("base_fingerprint")
     if want and getattr(backend, "fingerprint", want) != want:
         raise FDAlignError(
@@ -247,6 +273,7 @@ __all__ = [
     "MODEL_HASH_FILE",
     "save_model",
     "load_model",
+    "load_run_model",
     "SavedModel",
     "LoadedRun",
     "load_run",

@@ -231,7 +231,7 @@ class TrainResult:
     best_val_top1: float
     val_top1: list[float]  # per epoch
     steps: int
-    seconds: float
+    seconds: float  # training time, summed over the segments of a resumed run
     selection: SelectionLog
     config: TrainConfig
     f0_cache_epochs_read: int = 0  # epochs whose f0 answers came from the f0 cache
@@ -733,6 +733,8 @@ def _train(
     # ---- resume -----------------------------------------------------------------------------
     chash = config_hash(cfg)
     state, ckpt = _resume(cfg, run_dir, chash, encoder, head)
+    # training time of the segments before a resume (up to their last checkpoint): metrics.json sums them
+    seconds_before = float(ckpt.meta.get("train_seconds", 0.0)) if ckpt is not None else 0.0
     start_epoch, step, val_hist, best_val, best_epoch = (
         state.epoch,
         state.step,
@@ -848,6 +850,7 @@ def _train(
                         "step": step,
                         "phase": phase.name,
                         "config_hash": chash,
+                        "train_seconds": round(seconds_before + time.time() - t_start, 3),
                         "val_top1": val_hist,
                         "best_val_top1": best_val,
                         "best_epoch": best_epoch,
@@ -914,7 +917,7 @@ def _train(
         best_val_top1=float(scores[chosen]),
         val_top1=val_hist,
         steps=step,
-        seconds=time.time() - t_start,
+        seconds=seconds_before + time.time() - t_start,
         selection=selection,
         config=cfg,
         f0_cache_epochs_read=f0cache.hits if f0cache else 0,

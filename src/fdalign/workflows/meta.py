@@ -441,11 +441,11 @@ def _load_run_models(run_dir: Path, no_zeroshot: bool):
 
 
 def _load_meta_model(run_dir: Path, cfg):
-    """The base backend and the run's encoder weights (cast like the base model's), via :func:`load_model`."""
+    """The base backend and the run's encoder weights (cast like the base model's), via :func:`load_run_model`."""
     from fdalign.backends import load_clip
-    from fdalign.train.run import MODEL_FILE, _cast_like, load_model
+    from fdalign.train.run import _cast_like, load_run_model
 
-    saved = load_model(run_dir / MODEL_FILE)
+    saved = load_run_model(run_dir)
     backend = load_clip(cfg.model, pretrained=cfg.pretrained, model_config=cfg.model_config, device="cpu")
     want = saved.metadata.get("base_fingerprint")
     if want and getattr(backend, "fingerprint", want) != want:

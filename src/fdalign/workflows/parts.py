@@ -12,7 +12,7 @@ from fdalign.eval.heads import HEAD_NAMES
 from fdalign.eval.metrics import mean_std
 from fdalign.train.config import TrainConfig
 from fdalign.train.meta_config import MetaConfig
-from fdalign.train.run import MODEL_FILE, load_model, load_run
+from fdalign.train.run import MODEL_FILE, load_model, load_run, load_run_model
 from fdalign.train.wiseft import alpha_name
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "featcache",
     "load_model",
     "load_run",
+    "load_run_model",
     "mean_std",
 ]
