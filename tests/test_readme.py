@@ -23,7 +23,9 @@ def test_quick_start_has_main_and_test_command():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     install, test = (part.strip() for part in _quick_start_commands()[1].split("&&"))
-    assert install in ci and test in ci
+    lines = [line.strip() for line in ci.splitlines()]
+    assert install in lines, ci  # each run as a command of its own, with exactly the README's flags
+    assert any(line == test or line.startswith(test + " ||") for line in lines), ci
 
 
 def _python_api_snippets() -> list[str]:

@@ -20,6 +20,7 @@ from fdalign.experiments.launchers import LocalWorkers, SlurmOptions, Submitit
 from test_sweep import CLASSES, sweep_dict
 
 SRC = str(Path(sw.__file__).parents[2])
+TESTS = str(Path(__file__).parent)  # tests/_gate.py and tests/_cells.py, for spawned processes
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # before the module-scoped sweeps
@@ -59,7 +60,7 @@ def env(tmp_path) -> dict:
         os.environ,
         FDALIGN_CACHE=str(tmp_path / "pcache"),
         OMP_NUM_THREADS="1",
-        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        PYTHONPATH=os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")]),
     )
 
 
@@ -182,35 +183,34 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tiny_openclip, world, tmp_pat
 
 
 def test_ctrl_c_stops_both_workers_and_the_next_call_redoes_no_finished_run(tiny_openclip, world, tmp_path):
+    """The first cell trains to the end; every later one waits at its first training step (tests/_gate.py),
+    so the Ctrl-C reaches two busy workers whatever the machine's load."""
+    import _gate
+
     cfg_path = tmp_path / "g.yaml"
     cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1, 2, 3])))
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fdalign",
-        "sweep",
-        str(cfg_path),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "2",
-    ]
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    args = ["sweep", str(cfg_path), "--out", str(out), "--no-progress", "--workers", "2"]
     runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
-    proc = subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(sw.run_state(r.dir(out)) == "done" for r in runs):
-        time.sleep(0.05)
+    proc = subprocess.Popen(
+        _gate.command(gate, 1, args), env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # one cell done, and both workers busy training the next ones (each waiting at the gate)
+    _gate.wait_until(
+        lambda: _gate.waiting(gate) == 2 and any(sw.run_state(r.dir(out)) == "done" for r in runs),
+        proc,
+        "one cell done and two waiting",
+    )
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep (its workers have their own process group)
-    first = proc.communicate(timeout=300)[0]
+    first = proc.communicate(timeout=600)[0]
     assert proc.returncode != 0, first
     states = [sw.run_state(r.dir(out)) for r in runs]
     finished = [r for r, s in zip(runs, states) if s == "done"]
-    assert finished and len(finished) < len(runs), (states, first)
+    assert len(finished) == 1, (states, first)
     assert "running" not in states, (states, first)  # every worker stopped cleanly: interrupted or done
-    assert "interrupted" in states, (states, first)  # the busy workers were stopped, not left to finish
+    assert states.count("interrupted") == 2, (states, first)  # the busy workers were stopped, not left to finish
     mtimes = {r.key: (r.dir(out) / "metrics.json").stat().st_mtime_ns for r in finished}
+    cmd = [sys.executable, "-m", "fdalign", *args]  # no gate now
     again = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert [sw.run_state(r.dir(out)) for r in runs] == ["done"] * len(runs)
