@@ -1,6 +1,7 @@
 """Cell functions for launcher tests: importable by spawned workers (a test module's are too, but
 these need neither torch nor fdalign)."""
 
+import os
 import time
 
 WAIT_S = 600  # a bound, not a race: the forwarded Ctrl-C ends the wait however loaded the machine is
@@ -21,3 +22,8 @@ def interrupted_cells(cell: int) -> dict:
         time.sleep(0.4 * cell)
         raise
     return {"state": "done"}
+
+
+def visible_devices(cell: int) -> dict:
+    """What the worker running ``cell`` sees: its CUDA_VISIBLE_DEVICES and its pid."""
+    return {"state": "done", "devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}

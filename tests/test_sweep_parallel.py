@@ -236,6 +236,52 @@ def test_a_worker_interrupted_alone_stops_the_others_with_one_ctrl_c_each(monkey
     assert ended == []  # none ran on: a Ctrl-C that came before its cell started in the worker was kept
 
 
+def test_each_local_worker_sees_its_own_device():
+    """Worker i is pinned to devices[i % len(devices)] through CUDA_VISIBLE_DEVICES (checked on CPU: the
+    variable is what the worker's torch would read); this process's own setting is left as it was."""
+    from _cells import visible_devices
+
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    started, ended = {}, {}
+    LocalWorkers(3, devices=["0", "GPU-1a2b"], threads=1).run(
+        visible_devices,
+        [0, 1, 2],
+        lambda slot, cell: started.setdefault(cell, slot),
+        lambda slot, cell, status: ended.setdefault(slot, status),
+    )
+    assert started == {0: 0, 1: 1, 2: 2}  # three free workers: cell i starts on worker i
+    assert {slot: st["devices"] for slot, st in ended.items()} == {0: "0", 1: "GPU-1a2b", 2: "0"}
+    assert len({st["pid"] for st in ended.values()} | {os.getpid()}) == 4  # three workers, none of them this one
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def test_slurm_jobs_file_keeps_the_cells_an_earlier_call_left_queued(tmp_path, monkeypatch):
+    """A second call submits only its own cells; jobs.json must still name the first call's, whose jobs
+    Slurm still holds, or a third call would submit them again."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("submitit")
+    import submitit.slurm.slurm as slurm
+
+    ids = iter(range(101, 200))
+
+    class Executor:  # what submitit's map_array hands back: one job per cell, each with its id
+        def map_array(self, fn, cells):
+            return [SimpleNamespace(job_id=str(next(ids))) for _ in cells]
+
+    cell = {k: SimpleNamespace(run=SimpleNamespace(key=k)) for k in ("a", "b", "c")}
+    launcher = Submitit(str(tmp_path), wait=False)
+    monkeypatch.setattr(launcher, "executor", Executor)
+    launcher.run(None, [cell["a"], cell["b"]], lambda i, c: None, None)
+    launcher.run(None, [cell["c"]], lambda i, c: None, None)
+    assert json.loads((tmp_path / "jobs.json").read_text()) == {"a": "101", "b": "102", "c": "103"}
+    states = {"101": "PENDING", "102": "RUNNING", "103": "FAILED"}
+    monkeypatch.setattr(slurm, "SlurmJob", lambda folder, job_id: SimpleNamespace(state=states[job_id]))
+    assert launcher.live(["a", "b", "c"]) == {"a", "b"}  # the next call leaves a and b alone, resubmits c
+    launcher.run(None, [cell["c"]], lambda i, c: None, None)
+    assert json.loads((tmp_path / "jobs.json").read_text()) == {"a": "101", "b": "102", "c": "104"}
+
+
 def test_submitit_local_path_resubmits_only_the_failed_cell(tiny_openclip, world, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     for k, v in env(tmp_path).items():

@@ -529,6 +529,27 @@ BUGS += [
         "    if False:",
     ),
 ]
+# issue 25 (reports, the suite): run with tests/test_ape.py tests/test_sweep_parallel.py tests/test_report.py
+BUGS += [
+    (
+        "APE grid 1.0 read as one channel",
+        "src/fdalign/heads/ape.py",
+        "q = round(spec * dim) if spec <= 1 else int(spec)",
+        "q = round(spec * dim) if spec < 1 else int(spec)",
+    ),
+    (
+        "every local worker pinned to the first device",
+        "src/fdalign/experiments/launchers.py",
+        "device = str(self.devices[i % len(self.devices)]) if self.devices else None",
+        "device = str(self.devices[0]) if self.devices else None",
+    ),
+    (
+        "jobs.json rewritten with this call's jobs only",
+        "src/fdalign/experiments/launchers.py",
+        "        ids = self._jobs()\n",
+        "        ids = {}\n",
+    ),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):
