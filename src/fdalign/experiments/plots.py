@@ -144,6 +144,8 @@ def id_ood_plane(g, out: Path) -> Path | None:
     for row, pts in g.points.items():
         if row in g.curves or row.startswith("wise-ft of ") or not pts:
             continue
+        if any(p["ood_mean"] is None for p in pts.values()):  # evaluated without the OOD sets: no place here
+            continue
         marker = "s" if row == ZERO_SHOT else "D"
         ax.scatter(
             [_mean([p["id"] for p in pts.values()])],
@@ -246,9 +248,9 @@ def accuracy_by_set(g, out: Path) -> Path | None:
     for i, row in enumerate(rows):
         ax.bar(
             x + (i - (len(rows) - 1) / 2) * width,
-            [s[row][k]["mean"] for k in keys],
+            [s[row][k]["mean"] if k in s[row] else float("nan") for k in keys],  # not evaluated there: no bar
             width,
-            yerr=[s[row][k]["std"] for k in keys],
+            yerr=[s[row][k]["std"] if k in s[row] else 0.0 for k in keys],
             capsize=2,
             label=row,
             color=row_colour(row),

@@ -100,12 +100,14 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                         curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a), ood)
         head_rows = _head_rows(rs, order, meta.get("reference"), points, ood)
         points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
+        points = {row: v for row, v in points.items() if v}  # a row no run evaluated is no row of "0 | –"
         rows = (
             [ZERO_SHOT]
             + [m for m in order if m in points]
             + [wiseft_row(m) for m in meta["wiseft"] if wiseft_row(m) in points]
             + head_rows
         )
+        rows = [row for row in rows if row in points]
         groups.append(
             Group(
                 ds,
@@ -195,7 +197,7 @@ def paired_differences(g: Group, reference: str) -> dict[str, dict]:
         if not seeds:
             continue
         d = {"n": len(seeds), "seeds": seeds, "id": stats([per_seed[s]["id"] - ref[s]["id"] for s in seeds])}
-        if ref[seeds[0]]["ood_mean"] is not None:
+        if all(per_seed[s]["ood_mean"] is not None and ref[s]["ood_mean"] is not None for s in seeds):
             diffs = [per_seed[s]["ood_mean"] - ref[s]["ood_mean"] for s in seeds]
             d["ood_mean"] = stats(diffs)
             d["ood_wins"] = sum(float(f"{x:.1f}") > 0 for x in diffs)  # as printed: float noise is no win
@@ -257,8 +259,10 @@ def paired_table(diffs: dict, reference: str) -> Table:
     rows = []
     for row, d in diffs.items():
         cells = [row, str(d["n"]), fmt_pm(d["id"], signed=True)]
-        if has_ood:
+        if has_ood and "ood_mean" in d:
             cells += [fmt_pm(d["ood_mean"], signed=True), f"{d['ood_wins']} of {d['n']}"]
+        elif has_ood:  # a row evaluated without the OOD sets (a cache head)
+            cells += ["–", "–"]
         rows.append(cells)
     return Table(header, rows)
 
@@ -433,19 +437,21 @@ def build_report(
                         ]
                     )
     sections.append(("Results", results))
-    from fdalign.experiments.protocols import protocol_sections
+    from fdalign.experiments.protocols import protocol_csv_rows, protocol_sections
 
     protocol, summary["protocols"] = protocol_sections(groups, meta, pub)
     sections += protocol
+    csv_rows += protocol_csv_rows(summary["protocols"])
     for name, items in extra or []:
         sections.append((name, items))
     if paired:
+        with_ood = any(isinstance(t, Table) and "OOD mean Δ" in t.header for t in paired)
         sections.append(
             (
                 f"Paired differences against {ref}",
                 [
                     f"Per seed, each method minus {ref} on the same K-shot images and test sets; mean ± sample std of "
-                    "those differences, and in how many seeds the OOD mean was higher."
+                    "those differences" + (", and in how many seeds the OOD mean was higher." if with_ood else ".")
                 ]
                 + paired,
             )
@@ -489,8 +495,9 @@ def build_report(
             "Where the numbers come from",
             sources
             + [
-                f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set; OOD mean = "
-                "unweighted mean of the OOD sets. zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
+                f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set"
+                + ("; OOD mean = unweighted mean of the OOD sets. " if any(g.ood_sets for g in groups) else ". ")
+                + "zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
                 "wise-ft of X = X's WiSE-FT interpolation with the mixing weight chosen on the few-shot val split. "
                 "Nothing was selected on a test or OOD set."
             ],
@@ -723,8 +730,20 @@ def write_report(
     render = {"md": to_markdown, "csv": to_csv, "html": to_html}
     for f in formats:
         written.append(atomic_write_text(out / f"report.{f}", render[f](rep)))
-    atomic_write_json(out / "summary.json", rep.summary)
+    atomic_write_json(out / "summary.json", json_safe(rep.summary))
     return written
+
+
+def json_safe(doc: Any) -> Any:
+    """``doc`` with every NaN or infinity as None: summary.json must be JSON other tools can read, and
+    ``NaN`` is not JSON."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {k: json_safe(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [json_safe(v) for v in doc]
+    return doc
 
 
 __all__ = [

@@ -118,15 +118,17 @@ class RunRecord(_Keyed):
         return f"{self.config.get('model')}/{self.config.get('pretrained')}"
 
     def point(self, model: str, ood: Sequence[str] | None = None) -> dict | None:
-        """``{"id", "ood_mean", "sets": {set: top1}}`` of one model of the run (None if not evaluated);
-        the OOD mean is over ``ood`` (default: the run's OOD sets)."""
-        if any(model not in self.metrics[s] for s in self.metrics):
+        """``{"id", "ood_mean", "sets": {set: top1}}`` of one model of the run (None if it was not
+        evaluated on the ID set); ``sets`` holds the sets it was evaluated on (cache heads evaluated
+        without OOD sets have the ID set only), and the OOD mean over ``ood`` (default: the run's OOD
+        sets) is None unless it has every one of them."""
+        if model not in self.metrics.get(self.id_set, {}):
             return None
-        sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics}
+        sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics if model in self.metrics[s]}
         ood = self.ood_sets if ood is None else list(ood)
         return {
             "id": sets[self.id_set],
-            "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood else None,
+            "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood and all(s in sets for s in ood) else None,
             "sets": sets,
         }
 
