@@ -117,6 +117,12 @@ def test_table_is_mean_and_std_over_seeds_of_the_runs_metrics(sweep_out):
                 [src[s][2]["dark"] for s in seeds],
             ]
             want = [str(len(seeds))] + [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" for v in cols]
+            if row.startswith("wise-ft of "):  # the WiSE-FT column: each seed's weight, from its selection.json
+                sel = [sweep_out / f"runs/w/k{k}/s{s}" / row[len("wise-ft of ") :] / "selection.json" for s in seeds]
+                alphas = [f"{json.loads(p.read_text())['wiseft_alpha']['chosen']:g}" for p in sel]
+                want.append(alphas[0] if len(set(alphas)) == 1 else " / ".join(alphas))
+            else:
+                want.append("")
             assert rows[row] == want, (k, row)
 
 
@@ -419,8 +425,8 @@ def test_heads_evaluated_without_ood_sets_show_their_id_numbers(tmp_path):
     rows = _md_rows(report.split("## Paired")[0], "w, 4-shot")
     for row, model in (("Tip", "Tip"), ("APE", "APE"), ("Tip + fd-align", "Tip + FD-Align")):
         vals = [heads[s][model] for s in (1, 2)]
-        assert rows[row] == ["2", f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}", "–", "–"], row
-    assert rows["fd-align"] == ["2", f"54.5 ± {statistics.stdev([54, 55]):.1f}", "44.0 ± 0.0", "44.0 ± 0.0"]
+        assert rows[row] == ["2", f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}", "–", "–", ""], row
+    assert rows["fd-align"] == ["2", f"54.5 ± {statistics.stdev([54, 55]):.1f}", "44.0 ± 0.0", "44.0 ± 0.0", ""]
     paired = _md_rows(report.split("## Paired")[1], "w, 4-shot")
     assert paired["Tip + fd-align"] == ["2", f"+4.5 ± {statistics.stdev([55 - 51, 57 - 52]):.1f}", "–", "–"]
     summary = _strict_json(tmp_path / "rep" / "summary.json")
@@ -489,3 +495,44 @@ def test_base_to_novel_csv_has_base_novel_and_hm_and_no_stray_text(tmp_path):
         ("HM", str(round(2 * 70 * 75 / 145, 4)), "71.7"),
     ]
     assert float(avg[2]["ours_minus_published"]) == pytest.approx(2 * 70 * 75 / 145 - 71.70, abs=1e-4)
+
+
+def test_shared_settings_overrides_warm_up_and_chosen_alpha_are_shown(tmp_path):
+    """What every run shares (a sweep's `--set epochs=1`) is listed, a warm-up as long as the run is warned
+    about, and the WiSE-FT mixing weight each seed chose on val is in the table and the CSV."""
+    sweep = tmp_path / "sw"
+    for seed, chosen in ((1, 1.0), (2, 0.5)):
+        for method in ("fine-tune", "fd-align"):
+            d = fake_run(sweep, "w", 4, seed, method, 50.0 + seed, epochs=1, warmup_epochs=1.0, lr=1e-5)
+            doc = json.loads((d / "metrics.json").read_text())
+            for s in doc["metrics"].values():
+                s["wiseft-0.5"] = {"top1": 40.0 + seed, "n": 10}
+            doc["selection"]["wiseft_alpha"]["chosen"] = chosen
+            (d / "metrics.json").write_text(json.dumps(doc))
+    methods = {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 20.0}}
+    (sweep / "sweep.json").write_text(
+        json.dumps({"config": {"name": "s", "methods": methods, "overrides": {"epochs": 1}}, "runs": []})
+    )
+    assert main(["report", str(sweep), "--no-plots", "--out", str(tmp_path / "rep"), "--format", "md,csv"]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    intro = report.split("## Results")[0]
+    assert f"**Every run of {sweep} was made with `--set epochs=1`**" in intro
+    assert "**Warning: in 4 of 4 runs the LR warm-up (warmup_epochs = 1) lasts the whole run (epochs = 1)" in intro
+    shared = report.split("## Settings all runs share")[1].split("\n## ")[0]
+    for line in ("| epochs | 1 |", "| lr | 1e-05 |", "| model | ViT-B-32 |", "| warmup_epochs | 1.0 |"):
+        assert line in shared, shared
+    assert "| beta |" not in shared  # it differs between the methods: the runs table says so
+    header = next(line for line in report.splitlines() if line.startswith("| method | seeds"))
+    assert header.endswith("| WiSE-FT α (val) |"), header
+    rows = _md_rows(report.split("## Paired")[0], "w, 4-shot")
+    assert (
+        rows["wise-ft of fd-align"][-1] == "1 / 0.5"
+        and rows["wise-ft of fd-align"][1] == f"46.5 ± {statistics.stdev([51, 42]):.1f}"
+    )
+    assert rows["fd-align"][-1] == "" and rows["zero-shot"][-1] == ""
+    with open(tmp_path / "rep" / "report.csv") as f:
+        alpha = [r for r in csv.DictReader(f) if r["metric"] == "wiseft_alpha"]
+    assert [(r["method"], r["mean"], r["seeds"]) for r in alpha] == [
+        ("wise-ft of fine-tune", "0.75", "2"),
+        ("wise-ft of fd-align", "0.75", "2"),
+    ]

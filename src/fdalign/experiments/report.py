@@ -95,7 +95,10 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                 if r.seed not in points[ZERO_SHOT] or m == meta.get("reference"):
                     points[ZERO_SHOT][r.seed] = r.point(ZERO_SHOT, ood)
                 if m in meta["wiseft"] and r.chosen_alpha is not None:
-                    points.setdefault(wiseft_row(m), {})[r.seed] = r.point(alpha_model(r.chosen_alpha), ood)
+                    p = r.point(alpha_model(r.chosen_alpha), ood)
+                    if p is not None:
+                        p["alpha"] = r.chosen_alpha  # the mixing weight chosen on val, shown beside its numbers
+                    points.setdefault(wiseft_row(m), {})[r.seed] = p
                     for a in r.alphas():
                         curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a), ood)
         head_rows = _head_rows(rs, order, meta.get("reference"), points, ood)
@@ -235,9 +238,18 @@ def _pm(d: dict | None) -> str:
     return fmt_pm(d)
 
 
+def alphas_cell(alphas: list[float]) -> str:
+    """The WiSE-FT mixing weights chosen on val, one per seed in seed order (once when all agree)."""
+    text = [f"{a:g}" for a in alphas]
+    return text[0] if len(set(text)) == 1 else " / ".join(text)
+
+
 def results_table(g: Group, summary: dict, pub: dict | None) -> Table:
     has_ood = "ood_mean" in next(iter(summary.values()), {})
     header = ["method", "seeds", f"ID ({g.id_set})"] + (["OOD mean"] + g.ood_sets if has_ood else [])
+    has_alpha = any("alpha" in d for d in summary.values())
+    if has_alpha:
+        header += ["WiSE-FT α (val)"]
     with_pub = pub is not None and any(published_value(pub, g, row) for row in summary)
     if with_pub:
         header += ["published ID", "ours − published"]
@@ -246,6 +258,8 @@ def results_table(g: Group, summary: dict, pub: dict | None) -> Table:
         cells = [row, str(d["n"]), _pm(d["id"])]
         if has_ood:
             cells += [_pm(d.get("ood_mean"))] + [_pm(d.get(s)) for s in g.ood_sets]
+        if has_alpha:
+            cells += [alphas_cell(d["alpha"]) if "alpha" in d else ""]
         if with_pub:
             p = published_value(pub, g, row)
             cells += [f"{p[0]:.2f}", f"{d['id']['mean'] - p[0]:+.1f}"] if p else ["", ""]
@@ -436,6 +450,11 @@ def build_report(
                             "" if pv is None else round(d[metric]["mean"] - pv, 4),
                         ]
                     )
+            if "alpha" in d:
+                a = stats(d["alpha"])
+                csv_rows.append(
+                    [g.dataset, g.shots, row, "wiseft_alpha", d["n"], round(a["mean"], 4), round(a["std"], 4), "", ""]
+                )
     sections.append(("Results", results))
     from fdalign.experiments.protocols import protocol_csv_rows, protocol_sections
 
@@ -504,6 +523,9 @@ def build_report(
         )
     )
     sections.append(("Runs read", runs_read(runs, meta)))
+    shared = shared_section(runs)
+    if shared:
+        sections.append(("Settings all runs share", shared))
     sections.append(("Environment", ["\n".join(environment_lines(runs))]))
     cost = cost_section(paths)
     if cost:
@@ -511,11 +533,15 @@ def build_report(
         summary["cost"] = {str(p): c for p, c in _sweep_costs(paths)}
     sections.append(("Split hashes", [hash_table(runs)]))
     names = ", ".join(n for n in meta["names"] if n) or "runs"
-    intro = [
-        f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
-        f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
-        "(listed under Runs read)."
-    ] + not_used_intro(meta)
+    intro = (
+        [
+            f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
+            f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
+            "(listed under Runs read)."
+        ]
+        + not_used_intro(meta)
+        + settings_intro(runs, meta)
+    )
     if meta["skipped"]:
         sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary["environment"] = environment_lines(runs)
@@ -550,6 +576,50 @@ def runs_read(runs: list[RunRecord], meta: dict) -> list[Any]:
         + (["\n".join(notes)] if notes else [])
         + [Table(["run folder", "key", "row", "settings that differ"], rows)]
     )
+
+
+def shared_section(runs: list[RunRecord]) -> list[Any]:
+    """The settings every run has with one value (a sweep's ``--set epochs=1`` among them): no table
+    column shows them, and they change every number."""
+    from fdalign.experiments.runs import _fmt, shared_settings
+
+    shared = shared_settings(runs)
+    if not shared:
+        return []
+    return [
+        f"The settings all {len(runs)} runs share (those that differ are under Runs read).",
+        Table(["setting", "value"], [[k, _fmt(v)] for k, v in shared.items()]),
+    ]
+
+
+def settings_intro(runs: list[RunRecord], meta: dict) -> list[str]:
+    """What changes every number and no table shows: a sweep's ``--set`` overrides, and a warm-up that
+    lasted a whole run (the LR never decayed)."""
+    from fdalign.workflows.parts import warmup_warning
+
+    lines = [
+        f"**Every run of {path} was made with `--set "
+        + " --set ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items())
+        + "`** (listed under Settings all runs share)."
+        for path, sets in meta.get("overrides", {}).items()
+    ]
+    warm = {}
+    for r in runs:
+        c = r.config
+        try:
+            w = warmup_warning(
+                c.get("mode", "fdalign"),
+                int(c["epochs"]),
+                int(c.get("lp_epochs", 0)),
+                float(c["warmup_epochs"]),
+                c.get("warmup_steps"),
+            )
+        except (KeyError, TypeError, ValueError):  # a run recorded without these settings: nothing to say
+            continue
+        if w:
+            warm.setdefault(w, []).append(r)
+    lines += [f"**Warning: in {len(rs)} of {len(runs)} runs {w}.**" for w, rs in warm.items()]
+    return lines
 
 
 def not_used_intro(meta: dict) -> list[str]:

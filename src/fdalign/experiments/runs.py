@@ -277,6 +277,15 @@ def settings(r: RunRecord | EpisodeRecord) -> dict:
     return d
 
 
+def shared_settings(runs: list) -> dict:
+    """The settings (:func:`settings`) every run has, with one value: what no table column shows."""
+    per_run = [settings(r) for r in runs]
+    if not per_run:
+        return {}
+    sig = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    return {k: v for k, v in sorted(per_run[0].items()) if all(k in s and sig(s[k]) == sig(v) for s in per_run[1:])}
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, str) and ":" in v and len(v) > 20:  # a hash
         return v.rpartition(":")[2][:8]
@@ -368,6 +377,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
         "skipped": [],
         "notes": [],
         "sweeps": [],
+        "overrides": {},  # sweep.json's `--set KEY=VALUE`, per sweep folder
     }
     seen: set[Path] = set()
     for p in map(Path, paths):
@@ -387,6 +397,8 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
                 wise = [m for m, o in cfg.get("methods", {}).items() if (o or {}).get("mode") != "linear-probe"]
             meta["wiseft"] += [m for m in wise if m not in meta["wiseft"]]
             meta["reference"] = meta["reference"] or cfg.get("reference")
+            if cfg.get("overrides"):
+                meta["overrides"][str(sweep_file.parent)] = dict(cfg["overrides"])
         for d in run_dirs(p):
             if d.resolve() in seen:
                 continue
@@ -436,6 +448,7 @@ __all__ = [
     "model_alpha",
     "read_state",
     "settings",
+    "shared_settings",
     "separate",
     "run_dirs",
 ]
