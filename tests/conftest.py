@@ -108,6 +108,17 @@ def tiny_hf(tmp_path_factory) -> dict:
     return {"dir": d, "logit_scale": TINY_HF_LOGIT_SCALE, "mean": TINY_HF_MEAN, "std": TINY_HF_STD}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_prompt_cache(tmp_path_factory):
+    """Each test process (each pytest-xdist worker too) keeps fdalign's caches in a folder of its own:
+    never the user's ~/.cache/fdalign, never another process's half-written entries. Tests that need a
+    cache of their own still set FDALIGN_CACHE (``cli_env``)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FDALIGN_CACHE", str(tmp_path_factory.mktemp("fdalign-cache")))
+    yield
+    mp.undo()
+
+
 @contextlib.contextmanager
 def torch_threads(n: int = 1):
     """torch on ``n`` threads for the block: small models run no faster on more, and CI has two cores."""

@@ -160,6 +160,30 @@ def test_default_search_visits_the_authors_grid(monkeypatch):
     assert max(c[3] for c in got) == pytest.approx(6.655) and max(c[2] for c in got) == pytest.approx(0.95)
 
 
+def test_channel_counts_from_the_grid_fractions_up_to_1_then_counts(monkeypatch):
+    """1.0 is all D channels (a fraction), not one channel; above 1 a count, clipped to D: the channel
+    sets the search visits and the one APE-T keeps, counted directly (a search's tie would hide it)."""
+    import fdalign.heads.ape as ape_mod
+
+    seen = {}
+
+    def spy(what, candidates, score, split, log, progress=False):
+        seen[what] = list(candidates)
+        return seen[what][-1]
+
+    monkeypatch.setattr(ape_mod, "search", spy)
+    protos, (kf, ky), (vf, vy), _ = _problem(d=16)
+    val = feature_split(vf, vy, "val", "val")
+    head = fit_ape(protos, 100.0, kf, ky, val, APEConfig(channels="0.25,3,100,1.0", alpha="1", beta="1", gamma="0"))
+    assert [c[0] for c in seen["APE: Q, beta, gamma, alpha"]] == [4, 3, 16]  # 100 and 1.0: all 16, once
+    assert head.channels.tolist() == list(range(16))  # the last candidate, Q = 1.0 x 16
+    t_cfg = APEConfig(t_channels=1.0, alpha="1", beta="1", fit=FitConfig(epochs=0))
+    assert fit_ape_t(protos, 100.0, kf, ky, kf, val, t_cfg).channels.tolist() == list(range(16))
+    assert (
+        len(fit_ape_t(protos, 100.0, kf, ky, kf, val, APEConfig(t_channels=0.5, fit=FitConfig(epochs=0))).channels) == 8
+    )
+
+
 def _dense_ape_t(f, protos, scale, keys, labels, idx, alpha, beta, residual, values):
     """APE-T's logits: the residual on the selected channels of the full keys and text, not renormalised."""
     f, w, k = (F.normalize(x.double(), dim=-1) for x in (f, protos, keys))

@@ -67,7 +67,10 @@ def _args(tiny, folders, out, *extra):
 def test_train_end_to_end_writes_run_directory(tiny_openclip, folders, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(_args(tiny_openclip, folders, out, "--ood", f"shifted={folders['ood']}"))
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    # --epochs 1 with the default 1 epoch of warm-up: said before the run, once
+    assert err.count("warning: the LR warm-up (warmup_epochs = 1) lasts the whole run (epochs = 1)") == 1, err
 
     doc = json.loads((out / "metrics.json").read_text())
     m = doc["metrics"]

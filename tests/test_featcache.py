@@ -147,15 +147,41 @@ def test_off_means_off_and_a_trained_encoder_is_never_cached(data, tmp_path, mon
     assert trained.calls == 6 and not (tmp_path / "c").exists()
 
 
-def test_two_workers_asking_at_once_run_the_encoder_once(data, tmp_path):
-    class Slow(Counting):
-        def forward(self, x):
-            import time
+def test_two_workers_asking_at_once_run_the_encoder_once(data, tmp_path, monkeypatch):
+    """The first asker's encoder does not run until the second asker is at the entry's lock: the second
+    arrives while the first computes, whatever the machine's load."""
+    import filelock
 
-            time.sleep(0.1)  # long enough for the second asker to arrive while the first computes
+    second_at_the_lock = threading.Event()
+    real = filelock.FileLock
+    asked = []
+
+    def counting_lock(path, *a, **kw):
+        lock = real(path, *a, **kw)
+        acquire = lock.acquire
+
+        def noted(*x, **y):
+            asked.append(path)
+            if len(asked) == 2:
+                second_at_the_lock.set()
+            return acquire(*x, **y)
+
+        lock.acquire = noted
+        return lock
+
+    monkeypatch.setattr(filelock, "FileLock", counting_lock)
+
+    computing = set()
+
+    class WaitsForTheSecond(Counting):
+        def forward(self, x):
+            computing.add(threading.get_ident())
+            if len(computing) == 2:  # no lock at all (the bug): both compute, and neither waits forever
+                second_at_the_lock.set()
+            assert second_at_the_lock.wait(600), "the second asker never reached the lock"
             return super().forward(x)
 
-    enc = featcache.frozen(Slow())
+    enc = featcache.frozen(WaitsForTheSecond())
     got = []
     with featcache.enabled(tmp_path / "c") as cache:
         threads = [threading.Thread(target=lambda: got.append(extract(enc, data))) for _ in range(2)]
@@ -163,5 +189,6 @@ def test_two_workers_asking_at_once_run_the_encoder_once(data, tmp_path):
             t.start()
         for t in threads:
             t.join()
+    assert len(got) == 2 and len(asked) == 2, asked
     assert enc.calls == 3  # one pass of 5 images in batches of 2
     assert torch.equal(got[0][0], got[1][0]) and (cache.stats.hits, cache.stats.misses) == (1, 1)

@@ -50,6 +50,6 @@ def test_bare_fdalign_prints_help(capsys):
 
 
 def test_python_m_fdalign_help_in_a_fresh_process():
-    done = subprocess.run([sys.executable, "-m", "fdalign", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "fdalign", "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "meta-eval" in done.stdout and "Traceback" not in done.stderr

@@ -111,6 +111,8 @@ def test_train_reports_imagenet_and_variants_with_selection_disjoint_by_content(
             "2",
             "--epochs",
             "1",
+            "--warmup-epochs",
+            "0.5",  # not the whole run: no warm-up warning among the warnings checked below
             "--batch-size",
             "4",
             "--templates",

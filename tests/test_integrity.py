@@ -294,14 +294,16 @@ def test_damaged_checkpoint_is_an_error_naming_the_file(tmp_path):
 
 def _hold_lock_in_child(directory):
     code = textwrap.dedent(f"""
-        import sys, time
+        import sys
         from fdalign.io import run_lock
         with run_lock({str(directory)!r}):
             print("held", flush=True)
-            time.sleep(60)
+            sys.stdin.read()  # held until the test kills this process (or closes its stdin), not for a time
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -469,10 +471,11 @@ def test_disk_full_is_one_line(tiny_openclip, folders, tmp_path, monkeypatch, ca
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_openclip, folders, tmp_path_factory):
-    os.environ.setdefault("FDALIGN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    from conftest import cli_session
+
     out = tmp_path_factory.mktemp("runs") / "run"
-    torch.set_num_threads(1)
-    assert main(_args(tiny_openclip, folders, out)) == 0
+    with cli_session(tmp_path_factory.mktemp("cache")):  # undone after: no state left for the next module
+        assert main(_args(tiny_openclip, folders, out)) == 0
     return out
 
 

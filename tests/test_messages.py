@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -285,14 +284,13 @@ def test_openai_tag_without_network_fails_fast(monkeypatch, tmp_path):
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
-    t = time.monotonic()
     with pytest.raises(
         FDAlignError,
         match=r"could not download the weights for ViT-B-32 \(pretrained=openai\) .*"
         r"no network connection to https://huggingface.co\. .*--pretrained",
     ):
         load_clip("ViT-B-32", pretrained="openai")
-    assert time.monotonic() - t < 10 and probed == [("huggingface.co", 443)]
+    assert probed == [("huggingface.co", 443)]  # one probe, no retries: fast without timing it
 
 
 def test_openai_tag_with_hf_hub_offline_fails_without_a_probe(monkeypatch, tmp_path):

@@ -138,3 +138,38 @@ def test_plots_do_not_import_the_report():
     code = "import sys, fdalign.experiments.plots; print('fdalign.experiments.report' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_spurious_prototypes_are_labelled_by_their_templates(figures, tmp_path, monkeypatch):
+    """The spurious-distribution figure names each prototype by its template (SPC: the kept template
+    nearest each centre, marked ≈), not by its index 0..k-1."""
+    import torch
+    from PIL import Image
+
+    import fdalign.prototypes as protos_mod
+    from fdalign.prompts import load_templates
+    from fdalign.prototypes import Prototypes
+
+    templates = load_templates("tip7")
+    spurious = torch.nn.functional.normalize(torch.randn(len(templates), 8, generator=torch.Generator().manual_seed(0)))
+    plain = Prototypes(torch.eye(2, 8), spurious, None, templates, templates, [])
+    assert P.prototype_labels(plain) == [t if len(t) <= 40 else t[:39] + "…" for t in templates]
+    # SPC dropped template 0 and clustered the rest into 2: centres near templates 5 and 2
+    centres = torch.nn.functional.normalize(spurious[[5, 2]] + 0.1 * spurious[[4, 3]])
+    spc = Prototypes(torch.eye(2, 8), spurious, centres, templates, templates[1:], templates[:1])
+    assert P.prototype_labels(spc) == ["≈ " + templates[5], "≈ " + templates[2]]
+    # ...and what the figure's last panel shows under its bars
+    monkeypatch.setattr(protos_mod, "build_prototypes", lambda *a, **k: plain)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    cfg = SimpleNamespace(spc=False, templates="tip7", temperature=10.0, spc_renormalize=False)
+    data = {
+        "run": SimpleNamespace(config=cfg, backend=None),
+        "classnames": ["a", "b"],
+        "feats": {"zero-shot": torch.randn(2, 8), "fd-align": torch.randn(2, 8)},
+        "labels": [0, 1],
+        "images": [str(tmp_path / "a.png")] * 2,
+        "n_id": 2,
+    }
+    P.spurious_plot(SimpleNamespace(title="w, 1-shot", dataset="w", shots=1), data, tmp_path)
+    ax = figures[-1].axes[-1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == P.prototype_labels(plain)

@@ -117,6 +117,12 @@ def test_table_is_mean_and_std_over_seeds_of_the_runs_metrics(sweep_out):
                 [src[s][2]["dark"] for s in seeds],
             ]
             want = [str(len(seeds))] + [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" for v in cols]
+            if row.startswith("wise-ft of "):  # the WiSE-FT column: each seed's weight, from its selection.json
+                sel = [sweep_out / f"runs/w/k{k}/s{s}" / row[len("wise-ft of ") :] / "selection.json" for s in seeds]
+                alphas = [f"{json.loads(p.read_text())['wiseft_alpha']['chosen']:g}" for p in sel]
+                want.append(alphas[0] if len(set(alphas)) == 1 else " / ".join(alphas))
+            else:
+                want.append("")
             assert rows[row] == want, (k, row)
 
 
@@ -394,3 +400,139 @@ def test_an_episodes_sweep_runs_meta_train_and_reports_every_target(tiny_opencli
                 vals = [runs[(method, s)][target][setting][model][h]["mean"] for s in (1, 2)]
                 want = f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f} (2)"
                 assert rows[(label, h)][col] == want, (label, h, name)
+
+
+def _strict_json(path):
+    """The file as JSON that other tools read: NaN / Infinity are not JSON."""
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+
+
+def test_heads_evaluated_without_ood_sets_show_their_id_numbers(tmp_path):
+    """eval-heads/metrics.json with the test set only (no OOD sets): the Tip / APE rows show their ID top-1
+    from that file and "–" where they were not evaluated, never "0 | –"; summary.json stays valid JSON."""
+    heads = {
+        1: {"Tip": 42.0, "APE": 52.0, "Tip + FD-Align": 55.0},
+        2: {"Tip": 43.4, "APE": 52.2, "Tip + FD-Align": 57.0},
+    }
+    for seed in (1, 2):
+        fake_run(tmp_path, "w", 4, seed, "fine-tune", 50.0 + seed, ood={"sketch": 40.0})
+        d = fake_run(tmp_path, "w", 4, seed, "fd-align", 53.0 + seed, ood={"sketch": 44.0})
+        (d / "eval-heads").mkdir()
+        metrics = {"test": {m: {"top1": v, "n": 10} for m, v in heads[seed].items()}}
+        (d / "eval-heads" / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    assert main(["report", str(tmp_path), "--no-plots", "--out", str(tmp_path / "rep"), "--format", "md,csv"]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    rows = _md_rows(report.split("## Paired")[0], "w, 4-shot")
+    for row, model in (("Tip", "Tip"), ("APE", "APE"), ("Tip + fd-align", "Tip + FD-Align")):
+        vals = [heads[s][model] for s in (1, 2)]
+        assert rows[row] == ["2", f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}", "–", "–", ""], row
+    assert rows["fd-align"] == ["2", f"54.5 ± {statistics.stdev([54, 55]):.1f}", "44.0 ± 0.0", "44.0 ± 0.0", ""]
+    paired = _md_rows(report.split("## Paired")[1], "w, 4-shot")
+    assert paired["Tip + fd-align"] == ["2", f"+4.5 ± {statistics.stdev([55 - 51, 57 - 52]):.1f}", "–", "–"]
+    summary = _strict_json(tmp_path / "rep" / "summary.json")
+    tip = summary["groups"][0]["rows"]["Tip"]
+    assert tip["id"]["values"] == [42.0, 43.4] and "ood_mean" not in tip and "sketch" not in tip
+    with open(tmp_path / "rep" / "report.csv") as f:
+        got = {(r["method"], r["metric"]): r["mean"] for r in csv.DictReader(f)}
+    assert got[("APE", "test")] == "52.1" and ("APE", "sketch") not in got
+    # the figures place the head rows where they were evaluated (the ID bar), and nowhere else
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "accuracy_by_set_w_k4.png").read_bytes()[:8] == PNG
+    from fdalign.experiments.report import json_safe
+
+    assert json_safe({"a": [float("nan"), 1.5, {"b": float("-inf")}], "c": "NaN"}) == {
+        "a": [None, 1.5, {"b": None}],
+        "c": "NaN",
+    }
+
+
+def fake_b2n_run(root, dataset, seed, method, base, novel, model="ViT-B-32"):
+    """A base-to-novel run: `test` (base classes) and `novel`; zero-shot 5 points below on both."""
+    d = fake_run(root, dataset, 4, seed, method, base, model=model, base_classes="first-half")
+    doc = json.loads((d / "metrics.json").read_text())
+    doc["metrics"]["novel"] = {"zero-shot": {"top1": novel - 5, "n": 10}, "fine-tuned": {"top1": novel, "n": 10}}
+    doc["roles"]["novel"] = "novel"
+    (d / "metrics.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_base_to_novel_csv_has_base_novel_and_hm_and_no_stray_text(tmp_path):
+    """report.csv holds the base / novel / HM rows of the base-to-novel table; the CoCoOp source is said only
+    where its numbers are shown (11 CoOp data sets, ViT-B-16), and no sentence speaks of an OOD column that
+    no table has."""
+    for seed, (b, n) in ((1, (80.0, 60.0)), (2, (84.0, 64.0))):
+        fake_b2n_run(tmp_path / "one", "eurosat", seed, "fine-tune", b, n)
+        fake_b2n_run(tmp_path / "one", "eurosat", seed, "fd-align", b + 1, n + 3)
+    assert (
+        main(["report", str(tmp_path / "one"), "--no-plots", "--out", str(tmp_path / "r1"), "--format", "md,csv"]) == 0
+    )
+    report = (tmp_path / "r1" / "report.md").read_text()
+    assert "CoCoOp" not in report.replace("as CoCoOp reports it", "") and "Published:" not in report
+    assert "OOD mean" not in report and "OOD column" not in report
+    with open(tmp_path / "r1" / "report.csv") as f:
+        got = {(r["method"], r["metric"]): (r["seeds"], r["mean"], r["std"]) for r in csv.DictReader(f)}
+    assert got[("fd-align", "base")] == ("2", "83.0", str(round(statistics.stdev([81, 85]), 4)))
+    assert got[("fd-align", "novel")] == ("2", "65.0", str(round(statistics.stdev([63, 67]), 4)))
+    assert got[("fd-align", "HM")] == ("2", str(round(2 * 83 * 65 / (83 + 65), 4)), "")
+    assert float(got[("zero-shot", "HM")][1]) == pytest.approx(2 * 77 * 57 / (77 + 57), abs=1e-4)
+    # the 11 CoOp data sets with CoCoOp's model: the published average is shown, in the table and the CSV
+    names = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft"]
+    names += ["sun397", "dtd", "eurosat", "ucf101"]
+    for i, ds in enumerate(names):
+        fake_b2n_run(tmp_path / "all", ds, 1, "fine-tune", 70.0 + i, 75.0 + i, model="ViT-B-16")
+    assert (
+        main(["report", str(tmp_path / "all"), "--no-plots", "--out", str(tmp_path / "r2"), "--format", "md,csv"]) == 0
+    )
+    assert "Published: Zhou et al." in (tmp_path / "r2" / "report.md").read_text()
+    with open(tmp_path / "r2" / "report.csv") as f:
+        avg = [
+            r for r in csv.DictReader(f) if r["data set"] == "average of 11 data sets" and r["method"] == "zero-shot"
+        ]
+    # zero-shot: base 65 + i, novel 70 + i, averaged over i = 0..10: 70 and 75; CoCoOp's 69.34 / 74.22 / 71.70
+    assert [(r["metric"], r["mean"], r["published"]) for r in avg] == [
+        ("base", "70.0", "69.34"),
+        ("novel", "75.0", "74.22"),
+        ("HM", str(round(2 * 70 * 75 / 145, 4)), "71.7"),
+    ]
+    assert float(avg[2]["ours_minus_published"]) == pytest.approx(2 * 70 * 75 / 145 - 71.70, abs=1e-4)
+
+
+def test_shared_settings_overrides_warm_up_and_chosen_alpha_are_shown(tmp_path):
+    """What every run shares (a sweep's `--set epochs=1`) is listed, a warm-up as long as the run is warned
+    about, and the WiSE-FT mixing weight each seed chose on val is in the table and the CSV."""
+    sweep = tmp_path / "sw"
+    for seed, chosen in ((1, 1.0), (2, 0.5)):
+        for method in ("fine-tune", "fd-align"):
+            d = fake_run(sweep, "w", 4, seed, method, 50.0 + seed, epochs=1, warmup_epochs=1.0, lr=1e-5)
+            doc = json.loads((d / "metrics.json").read_text())
+            for s in doc["metrics"].values():
+                s["wiseft-0.5"] = {"top1": 40.0 + seed, "n": 10}
+            doc["selection"]["wiseft_alpha"]["chosen"] = chosen
+            (d / "metrics.json").write_text(json.dumps(doc))
+    methods = {"fine-tune": {"beta": 0.0}, "fd-align": {"beta": 20.0}}
+    (sweep / "sweep.json").write_text(
+        json.dumps({"config": {"name": "s", "methods": methods, "overrides": {"epochs": 1}}, "runs": []})
+    )
+    assert main(["report", str(sweep), "--no-plots", "--out", str(tmp_path / "rep"), "--format", "md,csv"]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    intro = report.split("## Results")[0]
+    assert f"**Every run of {sweep} was made with `--set epochs=1`**" in intro
+    assert "**Warning: in 4 of 4 runs the LR warm-up (warmup_epochs = 1) lasts the whole run (epochs = 1)" in intro
+    shared = report.split("## Settings all runs share")[1].split("\n## ")[0]
+    for line in ("| epochs | 1 |", "| lr | 1e-05 |", "| model | ViT-B-32 |", "| warmup_epochs | 1.0 |"):
+        assert line in shared, shared
+    assert "| beta |" not in shared  # it differs between the methods: the runs table says so
+    header = next(line for line in report.splitlines() if line.startswith("| method | seeds"))
+    assert header.endswith("| WiSE-FT α (val) |"), header
+    rows = _md_rows(report.split("## Paired")[0], "w, 4-shot")
+    assert (
+        rows["wise-ft of fd-align"][-1] == "1 / 0.5"
+        and rows["wise-ft of fd-align"][1] == f"46.5 ± {statistics.stdev([51, 42]):.1f}"
+    )
+    assert rows["fd-align"][-1] == "" and rows["zero-shot"][-1] == ""
+    with open(tmp_path / "rep" / "report.csv") as f:
+        alpha = [r for r in csv.DictReader(f) if r["metric"] == "wiseft_alpha"]
+    assert [(r["method"], r["mean"], r["seeds"]) for r in alpha] == [
+        ("wise-ft of fine-tune", "0.75", "2"),
+        ("wise-ft of fd-align", "0.75", "2"),
+    ]

@@ -252,32 +252,34 @@ def test_shipped_presets_parse_and_plan():
 
 
 def test_real_sigkill_during_third_run_then_resume(tiny_openclip, tmp_path):
-    """The same with a real process and SIGKILL: nothing in Python gets to clean up."""
+    """The same with a real process and SIGKILL: nothing in Python gets to clean up. The third run waits
+    at its first training step (tests/_gate.py) until the kill, whatever the machine's load."""
     import os
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
+
+    import _gate
 
     d = sweep_dict(tiny_openclip, shots=[1])
     cfg_path = write_config(tmp_path / "g.yaml", d)
-    out = tmp_path / "out"
+    out, gate = tmp_path / "out", tmp_path / "gate"
     runs = sw.plan_runs(sw.SweepConfig.from_dict(d))
     env = dict(
         os.environ,
         FDALIGN_CACHE=str(tmp_path / "cache"),
         OMP_NUM_THREADS="1",
-        PYTHONPATH=str(Path(sw.__file__).parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(sw.__file__).parents[2]), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
     )
-    cmd = [sys.executable, "-m", "fdalign", "sweep", str(cfg_path), "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    third = runs[2].dir(out) / sw.STATUS_FILE
-    deadline = time.time() + 120
-    while not third.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    args = ["sweep", str(cfg_path), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(_gate.command(gate, 2, args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _gate.wait_until(lambda: _gate.waiting(gate) == 1, proc, "the third run reached its first step")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
+    cmd = [sys.executable, "-m", "fdalign", *args]
     assert [sw.run_state(r.dir(out)) for r in runs] == ["done", "done", "running", "new"]
     mtimes = [(r.dir(out) / "metrics.json").stat().st_mtime_ns for r in runs[:2]]
     assert subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 0

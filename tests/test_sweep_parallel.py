@@ -20,6 +20,7 @@ from fdalign.experiments.launchers import LocalWorkers, SlurmOptions, Submitit
 from test_sweep import CLASSES, sweep_dict
 
 SRC = str(Path(sw.__file__).parents[2])
+TESTS = str(Path(__file__).parent)  # tests/_gate.py and tests/_cells.py, for spawned processes
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # before the module-scoped sweeps
@@ -59,7 +60,7 @@ def env(tmp_path) -> dict:
         os.environ,
         FDALIGN_CACHE=str(tmp_path / "pcache"),
         OMP_NUM_THREADS="1",
-        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        PYTHONPATH=os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")]),
     )
 
 
@@ -182,35 +183,34 @@ def test_a_dead_owners_lock_is_taken_over_and_said(tiny_openclip, world, tmp_pat
 
 
 def test_ctrl_c_stops_both_workers_and_the_next_call_redoes_no_finished_run(tiny_openclip, world, tmp_path):
+    """The first cell trains to the end; every later one waits at its first training step (tests/_gate.py),
+    so the Ctrl-C reaches two busy workers whatever the machine's load."""
+    import _gate
+
     cfg_path = tmp_path / "g.yaml"
     cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1, 2, 3])))
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fdalign",
-        "sweep",
-        str(cfg_path),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "2",
-    ]
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    args = ["sweep", str(cfg_path), "--out", str(out), "--no-progress", "--workers", "2"]
     runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
-    proc = subprocess.Popen(cmd, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(sw.run_state(r.dir(out)) == "done" for r in runs):
-        time.sleep(0.05)
+    proc = subprocess.Popen(
+        _gate.command(gate, 1, args), env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # one cell done, and both workers busy training the next ones (each waiting at the gate)
+    _gate.wait_until(
+        lambda: _gate.waiting(gate) == 2 and any(sw.run_state(r.dir(out)) == "done" for r in runs),
+        proc,
+        "one cell done and two waiting",
+    )
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep (its workers have their own process group)
-    first = proc.communicate(timeout=300)[0]
+    first = proc.communicate(timeout=600)[0]
     assert proc.returncode != 0, first
     states = [sw.run_state(r.dir(out)) for r in runs]
     finished = [r for r, s in zip(runs, states) if s == "done"]
-    assert finished and len(finished) < len(runs), (states, first)
+    assert len(finished) == 1, (states, first)
     assert "running" not in states, (states, first)  # every worker stopped cleanly: interrupted or done
-    assert "interrupted" in states, (states, first)  # the busy workers were stopped, not left to finish
+    assert states.count("interrupted") == 2, (states, first)  # the busy workers were stopped, not left to finish
     mtimes = {r.key: (r.dir(out) / "metrics.json").stat().st_mtime_ns for r in finished}
+    cmd = [sys.executable, "-m", "fdalign", *args]  # no gate now
     again = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert [sw.run_state(r.dir(out)) for r in runs] == ["done"] * len(runs)
@@ -234,6 +234,52 @@ def test_a_worker_interrupted_alone_stops_the_others_with_one_ctrl_c_each(monkey
     ctrl_c = [pid for pid, sig in sent if sig == signal.SIGINT]
     assert len(ctrl_c) == 2 and len(set(ctrl_c)) == 2, sent  # workers of cells 1 and 2, once each
     assert ended == []  # none ran on: a Ctrl-C that came before its cell started in the worker was kept
+
+
+def test_each_local_worker_sees_its_own_device():
+    """Worker i is pinned to devices[i % len(devices)] through CUDA_VISIBLE_DEVICES (checked on CPU: the
+    variable is what the worker's torch would read); this process's own setting is left as it was."""
+    from _cells import visible_devices
+
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    started, ended = {}, {}
+    LocalWorkers(3, devices=["0", "GPU-1a2b"], threads=1).run(
+        visible_devices,
+        [0, 1, 2],
+        lambda slot, cell: started.setdefault(cell, slot),
+        lambda slot, cell, status: ended.setdefault(slot, status),
+    )
+    assert started == {0: 0, 1: 1, 2: 2}  # three free workers: cell i starts on worker i
+    assert {slot: st["devices"] for slot, st in ended.items()} == {0: "0", 1: "GPU-1a2b", 2: "0"}
+    assert len({st["pid"] for st in ended.values()} | {os.getpid()}) == 4  # three workers, none of them this one
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def test_slurm_jobs_file_keeps_the_cells_an_earlier_call_left_queued(tmp_path, monkeypatch):
+    """A second call submits only its own cells; jobs.json must still name the first call's, whose jobs
+    Slurm still holds, or a third call would submit them again."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("submitit")
+    import submitit.slurm.slurm as slurm
+
+    ids = iter(range(101, 200))
+
+    class Executor:  # what submitit's map_array hands back: one job per cell, each with its id
+        def map_array(self, fn, cells):
+            return [SimpleNamespace(job_id=str(next(ids))) for _ in cells]
+
+    cell = {k: SimpleNamespace(run=SimpleNamespace(key=k)) for k in ("a", "b", "c")}
+    launcher = Submitit(str(tmp_path), wait=False)
+    monkeypatch.setattr(launcher, "executor", Executor)
+    launcher.run(None, [cell["a"], cell["b"]], lambda i, c: None, None)
+    launcher.run(None, [cell["c"]], lambda i, c: None, None)
+    assert json.loads((tmp_path / "jobs.json").read_text()) == {"a": "101", "b": "102", "c": "103"}
+    states = {"101": "PENDING", "102": "RUNNING", "103": "FAILED"}
+    monkeypatch.setattr(slurm, "SlurmJob", lambda folder, job_id: SimpleNamespace(state=states[job_id]))
+    assert launcher.live(["a", "b", "c"]) == {"a", "b"}  # the next call leaves a and b alone, resubmits c
+    launcher.run(None, [cell["c"]], lambda i, c: None, None)
+    assert json.loads((tmp_path / "jobs.json").read_text()) == {"a": "101", "b": "102", "c": "104"}
 
 
 def test_submitit_local_path_resubmits_only_the_failed_cell(tiny_openclip, world, tmp_path, monkeypatch):

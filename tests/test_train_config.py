@@ -97,3 +97,23 @@ def test_every_field_has_a_flag_with_help_and_default():
         assert flag in text, flag
         assert f.metadata.get("help")
     assert "(default: 16)" in text and "(default: adamw)" in text
+
+
+@pytest.mark.parametrize(
+    "kw,said",
+    [
+        (dict(epochs=1), "(epochs = 1)"),  # the default 1 epoch of warm-up
+        (dict(epochs=2), None),
+        (dict(epochs=3, warmup_epochs=3.5), "(epochs = 3)"),
+        (dict(epochs=1, warmup_steps=2), None),  # chosen in steps: the user knows the run's length
+        (dict(epochs=1, warmup_epochs=0.0), None),
+        (dict(mode="lp-ft", lp_epochs=1, epochs=5), "(lp_epochs = 1)"),  # the warm-up restarts with each phase
+        (dict(mode="linear-probe", lp_epochs=1, epochs=5), None),  # lp_epochs is lp-ft's only
+    ],
+)
+def test_a_warm_up_as_long_as_a_phase_is_said(kw, said):
+    got = TrainConfig(model="m", data="/d", **kw).warmup_warning()
+    if said is None:
+        assert got is None
+    else:
+        assert said in got and "never decays" in got, got

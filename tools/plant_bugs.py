@@ -993,6 +993,76 @@ BUGS += [
         "        self.executed += 1",
     ),
 ]
+# issue 25 (reports, the suite): run with tests/test_ape.py tests/test_sweep_parallel.py (93-95);
+# tests/test_report.py tests/test_plots.py tests/test_train_config.py (96-103)
+BUGS += [
+    (
+        "APE grid 1.0 read as one channel",
+        "src/fdalign/heads/ape.py",
+        "q = round(spec * dim) if spec <= 1 else int(spec)",
+        "q = round(spec * dim) if spec < 1 else int(spec)",
+    ),
+    (
+        "every local worker pinned to the first device",
+        "src/fdalign/experiments/launchers.py",
+        "device = str(self.devices[i % len(self.devices)]) if self.devices else None",
+        "device = str(self.devices[0]) if self.devices else None",
+    ),
+    (
+        "jobs.json rewritten with this call's jobs only",
+        "src/fdalign/experiments/launchers.py",
+        "        ids = self._jobs()\n",
+        "        ids = {}\n",
+    ),
+    (
+        "a head without OOD sets gives no point",
+        "src/fdalign/experiments/runs.py",
+        "if model not in self.metrics.get(self.id_set, {}):",
+        "if any(model not in self.metrics[s] for s in self.metrics):",
+    ),
+    (
+        "summary.json keeps NaN",
+        "src/fdalign/experiments/report.py",
+        "        return None\n    if isinstance(doc, dict):",
+        "        return doc\n    if isinstance(doc, dict):",
+    ),
+    (
+        "base-to-novel rows left out of the CSV",
+        "src/fdalign/experiments/report.py",
+        '    csv_rows += protocol_csv_rows(summary["protocols"])\n',
+        "",
+    ),
+    (
+        "CoCoOp's source said where its numbers are not shown",
+        "src/fdalign/experiments/protocols.py",
+        "    if ref_pub is not None:  # the source only",
+        "    if pub is not None:  # the source only",
+    ),
+    (
+        "the settings all runs share not shown",
+        "src/fdalign/experiments/report.py",
+        "    shared = shared_section(runs)\n",
+        "    shared = []\n",
+    ),
+    (
+        "the chosen WiSE-FT alpha not in the table",
+        "src/fdalign/experiments/rows.py",
+        'if all("alpha" in p for p in pts):',
+        "if False:",
+    ),
+    (
+        "no word on a warm-up as long as the run",
+        "src/fdalign/train/config.py",
+        "if 0 < v <= warmup_epochs]",
+        "if 0 < v < warmup_epochs]",
+    ),
+    (
+        "spurious prototypes labelled by index",
+        "src/fdalign/experiments/plots.py",
+        'ax.set_xticks(range(k), names if row == n - 1 else [""] * k)',
+        "ax.set_xticks(range(k))",
+    ),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):

@@ -144,6 +144,8 @@ def id_ood_plane(g, out: Path) -> Path | None:
     for row, pts in g.points.items():
         if row in g.curves or row.startswith("wise-ft of ") or not pts:
             continue
+        if any(p["ood_mean"] is None for p in pts.values()):  # evaluated without the OOD sets: no place here
+            continue
         marker = "s" if row == ZERO_SHOT else "D"
         ax.scatter(
             [_mean([p["id"] for p in pts.values()])],
@@ -246,9 +248,9 @@ def accuracy_by_set(g, out: Path) -> Path | None:
     for i, row in enumerate(rows):
         ax.bar(
             x + (i - (len(rows) - 1) / 2) * width,
-            [s[row][k]["mean"] for k in keys],
+            [s[row][k]["mean"] if k in s[row] else float("nan") for k in keys],  # not evaluated there: no bar
             width,
-            yerr=[s[row][k]["std"] for k in keys],
+            yerr=[s[row][k]["std"] if k in s[row] else 0.0 for k in keys],
             capsize=2,
             label=row,
             color=row_colour(row),
@@ -420,6 +422,23 @@ def _class_legend(fig, ax, classnames: list[str], labels, vmax: int, limit: int 
     )
 
 
+def prototype_labels(protos, width: int = 40) -> list[str]:
+    """A name per prototype of the spurious loss (``protos``: :class:`~fdalign.prototypes.Prototypes`):
+    its template, or after SPC's clustering the kept template nearest each centre, marked "≈" (a centre
+    is no template). Cut to ``width`` characters for a figure's axis."""
+    import torch
+
+    if protos.corrected_prototypes is None:
+        names = list(protos.templates)
+    else:
+        kept = [i for i, t in enumerate(protos.templates) if t in set(protos.kept_templates)]
+        centres = torch.nn.functional.normalize(protos.corrected_prototypes.float(), dim=-1)
+        cos = centres @ protos.spurious_prototypes[kept].float().t()  # [k, kept]
+        clustered = len(centres) < len(kept)  # else SPC kept the templates themselves
+        names = [("≈ " if clustered else "") + protos.templates[kept[j]] for j in cos.argmax(dim=1).tolist()]
+    return [n if len(n) <= width else n[: width - 1] + "…" for n in names]
+
+
 def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
     """P_spur(x; f) of a few ID test images under zero-shot CLIP and each fine-tuned encoder."""
     import torch
@@ -438,6 +457,7 @@ def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
     )
     protos = build_prototypes(run.backend, data["classnames"], load_templates(cfg.templates), spc=spc)
     spurious = protos.loss_prototypes
+    names = prototype_labels(protos)
     scale = float(cfg.temperature if cfg.temperature is not None else run.backend.logit_scale)
     normalize = not (cfg.spc and not cfg.spc_renormalize)
     plt = _plt()
@@ -446,8 +466,11 @@ def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
     n = min(images, data["n_id"])
     step = max(1, data["n_id"] // n)
     idx = list(range(0, data["n_id"], step))[:n]
-    fig, axes = plt.subplots(n, 2, figsize=(10, 2.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 5]})
     k = spurious.shape[0]
+    label_h = 0.07 * max(len(x) for x in names)  # inches under the last panel for the templates, written upright
+    fig, axes = plt.subplots(
+        n, 2, figsize=(max(10, 0.16 * k + 2), 2.2 * n + label_h), squeeze=False, gridspec_kw={"width_ratios": [1, 5]}
+    )
     for row, i in enumerate(idx):
         axes[row][0].imshow(Image.open(data["images"][i]).convert("RGB"))
         axes[row][0].set_axis_off()
@@ -466,9 +489,11 @@ def spurious_plot(g, data: dict, out: Path, images: int = 3) -> Path:
             )
         ax.set_ylabel("P_spur", fontsize=8)
         ax.set_xlim(-0.6, k - 0.4)
-        ax.set_xticks(range(0, k, max(1, k // 10)))
+        ax.set_xticks(range(k), names if row == n - 1 else [""] * k)  # the templates, not their indices
         ax.grid(axis="y", alpha=0.3)
+    axes[-1][1].tick_params(axis="x", labelrotation=90, labelsize=max(4, min(7, 480 // max(k, 1))))
     axes[0][1].legend(fontsize=7, ncol=len(data["feats"]))
-    axes[-1][1].set_xlabel(f"spurious prototype ({'SPC-corrected' if cfg.spc else 'one per template'}, k = {k})")
+    what = "SPC-corrected, the nearest kept template" if cfg.spc else "one per template"
+    axes[-1][1].set_xlabel(f"spurious prototype ({what}, k = {k})")
     fig.suptitle(f"Spurious distribution before and after fine-tuning: {g.title}", fontsize=10)
     return _save(fig, out / f"spurious_{_slug(g.dataset)}_k{g.shots}.png")

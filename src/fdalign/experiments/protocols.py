@@ -196,6 +196,7 @@ def base2novel_items(groups: list, meta: dict, pub: dict | None) -> tuple[list[A
     blocks = [(f"{g.dataset}, {g.shots}-shot", p, g) for g, p in zip(groups, per_group)]
     if len(groups) > 1:
         blocks.append((f"average of {len(groups)} data sets", average_points(per_group), None))
+    shots = sorted({g.shots for g in groups})
     items: list[Any] = [
         "Base = test images of the base classes (the first ceil(n/2) in label order, the only classes trained "
         "and selected on) scored among the base classes; novel = test images of the other classes scored "
@@ -246,12 +247,15 @@ def base2novel_items(groups: list, meta: dict, pub: dict | None) -> tuple[list[A
         summary["groups"].append(
             {
                 "title": title,
+                "dataset": g.dataset if g is not None else title,
+                "shots": g.shots if g is not None else ",".join(map(str, shots)),
+                "published": {row: ref_pub[row] for row in s if ref_pub.get(row)} if with_pub else {},
                 "rows": s,
                 "paired": diffs,
                 "per_seed": {row: {str(k): list(v) for k, v in p.items()} for row, p in points.items()},
             }
         )
-    if pub is not None:
+    if ref_pub is not None:  # the source only where its numbers are shown
         items.append(
             f"Published: {pub['source'].strip()} Shown for the average when the runs are the 11 CoOp data "
             f"sets with `{pub['model']}`."
@@ -308,6 +312,32 @@ def cross_dataset_items(groups: list) -> tuple[list[Any], dict]:
         items += [f"**{g.dataset}, {g.shots}-shot → {len(targets)} targets**", Table(header, rows)]
         summary["groups"].append({"dataset": g.dataset, "shots": g.shots, "targets": targets, "rows": s})
     return items, summary
+
+
+def protocol_csv_rows(summary: dict) -> list[list[Any]]:
+    """The protocols' numbers as rows of the report's CSV (data set, shots, method, metric, seeds, mean,
+    std, published, ours minus published): base / novel / HM per data set and their average, and each
+    cross-data-set column. HM is one number (the HM of the mean base and novel), so its std is empty."""
+    rows: list[list[Any]] = []
+    for grp in summary.get(BASE2NOVEL, {}).get("groups", []):
+        for row, d in grp["rows"].items():
+            pub = grp.get("published", {}).get(row)
+            for metric in ("base", "novel", "hm"):
+                mean, std = (d[metric], "") if metric == "hm" else (d[metric]["mean"], round(d[metric]["std"], 4))
+                theirs = pub[metric] if pub else None
+                rows.append(
+                    [grp["dataset"], grp["shots"], row, "HM" if metric == "hm" else metric, d["n"], round(mean, 4), std]
+                    + (["", ""] if theirs is None else [theirs, round(mean - theirs, 4)])
+                )
+    for grp in summary.get(CROSS_DATASET, {}).get("groups", []):
+        for row, d in grp["rows"].items():
+            for metric, v in d.items():
+                name = f"source ({grp['dataset']})" if metric == BASE_SET else metric
+                n = len(v.get("values", ()))
+                rows.append(
+                    [grp["dataset"], grp["shots"], row, name, n, round(v["mean"], 4), round(v["std"], 4), "", ""]
+                )
+    return rows
 
 
 def base_novel_lines(metrics: dict) -> list[str]:

@@ -95,17 +95,22 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                 if r.seed not in points[ZERO_SHOT] or m == meta.get("reference"):
                     points[ZERO_SHOT][r.seed] = r.point(ZERO_SHOT, ood)
                 if m in meta["wiseft"] and r.chosen_alpha is not None:
-                    points.setdefault(wiseft_row(m), {})[r.seed] = r.point(alpha_model(r.chosen_alpha), ood)
+                    p = r.point(alpha_model(r.chosen_alpha), ood)
+                    if p is not None:
+                        p["alpha"] = r.chosen_alpha  # the mixing weight chosen on val, shown beside its numbers
+                    points.setdefault(wiseft_row(m), {})[r.seed] = p
                     for a in r.alphas():
                         curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a), ood)
         head_rows = _head_rows(rs, order, meta.get("reference"), points, ood)
         points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
+        points = {row: v for row, v in points.items() if v}  # a row no run evaluated is no row of "0 | –"
         rows = (
             [ZERO_SHOT]
             + [m for m in order if m in points]
             + [wiseft_row(m) for m in meta["wiseft"] if wiseft_row(m) in points]
             + head_rows
         )
+        rows = [row for row in rows if row in points]
         groups.append(
             Group(
                 ds,
@@ -195,7 +200,7 @@ def paired_differences(g: Group, reference: str) -> dict[str, dict]:
         if not seeds:
             continue
         d = {"n": len(seeds), "seeds": seeds, "id": stats([per_seed[s]["id"] - ref[s]["id"] for s in seeds])}
-        if ref[seeds[0]]["ood_mean"] is not None:
+        if all(per_seed[s]["ood_mean"] is not None and ref[s]["ood_mean"] is not None for s in seeds):
             diffs = [per_seed[s]["ood_mean"] - ref[s]["ood_mean"] for s in seeds]
             d["ood_mean"] = stats(diffs)
             d["ood_wins"] = sum(float(f"{x:.1f}") > 0 for x in diffs)  # as printed: float noise is no win
@@ -233,9 +238,18 @@ def _pm(d: dict | None) -> str:
     return fmt_pm(d)
 
 
+def alphas_cell(alphas: list[float]) -> str:
+    """The WiSE-FT mixing weights chosen on val, one per seed in seed order (once when all agree)."""
+    text = [f"{a:g}" for a in alphas]
+    return text[0] if len(set(text)) == 1 else " / ".join(text)
+
+
 def results_table(g: Group, summary: dict, pub: dict | None) -> Table:
     has_ood = "ood_mean" in next(iter(summary.values()), {})
     header = ["method", "seeds", f"ID ({g.id_set})"] + (["OOD mean"] + g.ood_sets if has_ood else [])
+    has_alpha = any("alpha" in d for d in summary.values())
+    if has_alpha:
+        header += ["WiSE-FT α (val)"]
     with_pub = pub is not None and any(published_value(pub, g, row) for row in summary)
     if with_pub:
         header += ["published ID", "ours − published"]
@@ -244,6 +258,8 @@ def results_table(g: Group, summary: dict, pub: dict | None) -> Table:
         cells = [row, str(d["n"]), _pm(d["id"])]
         if has_ood:
             cells += [_pm(d.get("ood_mean"))] + [_pm(d.get(s)) for s in g.ood_sets]
+        if has_alpha:
+            cells += [alphas_cell(d["alpha"]) if "alpha" in d else ""]
         if with_pub:
             p = published_value(pub, g, row)
             cells += [f"{p[0]:.2f}", f"{d['id']['mean'] - p[0]:+.1f}"] if p else ["", ""]
@@ -257,8 +273,10 @@ def paired_table(diffs: dict, reference: str) -> Table:
     rows = []
     for row, d in diffs.items():
         cells = [row, str(d["n"]), fmt_pm(d["id"], signed=True)]
-        if has_ood:
+        if has_ood and "ood_mean" in d:
             cells += [fmt_pm(d["ood_mean"], signed=True), f"{d['ood_wins']} of {d['n']}"]
+        elif has_ood:  # a row evaluated without the OOD sets (a cache head)
+            cells += ["–", "–"]
         rows.append(cells)
     return Table(header, rows)
 
@@ -432,20 +450,27 @@ def build_report(
                             "" if pv is None else round(d[metric]["mean"] - pv, 4),
                         ]
                     )
+            if "alpha" in d:
+                a = stats(d["alpha"])
+                csv_rows.append(
+                    [g.dataset, g.shots, row, "wiseft_alpha", d["n"], round(a["mean"], 4), round(a["std"], 4), "", ""]
+                )
     sections.append(("Results", results))
-    from fdalign.experiments.protocols import protocol_sections
+    from fdalign.experiments.protocols import protocol_csv_rows, protocol_sections
 
     protocol, summary["protocols"] = protocol_sections(groups, meta, pub)
     sections += protocol
+    csv_rows += protocol_csv_rows(summary["protocols"])
     for name, items in extra or []:
         sections.append((name, items))
     if paired:
+        with_ood = any(isinstance(t, Table) and "OOD mean Δ" in t.header for t in paired)
         sections.append(
             (
                 f"Paired differences against {ref}",
                 [
                     f"Per seed, each method minus {ref} on the same K-shot images and test sets; mean ± sample std of "
-                    "those differences, and in how many seeds the OOD mean was higher."
+                    "those differences" + (", and in how many seeds the OOD mean was higher." if with_ood else ".")
                 ]
                 + paired,
             )
@@ -489,14 +514,18 @@ def build_report(
             "Where the numbers come from",
             sources
             + [
-                f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set; OOD mean = "
-                "unweighted mean of the OOD sets. zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
+                f"{len(runs)} runs from {', '.join(map(str, paths))}. ID = the `{groups[0].id_set}` set"
+                + ("; OOD mean = unweighted mean of the OOD sets. " if any(g.ood_sets for g in groups) else ". ")
+                + "zero-shot = CLIP with the prompt prototypes (evaluated by every run); "
                 "wise-ft of X = X's WiSE-FT interpolation with the mixing weight chosen on the few-shot val split. "
                 "Nothing was selected on a test or OOD set."
             ],
         )
     )
     sections.append(("Runs read", runs_read(runs, meta)))
+    shared = shared_section(runs)
+    if shared:
+        sections.append(("Settings all runs share", shared))
     sections.append(("Environment", ["\n".join(environment_lines(runs))]))
     cost = cost_section(paths)
     if cost:
@@ -504,11 +533,15 @@ def build_report(
         summary["cost"] = {str(p): c for p, c in _sweep_costs(paths)}
     sections.append(("Split hashes", [hash_table(runs)]))
     names = ", ".join(n for n in meta["names"] if n) or "runs"
-    intro = [
-        f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
-        f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
-        "(listed under Runs read)."
-    ] + not_used_intro(meta)
+    intro = (
+        [
+            f"Top-1 accuracy in percent, mean ± sample std over seeds (a single seed: its value alone); "
+            f"{len({r.seed for r in runs})} seed(s), {len(groups)} data set/shot setting(s), {len(runs)} runs "
+            "(listed under Runs read)."
+        ]
+        + not_used_intro(meta)
+        + settings_intro(runs, meta)
+    )
     if meta["skipped"]:
         sections.insert(1, ("Failed, missing and unused runs", not_used(meta)))
     summary["environment"] = environment_lines(runs)
@@ -543,6 +576,50 @@ def runs_read(runs: list[RunRecord], meta: dict) -> list[Any]:
         + (["\n".join(notes)] if notes else [])
         + [Table(["run folder", "key", "row", "settings that differ"], rows)]
     )
+
+
+def shared_section(runs: list[RunRecord]) -> list[Any]:
+    """The settings every run has with one value (a sweep's ``--set epochs=1`` among them): no table
+    column shows them, and they change every number."""
+    from fdalign.experiments.runs import _fmt, shared_settings
+
+    shared = shared_settings(runs)
+    if not shared:
+        return []
+    return [
+        f"The settings all {len(runs)} runs share (those that differ are under Runs read).",
+        Table(["setting", "value"], [[k, _fmt(v)] for k, v in shared.items()]),
+    ]
+
+
+def settings_intro(runs: list[RunRecord], meta: dict) -> list[str]:
+    """What changes every number and no table shows: a sweep's ``--set`` overrides, and a warm-up that
+    lasted a whole run (the LR never decayed)."""
+    from fdalign.workflows.parts import warmup_warning
+
+    lines = [
+        f"**Every run of {path} was made with `--set "
+        + " --set ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items())
+        + "`** (listed under Settings all runs share)."
+        for path, sets in meta.get("overrides", {}).items()
+    ]
+    warm = {}
+    for r in runs:
+        c = r.config
+        try:
+            w = warmup_warning(
+                c.get("mode", "fdalign"),
+                int(c["epochs"]),
+                int(c.get("lp_epochs", 0)),
+                float(c["warmup_epochs"]),
+                c.get("warmup_steps"),
+            )
+        except (KeyError, TypeError, ValueError):  # a run recorded without these settings: nothing to say
+            continue
+        if w:
+            warm.setdefault(w, []).append(r)
+    lines += [f"**Warning: in {len(rs)} of {len(runs)} runs {w}.**" for w, rs in warm.items()]
+    return lines
 
 
 def not_used_intro(meta: dict) -> list[str]:
@@ -723,8 +800,20 @@ def write_report(
     render = {"md": to_markdown, "csv": to_csv, "html": to_html}
     for f in formats:
         written.append(atomic_write_text(out / f"report.{f}", render[f](rep)))
-    atomic_write_json(out / "summary.json", rep.summary)
+    atomic_write_json(out / "summary.json", json_safe(rep.summary))
     return written
+
+
+def json_safe(doc: Any) -> Any:
+    """``doc`` with every NaN or infinity as None: summary.json must be JSON other tools can read, and
+    ``NaN`` is not JSON."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {k: json_safe(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [json_safe(v) for v in doc]
+    return doc
 
 
 __all__ = [

@@ -55,15 +55,22 @@ def fmt_pm(d: dict, signed: bool = False) -> str:
 
 
 def summarise_group(g) -> dict[str, dict]:
-    """``{row: {"n", "id", "ood_mean", <ood set>...: {"mean", "std", "values"}}}`` of a report group
-    (``points[row][seed]`` = ``{"id", "ood_mean", "sets"}``); values in seed order."""
+    """``{row: {"n", "id", "ood_mean", <ood set>...: {"mean", "std", "values"}, "alpha"?}}`` of a report group
+    (``points[row][seed]`` = ``{"id", "ood_mean", "sets"}``); values in seed order. A row without
+    seeds is left out; an OOD set (or the OOD mean) that not every seed of a row has is left out of
+    that row (a cache head evaluated without OOD sets), never averaged over fewer seeds."""
     out = {}
     for row, per_seed in g.points.items():
         pts = list(per_seed.values())
+        if not pts:
+            continue
         d = {"n": len(pts), "seeds": list(per_seed), "id": stats([p["id"] for p in pts])}
-        if g.ood_sets or (pts and pts[0]["ood_mean"] is not None):
+        if all(p["ood_mean"] is not None for p in pts):
             d["ood_mean"] = stats([p["ood_mean"] for p in pts])
         for s in g.ood_sets:
-            d[s] = stats([p["sets"][s] for p in pts])
+            if all(s in p["sets"] for p in pts):
+                d[s] = stats([p["sets"][s] for p in pts])
+        if all("alpha" in p for p in pts):  # a WiSE-FT row: the mixing weight each seed chose on val
+            d["alpha"] = [p["alpha"] for p in pts]
         out[row] = d
     return out

@@ -119,15 +119,17 @@ class RunRecord(_Keyed):
         return f"{self.config.get('model')}/{self.config.get('pretrained')}"
 
     def point(self, model: str, ood: Sequence[str] | None = None) -> dict | None:
-        """``{"id", "ood_mean", "sets": {set: top1}}`` of one model of the run (None if not evaluated);
-        the OOD mean is over ``ood`` (default: the run's OOD sets)."""
-        if any(model not in self.metrics[s] for s in self.metrics):
+        """``{"id", "ood_mean", "sets": {set: top1}}`` of one model of the run (None if it was not
+        evaluated on the ID set); ``sets`` holds the sets it was evaluated on (cache heads evaluated
+        without OOD sets have the ID set only), and the OOD mean over ``ood`` (default: the run's OOD
+        sets) is None unless it has every one of them."""
+        if model not in self.metrics.get(self.id_set, {}):
             return None
-        sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics}
+        sets = {s: float(self.metrics[s][model]["top1"]) for s in self.metrics if model in self.metrics[s]}
         ood = self.ood_sets if ood is None else list(ood)
         return {
             "id": sets[self.id_set],
-            "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood else None,
+            "ood_mean": sum(sets[s] for s in ood) / len(ood) if ood and all(s in sets for s in ood) else None,
             "sets": sets,
         }
 
@@ -314,6 +316,15 @@ def settings(r: RunRecord | EpisodeRecord) -> dict:
     return d
 
 
+def shared_settings(runs: list) -> dict:
+    """The settings (:func:`settings`) every run has, with one value: what no table column shows."""
+    per_run = [settings(r) for r in runs]
+    if not per_run:
+        return {}
+    sig = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    return {k: v for k, v in sorted(per_run[0].items()) if all(k in s and sig(s[k]) == sig(v) for s in per_run[1:])}
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, str) and ":" in v and len(v) > 20:  # a hash
         return v.rpartition(":")[2][:8]
@@ -405,6 +416,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
         "skipped": [],
         "notes": [],
         "sweeps": [],
+        "overrides": {},  # sweep.json's `--set KEY=VALUE`, per sweep folder
     }
     seen: set[Path] = set()
     for p in map(Path, paths):
@@ -424,6 +436,8 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
                 wise = [m for m, o in cfg.get("methods", {}).items() if (o or {}).get("mode") != "linear-probe"]
             meta["wiseft"] += [m for m in wise if m not in meta["wiseft"]]
             meta["reference"] = meta["reference"] or cfg.get("reference")
+            if cfg.get("overrides"):
+                meta["overrides"][str(sweep_file.parent)] = dict(cfg["overrides"])
         for d in run_dirs(p):
             if d.resolve() in seen:
                 continue
@@ -473,6 +487,7 @@ __all__ = [
     "model_alpha",
     "read_state",
     "settings",
+    "shared_settings",
     "separate",
     "run_dirs",
 ]

@@ -348,6 +348,11 @@ class TrainConfig(ModelOptions):
         """Linear probing needs a trainable head whatever ``head`` says."""
         return self.head == "trainable" or self.mode in ("linear-probe", "lp-ft")
 
+    def warmup_warning(self) -> str | None:
+        """What to say when the LR warm-up lasts a whole phase (``epochs=1`` with the default 1 epoch of
+        warm-up): the LR then only rises and never decays, which no one asks for on purpose."""
+        return warmup_warning(self.mode, self.epochs, self.lp_epochs, self.warmup_epochs, self.warmup_steps)
+
     @property
     def total_epochs(self) -> int:
         return self.lp_epochs + self.epochs if self.mode == "lp-ft" else self.epochs
@@ -468,6 +473,27 @@ def changed_settings(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
     """``{field: (old, new)}`` of the settings that change a run's result (not NON_SEMANTIC_FIELDS)."""
     a, b = old.to_dict(), new.to_dict()
     return {k: (a[k], b[k]) for k in a if k not in NON_SEMANTIC_FIELDS and a[k] != b[k]}
+
+
+def warmup_warning(
+    mode: str, epochs: int, lp_epochs: int, warmup_epochs: float, warmup_steps: int | None
+) -> str | None:
+    """:meth:`TrainConfig.warmup_warning` on plain values (the report reads them from runs' config.yaml).
+
+    The warm-up restarts with each phase (lp-ft: the probe's ``lp_epochs``, then ``epochs``); with
+    ``warmup_steps`` set, the user chose the length in steps, and nothing is said."""
+    if warmup_steps is not None:
+        return None
+    lengths = {"epochs": epochs} | ({"lp_epochs": lp_epochs} if mode == "lp-ft" else {})
+    covered = [f"{k} = {v}" for k, v in lengths.items() if 0 < v <= warmup_epochs]
+    if not covered:
+        return None
+    shortest = min(v for v in lengths.values() if v > 0)
+    return (
+        f"the LR warm-up (warmup_epochs = {warmup_epochs:g}) lasts the whole run ({', '.join(covered)}): the LR "
+        f"only rises and never decays; set --warmup-epochs below {shortest} (e.g. {shortest / 10:g}) or train "
+        "more epochs"
+    )
 
 
 RELEASED_SHOTS = (1, 2, 4, 8, 16)

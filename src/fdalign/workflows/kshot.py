@@ -631,9 +631,9 @@ def _data_warnings(cfg, train_split, test_split) -> None:
         )
     if test_split is None:
         print(f"fdalign train: warning: {NO_TEST.format(data=cfg.data)}", file=sys.stderr)
-    w = wnid_name_warning(train_split.classnames, f"--data {cfg.data}")
-    if w:
-        print(f"fdalign train: warning: {w}", file=sys.stderr)
+    for w in (wnid_name_warning(train_split.classnames, f"--data {cfg.data}"), cfg.warmup_warning()):
+        if w:
+            print(f"fdalign train: warning: {w}", file=sys.stderr)
 
 
 def _class_coverage(num_classes: int, test_split, ood) -> dict:

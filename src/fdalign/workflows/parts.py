@@ -10,7 +10,7 @@ from fdalign.eval import featcache  # the sweep's shared feature cache of frozen
 from fdalign.eval.features import extract_features
 from fdalign.eval.heads import HEAD_NAMES
 from fdalign.eval.metrics import mean_std
-from fdalign.train.config import TrainConfig
+from fdalign.train.config import TrainConfig, warmup_warning
 from fdalign.train.meta_config import MetaConfig
 from fdalign.train.run import MODEL_FILE, load_model, load_run, load_run_model
 from fdalign.train.wiseft import alpha_name
@@ -28,4 +28,5 @@ __all__ = [
     "load_run",
     "load_run_model",
     "mean_std",
+    "warmup_warning",
 ]
