@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fdalign.errors import FDAlignError
+from fdalign.options import default_workers
 
 ZEROSHOT_NAME = "zero-shot"
 FINETUNED_NAME = "fine-tuned"
@@ -50,13 +51,17 @@ class ModelOptions:
     classnames: str | None = None
     templates: str = "openai80"
     batch_size: int = 256
-    num_workers: int = 0
+    num_workers: int = field(default_factory=default_workers)  # min(cores, 8)
     device: str = "auto"
     precision: str = "fp32"
     no_cache: bool = False
     no_progress: bool = False
     no_zeroshot: bool = False
     out: str | None = None
+    pixel_cache: str | None = None  # folder of the pixel cache (default: $FDALIGN_PIXEL_CACHE, else none)
+    pixel_cache_budget: float | None = None  # GB: least recently used entries beyond it are deleted
+    no_pixel_cache: bool = False
+    channels_last: bool = False  # CUDA only, off by default (docs/evaluation-at-scale.md)
 
 
 @dataclass
@@ -106,6 +111,33 @@ def evaluate_config(config: EvalConfig) -> Evaluation:
     if args.batch_size < 1:
         raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
     args.device = _resolve_device(args.device)
+    with _pixel_cache(args) as cache:
+        result = _evaluate(args)
+    if cache is not None:
+        print(cache.stats.line())  # hits, misses, bytes, seconds saved
+    return result
+
+
+def _pixel_cache(args):
+    """The pixel cache of ``--pixel-cache`` (or ``$FDALIGN_PIXEL_CACHE``) with its budget; none with
+    ``--no-pixel-cache``."""
+    import contextlib
+
+    from fdalign.eval import pixelcache
+
+    if args.no_pixel_cache:
+        return pixelcache.enabled(None)
+    root = args.pixel_cache or os.environ.get(pixelcache.ENV)
+    if root is None:
+        if args.pixel_cache_budget is not None:
+            raise FDAlignError(
+                f"--pixel-cache-budget needs a pixel cache: pass --pixel-cache DIR (or set ${pixelcache.ENV})"
+            )
+        return contextlib.nullcontext(None)
+    return pixelcache.enabled(root, args.pixel_cache_budget)
+
+
+def _evaluate(args) -> Evaluation:
     if args.command == "eval" and _is_run_dir(args.target):
         return _eval_run(args)
     if args.command == "eval":
@@ -310,6 +342,7 @@ def _zeroshot(args) -> Evaluation:
                 precision=args.precision,
                 progress=_progress(args),
                 num_workers=args.num_workers,
+                channels_last=args.channels_last,
             ),
             None,
         )
@@ -400,6 +433,7 @@ def _eval_run(args) -> Evaluation:
             precision=args.precision,
             progress=_progress(args),
             num_workers=args.num_workers,
+            channels_last=args.channels_last,
         )
         selection = _selection_from_run(loaded.selection, cfg)
     roles = {s.name: s.role for s in sets.values()}
