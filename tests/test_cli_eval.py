@@ -260,20 +260,20 @@ def test_eval_run_directory(tiny_openclip, folders, tmp_path, capsys):
 
 def test_eval_linear_probe_run_shares_encoder_features(tiny_openclip, folders, tmp_path, monkeypatch):
     """A linear probe's encoder is the base encoder: one pass over each set feeds both heads."""
-    import fdalign.eval.features as features  # where every pass over a set ends, cached or not
+    import fdalign.eval.pipeline as pipeline  # where every pass over a set ends
 
     run_dir = tmp_path / "lp"
     _make_run(tiny_openclip, folders, run_dir, mode="linear-probe")
     calls = []
-    real = features.extract_features
+    real = pipeline._one_pass
 
-    def counting(encoder, dataset, **kw):
-        calls.append(len(dataset))
-        return real(encoder, dataset, **kw)
+    def counting(encoders, dataset, *a):
+        calls.append((len(dataset), len(encoders)))
+        return real(encoders, dataset, *a)
 
-    monkeypatch.setattr(features, "extract_features", counting)
+    monkeypatch.setattr(pipeline, "_one_pass", counting)
     assert main(["eval", str(run_dir), "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
-    assert calls == [12, 6]  # test and shifted once each, not once per model
+    assert calls == [(12, 1), (6, 1)]  # test and shifted once each, one encoder: not once per model
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
     assert list(m["test"]) == ["zero-shot", "fine-tuned"]
 

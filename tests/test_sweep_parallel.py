@@ -97,11 +97,21 @@ def one_worker(tiny_openclip, world, tmp_path_factory):
             passes[name] = passes.get(name, 0) + 1
         return original(encoder, dataset, *a, **kw)
 
-    F.extract_features = counting
+    import fdalign.eval.pipeline as P  # the test / OOD sets' passes, every encoder of a run in one
+
+    one_pass = P._one_pass
+
+    def counting_pass(encoders, dataset, *a):
+        for encoder in encoders:
+            if featcache.is_frozen(encoder):
+                passes[dataset.split.name] = passes.get(dataset.split.name, 0) + 1
+        return one_pass(encoders, dataset, *a)
+
+    F.extract_features, P._one_pass = counting, counting_pass
     try:
         res = sw.run_sweep(cfg, root / "out", progress=False, log=lambda m: None)
     finally:
-        F.extract_features = original
+        F.extract_features, P._one_pass = original, one_pass
     return {"cfg": cfg, "out": root / "out", "res": res, "passes": passes, "runs": sw.plan_runs(cfg)}
 
 
