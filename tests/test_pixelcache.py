@@ -104,6 +104,7 @@ def test_normalising_the_cached_pixels_is_bitwise_todays_transform(tmp_path):
     today = torch.stack([ds[i][0] for i in range(len(ds))])
     pixels = torch.stack([pixelcache.PixelDataset(ds, parts)[i][0] for i in range(len(ds))])
     assert pixels.dtype == torch.uint8 and pixels.shape == (6, 3, 7, 7)
+    assert pixelcache.fast_jpeg_is_exact()  # so these JPEGs went through simplejpeg, and still match PIL
     assert torch.equal(pixelcache.normalise(pixels, parts), today)
     # the key holds the PIL part only: resize, crop, interpolation; not the normalisation
     assert "CenterCrop" in parts.description and "Normalize" not in parts.description
@@ -256,3 +257,18 @@ def test_two_askers_at_once_decode_once(sets, tmp_path):
             t.join()
     assert len(DECODES) == 7 and torch.equal(got[0], got[1])
     assert (cache.stats.misses, cache.stats.hits) == (1, 1)
+
+
+def test_jpeg_decoding_falls_back_to_pil_for_what_simplejpeg_does_not_do_exactly(tmp_path):
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (9, 9), (10, 200, 30, 5)).save(cmyk)
+    png = tmp_path / "a.png"
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(png)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    assert pixelcache._fast_jpeg(cmyk) is None and pixelcache._fast_jpeg(png) is None
+    assert pixelcache._fast_jpeg(broken) is None  # the PIL path then raises its one-line error
+    split = LabeledSplit(["a"], [Sample(str(broken), 0)], str(tmp_path), name="test")
+    parts = pixelcache.split_transform(tf())
+    with pytest.raises(Exception, match="broken.jpg.*cannot be read"):
+        pixelcache.PixelDataset(ImageDataset(split, tf()), parts)[0]

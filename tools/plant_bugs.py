@@ -587,6 +587,12 @@ BUGS += [
         "return PixelCache(os.environ[ENV]) if ENV in os.environ else None",
     ),
     (
+        "simplejpeg's fast upsampling (not PIL's pixels)",
+        "src/fdalign/eval/pixelcache.py",
+        'return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False))',
+        'return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=True))',
+    ),
+    (
         "two askers both decode",
         "src/fdalign/eval/pixelcache.py",
         "with cache.computing(key):  # a second worker",
