@@ -163,6 +163,34 @@ def warm(args, root: Path, features: Path, pixels: Path) -> float:
         return time.perf_counter() - t0
 
 
+def per_image(args, root: Path, k: int = 128) -> dict:
+    """Milliseconds per image on the first ``k`` images: decoding + preprocessing as before (PIL, the whole
+    transform), as now (simplejpeg where exact, uint8, then the normalisation), and one encoder's forward."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from fdalign.data import ImageDataset, open_dataset
+    from fdalign.eval import pixelcache
+
+    backend, rows = build_models()
+    ds = ImageDataset(open_dataset(str(root / "test"))["test"], backend.preprocess_eval())
+    parts = pixelcache.split_transform(ds.transform)
+    t0 = time.perf_counter()
+    x = torch.stack([ds[i][0] for i in range(k)])
+    t1 = time.perf_counter()
+    pixels = torch.stack([pixelcache.PixelDataset(ds, parts)[i][0] for i in range(k)])
+    y = pixelcache.normalise(pixels, parts)
+    t2 = time.perf_counter()
+    enc = rows["fine-tuned"][0].eval()
+    with torch.no_grad():
+        enc(x)  # warm-up
+        t3 = time.perf_counter()
+        enc(x)
+        t4 = time.perf_counter()
+    assert torch.equal(x, y), "the pixel path differs from the transform"
+    return {"decode_before": 1e3 * (t1 - t0) / k, "decode_now": 1e3 * (t2 - t1) / k, "encoder": 1e3 * (t4 - t3) / k}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sizes", nargs="*", type=int, default=[1000, 5000], help="test images per size")
@@ -211,6 +239,13 @@ def main(argv=None) -> int:
             )
         same = all(res[path]["top1"] == res["old"]["top1"] for path in PATHS)
         print(f"  top-1 identical on every path: {same}")
+        c = per_image(args, root)
+        ceiling = (4 * c["decode_before"] + 4 * c["encoder"]) / (4 * c["encoder"])
+        print(
+            f"  per image: decode + preprocess {c['decode_before']:.2f} ms before (PIL), {c['decode_now']:.2f} ms now "
+            f"(simplejpeg where exact, bitwise equal); one encoder {c['encoder']:.2f} ms: with 4 encoders to run, "
+            f"no decoding at all can give at most {ceiling:.2f}x over the old path"
+        )
         per_k[n] = {path: 1000 * res[path]["seconds"] / n for path in PATHS}
     print("\nseconds per 1000 images (constant across sizes = linear growth):")
     for n, row in per_k.items():
