@@ -30,7 +30,7 @@ PATHS = ("old", "one-pass", "warm-pixels")
 ALPHAS = (0.25, 0.5, 0.75)
 
 
-def render_imagenet_shape(root: Path, n: int, classes: int = 1000, size: int = 224, pool: int = 300) -> Path:
+def render_imagenet_shape(root: Path, n: int, classes: int = 1000, size: int = 224, pool: int = 60) -> Path:
     """``root/test/cNNNN/NNNNNN.JPEG``: ``n`` JPEGs (quality 90) over ``classes`` folders. A pool of rendered
     world images, each written with its own small noise (no two files alike)."""
     import numpy as np
