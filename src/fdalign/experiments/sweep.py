@@ -830,7 +830,7 @@ def run_sweep(
     )
 
 
-RECORD_KEYS = ("state", "seconds", "error", "worker", "busy", "cache", "skipped", "takeover")
+RECORD_KEYS = ("state", "seconds", "error", "worker", "busy", "cache", "skipped", "takeover", "pixel_cache")
 
 
 def _tqdm_say(msg: str) -> None:
