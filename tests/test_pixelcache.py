@@ -268,6 +268,11 @@ def test_jpeg_decoding_falls_back_to_pil_for_what_simplejpeg_does_not_do_exactly
     broken.write_bytes(b"\xff\xd8 not a jpeg")
     assert pixelcache._fast_jpeg(cmyk) is None and pixelcache._fast_jpeg(png) is None
     assert pixelcache._fast_jpeg(broken) is None  # the PIL path then raises its one-line error
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (40, 40), (9, 99, 199)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    assert pixelcache._fast_jpeg(good) is not None and pixelcache._fast_jpeg(truncated) is None
     split = LabeledSplit(["a"], [Sample(str(broken), 0)], str(tmp_path), name="test")
     parts = pixelcache.split_transform(tf())
     with pytest.raises(Exception, match="broken.jpg.*cannot be read"):
