@@ -290,3 +290,24 @@ def test_eval_run_on_data_with_other_classes_exits_2(tiny_openclip, folders, tmp
     assert main(["eval", str(run_dir), "--data", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'purple cow'" in err and len(err.splitlines()) == 1
+
+
+def test_eval_with_a_pixel_cache_says_what_it_did_and_gives_the_same_metrics(tiny_openclip, folders, tmp_path, capsys):
+    """`fdalign eval RUN --pixel-cache DIR`: the first evaluation fills it (2 misses: test, shifted), the second
+    reads it (2 hits) and decodes nothing; metrics equal the run without a cache; --no-pixel-cache is off."""
+    run_dir = tmp_path / "run"
+    _make_run(tiny_openclip, folders, run_dir, wiseft_alpha=0.5)
+    pixels = tmp_path / "pixels"
+    common = ["eval", str(run_dir), "--device", "cpu", "--num-workers", "0"]
+    assert main([*common, "--no-pixel-cache", "--out", str(tmp_path / "plain")]) == 0
+    assert "pixel cache" not in capsys.readouterr().out
+    lines = []
+    for i in range(2):
+        assert main([*common, "--pixel-cache", str(pixels), "--out", str(tmp_path / f"cached{i}")]) == 0
+        lines.append([x for x in capsys.readouterr().out.splitlines() if x.startswith("pixel cache:")])
+    assert lines[0][0].startswith("pixel cache: 0 hits, 2 misses, 0 damaged")
+    assert lines[1][0].startswith("pixel cache: 2 hits, 0 misses, 0 damaged")
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())["metrics"]
+    for i in range(2):
+        assert json.loads((tmp_path / f"cached{i}" / "metrics.json").read_text())["metrics"] == plain
+    assert len(list(pixels.glob("*/*.npy"))) == 2
