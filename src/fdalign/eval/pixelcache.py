@@ -355,14 +355,15 @@ class PixelDataset(torch.utils.data.Dataset):
         from fdalign.data import ImageDataset
 
         self.images = ImageDataset(dataset.split, split.pil)  # its unreadable-file errors included
-        self.fast = fast_jpeg_is_exact()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
         sample = self.images.split.samples[index]
-        image = _fast_jpeg(self.images.split.resolve(sample)) if self.fast else None
+        path = self.images.split.resolve(sample)
+        jpeg = str(path).lower().endswith(_JPEG)
+        image = _fast_jpeg(path) if jpeg and fast_jpeg_is_exact() else None  # checked at the first JPEG
         if image is None:
             image, label = self.images[index]
         else:
