@@ -209,6 +209,9 @@ class _EntryWriter:
         self.cache, self.key, self.shape = cache, key, tuple(int(s) for s in shape)
         final = cache.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.*.tmp"):  # a killed writer's; we hold the entry's lock
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         self.tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
         self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=self.shape)
         self.filled = 0
