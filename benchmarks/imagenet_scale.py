@@ -62,7 +62,7 @@ def prepare(root: Path, classes: int, scale: float, pool_per_class: int = 2) -> 
     for k, w in enumerate(chosen):
         write(root / "imagenet" / "train" / w, k, n["shots"] + n["train_val"], "train")
         write(root / "imagenet" / "val" / w, k, n["val"], "val")
-        write(root / "imagenetv2" / str(k), k, n["v2"], "v2")
+        write(root / "imagenetv2" / str(imagenet_wnids().index(w)), k, n["v2"], "v2")  # V2: folder = 1k index
         write(root / "imagenet-sketch" / w, k, n["sketch"], "sketch")
     for which in ("a", "r"):
         subset = [w for w in chosen if w in set(imagenet_subset_wnids(which))] or chosen[:3]
