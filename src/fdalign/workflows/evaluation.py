@@ -51,17 +51,13 @@ class ModelOptions:
     classnames: str | None = None
     templates: str = "openai80"
     batch_size: int = 256
-    num_workers: int = field(default_factory=default_workers)  # min(cores, 8)
+    num_workers: int = 0
     device: str = "auto"
     precision: str = "fp32"
     no_cache: bool = False
     no_progress: bool = False
     no_zeroshot: bool = False
     out: str | None = None
-    pixel_cache: str | None = None  # folder of the pixel cache (default: $FDALIGN_PIXEL_CACHE, else none)
-    pixel_cache_budget: float | None = None  # GB: least recently used entries beyond it are deleted
-    no_pixel_cache: bool = False
-    channels_last: bool = False  # CUDA only, off by default (docs/evaluation-at-scale.md)
 
 
 @dataclass
@@ -84,6 +80,11 @@ class EvalConfig(ModelOptions):
     seed: int = 1
     heads_config: str | None = None
     heads_preset: str | None = None  # 'authors' (or authors:<data set>): the heads' published settings
+    num_workers: int = field(default_factory=default_workers)  # min(cores, 8): evaluation decodes every image
+    pixel_cache: str | None = None  # folder of the pixel cache (default: $FDALIGN_PIXEL_CACHE, else none)
+    pixel_cache_budget: float | None = None  # GB: least recently used entries beyond it are deleted
+    no_pixel_cache: bool = False
+    channels_last: bool = False  # CUDA only, off by default (docs/evaluation-at-scale.md)
 
 
 @dataclass
