@@ -11,7 +11,7 @@ shipped model (``fdalign-world``: no download; ``--model ViT-B-32 --pretrained o
 its methods cut to ``--methods`` and one seed, ``--epochs`` epochs, no cache heads unless ``--heads``.
 
     python benchmarks/imagenet_scale.py --classes 100 --scale 0.1 --epochs 1      # minutes on 2 cores
-    python benchmarks/imagenet_scale.py --scale 1 --epochs 10 --device cuda       # the full size (GPU)
+    python benchmarks/imagenet_scale.py --scale 1 --epochs 10 --lp-epochs 60 --device cuda   # full size (GPU)
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--scale", type=float, default=0.05, help="multiplies the per-class test / OOD counts")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lp-epochs", type=int, default=None, help="the linear-probe phase's epochs (default: --epochs)")
     p.add_argument("--methods", default="fd-align", help="comma list of the preset's methods to run")
     p.add_argument("--heads", action="store_true", help="also the preset's cache heads (tip, tip-f, ape, ape-t)")
     p.add_argument("--model", default="fdalign-world")
@@ -97,7 +98,10 @@ def main(argv=None) -> int:
     t_prepare = time.perf_counter() - t0
     cfg = sw.load_sweep_config("imagenet")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    over = dict(model=args.model, pretrained=args.pretrained, epochs=args.epochs, device=args.device)
+    lp_epochs = args.epochs if args.lp_epochs is None else args.lp_epochs  # the released recipe probes 60 epochs
+    over = dict(
+        model=args.model, pretrained=args.pretrained, epochs=args.epochs, lp_epochs=lp_epochs, device=args.device
+    )
     over["precision"] = "bf16" if args.device.startswith("cuda") else "fp32"
     if args.workers is not None:
         over["num_workers"] = args.workers
