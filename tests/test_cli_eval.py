@@ -260,20 +260,20 @@ def test_eval_run_directory(tiny_openclip, folders, tmp_path, capsys):
 
 def test_eval_linear_probe_run_shares_encoder_features(tiny_openclip, folders, tmp_path, monkeypatch):
     """A linear probe's encoder is the base encoder: one pass over each set feeds both heads."""
-    import fdalign.eval.features as features  # where every pass over a set ends, cached or not
+    import fdalign.eval.pipeline as pipeline  # where every pass over a set ends
 
     run_dir = tmp_path / "lp"
     _make_run(tiny_openclip, folders, run_dir, mode="linear-probe")
     calls = []
-    real = features.extract_features
+    real = pipeline._one_pass
 
-    def counting(encoder, dataset, **kw):
-        calls.append(len(dataset))
-        return real(encoder, dataset, **kw)
+    def counting(encoders, dataset, *a):
+        calls.append((len(dataset), len(encoders)))
+        return real(encoders, dataset, *a)
 
-    monkeypatch.setattr(features, "extract_features", counting)
+    monkeypatch.setattr(pipeline, "_one_pass", counting)
     assert main(["eval", str(run_dir), "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
-    assert calls == [12, 6]  # test and shifted once each, not once per model
+    assert calls == [(12, 1), (6, 1)]  # test and shifted once each, one encoder: not once per model
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
     assert list(m["test"]) == ["zero-shot", "fine-tuned"]
 
@@ -290,3 +290,24 @@ def test_eval_run_on_data_with_other_classes_exits_2(tiny_openclip, folders, tmp
     assert main(["eval", str(run_dir), "--data", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'purple cow'" in err and len(err.splitlines()) == 1
+
+
+def test_eval_with_a_pixel_cache_says_what_it_did_and_gives_the_same_metrics(tiny_openclip, folders, tmp_path, capsys):
+    """`fdalign eval RUN --pixel-cache DIR`: the first evaluation fills it (2 misses: test, shifted), the second
+    reads it (2 hits) and decodes nothing; metrics equal the run without a cache; --no-pixel-cache is off."""
+    run_dir = tmp_path / "run"
+    _make_run(tiny_openclip, folders, run_dir, wiseft_alpha=0.5)
+    pixels = tmp_path / "pixels"
+    common = ["eval", str(run_dir), "--device", "cpu", "--num-workers", "0"]
+    assert main([*common, "--no-pixel-cache", "--out", str(tmp_path / "plain")]) == 0
+    assert "pixel cache" not in capsys.readouterr().out
+    lines = []
+    for i in range(2):
+        assert main([*common, "--pixel-cache", str(pixels), "--out", str(tmp_path / f"cached{i}")]) == 0
+        lines.append([x for x in capsys.readouterr().out.splitlines() if x.startswith("pixel cache:")])
+    assert lines[0][0].startswith("pixel cache: 0 hits, 2 misses, 0 damaged")
+    assert lines[1][0].startswith("pixel cache: 2 hits, 0 misses, 0 damaged")
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())["metrics"]
+    for i in range(2):
+        assert json.loads((tmp_path / f"cached{i}" / "metrics.json").read_text())["metrics"] == plain
+    assert len(list(pixels.glob("*/*.npy"))) == 2

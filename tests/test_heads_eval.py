@@ -115,6 +115,15 @@ def test_eval_run_with_heads_prints_the_side_by_side_table(trained, tmp_path, ca
             return real(encoder, dataset, **kw)
 
         monkeypatch.setattr(mod, "extract_features", counting)
+    import fdalign.eval.pipeline as pipeline  # the test / OOD sets: every encoder in one pass
+
+    one_pass = pipeline._one_pass
+
+    def counting_pass(encoders, dataset, *a):
+        calls.extend((id(e), len(dataset)) for e in encoders)
+        return one_pass(encoders, dataset, *a)
+
+    monkeypatch.setattr(pipeline, "_one_pass", counting_pass)
     run = trained["run"]
     rc = main(
         [
@@ -450,6 +459,12 @@ def test_zeroshot_alone_encodes_no_cache(monkeypatch):
         monkeypatch.setattr(
             mod, "extract_features", lambda e, ds, real=real, **kw: (calls.append(len(ds)), real(e, ds, **kw))[1]
         )
+    import fdalign.eval.pipeline as pipeline
+
+    one_pass = pipeline._one_pass
+    monkeypatch.setattr(
+        pipeline, "_one_pass", lambda es, ds, *a: (calls.extend(len(ds) for _ in es), one_pass(es, ds, *a))[1]
+    )
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     enc, protos = torch.nn.Linear(4, 6), torch.randn(3, 6)
     data = heads_mod.CacheData(TensorDataset(x[:3], y[:3]), TensorDataset(x[:3], y[:3]), "v")

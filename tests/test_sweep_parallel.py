@@ -98,11 +98,21 @@ def one_worker(tiny_openclip, world, tmp_path_factory):
             passes[name] = passes.get(name, 0) + 1
         return original(encoder, dataset, *a, **kw)
 
-    F.extract_features = counting
+    import fdalign.eval.pipeline as P  # the test / OOD sets' passes, every encoder of a run in one
+
+    one_pass = P._one_pass
+
+    def counting_pass(encoders, dataset, *a):
+        for encoder in encoders:
+            if featcache.is_frozen(encoder):
+                passes[dataset.split.name] = passes.get(dataset.split.name, 0) + 1
+        return one_pass(encoders, dataset, *a)
+
+    F.extract_features, P._one_pass = counting, counting_pass
     try:
         res = sw.run_sweep(cfg, root / "out", progress=False, log=lambda m: None)
     finally:
-        F.extract_features = original
+        F.extract_features, P._one_pass = original, one_pass
     return {"cfg": cfg, "out": root / "out", "res": res, "passes": passes, "runs": sw.plan_runs(cfg)}
 
 
@@ -148,7 +158,15 @@ def test_zero_shot_rows_equal_a_fresh_evaluation_and_the_encoder_ran_once_per_se
         for s in ["test", *ood_names]:
             assert m[s]["zero-shot"] == fresh[s]["zero-shot"], (r.key, s)
     cost = json.loads((out / "sweep.json").read_text())["cost"]
-    assert cost["cache"]["hits"] == 3 * (1 + len(ood_names)) and cost["cache"]["misses"] == 1 + len(ood_names)
+    # val (WiSE-FT's choice, every alpha in one pass) too: one entry per seed, read by the seed's other method
+    seeds = len(cfg.seeds)
+    assert cost["cache"]["hits"] == 3 * (1 + len(ood_names)) + seeds
+    assert cost["cache"]["misses"] == 1 + len(ood_names) + seeds
+    # the pixel cache: each run reads every set once (all its encoders in one pass), each set decoded once
+    pixels = cost["pixel_cache"]
+    assert pixels["misses"] == 1 + len(ood_names) + seeds
+    assert pixels["hits"] == len(runs) * (2 + len(ood_names)) - pixels["misses"] and pixels["corrupt"] == 0
+    assert pixels["bytes_read"] > 0 and pixels["bytes_written"] > 0
 
 
 def test_two_sweep_processes_on_one_folder_run_each_cell_once(tiny_openclip, world, tmp_path):

@@ -1063,6 +1063,76 @@ BUGS += [
         "ax.set_xticks(range(k))",
     ),
 ]
+# issue 28 (evaluation at scale: one pass, pixel cache): run with tests/test_pixelcache.py
+BUGS += [
+    (
+        "pixel cache key without the crop size",
+        "src/fdalign/eval/pixelcache.py",
+        "    description = describe_transform(pil)",
+        "    description = describe_transform(T.Compose([s for s in pil.transforms if not isinstance(s, T.CenterCrop)]))",
+    ),
+    (
+        "stale pixels after an image changed (digest memo keyed by path only)",
+        "src/fdalign/eval/featcache.py",
+        "k = (path, st.st_size, st.st_mtime_ns)",
+        "k = (path,)",
+    ),
+    (
+        "pixel cache key without the images",
+        "src/fdalign/eval/pixelcache.py",
+        '"images": images,',
+        '"images": len(dataset),',
+    ),
+    (
+        "damaged pixel entry used",
+        "src/fdalign/eval/pixelcache.py",
+        'if _sha256(arr_path) != meta["sha256"]:',
+        "if False:",
+    ),
+    (
+        "normalisation not bitwise ToTensor's (x * (1/255))",
+        "src/fdalign/eval/pixelcache.py",
+        "x = pixels.to(torch.get_default_dtype()).div(255)",
+        "x = pixels.to(torch.get_default_dtype()).mul(1 / 255)",
+    ),
+    (
+        "one pass per encoder again",
+        "src/fdalign/eval/pipeline.py",
+        "        for f, (_, names) in zip(feats, groups.values()):",
+        "        feats = [encode_once([e], es.dataset, batch_size, device, num_workers, precision, False, set_name)[0][0]"
+        " for e in encoders]\n        for f, (_, names) in zip(feats, groups.values()):",
+    ),
+    (
+        "pixel cache hit ignored",
+        "src/fdalign/eval/pixelcache.py",
+        "    hit = cache.get(key)\n    if hit is None:",
+        "    hit = None\n    if hit is None:",
+    ),
+    (
+        "LRU evicts the most recently used",
+        "src/fdalign/eval/pixelcache.py",
+        "return sorted(out)",
+        "return sorted(out, reverse=True)",
+    ),
+    (
+        "--no-pixel-cache ignored",
+        "src/fdalign/eval/pixelcache.py",
+        "return None if _active[-1] is _OFF else _active[-1]",
+        "return PixelCache(os.environ[ENV]) if ENV in os.environ else None",
+    ),
+    (
+        "simplejpeg's fast upsampling (not PIL's pixels)",
+        "src/fdalign/eval/pixelcache.py",
+        'return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False))',
+        'return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=True))',
+    ),
+    (
+        "two askers both decode",
+        "src/fdalign/eval/pixelcache.py",
+        "with cache.computing(key):  # a second worker",
+        "with contextlib.nullcontext():  # a second worker",
+    ),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):

@@ -347,6 +347,25 @@ def _is_current(lock, path: Path) -> bool:
         return False
 
 
+def entry_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock file ``path`` (an OS file lock: it dies with its process) for the block, waiting while
+    another process holds it: one writer per cache entry, and a second asker reads what the first wrote.
+    Without a usable lock file (a read-only cache) the block simply runs."""
+    import filelock
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(path), is_singleton=False)
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 LOCK_FILE = ".fdalign.lock"
 _held: dict[str, list] = {}  # resolved lock path -> [FileLock, depth]: the lock is re-entrant in one process
 

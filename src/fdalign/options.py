@@ -22,6 +22,16 @@ from typing import Any, ClassVar
 from fdalign.errors import FDAlignError
 
 
+def default_workers() -> int:
+    """DataLoader workers decoding evaluation images by default: ``min(cores, 8)``, the cores this process
+    may use (a Slurm or taskset limit included)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
 def option(default, help: str, *, choices: tuple | None = None, flag: str | None = None, **kw):
     """A dataclass field carrying its CLI help (and choices) in the metadata."""
     meta: dict[str, Any] = {"help": help}

@@ -63,6 +63,30 @@ def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
         "head it saved)",
     )
     add_encoding_arguments(p, batch_size=256)
+    from fdalign.options import default_workers
+
+    p.set_defaults(num_workers=default_workers())  # evaluation decodes every image: min(cores, 8) by default
+    p.add_argument(
+        "--pixel-cache",
+        default=None,
+        metavar="DIR",
+        help="keep the decoded, resized and cropped images (uint8) in DIR, so that the next evaluation of "
+        "the same images skips decoding (default: $FDALIGN_PIXEL_CACHE, else none)",
+    )
+    p.add_argument(
+        "--pixel-cache-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="delete the least recently used pixel-cache entries beyond GB gigabytes",
+    )
+    p.add_argument("--no-pixel-cache", action="store_true", help="neither read nor write the pixel cache")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="on CUDA, feed the encoders channels_last images (with --precision bf16: the fast path; "
+        "check it keeps top-1 on your model first, see docs/evaluation-at-scale.md)",
+    )
     p.add_argument(
         "--hash-content",
         action="store_true",

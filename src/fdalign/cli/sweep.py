@@ -98,6 +98,21 @@ def register(subparsers) -> None:
         help="share the frozen encoder's features (zero-shot rows, the heads' cache) across the runs, "
         "in OUT/cache/features (default: the config's feature_cache, on)",
     )
+    p.add_argument(
+        "--pixel-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="share the decoded evaluation images (uint8, resized and cropped) across the runs, in "
+        "OUT/cache/pixels or $FDALIGN_PIXEL_CACHE (default: the config's pixel_cache, on)",
+    )
+    p.add_argument(
+        "--pixel-cache-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="delete the least recently used pixel-cache entries beyond GB gigabytes (default: the "
+        "config's pixel_cache_budget, none)",
+    )
     g = p.add_argument_group("where the cells run")
     g.add_argument(
         "--launcher",
@@ -217,8 +232,18 @@ def run(args: argparse.Namespace) -> int:
         feature_cache=args.feature_cache,
         only=args.only,
         limit=args.limit,
+        pixel_cache=args.pixel_cache,
+        pixel_cache_budget=args.pixel_cache_budget,
     )
     print(summary_line(cfg.name, res, args.out))
+    pixels = res.cost.get("pixel_cache") or {}
+    if pixels.get("hits") or pixels.get("misses"):
+        print(
+            f"pixel cache: {pixels['hits']} hits, {pixels['misses']} misses, {pixels.get('corrupt', 0)} damaged "
+            f"entries recomputed, {pixels.get('bytes_read', 0) / 1e6:.0f} MB read, "
+            f"{pixels.get('bytes_written', 0) / 1e6:.0f} MB written, {pixels.get('seconds_saved', 0):.0f} s of "
+            "decoding saved"
+        )
     return 1 if res.failed else 0
 
 

@@ -9,7 +9,7 @@ from fdalign.eval.metrics import (
     topk_accuracy,
     true_class_rank,
 )
-from fdalign.eval.pipeline import EvalSet, apply_head, run_evaluation, score
+from fdalign.eval.pipeline import EvalSet, apply_head, encode_once, run_evaluation, score
 from fdalign.eval.report import metrics_table, render_report, write_metrics, write_report
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "apply_head",
     "score",
     "run_evaluation",
+    "encode_once",
     "metrics_table",
     "render_report",
     "write_metrics",

@@ -96,21 +96,11 @@ class FeatureCache:
 
     @contextlib.contextmanager
     def computing(self, key: str) -> Iterator[None]:
-        """Hold the entry's lock (an OS file lock: it dies with its process) while computing it. Without a
-        usable lock file (a read-only cache) the entry is simply computed."""
-        import filelock
+        """Hold the entry's lock (:func:`fdalign.io.entry_lock`) while computing it."""
+        from fdalign.io import entry_lock
 
-        try:
-            self.path(key).parent.mkdir(parents=True, exist_ok=True)
-            lock = filelock.FileLock(str(self.path(key)) + ".lock", is_singleton=False)
-            lock.acquire()
-        except OSError:
+        with entry_lock(str(self.path(key)) + ".lock"):
             yield
-            return
-        try:
-            yield
-        finally:
-            lock.release()
 
     def put(self, key: str, features: torch.Tensor, labels: torch.Tensor, seconds: float, what: dict) -> None:
         from fdalign.io import atomic_save_safetensors
@@ -185,22 +175,34 @@ def _file_digest(path: str) -> str:
     return _file_digests[k]
 
 
-def dataset_key(dataset) -> dict | None:
-    """What identifies a dataset's images and preprocessing; None for a dataset that cannot say (not an
-    :class:`~fdalign.data.ImageDataset`, or a transform with a lambda), which is then never cached."""
-    split, transform = getattr(dataset, "split", None), getattr(dataset, "transform", None)
-    if split is None or transform is None or not hasattr(split, "samples"):
-        return None
-    preprocessing = _describe(transform)
-    if preprocessing is None:
+def images_hash(dataset) -> str | None:
+    """sha256 over the images' content hashes and labels, in order; None for a dataset that cannot say
+    (not an :class:`~fdalign.data.ImageDataset`)."""
+    split = getattr(dataset, "split", None)
+    if split is None or not hasattr(split, "samples"):
         return None
     h = hashlib.sha256()
     for s in split.samples:
         h.update(f"{_file_digest(str(split.resolve(s)))}|{s.label}\n".encode())
-    return {"images": h.hexdigest(), "n": len(split.samples), "preprocessing": preprocessing}
+    return h.hexdigest()
 
 
-def _describe(transform) -> str | None:
+def dataset_key(dataset) -> dict | None:
+    """What identifies a dataset's images and preprocessing; None for a dataset that cannot say (not an
+    :class:`~fdalign.data.ImageDataset`, or a transform with a lambda), which is then never cached."""
+    transform = getattr(dataset, "transform", None)
+    if transform is None:
+        return None
+    preprocessing = describe_transform(transform)
+    if preprocessing is None:
+        return None
+    images = images_hash(dataset)
+    if images is None:
+        return None
+    return {"images": images, "n": len(dataset.split.samples), "preprocessing": preprocessing}
+
+
+def describe_transform(transform) -> str | None:
     """The transform's repr without memory addresses (``<function f at 0x7f..>``), which differ between
     processes: the workers of a sweep must agree on the key. None when a step is a lambda or a nested
     function: its repr names it but not what it does, so two of them could share a key."""
@@ -232,6 +234,39 @@ def _stamp(path: Path) -> tuple | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@dataclass
+class Lookup:
+    """A frozen encoder's entry for a dataset: ``hit`` (``features [N, D], labels [N]``) or None, and what
+    storing it needs (``seen``: the entry file's stamp when looked up, to tell a write made meanwhile)."""
+
+    cache: FeatureCache
+    key: str
+    what: dict
+    seen: tuple | None
+    hit: tuple | None
+
+    def recheck(self) -> tuple | None:
+        """The entry, if another process wrote it since the lookup (call it holding the entry's lock)."""
+        return self.cache.get(self.key) if _stamp(self.cache.path(self.key)) != self.seen else None
+
+    def store(self, features, labels, seconds: float, name: str) -> None:
+        self.cache.stats.misses += 1
+        self.cache.stats.passes[name] = self.cache.stats.passes.get(name, 0) + 1
+        self.cache.put(self.key, features, labels, seconds, self.what)
+
+
+def lookup(encoder: nn.Module, dataset, precision: str, device) -> Lookup | None:
+    """The active cache's entry of ``encoder`` on ``dataset``; None when nothing is cached for them (no cache,
+    an encoder not :func:`frozen`, a dataset without a key)."""
+    cache = active() if is_frozen(encoder) else None
+    keyed = cache_key(encoder, dataset, precision, device) if cache is not None else None
+    if keyed is None:
+        return None
+    key, what = keyed
+    seen = _stamp(cache.path(key))
+    return Lookup(cache, key, what, seen, cache.get(key))
 
 
 def extract_features(
@@ -284,6 +319,9 @@ __all__ = [
     "is_frozen",
     "weights_fingerprint",
     "dataset_key",
+    "images_hash",
+    "describe_transform",
+    "lookup",
     "cache_key",
     "extract_features",
 ]

@@ -312,6 +312,18 @@ def _sweep_costs(paths) -> list[tuple[Path, dict]]:
     return out
 
 
+def _pixel_cost(pixels) -> str:
+    """The pixel cache's part of a sweep's cost line ("" for a sweep without one)."""
+    if not pixels:
+        return ""
+    return (
+        f" Pixel cache {pixels.get('hits', 0)} hits, {pixels.get('misses', 0)} misses, "
+        f"{pixels.get('corrupt', 0)} damaged entries recomputed, {pixels.get('bytes_read', 0) / 1e6:.0f} MB read, "
+        f"{pixels.get('bytes_written', 0) / 1e6:.0f} MB written, {pixels.get('evicted', 0)} evicted, "
+        f"{pixels.get('seconds_saved', 0):.0f} s of decoding saved."
+    )
+
+
 def cost_section(paths) -> list[Any]:
     """What each sweep cost (its sweep.json): wall time over its invocations, busy time per worker, and
     the feature cache's hits and the encoder time they saved."""
@@ -324,6 +336,7 @@ def cost_section(paths) -> list[Any]:
             f"invocation(s); {sum(busy.values()):.0f} s busy on {len(busy)} worker(s); feature cache "
             f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, {cache.get('corrupt', 0)} corrupt "
             f"entries recomputed, {cache.get('seconds_saved', 0):.0f} s of encoder time saved."
+            + _pixel_cost(c.get("pixel_cache"))
         )
         if busy:
             items.append(Table(["worker (host:pid)", "busy s"], [[w, f"{b:.0f}"] for w, b in busy.items()]))

@@ -92,6 +92,10 @@ class SweepConfig:
     heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
     heads_preset: str | None = None  # "authors": the heads' published settings (`fdalign eval --heads-preset`)
     feature_cache: bool = True  # share the frozen encoder's features across runs (OUT/cache/features)
+    # share the decoded evaluation images (uint8, resized and cropped) across runs (OUT/cache/pixels, or
+    # $FDALIGN_PIXEL_CACHE), least recently used entries deleted beyond pixel_cache_budget GB
+    pixel_cache: bool = True
+    pixel_cache_budget: float | None = None
     # kshot: every run is `fdalign train`; episodes: `fdalign meta-train` (shots = the training episodes' K,
     # a data set's `ood` = its cross-domain targets, `train` = MetaConfig options)
     # base2novel: every run trains on the base classes (--base-classes); cross-dataset: every run is scored on
@@ -479,6 +483,7 @@ HEADS_DIR = "eval-heads"  # where a run's cache-head evaluation (`fdalign eval R
 
 
 FEATURE_CACHE_DIR = "cache/features"  # OUT/cache/features: the frozen encoders' features, shared by the runs
+PIXEL_CACHE_DIR = "cache/pixels"  # OUT/cache/pixels: the evaluation images, decoded once for the runs
 
 
 @dataclass
@@ -493,6 +498,8 @@ class Cell:
     heads: tuple = ()
     heads_preset: str | None = None
     feature_cache: str | None = None  # folder of the feature cache, None: off
+    pixel_cache: str | None = None  # folder of the pixel cache, None: off
+    pixel_cache_budget: float | None = None  # GB
 
 
 def run_cell(cell: Cell) -> dict:
@@ -506,7 +513,7 @@ def run_cell(cell: Cell) -> dict:
     import warnings
 
     from fdalign.io import RunLockedError, run_lock
-    from fdalign.workflows.parts import featcache
+    from fdalign.workflows.parts import featcache, pixelcache
 
     out, t0 = Path(cell.out), time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -546,12 +553,15 @@ def run_cell(cell: Cell) -> dict:
             atomic_write_json(run_dir / STATUS_FILE, status)
             return {**status, "skipped": True, "worker": worker, "busy": 0.0}
         cache = stack.enter_context(featcache.enabled(cell.feature_cache))
+        pixels = stack.enter_context(pixelcache.enabled(cell.pixel_cache, cell.pixel_cache_budget))
         status = execute_run(cell.run, cell.config, out, cell.env, cell.keep_checkpoints, cell.heads, cell.heads_preset)
         status = dict(status, worker=worker, busy=round(time.time() - t0, 2))
         if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the worker's pinned device(s)
             status["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         if cache is not None:
             status["cache"] = cache.stats.to_json()
+        if pixels is not None:
+            status["pixel_cache"] = pixels.stats.to_json()
         if takeover:
             status["takeover"] = takeover[0]
         atomic_write_json(run_dir / STATUS_FILE, status)  # what a Slurm task did is read back from here
@@ -719,6 +729,15 @@ def render_world_for(cfg: SweepConfig, out: Path, progress: bool) -> Path:
     return out / "world"
 
 
+def _pixel_cache_dir(cfg: SweepConfig, out: Path, on: bool | None) -> str | None:
+    """``$FDALIGN_PIXEL_CACHE`` (shared by sweeps), else OUT/cache/pixels; None when switched off."""
+    from fdalign.workflows.parts import pixelcache
+
+    if not (cfg.pixel_cache if on is None else on):
+        return None
+    return os.environ.get(pixelcache.ENV) or str(out / PIXEL_CACHE_DIR)
+
+
 def run_sweep(
     cfg: SweepConfig,
     out: str | os.PathLike,
@@ -729,6 +748,8 @@ def run_sweep(
     feature_cache: bool | None = None,
     only: Sequence[str] = (),
     limit: int | None = None,
+    pixel_cache: bool | None = None,
+    pixel_cache_budget: float | None = None,
 ) -> SweepResult:
     """Run (or continue) every run of ``cfg`` into ``out``; see the module docstring.
 
@@ -767,6 +788,8 @@ def run_sweep(
     if skipped:
         say(f"{skipped} of {len(runs)} runs already done in {out}: skipped")
     use_cache = cfg.feature_cache if feature_cache is None else feature_cache
+    pixels = _pixel_cache_dir(cfg, out, pixel_cache)
+    budget = cfg.pixel_cache_budget if pixel_cache_budget is None else pixel_cache_budget
     env = environment() if todo else {}
     cells = [
         Cell(
@@ -778,6 +801,8 @@ def run_sweep(
             tuple(cfg.heads),
             cfg.heads_preset,
             str(out / FEATURE_CACHE_DIR) if use_cache else None,
+            pixels,
+            budget,
         )
         for r in todo
     ]
@@ -837,7 +862,7 @@ def run_sweep(
     )
 
 
-RECORD_KEYS = ("state", "seconds", "error", "worker", "busy", "cache", "skipped", "takeover")
+RECORD_KEYS = ("state", "seconds", "error", "worker", "busy", "cache", "skipped", "takeover", "pixel_cache")
 
 
 def _tqdm_say(msg: str) -> None:
@@ -906,6 +931,8 @@ class _Book:
         busy: dict[str, float] = {}
         cache = {"hits": 0, "misses": 0, "corrupt": 0, "seconds_saved": 0.0}
         passes: dict[str, int] = {}  # encoder passes the cache computed, per evaluated set
+        pixels = {"hits": 0, "misses": 0, "corrupt": 0, "evicted": 0, "bytes_read": 0, "bytes_written": 0}
+        pixels_saved = 0.0
         for rec in self.records.values():
             if rec.get("worker") and rec.get("busy") is not None:
                 busy[rec["worker"]] = round(busy.get(rec["worker"], 0.0) + float(rec["busy"]), 2)
@@ -913,6 +940,9 @@ class _Book:
                 cache[k] += (rec.get("cache") or {}).get(k, 0)
             for name, n in ((rec.get("cache") or {}).get("passes") or {}).items():
                 passes[name] = passes.get(name, 0) + int(n)
+            for k in pixels:
+                pixels[k] += int((rec.get("pixel_cache") or {}).get(k, 0))
+            pixels_saved += float((rec.get("pixel_cache") or {}).get("seconds_saved", 0.0))
         cache["passes"] = passes
         cache["seconds_saved"] = round(cache["seconds_saved"], 2)
         now = {
@@ -927,6 +957,7 @@ class _Book:
             "wall_seconds": round(sum(float(i.get("wall_seconds", 0)) for i in invocations), 1),
             "busy_seconds": busy,
             "cache": cache,
+            "pixel_cache": {**pixels, "seconds_saved": round(pixels_saved, 2)},
             "invocations": invocations,
         }
 

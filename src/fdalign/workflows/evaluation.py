@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fdalign.errors import FDAlignError, option
+from fdalign.options import default_workers
 
 ZEROSHOT_NAME = "zero-shot"
 FINETUNED_NAME = "fine-tuned"
@@ -81,6 +82,11 @@ class EvalConfig(ModelOptions):
     seed: int = 1
     heads_config: str | None = None
     heads_preset: str | None = None  # 'authors' (or authors:<data set>): the heads' published settings
+    num_workers: int = field(default_factory=default_workers)  # min(cores, 8): evaluation decodes every image
+    pixel_cache: str | None = None  # folder of the pixel cache (default: $FDALIGN_PIXEL_CACHE, else none)
+    pixel_cache_budget: float | None = None  # GB: least recently used entries beyond it are deleted
+    no_pixel_cache: bool = False
+    channels_last: bool = False  # CUDA only, off by default (docs/evaluation-at-scale.md)
 
 
 @dataclass
@@ -152,6 +158,33 @@ def evaluate_config(config: EvalConfig, backend=None, backend_is_target: bool = 
     if args.batch_size < 1:
         raise FDAlignError(f"--batch-size must be >= 1 (got {args.batch_size})")
     args.device = _resolve_device(args.device)
+    with _pixel_cache(args) as cache:
+        result = _evaluate(args, backend, backend_is_target)
+    if cache is not None:
+        print(cache.stats.line())  # hits, misses, bytes, seconds saved
+    return result
+
+
+def _pixel_cache(args):
+    """The pixel cache of ``--pixel-cache`` (or ``$FDALIGN_PIXEL_CACHE``) with its budget; none with
+    ``--no-pixel-cache``."""
+    import contextlib
+
+    from fdalign.eval import pixelcache
+
+    if args.no_pixel_cache:
+        return pixelcache.enabled(None)
+    root = args.pixel_cache or os.environ.get(pixelcache.ENV)
+    if root is None:
+        if args.pixel_cache_budget is not None:
+            raise FDAlignError(
+                f"--pixel-cache-budget needs a pixel cache: pass --pixel-cache DIR (or set ${pixelcache.ENV})"
+            )
+        return contextlib.nullcontext(None)
+    return pixelcache.enabled(root, args.pixel_cache_budget)
+
+
+def _evaluate(args, backend=None, backend_is_target: bool = False) -> Evaluation:
     if backend is not None and backend_is_target:
         if args.data is None:
             raise FDAlignError(f"{option('data')} is required when evaluating a model (not a run directory)")
@@ -376,6 +409,7 @@ def _zeroshot(args, backend=None) -> Evaluation:
                 progress=_progress(args),
                 num_workers=args.num_workers,
                 on_set=_set_lines(args),
+                channels_last=args.channels_last,
             ),
             None,
         )
@@ -468,6 +502,7 @@ def _eval_run(args, backend=None) -> Evaluation:
             progress=_progress(args),
             num_workers=args.num_workers,
             on_set=_set_lines(args),
+            channels_last=args.channels_last,
         )
         selection = _selection_from_run(loaded.selection, cfg)
     roles = {s.name: s.role for s in sets.values()}

@@ -424,6 +424,7 @@ def _finish_run(cfg, index_info, d, backend, result, resolved, val_eval, eval_tf
     run.encoder, run.head = run.models[selected_row(run.wiseft_alpha)]  # what val chose, alpha 0 included
     result.selection.save(out / "selection.json")
     _evaluate_and_report(run, cfg, index_info, d, backend, result, eval_tf, device, progress, lines)
+    _release_mixes(run, device)
     return run
 
 
@@ -575,9 +576,7 @@ def _wiseft_rows(result, resolved, val_eval, device):
     ``{row name: (encoder, head)}``, on ``device``; the choice is recorded in ``result.selection``."""
     import copy
 
-    from fdalign.eval.features import extract_features
-    from fdalign.eval.metrics import topk_accuracy
-    from fdalign.eval.pipeline import apply_head
+    from fdalign.eval.pipeline import EvalSet, run_evaluation
     from fdalign.selection import select_by
     from fdalign.train.wiseft import alpha_name, wiseft_model
 
@@ -597,19 +596,41 @@ def _wiseft_rows(result, resolved, val_eval, device):
             models[alpha_name(a)] = wiseft_model(zs_encoder, ft_encoder, zs_head, ft_head, a)
     by_alpha = {a: models["zero-shot" if a == 0.0 else "fine-tuned" if a == 1.0 else alpha_name(a)] for a in alphas}
     precision = resolved.precision if device.type == "cuda" else "fp32"
+    scores: dict = {}
 
     def val_top1(alpha, ds):
-        enc, head = by_alpha[alpha]
-        feats, labels = extract_features(
-            enc, ds, batch_size=resolved.eval_batch_size, device=device, precision=precision, progress=False
-        )
-        return topk_accuracy(apply_head(head, feats), labels, ks=(1,))[1]
+        if not scores:  # every alpha's val top-1 from one pass over val: each image decoded once
+            table = run_evaluation(
+                {str(a): m for a, m in by_alpha.items()},
+                {"val": EvalSet("val", ds, role="val")},
+                batch_size=resolved.eval_batch_size,
+                device=device,
+                precision=precision,
+                progress=False,
+                num_workers=resolved.num_workers,
+            )["val"]
+            scores.update({a: table[str(a)]["top1"] for a in alphas})
+        return scores[alpha]
 
     for enc, head in models.values():
         enc.to(device)
         head.to(device)
     chosen, _ = select_by("wiseft_alpha", alphas, val_top1, val_eval, result.selection)
     return models, chosen
+
+
+def _release_mixes(run: Run, device) -> None:
+    """Move the WiSE-FT mixes off the accelerator once evaluated: the run keeps them (``run.models``), but
+    they no longer hold device memory (a mix is a whole encoder; ViT-L/14: 1.2 GB each)."""
+    import torch
+
+    if device.type != "cuda":
+        return
+    for row, (enc, head) in run.models.items():
+        if row.startswith("wiseft-") and enc is not run.encoder:
+            enc.to("cpu")
+            head.to("cpu")
+    torch.cuda.empty_cache()
 
 
 def _val_description(cfg, val_split, index_info) -> str:

@@ -6,7 +6,10 @@ statistics). Imports torch: import it inside functions.
 """
 
 from fdalign.data.names import dataset_key
-from fdalign.eval import featcache  # the sweep's shared feature cache of frozen encoders
+from fdalign.eval import (
+    featcache,  # the sweep's shared feature cache of frozen encoders
+    pixelcache,  # the sweep's shared decoded evaluation images
+)
 from fdalign.eval.features import extract_features
 from fdalign.eval.heads import HEAD_NAMES
 from fdalign.eval.metrics import mean_std
@@ -24,6 +27,7 @@ __all__ = [
     "dataset_key",
     "extract_features",
     "featcache",
+    "pixelcache",
     "load_model",
     "load_run",
     "load_run_model",
