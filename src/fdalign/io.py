@@ -347,6 +347,7 @@ def _is_current(lock, path: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
 def entry_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold the lock file ``path`` (an OS file lock: it dies with its process) for the block, waiting while
     another process holds it: one writer per cache entry, and a second asker reads what the first wrote.
