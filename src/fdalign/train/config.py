@@ -22,6 +22,7 @@ from fdalign.data.names import dataset_key as _dataset_key  # noqa: F401 (re-exp
 from fdalign.data.names import guess_dataset_name
 from fdalign.errors import FDAlignError
 from fdalign.options import ConfigFile, add_arguments, check_choices, option
+from fdalign.train.methods import METHODS, SPURIOUS_KINDS, method_spec
 
 MODES = ("fdalign", "linear-probe", "lp-ft")
 HEADS = ("frozen", "trainable")
@@ -115,6 +116,20 @@ class TrainConfig(ModelOptions):
         "fdalign: train encoder (+head); linear-probe: encoder frozen, head only, CE; "
         "lp-ft: linear probe for --lp-epochs, then fdalign",
         choices=MODES,
+    )
+    method: str = _f(
+        "fd-align",
+        "the loss and what learns (docs/methods.md): fd-align (CE + beta * spurious KL), fine-tune "
+        "(beta 0), linear-probe, lp-ft, logit-kd (beta * KL on the class distribution), feature-kd "
+        "(beta * (1 - cos(ft, f0))), l2-sp (beta * ||theta - theta0||^2), flyp (both towers, "
+        "contrastive on captions), clip-lora (LoRA on both towers); beta weighs every regulariser",
+        choices=tuple(METHODS),
+    )
+    spurious: str = _f(
+        "real",
+        "FD-Align ablation: the spurious prototypes from the templates (real), from templates with the "
+        "class names permuted across templates (shuffled), or random unit vectors of the same count (random)",
+        choices=SPURIOUS_KINDS,
     )
     alpha: float = _f(1.0, "weight of the classification (cross-entropy) loss")
     beta: float = _f(
@@ -319,6 +334,8 @@ class TrainConfig(ModelOptions):
             target=list(self.target),
             target_templates=list(self.target_templates),
         )
+        for name, value in method_spec(c.method).fixed.items():  # fine-tune: beta 0; l2-sp: no weight decay
+            setattr(c, name, value)
         if c.batch_size == 0:
             c.batch_size = min(num_train, 256)
         if c.lr_per_256:
