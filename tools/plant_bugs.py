@@ -528,6 +528,73 @@ BUGS += [
         '    if "<lambda>" in text or "<locals>" in text:',
         "    if False:",
     ),
+    # --trainable (tests/test_trainable.py, tests/test_lora_export.py)
+    (
+        "LoRA f0 runs with the adapters left on",
+        "src/fdalign/train/trainable.py",
+        "                with adapters_disabled(enc):\n                    return enc(images)",
+        "                with contextlib.nullcontext(enc):\n                    return enc(images)",
+    ),
+    (
+        "full encoder parameters in the LoRA optimiser",
+        "src/fdalign/train/trainer.py",
+        "    set_trainable(encoder, TrainableSpec.from_config(cfg), phase.train_encoder)",
+        "    encoder.requires_grad_(phase.train_encoder)",
+    ),
+    (
+        "adapter export forgets the WiSE-FT scale",
+        "src/fdalign/exporting.py",
+        'lora_alpha=float(trainable["lora_alpha"]) * scale,',
+        'lora_alpha=float(trainable["lora_alpha"]),',
+    ),
+    (
+        "merge of open_clip attention drops the update",
+        "src/fdalign/train/trainable.py",
+        "unload_and_optionally_merge_module(merge=True,",
+        "unload_and_optionally_merge_module(merge=False,",
+    ),
+    (
+        "WiSE-FT of LoRA scales the wrong side",
+        "src/fdalign/train/trainable.py",
+        "m.scale_layer(float(alpha))",
+        "m.scale_layer(1.0 - float(alpha))",
+    ),
+    (
+        "WiSE-FT of LoRA scales cumulatively (scale not reset)",
+        "src/fdalign/train/trainable.py",
+        "            m.unscale_layer()  # back to lora_alpha / r\n",
+        "",
+    ),
+    (
+        "MHA base weights drift by (W + BA) - BA",
+        "src/fdalign/train/trainable.py",
+        "        _keep_mha_base_weights(module)\n",
+        "",
+    ),
+    (
+        "LoRA init drawn from the ambient RNG",
+        "src/fdalign/train/trainable.py",
+        "            if seed is not None:\n                torch.manual_seed(seed)\n",
+        "",
+    ),
+    (
+        "f0 fingerprinted after the adapters exist",
+        "src/fdalign/train/trainer.py",
+        "    f0cache = _f0_cache(\n        cfg,\n        encoder,",
+        "    apply_trainable(encoder, spec, seed=0)\n    f0cache = _f0_cache(\n        cfg,\n        encoder,",
+    ),
+    (
+        "config hash of full runs changed by the LoRA fields",
+        "src/fdalign/train/trainer.py",
+        '    if d.get("trainable", "full") != "lora":',
+        "    if False:",
+    ),
+    (
+        "model file holds the unmerged adapted encoder",
+        "src/fdalign/train/trainer.py",
+        "merge_adapters(encoder) if lora else encoder,",
+        "encoder,",
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")

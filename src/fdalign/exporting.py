@@ -9,6 +9,11 @@ into one folder ``OUT``::
     OUT/fdalign_head.safetensors     the classifier: weight [C, D], bias [C], class names
     OUT/README.md                    the model card (base model, data hashes, method, selection, metrics)
     OUT/fdalign_export.json          what was exported from which run (read by ``fdalign predict``)
+    OUT/adapter/                     with ``--adapter-only``, a LoRA run's adapter in peft's own format
+                                     (``save_pretrained``: adapter_config.json + adapter_model.safetensors)
+
+A LoRA run's model file already holds the merged weights, so the checkpoint is a plain one: it loads
+without peft.
 
 The open_clip folder follows open_clip's own ``local-dir:`` / Hub layout, so
 ``open_clip.create_model_and_transforms("local-dir:OUT")`` rebuilds any architecture (a custom
@@ -39,6 +44,7 @@ OPENCLIP_WEIGHTS = "open_clip_model.safetensors"
 OPENCLIP_CONFIG = "open_clip_config.json"
 HF_WEIGHTS = "model.safetensors"
 SELECTED = "selected"
+ADAPTER_DIR = "adapter"
 VERIFY_TOLERANCE = 1e-4  # float32 features of the same weights through the same ops differ by ~0
 # The settings that define the method and the data, shown in the model card.
 CARD_SETTINGS = (
@@ -285,19 +291,23 @@ def export_run(
     wiseft_alpha: float | str | None = None,
     force: bool = False,
     verify: bool = True,
+    adapter_only: bool = False,
 ) -> ExportResult:
     """Write the run's model as ``fmt`` ("open_clip" or "hf") into the folder ``out`` (see the module docstring).
 
     ``verify`` reloads the written model with plain open_clip / transformers and compares its image
-    features with the run's on a random batch before ``out`` is put in place.
+    features with the run's on a random batch before ``out`` is put in place. ``adapter_only``: also write a
+    LoRA run's adapter in peft's format to ``out/adapter`` (refused for a run without adapters).
     """
     from fdalign.io import target_lock
 
     with target_lock(out, "export folder"):  # one writer; a killed export's temp folder is removed
-        return _export_run(run_dir, fmt, out, wiseft_alpha, force, verify)
+        return _export_run(run_dir, fmt, out, wiseft_alpha, force, verify, adapter_only)
 
 
-def _export_run(run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool) -> ExportResult:
+def _export_run(
+    run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool, adapter_only: bool = False
+) -> ExportResult:
     from fdalign.io import atomic_directory, atomic_write_json, atomic_write_text
     from fdalign.train.run import check_model_hash, load_run
 
@@ -317,11 +327,16 @@ def _export_run(run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool)
     if not loaded.classnames:
         raise FDAlignError(f"{run_dir}: the model file records no class names; re-run `fdalign train`")
     alpha = resolve_alpha(loaded, alpha)
+    adapter = _run_adapter(run_dir) if adapter_only else None
+    adapter_base = loaded.zero_shot_encoder() if adapter_only else None
     head = apply_weights(loaded, alpha)
     manifest = _manifest(loaded, fmt, alpha)
     with atomic_directory(out, replace=force) as tmp:
         manifest["files"] = (_write_open_clip if fmt == "open_clip" else _write_hf)(loaded.backend, tmp)
         manifest["files"].update(head=HEAD_FILE, card=CARD_FILE)
+        if adapter is not None:
+            write_peft_adapter(adapter_base, adapter, loaded.metadata["trainable"], alpha, tmp / ADAPTER_DIR)
+            manifest["files"]["adapter"] = ADAPTER_DIR
         if verify:
             diff = verify_export(fmt, tmp, loaded.backend.image_encoder, loaded.backend.image_spec.size)
             if not diff <= VERIFY_TOLERANCE:  # also catches NaN
@@ -334,6 +349,42 @@ def _export_run(run_dir, fmt: str, out, wiseft_alpha, force: bool, verify: bool)
         atomic_write_text(tmp / CARD_FILE, model_card(loaded, manifest, out))
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     return ExportResult(out, fmt, out / manifest["files"]["weights"], alpha, manifest)
+
+
+def _run_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    from fdalign.train.run import MODEL_FILE, load_model
+
+    adapter = load_model(run_dir / MODEL_FILE).adapter
+    if not adapter:
+        raise FDAlignError(f"run {run_dir} has no LoRA adapter (trained without --trainable lora); drop --adapter-only")
+    return adapter
+
+
+def write_peft_adapter(base: nn.Module, adapter: dict, trainable: dict, alpha: float | None, out: Path) -> Path:
+    """The run's adapter on ``base`` (the base image tower) written by peft's ``save_pretrained`` into ``out``.
+
+    A WiSE-FT ``alpha`` is exported as ``lora_alpha * alpha``: peft then applies ``alpha`` times the trained
+    update, which is the weight interpolation (:func:`fdalign.train.trainable.scale_adapters`).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from fdalign.train.trainable import ADAPTER_NAME, lora_target_names
+
+    scale = 1.0 if alpha is None else float(alpha)
+    config = LoraConfig(
+        r=int(trainable["lora_rank"]),
+        lora_alpha=float(trainable["lora_alpha"]) * scale,
+        lora_dropout=float(trainable["lora_dropout"]),
+        target_modules=lora_target_names(base, trainable["lora_targets"]),
+        bias="none",
+    )
+    model = get_peft_model(base, config, adapter_name=ADAPTER_NAME)
+    missing, unexpected = model.base_model.model.load_state_dict(adapter, strict=False)
+    lost = [k for k in missing if ".lora_" in k]
+    if unexpected or lost:
+        raise FDAlignError(f"the run's adapter does not fit its base model: {(unexpected or lost)[:3]}")
+    model.save_pretrained(str(out))
+    return out
 
 
 def _manifest(loaded, fmt: str, alpha: float | None) -> dict:

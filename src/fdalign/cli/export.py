@@ -48,6 +48,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier export")
     p.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="a --trainable lora run: also write its adapter in peft's own format to OUT/adapter "
+        "(PeftModel.from_pretrained(base image tower, OUT/adapter)); the merged checkpoint is written as always",
+    )
+    p.add_argument(
         "--no-verify",
         action="store_true",
         help="skip reloading the export with plain open_clip / "
@@ -60,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from fdalign.workflows import export_run
 
     result = export_run(
-        args.run, args.format, args.out, wiseft_alpha=args.wiseft_alpha, force=args.force, verify=not args.no_verify
+        args.run,
+        args.format,
+        args.out,
+        wiseft_alpha=args.wiseft_alpha,
+        force=args.force,
+        verify=not args.no_verify,
+        adapter_only=args.adapter_only,
     )
     m = result.manifest
     print(

@@ -190,6 +190,23 @@ class TrainConfig(ModelOptions):
         "the results are bitwise the same as without it",
     )
 
+    # --- what learns ------------------------------------------------------------------------------
+    trainable: str = _f(
+        "full",
+        "which encoder parameters learn: full; lora (peft low-rank adapters; f0 is the same encoder with "
+        "its adapters off, no second copy); last-blocks:N (the last N transformer blocks + final norm and "
+        "projection); layernorm; bias; projection (the final projection only)",
+    )
+    lora_rank: int = _f(8, "LoRA rank r (with --trainable lora)")
+    lora_alpha: float = _f(16.0, "LoRA alpha: the update B A is scaled by alpha / r (with --trainable lora)")
+    lora_dropout: float = _f(
+        0.0, "dropout on the LoRA input (not applied inside open_clip's fused attention, which peft merges)"
+    )
+    lora_targets: str = _f(
+        "attn",
+        "layers LoRA adapts, comma-separated: attn (q/k/v + output projections), qkv, mlp, or layer names (e.g. c_fc)",
+    )
+
     # --- optimisation ---------------------------------------------------------------------------
     optimizer: str = _f("adamw", "optimiser", choices=OPTIMIZERS)
     lr: float = _f(1e-5, "peak learning rate (per 256 images if --lr-per-256)")
@@ -303,6 +320,9 @@ class TrainConfig(ModelOptions):
             bad("adam_betas", "must be two numbers in [0, 1)")
         if not self.wiseft_alphas or not all(0 <= a <= 1 for a in self.wiseft_alphas):
             bad("wiseft_alphas", "must be one or more numbers in [0, 1]")
+        from fdalign.train.trainable import TrainableSpec
+
+        TrainableSpec.from_config(self, source)  # one-line errors naming the field
         for spec in self.ood:
             if "=" not in spec or not spec.split("=", 1)[0] or not spec.split("=", 1)[1]:
                 bad("ood", f"has {spec!r}; write each OOD set as NAME=PATH")

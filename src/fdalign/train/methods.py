@@ -110,6 +110,7 @@ METHODS: dict[str, MethodSpec] = {
                 "lora_rank": 2,
                 "lora_alpha": 1.0,
                 "lora_dropout": 0.25,
+                "lora_targets": "qkv",
                 "optimizer": "adamw",
                 "lr": 2e-4,
                 "weight_decay": 1e-2,

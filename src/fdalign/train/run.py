@@ -49,11 +49,12 @@ def save_model(
     head: PrototypeHead,
     zeroshot_head: PrototypeHead | None = None,
     metadata: dict | None = None,
+    adapter: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write encoder + head (+ zero-shot head) as float32 safetensors, atomically.
 
     ``metadata`` values are JSON-encoded into the safetensors header (e.g. epoch, classnames,
-    base model fingerprint).
+    base model fingerprint). ``adapter``: LoRA weights kept as ``adapter.*`` beside the merged encoder.
     """
     tensors = {f"encoder.{k}": _f32(v) for k, v in encoder.state_dict().items()}
     tensors.update({f"head.{k}": _f32(v) for k, v in head.state_dict().items()})
@@ -61,6 +62,7 @@ def save_model(
     if zeroshot_head is not None:
         tensors.update({f"zeroshot_head.{k}": _f32(v) for k, v in zeroshot_head.state_dict().items()})
         meta.update(zeroshot_head_kind=zeroshot_head.kind, zeroshot_head_scale=repr(zeroshot_head.scale))
+    tensors.update({f"adapter.{k}": _f32(v) for k, v in (adapter or {}).items()})
     for k, v in (metadata or {}).items():
         meta[k] = json.dumps(v)
     atomic_save_safetensors(Path(path), tensors, meta)
@@ -101,6 +103,7 @@ class SavedModel:
     head: PrototypeHead
     zeroshot_head: PrototypeHead | None
     metadata: dict
+    adapter: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # LoRA weights (peft's keys)
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
@@ -126,7 +129,7 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         zs = head_from_state_dict(part("zeroshot_head."), raw["zeroshot_head_kind"], float(raw["zeroshot_head_scale"]))
     reserved = {"format", "head_kind", "head_scale", "zeroshot_head_kind", "zeroshot_head_scale"}
     meta = {k: json.loads(v) for k, v in raw.items() if k not in reserved}
-    return SavedModel(encoder=part("encoder."), head=head, zeroshot_head=zs, metadata=meta)
+    return SavedModel(encoder=part("encoder."), head=head, zeroshot_head=zs, metadata=meta, adapter=part("adapter."))
 
 
 @dataclass

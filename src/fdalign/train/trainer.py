@@ -52,6 +52,15 @@ from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
 from fdalign.train.f0cache import F0Cache, f0_cache_key, state_fingerprint
 from fdalign.train.methods import MethodSpec, method_spec
 from fdalign.train.step import LossSettings, StepExtras, TextSide, fdalign_forward, frozen_copy, set_frozen_mode
+from fdalign.train.trainable import (
+    TrainableSpec,
+    adapter_state_dict,
+    apply_trainable,
+    frozen_view,
+    has_adapters,
+    merge_adapters,
+    set_trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +151,12 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict], lr: float) -> torch.op
 def config_hash(cfg: TrainConfig) -> str:
     """Hash of the settings that change the result (resume refuses a different one)."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_SEMANTIC_FIELDS}
+    # settings of a kind not in use change nothing; dropping them keeps the hashes of runs made before they existed
+    if d.get("trainable", "full") != "lora":
+        for k in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets"):
+            d.pop(k, None)
+    if d.get("trainable") == "full":
+        d.pop("trainable")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -168,7 +183,10 @@ def phases(cfg: TrainConfig) -> list[Phase]:
 
 
 def _frozen_copy(encoder: nn.Module, mode: str = "eval", dtype: torch.dtype | None = None) -> nn.Module:
-    """f_0 (see :func:`fdalign.train.step.frozen_copy`); a module attribute so tests can intercept it."""
+    """f_0 (see :func:`fdalign.train.step.frozen_copy`); a module attribute so tests can intercept it.
+    An encoder with LoRA adapters is its own f_0, adapters off (:func:`fdalign.train.trainable.frozen_view`)."""
+    if has_adapters(encoder):
+        return frozen_view(encoder, mode)
     return frozen_copy(encoder, mode, dtype)
 
 
@@ -471,12 +489,14 @@ def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, hea
 def _phase_optimizer(
     cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: nn.Module, text: nn.Module | None = None
 ):
-    """``(named parameters, optimiser)`` of a phase: the head always learns, the encoder if the phase trains it,
-    and the text tower (FLYP, CLIP-LoRA) with the encoder. Order: encoder, text tower, head."""
-    encoder.requires_grad_(phase.train_encoder)
+    """``(named parameters, optimiser)`` of a phase: the head always learns, the encoder's ``--trainable``
+    parameters if the phase trains it (the optimiser holds no state for frozen ones), and the text tower's
+    (FLYP, CLIP-LoRA: the same ``--trainable`` rule) with the encoder. Order: encoder, text tower, head."""
+    tspec = TrainableSpec.from_config(cfg)
+    set_trainable(encoder, tspec, phase.train_encoder)
     named = [(f"head.{n}", p) for n, p in head.named_parameters()]
     if text is not None:
-        text.requires_grad_(phase.train_encoder)
+        set_trainable(text, tspec, phase.train_encoder)
         if phase.train_encoder:
             named = [(f"text.{n}", p) for n, p in text.named_parameters() if p.requires_grad] + named
     if phase.train_encoder:
@@ -568,12 +588,16 @@ class _RunWriter:
         if not self.main:
             return
         if keep:
+            # an adapted encoder is saved merged (the base model's keys: eval, predict and export load it
+            # without peft), its adapters beside it (export --adapter-only)
+            lora = has_adapters(encoder)
             save_model(
                 self.run_dir / MODEL_FILE,
-                encoder,
+                merge_adapters(encoder) if lora else encoder,
                 head,
                 self.zeroshot_head,
                 dict(self.model_meta, epoch=epoch, val_top1=top1),
+                adapter=adapter_state_dict(encoder) if lora else None,
             )
         self.csv.flush()
         if self.tb is not None:
@@ -725,9 +749,12 @@ def _train(
     text = _text_side(backend, prototypes, spec, device) if spec.text_learns else None
     zeroshot_text_state = _state_cpu(text.tower) if text is not None else None
     kept_text_state = None
-    # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded
-    dtype_0 = f0_dtype(cfg, device)
-    frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if any(p.use_kl for p in plan) else None
+    tspec = TrainableSpec.from_config(cfg)
+    # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded;
+    # with LoRA it is the encoder itself with its adapters off, in the encoder's own precision
+    dtype_0 = None if tspec.kind == "lora" else f0_dtype(cfg, device)
+    if tspec.kind == "lora" and cfg.f0_precision == "bf16":
+        warnings.warn("--f0-precision bf16 is ignored with --trainable lora: f0 is the encoder itself", stacklevel=2)
     f0cache = _f0_cache(
         cfg,
         encoder,
@@ -737,7 +764,11 @@ def _train(
         data_key,
         len(train_set),
         f"{precision}, f0 {dtype_0 or 'as the encoder'}",
-    )
+    )  # fingerprinted before the adapters exist: a LoRA run shares f0's answers with a full one
+    apply_trainable(encoder, tspec, seed=epoch_seed(cfg.seed, -1))  # the adapters' start depends on the seed alone
+    if text is not None:  # CLIP-LoRA: the text tower gets the same kind of adapters (its own seed)
+        apply_trainable(text.tower, tspec, seed=epoch_seed(cfg.seed, -2))
+    frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if any(p.use_kl for p in plan) else None
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
         warnings.warn(
             f"{getattr(backend, 'name', 'this model')} does not support gradient checkpointing; training without it",
@@ -770,6 +801,8 @@ def _train(
         "model_config": cfg.model_config,
         "mode": cfg.mode,
     }
+    if tspec.kind != "full":
+        model_meta["trainable"] = tspec.to_dict()
     writer = _RunWriter(run_dir, cfg, dist, step if ckpt is not None else None, model_meta, zeroshot_head)
     selection = SelectionLog()
     t_start = time.time()
@@ -782,7 +815,8 @@ def _train(
             if start_epoch >= phase.stop:
                 continue
             # ---- phase set-up: which parameters learn, the optimiser and its schedule -----------
-            named, optimizer = _phase_optimizer(cfg, phase, encoder, head, text.tower if text is not None else None)
+            towers = {"text": text.tower} if text is not None else {}  # (text only when trained: spies take 4 args)
+            named, optimizer = _phase_optimizer(cfg, phase, encoder, head, **towers)
             n_enc = sum(1 for n, _ in named if not n.startswith(("text.", "head.")))
             extras = StepExtras(text=text)
             if spec.regulariser == "l2-sp":  # theta0 = the pretrained weights, never a later state
@@ -871,8 +905,8 @@ def _train(
                 if improved:
                     best_val, best_epoch = top1, epoch + 1
                 keep = (improved and cfg.selection == "best") or cfg.selection == "last"
-                if keep and text is not None:
-                    kept_text_state = _state_cpu(text.tower)
+                if keep and text is not None:  # merged: WiSE-FT of LoRA = interpolating merged weights
+                    kept_text_state = _state_cpu(merge_adapters(text.tower) if has_adapters(text.tower) else text.tower)
                 writer.end_epoch(
                     epoch + 1,
                     top1,
@@ -921,8 +955,12 @@ def _train(
         selection.save(run_dir / SELECTION_FILE)
     distributed.barrier(dist)
     scores = {e + 1: v for e, v in enumerate(val_hist)}
+    if has_adapters(encoder):  # the backend's encoder becomes a plain module again; the model file is merged
+        merge_adapters(encoder, inplace=True)
     _load_selected(run_dir / MODEL_FILE, chosen, encoder, head)
     if text is not None:  # the backend's text tower back to where it started; the selected state is returned
+        if has_adapters(text.tower):
+            merge_adapters(text.tower, inplace=True)
         text.tower.load_state_dict(zeroshot_text_state)
         text.tower.requires_grad_(False)
         text.tower.eval()

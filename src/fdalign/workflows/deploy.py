@@ -10,14 +10,19 @@ from collections.abc import Sequence
 from fdalign.errors import FDAlignError
 
 
-def export_run(run, format: str, out, *, wiseft_alpha=None, force: bool = False, verify: bool = True):
+def export_run(
+    run, format: str, out, *, wiseft_alpha=None, force: bool = False, verify: bool = True, adapter_only: bool = False
+):
     """``fdalign export RUN --format FORMAT --out OUT``: returns the :class:`fdalign.exporting.ExportResult`.
 
-    ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf.
+    ``run``: a run directory or a :class:`~fdalign.workflows.kshot.Run`; ``format``: open_clip or hf;
+    ``adapter_only``: also write a LoRA run's adapter in peft's format (``OUT/adapter``).
     """
     from fdalign.exporting import export_run as _export
 
-    return _export(_run_dir(run), format, out, wiseft_alpha=wiseft_alpha, force=force, verify=verify)
+    return _export(
+        _run_dir(run), format, out, wiseft_alpha=wiseft_alpha, force=force, verify=verify, adapter_only=adapter_only
+    )
 
 
 def predict_images(
