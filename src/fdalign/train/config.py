@@ -388,6 +388,16 @@ class TrainConfig(ModelOptions):
         return cls.from_yaml(path)
 
     @classmethod
+    def for_method(cls, method: str, **overrides) -> TrainConfig:
+        """A config of ``method`` starting from the settings its authors use (CLIP-LoRA: LoRA rank 2 on q/k/v of
+        both towers, AdamW lr 2e-4, ...; see :data:`fdalign.train.methods.METHODS`), then ``overrides``.
+        CLIP-LoRA's 500 x K iterations become ``epochs`` once the training-set size is known
+        (:func:`fdalign.train.methods.clip_lora_iterations`); give ``epochs`` to shorten it."""
+        values = dict(method_spec(method).defaults, method=method)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
     def released(cls, dataset: str, shots: int, **overrides) -> TrainConfig:
         """The authors' released K-shot recipe for ``dataset`` (see REFERENCE.md).
 
