@@ -100,6 +100,8 @@ class RunRecord(_Keyed):
     config: dict
     environment: dict = field(default_factory=dict)
     base_method: str = ""
+    val_top1: float | None = None  # the selected model's val top-1 (what a val_choice row chooses by)
+    log: Path | None = None  # log.csv: one row per step (images_per_s gives the step time)
 
     @property
     def id_set(self) -> str:
@@ -219,11 +221,22 @@ def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | Skipped:
             hashes=doc.get("hashes", {}),
             config=cfg,
             environment=status.get("environment", {}),
+            val_top1=_selected_val_top1(doc),
+            log=run_dir / "log.csv" if (run_dir / "log.csv").is_file() else None,
         )
     except FDAlignError as e:
         return Skipped(run_dir, "?", "damaged", str(e))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return Skipped(run_dir, "?", "damaged", f"{run_dir / 'metrics.json'} lacks what a run records ({e!r})")
+
+
+def _selected_val_top1(doc: dict) -> float | None:
+    """The val top-1 of the run's selected epoch, from metrics.json's train record (None if not recorded)."""
+    t = doc.get("train") or {}
+    hist, best = t.get("val_top1_per_epoch"), t.get("best_epoch")
+    if not hist or not best or not 1 <= int(best) <= len(hist):
+        return None
+    return float(hist[int(best) - 1])
 
 
 def _status_key(status: dict) -> str:
@@ -366,6 +379,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
         "skipped": [],
         "notes": [],
         "sweeps": [],
+        "val_choice": {},
     }
     seen: set[Path] = set()
     for p in map(Path, paths):
@@ -385,6 +399,8 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
                 wise = [m for m, o in cfg.get("methods", {}).items() if (o or {}).get("mode") != "linear-probe"]
             meta["wiseft"] += [m for m in wise if m not in meta["wiseft"]]
             meta["reference"] = meta["reference"] or cfg.get("reference")
+            for row, ms in (cfg.get("val_choice") or {}).items():
+                meta["val_choice"].setdefault(row, list(ms))
         for d in run_dirs(p):
             if d.resolve() in seen:
                 continue
