@@ -79,7 +79,9 @@ def test_every_method_trains_and_reports(tiny_openclip, folders, tmp_path, metho
     reg = [float(r["kl"]) for r in rows]
     if method_spec(method).regulariser == "none" or method == "fine-tune":
         assert all(v == 0.0 for v in reg)
-    elif method != "l2-sp":  # l2-sp is 0 at the first step by definition
+    elif method == "l2-sp":  # theta0 = the weights before the first step: 0 there, then the distance travelled
+        assert reg[0] == 0.0 and reg[-1] > 0, reg
+    else:
         assert any(v > 0 for v in reg), reg
 
 
@@ -211,3 +213,22 @@ def test_spurious_ablations_change_the_run_prototypes(tiny_openclip, folders):  
         assert other.spurious_prototypes.shape == real.spurious_prototypes.shape
         assert float(torch.cdist(other.spurious_prototypes, real.spurious_prototypes).min()) > 1e-4
         assert torch.equal(other.class_prototypes, real.class_prototypes)  # only the spurious side changes
+
+
+def test_logit_kd_runs_its_kl_on_the_class_prototypes(tiny_openclip, folders, tmp_path, monkeypatch):  # noqa: F811
+    """The trainer hands the step the class prototypes (the head's), not the spurious ones, for logit-kd."""
+    from fdalign.train import trainer as trainer_mod
+
+    seen, real = [], trainer_mod.fdalign_forward
+
+    def spy(ft, f0, head, images, labels, spurious, s, *rest):
+        seen.append((spurious.detach().cpu().clone(), s.regulariser))
+        return real(ft, f0, head, images, labels, spurious, s, *rest)
+
+    monkeypatch.setattr(trainer_mod, "fdalign_forward", spy)
+    run = fdalign.finetune(_config(tiny_openclip, folders, tmp_path / "run", method="logit-kd"))
+    want = torch.nn.functional.normalize(run.head.prototypes.detach().cpu(), dim=-1)
+    assert seen and all(r == "logit-kd" for _, r in seen)
+    assert all(
+        p.shape == want.shape and torch.allclose(torch.nn.functional.normalize(p, dim=-1), want) for p, _ in seen
+    )

@@ -596,6 +596,51 @@ BUGS += [
         "encoder,",
     ),
 ]
+# issue 27: the robust fine-tuning methods (tests/test_method_losses.py tests/test_methods.py)
+BUGS += [
+    (
+        "logit-kd: KL arguments swapped (KL(P0 || Pt))",
+        "src/fdalign/losses.py",
+        "return kl_rows(_log_softmax(logits_t / temperature), _log_softmax(logits_0 / temperature))",
+        "return kl_rows(_log_softmax(logits_0 / temperature), _log_softmax(logits_t / temperature))",
+    ),
+    (
+        "KL toward f0: the frozen side not detached",
+        "src/fdalign/losses.py",
+        "log_q = log_q.detach().to(device=log_p.device, dtype=log_p.dtype)",
+        "log_q = log_q.to(device=log_p.device, dtype=log_p.dtype)",
+    ),
+    (
+        "feature-kd: the frozen features not detached",
+        "src/fdalign/losses.py",
+        "f0 = feat_0.detach().to(device=feat_t.device, dtype=feat_t.dtype)",
+        "f0 = feat_0.to(device=feat_t.device, dtype=feat_t.dtype)",
+    ),
+    (
+        "l2-sp: theta0 moves with the weights (taken after each step)",
+        "src/fdalign/train/trainer.py",
+        "extras.start = [zeroshot_encoder_state[n].to(device) for n, _ in named[:n_enc]]",
+        "extras.start = [p for _, p in named[:n_enc]]",
+    ),
+    (
+        "FLYP: captions misaligned with their images",
+        "src/fdalign/train/step.py",
+        "return self.class_tokens[labels, j]",
+        "return self.class_tokens[labels.roll(1), j]",
+    ),
+    (
+        "shuffled spurious prototypes equal to the real ones (one permutation for every class)",
+        "src/fdalign/prototypes.py",
+        "perms = torch.stack([torch.randperm(m, generator=g) for _ in range(c)])",
+        "perms = torch.randperm(m, generator=g).expand(c, m)",
+    ),
+    (
+        "logit-kd: the KL looks at the spurious prototypes, not the classes",
+        "src/fdalign/train/trainer.py",
+        "spurious, normalize_spurious = prototypes.class_prototypes, True",
+        "pass",
+    ),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):

@@ -196,7 +196,7 @@ def logit_kd(logits_t: torch.Tensor, logits_0: torch.Tensor, temperature: float 
     Returns:
         scalar tensor ``>= 0``, zero when the two distributions agree.
     """
-    return kl_rows(_log_softmax(logits_t / temperature), _log_softmax(logits_0.detach() / temperature))
+    return kl_rows(_log_softmax(logits_t / temperature), _log_softmax(logits_0 / temperature))  # kl_rows detaches
 
 
 def feature_kd(feat_t: torch.Tensor, feat_0: torch.Tensor) -> torch.Tensor:

@@ -157,6 +157,10 @@ def config_hash(cfg: TrainConfig) -> str:
             d.pop(k, None)
     if d.get("trainable") == "full":
         d.pop("trainable")
+    if d.get("method") == "fd-align":  # the default method and prototypes: hashes of runs made before they existed
+        d.pop("method")
+    if d.get("spurious") == "real":
+        d.pop("spurious")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -857,7 +861,7 @@ def _train(
                 dist=dist,
                 settings=LossSettings(
                     alpha=cfg.alpha if phase.name == "fdalign" else 1.0,
-                    beta=cfg.beta if phase.use_kl else 0.0,
+                    beta=cfg.beta if phase.train_encoder else 0.0,  # every regulariser, not only a KL
                     scale=scale,
                     direction=cfg.kl_direction,
                     normalize_prototypes=normalize_spurious,
