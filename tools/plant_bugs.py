@@ -640,6 +640,12 @@ BUGS += [
         "spurious, normalize_spurious = prototypes.class_prototypes, True",
         "pass",
     ),
+    (
+        "beta weighs only a KL (l2-sp runs as plain fine-tuning)",
+        "src/fdalign/train/trainer.py",
+        "beta=cfg.beta if phase.train_encoder else 0.0,",
+        "beta=cfg.beta if phase.use_kl else 0.0,",
+    ),
 ]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
