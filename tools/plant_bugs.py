@@ -647,6 +647,27 @@ BUGS += [
         "beta=cfg.beta if phase.use_kl else 0.0,",
     ),
 ]
+# issue 27's report (tests/test_compare.py)
+BUGS += [
+    (
+        "val_choice row chosen on the test accuracy",
+        "src/fdalign/experiments/report.py",
+        "m: r.val_top1",
+        'm: points[m][seed]["id"]',
+    ),
+    (
+        "paired differences taken reference minus method",
+        "src/fdalign/experiments/compare.py",
+        "d = [a[s][key] - b[s][key] for s in seeds]",
+        "d = [b[s][key] - a[s][key] for s in seeds]",
+    ),
+    (
+        "frontier keeps dominated points",
+        "src/fdalign/experiments/compare.py",
+        "b[1] >= a[1] and b[2] >= a[2]",
+        "b[1] > a[1] and b[2] > a[2] and False",
+    ),
+]
 tests = sys.argv[1:] or ["tests"]
 only = os.environ.get("ONLY")
 for i, (name, path, old, new) in enumerate(BUGS):

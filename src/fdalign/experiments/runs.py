@@ -59,7 +59,13 @@ def method_label(config: dict) -> str:
         return "lp"
     if config.get("mode") == "lp-ft":
         return "lp-ft"
-    return "fine-tune" if float(config.get("beta", 1.0)) == 0 else "fd-align"
+    method = config.get("method") or "fd-align"
+    if method not in ("fd-align", "fine-tune"):  # logit-kd, flyp, clip-lora, ... (docs/methods.md)
+        return method
+    if method == "fine-tune" or float(config.get("beta", 1.0)) == 0:
+        return "fine-tune"
+    spurious = config.get("spurious") or "real"
+    return "fd-align" if spurious == "real" else f"fd-align-{spurious}"
 
 
 def model_alpha(model: str) -> float | None:
