@@ -375,8 +375,9 @@ def _run_epoch(
         labels = torch.as_tensor(labels).to(L.device, non_blocking=True)
         log_p0 = cached[idx].to(L.device) if cached is not None else None
         with autocast_context(L.device, L.precision):
+            extra = (L.extras,) if L.extras is not None else ()  # FD-Align's call stays the 8-argument one
             loss, parts = fdalign_forward(
-                L.ft, L.frozen, L.step_head or L.head, images, labels, L.spurious, L.settings, log_p0, L.extras
+                L.ft, L.frozen, L.step_head or L.head, images, labels, L.spurious, L.settings, log_p0, *extra
             )
         if not torch.isfinite(loss):
             raise FDAlignError(
@@ -822,7 +823,7 @@ def _train(
             towers = {"text": text.tower} if text is not None else {}  # (text only when trained: spies take 4 args)
             named, optimizer = _phase_optimizer(cfg, phase, encoder, head, **towers)
             n_enc = sum(1 for n, _ in named if not n.startswith(("text.", "head.")))
-            extras = StepExtras(text=text)
+            extras = StepExtras(text=text) if text is not None or spec.regulariser == "l2-sp" else None
             if spec.regulariser == "l2-sp":  # theta0 = the pretrained weights, never a later state
                 extras.params = [p for _, p in named[:n_enc]]
                 extras.start = [zeroshot_encoder_state[n].to(device) for n, _ in named[:n_enc]]
