@@ -66,7 +66,7 @@ def frontier_line(g, rows: list[str]) -> str | None:
     others = ", ".join(r for r, *_ in front[1:])
     return (
         f"Best on the ID–OOD frontier among the methods run ({g.title}): **{best}** (ID {id_:.1f}, OOD mean "
-        f"{ood:.1f}; the highest ID + OOD mean of the points no other beats on both)"
+        f"{ood:.1f}: of the points not beaten on both ID and OOD mean, the highest sum)"
         + (f"; also on the frontier: {others}." if others else ".")
     )
 
