@@ -84,6 +84,9 @@ def test_quick_run_writes_report_plots_and_metrics(quick_run):
         assert (out / "runs" / "world" / "k2" / run / "model").is_dir()
         assert not (out / "runs" / "world" / "k2" / run / "checkpoint").exists()
     assert (out / "world" / "world.json").is_file() and "## What happened" in report
+    # one line names the best method on the ID-OOD frontier among those the demo ran (issue 27)
+    (best,) = [ln for ln in report.split("## Results")[1].splitlines() if ln.startswith("Best on the ID–OOD frontier")]
+    assert any(f"**{m}**" in best or f"**wise-ft of {m}**" in best for m in METHODS)
     # no temporary files left behind by the atomic writes
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 

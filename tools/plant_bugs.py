@@ -56,8 +56,8 @@ BUGS = [
     (
         "beta ignored",
         "src/fdalign/train/trainer.py",
-        "beta=cfg.beta if phase.use_kl else 0.0",
-        "beta=1.0 if phase.use_kl else 0.0",
+        "beta=cfg.beta if phase.train_encoder else 0.0,",
+        "beta=1.0 if phase.train_encoder else 0.0,",
     ),
     (
         "trainable head left out of the optimiser",
@@ -112,7 +112,7 @@ BUGS = [
     (
         "head gradients not averaged across ranks",
         "src/fdalign/train/trainer.py",
-        "distributed.average_gradients(list(L.head.parameters()), L.dist)",
+        "distributed.average_gradients(L.params[L.n_encoder_params :], L.dist)",
         "pass",
     ),
     (
@@ -543,7 +543,7 @@ BUGS += [
     (
         "full encoder parameters in the LoRA optimiser",
         "src/fdalign/train/trainer.py",
-        "    set_trainable(encoder, TrainableSpec.from_config(cfg), phase.train_encoder)",
+        "    set_trainable(encoder, tspec, phase.train_encoder)",
         "    encoder.requires_grad_(phase.train_encoder)",
     ),
     (
@@ -1131,6 +1131,78 @@ BUGS += [
         "src/fdalign/eval/pixelcache.py",
         "with cache.computing(key):  # a second worker",
         "with contextlib.nullcontext():  # a second worker",
+    ),
+]
+# issue 27: the robust fine-tuning methods (tests/test_method_losses.py tests/test_methods.py)
+BUGS += [
+    (
+        "logit-kd: KL arguments swapped (KL(P0 || Pt))",
+        "src/fdalign/losses.py",
+        "return kl_rows(_log_softmax(logits_t / temperature), _log_softmax(logits_0 / temperature))",
+        "return kl_rows(_log_softmax(logits_0 / temperature), _log_softmax(logits_t / temperature))",
+    ),
+    (
+        "KL toward f0: the frozen side not detached",
+        "src/fdalign/losses.py",
+        "log_q = log_q.detach().to(device=log_p.device, dtype=log_p.dtype)",
+        "log_q = log_q.to(device=log_p.device, dtype=log_p.dtype)",
+    ),
+    (
+        "feature-kd: the frozen features not detached",
+        "src/fdalign/losses.py",
+        "f0 = feat_0.detach().to(device=feat_t.device, dtype=feat_t.dtype)",
+        "f0 = feat_0.to(device=feat_t.device, dtype=feat_t.dtype)",
+    ),
+    (
+        "l2-sp: theta0 moves with the weights (taken after each step)",
+        "src/fdalign/train/trainer.py",
+        "extras.start = [zeroshot_encoder_state[n].to(device) for n, _ in named[:n_enc]]",
+        "extras.start = [p for _, p in named[:n_enc]]",
+    ),
+    (
+        "FLYP: captions misaligned with their images",
+        "src/fdalign/train/step.py",
+        "return self.class_tokens[labels, j]",
+        "return self.class_tokens[labels.roll(1), j]",
+    ),
+    (
+        "shuffled spurious prototypes equal to the real ones (one permutation for every class)",
+        "src/fdalign/prototypes.py",
+        "perms = torch.stack([torch.randperm(m, generator=g) for _ in range(c)])",
+        "perms = torch.randperm(m, generator=g).expand(c, m)",
+    ),
+    (
+        "logit-kd: the KL looks at the spurious prototypes, not the classes",
+        "src/fdalign/train/trainer.py",
+        "spurious, normalize_spurious = prototypes.class_prototypes, True",
+        "pass",
+    ),
+    (
+        "beta weighs only a KL (l2-sp runs as plain fine-tuning)",
+        "src/fdalign/train/trainer.py",
+        "beta=cfg.beta if phase.train_encoder else 0.0,",
+        "beta=cfg.beta if phase.use_kl else 0.0,",
+    ),
+]
+# issue 27's report (tests/test_compare.py)
+BUGS += [
+    (
+        "val_choice row chosen on the test accuracy",
+        "src/fdalign/experiments/report.py",
+        "m: r.val_top1",
+        'm: points[m][seed]["id"]',
+    ),
+    (
+        "paired differences taken reference minus method",
+        "src/fdalign/experiments/compare.py",
+        "d = [a[s][key] - b[s][key] for s in seeds]",
+        "d = [b[s][key] - a[s][key] for s in seeds]",
+    ),
+    (
+        "frontier keeps dominated points",
+        "src/fdalign/experiments/compare.py",
+        "b[1] >= a[1] and b[2] >= a[2]",
+        "b[1] > a[1] and b[2] > a[2] and False",
     ),
 ]
 tests = sys.argv[1:] or ["tests"]

@@ -171,6 +171,98 @@ def fdalign_loss(
 
 
 # ----------------------------------------------------------------------------------------------
+# the other robust fine-tuning methods' terms (issue 27): same inputs, one function each
+
+
+def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``mean_b sum_k p (log p - log q)`` = KL(p || q) per row, averaged over the rows.
+
+    Args:
+        log_p: ``[B, K]`` log-probabilities of the trained side (gradients flow here).
+        log_q: ``[B, K]`` log-probabilities of the reference (treated as a constant: detached).
+
+    Returns:
+        scalar tensor ``>= 0``.
+    """
+    log_q = log_q.detach().to(device=log_p.device, dtype=log_p.dtype)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+
+
+def logit_kd(logits_t: torch.Tensor, logits_0: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """LwF-style distillation toward zero-shot: ``KL(P_class(x; ft) || P_class(x; f0))``.
+
+    FD-Align's term with the *class* distribution in place of the spurious one, so the only
+    difference between the two methods is which prototypes the KL looks at.
+
+    Args:
+        logits_t: ``[B, C]`` class logits of the fine-tuned model.
+        logits_0: ``[B, C]`` class logits (or log-probabilities: log-softmax is idempotent) of the
+            frozen zero-shot model on the same images; detached.
+        temperature: both sides are divided by it before the softmax (LwF's T; 1 = CLIP's own scale).
+
+    Returns:
+        scalar tensor ``>= 0``, zero when the two distributions agree.
+    """
+    return kl_rows(_log_softmax(logits_t / temperature), _log_softmax(logits_0 / temperature))  # kl_rows detaches
+
+
+def feature_kd(feat_t: torch.Tensor, feat_0: torch.Tensor) -> torch.Tensor:
+    """``mean_b (1 - cos(ft(x_b), f0(x_b)))``: keep the fine-tuned features where the frozen ones were.
+
+    Args:
+        feat_t: ``[B, D]`` raw features of the fine-tuned encoder; feat_0: ``[B, D]`` of the frozen
+            one on the same images (detached).
+
+    Returns:
+        scalar tensor in ``[0, 2]``.
+    """
+    if feat_t.dtype in (torch.float16, torch.bfloat16):  # a cosine near 1 needs float32 to show small moves
+        feat_t = feat_t.float()
+    f0 = feat_0.detach().to(device=feat_t.device, dtype=feat_t.dtype)
+    return (1.0 - F.cosine_similarity(feat_t, f0, dim=-1)).mean()
+
+
+def l2_sp(params: list[torch.Tensor], start: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_i ||theta_i - theta0_i||^2`` over the fine-tuned parameters (Li et al., ICML 2018).
+
+    The L2-SP paper writes ``(alpha / 2) ||w - w0||^2``: its ``alpha`` is twice the weight this
+    term gets (``beta``).
+
+    Args:
+        params: the trained tensors (any shapes); start: their values before the first step, same
+            shapes (detached).
+
+    Returns:
+        scalar float32 tensor ``>= 0``.
+    """
+    if len(params) != len(start):
+        raise ValueError(f"l2_sp: {len(params)} parameters but {len(start)} starting points")
+    if not params:
+        return torch.zeros(())
+    # summed in at least float32: squared differences of bf16 weights would round to nothing
+    up = lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t  # noqa: E731
+    return sum(((up(p) - up(s.detach()).to(p.device)) ** 2).sum() for p, s in zip(params, start))
+
+
+def clip_contrastive(image_feat: torch.Tensor, text_feat: torch.Tensor, scale: float) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss (FLYP's objective) over a batch of (image, caption) pairs.
+
+    Row ``b`` of ``text_feat`` is the caption of image ``b``; every other caption of the batch is a
+    negative, same-class ones included (as FLYP does).
+
+    Args:
+        image_feat: ``[B, D]`` raw image features; text_feat: ``[B, D]`` raw caption features.
+        scale: CLIP's logit scale (exp already applied).
+
+    Returns:
+        scalar tensor: ``(CE(S, arange B) + CE(S^T, arange B)) / 2`` with ``S = scale * cos`` ``[B, B]``.
+    """
+    logits = cosine_logits(image_feat, text_feat, scale)
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+# ----------------------------------------------------------------------------------------------
 # the frozen encoder f0 and the loss as a module users put in their own loops
 
 F0_MODES = ("eval", "released")

@@ -139,6 +139,31 @@ def spurious_prototypes(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(features, dim=-1).mean(dim=0), dim=-1)
 
 
+SPURIOUS_KINDS = ("real", "shuffled", "random")
+
+
+def shuffled_spurious_prototypes(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """FD-Align's ablation: ``[C, M, D]`` -> ``[M, D]`` prototypes from templates with the class names permuted
+    across templates.
+
+    Each class gets its own random permutation ``pi_c`` of the templates, and prototype ``j`` is the renormalised
+    mean over classes of ``features[c, pi_c(j)]``: the same prompt features and the same count as
+    :func:`spurious_prototypes`, but a prototype no longer stands for one way of phrasing (one nuisance).
+    With one class there is nothing to mix, so the prototypes are the real ones, reordered.
+    """
+    c, m, _ = features.shape
+    g = torch.Generator().manual_seed(int(seed))
+    perms = torch.stack([torch.randperm(m, generator=g) for _ in range(c)])  # [C, M]: one per class
+    mixed = features[torch.arange(c)[:, None], perms]  # mixed[c, j] = features[c, perms[c, j]]
+    return spurious_prototypes(mixed)
+
+
+def random_spurious_prototypes(count: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """FD-Align's ablation: ``[count, dim]`` random unit vectors (Gaussian directions), seeded."""
+    g = torch.Generator().manual_seed(int(seed))
+    return F.normalize(torch.randn(count, dim, generator=g), dim=-1)
+
+
 @dataclasses.dataclass
 class Prototypes:
     """Everything FD-Align needs from the text side.
@@ -181,12 +206,25 @@ def build_prototypes(
     cache_dir: str | Path | bool | None = None,
     progress: bool | None = None,
     batch_size: int = 256,
+    spurious_kind: str = "real",
+    spurious_seed: int = 0,
 ) -> Prototypes:
-    """Encode the prompts once and derive class, spurious and (if ``spc``) corrected prototypes."""
+    """Encode the prompts once and derive class, spurious and (if ``spc``) corrected prototypes.
+
+    ``spurious_kind`` (an ablation of FD-Align, issue 27): ``real`` (the paper's), ``shuffled``
+    (:func:`shuffled_spurious_prototypes`) or ``random`` (:func:`random_spurious_prototypes`, one per
+    template), seeded with ``spurious_seed``; SPC then runs on them as on the real ones.
+    """
+    if spurious_kind not in SPURIOUS_KINDS:
+        raise FDAlignError(f"spurious prototypes {spurious_kind!r}: choose one of {', '.join(SPURIOUS_KINDS)}")
     feats = encode_prompt_features(
         backend, classnames, templates, batch_size=batch_size, progress=progress, cache_dir=cache_dir
     )
     spur = spurious_prototypes(feats)
+    if spurious_kind == "shuffled":
+        spur = shuffled_spurious_prototypes(feats, spurious_seed)
+    elif spurious_kind == "random":
+        spur = random_spurious_prototypes(spur.shape[0], spur.shape[1], spurious_seed)
     corrected, kept, dropped = None, list(templates), []
     if spc is not None:
         res = correct_spurious_prototypes(spur, spc)
@@ -204,6 +242,19 @@ def build_prototypes(
         fingerprint=str(getattr(backend, "fingerprint", "")),
         spc=None if spc is None else dataclasses.replace(spc),  # a copy: the default is shared
     )
+
+
+def text_state_prototypes(backend, state: dict, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """``[C, D]`` class prototypes as the backend's text tower would give them holding ``state`` (a trained or
+    interpolated text tower: FLYP, CLIP-LoRA and their WiSE-FT); the tower's own weights are put back after."""
+    tower = backend.text_tower
+    saved = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    tower.load_state_dict(state)
+    try:
+        feats = encode_prompt_features(backend, classnames, templates, cache_dir=False, progress=False)
+    finally:
+        tower.load_state_dict(saved)
+    return class_prototypes(feats)
 
 
 def save_prototypes(path: str | Path, protos: Prototypes) -> Path:

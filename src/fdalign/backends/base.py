@@ -46,6 +46,18 @@ class CLIPBackend(ABC):
             ``[N, D]`` float32 features on the CPU, *not* normalised.
         """
 
+    @property
+    def text_tower(self) -> nn.Module | None:
+        """The text tower as a trainable module (FLYP, CLIP-LoRA): token ids ``[N, L]`` (from
+        :meth:`tokenize`) -> raw features ``[N, D]``, with gradients; its ``state_dict`` holds the text
+        weights only. The same weights :meth:`encode_text` runs, so training it changes that too.
+        None when the backend cannot train its text tower."""
+        return None
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[N, L]`` int64 token ids of ``texts`` for :attr:`text_tower` (CPU)."""
+        raise NotImplementedError(f"{type(self).__name__} has no trainable text tower")
+
     @abstractmethod
     def to(self, device: torch.device | str) -> CLIPBackend:
         """Move both towers to ``device``; returns self."""

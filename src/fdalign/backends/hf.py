@@ -44,6 +44,22 @@ class HFImageEncoder(nn.Module):
         return self.visual_projection(pooled)
 
 
+class HFTextTower(nn.Module):
+    """``text_model`` + ``text_projection`` of a ``CLIPModel``: token ids ``[N, L]`` -> ``[N, D]``.
+
+    No attention mask is needed for padded ids: CLIP's text attention is causal and pools at the first
+    end-of-text token, which sees nothing after it."""
+
+    def __init__(self, text_model: nn.Module, text_projection: nn.Module):
+        super().__init__()
+        self.text_model = text_model
+        self.text_projection = text_projection
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.text_model(input_ids=input_ids).pooler_output
+        return self.text_projection(pooled)
+
+
 def _not_found(ident: str, why: str) -> FDAlignError:
     return FDAlignError(
         f"could not load hf:{ident}: {why}. Give a directory saved with CLIPModel.save_pretrained(dir) "
@@ -258,6 +274,18 @@ class HFCLIPBackend(CLIPBackend):
         if not out:
             return torch.empty(0, self.embed_dim)
         return torch.cat(out)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        if getattr(self, "_text_tower", None) is None:
+            self._text_tower = HFTextTower(self.model.text_model, self.model.text_projection)
+        return self._text_tower
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
+        )
+        return batch["input_ids"].long()
 
     def to(self, device: torch.device | str) -> HFCLIPBackend:
         self.model.to(device)

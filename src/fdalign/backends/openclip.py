@@ -373,6 +373,25 @@ def image_spec_from_visual(visual: nn.Module) -> ImageSpec:
     )
 
 
+class OpenCLIPTextTower(nn.Module):
+    """An open_clip model's text side as one module: every child and direct parameter of the model but the
+    image tower and the logit scale (shared, not copied), ``forward`` = ``model.encode_text``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        skip = {"visual", "logit_scale", "logit_bias"}
+        for name, child in model.named_children():
+            if name not in skip:
+                self.add_module(name, child)
+        for name, p in model.named_parameters(recurse=False):
+            if name not in skip:
+                self.register_parameter(name, p)
+        self.__dict__["_model"] = model  # for forward only: its image tower must not join this state
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_text(tokens)
+
+
 class OpenCLIPBackend(CLIPBackend):
     """An open_clip ``CLIP`` / ``CustomTextCLIP``; the image tower is ``model.visual``.
 
@@ -466,6 +485,15 @@ class OpenCLIPBackend(CLIPBackend):
         if not out:
             return torch.empty(0, getattr(self, "embed_dim", 0))
         return torch.cat(out)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        if getattr(self, "_text_tower", None) is None:
+            self._text_tower = OpenCLIPTextTower(self.model)
+        return self._text_tower
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).long()
 
     def to(self, device: torch.device | str) -> OpenCLIPBackend:
         self.model.to(device)

@@ -47,6 +47,18 @@ FIXED_COLOURS = {
     "lp": "#2ca02c",
     "lp-ft": "#9467bd",
     "wise-ft of lp-ft": "#e377c2",
+    # the robust fine-tuning comparison (issue 27): a method and its WiSE-FT curve share the colour there
+    "logit-kd-b20": "#2ca02c",
+    "logit-kd beta:val": "#2ca02c",
+    "feature-kd beta:val": "#8c564b",
+    "l2-sp beta:val": "#7f7f7f",
+    "fd-align beta:val": "#ff7f0e",
+    "flyp": "#9467bd",
+    "clip-lora": "#e377c2",
+    "fd-align-lora": "#bcbd22",
+    "fine-tune-lora": "#aec7e8",
+    "fd-align-shuffled": "#f7b6d2",
+    "fd-align-random": "#c49c94",
 }
 OTHER_COLOURS = (
     "#8c564b",
@@ -164,6 +176,54 @@ def id_ood_plane(g, out: Path) -> Path | None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     return _save(fig, out / f"id_ood_{_slug(g.dataset)}_k{g.shots}.png")
+
+
+def frontier_plot(g, rows: list[str], out: Path) -> Path | None:
+    """The ID–OOD frontier of a comparison: for every row its WiSE-FT curve (alpha 0 = zero-shot ... 1 = the
+    method) in the row's own fixed colour, a star at the alpha chosen on val; zero-shot a black square. Means
+    over seeds. None without OOD sets."""
+    if not g.ood_sets:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for row in rows:
+        c = row_colour(row)
+        by_alpha = g.curves.get(row)
+        if by_alpha:
+            alphas = sorted(by_alpha)
+            xs = [_mean([p["id"] for p in by_alpha[a].values()]) for a in alphas]
+            ys = [_mean([p["ood_mean"] for p in by_alpha[a].values()]) for a in alphas]
+            ax.plot(xs, ys, "-o", ms=3, color=c, label=row)
+        elif g.points.get(row):
+            pts = g.points[row]
+            marker = "s" if row == ZERO_SHOT else "D"
+            ax.scatter(
+                [_mean([p["id"] for p in pts.values()])],
+                [_mean([p["ood_mean"] for p in pts.values()])],
+                marker=marker,
+                s=45,
+                color=c,
+                label=row,
+                zorder=4,
+            )
+        chosen = g.points.get(wiseft_row(row))
+        if chosen and by_alpha:
+            ax.scatter(
+                [_mean([p["id"] for p in chosen.values()])],
+                [_mean([p["ood_mean"] for p in chosen.values()])],
+                marker="*",
+                s=140,
+                color=c,
+                edgecolor="k",
+                zorder=5,
+            )
+    ax.set_xlabel(f"ID top-1 (%), {g.id_set}")
+    ax.set_ylabel(f"OOD mean top-1 (%), {len(g.ood_sets)} sets")
+    ax.set_title(f"ID–OOD frontier (WiSE-FT curves, star = alpha chosen on val): {g.title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out / f"frontier_{_slug(g.dataset)}_k{g.shots}.png")
 
 
 def _place_labels(ax, labels: list[tuple[float, float, str, str]], fontsize: float = 6) -> None:

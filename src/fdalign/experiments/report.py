@@ -20,6 +20,7 @@ Where the paper published a number for the same data set, shots, method and mode
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fdalign.errors import FDAlignError
+from fdalign.experiments.compare import comparison_sections, frontier_line
 from fdalign.experiments.rows import COOP11, ZERO_SHOT, Table, fmt_pm, stats, summarise_group, wiseft_row
 from fdalign.experiments.runs import EpisodeRecord, RunRecord, find_runs
 from fdalign.io import atomic_write_json, atomic_write_text
@@ -70,6 +72,7 @@ class Group:
     curves: dict[str, dict[float, dict[int, dict]]]
     runs: list[RunRecord]
     model_keys: set[str]
+    chosen: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # val_choice row -> seed -> method
 
     @property
     def title(self) -> str:
@@ -101,13 +104,16 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                     points.setdefault(wiseft_row(m), {})[r.seed] = p
                     for a in r.alphas():
                         curves.setdefault(m, {}).setdefault(a, {})[r.seed] = r.point(alpha_model(a), ood)
+        chosen = val_choice_rows(rs, meta.get("val_choice") or {}, points, curves)
         head_rows = _head_rows(rs, order, meta.get("reference"), points, ood)
         points = {row: {s: p for s, p in sorted(v.items()) if p is not None} for row, v in points.items()}
         points = {row: v for row, v in points.items() if v}  # a row no run evaluated is no row of "0 | –"
+        wise = list(meta["wiseft"]) + [r for r in chosen if r not in meta["wiseft"]]
         rows = (
             [ZERO_SHOT]
             + [m for m in order if m in points]
-            + [wiseft_row(m) for m in meta["wiseft"] if wiseft_row(m) in points]
+            + [r for r in chosen if r in points]
+            + [wiseft_row(m) for m in wise if wiseft_row(m) in points]
             + head_rows
         )
         rows = [row for row in rows if row in points]
@@ -122,9 +128,41 @@ def build_groups(runs: list[RunRecord], meta: dict) -> list[Group]:
                 curves,
                 rs,
                 {r.model_key for r in rs},
+                chosen,
             )
         )
     return groups
+
+
+def val_choice_rows(runs: list[RunRecord], val_choice: dict, points: dict, curves: dict) -> dict[str, dict[int, str]]:
+    """Rows chosen on val (a sweep's ``val_choice``: ``{row: [methods]}``, e.g. a method's beta grid): per seed,
+    the listed method whose selected model scored best on the few-shot val split (its ``val_top1``; ties go to
+    the first listed) gives the row, its WiSE-FT row and its WiSE-FT curve. The choice goes through
+    :func:`fdalign.selection.select` on the val scores the runs recorded; no test or OOD number is read.
+    Adds to ``points`` / ``curves``; returns ``{row: {seed: chosen method}}``."""
+    from fdalign.selection import EvalSplit, select
+
+    recorded = EvalSplit([], "val", "the few-shot val split: each run's recorded val top-1 of its selected model")
+    out: dict[str, dict[int, str]] = {}
+    for row, methods in val_choice.items():
+        for seed in sorted({r.seed for r in runs}):
+            scores = {
+                m: r.val_top1
+                for m in methods
+                for r in runs
+                if r.method == m and r.seed == seed and r.val_top1 is not None and seed in points.get(m, {})
+            }
+            if not scores:
+                continue
+            m = select(row, scores, recorded)
+            out.setdefault(row, {})[seed] = m
+            points.setdefault(row, {})[seed] = points[m][seed]
+            if seed in points.get(wiseft_row(m), {}):
+                points.setdefault(wiseft_row(row), {})[seed] = points[wiseft_row(m)][seed]
+            for a, per_seed in curves.get(m, {}).items():
+                if seed in per_seed:
+                    curves.setdefault(row, {}).setdefault(a, {})[seed] = per_seed[seed]
+    return out
 
 
 def _head_rows(
@@ -432,6 +470,9 @@ def build_report(
         s = summarise_group(g)
         diffs = paired_differences(g, ref) if ref else {}
         results += [f"**{g.title}**", results_table(g, s, pub)]
+        line = frontier_line(g, [r for r in g.points if not r.startswith("wise-ft of ")]) if g.ood_sets else None
+        if line:
+            results.append(line)
         if diffs:
             paired += [f"**{g.title}**", paired_table(diffs, ref)]
         summary["groups"].append(
@@ -469,6 +510,7 @@ def build_report(
                     [g.dataset, g.shots, row, "wiseft_alpha", d["n"], round(a["mean"], 4), round(a["std"], 4), "", ""]
                 )
     sections.append(("Results", results))
+    sections += comparison_sections(groups, runs, meta, out, plots)
     from fdalign.experiments.protocols import protocol_csv_rows, protocol_sections
 
     protocol, summary["protocols"] = protocol_sections(groups, meta, pub)

@@ -60,7 +60,13 @@ def method_label(config: dict) -> str:
         return "lp"
     if config.get("mode") == "lp-ft":
         return "lp-ft"
-    return "fine-tune" if float(config.get("beta", 1.0)) == 0 else "fd-align"
+    method = config.get("method") or "fd-align"
+    if method not in ("fd-align", "fine-tune"):  # logit-kd, flyp, clip-lora, ... (docs/methods.md)
+        return method
+    if method == "fine-tune" or float(config.get("beta", 1.0)) == 0:
+        return "fine-tune"
+    spurious = config.get("spurious") or "real"
+    return "fd-align" if spurious == "real" else f"fd-align-{spurious}"
 
 
 def model_alpha(model: str) -> float | None:
@@ -101,6 +107,8 @@ class RunRecord(_Keyed):
     config: dict
     environment: dict = field(default_factory=dict)
     base_method: str = ""
+    val_top1: float | None = None  # the selected model's val top-1 (what a val_choice row chooses by)
+    log: Path | None = None  # log.csv: one row per step (images_per_s gives the step time)
 
     @property
     def id_set(self) -> str:
@@ -223,6 +231,8 @@ def _read_run(run_dir: Path) -> RunRecord | EpisodeRecord | Skipped:
             hashes=doc.get("hashes", {}),
             config=cfg,
             environment=status.get("environment", {}),
+            val_top1=_selected_val_top1(doc),
+            log=run_dir / "log.csv" if (run_dir / "log.csv").is_file() else None,
         )
     except FDAlignError as e:
         return Skipped(run_dir, "?", "damaged", str(e))
@@ -265,6 +275,15 @@ def check_agreement(run_dir: Path, cfg: dict, spec: dict) -> None:
                 f"{run_dir}: its sweep cell (status.json) is {name} {spec[name]!r} but its metrics.json says "
                 f"{want!r}: the metrics are not this cell's; delete the folder and run the sweep again"
             )
+
+
+def _selected_val_top1(doc: dict) -> float | None:
+    """The val top-1 of the run's selected epoch, from metrics.json's train record (None if not recorded)."""
+    t = doc.get("train") or {}
+    hist, best = t.get("val_top1_per_epoch"), t.get("best_epoch")
+    if not hist or not best or not 1 <= int(best) <= len(hist):
+        return None
+    return float(hist[int(best) - 1])
 
 
 def _status_key(status: dict) -> str:
@@ -417,6 +436,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
         "notes": [],
         "sweeps": [],
         "overrides": {},  # sweep.json's `--set KEY=VALUE`, per sweep folder
+        "val_choice": {},
     }
     seen: set[Path] = set()
     for p in map(Path, paths):
@@ -438,6 +458,8 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[RunRecord], dict
             meta["reference"] = meta["reference"] or cfg.get("reference")
             if cfg.get("overrides"):
                 meta["overrides"][str(sweep_file.parent)] = dict(cfg["overrides"])
+            for row, ms in (cfg.get("val_choice") or {}).items():
+                meta["val_choice"].setdefault(row, list(ms))
         for d in run_dirs(p):
             if d.resolve() in seen:
                 continue

@@ -87,6 +87,9 @@ class SweepConfig:
     data_root: str | None = None
     wiseft: list[str] | None = None  # methods whose WiSE-FT rows the report shows (default: encoder-trained ones)
     reference: str = "fine-tune"  # the method paired differences are taken against
+    # report rows chosen on val: {row: [methods]}; per seed, the listed method whose fine-tuned model scored
+    # best on the few-shot val split gives the row (a method's strength, e.g. FD-Align's beta, tuned on val)
+    val_choice: dict[str, list[str]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # applied last to every run (--set KEY=VALUE)
     keep_checkpoints: bool = True  # False: a finished run drops checkpoint/ (resume state), keeping model/
     heads: list[str] = field(default_factory=list)  # cache heads (tip, tip-f, ape, ape-t) fitted on every run
@@ -169,6 +172,14 @@ class SweepConfig:
                 raise FDAlignError(f"{src}: heads lists {h!r}; choose from {', '.join(HEAD_NAMES[1:])}")
         if self.heads_preset not in (None, "authors"):
             raise FDAlignError(f"{src}: heads_preset {self.heads_preset!r} is not known; use authors or leave it out")
+        if not isinstance(self.val_choice, dict):
+            raise FDAlignError(f"{src}: val_choice must map a row name to the methods it chooses among")
+        for row, ms in self.val_choice.items():
+            if row in self.methods or not isinstance(ms, list) or not ms:
+                raise FDAlignError(f"{src}: val_choice {row!r} must be a new row name with a list of methods")
+            for m in ms:
+                if m not in self.methods:
+                    raise FDAlignError(f"{src}: val_choice {row!r} lists {m!r}, which is not one of the methods")
         for m in self.wiseft or []:
             if m not in self.methods:
                 raise FDAlignError(f"{src}: wiseft lists {m!r}, which is not one of the methods {list(self.methods)}")

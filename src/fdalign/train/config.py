@@ -31,6 +31,7 @@ from fdalign.options import (
     document_fields,
     option,
 )
+from fdalign.train.methods import METHODS, SPURIOUS_KINDS, method_spec
 
 MODES = ("fdalign", "linear-probe", "lp-ft")
 HEADS = ("frozen", "trainable")
@@ -126,6 +127,20 @@ class TrainConfig(ModelOptions):
         "fdalign: train encoder (+head); linear-probe: encoder frozen, head only, CE; "
         "lp-ft: linear probe for --lp-epochs, then fdalign",
         choices=MODES,
+    )
+    method: str = _f(
+        "fd-align",
+        "the loss and what learns (docs/methods.md): fd-align (CE + beta * spurious KL), fine-tune "
+        "(beta 0), linear-probe, lp-ft, logit-kd (beta * KL on the class distribution), feature-kd "
+        "(beta * (1 - cos(ft, f0))), l2-sp (beta * ||theta - theta0||^2), flyp (both towers, "
+        "contrastive on captions), clip-lora (LoRA on both towers); beta weighs every regulariser",
+        choices=tuple(METHODS),
+    )
+    spurious: str = _f(
+        "real",
+        "FD-Align ablation: the spurious prototypes from the templates (real), from templates with the "
+        "class names permuted across templates (shuffled), or random unit vectors of the same count (random)",
+        choices=SPURIOUS_KINDS,
     )
     alpha: float = _f(1.0, "weight of the classification (cross-entropy) loss")
     beta: float = _f(
@@ -371,6 +386,8 @@ class TrainConfig(ModelOptions):
             target_templates=list(self.target_templates),
             logger=list(self.logger),
         )
+        for name, value in method_spec(c.method).fixed.items():  # fine-tune: beta 0; l2-sp: no weight decay
+            setattr(c, name, value)
         if c.batch_size == 0:
             c.batch_size = min(num_train, 256)
         if c.lr_per_256:
@@ -401,6 +418,16 @@ class TrainConfig(ModelOptions):
                 f"the file is cut short or not a run's; {fix}"
             )
         return cls.from_yaml(path)
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> TrainConfig:
+        """A config of ``method`` starting from the settings its authors use (CLIP-LoRA: LoRA rank 2 on q/k/v of
+        both towers, AdamW lr 2e-4, ...; see :data:`fdalign.train.methods.METHODS`), then ``overrides``.
+        CLIP-LoRA's 500 x K iterations become ``epochs`` once the training-set size is known
+        (:func:`fdalign.train.methods.clip_lora_iterations`); give ``epochs`` to shorten it."""
+        values = dict(method_spec(method).defaults, method=method)
+        values.update(overrides)
+        return cls(**values)
 
     @classmethod
     def released(cls, dataset: str, shots: int, **overrides) -> TrainConfig:

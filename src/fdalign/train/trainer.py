@@ -52,7 +52,8 @@ from fdalign.train import distributed
 from fdalign.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fdalign.train.config import NON_SEMANTIC_FIELDS, TrainConfig
 from fdalign.train.f0cache import F0Cache, f0_cache_key, state_fingerprint
-from fdalign.train.step import LossSettings, fdalign_forward, frozen_copy, set_frozen_mode
+from fdalign.train.methods import MethodSpec, method_spec
+from fdalign.train.step import LossSettings, StepExtras, TextSide, fdalign_forward, frozen_copy, set_frozen_mode
 from fdalign.train.trainable import (
     TrainableSpec,
     adapter_state_dict,
@@ -158,6 +159,10 @@ def config_hash(cfg: TrainConfig) -> str:
             d.pop(k, None)
     if d.get("trainable") == "full":
         d.pop("trainable")
+    if d.get("method") == "fd-align":  # the default method and prototypes: hashes of runs made before they existed
+        d.pop("method")
+    if d.get("spurious") == "real":
+        d.pop("spurious")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -174,7 +179,8 @@ class Phase:
 
 
 def phases(cfg: TrainConfig) -> list[Phase]:
-    ft = lambda start: Phase("fdalign", start, start + cfg.epochs, cfg.lr, True, cfg.beta != 0)  # noqa: E731
+    use_kl = cfg.beta != 0 and method_spec(cfg.method).needs_f0  # whether f0 runs beside ft
+    ft = lambda start: Phase("fdalign", start, start + cfg.epochs, cfg.lr, True, use_kl)  # noqa: E731
     if cfg.mode == "linear-probe":
         return [Phase("linear-probe", 0, cfg.epochs, cfg.lp_lr, False, False)]
     if cfg.mode == "lp-ft":
@@ -236,6 +242,10 @@ class TrainResult:
     config: TrainConfig
     f0_cache_epochs_read: int = 0  # epochs whose f0 answers came from the f0 cache
     f0_cache_epochs_written: int = 0
+    # methods that train the text tower (FLYP, CLIP-LoRA): its selected and its starting state (the backend's
+    # text tower is put back to the start after training, so encode_text stays the zero-shot one)
+    text_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    zeroshot_text_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
 class _CSVLog:
@@ -323,6 +333,9 @@ class _Loop:
     progress: bool
     total_epochs: int
     interrupts: _Interrupts | None = None
+    n_encoder_params: int = 0  # params[:n] are the image encoder's (DDP averages them)
+    step_head: Callable | None = None  # the loss's head when it is not ``head`` (CLIP-LoRA: text prototypes)
+    extras: StepExtras | None = None  # what other methods need (text side, L2-SP's starting weights)
 
 
 def _run_epoch(
@@ -369,7 +382,10 @@ def _run_epoch(
         labels = torch.as_tensor(labels).to(L.device, non_blocking=True)
         log_p0 = cached[idx].to(L.device) if cached is not None else None
         with autocast_context(L.device, L.precision):
-            loss, parts = fdalign_forward(L.ft, L.frozen, L.head, images, labels, L.spurious, L.settings, log_p0)
+            extra = (L.extras,) if L.extras is not None else ()  # FD-Align's call stays the 8-argument one
+            loss, parts = fdalign_forward(
+                L.ft, L.frozen, L.step_head or L.head, images, labels, L.spurious, L.settings, log_p0, *extra
+            )
         if not torch.isfinite(loss):
             raise FDAlignError(
                 f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); lower --lr "
@@ -379,7 +395,8 @@ def _run_epoch(
             fill[idx] = parts["log_p0"].float().cpu()
         L.optimizer.zero_grad(set_to_none=True)
         L.scaler.scale(loss * sampler.weights[b] if L.dist.enabled else loss).backward()
-        distributed.average_gradients(list(L.head.parameters()), L.dist)  # the encoder's are DDP's
+        # the encoder's are DDP's; the head's and a trained text tower's are averaged here
+        distributed.average_gradients(L.params[L.n_encoder_params :], L.dist)
         if cfg.grad_clip is not None:
             L.scaler.unscale_(L.optimizer)
             torch.nn.utils.clip_grad_norm_(L.params, cfg.grad_clip)
@@ -413,6 +430,8 @@ def _f0_cache(
     """The f0 cache of this run, or None (off, or f0 not deterministic, or no data key)."""
     if not cfg.f0_cache or cfg.beta == 0 or spurious is None:
         return None
+    if method_spec(cfg.method).regulariser not in ("spurious-kl", "logit-kd"):
+        return None  # only a KL's f0 answers ([N, k] log-probabilities) are cached
     if cfg.f0_mode != "eval":
         warnings.warn("the f0 cache needs a deterministic f0 (--f0-mode eval); training without it", stacklevel=3)
         return None
@@ -480,11 +499,19 @@ def _resume(cfg: TrainConfig, run_dir: Path, chash: str, encoder: nn.Module, hea
     ), ckpt
 
 
-def _phase_optimizer(cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: nn.Module):
+def _phase_optimizer(
+    cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: nn.Module, text: nn.Module | None = None
+):
     """``(named parameters, optimiser)`` of a phase: the head always learns, the encoder's ``--trainable``
-    parameters if the phase trains it (the optimiser holds no state for frozen ones)."""
-    set_trainable(encoder, TrainableSpec.from_config(cfg), phase.train_encoder)
+    parameters if the phase trains it (the optimiser holds no state for frozen ones), and the text tower's
+    (FLYP, CLIP-LoRA: the same ``--trainable`` rule) with the encoder. Order: encoder, text tower, head."""
+    tspec = TrainableSpec.from_config(cfg)
+    set_trainable(encoder, tspec, phase.train_encoder)
     named = [(f"head.{n}", p) for n, p in head.named_parameters()]
+    if text is not None:
+        set_trainable(text, tspec, phase.train_encoder)
+        if phase.train_encoder:
+            named = [(f"text.{n}", p) for n, p in text.named_parameters() if p.requires_grad] + named
     if phase.train_encoder:
         named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad] + named
     if not named:
@@ -492,6 +519,39 @@ def _phase_optimizer(cfg: TrainConfig, phase: Phase, encoder: nn.Module, head: n
             f"nothing to train in phase {phase.name}: the encoder is frozen and the head has no parameters"
         )
     return named, build_optimizer(cfg, param_groups(named, cfg.weight_decay, cfg.wd_skip_norm_bias), phase.lr)
+
+
+def _text_side(backend, prototypes, spec: MethodSpec, device: torch.device) -> TextSide:
+    """The trained text tower and the ``[C, T, L]`` tokens of every class's prompts: every template of the run
+    (FLYP's captions and its classifier), or the method's one prompt (CLIP-LoRA)."""
+    from fdalign.prompts import format_prompts
+
+    tower = backend.text_tower
+    if tower is None:
+        raise FDAlignError(f"method {spec.name} trains the text tower, which {backend.name} does not expose")
+    classnames = list(getattr(prototypes, "classnames", []) or [])
+    if not classnames:
+        raise FDAlignError(f"method {spec.name} needs the class names in the prototypes (build_prototypes gives them)")
+    templates = [spec.prompt] if spec.prompt else list(prototypes.templates)
+    tokens = backend.tokenize(format_prompts(classnames, templates))
+    return TextSide(tower, tokens.reshape(len(classnames), len(templates), -1).to(device))
+
+
+def _text_head_fn(text: TextSide, scale: float) -> Callable:
+    """CLIP-LoRA's head in the loss: cosine to the class prototypes of the text tower as it is at this step."""
+    from fdalign.losses import cosine_logits
+
+    return lambda feats: cosine_logits(feats, text.prototypes(), scale)
+
+
+def _refresh_text_head(head: PrototypeHead, text: TextSide) -> None:
+    """Write the text tower's current class prototypes into the (frozen-kind) head that val, the model file,
+    export and predict use."""
+    was = text.tower.training
+    text.tower.eval()
+    with torch.no_grad():
+        head.prototypes.copy_(text.prototypes().to(head.prototypes))
+    text.tower.train(was)
 
 
 def _load_selected(path: Path, chosen: int, encoder: nn.Module, head: nn.Module) -> None:
@@ -691,12 +751,15 @@ def _train(
         precision = "fp32"
 
     scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
+    spec = method_spec(cfg.method)
     spurious = prototypes.corrected_prototypes if cfg.spc else prototypes.spurious_prototypes
     if cfg.spc and spurious is None:
         raise FDAlignError(
             "config asks for SPC but the prototypes have no corrected_prototypes; build them with spc=SPCConfig(...)"
         )
     normalize_spurious = not (cfg.spc and not cfg.spc_renormalize)
+    if spec.regulariser == "logit-kd":  # the same KL on the class distribution: f0's answers over the classes
+        spurious, normalize_spurious = prototypes.class_prototypes, True
     plan = phases(cfg)
     total_epochs = plan[-1].stop
 
@@ -704,12 +767,15 @@ def _train(
     encoder = backend.image_encoder
     head = PrototypeHead(prototypes.class_prototypes, scale, trainable=cfg.head_trainable).to(device)
     zeroshot_head = copy.deepcopy(head)
-    zeroshot_encoder_state = _state_cpu(encoder)
-    spec = TrainableSpec.from_config(cfg)
+    zeroshot_encoder_state = _state_cpu(encoder)  # also L2-SP's theta0: taken before any step or checkpoint
+    text = _text_side(backend, prototypes, spec, device) if spec.text_learns else None
+    zeroshot_text_state = _state_cpu(text.tower) if text is not None else None
+    kept_text_state = None
+    tspec = TrainableSpec.from_config(cfg)
     # f_0 must be the *pretrained* encoder, so it is copied (and fingerprinted) before any checkpoint is loaded;
     # with LoRA it is the encoder itself with its adapters off, in the encoder's own precision
-    dtype_0 = None if spec.kind == "lora" else f0_dtype(cfg, device)
-    if spec.kind == "lora" and cfg.f0_precision == "bf16":
+    dtype_0 = None if tspec.kind == "lora" else f0_dtype(cfg, device)
+    if tspec.kind == "lora" and cfg.f0_precision == "bf16":
         warnings.warn("--f0-precision bf16 is ignored with --trainable lora: f0 is the encoder itself", stacklevel=2)
     f0cache = _f0_cache(
         cfg,
@@ -721,7 +787,9 @@ def _train(
         len(train_set),
         f"{precision}, f0 {dtype_0 or 'as the encoder'}",
     )  # fingerprinted before the adapters exist: a LoRA run shares f0's answers with a full one
-    apply_trainable(encoder, spec, seed=epoch_seed(cfg.seed, -1))  # the adapters' start depends on the seed alone
+    apply_trainable(encoder, tspec, seed=epoch_seed(cfg.seed, -1))  # the adapters' start depends on the seed alone
+    if text is not None:  # CLIP-LoRA: the text tower gets the same kind of adapters (its own seed)
+        apply_trainable(text.tower, tspec, seed=epoch_seed(cfg.seed, -2))
     frozen = _frozen_copy(encoder, cfg.f0_mode, dtype_0) if any(p.use_kl for p in plan) else None
     if cfg.grad_checkpointing and not backend.set_grad_checkpointing(True):
         warnings.warn(
@@ -735,6 +803,11 @@ def _train(
     state, ckpt = _resume(cfg, run_dir, chash, encoder, head)
     # training time of the segments before a resume (up to their last checkpoint): metrics.json sums them
     seconds_before = float(ckpt.meta.get("train_seconds", 0.0)) if ckpt is not None else 0.0
+    if text is not None and ckpt is not None:
+        raise FDAlignError(
+            f"cannot resume {run_dir}: method {cfg.method} trains the text tower, which its checkpoint does not "
+            "hold; train it again with a new --out"
+        )
     start_epoch, step, val_hist, best_val, best_epoch = (
         state.epoch,
         state.step,
@@ -752,8 +825,8 @@ def _train(
         "model_config": cfg.model_config,
         "mode": cfg.mode,
     }
-    if spec.kind != "full":
-        model_meta["trainable"] = spec.to_dict()
+    if tspec.kind != "full":
+        model_meta["trainable"] = tspec.to_dict()
     writer = _RunWriter(run_dir, cfg, dist, step if ckpt is not None else None, model_meta, zeroshot_head, callbacks)
     selection = SelectionLog()
     t_start = time.time()
@@ -766,7 +839,13 @@ def _train(
             if start_epoch >= phase.stop:
                 continue
             # ---- phase set-up: which parameters learn, the optimiser and its schedule -----------
-            named, optimizer = _phase_optimizer(cfg, phase, encoder, head)
+            towers = {"text": text.tower} if text is not None else {}  # (text only when trained: spies take 4 args)
+            named, optimizer = _phase_optimizer(cfg, phase, encoder, head, **towers)
+            n_enc = sum(1 for n, _ in named if not n.startswith(("text.", "head.")))
+            extras = StepExtras(text=text) if text is not None or spec.regulariser == "l2-sp" else None
+            if spec.regulariser == "l2-sp":  # theta0 = the pretrained weights, never a later state
+                extras.params = [p for _, p in named[:n_enc]]
+                extras.start = [zeroshot_encoder_state[n].to(device) for n, _ in named[:n_enc]]
             steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
             total_steps = steps_per_epoch * (phase.stop - phase.start)
             warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
@@ -793,17 +872,22 @@ def _train(
                 scaler=scaler,
                 ft=distributed.wrap_for_training(encoder, dist) if phase.train_encoder else encoder,
                 params=[p for _, p in named],
+                n_encoder_params=n_enc if dist.enabled and phase.train_encoder else 0,
+                extras=extras,
+                step_head=_text_head_fn(text, scale) if spec.prototypes_each_step else None,
                 spurious=spurious_dev,
                 device=device,
                 precision=precision,
                 dist=dist,
                 settings=LossSettings(
                     alpha=cfg.alpha if phase.name == "fdalign" else 1.0,
-                    beta=cfg.beta if phase.use_kl else 0.0,
+                    beta=cfg.beta if phase.train_encoder else 0.0,  # every regulariser, not only a KL
                     scale=scale,
                     direction=cfg.kl_direction,
                     normalize_prototypes=normalize_spurious,
                     train_encoder=phase.train_encoder,
+                    regulariser=spec.regulariser,
+                    objective=spec.objective,
                 ),
                 total_steps=total_steps,
                 warmup=min(warmup, total_steps),
@@ -818,6 +902,10 @@ def _train(
                 if frozen is not None:
                     set_frozen_mode(frozen, cfg.f0_mode)
                 head.train()
+                if text is not None:
+                    text.tower.train(phase.train_encoder)
+                    # which template captions each image (FLYP): a function of (seed, epoch) only
+                    text.generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) ^ 0x7E47)
                 cache_on = f0cache is not None and phase.use_kl
                 cached = f0cache.load(view_epoch(cfg, epoch)) if cache_on else None
                 fill = (
@@ -832,16 +920,21 @@ def _train(
                         f0cache.save(view_epoch(cfg, epoch), fill)
 
                 # ---- end of epoch: validate, keep the best, checkpoint ---------------------------
+                if text is not None:  # the classifier is the trained text tower's prototypes
+                    _refresh_text_head(head, text)
                 check_finite_weights(encoder, head, epoch + 1, phase.lr)
                 top1 = _val_top1(encoder, head, val_set, cfg, device)
                 val_hist.append(top1)
                 improved = top1 > best_val  # strict: ties keep the earlier epoch, as select() does
                 if improved:
                     best_val, best_epoch = top1, epoch + 1
+                keep = (improved and cfg.selection == "best") or cfg.selection == "last"
+                if keep and text is not None:  # merged: WiSE-FT of LoRA = interpolating merged weights
+                    kept_text_state = _state_cpu(merge_adapters(text.tower) if has_adapters(text.tower) else text.tower)
                 writer.end_epoch(
                     epoch + 1,
                     top1,
-                    (improved and cfg.selection == "best") or cfg.selection == "last",
+                    keep,
                     encoder,
                     head,
                     optimizer,
@@ -901,6 +994,12 @@ def _train(
     if has_adapters(encoder):  # the backend's encoder becomes a plain module again; the model file is merged
         merge_adapters(encoder, inplace=True)
     _load_selected(run_dir / MODEL_FILE, chosen, encoder, head)
+    if text is not None:  # the backend's text tower back to where it started; the selected state is returned
+        if has_adapters(text.tower):
+            merge_adapters(text.tower, inplace=True)
+        text.tower.load_state_dict(zeroshot_text_state)
+        text.tower.requires_grad_(False)
+        text.tower.eval()
     if dist.is_main:
         record_model_hash(run_dir)
         if f0cache is not None and f0cache.hits + f0cache.misses:
@@ -922,6 +1021,8 @@ def _train(
         config=cfg,
         f0_cache_epochs_read=f0cache.hits if f0cache else 0,
         f0_cache_epochs_written=f0cache.writes if f0cache else 0,
+        text_state=kept_text_state,
+        zeroshot_text_state=zeroshot_text_state,
     )
 
 

@@ -66,6 +66,7 @@ class Run:
     preprocess: Any = None
     models: dict = field(default_factory=dict)  # {row name: (encoder, head)}, every evaluated row
     notes: list = field(default_factory=list)  # what report.md says beside the tables (e.g. alpha 0 = zero-shot)
+    text_head: Any = field(default=None, repr=False)  # FLYP / CLIP-LoRA: (row, classnames) -> that row's head
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -355,7 +356,15 @@ def _train_and_evaluate(cfg, index_info, d: _Data, backend=None, callbacks: list
         if cfg.spc
         else None
     )
-    protos = build_prototypes(backend, d.classnames, d.templates, spc=spc, progress=progress or None)
+    protos = build_prototypes(
+        backend,
+        d.classnames,
+        d.templates,
+        spc=spc,
+        progress=progress or None,
+        spurious_kind=cfg.spurious,
+        spurious_seed=cfg.seed,
+    )
     resolved = cfg.resolved(len(d.train))
     if dist.is_main:
         resolved.to_yaml(out / "config.yaml")
@@ -420,7 +429,9 @@ def _finish_run(cfg, index_info, d, backend, result, resolved, val_eval, eval_tf
     )
     if not dist.is_main:
         return run  # evaluation and reports are rank 0's
-    run.models, run.wiseft_alpha = _wiseft_rows(result, resolved, val_eval, device)
+    if result.text_state is not None:  # FLYP / CLIP-LoRA: every row's classifier comes from its own text tower
+        run.text_head = _TextHeads(backend, result, resolved, d.classnames, d.templates, device)
+    run.models, run.wiseft_alpha = _wiseft_rows(result, resolved, val_eval, device, run.text_head)
     run.encoder, run.head = run.models[selected_row(run.wiseft_alpha)]  # what val chose, alpha 0 included
     result.selection.save(out / "selection.json")
     _evaluate_and_report(run, cfg, index_info, d, backend, result, eval_tf, device, progress, lines)
@@ -559,6 +570,11 @@ def _evaluate_own_classes(
     from fdalign.callbacks import set_line
 
     models = {row: (encoder, head) for row, (encoder, _) in run.models.items()}
+    if run.text_head is not None:  # a trained text tower also gives the other classes' prototypes
+        models = {
+            row: (encoder, head if row == "zero-shot" else run.text_head(_row_alpha(row), split.classnames))
+            for row, (encoder, _) in run.models.items()
+        }
     return run_evaluation(
         models,
         {name: EvalSet(name, ImageDataset(split, eval_tf), None, role="test")},
@@ -571,9 +587,36 @@ def _evaluate_own_classes(
     )
 
 
-def _wiseft_rows(result, resolved, val_eval, device):
+class _TextHeads:
+    """The heads of a run that trained its text tower (FLYP, CLIP-LoRA): at WiSE-FT weight ``alpha`` both towers
+    are mixed, so the classifier is the prototypes of the interpolated text tower (its method's prompts)."""
+
+    def __init__(self, backend, result, cfg, classnames, templates, device):
+        from fdalign.train.methods import method_spec
+
+        self.backend, self.result, self.device, self.classnames = backend, result, device, list(classnames)
+        prompt = method_spec(cfg.method).prompt
+        self.templates = [prompt] if prompt else list(templates)
+        self.scale = float(cfg.temperature if cfg.temperature is not None else backend.logit_scale)
+
+    def __call__(self, alpha: float, classnames=None) -> Any:
+        from fdalign.heads import PrototypeHead
+        from fdalign.prototypes import text_state_prototypes
+        from fdalign.train.wiseft import interpolate_state_dicts
+
+        state = interpolate_state_dicts(self.result.zeroshot_text_state, self.result.text_state, alpha)
+        protos = text_state_prototypes(self.backend, state, list(classnames or self.classnames), self.templates)
+        return PrototypeHead(protos, self.scale).to(self.device)
+
+
+def _row_alpha(row: str) -> float:
+    return 0.0 if row == "zero-shot" else 1.0 if row == "fine-tuned" else float(row.split("-", 1)[1])
+
+
+def _wiseft_rows(result, resolved, val_eval, device, text_head=None):
     """``(models, alpha chosen on val)``: zero-shot, fine-tuned and every WiSE-FT mix as
-    ``{row name: (encoder, head)}``, on ``device``; the choice is recorded in ``result.selection``."""
+    ``{row name: (encoder, head)}``, on ``device``; the choice is recorded in ``result.selection``.
+    ``text_head`` (FLYP, CLIP-LoRA): the mixes' heads come from the mixed text tower."""
     import copy
 
     from fdalign.eval.pipeline import EvalSet, run_evaluation
@@ -594,6 +637,8 @@ def _wiseft_rows(result, resolved, val_eval, device):
     for a in alphas:
         if a not in (0.0, 1.0):
             models[alpha_name(a)] = wiseft_model(zs_encoder, ft_encoder, zs_head, ft_head, a)
+            if text_head is not None:
+                models[alpha_name(a)] = (models[alpha_name(a)][0], text_head(a))
     by_alpha = {a: models["zero-shot" if a == 0.0 else "fine-tuned" if a == 1.0 else alpha_name(a)] for a in alphas}
     precision = resolved.precision if device.type == "cuda" else "fp32"
     scores: dict = {}
