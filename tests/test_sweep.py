@@ -227,6 +227,28 @@ def test_changed_settings_for_an_existing_run_are_refused(killed_and_resumed, tm
     assert main(["sweep", str(cfg), "--out", str(k["out"]), "--no-progress"]) == 2
 
 
+def test_a_run_recorded_before_a_field_existed_is_read_with_its_default(killed_and_resumed, tmp_path, capsys):
+    """A run made by an older fdalign (no ``trainable`` in its request) is the same request when the
+    field's default is asked for, and another request when a non-default value is."""
+    k = killed_and_resumed
+    req = k["runs"][0].dir(k["out"]) / sw.REQUEST_FILE
+    text = req.read_text()
+    d = yaml.safe_load(text)
+    assert d.pop("trainable") == "full"
+    req.write_text(yaml.safe_dump(d))
+    try:
+        capsys.readouterr()
+        assert main(["sweep", str(k["config"]), "--out", str(k["out"]), "--no-progress"]) == 0
+        assert "8 of 8 runs already done" in capsys.readouterr().out
+        changed = yaml.safe_load(k["config"].read_text())
+        changed["methods"]["fd-align"]["trainable"] = "bias"
+        cfg = write_config(tmp_path / "bias.yaml", changed)
+        assert main(["sweep", str(cfg), "--out", str(k["out"]), "--no-progress", "--dry-run"]) == 2
+        assert "trainable" in capsys.readouterr().err
+    finally:
+        req.write_text(text)
+
+
 def test_shipped_presets_parse_and_plan():
     assert {"demo", "imagenet", "coop", "spc-ablation"} <= set(sw.preset_names())
     coop = sw.load_sweep_config("coop")
