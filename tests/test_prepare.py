@@ -71,9 +71,12 @@ def tiny_cell(tiny, **more) -> list[str]:
         "spc": False,
         "num_workers": 0,
         "eval_batch_size": 64,
+        # the cache heads without the authors' 10 augmented views and fresh views per epoch (hundreds of
+        # encodes of the cache); test_report's cache-heads sweep runs those
+        "heads_preset": None,
         **more,
     }
-    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={'null' if v is None else v}")]
 
 
 def cell(preset, data_root, out, key, tiny) -> dict:

@@ -64,3 +64,16 @@ def test_set_overrides_config_preset_and_method(tmp_path):
 def test_bad_set_is_a_user_error(item, words, tmp_path, capsys):
     assert main(["sweep", "coop", "--out", str(tmp_path), "--dry-run", "--set", item]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_set_heads_and_heads_preset_are_the_sweeps_own(tmp_path, capsys):
+    """A smoke run of the coop preset drops the authors' 10-view cache (heads_preset) or the heads; they
+    are sweep settings, so they never reach a run's train options."""
+    cfg = sw.apply_overrides(sw.load_sweep_config("coop"), sw.parse_overrides(["heads_preset=null", "epochs=1"]))
+    assert cfg.heads_preset is None and cfg.heads == ["tip", "tip-f", "ape", "ape-t"]
+    assert "heads_preset" not in cfg.overrides and cfg.overrides == {"epochs": 1}
+    cfg = sw.apply_overrides(sw.load_sweep_config("coop"), sw.parse_overrides(["heads=[]"]))
+    assert cfg.heads == [] and cfg.heads_preset == "authors"
+    assert sw.apply_overrides(sw.load_sweep_config("coop"), sw.parse_overrides(["heads=tip"])).heads == ["tip"]
+    assert main(["sweep", "coop", "--out", str(tmp_path), "--dry-run", "--set", "heads=[tipp]"]) == 2
+    assert "heads lists 'tipp'" in capsys.readouterr().err

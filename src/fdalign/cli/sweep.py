@@ -75,7 +75,8 @@ def register(subparsers) -> None:
         help="a train option for every cell, over the config and its methods (VALUE as YAML), e.g. "
         "--set model=ViT-B-16, or a small model for a smoke run: --set model=NAME "
         "--set model_config=CFG.json --set pretrained=CKPT --set epochs=1; also the grid (--set shots=[1,4], "
-        "--set seeds=[1]) and a rendered world's size (--set world.train_per_class=8). Repeatable",
+        "--set seeds=[1]), a rendered world's size (--set world.train_per_class=8) and the cache heads "
+        "(--set heads=[] or, without the authors' 10-view cache, --set heads_preset=null). Repeatable",
     )
     p.add_argument(
         "--shots", type=int, nargs="+", default=None, metavar="K", help="the grid's shots (default: the config's)"

@@ -272,6 +272,9 @@ def plan_runs(cfg: SweepConfig, only: Sequence[str] = (), limit: int | None = No
 
 # --set keys that change the grid itself rather than every run's options (see apply_overrides)
 GRID_OVERRIDES = ("shots", "seeds")
+# --set keys that are the sweep's own settings: the cache heads fitted after every run (a smoke run of the
+# coop preset drops the authors' 10-view cache with --set heads_preset=null, or the heads with --set heads=[])
+SWEEP_OVERRIDES = ("heads", "heads_preset")
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -298,11 +301,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def apply_overrides(cfg: SweepConfig, overrides: dict[str, Any], source: str = "--set") -> SweepConfig:
     """``overrides`` into ``cfg``: ``shots`` / ``seeds`` replace the grid's lists, ``world.KEY`` a key of the
-    world a preset renders (a smaller world for a quick try), anything else is a train option for every run."""
+    world a preset renders (a smaller world for a quick try), ``heads`` / ``heads_preset`` the sweep's cache
+    heads, anything else is a train option for every run."""
     rest = {}
     for key, value in overrides.items():
         if key in GRID_OVERRIDES:
             setattr(cfg, key, _int_list(value, key, source))
+        elif key in SWEEP_OVERRIDES:
+            setattr(cfg, key, [] if key == "heads" and value is None else value)
+            if key == "heads" and not isinstance(cfg.heads, list):
+                cfg.heads = [cfg.heads]
+            cfg.validate()
         elif key.startswith("world."):
             if cfg.world is None:
                 raise FDAlignError(f"{source} {key}: {cfg.source} renders no world")
