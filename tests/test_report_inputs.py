@@ -51,6 +51,19 @@ def test_runs_with_other_settings_are_kept_apart_and_listed(tmp_path):
     assert by_dir[str(a / "runs/w/k4/s1/fine-tune")][3] == "beta=0.0, epochs=4"
 
 
+def test_a_run_predating_a_field_is_the_same_row_as_one_with_its_default(tmp_path):
+    """Seeds 1-2 recorded before ``trainable`` / ``lora_rank`` existed, seed 3 with their defaults: one
+    row of three seeds. A run with a non-default value is still kept apart."""
+    a = tmp_path / "a"
+    fake_run(a, "w", 4, 1, "fd-align", 50.0)
+    fake_run(a, "w", 4, 2, "fd-align", 52.0)
+    fake_run(a, "w", 4, 3, "fd-align", 57.0, trainable="full", lora_rank=8)
+    fake_run(a, "w", 4, 4, "fd-align", 40.0, trainable="bias", lora_rank=8)
+    rows = _md_rows(_report(a, out=tmp_path / "rep"), "w, 4-shot")
+    assert rows["fd-align"][:2] == ["3", f"53.0 ± {statistics.stdev([50, 52, 57]):.1f}"]
+    assert rows["fd-align [trainable=bias]"][:2] == ["1", "40.0"]
+
+
 def test_the_same_run_read_twice_is_used_once_and_listed(tmp_path):
     a = tmp_path / "a"
     for seed, v in ((1, 50.0), (2, 52.0)):

@@ -327,10 +327,22 @@ def run_dirs(root: Path) -> list[Path]:
 # keys, settings, duplicates
 
 
+def with_defaults(config: dict) -> dict:
+    """A recorded run config with the fields added to TrainConfig (MetaConfig for episodes) since it was
+    written filled in with their defaults: a default keeps what fdalign did before the field existed
+    (``trainable: full``), so a run made by an older version is the same as one asking for the default."""
+    from fdalign.workflows.parts import MetaConfig, TrainConfig
+
+    fields = TrainConfig().to_dict()
+    fields = fields if set(config) <= set(fields) else MetaConfig().to_dict()
+    return {**{k: v for k, v in fields.items() if k not in config}, **config}
+
+
 def settings(r: RunRecord | EpisodeRecord) -> dict:
-    """What defines a run's numbers beyond its key: the config without paths and bookkeeping, and the
-    hashes of its test and OOD sets (the train / val hashes change with the seed)."""
-    d = {k: v for k, v in r.config.items() if k not in NOT_SETTINGS}
+    """What defines a run's numbers beyond its key: the config without paths and bookkeeping (a field the
+    run predates read as its default: :func:`with_defaults`), and the hashes of its test and OOD sets (the
+    train / val hashes change with the seed)."""
+    d = {k: v for k, v in with_defaults(r.config).items() if k not in NOT_SETTINGS}
     d.update({f"{k} set": v for k, v in r.hashes.items() if k not in ("train", "val")})
     return d
 

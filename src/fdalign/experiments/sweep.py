@@ -422,14 +422,9 @@ def check_existing(run_dir: Path, request: dict) -> None:
     if not p.is_file():
         return
     old = read_yaml(p, "run request") or {}
-    # a field added to TrainConfig after the run was made is read as its default: defaults keep what
-    # fdalign did before the field existed (trainable: full), so such a run is the same request
-    from fdalign.workflows.parts import MetaConfig, TrainConfig
+    from fdalign.experiments.runs import with_defaults
 
-    fields = TrainConfig().to_dict()
-    fields = fields if set(request) <= set(fields) else MetaConfig().to_dict()
-    added = {k: v for k, v in fields.items() if k not in old}
-    a, b = _semantic({**added, **old}), _semantic(request)
+    a, b = _semantic(with_defaults(old)), _semantic(request)  # a field the run predates is its default
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         raise FDAlignError(
