@@ -277,3 +277,50 @@ def test_jpeg_decoding_falls_back_to_pil_for_what_simplejpeg_does_not_do_exactly
     parts = pixelcache.split_transform(tf())
     with pytest.raises(Exception, match="broken.jpg.*cannot be read"):
         pixelcache.PixelDataset(ImageDataset(split, tf()), parts)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# --jpeg-draft: an opt-in DCT-downscaled decode, keyed apart from the exact pixels
+
+
+def _photos(root, size: int = 64, n: int = 4) -> LabeledSplit:
+    """Smooth JPEGs of ``size`` px (and one PNG, which draft mode leaves alone)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(n):
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((size, size), Image.BILINEAR)
+        p = root / (f"p{i}.png" if i == n - 1 else f"p{i}.jpg")
+        img.save(p, quality=92) if p.suffix == ".jpg" else img.save(p)
+        samples.append(Sample(str(p), i % 3))
+    return LabeledSplit(["a", "b", "c"], samples, str(root), name="test")
+
+
+def test_jpeg_draft_decodes_at_the_smallest_dct_scale_that_keeps_the_resize_size(tmp_path):
+    from fdalign.data.datasets import draft_size
+
+    split = _photos(tmp_path / "p")
+    assert draft_size(tf(resize=10)) == 10
+    exact, d10, d20 = (ImageDataset(split, None, draft)[0][0] for draft in (None, 10, 20))
+    # 64 px: 1/4 keeps 16 >= 10 (1/8 would give 8); for 20, 1/2 (32) is the smallest that keeps 20
+    assert (exact.size, d10.size, d20.size) == ((64, 64), (16, 16), (32, 32))
+    assert ImageDataset(split, None, 10)[3][0].size == (64, 64)  # the PNG: decoded in full
+    # downscaled in the DCT, the image is close to, not equal to, the exact decode resized alike
+    ref = np.asarray(exact.resize((16, 16), Image.BILINEAR), dtype=float)
+    diff = np.abs(np.asarray(d10, dtype=float) - ref)
+    assert 0 < diff.mean() < 12
+
+
+def test_jpeg_draft_is_keyed_apart_and_the_exact_key_is_unchanged(tmp_path):
+    split = _photos(tmp_path / "p")
+    exact, draft = ImageDataset(split, tf()), ImageDataset(split, tf(), draft=10)
+    assert "jpeg_draft" not in featcache.dataset_key(exact)  # caches written before the option stay valid
+    assert featcache.dataset_key(draft) == {**featcache.dataset_key(exact), "jpeg_draft": 10}
+    parts = pixelcache.split_transform(tf())
+    assert pixelcache.cache_key(exact, parts)[0] != pixelcache.cache_key(draft, parts)[0]
+    # the pixel pass decodes in draft mode (not through the exact simplejpeg path)
+    got = pixelcache.PixelDataset(draft, parts)[0][0]
+    want = pixelcache.to_uint8(parts.pil(ImageDataset(split, None, 10)[0][0]))
+    assert torch.equal(got, want)
+    assert not torch.equal(got, pixelcache.PixelDataset(exact, parts)[0][0])

@@ -1066,6 +1066,24 @@ BUGS += [
 # issue 28 (evaluation at scale: one pass, pixel cache): run with tests/test_pixelcache.py
 BUGS += [
     (
+        "--jpeg-draft: the feature cache key ignores the draft decode",
+        "src/fdalign/eval/featcache.py",
+        'key["jpeg_draft"] = dataset.draft',
+        "pass",
+    ),
+    (
+        "--jpeg-draft: the pixel pass decodes exactly, ignoring the dataset's draft size",
+        "src/fdalign/eval/pixelcache.py",
+        'draft=getattr(dataset, "draft", None))',
+        "draft=None)",
+    ),
+    (
+        "--jpeg-draft: PIL's draft mode never asked for",
+        "src/fdalign/data/datasets.py",
+        'im.draft("RGB", (self.draft, self.draft))',
+        "pass",
+    ),
+    (
         "pixel cache key without the crop size",
         "src/fdalign/eval/pixelcache.py",
         "    description = describe_transform(pil)",

@@ -88,6 +88,13 @@ def _add_common(p: argparse.ArgumentParser, data_required: bool) -> None:
         "check it keeps top-1 on your model first, see docs/evaluation-at-scale.md)",
     )
     p.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode JPEGs at a reduced DCT scale (1/2 to 1/8) that keeps both sides at least the model's "
+        "input size: faster on photos over twice that size; the pixels, and so the numbers, differ slightly "
+        "from a full decode (measured in docs/evaluation-at-scale.md). Off by default",
+    )
+    p.add_argument(
         "--hash-content",
         action="store_true",
         help="hash every image's bytes for the report; "

@@ -124,11 +124,16 @@ class LabeledSplit:
 
 
 class ImageDataset(Dataset):
-    """A map-style dataset over a :class:`LabeledSplit`: ``(transform(RGB image), label)``."""
+    """A map-style dataset over a :class:`LabeledSplit`: ``(transform(RGB image), label)``.
 
-    def __init__(self, split: LabeledSplit, transform: Callable | None = None):
+    ``draft``: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) whose both sides stay at least
+    ``draft`` pixels (PIL's draft mode), before the transform resizes them: much less decoding for photos
+    larger than twice the model's input, pixels slightly different from a full decode. None: exact."""
+
+    def __init__(self, split: LabeledSplit, transform: Callable | None = None, draft: int | None = None):
         self.split = split
         self.transform = transform
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.split)
@@ -140,6 +145,8 @@ class ImageDataset(Dataset):
         path = self.split.resolve(s)
         try:
             with Image.open(path) as im:
+                if self.draft and im.format == "JPEG":
+                    im.draft("RGB", (self.draft, self.draft))
                 img = im.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
             # Found mid-run (evaluation sets are not decoded up front): stop with the file's name
@@ -151,6 +158,18 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, s.label
+
+
+def draft_size(transform) -> int:
+    """The side a JPEG may be DCT-downscaled to before ``transform`` (a torchvision ``Compose``): its
+    ``Resize``'s short side, so the resize that follows still shrinks (never enlarges) the image."""
+    from torchvision import transforms as T
+
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, T.Resize):
+            size = step.size
+            return int(size if isinstance(size, int) else min(size))
+    raise FDAlignError(f"--jpeg-draft needs an evaluation transform with a Resize step; this one is {transform!r}")
 
 
 # ----------------------------------------------------------------------------------------------

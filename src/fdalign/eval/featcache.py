@@ -199,7 +199,10 @@ def dataset_key(dataset) -> dict | None:
     images = images_hash(dataset)
     if images is None:
         return None
-    return {"images": images, "n": len(dataset.split.samples), "preprocessing": preprocessing}
+    key = {"images": images, "n": len(dataset.split.samples), "preprocessing": preprocessing}
+    if getattr(dataset, "draft", None):  # JPEG DCT downscaling: other pixels (the exact key stays as it was)
+        key["jpeg_draft"] = dataset.draft
+    return key
 
 
 def describe_transform(transform) -> str | None:

@@ -357,7 +357,8 @@ class PixelDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, split: SplitTransform):
         from fdalign.data import ImageDataset
 
-        self.images = ImageDataset(dataset.split, split.pil)  # its unreadable-file errors included
+        # its unreadable-file errors and its JPEG draft mode (opt-in) included
+        self.images = ImageDataset(dataset.split, split.pil, draft=getattr(dataset, "draft", None))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -366,7 +367,8 @@ class PixelDataset(torch.utils.data.Dataset):
         sample = self.images.split.samples[index]
         path = self.images.split.resolve(sample)
         jpeg = str(path).lower().endswith(_JPEG)
-        image = _fast_jpeg(path) if jpeg and fast_jpeg_is_exact() else None  # checked at the first JPEG
+        exact = jpeg and not self.images.draft and fast_jpeg_is_exact()  # checked at the first JPEG
+        image = _fast_jpeg(path) if exact else None
         if image is None:
             image, label = self.images[index]
         else:
@@ -440,6 +442,8 @@ def cache_key(dataset, split: SplitTransform) -> tuple[str, dict] | None:
     if images is None:
         return None
     what = {"format": CACHE_FORMAT, "images": images, "n": len(dataset), "preprocessing": split.description}
+    if getattr(dataset, "draft", None):  # JPEG DCT downscaling: other pixels (the exact key stays as it was)
+        what["jpeg_draft"] = dataset.draft
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 

@@ -87,6 +87,7 @@ class EvalConfig(ModelOptions):
     pixel_cache_budget: float | None = None  # GB: least recently used entries beyond it are deleted
     no_pixel_cache: bool = False
     channels_last: bool = False  # CUDA only, off by default (docs/evaluation-at-scale.md)
+    jpeg_draft: bool = False  # decode JPEGs at a reduced DCT scale (opt-in: pixels differ; the page above)
 
 
 @dataclass
@@ -300,13 +301,15 @@ def _align_to_run_classes(split, run_classnames: list[str], data):
     return mapped
 
 
-def _eval_sets(id_name, id_split, ood, transform) -> dict:
+def _eval_sets(id_name, id_split, ood, transform, jpeg_draft: bool = False) -> dict:
     from fdalign.data import ImageDataset
+    from fdalign.data.datasets import draft_size
     from fdalign.eval import EvalSet
 
-    sets = {id_name: EvalSet(id_name, ImageDataset(id_split, transform), None, role="test")}
+    draft = draft_size(transform) if jpeg_draft else None
+    sets = {id_name: EvalSet(id_name, ImageDataset(id_split, transform, draft), None, role="test")}
     for name, split, subset in ood:
-        sets[name] = EvalSet(name, ImageDataset(split, transform), subset, role="ood")
+        sets[name] = EvalSet(name, ImageDataset(split, transform, draft), subset, role="ood")
     return sets
 
 
@@ -393,7 +396,7 @@ def _zeroshot(args, backend=None) -> Evaluation:
     from fdalign.eval.featcache import frozen
 
     frozen(backend.image_encoder)  # unchanged CLIP: its features may come from the feature cache
-    sets = _eval_sets(id_name, id_split, ood, backend.preprocess_eval())
+    sets = _eval_sets(id_name, id_split, ood, backend.preprocess_eval(), args.jpeg_draft)
     if getattr(args, "heads", None):  # cache-model heads (fdalign.eval.heads): their rows and selections
         from fdalign.eval.heads import evaluate_model_heads
 
@@ -487,7 +490,7 @@ def _eval_run(args, backend=None) -> Evaluation:
     if alpha is not None and 0.0 < float(alpha) < 1.0 and cfg.get("mode") != "linear-probe":
         enc_a, head_a = loaded.wiseft(float(alpha))
         models[f"wiseft-{float(alpha):g}"] = (enc_a.to(args.device), head_a.to(args.device))
-    sets = _eval_sets(id_name, id_split, ood, loaded.backend.preprocess_eval())
+    sets = _eval_sets(id_name, id_split, ood, loaded.backend.preprocess_eval(), args.jpeg_draft)
     if args.heads:  # cache-model heads (fdalign.eval.heads): rows "Tip", "Tip + FD-Align", ...
         from fdalign.eval.heads import evaluate_run_heads
 
