@@ -445,3 +445,39 @@ def test_a_run_trained_outside_is_taken_for_the_cell_only_from_its_request(tiny_
     res = sw.run_sweep(cfg, tmp_path, progress=False, log=lambda m: None, feature_cache=False)
     assert res.failed == 1 and "without the request.yaml" in res.runs[0]["error"], res.runs
     assert not (run.dir(tmp_path) / "train.log").exists() and not request.exists()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_sweep_leaves_no_worker_training_on(how, tiny_openclip, world, tmp_path):
+    """`kill` (SIGTERM, as Slurm's time limit sends) or SIGKILL (the OOM killer) of a sweep with two workers:
+    each worker stops its run as for Ctrl-C (checkpointed, "interrupted", the cell's lock released) instead
+    of training on unseen and holding its cell."""
+    import _gate
+
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(grid(tiny_openclip, world, seeds=[1])))
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    args = ["sweep", str(cfg_path), "--out", str(out), "--no-progress", "--workers", "2"]
+    runs = sw.plan_runs(sw.load_sweep_config(str(cfg_path)))
+    log = tmp_path / "sweep.log"  # a file, not a pipe: a worker left alive would hold a pipe open
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(_gate.command(gate, 0, args), env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT)
+    _gate.wait_until(lambda: _gate.waiting(gate) == 2, proc, "both workers waiting in their first cell")
+    workers = [int(p.name.split("-")[1]) for p in gate.glob("waiting-*")]
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=600)
+    deadline = time.monotonic() + 600  # a safety bound: a worker ends as soon as its checkpoint is written
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    said = log.read_text()
+    assert not any(map(_alive, workers)), f"a worker trains on after its sweep got {how}: {said}"
+    assert [sw.run_state(r.dir(out)) for r in runs] == ["interrupted"] * 2, said
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    return not (state.is_file() and state.read_text().split(")")[-1].split()[0] == "Z")  # a zombie has ended

@@ -8,9 +8,12 @@ itself (:func:`fdalign.io.run_lock`), so launchers never decide who runs what, t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from collections.abc import Callable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +34,39 @@ class InProcess:
     slots = 1
 
     def run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
-        for cell in cells:
-            on_start(0, cell)
-            on_end(0, cell, fn(cell))
+        with sigterm_as_ctrl_c():
+            for cell in cells:
+                on_start(0, cell)
+                on_end(0, cell, fn(cell))
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, Slurm's time limit) stops the sweep as Ctrl-C does: the running cells checkpoint
+    and say interrupted, and the next invocation resumes them. Only in the main thread (where signal
+    handlers live); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # ----------------------------------------------------------------------------------------------
 # local worker processes
 
 
-def _init_worker(device: str | None, threads: int | None) -> None:
+def _init_worker(device: str | None, threads: int | None, parent: int | None = None) -> None:
     """A worker's first act: its own process group (the terminal's Ctrl-C reaches only the sweep,
-    which forwards it once to the busy workers), Ctrl-C noted while no cell runs, its device, its threads."""
+    which forwards it once to the busy workers), Ctrl-C noted while no cell runs, a Ctrl-C of its own
+    when the sweep dies (:func:`_ctrl_c_when_parent_dies`), its device, its threads."""
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, _note_ctrl_c)
+    if parent is not None:
+        _ctrl_c_when_parent_dies(parent)
     if device is not None:  # before torch touches CUDA: the worker sees only its device, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     if threads:
@@ -52,6 +74,24 @@ def _init_worker(device: str | None, threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _ctrl_c_when_parent_dies(parent: int) -> None:
+    """Linux: the sweep killed (``kill``, SIGKILL, the OOM killer) sends this worker a Ctrl-C, so its run
+    checkpoints and says interrupted instead of training on unseen, holding its cell's lock. Elsewhere a
+    no-op: the sweep's own Ctrl-C / SIGTERM path stops the workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
+    if os.getppid() != parent:  # the sweep died before the link was made
+        os._exit(1)
+
+
+def _sigterm_as_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 _ctrl_c = False  # a Ctrl-C that reached this worker while no cell was running in it
@@ -111,11 +151,18 @@ class LocalWorkers:
         device = str(self.devices[i % len(self.devices)]) if self.devices else None
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
         ex = ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(device, threads)
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(device, threads, os.getpid()),
         )
         return ex, ex.submit(os.getpid).result()  # the pid, to forward Ctrl-C to
 
     def run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
+        with sigterm_as_ctrl_c():
+            self._run(fn, cells, on_start, on_end)
+
+    def _run(self, fn: Callable, cells: Sequence, on_start: OnStart, on_end: OnEnd) -> None:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         pending, running, pools = list(cells), {}, {}  # running: future -> (slot, cell)
