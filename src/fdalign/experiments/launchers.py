@@ -84,10 +84,21 @@ def _ctrl_c_when_parent_dies(parent: int) -> None:
         return
     import ctypes
 
+    global _parent
+    _parent = parent
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
-    if os.getppid() != parent:  # the sweep died before the link was made
+    if _orphaned():  # the sweep died before the link was made
         os._exit(1)
+
+
+_parent: int | None = None  # in a worker: its sweep's pid
+
+
+def _orphaned() -> bool:
+    """In a worker: whether its sweep has died. Then no further cell comes and no result is read, and the
+    worker's call queue never reports the end (the worker holds both ends of its pipe): it must exit itself."""
+    return _parent is not None and os.getppid() != _parent
 
 
 def _sigterm_as_ctrl_c(signum, frame) -> None:
@@ -99,6 +110,8 @@ _ctrl_c = False  # a Ctrl-C that reached this worker while no cell was running i
 
 def _note_ctrl_c(signum, frame) -> None:
     global _ctrl_c
+    if _orphaned():  # an idle worker whose sweep died
+        os._exit(1)
     _ctrl_c = True
 
 
@@ -118,6 +131,8 @@ def _call(fn: Callable, cell) -> dict:
         raise Interrupted(str(getattr(getattr(cell, "run", None), "key", cell))) from None
     finally:
         signal.signal(signal.SIGINT, _note_ctrl_c)
+        if _orphaned():  # its run has checkpointed and said interrupted; nobody reads the result
+            os._exit(1)
 
 
 @dataclass
