@@ -76,4 +76,4 @@ def test_set_heads_and_heads_preset_are_the_sweeps_own(tmp_path, capsys):
     assert cfg.heads == [] and cfg.heads_preset == "authors"
     assert sw.apply_overrides(sw.load_sweep_config("coop"), sw.parse_overrides(["heads=tip"])).heads == ["tip"]
     assert main(["sweep", "coop", "--out", str(tmp_path), "--dry-run", "--set", "heads=[tipp]"]) == 2
-    assert "heads lists 'tipp'" in capsys.readouterr().err
+    assert "error: --set heads: heads lists 'tipp'; choose from tip," in capsys.readouterr().err

@@ -311,7 +311,11 @@ def apply_overrides(cfg: SweepConfig, overrides: dict[str, Any], source: str = "
             setattr(cfg, key, [] if key == "heads" and value is None else value)
             if key == "heads" and not isinstance(cfg.heads, list):
                 cfg.heads = [cfg.heads]
-            cfg.validate()
+            config_file, cfg.source = cfg.source, f"{source} {key}"  # an error names --set, not the config
+            try:
+                cfg.validate()
+            finally:
+                cfg.source = config_file
         elif key.startswith("world."):
             if cfg.world is None:
                 raise FDAlignError(f"{source} {key}: {cfg.source} renders no world")
