@@ -634,7 +634,7 @@ BUGS += [
     (
         "prepare: a staged file reused on its size alone",
         "src/fdalign/data/prepare/place.py",
-        '    return "copy" if _file_sha256(dest) == sources.sha256(m) else None',
+        '    return "copy" if file_sha256(dest) == sources.sha256(m) else None',
         '    return "copy"',
     ),
     (
@@ -1104,7 +1104,7 @@ BUGS += [
     (
         "damaged pixel entry used",
         "src/fdalign/eval/pixelcache.py",
-        'if _sha256(arr_path) != meta["sha256"]:',
+        'if file_sha256(arr_path) != meta["sha256"]:',
         "if False:",
     ),
     (

@@ -154,6 +154,7 @@ def content_hash_status(data: bytes) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, streamed in 1 MiB chunks: the one file hash of fdalign."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -12,17 +12,7 @@ import os
 
 from fdalign.data.datasets import LabeledSplit
 from fdalign.errors import FDAlignError
-
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, streamed in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+from fdalign.io import file_sha256
 
 
 def split_hash(split: LabeledSplit, content: bool = True) -> str:

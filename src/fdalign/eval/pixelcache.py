@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fdalign.io import file_sha256
+
 CACHE_FORMAT = "fdalign-pixels/1"
 ENV = "FDALIGN_PIXEL_CACHE"
 BUDGET_ENV = "FDALIGN_PIXEL_CACHE_BUDGET"  # GB, for the cache named by $FDALIGN_PIXEL_CACHE
@@ -81,14 +83,6 @@ class PixelStats:
         )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _stamp(path: Path) -> tuple | None:
     try:
         st = path.stat()
@@ -119,7 +113,7 @@ class PixelCache:
                 raise ValueError("it holds another entry")
             stamp = _stamp(arr_path)
             if _verified.get(stamp) != meta["sha256"]:
-                if _sha256(arr_path) != meta["sha256"]:
+                if file_sha256(arr_path) != meta["sha256"]:
                     raise ValueError("its pixels fail their sha256")
                 _verified[stamp] = meta["sha256"]
             arr = np.load(arr_path, mmap_mode="r")
@@ -228,7 +222,7 @@ class _EntryWriter:
                 raise OSError(f"{self.filled} of {self.shape[0]} images written")
             self.array.flush()
             del self.array
-            digest = _sha256(self.tmp)
+            digest = file_sha256(self.tmp)
             os.chmod(self.tmp, 0o644)
             final = self.cache.path(self.key)
             os.replace(self.tmp, final)

@@ -19,7 +19,7 @@ from pathlib import Path
 from fdalign.data.prepare.base import Plan, Preparer, first
 from fdalign.data.prepare.sources import DROP_REASONS, Member, Sources, copy_member
 from fdalign.errors import FDAlignError
-from fdalign.io import atomic_write_bytes, atomic_write_json, read_json
+from fdalign.io import atomic_write_bytes, atomic_write_json, file_sha256, read_json
 
 MANIFEST = "prepared.json"
 FORMAT = "fdalign-prepared/1"
@@ -104,14 +104,6 @@ def _place(sources: Sources, m: Member, dest: Path, mode: str) -> str:
 _COUNTER = itertools.count()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _reusable(sources: Sources, m: Member, dest: Path, mode: str) -> str | None:
     """How a file staged by an interrupted prepare was placed, when it may be kept: a link to this
     very source file, or a copy whose SHA-256 is the source member's (a size match is not enough: a
@@ -130,7 +122,7 @@ def _reusable(sources: Sources, m: Member, dest: Path, mode: str) -> str | None:
         return "hard" if mode == "hard" else None  # --link copy wants a file of its own
     if m.path is not None and (mode == "symbolic" or (mode == "hard" and os.stat(m.path).st_dev == st.st_dev)):
         return None  # it should be a link; a copy in its place is replaced by the link
-    return "copy" if _file_sha256(dest) == sources.sha256(m) else None
+    return "copy" if file_sha256(dest) == sources.sha256(m) else None
 
 
 def manifest(p: Preparer, plan: Plan, sources: Sources, expected: dict, against: str, modes: dict) -> dict:
